@@ -1,0 +1,745 @@
+//! Configuration: parsed from a PostgreSQL URL, adjusted with a [`Builder`].
+//!
+//! Every parameter this crate understands is listed in the README. Unknown parameters are an
+//! error, never silently ignored.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+use url::Url;
+
+use crate::endpoint::{Endpoint, HostPattern, HostPort};
+use crate::error::{Error, Result};
+use crate::select::ReaderSelection;
+use crate::topology::{Addressing, Dialect};
+
+/// The URL parameters the PostgreSQL drivers understand; they pass through to each
+/// connection.
+const DRIVER_PARAMETERS: &[&str] = &[
+    "sslmode",
+    "ssl-mode",
+    "sslrootcert",
+    "ssl-root-cert",
+    "ssl-ca",
+    "sslcert",
+    "ssl-cert",
+    "sslkey",
+    "ssl-key",
+    "statement-cache-capacity",
+    "dbname",
+    "user",
+    "password",
+    "application_name",
+    "options",
+];
+
+const SSL_MODES: &[&str] = &[
+    "disable",
+    "allow",
+    "prefer",
+    "require",
+    "verify-ca",
+    "verify-full",
+];
+
+/// A password: kept out of `Debug` and `Display`.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct Password(pub(crate) String);
+
+impl fmt::Debug for Password {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+/// Sizes of the connection pools of one role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolSizing {
+    /// Most connections open at once (per instance for readers). Default 10.
+    pub max_connections: u32,
+    /// Connections kept open even when idle (per instance for readers). Default 0.
+    pub min_connections: u32,
+}
+
+impl Default for PoolSizing {
+    fn default() -> Self {
+        PoolSizing {
+            max_connections: 10,
+            min_connections: 0,
+        }
+    }
+}
+
+/// The complete configuration of an [`AuroraPool`](crate::AuroraPool).
+///
+/// Build one with [`Config::from_url`] or [`Builder`]; the fields can be changed before the
+/// pool is created. [`Config::validate`] runs again when the pool is created.
+#[derive(Clone)]
+#[non_exhaustive]
+pub struct Config {
+    /// The URL's host: a cluster endpoint, an instance endpoint, an IP address, ...
+    pub host: String,
+    /// The URL's port (default 5432).
+    pub port: u16,
+    /// Key of the shared topology cache and monitor (`cluster_id`, default `"1"`). Pools
+    /// with the same id share one monitor; every physical cluster needs its own id.
+    pub cluster_id: String,
+    /// How instance endpoints are spelled (`cluster_instance_host_pattern`). Derived from the
+    /// URL for RDS host names.
+    pub cluster_instance_host_pattern: Option<HostPattern>,
+    /// Explicit addresses per instance id or name (`instance_endpoints=id=host:port,...`),
+    /// for SSH/SSM tunnels and tests. They win over the host pattern.
+    pub instance_endpoints: BTreeMap<String, HostPort>,
+    /// How often the monitor reads the topology (`cluster_topology_refresh_rate_ms`, default
+    /// 30000).
+    pub cluster_topology_refresh_rate: Duration,
+    /// Skip detection and use this dialect (`dialect`).
+    pub dialect: Option<Dialect>,
+    /// How `.reader()` picks an instance (`reader_host_selector_strategy`, default `random`).
+    pub reader_host_selector_strategy: ReaderSelection,
+    /// Whether reads go to the writer while no reader exists (`reader_fallback_to_writer`,
+    /// default true).
+    pub reader_fallback_to_writer: bool,
+    /// Writer pool size (`writer_max_connections`, `writer_min_connections`).
+    pub writer: PoolSizing,
+    /// Per-reader-instance pool size (`reader_max_connections`, `reader_min_connections`).
+    pub reader: PoolSizing,
+    /// Longest wait for a connection from a pool (`acquire_timeout_ms`, default 30000).
+    pub acquire_timeout: Duration,
+    /// Idle connections are closed after this (`idle_timeout_ms`, default 600000; 0 = never).
+    pub idle_timeout: Option<Duration>,
+    /// Connections are closed at this age (`max_lifetime_ms`, default 1800000; 0 = never).
+    pub max_lifetime: Option<Duration>,
+    /// Bound on opening one connection for discovery and monitoring (`connect_timeout`, in
+    /// seconds as in libpq, default 10).
+    pub connect_timeout: Duration,
+    /// The URL with only the driver's own parameters left (it holds the password).
+    driver_url: Url,
+    password: Option<Password>,
+}
+
+impl Config {
+    /// Parses a `postgres://` (or `postgresql://`) URL.
+    ///
+    /// ```
+    /// let config = aurora_pool::Config::from_url(
+    ///     "postgres://app:secret@db.cluster-abc123.us-east-1.rds.amazonaws.com/app?cluster_id=orders",
+    /// )?;
+    /// assert_eq!(config.cluster_id, "orders");
+    /// assert!(!format!("{config:?}").contains("secret"));
+    /// # Ok::<(), aurora_pool::Error>(())
+    /// ```
+    pub fn from_url(url: &str) -> Result<Config> {
+        let mut parsed =
+            Url::parse(url).map_err(|e| Error::config("url", format!("not a valid URL: {e}")))?;
+        if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+            return Err(Error::config(
+                "url",
+                format!(
+                    "scheme `{}` is not supported; use postgres://",
+                    parsed.scheme()
+                ),
+            ));
+        }
+        let host = match parsed.host() {
+            Some(url::Host::Ipv6(addr)) => addr.to_string(),
+            Some(host) => host.to_string(),
+            None => {
+                return Err(Error::config(
+                    "url",
+                    "the URL has no host; aurora-pool needs a TCP host (unix sockets are not supported)",
+                ));
+            }
+        };
+        if host.is_empty() || host.starts_with('%') {
+            return Err(Error::config(
+                "url",
+                "the URL has no TCP host (unix sockets are not supported)",
+            ));
+        }
+        let port = parsed.port().unwrap_or(5432);
+        let password = parsed
+            .password()
+            .map(|p| percent_decode(p).map(Password))
+            .transpose()?;
+
+        let mut config = Config {
+            host,
+            port,
+            cluster_id: "1".to_owned(),
+            cluster_instance_host_pattern: None,
+            instance_endpoints: BTreeMap::new(),
+            cluster_topology_refresh_rate: Duration::from_millis(30_000),
+            dialect: None,
+            reader_host_selector_strategy: ReaderSelection::Random,
+            reader_fallback_to_writer: true,
+            writer: PoolSizing::default(),
+            reader: PoolSizing::default(),
+            acquire_timeout: Duration::from_secs(30),
+            idle_timeout: Some(Duration::from_secs(600)),
+            max_lifetime: Some(Duration::from_secs(1800)),
+            connect_timeout: Duration::from_secs(10),
+            driver_url: parsed.clone(),
+            password,
+        };
+
+        let mut driver_pairs = Vec::new();
+        for (key, value) in parsed.query_pairs() {
+            let (key, value) = (key.into_owned(), value.into_owned());
+            if config.apply_parameter(&key, &value)? {
+                continue;
+            }
+            if DRIVER_PARAMETERS.contains(&key.as_str())
+                || (key.starts_with("options[") && key.ends_with(']'))
+            {
+                check_driver_parameter(&key, &value)?;
+                driver_pairs.push((key, value));
+                continue;
+            }
+            return Err(match key.as_str() {
+                "host" | "hostaddr" | "port" => Error::config(
+                    &key,
+                    "put the host and port in the URL itself (postgres://user@host:port/db)",
+                ),
+                _ => Error::config(
+                    &key,
+                    "unknown parameter (see the README for the supported ones)",
+                ),
+            });
+        }
+        // The password travels separately so that the URL can be rebuilt per instance.
+        let _ = parsed.set_password(None);
+        if driver_pairs.is_empty() {
+            parsed.set_query(None);
+        } else {
+            parsed.query_pairs_mut().clear().extend_pairs(driver_pairs);
+        }
+        config.driver_url = parsed;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Applies one of this crate's own parameters; `Ok(false)` when `key` is not one of them.
+    fn apply_parameter(&mut self, key: &str, value: &str) -> Result<bool> {
+        match key {
+            "cluster_id" => self.cluster_id = value.to_owned(),
+            "cluster_instance_host_pattern" => {
+                self.cluster_instance_host_pattern = Some(HostPattern::parse(value)?);
+            }
+            "instance_endpoints" => {
+                for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+                    let (id, address) = entry.split_once('=').ok_or_else(|| {
+                        Error::config(key, format!("`{entry}` is not `instance-id=host:port`"))
+                    })?;
+                    self.instance_endpoints
+                        .insert(id.trim().to_owned(), HostPort::parse(key, address)?);
+                }
+            }
+            "cluster_topology_refresh_rate_ms" => {
+                self.cluster_topology_refresh_rate =
+                    Duration::from_millis(parse_number(key, value)?);
+            }
+            "dialect" => self.dialect = Some(Dialect::parse(key, value)?),
+            "reader_host_selector_strategy" => {
+                self.reader_host_selector_strategy = ReaderSelection::parse(key, value)?;
+            }
+            "reader_fallback_to_writer" => self.reader_fallback_to_writer = parse_bool(key, value)?,
+            "writer_max_connections" => self.writer.max_connections = parse_number(key, value)?,
+            "writer_min_connections" => self.writer.min_connections = parse_number(key, value)?,
+            "reader_max_connections" => self.reader.max_connections = parse_number(key, value)?,
+            "reader_min_connections" => self.reader.min_connections = parse_number(key, value)?,
+            "acquire_timeout_ms" => {
+                self.acquire_timeout = Duration::from_millis(parse_number(key, value)?)
+            }
+            "idle_timeout_ms" => self.idle_timeout = optional_ms(parse_number(key, value)?),
+            "max_lifetime_ms" => self.max_lifetime = optional_ms(parse_number(key, value)?),
+            "connect_timeout" => {
+                self.connect_timeout = Duration::from_secs(parse_number(key, value)?)
+            }
+            _ => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    /// Checks the values against each other. Called by [`Config::from_url`], [`Builder`] and
+    /// when a pool is created.
+    pub fn validate(&self) -> Result<()> {
+        if self.cluster_id.trim().is_empty() {
+            return Err(Error::config("cluster_id", "must not be empty"));
+        }
+        if self.cluster_topology_refresh_rate.is_zero() {
+            return Err(Error::config(
+                "cluster_topology_refresh_rate_ms",
+                "must be greater than 0",
+            ));
+        }
+        for (role, sizing) in [("writer", &self.writer), ("reader", &self.reader)] {
+            if sizing.max_connections == 0 {
+                return Err(Error::config(
+                    &format!("{role}_max_connections"),
+                    "must be at least 1",
+                ));
+            }
+            if sizing.min_connections > sizing.max_connections {
+                return Err(Error::config(
+                    &format!("{role}_min_connections"),
+                    format!(
+                        "{} is more than {role}_max_connections ({})",
+                        sizing.min_connections, sizing.max_connections
+                    ),
+                ));
+            }
+        }
+        if self.acquire_timeout.is_zero() {
+            return Err(Error::config(
+                "acquire_timeout_ms",
+                "must be greater than 0",
+            ));
+        }
+        if self.connect_timeout.is_zero() {
+            return Err(Error::config("connect_timeout", "must be greater than 0"));
+        }
+        if let Some((id, _)) = self.instance_endpoints.iter().find(|(id, _)| id.is_empty()) {
+            return Err(Error::config(
+                "instance_endpoints",
+                format!("empty instance id in `{id}=...`"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The user name of the URL.
+    pub fn user(&self) -> &str {
+        self.driver_url.username()
+    }
+
+    /// Sets the password used for every connection.
+    pub fn set_password(&mut self, password: impl Into<String>) {
+        self.password = Some(Password(password.into()));
+    }
+
+    pub(crate) fn password(&self) -> Option<&str> {
+        self.password.as_ref().map(|p| p.0.as_str())
+    }
+
+    /// The URL holding only the driver's own parameters, without password.
+    pub(crate) fn driver_url(&self) -> &Url {
+        &self.driver_url
+    }
+
+    /// The URL's own address.
+    pub(crate) fn seed(&self) -> HostPort {
+        HostPort {
+            host: self.host.clone(),
+            port: self.port,
+        }
+    }
+
+    /// How instance names turn into addresses: overrides, then the explicit pattern, then the
+    /// pattern derived from an RDS host name.
+    pub(crate) fn addressing(&self) -> Addressing {
+        Addressing {
+            overrides: self.instance_endpoints.clone(),
+            pattern: self
+                .cluster_instance_host_pattern
+                .clone()
+                .or_else(|| Endpoint::classify(&self.host).instance_host_pattern()),
+            default_port: self.port,
+        }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("user", &self.user())
+            .field("password", &self.password)
+            .field("database", &self.driver_url.path().trim_start_matches('/'))
+            .field("driver_parameters", &self.driver_url.query())
+            .field("cluster_id", &self.cluster_id)
+            .field(
+                "cluster_instance_host_pattern",
+                &self.cluster_instance_host_pattern,
+            )
+            .field("instance_endpoints", &self.instance_endpoints)
+            .field(
+                "cluster_topology_refresh_rate",
+                &self.cluster_topology_refresh_rate,
+            )
+            .field("dialect", &self.dialect)
+            .field(
+                "reader_host_selector_strategy",
+                &self.reader_host_selector_strategy,
+            )
+            .field("reader_fallback_to_writer", &self.reader_fallback_to_writer)
+            .field("writer", &self.writer)
+            .field("reader", &self.reader)
+            .field("acquire_timeout", &self.acquire_timeout)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_lifetime", &self.max_lifetime)
+            .field("connect_timeout", &self.connect_timeout)
+            .finish()
+    }
+}
+
+impl FromStr for Config {
+    type Err = Error;
+
+    fn from_str(url: &str) -> Result<Config> {
+        Config::from_url(url)
+    }
+}
+
+fn percent_decode(text: &str) -> Result<String> {
+    url::form_urlencoded::parse(format!("p={}", text.replace('+', "%2B")).as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
+        .ok_or_else(|| Error::config("url", "the password is not valid percent-encoding"))
+}
+
+fn parse_number<T: FromStr>(key: &str, value: &str) -> Result<T> {
+    value.trim().parse().map_err(|_| {
+        Error::config(
+            key,
+            format!("`{value}` is not a valid non-negative integer"),
+        )
+    })
+}
+
+fn parse_bool(key: &str, value: &str) -> Result<bool> {
+    match value {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        _ => Err(Error::config(
+            key,
+            format!("`{value}` is not `true` or `false`"),
+        )),
+    }
+}
+
+fn optional_ms(ms: u64) -> Option<Duration> {
+    (ms > 0).then(|| Duration::from_millis(ms))
+}
+
+fn check_driver_parameter(key: &str, value: &str) -> Result<()> {
+    match key {
+        "sslmode" | "ssl-mode" if !SSL_MODES.contains(&value) => Err(Error::config(
+            key,
+            format!("`{value}` is not one of {}", SSL_MODES.join(", ")),
+        )),
+        "statement-cache-capacity" => parse_number::<usize>(key, value).map(|_| ()),
+        _ => Ok(()),
+    }
+}
+
+/// Builds a [`Config`] (or, with the `sqlx` feature, an [`AuroraPool`](crate::AuroraPool))
+/// from a URL plus settings made in code.
+///
+/// Settings made here win over the URL's parameters.
+///
+/// ```
+/// use std::time::Duration;
+/// use aurora_pool::{AuroraPool, ReaderSelection};
+///
+/// let config = AuroraPool::builder()
+///     .url("postgres://app@db.cluster-abc123.us-east-1.rds.amazonaws.com/app")
+///     .cluster_id("orders")
+///     .reader_host_selector_strategy(ReaderSelection::RoundRobin)
+///     .writer_max_connections(20)
+///     .acquire_timeout(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(config.writer.max_connections, 20);
+/// # Ok::<(), aurora_pool::Error>(())
+/// ```
+#[must_use]
+#[derive(Default)]
+pub struct Builder {
+    url: Option<String>,
+    settings: Vec<Setting>,
+}
+
+type Setting = Box<dyn FnOnce(&mut Config) -> Result<()> + Send>;
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("settings", &self.settings.len())
+            .finish()
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$config:ident, $value:ident| $body:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(self, $value: $ty) -> Self {
+                self.with(move |$config| { $body; Ok(()) })
+            }
+        )*
+    };
+}
+
+impl Builder {
+    /// A builder with no URL yet.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    fn with(mut self, setting: impl FnOnce(&mut Config) -> Result<()> + Send + 'static) -> Self {
+        self.settings.push(Box::new(setting));
+        self
+    }
+
+    /// The connection URL (required).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    setters! {
+        /// See [`Config::cluster_id`].
+        cluster_id: impl Into<String> + Send + 'static => |c, v| c.cluster_id = v.into();
+        /// See [`Config::cluster_topology_refresh_rate`].
+        cluster_topology_refresh_rate: Duration => |c, v| c.cluster_topology_refresh_rate = v;
+        /// See [`Config::dialect`].
+        dialect: Dialect => |c, v| c.dialect = Some(v);
+        /// See [`Config::reader_host_selector_strategy`].
+        reader_host_selector_strategy: ReaderSelection => |c, v| c.reader_host_selector_strategy = v;
+        /// See [`Config::reader_fallback_to_writer`].
+        reader_fallback_to_writer: bool => |c, v| c.reader_fallback_to_writer = v;
+        /// See [`PoolSizing::max_connections`] of [`Config::writer`].
+        writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
+        /// See [`PoolSizing::min_connections`] of [`Config::writer`].
+        writer_min_connections: u32 => |c, v| c.writer.min_connections = v;
+        /// See [`PoolSizing::max_connections`] of [`Config::reader`].
+        reader_max_connections: u32 => |c, v| c.reader.max_connections = v;
+        /// See [`PoolSizing::min_connections`] of [`Config::reader`].
+        reader_min_connections: u32 => |c, v| c.reader.min_connections = v;
+        /// See [`Config::acquire_timeout`].
+        acquire_timeout: Duration => |c, v| c.acquire_timeout = v;
+        /// See [`Config::idle_timeout`]; `None` keeps idle connections forever.
+        idle_timeout: Option<Duration> => |c, v| c.idle_timeout = v;
+        /// See [`Config::max_lifetime`]; `None` lets connections live forever.
+        max_lifetime: Option<Duration> => |c, v| c.max_lifetime = v;
+        /// See [`Config::connect_timeout`].
+        connect_timeout: Duration => |c, v| c.connect_timeout = v;
+        /// The password, instead of the one in the URL.
+        password: impl Into<String> + Send + 'static => |c, v| c.set_password(v);
+    }
+
+    /// See [`Config::cluster_instance_host_pattern`]; checked when the builder is built.
+    pub fn cluster_instance_host_pattern(self, pattern: impl Into<String>) -> Self {
+        let pattern = pattern.into();
+        self.with(move |c| {
+            c.cluster_instance_host_pattern = Some(HostPattern::parse(&pattern)?);
+            Ok(())
+        })
+    }
+
+    /// Adds one entry to [`Config::instance_endpoints`]: `address` is `host:port`.
+    pub fn instance_endpoint(
+        self,
+        instance: impl Into<String>,
+        address: impl Into<String>,
+    ) -> Self {
+        let (instance, address) = (instance.into(), address.into());
+        self.with(move |c| {
+            let address = HostPort::parse("instance_endpoints", &address)?;
+            c.instance_endpoints.insert(instance, address);
+            Ok(())
+        })
+    }
+
+    /// Parses the URL, applies the settings in order and validates the result.
+    pub fn build(self) -> Result<Config> {
+        let url = self
+            .url
+            .ok_or_else(|| Error::config("url", "no URL given; call `.url(\"postgres://...\")`"))?;
+        let mut config = Config::from_url(&url)?;
+        for setting in self.settings {
+            setting(&mut config)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RDS: &str =
+        "postgres://app:s3cr%40t@db.cluster-abc123.us-east-1.rds.amazonaws.com:5433/orders";
+
+    #[test]
+    fn parses_url_and_defaults() {
+        let c = Config::from_url(RDS).unwrap();
+        assert_eq!(c.host, "db.cluster-abc123.us-east-1.rds.amazonaws.com");
+        assert_eq!(c.port, 5433);
+        assert_eq!(c.user(), "app");
+        assert_eq!(c.password(), Some("s3cr@t"));
+        assert_eq!(c.cluster_id, "1");
+        assert_eq!(c.cluster_topology_refresh_rate, Duration::from_secs(30));
+        assert_eq!(c.reader_host_selector_strategy, ReaderSelection::Random);
+        assert!(c.reader_fallback_to_writer);
+        assert_eq!(
+            c.driver_url().as_str(),
+            "postgres://app@db.cluster-abc123.us-east-1.rds.amazonaws.com:5433/orders"
+        );
+        let addressing = c.addressing();
+        assert_eq!(
+            addressing.address("instance-2").unwrap().to_string(),
+            "instance-2.abc123.us-east-1.rds.amazonaws.com:5433"
+        );
+    }
+
+    #[test]
+    fn parses_own_and_driver_parameters() {
+        let c = Config::from_url(&format!(
+            "{RDS}?cluster_id=orders&instance_endpoints=instance-1%3D127.0.0.1%3A6001,instance-2%3D127.0.0.1%3A6002\
+             &cluster_topology_refresh_rate_ms=500&reader_host_selector_strategy=least_connections\
+             &reader_fallback_to_writer=false&writer_max_connections=4&reader_min_connections=1\
+             &idle_timeout_ms=0&dialect=aurora-pg&sslmode=require&application_name=svc&options=-c%20statement_timeout%3D5s"
+        ))
+        .unwrap();
+        assert_eq!(c.cluster_id, "orders");
+        assert_eq!(
+            c.instance_endpoints["instance-2"].to_string(),
+            "127.0.0.1:6002"
+        );
+        assert_eq!(c.cluster_topology_refresh_rate, Duration::from_millis(500));
+        assert_eq!(
+            c.reader_host_selector_strategy,
+            ReaderSelection::LeastConnections
+        );
+        assert!(!c.reader_fallback_to_writer);
+        assert_eq!(c.writer.max_connections, 4);
+        assert_eq!(c.reader.min_connections, 1);
+        assert_eq!(c.idle_timeout, None);
+        assert_eq!(c.dialect, Some(Dialect::AuroraPg));
+        let query = c.driver_url().query().unwrap();
+        assert!(
+            query.contains("sslmode=require") && query.contains("application_name=svc"),
+            "{query}"
+        );
+        assert!(!query.contains("cluster_id"), "{query}");
+        assert_eq!(
+            c.addressing().address("instance-1").unwrap().to_string(),
+            "127.0.0.1:6001"
+        );
+    }
+
+    #[test]
+    fn bad_input_names_the_parameter() {
+        let cases = [
+            ("?cluster_id=", "cluster_id"),
+            ("?colour=blue", "colour"),
+            ("?sslmode=sometimes", "sslmode"),
+            ("?writer_max_connections=0", "writer_max_connections"),
+            ("?writer_max_connections=lots", "writer_max_connections"),
+            ("?reader_min_connections=11", "reader_min_connections"),
+            (
+                "?cluster_topology_refresh_rate_ms=0",
+                "cluster_topology_refresh_rate_ms",
+            ),
+            ("?instance_endpoints=instance-1", "instance_endpoints"),
+            (
+                "?instance_endpoints=instance-1%3Dlocalhost",
+                "instance_endpoints",
+            ),
+            (
+                "?cluster_instance_host_pattern=nope.example.com",
+                "cluster_instance_host_pattern",
+            ),
+            (
+                "?reader_host_selector_strategy=fastest",
+                "reader_host_selector_strategy",
+            ),
+            (
+                "?reader_fallback_to_writer=yes",
+                "reader_fallback_to_writer",
+            ),
+            ("?dialect=mysql", "dialect"),
+            ("?port=5432", "port"),
+            ("?statement-cache-capacity=-1", "statement-cache-capacity"),
+        ];
+        for (query, parameter) in cases {
+            let err = Config::from_url(&format!("{RDS}{query}")).unwrap_err();
+            assert_eq!(err.parameter(), Some(parameter), "{query}: {err}");
+            assert!(err.to_string().contains(parameter), "{err}");
+            assert!(!err.to_string().contains("s3cr"), "{err}");
+        }
+        for (url, needle) in [
+            ("mysql://h/db", "scheme"),
+            ("not a url", "not a valid URL"),
+            ("postgres:///db", "no host"),
+        ] {
+            let err = Config::from_url(url).unwrap_err();
+            assert_eq!(err.parameter(), Some("url"));
+            assert!(err.to_string().contains(needle), "{err}");
+        }
+    }
+
+    #[test]
+    fn secrets_stay_out_of_debug() {
+        let c = Config::from_url(&format!("{RDS}?sslmode=require")).unwrap();
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr"), "{debug}");
+        assert!(debug.contains("<redacted>"));
+        let b = Builder::new().url(RDS).password("hunter2");
+        assert!(!format!("{b:?}").contains("s3cr"));
+        let c = b.build().unwrap();
+        assert_eq!(c.password(), Some("hunter2"));
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn builder_settings_win_and_are_validated() {
+        let c = Builder::new()
+            .url(format!(
+                "{RDS}?cluster_id=from-url&writer_max_connections=3"
+            ))
+            .cluster_id("from-code")
+            .instance_endpoint("instance-9", "10.1.1.1:5432")
+            .cluster_instance_host_pattern("?.internal:6432")
+            .build()
+            .unwrap();
+        assert_eq!(c.cluster_id, "from-code");
+        assert_eq!(c.writer.max_connections, 3);
+        assert_eq!(
+            c.addressing().address("instance-9").unwrap().to_string(),
+            "10.1.1.1:5432"
+        );
+        assert_eq!(
+            c.addressing().address("instance-1").unwrap().to_string(),
+            "instance-1.internal:6432"
+        );
+
+        assert_eq!(Builder::new().build().unwrap_err().parameter(), Some("url"));
+        let err = Builder::new()
+            .url(RDS)
+            .writer_min_connections(50)
+            .build()
+            .unwrap_err();
+        assert_eq!(err.parameter(), Some("writer_min_connections"));
+        let err = Builder::new()
+            .url(RDS)
+            .instance_endpoint("x", "nowhere")
+            .build()
+            .unwrap_err();
+        assert_eq!(err.parameter(), Some("instance_endpoints"));
+    }
+
+    #[test]
+    fn non_rds_hosts_need_a_pattern_or_overrides() {
+        let c = Config::from_url("postgres://app@10.0.0.5/app").unwrap();
+        let err = c.addressing().address("instance-1").unwrap_err();
+        assert_eq!(err.parameter(), Some("cluster_instance_host_pattern"));
+        assert!(err.to_string().contains("instance_endpoints"), "{err}");
+    }
+}

@@ -1,0 +1,56 @@
+//! The seam between the driver-independent core (discovery, monitor) and a database driver:
+//! a connection that runs a simple query and returns text.
+
+use std::future::Future;
+use std::pin::Pin;
+
+use crate::endpoint::HostPort;
+use crate::error::Result;
+
+/// A boxed, sendable future.
+pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// One result row, every column in PostgreSQL's text format (`None` for NULL).
+pub(crate) type TextRow = Vec<Option<String>>;
+
+/// Why a connection is opened; it decides the `application_name` it carries, so operators
+/// can tell the crate's own connections apart in `pg_stat_activity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The short-lived connection that discovers the topology when a pool is created.
+    Discovery,
+    /// The cluster monitor's connection.
+    Monitor,
+}
+
+impl Purpose {
+    pub(crate) fn application_name(self, cluster_id: &str) -> String {
+        let name = match self {
+            Purpose::Discovery => "aurora-pool-discovery",
+            Purpose::Monitor => "aurora-pool-monitor",
+        };
+        format!("{name}:{cluster_id}")
+    }
+}
+
+/// A connection used by the crate itself, never handed to users.
+pub(crate) trait AdminConnection: Send {
+    /// Runs one statement with the simple query protocol and returns its rows as text.
+    ///
+    /// A statement the server rejects yields a driver error carrying the SQLSTATE; the
+    /// connection stays usable. A broken connection yields a connect error.
+    fn query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<TextRow>>>;
+
+    /// Closes the connection politely (Terminate message).
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
+}
+
+/// Opens [`AdminConnection`]s with the pool's credentials and TLS settings.
+pub(crate) trait Connector: Send + Sync + 'static {
+    /// Connects to `address` (bounded by the configured connect timeout).
+    fn connect<'a>(
+        &'a self,
+        address: &'a HostPort,
+        purpose: Purpose,
+    ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>>;
+}

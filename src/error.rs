@@ -1,0 +1,250 @@
+//! The crate's error type.
+//!
+//! [`Error`] is opaque (a boxed private kind, like `tokio_postgres::Error`) so that it can grow
+//! new cases without breaking users. Ask it what happened with the predicates
+//! ([`Error::is_config`], [`Error::is_connect`], ...) and reach the driver's own error through
+//! [`std::error::Error::source`].
+
+use std::error::Error as StdError;
+use std::fmt;
+
+/// A boxed error from a driver or from the operating system.
+pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
+
+/// The error type of every fallible operation in this crate.
+///
+/// Messages never contain passwords or tokens: they name parameters, instances and addresses.
+pub struct Error(Box<Inner>);
+
+struct Inner {
+    kind: Kind,
+    message: String,
+    sqlstate: Option<String>,
+    source: Option<BoxError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Kind {
+    /// A configuration value is missing, malformed or contradicts another one.
+    Config { parameter: String },
+    /// A physical connection could not be opened or broke.
+    Connect,
+    /// The cluster's topology could not be read or made no sense.
+    Topology,
+    /// Two different clusters were registered under one `cluster_id`.
+    ClusterIdMismatch { cluster_id: String },
+    /// A reader was demanded, none is available and falling back to the writer is disabled.
+    NoReader,
+    /// The pool was closed.
+    Closed,
+    /// A wait ran out of time.
+    Timeout,
+    /// Any other error reported by the database driver.
+    Driver,
+}
+
+impl Error {
+    fn new(kind: Kind, message: impl Into<String>) -> Self {
+        Error(Box::new(Inner {
+            kind,
+            message: message.into(),
+            sqlstate: None,
+            source: None,
+        }))
+    }
+
+    pub(crate) fn config(parameter: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            Kind::Config {
+                parameter: parameter.to_owned(),
+            },
+            message,
+        )
+    }
+
+    pub(crate) fn connect(message: impl Into<String>) -> Self {
+        Self::new(Kind::Connect, message)
+    }
+
+    pub(crate) fn topology(message: impl Into<String>) -> Self {
+        Self::new(Kind::Topology, message)
+    }
+
+    pub(crate) fn cluster_id_mismatch(cluster_id: &str, message: impl Into<String>) -> Self {
+        Self::new(
+            Kind::ClusterIdMismatch {
+                cluster_id: cluster_id.to_owned(),
+            },
+            message,
+        )
+    }
+
+    pub(crate) fn no_reader(message: impl Into<String>) -> Self {
+        Self::new(Kind::NoReader, message)
+    }
+
+    pub(crate) fn closed() -> Self {
+        Self::new(Kind::Closed, "the pool is closed")
+    }
+
+    pub(crate) fn timeout(message: impl Into<String>) -> Self {
+        Self::new(Kind::Timeout, message)
+    }
+
+    pub(crate) fn driver(message: impl Into<String>) -> Self {
+        Self::new(Kind::Driver, message)
+    }
+
+    /// Attaches the underlying cause.
+    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+        self.0.source = Some(source.into());
+        self
+    }
+
+    /// Attaches the SQLSTATE the server reported.
+    pub(crate) fn with_sqlstate(mut self, sqlstate: Option<String>) -> Self {
+        self.0.sqlstate = sqlstate;
+        self
+    }
+
+    /// The configuration was invalid; [`Error::parameter`] names the culprit.
+    pub fn is_config(&self) -> bool {
+        matches!(self.0.kind, Kind::Config { .. })
+    }
+
+    /// The parameter a configuration error is about (its URL parameter name).
+    pub fn parameter(&self) -> Option<&str> {
+        match &self.0.kind {
+            Kind::Config { parameter } => Some(parameter),
+            _ => None,
+        }
+    }
+
+    /// A connection could not be opened, or broke.
+    pub fn is_connect(&self) -> bool {
+        self.0.kind == Kind::Connect
+    }
+
+    /// The cluster topology could not be read, or the catalog answered something invalid
+    /// (for example no writer).
+    pub fn is_topology(&self) -> bool {
+        self.0.kind == Kind::Topology
+    }
+
+    /// Pools of two different clusters share one `cluster_id`. Give each physical cluster its
+    /// own `cluster_id`.
+    pub fn is_cluster_id_mismatch(&self) -> bool {
+        matches!(self.0.kind, Kind::ClusterIdMismatch { .. })
+    }
+
+    /// The `cluster_id` a mismatch error is about.
+    pub fn cluster_id(&self) -> Option<&str> {
+        match &self.0.kind {
+            Kind::ClusterIdMismatch { cluster_id } => Some(cluster_id),
+            _ => None,
+        }
+    }
+
+    /// A reader was required, none is available and `reader_fallback_to_writer` is off.
+    pub fn is_no_reader(&self) -> bool {
+        self.0.kind == Kind::NoReader
+    }
+
+    /// The pool was closed with [`close`](crate::AuroraPool::close).
+    pub fn is_closed(&self) -> bool {
+        self.0.kind == Kind::Closed
+    }
+
+    /// A wait (connect, acquire, discovery) ran out of time.
+    pub fn is_timeout(&self) -> bool {
+        self.0.kind == Kind::Timeout
+    }
+
+    /// Any other error reported by the database driver; see [`Error::sqlstate`] and `source()`.
+    pub fn is_driver(&self) -> bool {
+        self.0.kind == Kind::Driver
+    }
+
+    /// The SQLSTATE reported by the server, when the error came from one.
+    pub fn sqlstate(&self) -> Option<&str> {
+        self.0.sqlstate.as_deref()
+    }
+}
+
+impl fmt::Debug for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Error");
+        d.field("kind", &self.0.kind)
+            .field("message", &self.0.message);
+        if let Some(sqlstate) = &self.0.sqlstate {
+            d.field("sqlstate", sqlstate);
+        }
+        if let Some(source) = &self.0.source {
+            d.field("source", source);
+        }
+        d.finish()
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.0.kind {
+            Kind::Config { parameter } => write!(
+                f,
+                "invalid configuration: `{parameter}`: {}",
+                self.0.message
+            )?,
+            Kind::ClusterIdMismatch { cluster_id } => write!(
+                f,
+                "cluster_id `{cluster_id}` is used for two different clusters: {}",
+                self.0.message
+            )?,
+            _ => f.write_str(&self.0.message)?,
+        }
+        if let Some(source) = &self.0.source {
+            write!(f, ": {source}")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for Error {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        self.0
+            .source
+            .as_deref()
+            .map(|e| e as &(dyn StdError + 'static))
+    }
+}
+
+/// The crate's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_errors_name_the_parameter() {
+        let err = Error::config("cluster_id", "must not be empty");
+        assert!(err.is_config());
+        assert_eq!(err.parameter(), Some("cluster_id"));
+        assert_eq!(
+            err.to_string(),
+            "invalid configuration: `cluster_id`: must not be empty"
+        );
+        assert!(!err.is_connect());
+    }
+
+    #[test]
+    fn source_and_sqlstate_are_kept() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let err = Error::connect("cannot reach instance-1 at 127.0.0.1:1")
+            .with_source(io)
+            .with_sqlstate(Some("08001".into()));
+        assert_eq!(err.sqlstate(), Some("08001"));
+        let source = err.source().expect("source kept");
+        assert_eq!(source.to_string(), "refused");
+        assert!(err.to_string().ends_with(": refused"));
+    }
+}

@@ -1,0 +1,25 @@
+#![doc = include_str!("../README.md")]
+#![forbid(unsafe_code, non_ascii_idents)]
+#![deny(nonstandard_style, rust_2018_idioms, rustdoc::broken_intra_doc_links)]
+#![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub mod config;
+mod connector;
+pub mod endpoint;
+mod error;
+mod monitor;
+mod pool;
+mod select;
+pub mod topology;
+
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{Builder, Config, PoolSizing};
+pub use error::{Error, Result};
+#[cfg(feature = "sqlx")]
+pub use pool::AuroraPool;
+pub use pool::{InstanceStatus, PoolStatus};
+pub use select::ReaderSelection;
+pub use topology::{Dialect, Instance, Role, Topology};

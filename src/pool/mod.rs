@@ -1,0 +1,10 @@
+//! The pool: routing by role over per-instance pools of a driver backend.
+
+pub(crate) mod core;
+#[cfg(feature = "sqlx")]
+mod sqlx;
+mod status;
+
+#[cfg(feature = "sqlx")]
+pub use self::sqlx::AuroraPool;
+pub use status::{InstanceStatus, PoolStatus};

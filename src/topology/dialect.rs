@@ -1,0 +1,315 @@
+//! Database dialects: how to recognise each kind of cluster and how to read its topology.
+//!
+//! The SQL is the exact text the AWS Advanced drivers run, so that anything that satisfies them
+//! (real Aurora, `testing::LocalCluster`) satisfies this crate too.
+
+use std::fmt;
+
+use super::rows::{aurora_rows, parse_bool};
+use super::{Addressing, Instance, Role, Topology};
+use crate::connector::{AdminConnection, TextRow};
+use crate::endpoint::{Endpoint, EndpointKind, HostPort};
+use crate::error::{Error, Result};
+
+/// The kind of database behind the URL; it decides how the topology is read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Dialect {
+    /// Aurora PostgreSQL: topology from `aurora_replica_status()`.
+    AuroraPg,
+    /// RDS Multi-AZ DB cluster (PostgreSQL): topology from `rds_tools.show_topology()`.
+    RdsMultiAzPg,
+    /// A single RDS PostgreSQL instance: a topology of one writer.
+    RdsPg,
+    /// Any other PostgreSQL server: a topology of one writer.
+    Pg,
+}
+
+impl Dialect {
+    /// The name used in the `dialect` parameter and in logs.
+    pub fn code(self) -> &'static str {
+        match self {
+            Dialect::AuroraPg => "aurora-pg",
+            Dialect::RdsMultiAzPg => "rds-multi-az-pg",
+            Dialect::RdsPg => "rds-pg",
+            Dialect::Pg => "pg",
+        }
+    }
+
+    /// Parses a dialect name (`aurora-pg`, `rds-multi-az-pg` or `rds-multi-az-pg-cluster`,
+    /// `rds-pg`, `pg`).
+    pub(crate) fn parse(parameter: &str, text: &str) -> Result<Dialect> {
+        match text {
+            "aurora-pg" => Ok(Dialect::AuroraPg),
+            "rds-multi-az-pg" | "rds-multi-az-pg-cluster" => Ok(Dialect::RdsMultiAzPg),
+            "rds-pg" => Ok(Dialect::RdsPg),
+            "pg" => Ok(Dialect::Pg),
+            other => Err(Error::config(
+                parameter,
+                format!(
+                    "unknown dialect `{other}`; expected aurora-pg, rds-multi-az-pg, rds-pg or pg"
+                ),
+            )),
+        }
+    }
+
+    /// The first guess from the host name, confirmed or replaced once connected.
+    fn guess(kind: EndpointKind) -> Dialect {
+        match kind {
+            EndpointKind::ClusterWriter
+            | EndpointKind::ClusterReader
+            | EndpointKind::ClusterCustom
+            | EndpointKind::ShardGroup
+            | EndpointKind::Global => Dialect::AuroraPg,
+            EndpointKind::Proxy | EndpointKind::Instance => Dialect::RdsPg,
+            _ => Dialect::Pg,
+        }
+    }
+
+    /// The order in which dialects are tried after a guess (the guess itself last).
+    fn candidates(self) -> &'static [Dialect] {
+        match self {
+            Dialect::AuroraPg => &[
+                Dialect::AuroraPg,
+                Dialect::RdsMultiAzPg,
+                Dialect::RdsPg,
+                Dialect::Pg,
+            ],
+            Dialect::RdsPg => &[
+                Dialect::RdsMultiAzPg,
+                Dialect::AuroraPg,
+                Dialect::RdsPg,
+                Dialect::Pg,
+            ],
+            Dialect::RdsMultiAzPg | Dialect::Pg => &[
+                Dialect::AuroraPg,
+                Dialect::RdsMultiAzPg,
+                Dialect::RdsPg,
+                Dialect::Pg,
+            ],
+        }
+    }
+}
+
+impl fmt::Display for Dialect {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.code())
+    }
+}
+
+const IS_PG: &str = "SELECT 1 FROM pg_catalog.pg_proc LIMIT 1";
+const AURORA_EXTENSION: &str = "SELECT (setting OPERATOR(pg_catalog.~~) '%aurora_stat_utils%') AS aurora_stat_utils FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=) 'rds.extensions'";
+const AURORA_REPLICA_STATUS: &str = "SELECT 1 FROM pg_catalog.aurora_replica_status() LIMIT 1";
+const AURORA_TOPOLOGY: &str = "SELECT SERVER_ID, CASE WHEN SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' THEN TRUE ELSE FALSE END, CPU, COALESCE(REPLICA_LAG_IN_MSEC, 0), LAST_UPDATE_TIMESTAMP FROM pg_catalog.aurora_replica_status() WHERE EXTRACT(EPOCH FROM(pg_catalog.NOW() OPERATOR(pg_catalog.-) LAST_UPDATE_TIMESTAMP)) OPERATOR(pg_catalog.<=) 300 OR SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' OR LAST_UPDATE_TIMESTAMP IS NULL";
+const AURORA_INSTANCE_ID: &str =
+    "SELECT pg_catalog.aurora_db_instance_identifier(), pg_catalog.aurora_db_instance_identifier()";
+const MULTI_AZ_IS_DIALECT: &str = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id()";
+const MULTI_AZ_TOPOLOGY: &str = concat!(
+    "SELECT id, endpoint, port FROM rds_tools.show_topology('aurora-pool-",
+    env!("CARGO_PKG_VERSION"),
+    "')"
+);
+const MULTI_AZ_WRITER_ID: &str = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id() WHERE multi_az_db_cluster_source_dbi_resource_id OPERATOR(pg_catalog.!=) (SELECT dbi_resource_id FROM rds_tools.dbi_resource_id())";
+const MULTI_AZ_INSTANCE_ID: &str = "SELECT dbi_resource_id FROM rds_tools.dbi_resource_id()";
+const RDS_EXTENSIONS: &str = "SELECT (setting ~~ '%rds_tools%') AS rds_tools, (setting ~~ '%aurora_stat_utils%') AS aurora_stat_utils FROM pg_settings WHERE name='rds.extensions'";
+const IS_READER: &str = "SELECT pg_catalog.pg_is_in_recovery()";
+
+/// Runs a probe query; a statement the server rejects (missing function, missing setting)
+/// means "not this dialect", a broken connection is an error.
+async fn probe(conn: &mut dyn AdminConnection, sql: &str) -> Result<Option<Vec<TextRow>>> {
+    match conn.query(sql).await {
+        Ok(rows) => Ok(Some(rows)),
+        Err(err) if err.is_driver() => Ok(None),
+        Err(err) => Err(err),
+    }
+}
+
+fn first(rows: &[TextRow]) -> Option<&str> {
+    rows.first()?.first()?.as_deref()
+}
+
+async fn is_dialect(conn: &mut dyn AdminConnection, dialect: Dialect) -> Result<bool> {
+    Ok(match dialect {
+        Dialect::AuroraPg => {
+            matches!(probe(conn, AURORA_EXTENSION).await?, Some(rows) if parse_bool(first(&rows)) == Some(true))
+                && matches!(probe(conn, AURORA_REPLICA_STATUS).await?, Some(rows) if !rows.is_empty())
+        }
+        Dialect::RdsMultiAzPg => {
+            matches!(probe(conn, MULTI_AZ_IS_DIALECT).await?, Some(rows) if first(&rows).is_some())
+        }
+        Dialect::RdsPg => match probe(conn, RDS_EXTENSIONS).await? {
+            Some(rows) => {
+                let row = rows.first();
+                let flag =
+                    |i: usize| parse_bool(row.and_then(|r| r.get(i)).and_then(|v| v.as_deref()));
+                flag(0) == Some(true) && flag(1) != Some(true)
+            }
+            None => false,
+        },
+        Dialect::Pg => matches!(probe(conn, IS_PG).await?, Some(rows) if !rows.is_empty()),
+    })
+}
+
+/// Finds the dialect of the server behind `conn`, starting from the guess the host name gives.
+async fn detect(conn: &mut dyn AdminConnection, kind: EndpointKind) -> Result<Dialect> {
+    let guess = Dialect::guess(kind);
+    for &candidate in guess.candidates() {
+        if is_dialect(conn, candidate).await? {
+            tracing::debug!(target: "aurora_pool", guess = %guess, dialect = %candidate, "dialect detected");
+            return Ok(candidate);
+        }
+    }
+    Err(Error::topology(
+        "the server answers none of the dialect checks (is it PostgreSQL?)",
+    ))
+}
+
+/// What discovery learns through its first connection.
+#[derive(Debug)]
+pub(crate) struct Discovered {
+    pub(crate) topology: Topology,
+    /// The instance the discovery connection landed on.
+    pub(crate) connected_to: String,
+}
+
+/// Where a topology query runs and how its names become addresses.
+#[derive(Debug, Clone)]
+pub(crate) struct TopologySource {
+    pub(crate) dialect: Dialect,
+    pub(crate) addressing: Addressing,
+    /// The URL's own address: the single instance of the `pg` and `rds-pg` dialects.
+    pub(crate) seed: HostPort,
+}
+
+/// Detects the dialect (unless forced), reads the topology and identifies the instance the
+/// connection is on.
+pub(crate) async fn discover(
+    conn: &mut dyn AdminConnection,
+    forced: Option<Dialect>,
+    seed: &HostPort,
+    addressing: &Addressing,
+) -> Result<(Discovered, TopologySource)> {
+    let kind = Endpoint::classify(&seed.host).kind();
+    let dialect = match forced {
+        Some(dialect) => dialect,
+        None => detect(conn, kind).await?,
+    };
+    let source = TopologySource {
+        dialect,
+        addressing: addressing.clone(),
+        seed: seed.clone(),
+    };
+    let topology = query_topology(conn, &source).await?;
+    let connected_to = match dialect {
+        Dialect::AuroraPg => first(&conn.query(AURORA_INSTANCE_ID).await?)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::topology("aurora_db_instance_identifier() returned nothing"))?,
+        Dialect::RdsMultiAzPg => first(&conn.query(MULTI_AZ_INSTANCE_ID).await?)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::topology("rds_tools.dbi_resource_id() returned nothing"))?,
+        Dialect::RdsPg | Dialect::Pg => topology.writer().id().to_owned(),
+    };
+    Ok((
+        Discovered {
+            topology,
+            connected_to,
+        },
+        source,
+    ))
+}
+
+/// Reads the topology through `conn`.
+pub(crate) async fn query_topology(
+    conn: &mut dyn AdminConnection,
+    source: &TopologySource,
+) -> Result<Topology> {
+    let dialect = source.dialect;
+    let instances = match dialect {
+        Dialect::AuroraPg => {
+            let rows = aurora_rows(&conn.query(AURORA_TOPOLOGY).await?)?;
+            rows.into_iter()
+                .map(|row| {
+                    Ok(Instance {
+                        address: source.addressing.address(&row.id)?,
+                        name: row.id.clone(),
+                        id: row.id,
+                        role: if row.is_writer {
+                            Role::Writer
+                        } else {
+                            Role::Reader
+                        },
+                        replica_lag_ms: row.lag_ms,
+                        cpu: row.cpu,
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?
+        }
+        Dialect::RdsMultiAzPg => multi_az_instances(conn, source).await?,
+        Dialect::RdsPg | Dialect::Pg => {
+            let in_recovery = parse_bool(first(&conn.query(IS_READER).await?));
+            if in_recovery != Some(false) {
+                return Err(Error::topology(format!(
+                    "{} is a standby; with the {dialect} dialect the URL must point at the primary",
+                    source.seed
+                )));
+            }
+            let endpoint = Endpoint::classify(&source.seed.host);
+            let id = match endpoint.kind() {
+                EndpointKind::Instance => source
+                    .seed
+                    .host
+                    .split('.')
+                    .next()
+                    .unwrap_or_default()
+                    .to_owned(),
+                _ => source.seed.to_string(),
+            };
+            vec![Instance {
+                name: id.clone(),
+                id,
+                address: source.seed.clone(),
+                role: Role::Writer,
+                replica_lag_ms: None,
+                cpu: None,
+            }]
+        }
+    };
+    Topology::new(dialect, instances)
+}
+
+async fn multi_az_instances(
+    conn: &mut dyn AdminConnection,
+    source: &TopologySource,
+) -> Result<Vec<Instance>> {
+    let rows = conn.query(MULTI_AZ_TOPOLOGY).await?;
+    let writer_id = match first(&conn.query(MULTI_AZ_WRITER_ID).await?) {
+        Some(id) => id.to_owned(),
+        // Connected to the writer: the source id filtered out is our own.
+        None => first(&conn.query(MULTI_AZ_INSTANCE_ID).await?)
+            .map(str::to_owned)
+            .ok_or_else(|| Error::topology("rds_tools.dbi_resource_id() returned nothing"))?,
+    };
+    let mut instances = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let cell = |i: usize| row.get(i).and_then(|v| v.as_deref());
+        let (Some(id), Some(endpoint)) = (cell(0), cell(1)) else {
+            return Err(Error::topology(
+                "rds_tools.show_topology() returned a row without id or endpoint",
+            ));
+        };
+        let name = endpoint.split('.').next().unwrap_or(endpoint);
+        instances.push(Instance {
+            id: id.to_owned(),
+            name: name.to_owned(),
+            address: source.addressing.address(name)?,
+            role: if id == writer_id {
+                Role::Writer
+            } else {
+                Role::Reader
+            },
+            replica_lag_ms: None,
+            cpu: None,
+        });
+    }
+    Ok(instances)
+}

@@ -1,0 +1,206 @@
+//! The cluster's topology: which instances exist, which one is the writer, and where to reach
+//! each of them.
+
+mod dialect;
+mod rows;
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+pub use dialect::Dialect;
+pub(crate) use dialect::{TopologySource, discover, query_topology};
+
+use crate::endpoint::{HostPattern, HostPort};
+use crate::error::{Error, Result};
+
+/// The role of an instance, or the role a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Role {
+    /// The instance that accepts writes.
+    Writer,
+    /// A read-only replica.
+    Reader,
+}
+
+impl fmt::Display for Role {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Role::Writer => "writer",
+            Role::Reader => "reader",
+        })
+    }
+}
+
+/// One database instance of the cluster.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Instance {
+    id: String,
+    name: String,
+    address: HostPort,
+    role: Role,
+    replica_lag_ms: Option<f64>,
+    cpu: Option<f64>,
+}
+
+impl Instance {
+    /// The id the catalog reports (`SERVER_ID` on Aurora, the DBI resource id on Multi-AZ DB
+    /// clusters, `host:port` for plain PostgreSQL).
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The instance name used in its endpoint. Equal to [`Instance::id`] except on RDS
+    /// Multi-AZ DB clusters.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Where connections to this instance go.
+    pub fn address(&self) -> &HostPort {
+        &self.address
+    }
+
+    /// Writer or reader.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Replica lag reported by the catalog, in milliseconds (Aurora only).
+    pub fn replica_lag_ms(&self) -> Option<f64> {
+        self.replica_lag_ms
+    }
+
+    /// CPU use reported by the catalog, in percent (Aurora only).
+    pub fn cpu(&self) -> Option<f64> {
+        self.cpu
+    }
+
+    /// Same instance at the same address in the same role: what decides whether a pool to it
+    /// can be kept.
+    pub(crate) fn same_placement(&self, other: &Instance) -> bool {
+        self.id == other.id && self.address == other.address && self.role == other.role
+    }
+}
+
+/// A snapshot of the cluster: exactly one writer and any number of readers.
+///
+/// Snapshots are immutable and versioned; a new one is published whenever membership, roles
+/// or addresses change.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Topology {
+    version: u64,
+    dialect: Dialect,
+    /// Sorted by id; the writer is among them.
+    instances: Vec<Instance>,
+}
+
+impl Topology {
+    /// Builds a topology from instances, checking that exactly one of them is the writer.
+    pub(crate) fn new(dialect: Dialect, mut instances: Vec<Instance>) -> Result<Topology> {
+        let writers = instances.iter().filter(|i| i.role == Role::Writer).count();
+        if writers != 1 {
+            return Err(Error::topology(format!(
+                "the {dialect} catalog reports {writers} writers; exactly one is required"
+            )));
+        }
+        instances.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(Topology {
+            version: 0,
+            dialect,
+            instances,
+        })
+    }
+
+    pub(crate) fn with_version(mut self, version: u64) -> Topology {
+        self.version = version;
+        self
+    }
+
+    /// Increases with every published change, starting at 1.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The database dialect the topology was read with.
+    pub fn dialect(&self) -> Dialect {
+        self.dialect
+    }
+
+    /// Every instance, sorted by id.
+    pub fn instances(&self) -> &[Instance] {
+        &self.instances
+    }
+
+    /// The writer instance.
+    pub fn writer(&self) -> &Instance {
+        // `Topology::new` guarantees exactly one writer.
+        self.instances
+            .iter()
+            .find(|i| i.role == Role::Writer)
+            .unwrap_or(&self.instances[0])
+    }
+
+    /// The reader instances, sorted by id.
+    pub fn readers(&self) -> impl Iterator<Item = &Instance> {
+        self.instances.iter().filter(|i| i.role == Role::Reader)
+    }
+
+    /// The instance with this id.
+    pub fn instance(&self, id: &str) -> Option<&Instance> {
+        self.instances.iter().find(|i| i.id == id)
+    }
+
+    /// Same members in the same roles at the same addresses (lag and CPU are ignored).
+    pub(crate) fn same_shape(&self, other: &Topology) -> bool {
+        self.dialect == other.dialect
+            && self.instances.len() == other.instances.len()
+            && self
+                .instances
+                .iter()
+                .zip(&other.instances)
+                .all(|(a, b)| a.same_placement(b))
+    }
+}
+
+impl fmt::Display for Topology {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} v{}:", self.dialect, self.version)?;
+        for i in &self.instances {
+            write!(f, " {}={}@{}", i.id, i.role, i.address)?;
+        }
+        Ok(())
+    }
+}
+
+/// Turns instance names from the catalog into addresses: the explicit override map first,
+/// then the host pattern.
+#[derive(Debug, Clone)]
+pub(crate) struct Addressing {
+    pub(crate) overrides: BTreeMap<String, HostPort>,
+    pub(crate) pattern: Option<HostPattern>,
+    /// Used when the pattern carries no port: the port of the URL.
+    pub(crate) default_port: u16,
+}
+
+impl Addressing {
+    pub(crate) fn address(&self, name: &str) -> Result<HostPort> {
+        if let Some(address) = self.overrides.get(name) {
+            return Ok(address.clone());
+        }
+        match &self.pattern {
+            Some(pattern) => Ok(HostPort {
+                host: pattern.host_for(name),
+                port: pattern.port().unwrap_or(self.default_port),
+            }),
+            None => Err(Error::config(
+                "cluster_instance_host_pattern",
+                format!(
+                    "cannot tell how to reach instance `{name}`: the URL's host is not an RDS host name, \
+                     so set `cluster_instance_host_pattern` (e.g. `?.abc123.us-east-1.rds.amazonaws.com` \
+                     or `?.db.example.com:5432`) or list every instance in `instance_endpoints` \
+                     (`{name}=host:port,...`)"
+                ),
+            )),
+        }
+    }
+}
