@@ -113,8 +113,8 @@ static REGISTRY: LazyLock<Mutex<BTreeMap<String, Weak<ClusterHandle>>>> =
 /// Joins the monitor of `cluster_id`, starting it with the discovered topology when none runs.
 ///
 /// `connected_to` is the instance the pool's discovery connection landed on: when a monitor
-/// already runs for this id and does not know that instance, two different clusters share one
-/// `cluster_id`, which is refused.
+/// already runs for this id and does not know that instance at the address this pool
+/// found it, two different clusters share one `cluster_id`, which is refused.
 pub(crate) fn join(
     cluster_id: &str,
     topology: Topology,
@@ -131,12 +131,14 @@ pub(crate) fn join(
             .and_then(Weak::upgrade);
         if let Some(handle) = existing {
             let current = handle.topology();
-            if current.instance(connected_to).is_none() {
+            let cached = current.instance(connected_to).map(|i| i.address());
+            let discovered = topology.instance(connected_to).map(|i| i.address());
+            if cached.is_none() || cached != discovered {
                 return Err(Error::cluster_id_mismatch(
                     cluster_id,
                     format!(
-                        "this pool's URL leads to instance `{connected_to}`, which is not in the topology \
-                         already cached under this id ({current}); give each physical cluster its own `cluster_id`"
+                        "this pool's URL leads to instance `{connected_to}`, which the topology \
+                         already cached under this id ({current}) does not know at that address; give each physical cluster its own `cluster_id`"
                     ),
                 ));
             }

@@ -1,0 +1,99 @@
+//! One monitor (and one monitoring connection) per `cluster_id`, shared by every pool with
+//! that id whatever its URL, isolated from other ids, stopped with the last pool.
+
+mod support;
+
+use std::time::Duration;
+
+use aurora_pool::AuroraPool;
+use aurora_pool::testing::LocalCluster;
+use support::{connections_named, eventually, unique_cluster_id, url_with};
+
+fn monitor_name(cluster_id: &str) -> String {
+    format!("aurora-pool-monitor:{cluster_id}")
+}
+
+async fn settles_at(cluster: &LocalCluster, cluster_id: &str, expected: usize) -> bool {
+    let name = monitor_name(cluster_id);
+    eventually(Duration::from_secs(10), || async {
+        connections_named(cluster, "instance-1", &name).await == expected
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_with_one_cluster_id_share_one_monitor_connection() {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let shared = unique_cluster_id("shared-monitor");
+    let other = unique_cluster_id("other-monitor");
+    let encoded: String =
+        url::form_urlencoded::byte_serialize(cluster.instance_endpoints_param().as_bytes()).collect();
+
+    // Three pools, three URLs (cluster endpoint, the writer's and the reader's instance
+    // endpoints), one cluster_id.
+    let a = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={shared}"))).await.expect("a");
+    let b = AuroraPool::connect(&format!(
+        "{}?cluster_id={shared}&instance_endpoints={encoded}",
+        cluster.instance_url("instance-1")
+    ))
+    .await
+    .expect("b");
+    let c = AuroraPool::connect(&format!(
+        "{}?cluster_id={shared}&instance_endpoints={encoded}",
+        cluster.instance_url("instance-2")
+    ))
+    .await
+    .expect("c");
+    let d = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={other}"))).await.expect("d");
+
+    assert!(settles_at(&cluster, &shared, 1).await, "expected one monitor connection for {shared}");
+    assert!(settles_at(&cluster, &other, 1).await, "expected one monitor connection for {other}");
+    // The monitor sits on the writer: nothing of it on the reader.
+    assert_eq!(connections_named(&cluster, "instance-2", &monitor_name(&shared)).await, 0);
+    // Discovery connections are closed once the pools are up.
+    let discovery = format!("aurora-pool-discovery:{shared}");
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            connections_named(&cluster, "instance-1", &discovery).await == 0
+                && connections_named(&cluster, "instance-2", &discovery).await == 0
+        })
+        .await
+    );
+
+    // Dropping some pools keeps the monitor; dropping the last one stops it.
+    drop(a);
+    drop(b);
+    assert!(settles_at(&cluster, &shared, 1).await);
+    drop(c);
+    assert!(settles_at(&cluster, &shared, 0).await, "the monitor outlived its last pool");
+    assert!(settles_at(&cluster, &other, 1).await, "another cluster_id's monitor must be untouched");
+
+    d.close().await;
+    assert!(settles_at(&cluster, &other, 0).await, "close() must stop the monitor");
+    assert!(d.is_closed());
+    let err = d.acquire(aurora_pool::Role::Writer).await.expect_err("closed pool");
+    assert!(err.is_closed(), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_under_one_cluster_id_are_refused() {
+    let first = LocalCluster::start(1).await.expect("first cluster");
+    let second = LocalCluster::start(1).await.expect("second cluster");
+    let id = unique_cluster_id("mismatch");
+    let pool = AuroraPool::connect(&url_with(&first, &format!("cluster_id={id}"))).await.expect("first pool");
+    let err = AuroraPool::connect(&url_with(&second, &format!("cluster_id={id}")))
+        .await
+        .expect_err("a second cluster under the same id");
+    assert!(err.is_cluster_id_mismatch(), "{err}");
+    assert_eq!(err.cluster_id(), Some(id.as_str()));
+    assert!(err.to_string().contains("cluster_id"), "{err}");
+
+    // With its own id the second cluster is fine and isolated.
+    let own = AuroraPool::connect(&url_with(&second, &format!("cluster_id={}", unique_cluster_id("mismatch-own"))))
+        .await
+        .expect("second pool with its own id");
+    assert_ne!(
+        pool.topology().writer().address(),
+        own.topology().writer().address()
+    );
+}

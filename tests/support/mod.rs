@@ -1,0 +1,58 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use aurora_pool::testing::LocalCluster;
+use sqlx::PgPool;
+
+/// A `cluster_id` no other test uses: the registry is process-wide and tests run in parallel.
+pub fn unique_cluster_id(test: &str) -> String {
+    format!("{test}-{}", std::process::id())
+}
+
+/// The cluster's URL with more parameters appended.
+pub fn url_with(cluster: &LocalCluster, params: &str) -> String {
+    format!("{}&{params}", cluster.url())
+}
+
+/// The id of the instance a pool's connection lands on.
+pub async fn served_by(pool: &PgPool) -> String {
+    sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
+        .fetch_one(pool)
+        .await
+        .expect("instance id query")
+}
+
+/// How many server connections carry `application_name`, seen from instance `on`.
+pub async fn connections_named(cluster: &LocalCluster, on: &str, application_name: &str) -> usize {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = '{application_name}'"
+    );
+    cluster
+        .psql(on, "postgres", &sql)
+        .await
+        .expect("pg_stat_activity query")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// Polls `check` until it returns true or `limit` passes; returns whether it did.
+pub async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

@@ -1,0 +1,56 @@
+//! When the topology changes, the monitor publishes it and the pool re-routes: writes move
+//! to the new writer and pools to the old one are closed.
+
+mod support;
+
+use std::time::Duration;
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{AuroraPool, Role};
+use support::{eventually, served_by, unique_cluster_id, url_with};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_follow_the_writer_after_a_topology_change() {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = AuroraPool::connect(&url_with(
+        &cluster,
+        &format!("cluster_id={}&cluster_topology_refresh_rate_ms=200", unique_cluster_id("topology-change")),
+    ))
+    .await
+    .expect("connect");
+    let before = pool.topology();
+    assert_eq!(before.writer().id(), "instance-1");
+    let kept_writer_handle = pool.writer();
+    assert_eq!(served_by(&kept_writer_handle).await, "instance-1");
+
+    cluster.failover("instance-2", None).await.expect("failover");
+
+    let pool_for_check = pool.clone();
+    let moved = eventually(Duration::from_secs(15), || {
+        let pool = pool_for_check.clone();
+        async move { pool.topology().writer().id() == "instance-2" }
+    })
+    .await;
+    assert!(moved, "the pool never saw the new writer: {}", pool.topology());
+    let after = pool.topology();
+    assert!(after.version() > before.version());
+
+    assert_eq!(served_by(&pool.writer()).await, "instance-2");
+    let mut conn = pool.acquire(Role::Writer).await.expect("writer checkout");
+    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
+        .fetch_one(&mut *conn)
+        .await
+        .unwrap();
+    assert!(!in_recovery);
+    let status = pool.status();
+    assert_eq!(status.topology_version, after.version());
+    assert_eq!(status.instances[0].instance_id, "instance-2");
+    assert_eq!(status.instances[0].role, Role::Writer);
+
+    // A writer handle taken before the change cannot reach the old writer any more.
+    let err = sqlx::query("SELECT 1")
+        .execute(&kept_writer_handle)
+        .await
+        .expect_err("the old writer's pool is closed");
+    assert!(matches!(err, sqlx::Error::PoolClosed), "{err}");
+}
