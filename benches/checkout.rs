@@ -30,7 +30,10 @@ where
                 for _ in 0..per_task {
                     let pool = pool();
                     let mut conn = pool.acquire().await.expect("checkout");
-                    sqlx::query("SELECT 1").execute(&mut *conn).await.expect("SELECT 1");
+                    sqlx::query("SELECT 1")
+                        .execute(&mut *conn)
+                        .await
+                        .expect("SELECT 1");
                 }
             })
         })
@@ -51,7 +54,12 @@ async fn raw_pool(url: &str) -> PgPool {
 
 /// Opens every connection up front so that no measurement pays for a connect.
 async fn warm(pool: impl Fn() -> PgPool + Clone + Send + 'static) {
-    run(pool, MAX_CONNECTIONS as usize, u64::from(MAX_CONNECTIONS) * 4).await;
+    run(
+        pool,
+        MAX_CONNECTIONS as usize,
+        u64::from(MAX_CONNECTIONS) * 4,
+    )
+    .await;
 }
 
 fn checkout(c: &mut Criterion) {
@@ -68,8 +76,8 @@ fn checkout(c: &mut Criterion) {
         ))
         .await
         .expect("aurora pool");
-        let raw_writer = raw_pool(&cluster.instance_url("instance-1")).await;
-        let raw_reader = raw_pool(&cluster.instance_url("instance-2")).await;
+        let raw_writer = raw_pool(&cluster.instance_url("instance-1").expect("known instance")).await;
+        let raw_reader = raw_pool(&cluster.instance_url("instance-2").expect("known instance")).await;
         (cluster, aurora, raw_writer, raw_reader)
     });
     rt.block_on(async {
@@ -84,31 +92,87 @@ fn checkout(c: &mut Criterion) {
     });
 
     let mut group = c.benchmark_group("checkout_select1");
-    group.measurement_time(Duration::from_secs(4)).sample_size(30);
+    group
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(30);
     for tasks in [1usize, 64] {
         let w = raw_writer.clone();
-        group.bench_with_input(BenchmarkId::new("raw_pgpool_writer", tasks), &tasks, |b, &tasks| {
-            b.to_async(&rt).iter_custom(|iters| run({ let w = w.clone(); move || w.clone() }, tasks, iters))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("raw_pgpool_writer", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    run(
+                        {
+                            let w = w.clone();
+                            move || w.clone()
+                        },
+                        tasks,
+                        iters,
+                    )
+                })
+            },
+        );
         let a = aurora.clone();
-        group.bench_with_input(BenchmarkId::new("aurora_writer", tasks), &tasks, |b, &tasks| {
-            b.to_async(&rt).iter_custom(|iters| run({ let a = a.clone(); move || a.writer() }, tasks, iters))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("aurora_writer", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    run(
+                        {
+                            let a = a.clone();
+                            move || a.writer()
+                        },
+                        tasks,
+                        iters,
+                    )
+                })
+            },
+        );
         let r = raw_reader.clone();
-        group.bench_with_input(BenchmarkId::new("raw_pgpool_reader", tasks), &tasks, |b, &tasks| {
-            b.to_async(&rt).iter_custom(|iters| run({ let r = r.clone(); move || r.clone() }, tasks, iters))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("raw_pgpool_reader", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    run(
+                        {
+                            let r = r.clone();
+                            move || r.clone()
+                        },
+                        tasks,
+                        iters,
+                    )
+                })
+            },
+        );
         let a = aurora.clone();
-        group.bench_with_input(BenchmarkId::new("aurora_reader", tasks), &tasks, |b, &tasks| {
-            b.to_async(&rt).iter_custom(|iters| run({ let a = a.clone(); move || a.reader() }, tasks, iters))
-        });
+        group.bench_with_input(
+            BenchmarkId::new("aurora_reader", tasks),
+            &tasks,
+            |b, &tasks| {
+                b.to_async(&rt).iter_custom(|iters| {
+                    run(
+                        {
+                            let a = a.clone();
+                            move || a.reader()
+                        },
+                        tasks,
+                        iters,
+                    )
+                })
+            },
+        );
     }
     group.finish();
 
     let mut group = c.benchmark_group("routing_decision");
     group.bench_function("writer", |b| b.iter(|| black_box(aurora.writer())));
     group.bench_function("reader", |b| b.iter(|| black_box(aurora.reader())));
-    group.bench_function("raw_pgpool_clone", |b| b.iter(|| black_box(raw_writer.clone())));
+    group.bench_function("raw_pgpool_clone", |b| {
+        b.iter(|| black_box(raw_writer.clone()))
+    });
     group.finish();
 
     rt.block_on(async {

@@ -26,9 +26,18 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     let topology = pool.topology();
-    println!("\nDiscovered topology ({} dialect, version {}):", topology.dialect(), topology.version());
+    println!(
+        "\nDiscovered topology ({} dialect, version {}):",
+        topology.dialect(),
+        topology.version()
+    );
     for instance in topology.instances() {
-        println!("  {:<12} {:<7} {}", instance.id(), instance.role().to_string(), instance.address());
+        println!(
+            "  {:<12} {:<7} {}",
+            instance.id(),
+            instance.role().to_string(),
+            instance.address()
+        );
     }
 
     sqlx::query("CREATE TABLE IF NOT EXISTS orders (id bigserial PRIMARY KEY, item text NOT NULL)")
@@ -61,7 +70,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("\nPool status:");
     for instance in pool.status().instances {
         println!(
-            "  {:<12} {:<7} {} connections open ({} idle, max {})",
+            "  {:<12} {:<7} open connections: {} ({} idle, max {})",
             instance.instance_id,
             instance.role.to_string(),
             instance.size,

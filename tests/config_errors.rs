@@ -12,9 +12,18 @@ async fn malformed_urls_and_parameters_fail_before_connecting() {
         ("postgres://app@127.0.0.1:1/app?cluster_id=", "cluster_id"),
         ("postgres://app@127.0.0.1:1/app?clusterid=x", "clusterid"),
         ("postgres://app@127.0.0.1:1/app?sslmode=maybe", "sslmode"),
-        ("postgres://app@127.0.0.1:1/app?reader_host_selector_strategy=fastest", "reader_host_selector_strategy"),
-        ("postgres://app@127.0.0.1:1/app?writer_max_connections=0", "writer_max_connections"),
-        ("postgres://app@127.0.0.1:1/app?cluster_instance_host_pattern=no-placeholder.example.com", "cluster_instance_host_pattern"),
+        (
+            "postgres://app@127.0.0.1:1/app?reader_host_selector_strategy=fastest",
+            "reader_host_selector_strategy",
+        ),
+        (
+            "postgres://app@127.0.0.1:1/app?writer_max_connections=0",
+            "writer_max_connections",
+        ),
+        (
+            "postgres://app@127.0.0.1:1/app?cluster_instance_host_pattern=no-placeholder.example.com",
+            "cluster_instance_host_pattern",
+        ),
         ("mysql://app@127.0.0.1/app", "url"),
         ("postgres:///app", "url"),
     ];
@@ -31,9 +40,12 @@ async fn connection_problems_are_reported_clearly() {
     let cluster = LocalCluster::start(2).await.expect("cluster");
 
     // Nothing listens on port 1.
-    let err = AuroraPool::connect(&format!("postgres://app:pw@127.0.0.1:1/app?cluster_id={}", unique_cluster_id("refused")))
-        .await
-        .expect_err("refused");
+    let err = AuroraPool::connect(&format!(
+        "postgres://app:pw@127.0.0.1:1/app?cluster_id={}",
+        unique_cluster_id("refused")
+    ))
+    .await
+    .expect_err("refused");
     assert!(err.is_connect(), "{err}");
     assert!(err.to_string().contains("127.0.0.1:1"), "{err}");
 
@@ -45,15 +57,27 @@ async fn connection_problems_are_reported_clearly() {
         cluster.database(),
         unique_cluster_id("wrong-password")
     );
-    let err = AuroraPool::connect(&wrong).await.expect_err("wrong password");
+    let err = AuroraPool::connect(&wrong)
+        .await
+        .expect_err("wrong password");
     assert!(err.is_connect(), "{err}");
     assert_eq!(err.sqlstate(), Some("28P01"), "{err:?}");
     assert!(!format!("{err} {err:?}").contains("not-the-password"));
 
     // An IP address with an Aurora topology behind it, but no way to address the instances.
-    let url = format!("{}?cluster_id={}", cluster.instance_url("instance-1"), unique_cluster_id("no-pattern"));
-    let err = AuroraPool::connect(&url).await.expect_err("no instance addressing");
-    assert_eq!(err.parameter(), Some("cluster_instance_host_pattern"), "{err}");
+    let url = format!(
+        "{}?cluster_id={}",
+        cluster.instance_url("instance-1").expect("known instance"),
+        unique_cluster_id("no-pattern")
+    );
+    let err = AuroraPool::connect(&url)
+        .await
+        .expect_err("no instance addressing");
+    assert_eq!(
+        err.parameter(),
+        Some("cluster_instance_host_pattern"),
+        "{err}"
+    );
     assert!(err.to_string().contains("instance_endpoints"), "{err}");
     assert!(!err.to_string().contains(cluster.password()), "{err}");
 }

@@ -15,11 +15,16 @@ async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
     let url = |test: &str, strategy: &str| {
         url_with(
             &cluster,
-            &format!("cluster_id={}&reader_host_selector_strategy={strategy}", unique_cluster_id(test)),
+            &format!(
+                "cluster_id={}&reader_host_selector_strategy={strategy}",
+                unique_cluster_id(test)
+            ),
         )
     };
 
-    let pool = AuroraPool::connect(&url("routing-rr", "round_robin")).await.expect("connect");
+    let pool = AuroraPool::connect(&url("routing-rr", "round_robin"))
+        .await
+        .expect("connect");
     sqlx::query("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
         .execute(&pool.writer())
         .await
@@ -42,7 +47,14 @@ async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
     }
     assert_eq!(
         served,
-        ["instance-2", "instance-3", "instance-2", "instance-3", "instance-2", "instance-3"]
+        [
+            "instance-2",
+            "instance-3",
+            "instance-2",
+            "instance-3",
+            "instance-2",
+            "instance-3"
+        ]
     );
     // Replicas see the writes.
     let reader = pool.reader();
@@ -60,15 +72,23 @@ async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
     assert!(replicated, "the replica never saw the 5 notes");
 
     // Random covers every reader, never the writer.
-    let pool = AuroraPool::connect(&url("routing-random", "random")).await.expect("connect");
+    let pool = AuroraPool::connect(&url("routing-random", "random"))
+        .await
+        .expect("connect");
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..40 {
         *counts.entry(served_by(&pool.reader()).await).or_default() += 1;
     }
-    assert_eq!(counts.keys().collect::<Vec<_>>(), ["instance-2", "instance-3"], "{counts:?}");
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        ["instance-2", "instance-3"],
+        "{counts:?}"
+    );
 
     // Least connections avoids the reader whose connections are all in use.
-    let pool = AuroraPool::connect(&url("routing-least", "least_connections")).await.expect("connect");
+    let pool = AuroraPool::connect(&url("routing-least", "least_connections"))
+        .await
+        .expect("connect");
     let mut held = pool.acquire(Role::Reader).await.expect("reader checkout");
     let busy: String = sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
         .fetch_one(&mut *held)
@@ -88,16 +108,25 @@ async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
     let status = pool.status();
     let busy_status = status.instance(&busy).expect("busy reader in status");
     assert_eq!(busy_status.role, Role::Reader);
-    assert!(busy_status.size >= 1 && busy_status.idle < busy_status.size, "{status:?}");
-    assert_eq!(status.instance("instance-1").expect("writer").role, Role::Writer);
+    assert!(
+        busy_status.size >= 1 && busy_status.idle < busy_status.size,
+        "{status:?}"
+    );
+    assert_eq!(
+        status.instance("instance-1").expect("writer").role,
+        Role::Writer
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed() {
     let cluster = LocalCluster::start(1).await.expect("cluster");
-    let pool = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={}", unique_cluster_id("fallback-on"))))
-        .await
-        .expect("connect");
+    let pool = AuroraPool::connect(&url_with(
+        &cluster,
+        &format!("cluster_id={}", unique_cluster_id("fallback-on")),
+    ))
+    .await
+    .expect("connect");
     assert_eq!(pool.topology().readers().count(), 0);
     assert_eq!(served_by(&pool.reader()).await, "instance-1");
     let mut conn = pool.acquire(Role::Reader).await.expect("fallback checkout");
@@ -109,13 +138,22 @@ async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed() {
 
     let strict = AuroraPool::connect(&url_with(
         &cluster,
-        &format!("cluster_id={}&reader_fallback_to_writer=false", unique_cluster_id("fallback-off")),
+        &format!(
+            "cluster_id={}&reader_fallback_to_writer=false",
+            unique_cluster_id("fallback-off")
+        ),
     ))
     .await
     .expect("connect");
-    let err = strict.acquire(Role::Reader).await.expect_err("no reader and no fallback");
+    let err = strict
+        .acquire(Role::Reader)
+        .await
+        .expect_err("no reader and no fallback");
     assert!(err.is_no_reader(), "{err}");
-    assert!(err.to_string().contains("reader_fallback_to_writer"), "{err}");
+    assert!(
+        err.to_string().contains("reader_fallback_to_writer"),
+        "{err}"
+    );
     assert!(strict.try_reader().unwrap_err().is_no_reader());
     // `.reader()` cannot fail: it documents that it returns the writer's pool.
     assert_eq!(served_by(&strict.reader()).await, "instance-1");

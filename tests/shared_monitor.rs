@@ -27,29 +27,43 @@ async fn pools_with_one_cluster_id_share_one_monitor_connection() {
     let shared = unique_cluster_id("shared-monitor");
     let other = unique_cluster_id("other-monitor");
     let encoded: String =
-        url::form_urlencoded::byte_serialize(cluster.instance_endpoints_param().as_bytes()).collect();
+        url::form_urlencoded::byte_serialize(cluster.instance_endpoints_param().as_bytes())
+            .collect();
 
     // Three pools, three URLs (cluster endpoint, the writer's and the reader's instance
     // endpoints), one cluster_id.
-    let a = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={shared}"))).await.expect("a");
+    let a = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={shared}")))
+        .await
+        .expect("a");
     let b = AuroraPool::connect(&format!(
         "{}?cluster_id={shared}&instance_endpoints={encoded}",
-        cluster.instance_url("instance-1")
+        cluster.instance_url("instance-1").expect("known instance")
     ))
     .await
     .expect("b");
     let c = AuroraPool::connect(&format!(
         "{}?cluster_id={shared}&instance_endpoints={encoded}",
-        cluster.instance_url("instance-2")
+        cluster.instance_url("instance-2").expect("known instance")
     ))
     .await
     .expect("c");
-    let d = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={other}"))).await.expect("d");
+    let d = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={other}")))
+        .await
+        .expect("d");
 
-    assert!(settles_at(&cluster, &shared, 1).await, "expected one monitor connection for {shared}");
-    assert!(settles_at(&cluster, &other, 1).await, "expected one monitor connection for {other}");
+    assert!(
+        settles_at(&cluster, &shared, 1).await,
+        "expected one monitor connection for {shared}"
+    );
+    assert!(
+        settles_at(&cluster, &other, 1).await,
+        "expected one monitor connection for {other}"
+    );
     // The monitor sits on the writer: nothing of it on the reader.
-    assert_eq!(connections_named(&cluster, "instance-2", &monitor_name(&shared)).await, 0);
+    assert_eq!(
+        connections_named(&cluster, "instance-2", &monitor_name(&shared)).await,
+        0
+    );
     // Discovery connections are closed once the pools are up.
     let discovery = format!("aurora-pool-discovery:{shared}");
     assert!(
@@ -65,13 +79,25 @@ async fn pools_with_one_cluster_id_share_one_monitor_connection() {
     drop(b);
     assert!(settles_at(&cluster, &shared, 1).await);
     drop(c);
-    assert!(settles_at(&cluster, &shared, 0).await, "the monitor outlived its last pool");
-    assert!(settles_at(&cluster, &other, 1).await, "another cluster_id's monitor must be untouched");
+    assert!(
+        settles_at(&cluster, &shared, 0).await,
+        "the monitor outlived its last pool"
+    );
+    assert!(
+        settles_at(&cluster, &other, 1).await,
+        "another cluster_id's monitor must be untouched"
+    );
 
     d.close().await;
-    assert!(settles_at(&cluster, &other, 0).await, "close() must stop the monitor");
+    assert!(
+        settles_at(&cluster, &other, 0).await,
+        "close() must stop the monitor"
+    );
     assert!(d.is_closed());
-    let err = d.acquire(aurora_pool::Role::Writer).await.expect_err("closed pool");
+    let err = d
+        .acquire(aurora_pool::Role::Writer)
+        .await
+        .expect_err("closed pool");
     assert!(err.is_closed(), "{err}");
 }
 
@@ -80,7 +106,9 @@ async fn two_clusters_under_one_cluster_id_are_refused() {
     let first = LocalCluster::start(1).await.expect("first cluster");
     let second = LocalCluster::start(1).await.expect("second cluster");
     let id = unique_cluster_id("mismatch");
-    let pool = AuroraPool::connect(&url_with(&first, &format!("cluster_id={id}"))).await.expect("first pool");
+    let pool = AuroraPool::connect(&url_with(&first, &format!("cluster_id={id}")))
+        .await
+        .expect("first pool");
     let err = AuroraPool::connect(&url_with(&second, &format!("cluster_id={id}")))
         .await
         .expect_err("a second cluster under the same id");
@@ -89,9 +117,12 @@ async fn two_clusters_under_one_cluster_id_are_refused() {
     assert!(err.to_string().contains("cluster_id"), "{err}");
 
     // With its own id the second cluster is fine and isolated.
-    let own = AuroraPool::connect(&url_with(&second, &format!("cluster_id={}", unique_cluster_id("mismatch-own"))))
-        .await
-        .expect("second pool with its own id");
+    let own = AuroraPool::connect(&url_with(
+        &second,
+        &format!("cluster_id={}", unique_cluster_id("mismatch-own")),
+    ))
+    .await
+    .expect("second pool with its own id");
     assert_ne!(
         pool.topology().writer().address(),
         own.topology().writer().address()

@@ -14,7 +14,10 @@ async fn writes_follow_the_writer_after_a_topology_change() {
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let pool = AuroraPool::connect(&url_with(
         &cluster,
-        &format!("cluster_id={}&cluster_topology_refresh_rate_ms=200", unique_cluster_id("topology-change")),
+        &format!(
+            "cluster_id={}&cluster_topology_refresh_rate_ms=200",
+            unique_cluster_id("topology-change")
+        ),
     ))
     .await
     .expect("connect");
@@ -23,7 +26,10 @@ async fn writes_follow_the_writer_after_a_topology_change() {
     let kept_writer_handle = pool.writer();
     assert_eq!(served_by(&kept_writer_handle).await, "instance-1");
 
-    cluster.failover("instance-2", None).await.expect("failover");
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
 
     let pool_for_check = pool.clone();
     let moved = eventually(Duration::from_secs(15), || {
@@ -31,7 +37,11 @@ async fn writes_follow_the_writer_after_a_topology_change() {
         async move { pool.topology().writer().id() == "instance-2" }
     })
     .await;
-    assert!(moved, "the pool never saw the new writer: {}", pool.topology());
+    assert!(
+        moved,
+        "the pool never saw the new writer: {}",
+        pool.topology()
+    );
     let after = pool.topology();
     assert!(after.version() > before.version());
 

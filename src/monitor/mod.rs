@@ -290,10 +290,8 @@ async fn refresh(state: &MonitorState, monitoring: &mut Option<Monitoring>) -> R
         "topology polled"
     );
     // Keep the monitoring connection on the writer: it sees changes first.
-    if monitoring.as_ref().is_some_and(|m| m.instance != writer) {
-        if let Some(old) = monitoring.take() {
-            old.connection.close().await;
-        }
+    if let Some(old) = monitoring.take_if(|m| m.instance != writer) {
+        old.connection.close().await;
     }
     Ok(())
 }

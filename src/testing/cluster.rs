@@ -1,0 +1,1173 @@
+//! [`LocalCluster`] and its builder: process orchestration of the primary and
+//! the replicas, failover, rejoin and teardown.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::fs;
+use std::net::{SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::watch;
+
+use super::Flavour;
+use super::error::{TestingError, join_error};
+use super::process::{PgEnv, kill_pid, log_tail, postmaster_pid, process_alive, run};
+use super::proxy::Proxies;
+use super::sql;
+
+const TARGET: &str = "aurora_pool::testing";
+/// Bound for an instance to start and accept connections.
+const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound for a replica to stream from its primary.
+const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound for one `psql` invocation.
+const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound for `pg_ctl` / `pg_basebackup` / `initdb`.
+const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+/// Lines of server log quoted in errors.
+const LOG_LINES: usize = 30;
+/// Per-instance settings file included from postgresql.conf.
+const INSTANCE_CONF: &str = "aurora_pool_instance.conf";
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Builder for a [`LocalCluster`]; see [`LocalCluster::builder`].
+///
+/// Defaults: 3 instances, [`Flavour::Aurora`], user `app`, password
+/// `app-password`, database `app`.
+#[derive(Clone)]
+pub struct LocalClusterBuilder {
+    instances: usize,
+    flavour: Flavour,
+    user: String,
+    password: String,
+    database: String,
+}
+
+impl fmt::Debug for LocalClusterBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LocalClusterBuilder")
+            .field("instances", &self.instances)
+            .field("flavour", &self.flavour)
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .field("database", &self.database)
+            .finish()
+    }
+}
+
+impl Default for LocalClusterBuilder {
+    fn default() -> Self {
+        Self {
+            instances: 3,
+            flavour: Flavour::Aurora,
+            user: "app".into(),
+            password: "app-password".into(),
+            database: "app".into(),
+        }
+    }
+}
+
+impl LocalClusterBuilder {
+    /// Number of instances (at least 1): `instance-1` is the first writer,
+    /// the others are streaming replicas.
+    pub fn instances(mut self, n: usize) -> Self {
+        self.instances = n;
+        self
+    }
+
+    /// What the cluster emulates (default [`Flavour::Aurora`]).
+    pub fn flavour(mut self, f: Flavour) -> Self {
+        self.flavour = f;
+        self
+    }
+
+    /// Name of the login role created for clients (default `app`).
+    pub fn user(mut self, u: &str) -> Self {
+        self.user = u.to_owned();
+        self
+    }
+
+    /// Password of the login role (default `app-password`, scram-sha-256).
+    pub fn password(mut self, p: &str) -> Self {
+        self.password = p.to_owned();
+        self
+    }
+
+    /// Name of the database created for clients, owned by the login role
+    /// (default `app`).
+    pub fn database(mut self, d: &str) -> Self {
+        self.database = d.to_owned();
+        self
+    }
+
+    /// Creates and starts the cluster: returns once every replica streams from
+    /// the primary and the database is visible on every instance.
+    pub async fn start(self) -> Result<LocalCluster, TestingError> {
+        let inner = tokio::task::spawn_blocking(move || Inner::start(self))
+            .await
+            .map_err(|e| join_error("starting the local cluster", e))??;
+        Ok(LocalCluster { inner })
+    }
+}
+
+/// One PostgreSQL instance of the cluster.
+#[derive(Debug)]
+struct Instance {
+    id: String,
+    /// The server's own port (TCP on 127.0.0.1 and the unix socket).
+    port: u16,
+    /// The instance endpoint (proxy) clients use.
+    proxy_addr: SocketAddr,
+    data_dir: PathBuf,
+    log: PathBuf,
+    /// Numeric-looking id used by the RDS Multi-AZ emulation.
+    resource_id: String,
+}
+
+/// A scheduled rebuild of an old writer as a replica.
+struct Rejoin {
+    result: watch::Receiver<Option<Result<(), TestingError>>>,
+}
+
+struct Inner {
+    env: PgEnv,
+    root: PathBuf,
+    flavour: Flavour,
+    user: String,
+    password: String,
+    database: String,
+    instances: Vec<Instance>,
+    cluster_addr: SocketAddr,
+    writer: Mutex<String>,
+    proxies: Mutex<Option<Proxies>>,
+    rejoins: Mutex<HashMap<String, Rejoin>>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    closing: Mutex<bool>,
+    closing_cv: Condvar,
+    cleaned: AtomicBool,
+}
+
+/// A local PostgreSQL primary plus streaming replicas on 127.0.0.1 that looks
+/// like an Aurora PostgreSQL (or RDS Multi-AZ, or plain) cluster.
+///
+/// Dropping it stops every server process (immediate shutdown, falling back to
+/// SIGKILL of the postmaster), stops the proxies and removes the temp dir.
+///
+/// Instance ids are `instance-1` ... `instance-N`; `instance-1` is the first
+/// writer. Every instance is reached by clients through its own TCP proxy
+/// ([`instance_addr`](Self::instance_addr)); [`psql`](Self::psql) bypasses the
+/// proxies.
+pub struct LocalCluster {
+    inner: Arc<Inner>,
+}
+
+impl fmt::Debug for LocalCluster {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let i = &self.inner;
+        let instances: Vec<String> = i
+            .instances
+            .iter()
+            .map(|x| format!("{} (port {}, proxy {})", x.id, x.port, x.proxy_addr))
+            .collect();
+        f.debug_struct("LocalCluster")
+            .field("flavour", &i.flavour)
+            .field("root", &i.root)
+            .field("instances", &instances)
+            .field("writer", &*lock(&i.writer))
+            .field("cluster_endpoint", &i.cluster_addr)
+            .field("user", &i.user)
+            .field("password", &"<redacted>")
+            .field("database", &i.database)
+            .finish()
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+fn url_encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+impl LocalCluster {
+    /// A builder with the defaults (3 instances, Aurora flavour, `app` /
+    /// `app-password` / `app`).
+    pub fn builder() -> LocalClusterBuilder {
+        LocalClusterBuilder::default()
+    }
+
+    /// Starts an Aurora-flavoured cluster of `instances` instances with the
+    /// default user, password and database.
+    pub async fn start(instances: usize) -> Result<LocalCluster, TestingError> {
+        Self::builder().instances(instances).start().await
+    }
+
+    /// All instance ids, `instance-1` first.
+    pub fn instance_ids(&self) -> Vec<String> {
+        self.inner.instances.iter().map(|i| i.id.clone()).collect()
+    }
+
+    /// The current writer as the cluster knows it (changed by
+    /// [`failover`](Self::failover)).
+    pub fn writer_id(&self) -> String {
+        lock(&self.inner.writer).clone()
+    }
+
+    /// The flavour the cluster emulates.
+    pub fn flavour(&self) -> Flavour {
+        self.inner.flavour
+    }
+
+    /// The instance endpoint (proxy address) of an instance; `None` for an
+    /// unknown id.
+    pub fn instance_addr(&self, id: &str) -> Option<SocketAddr> {
+        self.inner.instance(id).ok().map(|i| i.proxy_addr)
+    }
+
+    /// The cluster endpoint: a proxy forwarding each new connection to the
+    /// instance it currently points at (the writer, unless re-aimed with
+    /// [`point_cluster_endpoint`](Self::point_cluster_endpoint)).
+    pub fn cluster_endpoint(&self) -> SocketAddr {
+        self.inner.cluster_addr
+    }
+
+    /// The login role for clients.
+    pub fn user(&self) -> &str {
+        &self.inner.user
+    }
+
+    /// The login role's password.
+    pub fn password(&self) -> &str {
+        &self.inner.password
+    }
+
+    /// The database created for clients.
+    pub fn database(&self) -> &str {
+        &self.inner.database
+    }
+
+    /// Directory of the PostgreSQL binaries in use (`psql` is there too).
+    pub fn bin_dir(&self) -> &Path {
+        &self.inner.env.bindir
+    }
+
+    /// `instance-1=127.0.0.1:P1,instance-2=127.0.0.1:P2,...` with the proxy
+    /// ports.
+    pub fn instance_endpoints_param(&self) -> String {
+        self.inner
+            .instances
+            .iter()
+            .map(|i| format!("{}={}", i.id, i.proxy_addr))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// `postgres://user:password@<cluster endpoint>/db?instance_endpoints=<encoded>`.
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@{}/{}?instance_endpoints={}",
+            url_encode(self.user()),
+            url_encode(self.password()),
+            self.cluster_endpoint(),
+            url_encode(self.database()),
+            url_encode(&self.instance_endpoints_param())
+        )
+    }
+
+    /// `postgres://user:password@<instance endpoint>/db` for one instance;
+    /// `None` for an unknown id.
+    pub fn instance_url(&self, id: &str) -> Option<String> {
+        let addr = self.instance_addr(id)?;
+        Some(format!(
+            "postgres://{}:{}@{}/{}",
+            url_encode(self.user()),
+            url_encode(self.password()),
+            addr,
+            url_encode(self.database())
+        ))
+    }
+
+    async fn blocking<T, F>(&self, what: &str, f: F) -> Result<T, TestingError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Arc<Inner>) -> Result<T, TestingError> + Send + 'static,
+    {
+        let inner = Arc::clone(&self.inner);
+        tokio::task::spawn_blocking(move || f(&inner))
+            .await
+            .map_err(|e| join_error(what, e))?
+    }
+
+    /// Runs SQL as the superuser on one instance through its direct port (not
+    /// the proxy; black-holing does not affect it) with
+    /// `psql -X -A -t -q -v ON_ERROR_STOP=1`; returns stdout, trimmed.
+    /// Several statements may be given; rows print as `a|b`, one per line.
+    /// The session runs with `synchronous_commit = on` (the cluster default is
+    /// off), so a write done here is flushed and streamed before this returns.
+    pub async fn psql(&self, id: &str, database: &str, sql: &str) -> Result<String, TestingError> {
+        let (id, database, sql) = (id.to_owned(), database.to_owned(), sql.to_owned());
+        self.blocking("psql", move |inner| {
+            let inst = inner.instance(&id)?;
+            inner.psql(inst, &database, &sql)
+        })
+        .await
+    }
+
+    /// Crashes an instance (`pg_ctl stop -m immediate`). No-op if it is not
+    /// running.
+    pub async fn crash(&self, id: &str) -> Result<(), TestingError> {
+        let id = id.to_owned();
+        self.blocking("crash", move |inner| {
+            tracing::info!(target: TARGET, instance = %id, "crashing instance");
+            inner.stop(inner.instance(&id)?, "immediate")
+        })
+        .await
+    }
+
+    /// Stops an instance cleanly (`pg_ctl stop -m fast`). No-op if it is not
+    /// running.
+    pub async fn stop(&self, id: &str) -> Result<(), TestingError> {
+        let id = id.to_owned();
+        self.blocking("stop", move |inner| {
+            tracing::info!(target: TARGET, instance = %id, "stopping instance");
+            inner.stop(inner.instance(&id)?, "fast")
+        })
+        .await
+    }
+
+    /// Starts a stopped or crashed instance again with its previous role and
+    /// waits until it accepts connections. No-op if it is running. (Starting
+    /// a crashed former writer after a failover without
+    /// [`failover`](Self::failover)'s rejoin gives a second primary, which is
+    /// sometimes what a test wants.)
+    pub async fn start_instance(&self, id: &str) -> Result<(), TestingError> {
+        let id = id.to_owned();
+        self.blocking("start_instance", move |inner| {
+            let inst = inner.instance(&id)?;
+            if inner.is_running(inst) {
+                tracing::debug!(target: TARGET, instance = %id, "already running");
+                return Ok(());
+            }
+            tracing::info!(target: TARGET, instance = %id, "starting instance");
+            inner.start_server(inst)
+        })
+        .await
+    }
+
+    /// Fails the cluster over to the replica `to`:
+    ///
+    /// 1. waits (up to 5 s, best effort) until the replicas replayed the
+    ///    writer's WAL, then crashes the writer (`pg_ctl stop -m immediate`);
+    /// 2. promotes `to` and waits until it is out of recovery;
+    /// 3. records `to` as writer (old writer as reader) in the emulated member
+    ///    table on the new primary;
+    /// 4. re-points the other running replicas at the new primary (rewrites
+    ///    `primary_conninfo`, reloads) and waits until they stream from it and
+    ///    replayed the member-table update (a replica that cannot follow is
+    ///    rebuilt with `pg_basebackup`);
+    /// 5. aims the cluster endpoint at `to`.
+    ///
+    /// With `Some(delay)`, a background thread waits `delay` after the
+    /// failover, then wipes the old writer's data dir, rebuilds it as a replica
+    /// of the new primary (same id and port) and starts it; await that with
+    /// [`wait_rejoined`](Self::wait_rejoined). With `None` the old writer stays
+    /// down.
+    pub async fn failover(
+        &self,
+        to: &str,
+        rejoin_old_writer_after: Option<Duration>,
+    ) -> Result<(), TestingError> {
+        let to = to.to_owned();
+        self.blocking("failover", move |inner| {
+            inner.failover(&to, rejoin_old_writer_after)
+        })
+        .await
+    }
+
+    /// Waits until the rejoin of `id` scheduled by [`failover`](Self::failover)
+    /// finished (the instance streams from the new primary) and returns its
+    /// outcome. Errors at once when no rejoin of `id` was scheduled. May be
+    /// called any number of times.
+    pub async fn wait_rejoined(&self, id: &str) -> Result<(), TestingError> {
+        let rx = lock(&self.inner.rejoins)
+            .get(id)
+            .map(|r| r.result.clone())
+            .ok_or_else(|| TestingError::new(format!("no rejoin of `{id}` was scheduled")))?;
+        let mut rx = rx;
+        let value = rx
+            .wait_for(Option::is_some)
+            .await
+            .map_err(|_| TestingError::new(format!("rejoin of `{id}` ended without a result")))?;
+        value
+            .clone()
+            .unwrap_or_else(|| Err(TestingError::new("rejoin result missing")))
+    }
+
+    /// Black-holes (`on = true`) an instance's proxy: all traffic on existing
+    /// and new connections through that instance endpoint (and through the
+    /// cluster endpoint while it points there) is silently discarded, sockets
+    /// stay open, so clients hang. `on = false` forwards NEW connections
+    /// again; connections that were open while black-holed stay dead. The
+    /// direct port ([`psql`](Self::psql)) is unaffected. Returns false (and
+    /// does nothing) for an unknown id.
+    pub fn blackhole(&self, id: &str, on: bool) -> bool {
+        tracing::info!(target: TARGET, instance = %id, on, "blackhole");
+        let ok = lock(&self.inner.proxies)
+            .as_ref()
+            .is_some_and(|p| p.blackhole(id, on));
+        if !ok {
+            tracing::warn!(target: TARGET, instance = %id, "blackhole: unknown instance");
+        }
+        ok
+    }
+
+    /// Aims the cluster endpoint at `id` for new connections (e.g. keep it on
+    /// the old writer to simulate stale DNS). Returns false (and does nothing)
+    /// for an unknown id.
+    pub fn point_cluster_endpoint(&self, id: &str) -> bool {
+        tracing::info!(target: TARGET, instance = %id, "pointing cluster endpoint");
+        let ok = lock(&self.inner.proxies)
+            .as_ref()
+            .is_some_and(|p| p.point_cluster_endpoint(id));
+        if !ok {
+            tracing::warn!(target: TARGET, instance = %id, "point_cluster_endpoint: unknown instance");
+        }
+        ok
+    }
+}
+
+impl Drop for LocalCluster {
+    fn drop(&mut self) {
+        self.inner.begin_close();
+        let threads: Vec<_> = lock(&self.inner.threads).drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+        self.inner.cleanup();
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        self.begin_close();
+        self.cleanup();
+    }
+}
+
+/// Picks `n` distinct free TCP ports on 127.0.0.1.
+fn free_ports(n: usize) -> Result<Vec<u16>, TestingError> {
+    let listeners = (0..n)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TestingError::new(format!("picking a free port on 127.0.0.1: {e}")))?;
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<_, _>>()
+        .map_err(|e| TestingError::new(format!("picking a free port: {e}")))
+}
+
+fn unique_suffix() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    format!(
+        "{}-{}-{nanos}",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Returns the cached `initdb` output (a data dir) for this bindir and OS
+/// user, creating it on first use; `None` when caching is disabled.
+fn initdb_template(env: &PgEnv) -> Result<Option<PathBuf>, TestingError> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    if std::env::var_os("AURORA_POOL_NO_INITDB_CACHE").is_some_and(|v| !v.is_empty() && v != "0") {
+        return Ok(None);
+    }
+    let _guard = lock(&LOCK);
+    let tag: String = env
+        .bindir
+        .to_string_lossy()
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect();
+    let uid = env.run_as.map_or(env.euid, |(u, _)| u);
+    let dir = std::env::temp_dir().join(format!("aurora-pool-initdb-v1-{uid}-{tag}"));
+    let marker = dir.join("complete");
+    if marker.is_file() {
+        return Ok(Some(dir.join("data")));
+    }
+    let staging =
+        std::env::temp_dir().join(format!("aurora-pool-initdb-staging-{}", unique_suffix()));
+    let result = (|| {
+        fs::create_dir(&staging)
+            .map_err(|e| TestingError::new(format!("creating {}: {e}", staging.display())))?;
+        env.chown(&staging)?;
+        let data = staging.join("data");
+        initdb(env, &data, &staging)?;
+        fs::write(staging.join("complete"), "ok\n")
+            .map_err(|e| TestingError::new(format!("writing template marker: {e}")))?;
+        // Atomic publish; another process may have won the race.
+        if fs::rename(&staging, &dir).is_err() && !marker.is_file() {
+            return Err(TestingError::new(format!(
+                "could not publish the initdb template at {}",
+                dir.display()
+            )));
+        }
+        Ok(())
+    })();
+    let _ = fs::remove_dir_all(&staging);
+    result?;
+    tracing::info!(target: TARGET, dir = %dir.display(), "initdb template cached");
+    Ok(Some(dir.join("data")))
+}
+
+fn initdb(env: &PgEnv, data: &Path, cwd: &Path) -> Result<(), TestingError> {
+    let mut cmd = env.pg("initdb", cwd);
+    cmd.args([
+        "-U",
+        "postgres",
+        "--auth=trust",
+        "--locale=C",
+        "--encoding=UTF8",
+        "--no-sync",
+        "--no-instructions",
+        "-D",
+    ])
+    .arg(data);
+    run(cmd, None, TOOL_TIMEOUT).map(|_| ())
+}
+
+impl Inner {
+    fn start(cfg: LocalClusterBuilder) -> Result<Arc<Inner>, TestingError> {
+        let started = Instant::now();
+        if cfg.instances == 0 {
+            return Err(TestingError::new(
+                "a LocalCluster needs at least 1 instance",
+            ));
+        }
+        if cfg.user.is_empty() || cfg.database.is_empty() {
+            return Err(TestingError::new(
+                "user and database names must not be empty",
+            ));
+        }
+        let env = PgEnv::discover()?;
+        let ids: Vec<String> = (1..=cfg.instances)
+            .map(|i| format!("instance-{i}"))
+            .collect();
+        let ports = free_ports(cfg.instances)?;
+        let upstreams: Vec<(String, SocketAddr)> = ids
+            .iter()
+            .zip(&ports)
+            .map(|(id, port)| (id.clone(), SocketAddr::from(([127, 0, 0, 1], *port))))
+            .collect();
+        let proxies = Proxies::start(&upstreams, &ids[0])?;
+
+        let root = std::env::temp_dir().join(format!("aurora-pool-{}", unique_suffix()));
+        fs::create_dir(&root)
+            .map_err(|e| TestingError::new(format!("creating {}: {e}", root.display())))?;
+        if let Err(e) = env.chown(&root) {
+            let _ = fs::remove_dir_all(&root);
+            return Err(e);
+        }
+        let instances = ids
+            .iter()
+            .zip(&ports)
+            .enumerate()
+            .map(|(n, (id, port))| Instance {
+                id: id.clone(),
+                port: *port,
+                proxy_addr: proxies
+                    .addr(id)
+                    .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0))),
+                data_dir: root.join(id),
+                log: root.join(format!("{id}.log")),
+                resource_id: (1_000_000_001 + n as u64).to_string(),
+            })
+            .collect();
+        let inner = Arc::new(Inner {
+            env,
+            root,
+            flavour: cfg.flavour,
+            user: cfg.user,
+            password: cfg.password,
+            database: cfg.database,
+            instances,
+            cluster_addr: proxies.cluster_addr(),
+            writer: Mutex::new(ids[0].clone()),
+            proxies: Mutex::new(Some(proxies)),
+            rejoins: Mutex::new(HashMap::new()),
+            threads: Mutex::new(Vec::new()),
+            closing: Mutex::new(false),
+            closing_cv: Condvar::new(),
+            cleaned: AtomicBool::new(false),
+        });
+        // From here on, an error drops `inner`, which tears everything down.
+        inner.init_primary()?;
+        let primary = &inner.instances[0];
+        let replicas = &inner.instances[1..];
+        let results: Vec<Result<(), TestingError>> = std::thread::scope(|s| {
+            let handles: Vec<_> = replicas
+                .iter()
+                .map(|r| {
+                    std::thread::Builder::new()
+                        .name(format!("aurora-pool-{}", r.id))
+                        .spawn_scoped(s, || inner.build_replica(r, primary))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| match h {
+                    Ok(h) => h.join().unwrap_or_else(|_| {
+                        Err(TestingError::new("replica setup thread panicked"))
+                    }),
+                    Err(e) => Err(TestingError::new(format!("spawning a thread: {e}"))),
+                })
+                .collect()
+        });
+        for r in results {
+            r?;
+        }
+        for inst in replicas {
+            inner.psql(inst, &inner.database, "SELECT 1").map_err(|e| {
+                e.context(format!(
+                    "database `{}` not visible on {}",
+                    inner.database, inst.id
+                ))
+            })?;
+        }
+        tracing::info!(
+            target: TARGET,
+            root = %inner.root.display(),
+            instances = inner.instances.len(),
+            flavour = ?inner.flavour,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "local cluster started"
+        );
+        Ok(inner)
+    }
+
+    fn instance(&self, id: &str) -> Result<&Instance, TestingError> {
+        self.instances.iter().find(|i| i.id == id).ok_or_else(|| {
+            TestingError::new(format!(
+                "unknown instance `{id}` (known: {})",
+                self.instances
+                    .iter()
+                    .map(|i| i.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ))
+        })
+    }
+
+    fn is_closing(&self) -> bool {
+        *lock(&self.closing)
+    }
+
+    fn begin_close(&self) {
+        *lock(&self.closing) = true;
+        self.closing_cv.notify_all();
+    }
+
+    /// Sleeps `d` unless the cluster is being dropped; true if it is.
+    fn sleep_unless_closing(&self, d: Duration) -> bool {
+        let guard = lock(&self.closing);
+        let (guard, _) = self
+            .closing_cv
+            .wait_timeout_while(guard, d, |closing| !*closing)
+            .unwrap_or_else(|e| e.into_inner());
+        *guard
+    }
+
+    fn with_log(&self, inst: &Instance, e: TestingError) -> TestingError {
+        TestingError::new(format!("{e}{}", log_tail(&inst.log, LOG_LINES)))
+    }
+
+    // ---- configuration -------------------------------------------------
+
+    fn common_conf(&self) -> String {
+        let rds_extensions = match self.flavour {
+            Flavour::Aurora => "rds.extensions = 'aurora_stat_utils,pg_stat_statements'\n",
+            Flavour::RdsMultiAz => "rds.extensions = 'rds_tools,pg_stat_statements'\n",
+            Flavour::Plain => "",
+        };
+        format!(
+            "\n# ---- aurora-pool testing::LocalCluster ----\n\
+             listen_addresses = '127.0.0.1'\n\
+             unix_socket_directories = {}\n\
+             max_connections = 200\n\
+             shared_buffers = 16MB\n\
+             fsync = off\n\
+             synchronous_commit = off\n\
+             full_page_writes = off\n\
+             wal_level = replica\n\
+             max_wal_senders = 20\n\
+             wal_keep_size = 64MB\n\
+             hot_standby = on\n\
+             wal_retrieve_retry_interval = '200ms'\n\
+             password_encryption = 'scram-sha-256'\n\
+             log_min_messages = warning\n\
+             logging_collector = off\n\
+             {rds_extensions}\
+             include_if_exists = '{INSTANCE_CONF}'\n",
+            sql::conf_value(&self.root.to_string_lossy())
+        )
+    }
+
+    fn write_instance_conf(&self, inst: &Instance) -> Result<(), TestingError> {
+        self.env.write_file(
+            &inst.data_dir.join(INSTANCE_CONF),
+            &format!(
+                "# per-instance settings (aurora-pool LocalCluster)\nport = {}\naurora_emul.instance_id = {}\ncluster_name = {}\n",
+                inst.port,
+                sql::conf_value(&inst.id),
+                sql::conf_value(&inst.id)
+            ),
+        )
+    }
+
+    fn write_standby_conf(&self, inst: &Instance, primary_port: u16) -> Result<(), TestingError> {
+        let conninfo = format!(
+            "host=127.0.0.1 port={primary_port} user=postgres application_name={}",
+            inst.id
+        );
+        self.env.write_file(
+            &inst.data_dir.join("postgresql.auto.conf"),
+            &format!(
+                "# Do not edit this file manually!\n# It will be overwritten by the ALTER SYSTEM command.\nprimary_conninfo = {}\n",
+                sql::conf_value(&conninfo)
+            ),
+        )?;
+        self.env
+            .write_file(&inst.data_dir.join("standby.signal"), "")
+    }
+
+    // ---- process control ---------------------------------------------
+
+    fn is_running(&self, inst: &Instance) -> bool {
+        postmaster_pid(&inst.data_dir).is_some_and(process_alive)
+    }
+
+    fn pg_ctl(&self, inst: &Instance, args: &[&str]) -> Result<(), TestingError> {
+        let mut cmd = self.env.pg("pg_ctl", &self.root);
+        cmd.arg("-D").arg(&inst.data_dir).args(args);
+        run(cmd, None, TOOL_TIMEOUT).map(|_| ())
+    }
+
+    fn start_server(&self, inst: &Instance) -> Result<(), TestingError> {
+        if self.is_closing() {
+            return Err(TestingError::new("the cluster is being dropped"));
+        }
+        let log = inst.log.to_string_lossy().into_owned();
+        self.pg_ctl(inst, &["-l", &log, "-w", "-t", "30", "start"])
+            .map_err(|e| self.with_log(inst, e.context(format!("starting {}", inst.id))))?;
+        self.wait_ready(inst)
+    }
+
+    fn stop(&self, inst: &Instance, mode: &str) -> Result<(), TestingError> {
+        if !self.is_running(inst) {
+            tracing::debug!(target: TARGET, instance = %inst.id, "not running");
+            return Ok(());
+        }
+        self.pg_ctl(inst, &["-m", mode, "-w", "-t", "30", "stop"])
+            .map_err(|e| self.with_log(inst, e.context(format!("stopping {} ({mode})", inst.id))))
+    }
+
+    fn wait_ready(&self, inst: &Instance) -> Result<(), TestingError> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            match self.psql(inst, "postgres", "SELECT 1") {
+                Ok(_) => return Ok(()),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(self.with_log(
+                        inst,
+                        e.context(format!("{} not ready within {READY_TIMEOUT:?}", inst.id)),
+                    ));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Polls `sql` (one boolean value) on `inst` until it prints `t`.
+    fn wait_true(
+        &self,
+        inst: &Instance,
+        sql: &str,
+        timeout: Duration,
+        what: &str,
+    ) -> Result<(), TestingError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = match self.psql(inst, "postgres", sql) {
+                Ok(v) if v == "t" => return Ok(()),
+                Ok(v) => format!("last result: {v:?}"),
+                Err(e) => format!("last error: {e}"),
+            };
+            if Instant::now() >= deadline {
+                return Err(self.with_log(
+                    inst,
+                    TestingError::new(format!(
+                        "{}: {what} not reached within {timeout:?} ({last})",
+                        inst.id
+                    )),
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn wait_streaming(
+        &self,
+        inst: &Instance,
+        primary_port: u16,
+        timeout: Duration,
+    ) -> Result<(), TestingError> {
+        self.wait_true(
+            inst,
+            &format!(
+                "SELECT count(*) = 1 FROM pg_catalog.pg_stat_wal_receiver \
+                 WHERE status = 'streaming' AND sender_port = {primary_port}"
+            ),
+            timeout,
+            &format!("streaming from port {primary_port}"),
+        )
+    }
+
+    /// Waits until `replica` replayed WAL up to `lsn`.
+    fn wait_replayed(
+        &self,
+        replica: &Instance,
+        lsn: &str,
+        timeout: Duration,
+    ) -> Result<(), TestingError> {
+        self.wait_true(
+            replica,
+            &format!(
+                "SELECT COALESCE(pg_catalog.pg_last_wal_replay_lsn() >= {}::pg_lsn, false)",
+                sql::literal(lsn)
+            ),
+            timeout,
+            &format!("replay up to {lsn}"),
+        )
+    }
+
+    fn psql(&self, inst: &Instance, database: &str, sql: &str) -> Result<String, TestingError> {
+        let mut cmd = self.env.pg("psql", &self.root);
+        // Our own writes are flushed (and so streamed) before psql returns.
+        cmd.env("PGOPTIONS", "-c synchronous_commit=on");
+        cmd.args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-h"])
+            .arg(&self.root)
+            .args([
+                "-p",
+                &inst.port.to_string(),
+                "-U",
+                "postgres",
+                "-d",
+                database,
+                "-f",
+                "-",
+            ]);
+        run(cmd, Some(sql), PSQL_TIMEOUT)
+            .map(|o| o.stdout.trim().to_owned())
+            .map_err(|e| e.context(format!("psql on {} (database {database})", inst.id)))
+    }
+
+    // ---- setup -------------------------------------------------------
+
+    fn init_primary(&self) -> Result<(), TestingError> {
+        let inst = &self.instances[0];
+        match initdb_template(&self.env)? {
+            Some(template) => {
+                let mut cp = Command::new("cp");
+                cp.arg("-a").arg(&template).arg(&inst.data_dir);
+                run(cp, None, TOOL_TIMEOUT)
+                    .map_err(|e| e.context("copying the initdb template"))?;
+            }
+            None => initdb(&self.env, &inst.data_dir, &self.root)?,
+        }
+        self.env
+            .append_file(&inst.data_dir.join("postgresql.conf"), &self.common_conf())?;
+        self.env.write_file(
+            &inst.data_dir.join("pg_hba.conf"),
+            "# aurora-pool LocalCluster\n\
+             local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host replication all 127.0.0.1/32 trust\n\
+             host all all 127.0.0.1/32 scram-sha-256\n",
+        )?;
+        self.write_instance_conf(inst)?;
+        self.start_server(inst)?;
+
+        let members: Vec<sql::Member<'_>> = self
+            .instances
+            .iter()
+            .enumerate()
+            .map(|(n, i)| sql::Member {
+                server_id: &i.id,
+                is_writer: n == 0,
+                resource_id: &i.resource_id,
+                proxy_port: i.proxy_addr.port(),
+            })
+            .collect();
+        let catalog = sql::catalog(self.flavour, &members);
+        if !catalog.is_empty() {
+            // template1 first: the application database inherits it.
+            for db in ["template1", "postgres"] {
+                self.psql(inst, db, &catalog)
+                    .map_err(|e| e.context("installing the emulated catalog"))?;
+            }
+        }
+        self.psql(
+            inst,
+            "postgres",
+            &sql::create_role_and_database(&self.user, &self.password, &self.database),
+        )
+        .map_err(|e| e.context("creating the login role and database"))?;
+        Ok(())
+    }
+
+    /// (Re)creates `inst` as a streaming replica of `primary` with
+    /// `pg_basebackup`, starts it and waits until it streams.
+    fn build_replica(&self, inst: &Instance, primary: &Instance) -> Result<(), TestingError> {
+        let started = Instant::now();
+        if inst.data_dir.exists() {
+            fs::remove_dir_all(&inst.data_dir).map_err(|e| {
+                TestingError::new(format!("removing {}: {e}", inst.data_dir.display()))
+            })?;
+        }
+        let mut cmd = self.env.pg("pg_basebackup", &self.root);
+        cmd.args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &primary.port.to_string(),
+            "-U",
+            "postgres",
+            "-D",
+        ])
+        .arg(&inst.data_dir)
+        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        run(cmd, None, TOOL_TIMEOUT).map_err(|e| {
+            self.with_log(
+                primary,
+                e.context(format!("base backup of {} for {}", primary.id, inst.id)),
+            )
+        })?;
+        self.write_instance_conf(inst)?;
+        self.write_standby_conf(inst, primary.port)?;
+        self.start_server(inst)?;
+        self.wait_streaming(inst, primary.port, STREAM_TIMEOUT)?;
+        tracing::info!(
+            target: TARGET,
+            instance = %inst.id,
+            primary = %primary.id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "replica streaming"
+        );
+        Ok(())
+    }
+
+    // ---- failover ----------------------------------------------------
+
+    fn failover(
+        self: &Arc<Self>,
+        to: &str,
+        rejoin_after: Option<Duration>,
+    ) -> Result<(), TestingError> {
+        let started = Instant::now();
+        let old_id = lock(&self.writer).clone();
+        let old = self.instance(&old_id)?;
+        let new = self.instance(to)?;
+        if old.id == new.id {
+            return Err(TestingError::new(format!(
+                "failover: `{to}` already is the writer"
+            )));
+        }
+        if !self.is_running(new) {
+            return Err(TestingError::new(format!(
+                "failover: `{to}` is not running"
+            )));
+        }
+        tracing::info!(target: TARGET, from = %old.id, to = %new.id, "failover");
+        let others: Vec<&Instance> = self
+            .instances
+            .iter()
+            .filter(|i| i.id != old.id && i.id != new.id)
+            .collect();
+
+        // Let the replicas catch up so they can all follow the new timeline.
+        if self.is_running(old) {
+            // psql runs with synchronous_commit=on, so this commit flushes all
+            // WAL before it (also asynchronously committed client writes).
+            let flush =
+                "SELECT pg_catalog.txid_current(); SELECT pg_catalog.pg_current_wal_flush_lsn()";
+            match self
+                .psql(old, "postgres", flush)
+                .map(|out| out.lines().last().unwrap_or_default().to_owned())
+            {
+                Ok(lsn) => {
+                    for r in std::iter::once(new).chain(others.iter().copied()) {
+                        if self.is_running(r)
+                            && let Err(e) = self.wait_replayed(r, &lsn, Duration::from_secs(5))
+                        {
+                            tracing::warn!(target: TARGET, instance = %r.id, error = %e, "replica did not catch up before failover");
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(target: TARGET, error = %e, "old writer unreachable before failover")
+                }
+            }
+        }
+        self.stop(old, "immediate")?;
+
+        self.pg_ctl(new, &["-w", "-t", "30", "promote"])
+            .map_err(|e| self.with_log(new, e.context(format!("promoting {}", new.id))))?;
+        self.wait_true(
+            new,
+            "SELECT NOT pg_catalog.pg_is_in_recovery()",
+            READY_TIMEOUT,
+            "end of recovery after promotion",
+        )?;
+
+        if self.flavour != Flavour::Plain {
+            let mut dbs = vec!["template1", "postgres"];
+            if !dbs.contains(&self.database.as_str()) {
+                dbs.push(&self.database);
+            }
+            for db in dbs {
+                self.psql(new, db, &sql::set_writer(&new.id))
+                    .map_err(|e| e.context("updating the emulated member table"))?;
+            }
+        }
+        *lock(&self.writer) = new.id.clone();
+        if let Some(p) = lock(&self.proxies).as_ref() {
+            p.point_cluster_endpoint(&new.id);
+        }
+
+        let lsn = self.psql(
+            new,
+            "postgres",
+            "SELECT pg_catalog.pg_current_wal_flush_lsn()",
+        )?;
+        for r in &others {
+            self.write_standby_conf(r, new.port)?;
+            if !self.is_running(r) {
+                continue;
+            }
+            self.pg_ctl(r, &["reload"])?;
+            let followed = self
+                .wait_streaming(r, new.port, Duration::from_secs(15))
+                .and_then(|()| self.wait_replayed(r, &lsn, Duration::from_secs(15)));
+            if let Err(e) = followed {
+                tracing::warn!(target: TARGET, instance = %r.id, error = %e, "replica cannot follow the new primary; rebuilding it");
+                self.stop(r, "immediate")?;
+                self.build_replica(r, new)?;
+            }
+        }
+        tracing::info!(
+            target: TARGET,
+            writer = %new.id,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "failover done"
+        );
+
+        if let Some(delay) = rejoin_after {
+            let (tx, rx) = watch::channel(None);
+            lock(&self.rejoins).insert(old.id.clone(), Rejoin { result: rx });
+            let inner = Arc::clone(self);
+            let id = old.id.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("aurora-pool-rejoin-{id}"))
+                .spawn(move || {
+                    let result = if inner.sleep_unless_closing(delay) {
+                        Err(TestingError::new(format!("rejoin of `{id}` cancelled: cluster dropped")))
+                    } else {
+                        inner.rejoin(&id)
+                    };
+                    match &result {
+                        Ok(()) => tracing::info!(target: TARGET, instance = %id, "old writer rejoined as a replica"),
+                        Err(e) => tracing::warn!(target: TARGET, instance = %id, error = %e, "rejoin failed"),
+                    }
+                    let _ = tx.send(Some(result));
+                })
+                .map_err(|e| TestingError::new(format!("spawning the rejoin thread: {e}")))?;
+            lock(&self.threads).push(thread);
+        }
+        Ok(())
+    }
+
+    fn rejoin(&self, id: &str) -> Result<(), TestingError> {
+        let inst = self.instance(id)?;
+        let writer = lock(&self.writer).clone();
+        let primary = self.instance(&writer)?;
+        tracing::info!(target: TARGET, instance = %id, primary = %primary.id, "rebuilding old writer as a replica");
+        self.stop(inst, "immediate")?;
+        self.build_replica(inst, primary)
+    }
+
+    // ---- teardown ----------------------------------------------------
+
+    /// Stops every server, the proxies, and removes the temp dir. Idempotent.
+    fn cleanup(&self) {
+        if self.cleaned.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        std::thread::scope(|s| {
+            for inst in &self.instances {
+                let spawned = std::thread::Builder::new().spawn_scoped(s, || self.force_stop(inst));
+                if spawned.is_err() {
+                    self.force_stop(inst);
+                }
+            }
+        });
+        if let Some(mut p) = lock(&self.proxies).take() {
+            p.shutdown();
+        }
+        if let Err(e) = fs::remove_dir_all(&self.root)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(target: TARGET, root = %self.root.display(), error = %e, "could not remove the cluster temp dir");
+        }
+        tracing::info!(target: TARGET, root = %self.root.display(), "local cluster removed");
+    }
+
+    fn force_stop(&self, inst: &Instance) {
+        let Some(pid) = postmaster_pid(&inst.data_dir) else {
+            return;
+        };
+        if process_alive(pid) {
+            let mut cmd = self.env.pg("pg_ctl", &self.root);
+            cmd.arg("-D")
+                .arg(&inst.data_dir)
+                .args(["-m", "immediate", "-w", "-t", "10", "stop"]);
+            if let Err(e) = run(cmd, None, Duration::from_secs(15)) {
+                tracing::warn!(target: TARGET, instance = %inst.id, error = %e, "pg_ctl stop failed; killing the postmaster");
+            }
+        }
+        if process_alive(pid) {
+            kill_pid(pid);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+}

@@ -1,0 +1,293 @@
+//! Per-instance TCP proxies ("instance endpoints") and the "cluster endpoint"
+//! proxy, running on a dedicated thread with its own tokio runtime.
+//!
+//! Black-holing: while an instance is black-holed, its proxy accepts new
+//! connections but never connects them upstream, and stops forwarding on every
+//! existing connection; all bytes read in either direction are discarded and
+//! no socket is closed by the proxy, so clients hang instead of seeing an
+//! error. Connections that were open when black-holing was switched on stay
+//! dead for good (like a TCP connection through a failed network path); only
+//! connections accepted after `blackhole(id, false)` are forwarded again.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener as StdTcpListener};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::oneshot;
+
+use super::error::TestingError;
+
+/// Where one instance's proxy forwards to, and whether it is black-holed.
+#[derive(Debug)]
+struct Target {
+    upstream: SocketAddr,
+    blackholed: AtomicBool,
+    /// Bumped each time black-holing is switched on; connections remember the
+    /// epoch they started in and stay dead once it changes.
+    epoch: AtomicU64,
+}
+
+impl Target {
+    fn is_dead(&self, start_epoch: u64) -> bool {
+        self.blackholed.load(Ordering::SeqCst) || self.epoch.load(Ordering::SeqCst) != start_epoch
+    }
+}
+
+/// The running proxies. Dropping (or [`Proxies::shutdown`]) stops them and
+/// closes every proxied connection.
+#[derive(Debug)]
+pub(crate) struct Proxies {
+    targets: HashMap<String, Arc<Target>>,
+    addrs: HashMap<String, SocketAddr>,
+    cluster_addr: SocketAddr,
+    cluster_target: Arc<Mutex<String>>,
+    stop: Option<oneshot::Sender<()>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn bind_loopback() -> Result<StdTcpListener, TestingError> {
+    let l = StdTcpListener::bind("127.0.0.1:0")
+        .map_err(|e| TestingError::new(format!("binding a proxy port on 127.0.0.1: {e}")))?;
+    l.set_nonblocking(true)
+        .map_err(|e| TestingError::new(format!("proxy listener set_nonblocking: {e}")))?;
+    Ok(l)
+}
+
+impl Proxies {
+    /// Binds one listener per `(instance id, upstream address)` plus the
+    /// cluster endpoint (initially aimed at `cluster_target`), and starts
+    /// serving them on a new thread.
+    pub(crate) fn start(
+        upstreams: &[(String, SocketAddr)],
+        cluster_target: &str,
+    ) -> Result<Self, TestingError> {
+        let mut targets = HashMap::new();
+        let mut addrs = HashMap::new();
+        let mut listeners = Vec::new();
+        for (id, upstream) in upstreams {
+            let l = bind_loopback()?;
+            let addr = l
+                .local_addr()
+                .map_err(|e| TestingError::new(format!("proxy local_addr: {e}")))?;
+            let target = Arc::new(Target {
+                upstream: *upstream,
+                blackholed: AtomicBool::new(false),
+                epoch: AtomicU64::new(0),
+            });
+            targets.insert(id.clone(), target.clone());
+            addrs.insert(id.clone(), addr);
+            listeners.push((l, Some(target)));
+        }
+        let cl = bind_loopback()?;
+        let cluster_addr = cl
+            .local_addr()
+            .map_err(|e| TestingError::new(format!("proxy local_addr: {e}")))?;
+        listeners.push((cl, None));
+        let cluster_target = Arc::new(Mutex::new(cluster_target.to_owned()));
+
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| TestingError::new(format!("building the proxy runtime: {e}")))?;
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let all_targets = targets.clone();
+        let ct = cluster_target.clone();
+        let thread = std::thread::Builder::new()
+            .name("aurora-pool-testing-proxy".into())
+            .spawn(move || {
+                runtime.block_on(async move {
+                    for (listener, target) in listeners {
+                        let listener = match TcpListener::from_std(listener) {
+                            Ok(l) => l,
+                            Err(e) => {
+                                tracing::warn!(target: "aurora_pool::testing", error = %e, "proxy listener unusable");
+                                continue;
+                            }
+                        };
+                        let all = all_targets.clone();
+                        let ct = ct.clone();
+                        tokio::spawn(accept_loop(listener, target, all, ct));
+                    }
+                    let _ = stop_rx.await;
+                });
+                // Dropping the runtime cancels every connection task and closes its sockets.
+                runtime.shutdown_timeout(Duration::from_secs(1));
+            })
+            .map_err(|e| TestingError::new(format!("spawning the proxy thread: {e}")))?;
+        tracing::debug!(target: "aurora_pool::testing", ?addrs, %cluster_addr, "proxies started");
+        Ok(Self {
+            targets,
+            addrs,
+            cluster_addr,
+            cluster_target,
+            stop: Some(stop_tx),
+            thread: Some(thread),
+        })
+    }
+
+    /// The proxy address of an instance.
+    pub(crate) fn addr(&self, id: &str) -> Option<SocketAddr> {
+        self.addrs.get(id).copied()
+    }
+
+    /// The cluster endpoint's address.
+    pub(crate) fn cluster_addr(&self) -> SocketAddr {
+        self.cluster_addr
+    }
+
+    /// Switches black-holing of an instance; false if the id is unknown.
+    pub(crate) fn blackhole(&self, id: &str, on: bool) -> bool {
+        let Some(t) = self.targets.get(id) else {
+            return false;
+        };
+        if on {
+            t.epoch.fetch_add(1, Ordering::SeqCst);
+        }
+        t.blackholed.store(on, Ordering::SeqCst);
+        true
+    }
+
+    /// Aims the cluster endpoint at an instance; false if the id is unknown.
+    pub(crate) fn point_cluster_endpoint(&self, id: &str) -> bool {
+        if !self.targets.contains_key(id) {
+            return false;
+        }
+        *self
+            .cluster_target
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = id.to_owned();
+        true
+    }
+
+    /// Stops the proxy thread and waits for it.
+    pub(crate) fn shutdown(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+impl Drop for Proxies {
+    fn drop(&mut self) {
+        self.shutdown();
+    }
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    fixed: Option<Arc<Target>>,
+    all: HashMap<String, Arc<Target>>,
+    cluster_target: Arc<Mutex<String>>,
+) {
+    loop {
+        let client = match listener.accept().await {
+            Ok((s, _)) => s,
+            Err(e) => {
+                tracing::debug!(target: "aurora_pool::testing", error = %e, "proxy accept failed");
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                continue;
+            }
+        };
+        let target = match &fixed {
+            Some(t) => t.clone(),
+            None => {
+                let id = cluster_target
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone();
+                match all.get(&id) {
+                    Some(t) => t.clone(),
+                    None => continue, // unreachable: ids are validated when set
+                }
+            }
+        };
+        tokio::spawn(serve(client, target));
+    }
+}
+
+/// Reads and discards until the peer closes.
+async fn discard(mut s: TcpStream) {
+    let mut buf = vec![0u8; 8192];
+    while let Ok(n) = s.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+}
+
+async fn serve(client: TcpStream, target: Arc<Target>) {
+    let epoch = target.epoch.load(Ordering::SeqCst);
+    let _ = client.set_nodelay(true);
+    if target.is_dead(epoch) {
+        return discard(client).await;
+    }
+    let upstream = match TcpStream::connect(target.upstream).await {
+        Ok(s) => s,
+        // Instance down: close the client connection, like a refused connect.
+        Err(_) => return,
+    };
+    if target.is_dead(epoch) {
+        // Keep the upstream socket open but unused while the client hangs.
+        let _keep = upstream;
+        return discard(client).await;
+    }
+    let _ = upstream.set_nodelay(true);
+    let (mut cr, mut cw) = client.into_split();
+    let (mut ur, mut uw) = upstream.into_split();
+
+    let t = target.clone();
+    let client_to_upstream = async move {
+        let mut buf = vec![0u8; 16384];
+        loop {
+            match cr.read(&mut buf).await {
+                Ok(0) | Err(_) => return, // client gone: close everything
+                Ok(n) => {
+                    if t.is_dead(epoch) {
+                        continue;
+                    }
+                    if uw.write_all(&buf[..n]).await.is_err() && !t.is_dead(epoch) {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let t = target;
+    let upstream_to_client = async move {
+        let mut buf = vec![0u8; 16384];
+        loop {
+            match ur.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    if !t.is_dead(epoch) {
+                        // Propagate the server's close.
+                        let _ = cw.shutdown().await;
+                        return;
+                    }
+                    // Dead: never signal anything to the client; keep its socket
+                    // open (the other direction keeps draining it).
+                    std::future::pending::<()>().await;
+                }
+                Ok(n) => {
+                    if t.is_dead(epoch) {
+                        continue;
+                    }
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    tokio::select! {
+        _ = client_to_upstream => {}
+        _ = upstream_to_client => {}
+    }
+}

@@ -1,0 +1,525 @@
+//! Integration tests of `testing::LocalCluster` (real PostgreSQL processes).
+#![cfg(feature = "testing")]
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use aurora_pool::testing::{Flavour, LocalCluster};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const TOPOLOGY: &str = "SELECT SERVER_ID, CASE WHEN SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' THEN TRUE ELSE FALSE END, \
+       CPU, COALESCE(REPLICA_LAG_IN_MSEC, 0), LAST_UPDATE_TIMESTAMP \
+FROM pg_catalog.aurora_replica_status() \
+WHERE EXTRACT(EPOCH FROM(pg_catalog.NOW() OPERATOR(pg_catalog.-) LAST_UPDATE_TIMESTAMP)) OPERATOR(pg_catalog.<=) 300 \
+   OR SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' \
+   OR LAST_UPDATE_TIMESTAMP IS NULL";
+const IS_WRITER: &str = "SELECT SERVER_ID FROM pg_catalog.aurora_replica_status() WHERE SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' AND SERVER_ID OPERATOR(pg_catalog.=) pg_catalog.aurora_db_instance_identifier()";
+const AURORA_STAT_UTILS: &str = "SELECT (setting OPERATOR(pg_catalog.~~) '%aurora_stat_utils%') AS aurora_stat_utils FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=) 'rds.extensions'";
+
+fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+/// Runs `sql` with the `psql` client over TCP at `addr` as the given user.
+async fn client_psql(
+    cluster: &LocalCluster,
+    addr: SocketAddr,
+    password: &str,
+    sql: &str,
+) -> Result<String, String> {
+    let out = tokio::process::Command::new(cluster.bin_dir().join("psql"))
+        .arg(format!(
+            "host=127.0.0.1 port={} user={} dbname={} connect_timeout=10",
+            addr.port(),
+            cluster.user(),
+            cluster.database()
+        ))
+        .args(["-X", "-A", "-t", "-q", "-v", "ON_ERROR_STOP=1", "-c", sql])
+        .env("PGPASSWORD", password)
+        .env_remove("PGHOST")
+        .env_remove("PGPORT")
+        .kill_on_drop(true)
+        .output()
+        .await
+        .map_err(|e| e.to_string())?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
+/// Polls `sql` on `id` until it returns `expected` (10 s bound).
+async fn eventually(cluster: &LocalCluster, id: &str, db: &str, sql: &str, expected: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = cluster.psql(id, db, sql).await;
+        if got.as_deref() == Ok(expected) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{id}: `{sql}` returned {got:?}, expected {expected:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Topology rows as (server_id, is_writer).
+async fn topology(cluster: &LocalCluster, id: &str) -> Vec<(String, bool)> {
+    let out = cluster
+        .psql(id, cluster.database(), TOPOLOGY)
+        .await
+        .unwrap();
+    out.lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split('|').collect();
+            assert_eq!(f.len(), 5, "topology row {l:?}");
+            (f[0].to_owned(), f[1] == "t")
+        })
+        .collect()
+}
+
+fn writers(rows: &[(String, bool)]) -> Vec<&str> {
+    rows.iter().filter(|r| r.1).map(|r| r.0.as_str()).collect()
+}
+
+/// Data dir and postmaster pid of every instance.
+async fn postmasters(cluster: &LocalCluster) -> Vec<(PathBuf, u32)> {
+    let mut v = Vec::new();
+    for id in cluster.instance_ids() {
+        let dir = cluster
+            .psql(&id, "postgres", "SHOW data_directory")
+            .await
+            .unwrap();
+        let dir = PathBuf::from(dir);
+        let pid = std::fs::read_to_string(dir.join("postmaster.pid"))
+            .unwrap()
+            .lines()
+            .next()
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        v.push((dir, pid));
+    }
+    v
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s
+                .rsplit_once(')')
+                .map(|(_, r)| r.trim_start().chars().next());
+            !matches!(state, Some(Some('Z' | 'X')))
+        })
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn aurora_cluster_basics_blackhole_and_drop() {
+    init_tracing();
+    let t = Instant::now();
+    let cluster = LocalCluster::start(3).await.unwrap();
+    eprintln!("3-instance cluster started in {:?}", t.elapsed());
+    assert_eq!(
+        cluster.instance_ids(),
+        ["instance-1", "instance-2", "instance-3"]
+    );
+    assert_eq!(cluster.writer_id(), "instance-1");
+    assert!(!format!("{cluster:?}").contains("app-password"));
+    assert!(cluster.instance_addr("nope").is_none());
+    let param = cluster.instance_endpoints_param();
+    assert!(param.starts_with("instance-1=127.0.0.1:"), "{param}");
+    assert!(
+        cluster
+            .url()
+            .starts_with("postgres://app:app-password@127.0.0.1:")
+    );
+    assert!(
+        cluster
+            .url()
+            .contains("/app?instance_endpoints=instance-1%3D127.0.0.1%3A")
+    );
+
+    let db = cluster.database().to_owned();
+    for id in cluster.instance_ids() {
+        let me = cluster
+            .psql(&id, &db, "SELECT pg_catalog.aurora_db_instance_identifier(), pg_catalog.aurora_db_instance_identifier()")
+            .await
+            .unwrap();
+        assert_eq!(me, format!("{id}|{id}"));
+        for (sql, want) in [
+            ("SELECT 1 FROM pg_catalog.pg_proc LIMIT 1", "1"),
+            (AURORA_STAT_UTILS, "t"),
+            (
+                "SELECT 1 FROM pg_catalog.aurora_replica_status() LIMIT 1",
+                "1",
+            ),
+        ] {
+            assert_eq!(
+                cluster.psql(&id, &db, sql).await.unwrap(),
+                want,
+                "{id}: {sql}"
+            );
+            assert_eq!(
+                cluster.psql(&id, "postgres", sql).await.unwrap(),
+                want,
+                "{id}: {sql}"
+            );
+        }
+        let writer = cluster.psql(&id, &db, IS_WRITER).await.unwrap();
+        let recovery = cluster
+            .psql(&id, &db, "SELECT pg_catalog.pg_is_in_recovery()")
+            .await
+            .unwrap();
+        if id == "instance-1" {
+            assert_eq!(writer, "instance-1");
+            assert_eq!(recovery, "f");
+        } else {
+            assert_eq!(writer, "");
+            assert_eq!(recovery, "t");
+        }
+    }
+    let rows = topology(&cluster, "instance-3").await;
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(writers(&rows), ["instance-1"]);
+
+    // Replication of a write.
+    cluster
+        .psql(
+            "instance-1",
+            &db,
+            "CREATE TABLE t(x int); INSERT INTO t VALUES (42);",
+        )
+        .await
+        .unwrap();
+    for id in ["instance-2", "instance-3"] {
+        eventually(&cluster, id, &db, "SELECT x FROM t", "42").await;
+    }
+
+    // The app user over TCP through the proxies.
+    let pw = cluster.password().to_owned();
+    for id in cluster.instance_ids() {
+        let addr = cluster.instance_addr(&id).unwrap();
+        let who = client_psql(
+            &cluster,
+            addr,
+            &pw,
+            "SELECT current_user || '@' || pg_catalog.aurora_db_instance_identifier()",
+        )
+        .await
+        .unwrap();
+        assert_eq!(who, format!("app@{id}"));
+    }
+    let err = client_psql(
+        &cluster,
+        cluster.instance_addr("instance-2").unwrap(),
+        "wrong",
+        "SELECT 1",
+    )
+    .await
+    .unwrap_err();
+    assert!(err.contains("password authentication failed"), "{err}");
+    let via_cluster = client_psql(
+        &cluster,
+        cluster.cluster_endpoint(),
+        &pw,
+        "SELECT pg_catalog.aurora_db_instance_identifier()",
+    )
+    .await
+    .unwrap();
+    assert_eq!(via_cluster, "instance-1");
+
+    // Black-holing an existing connection (raw protocol): the SSL request is
+    // answered before, the startup message is never answered after, and the
+    // socket is not closed.
+    let mut raw = tokio::net::TcpStream::connect(cluster.instance_addr("instance-2").unwrap())
+        .await
+        .unwrap();
+    raw.write_all(&[0, 0, 0, 8, 4, 210, 22, 47]).await.unwrap();
+    let mut byte = [0u8; 1];
+    raw.read_exact(&mut byte).await.unwrap();
+    assert_eq!(byte[0], b'N');
+    assert!(cluster.blackhole("instance-2", true));
+    let body = b"\0\x03\0\0user\0app\0database\0app\0\0";
+    let mut startup = ((body.len() + 4) as u32).to_be_bytes().to_vec();
+    startup.extend_from_slice(body);
+    raw.write_all(&startup).await.unwrap();
+    let mut buf = [0u8; 64];
+    let r = tokio::time::timeout(Duration::from_secs(1), raw.read(&mut buf)).await;
+    assert!(r.is_err(), "black-holed connection answered: {r:?}");
+
+    // Black-holing: connects hang, the direct port still works.
+    let t0 = Instant::now();
+    let hung = tokio::time::timeout(
+        Duration::from_secs(2),
+        client_psql(
+            &cluster,
+            cluster.instance_addr("instance-2").unwrap(),
+            &pw,
+            "SELECT 1",
+        ),
+    )
+    .await;
+    assert!(
+        hung.is_err(),
+        "connect through a black-holed proxy completed: {hung:?}"
+    );
+    assert!(t0.elapsed() >= Duration::from_secs(2));
+    assert_eq!(
+        cluster.psql("instance-2", &db, "SELECT 1").await.unwrap(),
+        "1"
+    );
+    assert!(cluster.blackhole("instance-2", false));
+    assert_eq!(
+        client_psql(
+            &cluster,
+            cluster.instance_addr("instance-2").unwrap(),
+            &pw,
+            "SELECT 2"
+        )
+        .await
+        .unwrap(),
+        "2"
+    );
+    assert!(!cluster.blackhole("instance-9", true));
+    // A connection that was open while black-holed stays dead.
+    let r = tokio::time::timeout(Duration::from_millis(500), raw.read(&mut buf)).await;
+    assert!(r.is_err(), "old connection revived: {r:?}");
+    drop(raw);
+
+    // Crash / start an instance.
+    cluster.crash("instance-3").await.unwrap();
+    assert!(cluster.psql("instance-3", &db, "SELECT 1").await.is_err());
+    cluster.start_instance("instance-3").await.unwrap();
+    eventually(&cluster, "instance-3", &db, "SELECT x FROM t", "42").await;
+
+    // Drop removes every process and the temp dir.
+    let pms = postmasters(&cluster).await;
+    let root = pms[0].0.parent().unwrap().to_owned();
+    assert!(root.is_dir());
+    assert!(pms.iter().all(|(_, pid)| alive(*pid)));
+    drop(cluster);
+    for (_, pid) in &pms {
+        assert!(!alive(*pid), "postmaster {pid} still running after drop");
+    }
+    assert!(!root.exists(), "{} still exists", root.display());
+}
+
+#[tokio::test]
+async fn aurora_failover_and_rejoin() {
+    init_tracing();
+    let cluster = LocalCluster::start(3).await.unwrap();
+    let db = cluster.database().to_owned();
+    let pw = cluster.password().to_owned();
+    cluster
+        .psql(
+            "instance-1",
+            &db,
+            "CREATE TABLE f(x int); INSERT INTO f VALUES (1);",
+        )
+        .await
+        .unwrap();
+    let t = Instant::now();
+    cluster
+        .failover("instance-2", Some(Duration::from_millis(300)))
+        .await
+        .unwrap();
+    eprintln!("failover took {:?}", t.elapsed());
+    assert_eq!(cluster.writer_id(), "instance-2");
+    for id in ["instance-2", "instance-3"] {
+        let rows = topology(&cluster, id).await;
+        assert_eq!(rows.len(), 3, "{id}: {rows:?}");
+        assert_eq!(writers(&rows), ["instance-2"], "{id}: {rows:?}");
+    }
+    assert_eq!(
+        cluster.psql("instance-2", &db, IS_WRITER).await.unwrap(),
+        "instance-2"
+    );
+    assert_eq!(
+        cluster.psql("instance-3", &db, IS_WRITER).await.unwrap(),
+        ""
+    );
+    cluster
+        .psql("instance-2", &db, "INSERT INTO f VALUES (2);")
+        .await
+        .unwrap();
+    eventually(&cluster, "instance-3", &db, "SELECT sum(x) FROM f", "3").await;
+    let via_cluster = client_psql(
+        &cluster,
+        cluster.cluster_endpoint(),
+        &pw,
+        "SELECT pg_catalog.aurora_db_instance_identifier()",
+    )
+    .await
+    .unwrap();
+    assert_eq!(via_cluster, "instance-2");
+
+    // Stale DNS: the cluster endpoint can be aimed elsewhere.
+    assert!(cluster.point_cluster_endpoint("instance-3"));
+    let via_cluster = client_psql(
+        &cluster,
+        cluster.cluster_endpoint(),
+        &pw,
+        "SELECT pg_catalog.aurora_db_instance_identifier()",
+    )
+    .await
+    .unwrap();
+    assert_eq!(via_cluster, "instance-3");
+
+    // The old writer comes back as a reader of the new primary.
+    assert!(cluster.wait_rejoined("instance-3").await.is_err());
+    cluster.wait_rejoined("instance-1").await.unwrap();
+    assert_eq!(
+        cluster
+            .psql("instance-1", &db, "SELECT pg_catalog.pg_is_in_recovery()")
+            .await
+            .unwrap(),
+        "t"
+    );
+    eventually(&cluster, "instance-1", &db, "SELECT sum(x) FROM f", "3").await;
+    let rows = topology(&cluster, "instance-1").await;
+    assert_eq!(writers(&rows), ["instance-2"], "{rows:?}");
+    assert_eq!(
+        cluster.psql("instance-1", &db, IS_WRITER).await.unwrap(),
+        ""
+    );
+    cluster
+        .psql("instance-2", &db, "INSERT INTO f VALUES (3);")
+        .await
+        .unwrap();
+    eventually(&cluster, "instance-1", &db, "SELECT sum(x) FROM f", "6").await;
+}
+
+#[tokio::test]
+async fn rds_multi_az_flavour() {
+    init_tracing();
+    let cluster = LocalCluster::builder()
+        .instances(2)
+        .flavour(Flavour::RdsMultiAz)
+        .user("rds_user")
+        .password("p@ss w'rd")
+        .database("rdsdb")
+        .start()
+        .await
+        .unwrap();
+    let db = cluster.database().to_owned();
+    let source = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id()";
+    let not_writer = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id() WHERE multi_az_db_cluster_source_dbi_resource_id OPERATOR(pg_catalog.!=) (SELECT dbi_resource_id FROM rds_tools.dbi_resource_id())";
+    let me = "SELECT id, SUBSTRING(endpoint FROM 0 FOR POSITION('.' IN endpoint)) FROM rds_tools.show_topology() WHERE id OPERATOR(pg_catalog.=) rds_tools.dbi_resource_id()";
+    let p1 = cluster.instance_addr("instance-1").unwrap().port();
+    let p2 = cluster.instance_addr("instance-2").unwrap().port();
+    for id in ["instance-1", "instance-2"] {
+        assert_eq!(cluster.psql(id, &db, source).await.unwrap(), "1000000001");
+        let topo = cluster
+            .psql(
+                id,
+                &db,
+                "SELECT id, endpoint, port FROM rds_tools.show_topology('aws_jdbc_driver-1')",
+            )
+            .await
+            .unwrap();
+        assert_eq!(
+            topo,
+            format!(
+                "1000000001|instance-1.local.us-east-1.rds.amazonaws.com|{p1}\n1000000002|instance-2.local.us-east-1.rds.amazonaws.com|{p2}"
+            )
+        );
+        assert_eq!(cluster.psql(id, &db, AURORA_STAT_UTILS).await.unwrap(), "f");
+        assert!(
+            cluster
+                .psql(id, &db, "SELECT pg_catalog.aurora_replica_status()")
+                .await
+                .is_err()
+        );
+    }
+    assert_eq!(
+        cluster.psql("instance-1", &db, not_writer).await.unwrap(),
+        ""
+    );
+    assert_eq!(
+        cluster.psql("instance-2", &db, not_writer).await.unwrap(),
+        "1000000001"
+    );
+    assert_eq!(
+        cluster.psql("instance-1", &db, me).await.unwrap(),
+        "1000000001|instance-1"
+    );
+    assert_eq!(
+        cluster.psql("instance-2", &db, me).await.unwrap(),
+        "1000000002|instance-2"
+    );
+    // The custom login works, with URL encoding of the odd password.
+    let who = client_psql(
+        &cluster,
+        cluster.instance_addr("instance-2").unwrap(),
+        "p@ss w'rd",
+        "SELECT current_user",
+    )
+    .await
+    .unwrap();
+    assert_eq!(who, "rds_user");
+    assert!(
+        cluster
+            .url()
+            .starts_with("postgres://rds_user:p%40ss%20w%27rd@127.0.0.1:")
+    );
+    // After failover the new writer is the source.
+    cluster.failover("instance-2", None).await.unwrap();
+    assert_eq!(
+        cluster.psql("instance-2", &db, source).await.unwrap(),
+        "1000000002"
+    );
+    assert_eq!(
+        cluster.psql("instance-2", &db, not_writer).await.unwrap(),
+        ""
+    );
+}
+
+#[tokio::test]
+async fn plain_flavour_single_instance() {
+    init_tracing();
+    let cluster = LocalCluster::builder()
+        .instances(1)
+        .flavour(Flavour::Plain)
+        .start()
+        .await
+        .unwrap();
+    let db = cluster.database().to_owned();
+    assert_eq!(
+        cluster
+            .psql("instance-1", &db, "SELECT pg_catalog.pg_is_in_recovery()")
+            .await
+            .unwrap(),
+        "f"
+    );
+    assert!(
+        cluster
+            .psql(
+                "instance-1",
+                &db,
+                "SELECT pg_catalog.aurora_db_instance_identifier()"
+            )
+            .await
+            .is_err()
+    );
+    assert_eq!(
+        cluster
+            .psql("instance-1", &db, AURORA_STAT_UTILS)
+            .await
+            .unwrap(),
+        ""
+    );
+    let err = LocalCluster::builder()
+        .instances(0)
+        .start()
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 1"), "{err}");
+}
