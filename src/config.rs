@@ -54,6 +54,55 @@ impl fmt::Debug for Password {
     }
 }
 
+/// What reader checkouts may use when no reader instance is available (`failover_mode`),
+/// named after the AWS drivers' failover modes.
+///
+/// Writer checkouts always need the writer; during a failover they wait for the new one
+/// (up to `failover_timeout_ms`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailoverMode {
+    /// `strict_writer` (default for every URL but a reader cluster endpoint): the pool is
+    /// writer-first; reads with no reader available go to the writer.
+    StrictWriter,
+    /// `reader_or_writer` (default for `cluster-ro-` URLs): reads go to a reader, else to the
+    /// writer.
+    ReaderOrWriter,
+    /// `strict_reader`: reads never reach the writer; with no reader available a reader
+    /// checkout waits for one up to `failover_timeout_ms`, then fails with
+    /// [`Error::is_failover_failed`].
+    StrictReader,
+}
+
+impl FailoverMode {
+    /// The default for a URL whose host is of `kind`.
+    pub fn for_endpoint(kind: crate::endpoint::EndpointKind) -> FailoverMode {
+        match kind {
+            crate::endpoint::EndpointKind::ClusterReader => FailoverMode::ReaderOrWriter,
+            _ => FailoverMode::StrictWriter,
+        }
+    }
+
+    /// Whether reads may go to the writer when no reader is available.
+    pub fn reads_may_use_writer(self) -> bool {
+        self != FailoverMode::StrictReader
+    }
+
+    fn parse(parameter: &str, text: &str) -> Result<FailoverMode> {
+        match text {
+            "strict_writer" | "strict-writer" => Ok(FailoverMode::StrictWriter),
+            "reader_or_writer" | "reader-or-writer" => Ok(FailoverMode::ReaderOrWriter),
+            "strict_reader" | "strict-reader" => Ok(FailoverMode::StrictReader),
+            other => Err(Error::config(
+                parameter,
+                format!(
+                    "unknown mode `{other}`; expected strict_writer, reader_or_writer or strict_reader"
+                ),
+            )),
+        }
+    }
+}
+
 /// Sizes of the connection pools of one role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSizing {
@@ -99,9 +148,28 @@ pub struct Config {
     pub dialect: Option<Dialect>,
     /// How `.reader()` picks an instance (`reader_host_selector_strategy`, default `random`).
     pub reader_host_selector_strategy: ReaderSelection,
-    /// Whether reads go to the writer while no reader exists (`reader_fallback_to_writer`,
-    /// default true).
-    pub reader_fallback_to_writer: bool,
+    /// What reader checkouts may fall back to (`failover_mode`); the default depends on the
+    /// URL: `reader_or_writer` for a reader cluster endpoint (`cluster-ro-`), else
+    /// `strict_writer`. See [`FailoverMode`].
+    pub failover_mode: FailoverMode,
+    /// How long a checkout waits for an instance of its role during a failover
+    /// (`failover_timeout_ms`, default 300000).
+    pub failover_timeout: Duration,
+    /// How often the monitor reads the topology during and for 30 s after a failover
+    /// (`cluster_topology_high_refresh_rate_ms`, default 100).
+    pub cluster_topology_high_refresh_rate: Duration,
+    /// Whether every instance is health-probed to catch silent failures
+    /// (`failure_detection_enabled`, default true).
+    pub failure_detection_enabled: bool,
+    /// Grace period before an instance's first health probe (`failure_detection_time_ms`,
+    /// default 30000).
+    pub failure_detection_time: Duration,
+    /// Time between health probes of one instance (`failure_detection_interval_ms`, default
+    /// 5000).
+    pub failure_detection_interval: Duration,
+    /// Failed probes in a row that declare an instance dead (`failure_detection_count`,
+    /// default 3).
+    pub failure_detection_count: u32,
     /// Writer pool size (`writer_max_connections`, `writer_min_connections`).
     pub writer: PoolSizing,
     /// Per-reader-instance pool size (`reader_max_connections`, `reader_min_connections`).
@@ -165,6 +233,7 @@ impl Config {
             .map(|p| percent_decode(p).map(Password))
             .transpose()?;
 
+        let failover_mode = FailoverMode::for_endpoint(Endpoint::classify(&host).kind());
         let mut config = Config {
             host,
             port,
@@ -174,7 +243,13 @@ impl Config {
             cluster_topology_refresh_rate: Duration::from_millis(30_000),
             dialect: None,
             reader_host_selector_strategy: ReaderSelection::Random,
-            reader_fallback_to_writer: true,
+            failover_mode,
+            failover_timeout: Duration::from_millis(300_000),
+            cluster_topology_high_refresh_rate: Duration::from_millis(100),
+            failure_detection_enabled: true,
+            failure_detection_time: Duration::from_millis(30_000),
+            failure_detection_interval: Duration::from_millis(5_000),
+            failure_detection_count: 3,
             writer: PoolSizing::default(),
             reader: PoolSizing::default(),
             acquire_timeout: Duration::from_secs(30),
@@ -245,7 +320,22 @@ impl Config {
             "reader_host_selector_strategy" => {
                 self.reader_host_selector_strategy = ReaderSelection::parse(key, value)?;
             }
-            "reader_fallback_to_writer" => self.reader_fallback_to_writer = parse_bool(key, value)?,
+            "failover_mode" => self.failover_mode = FailoverMode::parse(key, value)?,
+            "failover_timeout_ms" => {
+                self.failover_timeout = Duration::from_millis(parse_number(key, value)?)
+            }
+            "cluster_topology_high_refresh_rate_ms" => {
+                self.cluster_topology_high_refresh_rate =
+                    Duration::from_millis(parse_number(key, value)?);
+            }
+            "failure_detection_enabled" => self.failure_detection_enabled = parse_bool(key, value)?,
+            "failure_detection_time_ms" => {
+                self.failure_detection_time = Duration::from_millis(parse_number(key, value)?);
+            }
+            "failure_detection_interval_ms" => {
+                self.failure_detection_interval = Duration::from_millis(parse_number(key, value)?);
+            }
+            "failure_detection_count" => self.failure_detection_count = parse_number(key, value)?,
             "writer_max_connections" => self.writer.max_connections = parse_number(key, value)?,
             "writer_min_connections" => self.writer.min_connections = parse_number(key, value)?,
             "reader_max_connections" => self.reader.max_connections = parse_number(key, value)?,
@@ -291,6 +381,27 @@ impl Config {
                     ),
                 ));
             }
+        }
+        for (parameter, value) in [
+            (
+                "cluster_topology_high_refresh_rate_ms",
+                self.cluster_topology_high_refresh_rate,
+            ),
+            ("failover_timeout_ms", self.failover_timeout),
+            (
+                "failure_detection_interval_ms",
+                self.failure_detection_interval,
+            ),
+        ] {
+            if value.is_zero() {
+                return Err(Error::config(parameter, "must be greater than 0"));
+            }
+        }
+        if self.failure_detection_count == 0 {
+            return Err(Error::config(
+                "failure_detection_count",
+                "must be at least 1",
+            ));
         }
         if self.acquire_timeout.is_zero() {
             return Err(Error::config(
@@ -375,7 +486,19 @@ impl fmt::Debug for Config {
                 "reader_host_selector_strategy",
                 &self.reader_host_selector_strategy,
             )
-            .field("reader_fallback_to_writer", &self.reader_fallback_to_writer)
+            .field("failover_mode", &self.failover_mode)
+            .field("failover_timeout", &self.failover_timeout)
+            .field(
+                "cluster_topology_high_refresh_rate",
+                &self.cluster_topology_high_refresh_rate,
+            )
+            .field("failure_detection_enabled", &self.failure_detection_enabled)
+            .field("failure_detection_time", &self.failure_detection_time)
+            .field(
+                "failure_detection_interval",
+                &self.failure_detection_interval,
+            )
+            .field("failure_detection_count", &self.failure_detection_count)
             .field("writer", &self.writer)
             .field("reader", &self.reader)
             .field("acquire_timeout", &self.acquire_timeout)
@@ -510,8 +633,20 @@ impl Builder {
         dialect: Dialect => |c, v| c.dialect = Some(v);
         /// See [`Config::reader_host_selector_strategy`].
         reader_host_selector_strategy: ReaderSelection => |c, v| c.reader_host_selector_strategy = v;
-        /// See [`Config::reader_fallback_to_writer`].
-        reader_fallback_to_writer: bool => |c, v| c.reader_fallback_to_writer = v;
+        /// See [`Config::failover_mode`].
+        failover_mode: FailoverMode => |c, v| c.failover_mode = v;
+        /// See [`Config::failover_timeout`].
+        failover_timeout: Duration => |c, v| c.failover_timeout = v;
+        /// See [`Config::cluster_topology_high_refresh_rate`].
+        cluster_topology_high_refresh_rate: Duration => |c, v| c.cluster_topology_high_refresh_rate = v;
+        /// See [`Config::failure_detection_enabled`].
+        failure_detection_enabled: bool => |c, v| c.failure_detection_enabled = v;
+        /// See [`Config::failure_detection_time`].
+        failure_detection_time: Duration => |c, v| c.failure_detection_time = v;
+        /// See [`Config::failure_detection_interval`].
+        failure_detection_interval: Duration => |c, v| c.failure_detection_interval = v;
+        /// See [`Config::failure_detection_count`].
+        failure_detection_count: u32 => |c, v| c.failure_detection_count = v;
         /// See [`PoolSizing::max_connections`] of [`Config::writer`].
         writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
         /// See [`PoolSizing::min_connections`] of [`Config::writer`].
@@ -586,7 +721,25 @@ mod tests {
         assert_eq!(c.cluster_id, "1");
         assert_eq!(c.cluster_topology_refresh_rate, Duration::from_secs(30));
         assert_eq!(c.reader_host_selector_strategy, ReaderSelection::Random);
-        assert!(c.reader_fallback_to_writer);
+        assert_eq!(c.failover_mode, FailoverMode::StrictWriter);
+        assert_eq!(c.failover_timeout, Duration::from_secs(300));
+        assert_eq!(
+            c.cluster_topology_high_refresh_rate,
+            Duration::from_millis(100)
+        );
+        assert!(c.failure_detection_enabled);
+        assert_eq!(
+            (
+                c.failure_detection_time,
+                c.failure_detection_interval,
+                c.failure_detection_count
+            ),
+            (Duration::from_secs(30), Duration::from_secs(5), 3)
+        );
+        let ro =
+            Config::from_url("postgres://app@db.cluster-ro-abc123.us-east-1.rds.amazonaws.com/app")
+                .unwrap();
+        assert_eq!(ro.failover_mode, FailoverMode::ReaderOrWriter);
         assert_eq!(
             c.driver_url().as_str(),
             "postgres://app@db.cluster-abc123.us-east-1.rds.amazonaws.com:5433/orders"
@@ -603,7 +756,7 @@ mod tests {
         let c = Config::from_url(&format!(
             "{RDS}?cluster_id=orders&instance_endpoints=instance-1%3D127.0.0.1%3A6001,instance-2%3D127.0.0.1%3A6002\
              &cluster_topology_refresh_rate_ms=500&reader_host_selector_strategy=least_connections\
-             &reader_fallback_to_writer=false&writer_max_connections=4&reader_min_connections=1\
+             &failover_mode=strict_reader&failover_timeout_ms=1500&writer_max_connections=4&reader_min_connections=1\
              &idle_timeout_ms=0&dialect=aurora-pg&sslmode=require&application_name=svc&options=-c%20statement_timeout%3D5s"
         ))
         .unwrap();
@@ -617,7 +770,8 @@ mod tests {
             c.reader_host_selector_strategy,
             ReaderSelection::LeastConnections
         );
-        assert!(!c.reader_fallback_to_writer);
+        assert_eq!(c.failover_mode, FailoverMode::StrictReader);
+        assert_eq!(c.failover_timeout, Duration::from_millis(1500));
         assert_eq!(c.writer.max_connections, 4);
         assert_eq!(c.reader.min_connections, 1);
         assert_eq!(c.idle_timeout, None);
@@ -660,9 +814,16 @@ mod tests {
                 "?reader_host_selector_strategy=fastest",
                 "reader_host_selector_strategy",
             ),
+            ("?failover_mode=sometimes", "failover_mode"),
+            ("?failover_timeout_ms=0", "failover_timeout_ms"),
+            ("?failure_detection_count=0", "failure_detection_count"),
             (
-                "?reader_fallback_to_writer=yes",
-                "reader_fallback_to_writer",
+                "?failure_detection_enabled=yes",
+                "failure_detection_enabled",
+            ),
+            (
+                "?cluster_topology_high_refresh_rate_ms=0",
+                "cluster_topology_high_refresh_rate_ms",
             ),
             ("?dialect=mysql", "dialect"),
             ("?port=5432", "port"),

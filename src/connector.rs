@@ -21,6 +21,8 @@ pub(crate) enum Purpose {
     Discovery,
     /// The cluster monitor's connection.
     Monitor,
+    /// A health probe of one instance.
+    Probe,
 }
 
 impl Purpose {
@@ -28,6 +30,7 @@ impl Purpose {
         let name = match self {
             Purpose::Discovery => "aurora-pool-discovery",
             Purpose::Monitor => "aurora-pool-monitor",
+            Purpose::Probe => "aurora-pool-probe",
         };
         format!("{name}:{cluster_id}")
     }

@@ -39,8 +39,50 @@ enum Kind {
     Closed,
     /// A wait ran out of time.
     Timeout,
+    /// The connection was lost or its instance stopped being the writer; the cluster is
+    /// being (or has been) failed over. The statement may be retried on a fresh checkout.
+    Failover,
+    /// The connection was lost inside a transaction: it was rolled back or it may have
+    /// committed. Restart the whole transaction if it is safe to repeat.
+    TransactionStateUnknown,
+    /// No usable instance for the role was found within `failover_timeout_ms`.
+    FailoverFailed,
     /// Any other error reported by the database driver.
     Driver,
+}
+
+/// What kind of failure a driver error reports, from its SQLSTATE or I/O error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ErrorClass {
+    /// The connection broke or the server is shutting down or unreachable (SQLSTATE classes
+    /// 08, 58, 99, F0, codes 57P01-57P03, and I/O errors).
+    Network,
+    /// The login was refused (28P01, 28000, 08004).
+    Login,
+    /// A write reached a read-only instance (25006): the writer was demoted.
+    ReadOnly,
+    /// Anything else: constraint violations, syntax errors, the caller's own timeouts.
+    Other,
+}
+
+impl ErrorClass {
+    /// Classifies a SQLSTATE the way the AWS drivers do.
+    pub fn from_sqlstate(sqlstate: &str) -> ErrorClass {
+        match sqlstate {
+            "28P01" | "28000" | "08004" => ErrorClass::Login,
+            "25006" => ErrorClass::ReadOnly,
+            "57P01" | "57P02" | "57P03" => ErrorClass::Network,
+            s if ["08", "58", "99", "F0"].iter().any(|p| s.starts_with(p)) => ErrorClass::Network,
+            _ => ErrorClass::Other,
+        }
+    }
+
+    /// Whether this failure means the instance should be considered gone or demoted, so
+    /// that the topology must be re-read.
+    pub fn triggers_failover(self) -> bool {
+        matches!(self, ErrorClass::Network | ErrorClass::ReadOnly)
+    }
 }
 
 impl Error {
@@ -95,6 +137,29 @@ impl Error {
         Self::new(Kind::Driver, message)
     }
 
+    pub(crate) fn failover(message: impl Into<String>) -> Self {
+        Self::new(Kind::Failover, message)
+    }
+
+    pub(crate) fn failover_failed(message: impl Into<String>) -> Self {
+        Self::new(Kind::FailoverFailed, message)
+    }
+
+    /// The same error as a failover: the connection is gone or its instance was demoted.
+    pub(crate) fn into_failover(mut self) -> Self {
+        self.0.kind = Kind::Failover;
+        self
+    }
+
+    /// Turns a failover error into a transaction-state-unknown one (same message, SQLSTATE
+    /// and source): the failure happened inside a transaction.
+    pub(crate) fn in_transaction(mut self) -> Self {
+        if self.0.kind == Kind::Failover {
+            self.0.kind = Kind::TransactionStateUnknown;
+        }
+        self
+    }
+
     /// Attaches the underlying cause.
     pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.0.source = Some(source.into());
@@ -145,7 +210,7 @@ impl Error {
         }
     }
 
-    /// A reader was required, none is available and `reader_fallback_to_writer` is off.
+    /// A reader was required, none is reachable and `failover_mode` is `strict_reader`.
     pub fn is_no_reader(&self) -> bool {
         self.0.kind == Kind::NoReader
     }
@@ -158,6 +223,39 @@ impl Error {
     /// A wait (connect, acquire, discovery) ran out of time.
     pub fn is_timeout(&self) -> bool {
         self.0.kind == Kind::Timeout
+    }
+
+    /// The connection was lost (or its instance was demoted) outside a transaction; a new
+    /// checkout reaches the new writer, so the statement may be retried.
+    pub fn is_failover(&self) -> bool {
+        self.0.kind == Kind::Failover
+    }
+
+    /// The connection was lost inside a transaction: restart the whole transaction.
+    pub fn is_transaction_state_unknown(&self) -> bool {
+        self.0.kind == Kind::TransactionStateUnknown
+    }
+
+    /// No instance for the role could be reached within `failover_timeout_ms`.
+    pub fn is_failover_failed(&self) -> bool {
+        self.0.kind == Kind::FailoverFailed
+    }
+
+    /// Whether retrying on a fresh checkout can succeed: a failover or an unknown
+    /// transaction state.
+    pub fn is_retryable(&self) -> bool {
+        matches!(self.0.kind, Kind::Failover | Kind::TransactionStateUnknown)
+    }
+
+    /// The class of the underlying driver failure, from the SQLSTATE when there is one.
+    pub fn class(&self) -> ErrorClass {
+        match (&self.0.kind, self.0.sqlstate.as_deref()) {
+            (_, Some(sqlstate)) => ErrorClass::from_sqlstate(sqlstate),
+            (Kind::Connect | Kind::Failover | Kind::TransactionStateUnknown, None) => {
+                ErrorClass::Network
+            }
+            _ => ErrorClass::Other,
+        }
     }
 
     /// Any other error reported by the database driver; see [`Error::sqlstate`] and `source()`.
@@ -234,6 +332,54 @@ mod tests {
             "invalid configuration: `cluster_id`: must not be empty"
         );
         assert!(!err.is_connect());
+    }
+
+    #[test]
+    fn classifies_sqlstates_like_the_aws_drivers() {
+        for network in [
+            "08006", "08001", "57P01", "57P02", "57P03", "58030", "99999", "F0000",
+        ] {
+            assert_eq!(
+                ErrorClass::from_sqlstate(network),
+                ErrorClass::Network,
+                "{network}"
+            );
+        }
+        for login in ["28P01", "28000", "08004"] {
+            assert_eq!(
+                ErrorClass::from_sqlstate(login),
+                ErrorClass::Login,
+                "{login}"
+            );
+        }
+        assert_eq!(ErrorClass::from_sqlstate("25006"), ErrorClass::ReadOnly);
+        // A statement the caller cancelled or timed out is not a network failure.
+        for other in ["57014", "23505", "42601", "40001", "53300", "25P02"] {
+            assert_eq!(
+                ErrorClass::from_sqlstate(other),
+                ErrorClass::Other,
+                "{other}"
+            );
+        }
+        assert!(ErrorClass::ReadOnly.triggers_failover());
+        assert!(!ErrorClass::Login.triggers_failover());
+    }
+
+    #[test]
+    fn failover_kinds_are_distinguishable() {
+        let failover = Error::failover("lost").with_sqlstate(Some("57P01".into()));
+        assert!(failover.is_failover() && failover.is_retryable());
+        assert_eq!(failover.class(), ErrorClass::Network);
+        let unknown = failover.in_transaction();
+        assert!(unknown.is_transaction_state_unknown() && !unknown.is_failover());
+        assert_eq!(unknown.sqlstate(), Some("57P01"));
+        let failed = Error::failover_failed("no writer");
+        assert!(failed.is_failover_failed() && !failed.is_retryable());
+        assert!(
+            !Error::driver("x")
+                .in_transaction()
+                .is_transaction_state_unknown()
+        );
     }
 
     #[test]

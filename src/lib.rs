@@ -10,16 +10,19 @@ pub mod endpoint;
 mod error;
 mod monitor;
 mod pool;
+mod retry;
 mod select;
 pub mod topology;
 
 #[cfg(feature = "testing")]
 pub mod testing;
 
-pub use config::{Builder, Config, PoolSizing};
-pub use error::{Error, Result};
+pub use config::{Builder, Config, FailoverMode, PoolSizing};
+pub use error::{Error, ErrorClass, Result};
+pub use monitor::ClusterEvent;
 #[cfg(feature = "sqlx")]
 pub use pool::AuroraPool;
 pub use pool::{InstanceStatus, PoolStatus};
+pub use retry::RetryPolicy;
 pub use select::ReaderSelection;
 pub use topology::{Dialect, Instance, Role, Topology};

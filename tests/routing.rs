@@ -139,21 +139,22 @@ async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed() {
     let strict = AuroraPool::connect(&url_with(
         &cluster,
         &format!(
-            "cluster_id={}&reader_fallback_to_writer=false",
+            "cluster_id={}&failover_mode=strict_reader&failover_timeout_ms=500",
             unique_cluster_id("fallback-off")
         ),
     ))
     .await
     .expect("connect");
+    // A strict reader checkout waits for a reader up to failover_timeout, then gives up.
     let err = strict
         .acquire(Role::Reader)
         .await
         .expect_err("no reader and no fallback");
-    assert!(err.is_no_reader(), "{err}");
-    assert!(
-        err.to_string().contains("reader_fallback_to_writer"),
-        "{err}"
-    );
+    assert!(err.is_failover_failed(), "{err}");
+    let cause = std::error::Error::source(&err)
+        .expect("the cause is kept")
+        .to_string();
+    assert!(cause.contains("strict_reader"), "{cause}");
     assert!(strict.try_reader().unwrap_err().is_no_reader());
     // `.reader()` cannot fail: it documents that it returns the writer's pool.
     assert_eq!(served_by(&strict.reader()).await, "instance-1");

@@ -2,19 +2,29 @@
 //! that id.
 //!
 //! The [registry](join) hands out [`ClusterHandle`]s. The monitor task lives as long as at
-//! least one handle does, holds one connection (to the writer when it can), reads the
-//! topology every `cluster_topology_refresh_rate` and publishes a new versioned snapshot
-//! whenever membership, roles or addresses change.
+//! least one handle does. In normal mode it holds one connection (to the writer when it
+//! can) and reads the topology every `cluster_topology_refresh_rate`; health probes (one
+//! connection per instance) catch silent failures. When the monitoring connection fails or
+//! a probe finds the writer gone or demoted, it enters *panic mode*: every instance is
+//! probed at `cluster_topology_high_refresh_rate` until one confirms it is the writer, the
+//! new topology is published, and the high rate is kept for 30 s.
+
+mod events;
+mod probe;
+mod run;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::{Notify, broadcast, watch};
 
-use crate::connector::{AdminConnection, Connector, Purpose};
+pub use events::ClusterEvent;
+
+use crate::config::Config;
+use crate::connector::Connector;
 use crate::error::{Error, Result};
-use crate::topology::{Topology, TopologySource, query_topology};
+use crate::topology::{Topology, TopologySource};
 
 /// What a pool brings to the monitor: how to connect (its credentials) and how to read and
 /// address the topology. The monitor uses the first registration still alive, so credentials
@@ -24,12 +34,47 @@ pub(crate) struct Registration {
     pub(crate) source: TopologySource,
 }
 
+/// The monitor's timing, taken from the first pool of the `cluster_id`.
+#[derive(Debug, Clone)]
+pub(crate) struct MonitorSettings {
+    pub(crate) refresh_rate: Duration,
+    pub(crate) high_refresh_rate: Duration,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) failure_detection_enabled: bool,
+    pub(crate) failure_detection_time: Duration,
+    pub(crate) failure_detection_interval: Duration,
+    pub(crate) failure_detection_count: u32,
+}
+
+impl MonitorSettings {
+    pub(crate) fn from_config(config: &Config) -> MonitorSettings {
+        MonitorSettings {
+            refresh_rate: config.cluster_topology_refresh_rate,
+            high_refresh_rate: config.cluster_topology_high_refresh_rate,
+            connect_timeout: config.connect_timeout,
+            failure_detection_enabled: config.failure_detection_enabled,
+            failure_detection_time: config.failure_detection_time,
+            failure_detection_interval: config.failure_detection_interval,
+            failure_detection_count: config.failure_detection_count,
+        }
+    }
+}
+
+/// How long the monitor keeps the high refresh rate after finding a new writer.
+const HIGH_RATE_WINDOW: Duration = Duration::from_secs(30);
+
+/// Events kept for slow subscribers; a subscriber that falls further behind is told how
+/// many it missed.
+const EVENT_CAPACITY: usize = 128;
+
 struct MonitorState {
     cluster_id: String,
     topology: watch::Sender<Arc<Topology>>,
+    events: broadcast::Sender<ClusterEvent>,
+    failing_over: watch::Sender<bool>,
     registrations: Mutex<Vec<Weak<Registration>>>,
     refresh_now: Notify,
-    refresh_rate: Duration,
+    settings: MonitorSettings,
 }
 
 impl MonitorState {
@@ -42,7 +87,12 @@ impl MonitorState {
         registrations.iter().find_map(Weak::upgrade)
     }
 
-    /// Publishes `topology` when its shape differs from the current one.
+    fn current(&self) -> Arc<Topology> {
+        self.topology.borrow().clone()
+    }
+
+    /// Publishes `topology` when its shape (members, roles, addresses, availability)
+    /// differs from the current one, with the events that lead to it.
     fn publish(&self, topology: Topology) -> bool {
         let mut changed = None;
         self.topology.send_if_modified(|current| {
@@ -54,19 +104,23 @@ impl MonitorState {
             *current = next;
             true
         });
-        if let Some((old, new)) = &changed {
-            tracing::info!(
-                target: "aurora_pool",
-                cluster_id = %self.cluster_id,
-                version = new.version(),
-                old_writer = old.writer().id(),
-                new_writer = new.writer().id(),
-                instances = new.instances().len(),
-                topology = %new,
-                "topology changed"
-            );
+        let Some((old, new)) = changed else {
+            return false;
+        };
+        tracing::info!(
+            target: "aurora_pool",
+            cluster_id = %self.cluster_id,
+            version = new.version(),
+            old_writer = old.writer().id(),
+            new_writer = new.writer().id(),
+            topology = %new,
+            "topology changed"
+        );
+        for event in events::between(&old, &new) {
+            // No subscriber is fine.
+            let _ = self.events.send(event);
         }
-        changed.is_some()
+        true
     }
 }
 
@@ -79,7 +133,7 @@ pub(crate) struct ClusterHandle {
 impl ClusterHandle {
     /// The current topology snapshot.
     pub(crate) fn topology(&self) -> Arc<Topology> {
-        self.state.topology.borrow().clone()
+        self.state.current()
     }
 
     /// A receiver that sees every published snapshot.
@@ -87,8 +141,18 @@ impl ClusterHandle {
         self.state.topology.subscribe()
     }
 
-    /// Asks the monitor to read the topology now instead of at its next tick.
-    #[allow(dead_code)] // used by the failover path
+    /// A receiver of cluster events.
+    pub(crate) fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.state.events.subscribe()
+    }
+
+    /// True while the monitor searches for a new writer.
+    pub(crate) fn failing_over(&self) -> watch::Receiver<bool> {
+        self.state.failing_over.subscribe()
+    }
+
+    /// Asks the monitor to read the topology now instead of at its next tick. Requests
+    /// coalesce: many callers cause one read.
     pub(crate) fn request_refresh(&self) {
         self.state.refresh_now.notify_one();
     }
@@ -120,7 +184,7 @@ pub(crate) fn join(
     topology: Topology,
     connected_to: &str,
     registration: &Arc<Registration>,
-    refresh_rate: Duration,
+    settings: MonitorSettings,
 ) -> Result<Arc<ClusterHandle>> {
     loop {
         // Upgrade outside the lock: dropping a handle takes the lock too.
@@ -138,7 +202,8 @@ pub(crate) fn join(
                     cluster_id,
                     format!(
                         "this pool's URL leads to instance `{connected_to}`, which the topology \
-                         already cached under this id ({current}) does not know at that address; give each physical cluster its own `cluster_id`"
+                         already cached under this id ({current}) does not know at that address; \
+                         give each physical cluster its own `cluster_id`"
                     ),
                 ));
             }
@@ -162,167 +227,23 @@ pub(crate) fn join(
         let state = Arc::new(MonitorState {
             cluster_id: cluster_id.to_owned(),
             topology: sender,
+            events: broadcast::channel(EVENT_CAPACITY).0,
+            failing_over: watch::channel(false).0,
             registrations: Mutex::new(vec![Arc::downgrade(registration)]),
             refresh_now: Notify::new(),
-            refresh_rate,
+            settings,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(supervise(state.clone(), shutdown_rx));
+        tokio::spawn(run::supervise(state.clone(), shutdown_rx));
         let handle = Arc::new(ClusterHandle { state, shutdown });
         registry.insert(cluster_id.to_owned(), Arc::downgrade(&handle));
         tracing::info!(
             target: "aurora_pool",
             cluster_id,
-            refresh_rate_ms = refresh_rate.as_millis() as u64,
+            settings = ?handle.state.settings,
             topology = %handle.topology(),
             "cluster monitor started"
         );
         return Ok(handle);
     }
-}
-
-/// Runs the monitor loop and restarts it (with backoff) if it panics.
-async fn supervise(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
-    let mut restarts: u32 = 0;
-    loop {
-        let run = tokio::spawn(run(state.clone(), shutdown.clone()));
-        match run.await {
-            Ok(()) => break,
-            Err(err) if err.is_panic() => {
-                restarts += 1;
-                let delay = backoff(restarts);
-                tracing::error!(
-                    target: "aurora_pool",
-                    cluster_id = %state.cluster_id,
-                    restarts,
-                    delay_ms = delay.as_millis() as u64,
-                    "cluster monitor panicked; restarting"
-                );
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
-            }
-            Err(_) => break,
-        }
-    }
-    tracing::info!(target: "aurora_pool", cluster_id = %state.cluster_id, "cluster monitor stopped");
-}
-
-fn backoff(failures: u32) -> Duration {
-    let base = Duration::from_millis(100) * 2u32.pow(failures.min(6));
-    base.min(Duration::from_secs(10))
-}
-
-/// The monitoring connection and the instance it is on.
-struct Monitoring {
-    instance: String,
-    connection: Box<dyn AdminConnection>,
-}
-
-async fn run(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
-    let mut monitoring: Option<Monitoring> = None;
-    let mut failures: u32 = 0;
-    loop {
-        let outcome = tokio::select! {
-            _ = shutdown.changed() => break,
-            outcome = refresh(&state, &mut monitoring) => outcome,
-        };
-        let delay = match outcome {
-            Ok(()) => {
-                failures = 0;
-                state.refresh_rate
-            }
-            Err(err) => {
-                failures += 1;
-                let delay = backoff(failures).min(state.refresh_rate);
-                tracing::warn!(
-                    target: "aurora_pool",
-                    cluster_id = %state.cluster_id,
-                    failures,
-                    retry_in_ms = delay.as_millis() as u64,
-                    error = %err,
-                    "topology refresh failed"
-                );
-                delay
-            }
-        };
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = tokio::time::sleep(delay) => {}
-            _ = state.refresh_now.notified() => {}
-        }
-    }
-    if let Some(m) = monitoring.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), m.connection.close()).await;
-    }
-}
-
-async fn refresh(state: &MonitorState, monitoring: &mut Option<Monitoring>) -> Result<()> {
-    let Some(registration) = state.registration() else {
-        return Ok(()); // every pool is gone; the handle's drop stops us
-    };
-    let started = Instant::now();
-    if monitoring.is_none() {
-        *monitoring = Some(connect(state, &registration).await?);
-    }
-    let Some(m) = monitoring.as_mut() else {
-        return Ok(());
-    };
-    let result = query_topology(m.connection.as_mut(), &registration.source).await;
-    let topology = match result {
-        Ok(topology) => topology,
-        Err(err) => {
-            if err.is_connect() {
-                // The connection is gone; reconnect on the next round.
-                *monitoring = None;
-            }
-            return Err(err);
-        }
-    };
-    let writer = topology.writer().id().to_owned();
-    let changed = state.publish(topology);
-    tracing::debug!(
-        target: "aurora_pool",
-        cluster_id = %state.cluster_id,
-        changed,
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "topology polled"
-    );
-    // Keep the monitoring connection on the writer: it sees changes first.
-    if let Some(old) = monitoring.take_if(|m| m.instance != writer) {
-        old.connection.close().await;
-    }
-    Ok(())
-}
-
-/// Connects to the writer if it can, else to any other instance.
-async fn connect(state: &MonitorState, registration: &Registration) -> Result<Monitoring> {
-    let topology = state.topology.borrow().clone();
-    let writer = topology.writer();
-    let candidates = std::iter::once(writer).chain(topology.readers());
-    let mut last_error = None;
-    for instance in candidates {
-        match registration
-            .connector
-            .connect(instance.address(), Purpose::Monitor)
-            .await
-        {
-            Ok(connection) => {
-                tracing::debug!(
-                    target: "aurora_pool",
-                    cluster_id = %state.cluster_id,
-                    instance = instance.id(),
-                    address = %instance.address(),
-                    "monitoring connection opened"
-                );
-                return Ok(Monitoring {
-                    instance: instance.id().to_owned(),
-                    connection,
-                });
-            }
-            Err(err) => last_error = Some(err),
-        }
-    }
-    Err(last_error.unwrap_or_else(|| Error::topology("the topology lists no instance")))
 }

@@ -4,17 +4,17 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::status::{InstanceStatus, PoolStatus};
 use crate::config::{Config, PoolSizing};
 use crate::connector::{BoxFuture, Connector, Purpose};
 use crate::error::{Error, Result};
-use crate::monitor::{self, ClusterHandle, Registration};
+use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
 use crate::select::Selector;
 use crate::topology::{self, Instance, Role, Topology};
 
@@ -31,11 +31,24 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Connections currently open, and how many of them are idle.
     fn size_and_idle(pool: &Self::Pool) -> (u32, u32);
+
+    /// A checked-out connection.
+    type Connection: Send + 'static;
+
+    /// Checks out a connection; a pool closed meanwhile yields [`Error::is_closed`].
+    fn acquire(pool: &Self::Pool) -> BoxFuture<'static, Result<Self::Connection>>;
 }
+
+/// A checkout slower than this asks the monitor to re-read the topology: the instance may
+/// be gone while the driver keeps retrying its connect.
+const SLOW_CHECKOUT: Duration = Duration::from_secs(1);
+
+/// Pause between checkout attempts that failed for a failover-class reason.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A pool to one instance in one role.
 pub(crate) struct Slot<P> {
-    pub(crate) instance: Instance,
+    pub(crate) instance: Arc<Instance>,
     pub(crate) pool: P,
 }
 
@@ -64,12 +77,17 @@ impl<P: Clone> RoutingTable<P> {
                 None => backend.open(instance, sizing),
             };
             Slot {
-                instance: instance.clone(),
+                instance: Arc::new(instance.clone()),
                 pool,
             }
         };
         let writer = take(topology.writer(), config.writer);
-        let readers = topology.readers().map(|r| take(r, config.reader)).collect();
+        // Unreachable readers get no pool: their connections are closed.
+        let readers = topology
+            .readers()
+            .filter(|r| r.is_available())
+            .map(|r| take(r, config.reader))
+            .collect();
         let retired = old.into_iter().map(|s| s.pool.clone()).collect();
         (
             RoutingTable {
@@ -96,6 +114,8 @@ pub(crate) struct PoolCore<B: Backend> {
     /// Keeps this pool's credentials available to the shared monitor.
     _registration: Arc<Registration>,
     reconciler: JoinHandle<()>,
+    /// The topology version the routing table follows; checkouts wait on it.
+    routing_version: watch::Sender<u64>,
     closed: AtomicBool,
 }
 
@@ -142,7 +162,7 @@ impl<B: Backend> PoolCore<B> {
             discovered.topology,
             &discovered.connected_to,
             &registration,
-            config.cluster_topology_refresh_rate,
+            MonitorSettings::from_config(&config),
         )?;
         let mut updates = cluster.subscribe();
         let topology = updates.borrow_and_update().clone();
@@ -154,6 +174,7 @@ impl<B: Backend> PoolCore<B> {
             cluster: Mutex::new(Some(cluster)),
             _registration: registration,
             reconciler: tokio::spawn(reconcile_on_updates(weak.clone(), updates)),
+            routing_version: watch::channel(topology.version()).0,
             closed: AtomicBool::new(false),
             config,
         });
@@ -176,8 +197,12 @@ impl<B: Backend> PoolCore<B> {
         self.routing.load().writer.pool.clone()
     }
 
-    /// A reader's pool chosen by the strategy; `None` when there is no reader.
+    /// A reachable reader's pool chosen by the strategy; `None` when there is none.
     pub(crate) fn reader(&self) -> Option<B::Pool> {
+        self.pick_reader().map(|slot| slot.pool)
+    }
+
+    fn pick_reader(&self) -> Option<Slot<B::Pool>> {
         let table = self.routing.load();
         if table.readers.is_empty() {
             return None;
@@ -186,24 +211,175 @@ impl<B: Backend> PoolCore<B> {
             let (size, idle) = B::size_and_idle(&table.readers[i].pool);
             size.saturating_sub(idle) as usize
         });
-        Some(table.readers[index].pool.clone())
+        let slot = &table.readers[index];
+        Some(Slot {
+            instance: slot.instance.clone(),
+            pool: slot.pool.clone(),
+        })
     }
 
-    /// The pool for `role`, falling back from reader to writer when configured to.
+    /// The pool for `role` right now, falling back from reader to writer when the
+    /// failover mode allows it.
     pub(crate) fn pool_for(&self, role: Role) -> Result<B::Pool> {
+        self.slot_for(role).map(|slot| slot.pool)
+    }
+
+    fn slot_for(&self, role: Role) -> Result<Slot<B::Pool>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
         }
+        let writer = || {
+            let table = self.routing.load();
+            Slot {
+                instance: table.writer.instance.clone(),
+                pool: table.writer.pool.clone(),
+            }
+        };
         match role {
-            Role::Writer => Ok(self.writer()),
-            Role::Reader => match self.reader() {
-                Some(pool) => Ok(pool),
-                None if self.config.reader_fallback_to_writer => Ok(self.writer()),
+            Role::Writer => Ok(writer()),
+            Role::Reader => match self.pick_reader() {
+                Some(slot) => Ok(slot),
+                None if self.config.failover_mode.reads_may_use_writer() => Ok(writer()),
                 None => Err(Error::no_reader(format!(
-                    "cluster `{}` has no reader instance and reader_fallback_to_writer is false",
+                    "cluster `{}` has no reachable reader and failover_mode is strict_reader",
                     self.config.cluster_id
                 ))),
             },
+        }
+    }
+
+    /// Checks out a connection for `role`, riding through a failover: a writer checkout
+    /// waits (up to `failover_timeout`) while the monitor looks for the new writer, and a
+    /// pool retired by a routing change is replaced by the new one. Returns the instance the
+    /// connection is on.
+    pub(crate) async fn checkout(&self, role: Role) -> Result<(B::Connection, Arc<Instance>)> {
+        let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
+        let mut routing = self.routing_version.subscribe();
+        let mut failing_over = self.failing_over();
+        let mut last_error: Option<Error> = None;
+        loop {
+            if self.is_closed() {
+                return Err(Error::closed());
+            }
+            let waiting_for_writer =
+                role == Role::Writer && failing_over.as_ref().is_some_and(|f| *f.borrow());
+            let slot = match self.slot_for(role) {
+                Ok(slot) if !waiting_for_writer => Some(slot),
+                Ok(_) => None,
+                Err(err) if err.is_no_reader() => {
+                    last_error = Some(err);
+                    None
+                }
+                Err(err) => return Err(err),
+            };
+            routing.borrow_and_update();
+            let Some(slot) = slot else {
+                // Wait for the routing (or the failover state) to change.
+                let failover_ended = async {
+                    match failing_over.as_mut() {
+                        Some(f) => {
+                            let _ = f.wait_for(|busy| !busy).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = routing.changed() => {}
+                    _ = failover_ended => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(self.failover_failed(role, last_error));
+                    }
+                }
+                continue;
+            };
+            let acquire = B::acquire(&slot.pool);
+            tokio::pin!(acquire);
+            let slow = tokio::time::sleep(SLOW_CHECKOUT);
+            tokio::pin!(slow);
+            let mut nudged = false;
+            let outcome = loop {
+                tokio::select! {
+                    result = &mut acquire => break Some(result),
+                    _ = routing.changed() => break None,
+                    _ = &mut slow, if !nudged => {
+                        nudged = true;
+                        self.request_refresh();
+                    }
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(self.failover_failed(role, last_error));
+                    }
+                }
+            };
+            match outcome {
+                None => continue, // a new routing table: take the pool anew
+                Some(Ok(connection)) => return Ok((connection, slot.instance)),
+                // Retired by a routing change that may not have reached us yet.
+                Some(Err(err)) if err.is_closed() => last_error = Some(err),
+                Some(Err(err)) if err.class().triggers_failover() => {
+                    self.request_refresh();
+                    last_error = Some(err);
+                    tokio::select! {
+                        _ = routing.changed() => {}
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
+                }
+                Some(Err(err)) => return Err(err),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.failover_failed(role, last_error));
+            }
+        }
+    }
+
+    fn failover_failed(&self, role: Role, cause: Option<Error>) -> Error {
+        let err = Error::failover_failed(format!(
+            "no {role} of cluster `{}` could be reached within failover_timeout ({:?})",
+            self.config.cluster_id, self.config.failover_timeout
+        ));
+        match cause {
+            Some(cause) => err.with_source(cause),
+            None => err,
+        }
+    }
+
+    /// Resolves when `instance` stops being usable for `role`: declared unreachable, gone
+    /// from the topology, or (for the writer role) no longer the writer.
+    pub(crate) async fn instance_lost(&self, instance: &Instance, role: Role) {
+        let Some(mut topology) = self.cluster().map(|c| c.subscribe()) else {
+            return std::future::pending().await;
+        };
+        let lost = |t: &Arc<Topology>| match t.instance(instance.id()) {
+            None => true,
+            Some(i) => !i.is_available() || (role == Role::Writer && i.role() != Role::Writer),
+        };
+        if topology.wait_for(lost).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    fn cluster(&self) -> Option<Arc<ClusterHandle>> {
+        self.cluster
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn failing_over(&self) -> Option<watch::Receiver<bool>> {
+        self.cluster().map(|c| c.failing_over())
+    }
+
+    /// Asks the cluster monitor to re-read the topology now.
+    pub(crate) fn request_refresh(&self) {
+        if let Some(cluster) = self.cluster() {
+            cluster.request_refresh();
+        }
+    }
+
+    /// Cluster events; after `close` the receiver reports the channel closed.
+    pub(crate) fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        match self.cluster() {
+            Some(cluster) => cluster.events(),
+            None => broadcast::channel(1).1,
         }
     }
 

@@ -3,7 +3,9 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+use tokio::sync::broadcast;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
@@ -15,6 +17,8 @@ use crate::config::{Builder, Config, PoolSizing};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
+use crate::monitor::ClusterEvent;
+use crate::retry::RetryPolicy;
 use crate::topology::{Instance, Role, Topology};
 
 /// A cluster-aware pool for Aurora PostgreSQL, RDS PostgreSQL and PostgreSQL with replicas,
@@ -88,26 +92,213 @@ impl AuroraPool {
 
     /// The pool of a reader instance chosen by `reader_host_selector_strategy`.
     ///
-    /// When the cluster has no reader this returns the writer's pool, whatever
-    /// `reader_fallback_to_writer` says, because it cannot fail; use
+    /// When the cluster has no reachable reader this returns the writer's pool, whatever
+    /// `failover_mode` says, because it cannot fail; use
     /// [`try_reader`](AuroraPool::try_reader) or [`acquire`](AuroraPool::acquire) for a strict
     /// choice.
     pub fn reader(&self) -> PgPool {
         self.core.reader().unwrap_or_else(|| self.core.writer())
     }
 
-    /// Like [`reader`](AuroraPool::reader), but with no reader instance it fails when
-    /// `reader_fallback_to_writer` is false (and when the pool is closed).
+    /// Like [`reader`](AuroraPool::reader), but with no reachable reader it fails
+    /// ([`Error::is_no_reader`]) when `failover_mode` is `strict_reader` (and
+    /// [`Error::is_closed`] when the pool is closed).
     pub fn try_reader(&self) -> Result<PgPool> {
         self.core.pool_for(Role::Reader)
     }
 
     /// Checks out one connection for `role`.
+    ///
+    /// During a failover a writer checkout waits for the new writer (up to
+    /// `failover_timeout_ms`) instead of failing at once, and a reader checkout moves to
+    /// another reader when its instance goes down. When no instance of the role appears in
+    /// time the error is [`Error::is_failover_failed`].
     pub async fn acquire(&self, role: Role) -> Result<PoolConnection<Postgres>> {
-        let pool = self.core.pool_for(role)?;
-        pool.acquire()
+        self.core
+            .checkout(role)
             .await
-            .map_err(|err| from_sqlx(err, &format!("acquiring a {role} connection")))
+            .map(|(connection, _)| connection)
+    }
+
+    /// Runs idempotent `work` on a connection for `role`, retrying it on a fresh checkout
+    /// when it fails because of a failover ([`Error::is_retryable`]), until
+    /// `failover_timeout_ms`. Any other error is returned at once, wrapped without loss.
+    ///
+    /// If the instance is declared unreachable while `work` runs (a black-holed host that
+    /// never answers), `work` is abandoned, its connection dropped, and the work retried
+    /// elsewhere, so a caller never hangs on a dead host.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
+    /// use aurora_pool::Role;
+    /// let id: i64 = pool
+    ///     .run(Role::Writer, async |conn| {
+    ///         sqlx::query_scalar("INSERT INTO jobs (state) VALUES ('new') RETURNING id")
+    ///             .fetch_one(conn)
+    ///             .await
+    ///     })
+    ///     .await?;
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub async fn run<T>(
+        &self,
+        role: Role,
+        work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T> {
+        self.run_with(RetryPolicy::new(), role, work).await
+    }
+
+    /// [`run`](AuroraPool::run) with an explicit [`RetryPolicy`].
+    pub async fn run_with<T>(
+        &self,
+        policy: RetryPolicy,
+        role: Role,
+        mut work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T> {
+        self.attempts(policy, role, async |conn: &mut PgConnection| {
+            work(conn).await.map_err(|err| self.classify(err))
+        })
+        .await
+    }
+
+    /// Runs `work` in a transaction on the writer (`BEGIN`, `work`, `COMMIT`), retrying the
+    /// whole transaction after a failover until `failover_timeout_ms`.
+    ///
+    /// A connection lost inside the transaction (or during `COMMIT`) is an
+    /// [`Error::is_transaction_state_unknown`] failure: the server rolled the transaction
+    /// back, or, if the loss hit the `COMMIT`, it may have committed. Retrying is only safe
+    /// for work that can be repeated; use [`RetryPolicy::no_retry`] to decide yourself. Any
+    /// other error from `work` rolls the transaction back and is returned at once.
+    pub async fn transaction<T>(
+        &self,
+        work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T> {
+        self.transaction_with(RetryPolicy::new(), work).await
+    }
+
+    /// [`transaction`](AuroraPool::transaction) with an explicit [`RetryPolicy`].
+    pub async fn transaction_with<T>(
+        &self,
+        policy: RetryPolicy,
+        mut work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
+    ) -> Result<T> {
+        self.attempts(policy, Role::Writer, async |conn: &mut PgConnection| {
+            sqlx::raw_sql("BEGIN")
+                .execute(&mut *conn)
+                .await
+                .map_err(|err| self.classify(err))?;
+            let value = match work(&mut *conn).await {
+                Ok(value) => value,
+                Err(err) => {
+                    let err = self.classify(err);
+                    if !err.is_retryable() {
+                        // Best effort: a connection that cannot roll back is discarded below.
+                        let rollback = sqlx::raw_sql("ROLLBACK").execute(&mut *conn);
+                        if !matches!(
+                            tokio::time::timeout(Duration::from_secs(5), rollback).await,
+                            Ok(Ok(_))
+                        ) {
+                            return Err(err.into_failover().in_transaction());
+                        }
+                    }
+                    return Err(err.in_transaction());
+                }
+            };
+            sqlx::raw_sql("COMMIT")
+                .execute(&mut *conn)
+                .await
+                .map_err(|err| self.classify(err).in_transaction())?;
+            Ok(value)
+        })
+        .await
+    }
+
+    /// The retry loop behind `run` and `transaction`: `work` returns classified errors.
+    async fn attempts<T>(
+        &self,
+        policy: RetryPolicy,
+        role: Role,
+        mut work: impl AsyncFnMut(&mut PgConnection) -> Result<T>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let limit = policy.time_limit(self.core.config().failover_timeout);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (mut connection, instance) = self.core.checkout(role).await?;
+            let outcome = tokio::select! {
+                result = work(&mut connection) => result,
+                _ = self.core.instance_lost(&instance, role) => Err(Error::failover(format!(
+                    "instance {} was declared unreachable (or lost its role) while the work was running",
+                    instance.id()
+                ))),
+            };
+            let err = match outcome {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            // Its state is unknown: never give it back to the pool.
+            drop(connection.detach());
+            if attempt >= policy.attempts() {
+                return Err(err);
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::failover_failed(format!(
+                    "gave up after {attempt} attempts in {:?} (failover_timeout)",
+                    started.elapsed()
+                ))
+                .with_source(err));
+            }
+            tracing::debug!(
+                target: "aurora_pool",
+                cluster_id = %self.core.config().cluster_id,
+                attempt,
+                instance = instance.id(),
+                error = %err,
+                "retrying after a failover"
+            );
+            tokio::time::sleep(RetryPolicy::pause(attempt)).await;
+        }
+    }
+
+    /// Wraps an error from a query run on one of this pool's connections, and reacts to it:
+    /// a lost connection, a server shutting down, a write refused as read-only (`25006`),
+    /// or a checkout from a pool retired by a writer change is a failover
+    /// ([`Error::is_failover`]) and makes the monitor re-read the topology at once. Any
+    /// other error keeps its kind; the SQLSTATE and the sqlx error (as `source()`) are kept.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
+    /// let result = sqlx::query("UPDATE stock SET n = n - 1 WHERE id = 7")
+    ///     .execute(&pool.writer())
+    ///     .await;
+    /// if let Err(err) = result {
+    ///     let err = pool.classify(err);
+    ///     if err.is_failover() {
+    ///         // retry on a fresh checkout
+    ///     }
+    ///     return Err(err);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn classify(&self, err: sqlx::Error) -> Error {
+        let retired_pool = matches!(err, sqlx::Error::PoolClosed) && !self.is_closed();
+        let err = from_sqlx(err, "the statement");
+        if retired_pool || err.class().triggers_failover() {
+            self.core.request_refresh();
+            return err.into_failover();
+        }
+        err
+    }
+
+    /// Cluster events (writer changes, instances down and up, new topologies) from the
+    /// shared monitor. A receiver that falls more than 128 events behind is told how many
+    /// it missed.
+    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.core.events()
     }
 
     /// The topology the pool routes by.
@@ -181,9 +372,10 @@ pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
         sqlx::Error::Database(_) => Error::driver(format!("{context} failed")),
         sqlx::Error::PoolTimedOut => Error::timeout(format!("{context} timed out")),
         sqlx::Error::PoolClosed => Error::closed(),
-        sqlx::Error::Io(_) | sqlx::Error::Tls(_) | sqlx::Error::Protocol(_) => {
-            Error::connect(format!("{context} failed"))
-        }
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::Protocol(_)
+        | sqlx::Error::WorkerCrashed => Error::connect(format!("{context} failed")),
         _ => Error::driver(format!("{context} failed")),
     };
     wrapped.with_sqlstate(sqlstate).with_source(err)
@@ -225,6 +417,17 @@ impl Backend for SqlxBackend {
             pool.size(),
             u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
         )
+    }
+
+    type Connection = PoolConnection<Postgres>;
+
+    fn acquire(pool: &PgPool) -> BoxFuture<'static, Result<PoolConnection<Postgres>>> {
+        let acquire = pool.acquire();
+        Box::pin(async move {
+            acquire
+                .await
+                .map_err(|err| from_sqlx(err, "checking out a connection"))
+        })
     }
 }
 

@@ -112,7 +112,8 @@ const MULTI_AZ_TOPOLOGY: &str = concat!(
 const MULTI_AZ_WRITER_ID: &str = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id() WHERE multi_az_db_cluster_source_dbi_resource_id OPERATOR(pg_catalog.!=) (SELECT dbi_resource_id FROM rds_tools.dbi_resource_id())";
 const MULTI_AZ_INSTANCE_ID: &str = "SELECT dbi_resource_id FROM rds_tools.dbi_resource_id()";
 const RDS_EXTENSIONS: &str = "SELECT (setting ~~ '%rds_tools%') AS rds_tools, (setting ~~ '%aurora_stat_utils%') AS aurora_stat_utils FROM pg_settings WHERE name='rds.extensions'";
-const IS_READER: &str = "SELECT pg_catalog.pg_is_in_recovery()";
+pub(crate) const IS_READER: &str = "SELECT pg_catalog.pg_is_in_recovery()";
+const AURORA_AM_I_WRITER: &str = "SELECT SERVER_ID FROM pg_catalog.aurora_replica_status() WHERE SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' AND SERVER_ID OPERATOR(pg_catalog.=) pg_catalog.aurora_db_instance_identifier()";
 
 /// Runs a probe query; a statement the server rejects (missing function, missing setting)
 /// means "not this dialect", a broken connection is an error.
@@ -240,6 +241,7 @@ pub(crate) async fn query_topology(
                         },
                         replica_lag_ms: row.lag_ms,
                         cpu: row.cpu,
+                        available: true,
                     })
                 })
                 .collect::<Result<Vec<_>>>()?
@@ -271,6 +273,7 @@ pub(crate) async fn query_topology(
                 role: Role::Writer,
                 replica_lag_ms: None,
                 cpu: None,
+                available: true,
             }]
         }
     };
@@ -309,7 +312,24 @@ async fn multi_az_instances(
             },
             replica_lag_ms: None,
             cpu: None,
+            available: true,
         });
     }
     Ok(instances)
+}
+
+/// Whether the instance behind `conn` is the writer: the dialect's own writer check (the
+/// am-I-writer query on Aurora, the source id on Multi-AZ) and then
+/// `pg_is_in_recovery() = false`, because the first connection after a failover may see a
+/// stale catalog.
+pub(crate) async fn confirm_writer(
+    conn: &mut dyn AdminConnection,
+    dialect: Dialect,
+) -> Result<bool> {
+    let catalog_says_writer = match dialect {
+        Dialect::AuroraPg => !conn.query(AURORA_AM_I_WRITER).await?.is_empty(),
+        Dialect::RdsMultiAzPg => conn.query(MULTI_AZ_WRITER_ID).await?.is_empty(),
+        Dialect::RdsPg | Dialect::Pg => true,
+    };
+    Ok(catalog_says_writer && parse_bool(first(&conn.query(IS_READER).await?)) == Some(false))
 }

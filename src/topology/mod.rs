@@ -4,11 +4,11 @@
 mod dialect;
 mod rows;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 pub use dialect::Dialect;
-pub(crate) use dialect::{TopologySource, discover, query_topology};
+pub(crate) use dialect::{IS_READER, TopologySource, confirm_writer, discover, query_topology};
 
 use crate::endpoint::{HostPattern, HostPort};
 use crate::error::{Error, Result};
@@ -40,6 +40,7 @@ pub struct Instance {
     role: Role,
     replica_lag_ms: Option<f64>,
     cpu: Option<f64>,
+    available: bool,
 }
 
 impl Instance {
@@ -73,6 +74,12 @@ impl Instance {
     /// CPU use reported by the catalog, in percent (Aurora only).
     pub fn cpu(&self) -> Option<f64> {
         self.cpu
+    }
+
+    /// False while health probes find the instance unreachable; unavailable readers get no
+    /// traffic.
+    pub fn is_available(&self) -> bool {
+        self.available
     }
 
     /// Same instance at the same address in the same role: what decides whether a pool to it
@@ -158,7 +165,30 @@ impl Topology {
                 .instances
                 .iter()
                 .zip(&other.instances)
-                .all(|(a, b)| a.same_placement(b))
+                .all(|(a, b)| a.same_placement(b) && a.available == b.available)
+    }
+
+    /// The same topology with the instances in `down` marked unavailable.
+    pub(crate) fn with_unavailable(mut self, down: &BTreeSet<String>) -> Topology {
+        for instance in &mut self.instances {
+            instance.available = !down.contains(&instance.id);
+        }
+        self
+    }
+
+    /// The same topology with `writer` as the writer and every other instance a reader:
+    /// used when the writer was confirmed directly and the catalog lags behind.
+    pub(crate) fn with_writer(mut self, writer: &str) -> Topology {
+        if self.instance(writer).is_some() {
+            for instance in &mut self.instances {
+                instance.role = if instance.id == writer {
+                    Role::Writer
+                } else {
+                    Role::Reader
+                };
+            }
+        }
+        self
     }
 }
 
@@ -167,6 +197,9 @@ impl fmt::Display for Topology {
         write!(f, "{} v{}:", self.dialect, self.version)?;
         for i in &self.instances {
             write!(f, " {}={}@{}", i.id, i.role, i.address)?;
+            if !i.available {
+                f.write_str("(down)")?;
+            }
         }
         Ok(())
     }

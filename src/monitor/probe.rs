@@ -1,0 +1,244 @@
+//! Health probes: one task per instance, each with its own connection, asking
+//! `pg_is_in_recovery()` on a schedule the monitor sets. They catch silent failures
+//! (black-holed hosts) and role changes, and drive the search for a new writer during a
+//! failover.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+
+use super::MonitorState;
+use crate::connector::{AdminConnection, Purpose};
+use crate::endpoint::HostPort;
+use crate::error::Error;
+use crate::topology::IS_READER;
+
+/// How the probes should run now; published by the monitor.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) struct ProbePlan {
+    /// Probe every instance at this interval (a failover is in progress).
+    pub(super) fast: Option<Duration>,
+    /// Routine health probing: interval and grace before the first probe.
+    pub(super) routine: Option<(Duration, Duration)>,
+    /// Instances declared dead: probed at `recheck` even without routine probing, so that
+    /// their return is noticed.
+    pub(super) dead: BTreeSet<String>,
+    pub(super) recheck: Duration,
+}
+
+/// What one probe found.
+#[derive(Debug)]
+pub(super) struct ProbeReport {
+    pub(super) instance: String,
+    pub(super) at: Instant,
+    pub(super) outcome: ProbeOutcome,
+}
+
+#[derive(Debug)]
+pub(super) enum ProbeOutcome {
+    /// Reachable; `writer` is `!pg_is_in_recovery()`.
+    Reachable { writer: bool },
+    /// Not reachable. `definitive` when the host actively refused or closed the connection
+    /// (a crash or restart), as opposed to a timeout (a silent failure).
+    Unreachable { definitive: bool, error: String },
+}
+
+/// What a probe task does next.
+#[derive(Debug, PartialEq, Eq)]
+enum Step {
+    /// Nothing until the plan changes.
+    Idle,
+    /// Sleep this long first (the grace period before routine probing).
+    Wait(Duration),
+    /// Probe now, then again after this interval.
+    Probe(Duration),
+}
+
+impl ProbePlan {
+    fn step(&self, instance: &str, since_start: Duration) -> Step {
+        if let Some(fast) = self.fast {
+            return Step::Probe(fast);
+        }
+        if self.dead.contains(instance) {
+            return Step::Probe(self.recheck);
+        }
+        match self.routine {
+            None => Step::Idle,
+            Some((_, grace)) if since_start < grace => Step::Wait(grace - since_start),
+            Some((interval, _)) => Step::Probe(interval),
+        }
+    }
+}
+
+/// Bound on one probe: half the interval, at least one second, at most the connect timeout.
+fn probe_timeout(interval: Duration, connect_timeout: Duration) -> Duration {
+    (interval / 2)
+        .max(Duration::from_secs(1))
+        .min(connect_timeout.max(Duration::from_secs(1)))
+}
+
+/// Probes `instance` at `address` until the plan channel closes (the monitor stopped).
+pub(super) async fn run(
+    state: Arc<MonitorState>,
+    instance: String,
+    address: HostPort,
+    mut plan: watch::Receiver<ProbePlan>,
+    reports: mpsc::Sender<ProbeReport>,
+) {
+    let started = Instant::now();
+    let mut connection: Option<Box<dyn AdminConnection>> = None;
+    loop {
+        let step = plan.borrow_and_update().step(&instance, started.elapsed());
+        let pause = match step {
+            Step::Idle => None,
+            Step::Wait(pause) => Some(pause),
+            Step::Probe(interval) => {
+                let timeout = probe_timeout(interval, state.settings.connect_timeout);
+                let outcome = probe_once(&state, &address, &mut connection, timeout).await;
+                let report = ProbeReport {
+                    instance: instance.clone(),
+                    at: Instant::now(),
+                    outcome,
+                };
+                if reports.send(report).await.is_err() {
+                    break;
+                }
+                Some(interval)
+            }
+        };
+        let changed = match pause {
+            Some(pause) => tokio::select! {
+                _ = tokio::time::sleep(pause) => Ok(()),
+                changed = plan.changed() => changed,
+            },
+            None => plan.changed().await,
+        };
+        if changed.is_err() {
+            break;
+        }
+    }
+    if let Some(connection) = connection.take() {
+        let _ = tokio::time::timeout(Duration::from_secs(1), connection.close()).await;
+    }
+}
+
+async fn probe_once(
+    state: &MonitorState,
+    address: &HostPort,
+    connection: &mut Option<Box<dyn AdminConnection>>,
+    timeout: Duration,
+) -> ProbeOutcome {
+    let attempt = async {
+        if connection.is_none() {
+            let registration = state.registration().ok_or_else(|| Error::closed())?;
+            *connection = Some(
+                registration
+                    .connector
+                    .connect(address, Purpose::Probe)
+                    .await?,
+            );
+        }
+        match connection.as_mut() {
+            Some(conn) => conn.query(IS_READER).await,
+            None => Err(Error::closed()),
+        }
+    };
+    let result = tokio::time::timeout(timeout, attempt).await;
+    match result {
+        Ok(Ok(rows)) => {
+            let in_recovery = rows
+                .first()
+                .and_then(|r| r.first())
+                .and_then(|v| v.as_deref());
+            ProbeOutcome::Reachable {
+                writer: matches!(in_recovery, Some("f" | "false")),
+            }
+        }
+        Ok(Err(err)) => {
+            *connection = None;
+            ProbeOutcome::Unreachable {
+                definitive: err.is_connect() && !err.is_timeout(),
+                error: err.to_string(),
+            }
+        }
+        Err(_) => {
+            // A hung connection is dropped, never reused.
+            *connection = None;
+            ProbeOutcome::Unreachable {
+                definitive: false,
+                error: format!("no answer within {timeout:?}"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> ProbePlan {
+        ProbePlan {
+            fast: None,
+            routine: Some((Duration::from_secs(5), Duration::from_secs(30))),
+            dead: BTreeSet::new(),
+            recheck: Duration::from_secs(1),
+        }
+    }
+
+    #[test]
+    fn routine_probing_waits_for_the_grace_period() {
+        let p = plan();
+        assert_eq!(
+            p.step("a", Duration::from_secs(10)),
+            Step::Wait(Duration::from_secs(20))
+        );
+        assert_eq!(
+            p.step("a", Duration::from_secs(31)),
+            Step::Probe(Duration::from_secs(5))
+        );
+    }
+
+    #[test]
+    fn failover_and_dead_instances_override_the_routine() {
+        let mut p = plan();
+        p.dead.insert("a".into());
+        assert_eq!(
+            p.step("a", Duration::ZERO),
+            Step::Probe(Duration::from_secs(1))
+        );
+        p.fast = Some(Duration::from_millis(100));
+        assert_eq!(
+            p.step("b", Duration::ZERO),
+            Step::Probe(Duration::from_millis(100))
+        );
+        p.fast = None;
+        p.routine = None;
+        assert_eq!(
+            p.step("b", Duration::ZERO),
+            Step::Idle,
+            "no routine probing when disabled"
+        );
+        assert_eq!(
+            p.step("a", Duration::ZERO),
+            Step::Probe(Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn probe_timeouts_are_bounded() {
+        assert_eq!(
+            probe_timeout(Duration::from_millis(100), Duration::from_secs(10)),
+            Duration::from_secs(1)
+        );
+        assert_eq!(
+            probe_timeout(Duration::from_secs(5), Duration::from_secs(10)),
+            Duration::from_millis(2500)
+        );
+        assert_eq!(
+            probe_timeout(Duration::from_secs(60), Duration::from_secs(10)),
+            Duration::from_secs(10)
+        );
+    }
+}

@@ -1,0 +1,563 @@
+//! The monitor task: normal polling, health bookkeeping and panic mode.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+
+use super::probe::{self, ProbeOutcome, ProbePlan, ProbeReport};
+use super::{HIGH_RATE_WINDOW, MonitorState, Registration};
+use crate::connector::{AdminConnection, Purpose};
+use crate::endpoint::HostPort;
+use crate::error::{Error, Result};
+use crate::topology::{Instance, Topology, confirm_writer, query_topology};
+
+/// Probe reports waiting for the monitor; probes wait when it is full.
+const REPORT_CAPACITY: usize = 256;
+
+/// How often instances declared dead are re-probed when routine probing is off.
+const DEAD_RECHECK: Duration = Duration::from_secs(1);
+
+/// Runs the monitor and restarts it (with backoff) if it panics.
+pub(super) async fn supervise(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
+    let mut restarts: u32 = 0;
+    loop {
+        let run = tokio::spawn(run(state.clone(), shutdown.clone()));
+        match run.await {
+            Ok(()) => break,
+            Err(err) if err.is_panic() => {
+                restarts += 1;
+                let delay = backoff(restarts);
+                tracing::error!(
+                    target: "aurora_pool",
+                    cluster_id = %state.cluster_id,
+                    restarts,
+                    delay_ms = delay.as_millis() as u64,
+                    "cluster monitor panicked; restarting"
+                );
+                tokio::select! {
+                    _ = shutdown.changed() => break,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = state.failing_over.send(false);
+    tracing::info!(target: "aurora_pool", cluster_id = %state.cluster_id, "cluster monitor stopped");
+}
+
+/// 100 ms doubling per failure, at most 10 s.
+pub(super) fn backoff(failures: u32) -> Duration {
+    (Duration::from_millis(100) * 2u32.pow(failures.min(7))).min(Duration::from_secs(10))
+}
+
+async fn run(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
+    let mut monitor = Monitor::new(state);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            _ = monitor.step() => {}
+        }
+    }
+    monitor.stop().await;
+}
+
+/// The monitoring connection and the instance it is on.
+struct Monitoring {
+    instance: String,
+    connection: Box<dyn AdminConnection>,
+}
+
+/// What the probes told about one instance.
+#[derive(Debug, Default)]
+struct Health {
+    /// When the current run of failed probes began.
+    failing_since: Option<Instant>,
+    dead: bool,
+    /// The role the last successful probe saw.
+    writer: Option<bool>,
+}
+
+struct Probe {
+    address: HostPort,
+    task: JoinHandle<()>,
+}
+
+struct Monitor {
+    state: Arc<MonitorState>,
+    monitoring: Option<Monitoring>,
+    /// Set while searching for a new writer.
+    panic_since: Option<Instant>,
+    high_rate_until: Option<Instant>,
+    /// Poll without waiting: set at start so that the monitoring connection opens at once.
+    poll_now: bool,
+    failures: u32,
+    health: BTreeMap<String, Health>,
+    probes: BTreeMap<String, Probe>,
+    plan: watch::Sender<ProbePlan>,
+    reports: mpsc::Receiver<ProbeReport>,
+    report_sender: mpsc::Sender<ProbeReport>,
+}
+
+impl Monitor {
+    fn new(state: Arc<MonitorState>) -> Monitor {
+        let (report_sender, reports) = mpsc::channel(REPORT_CAPACITY);
+        let settings = &state.settings;
+        let plan = ProbePlan {
+            fast: None,
+            routine: settings.failure_detection_enabled.then_some((
+                settings.failure_detection_interval,
+                settings.failure_detection_time,
+            )),
+            dead: BTreeSet::new(),
+            recheck: DEAD_RECHECK.min(settings.failure_detection_interval),
+        };
+        Monitor {
+            state,
+            monitoring: None,
+            panic_since: None,
+            high_rate_until: None,
+            poll_now: true,
+            failures: 0,
+            health: BTreeMap::new(),
+            probes: BTreeMap::new(),
+            plan: watch::channel(plan).0,
+            reports,
+            report_sender,
+        }
+    }
+
+    async fn step(&mut self) {
+        self.sync_probes();
+        if self.panic_since.is_some() {
+            self.panic_step().await;
+        } else {
+            self.normal_step().await;
+        }
+    }
+
+    /// Waits for the next poll (or a probe report, or a refresh request), then polls.
+    async fn normal_step(&mut self) {
+        if std::mem::take(&mut self.poll_now) {
+            self.poll().await;
+            return;
+        }
+        let settings = &self.state.settings;
+        let delay = if self.failures > 0 {
+            backoff(self.failures).min(settings.refresh_rate)
+        } else if self
+            .high_rate_until
+            .is_some_and(|until| Instant::now() < until)
+        {
+            settings.high_refresh_rate
+        } else {
+            settings.refresh_rate
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = self.state.refresh_now.notified() => {}
+            Some(report) = self.reports.recv() => {
+                self.on_report(report);
+                return;
+            }
+        }
+        self.poll().await;
+    }
+
+    async fn poll(&mut self) {
+        let Some(registration) = self.state.registration() else {
+            return; // every pool is gone; the handle's drop stops us
+        };
+        let started = Instant::now();
+        match self.read_topology(&registration).await {
+            Ok(topology) => {
+                self.failures = 0;
+                let writer = topology.writer().id().to_owned();
+                let changed = self.publish(topology);
+                tracing::debug!(
+                    target: "aurora_pool",
+                    cluster_id = %self.state.cluster_id,
+                    changed,
+                    elapsed_us = started.elapsed().as_micros() as u64,
+                    "topology polled"
+                );
+                // Keep the monitoring connection on the writer: it sees changes first.
+                if let Some(old) = self.monitoring.take_if(|m| m.instance != writer) {
+                    old.connection.close().await;
+                }
+            }
+            Err(err) => {
+                self.failures += 1;
+                if err.is_connect() || err.is_timeout() || err.is_topology() {
+                    self.enter_panic(&format!("topology refresh failed: {err}"));
+                } else {
+                    tracing::warn!(
+                        target: "aurora_pool",
+                        cluster_id = %self.state.cluster_id,
+                        failures = self.failures,
+                        error = %err,
+                        "topology refresh failed"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Reads the topology on the monitoring connection, opening one (writer first) if needed.
+    async fn read_topology(&mut self, registration: &Registration) -> Result<Topology> {
+        if self.monitoring.is_none() {
+            self.monitoring = Some(connect_writer_first(&self.state, registration).await?);
+        }
+        let Some(monitoring) = self.monitoring.as_mut() else {
+            return Err(Error::topology("no monitoring connection"));
+        };
+        let limit = self.state.settings.connect_timeout;
+        match tokio::time::timeout(
+            limit,
+            query_topology(monitoring.connection.as_mut(), &registration.source),
+        )
+        .await
+        {
+            Ok(Ok(topology)) => Ok(topology),
+            Ok(Err(err)) => {
+                if err.is_connect() {
+                    self.monitoring = None;
+                }
+                Err(err)
+            }
+            Err(_) => {
+                // A connection that stopped answering is dropped, never reused.
+                self.monitoring = None;
+                Err(Error::timeout(format!(
+                    "the topology query took longer than {limit:?}"
+                )))
+            }
+        }
+    }
+
+    /// Publishes a topology read from the catalog, with the health probes' verdicts applied.
+    fn publish(&mut self, topology: Topology) -> bool {
+        let down: BTreeSet<String> = self
+            .health
+            .iter()
+            .filter(|(_, h)| h.dead)
+            .map(|(id, _)| id.clone())
+            .collect();
+        self.state.publish(topology.with_unavailable(&down))
+    }
+
+    /// Re-publishes the current topology after a health change.
+    fn republish(&mut self) {
+        let current = Topology::clone(&self.state.current());
+        self.publish(current);
+        self.update_plan();
+    }
+
+    fn on_report(&mut self, report: ProbeReport) {
+        let settings = &self.state.settings;
+        let current = self.state.current();
+        let is_writer = current.writer().id() == report.instance;
+        let health = self.health.entry(report.instance.clone()).or_default();
+        let mut health_changed = false;
+        let mut panic_reason = None;
+        match report.outcome {
+            ProbeOutcome::Reachable { writer } => {
+                health.failing_since = None;
+                health.writer = Some(writer);
+                if health.dead {
+                    health.dead = false;
+                    health_changed = true;
+                    tracing::info!(
+                        target: "aurora_pool",
+                        cluster_id = %self.state.cluster_id,
+                        instance = %report.instance,
+                        "instance reachable again"
+                    );
+                }
+                if self.panic_since.is_none() {
+                    if writer && !is_writer {
+                        panic_reason =
+                            Some(format!("{} reports itself as the writer", report.instance));
+                    } else if !writer && is_writer {
+                        panic_reason = Some(format!("writer {} is read-only now", report.instance));
+                    }
+                }
+            }
+            ProbeOutcome::Unreachable { definitive, error } => {
+                health.writer = None;
+                let since = *health.failing_since.get_or_insert(report.at);
+                let limit = settings.failure_detection_interval
+                    * settings.failure_detection_count.saturating_sub(1);
+                if !health.dead && (definitive || report.at.duration_since(since) >= limit) {
+                    health.dead = true;
+                    health_changed = true;
+                    tracing::warn!(
+                        target: "aurora_pool",
+                        cluster_id = %self.state.cluster_id,
+                        instance = %report.instance,
+                        failing_for_ms = report.at.duration_since(since).as_millis() as u64,
+                        error = %error,
+                        "instance declared unreachable"
+                    );
+                }
+                if health.dead && is_writer && self.panic_since.is_none() {
+                    panic_reason = Some(format!(
+                        "writer {} is unreachable: {error}",
+                        report.instance
+                    ));
+                }
+            }
+        }
+        if health_changed {
+            self.republish();
+        }
+        if let Some(reason) = panic_reason {
+            self.enter_panic(&reason);
+        }
+    }
+
+    fn enter_panic(&mut self, reason: &str) {
+        if self.panic_since.is_some() {
+            return;
+        }
+        self.panic_since = Some(Instant::now());
+        // The monitoring connection may be hung or on a demoted writer.
+        self.monitoring = None;
+        self.state.failing_over.send_replace(true);
+        self.update_plan();
+        tracing::warn!(
+            target: "aurora_pool",
+            cluster_id = %self.state.cluster_id,
+            reason,
+            instances = self.probes.len(),
+            "failover detected: probing every instance for the writer"
+        );
+    }
+
+    /// One round of panic mode: take in probe reports, and try to confirm a writer
+    /// candidate.
+    async fn panic_step(&mut self) {
+        let high_rate = self.state.settings.high_refresh_rate;
+        tokio::select! {
+            Some(report) = self.reports.recv() => self.on_report(report),
+            _ = tokio::time::sleep(high_rate) => {}
+        }
+        while let Ok(report) = self.reports.try_recv() {
+            self.on_report(report);
+        }
+        let candidates: Vec<String> = self
+            .health
+            .iter()
+            .filter(|(_, h)| h.writer == Some(true))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for candidate in candidates {
+            if self.try_confirm_writer(&candidate).await {
+                return;
+            }
+        }
+    }
+
+    /// Connects to `candidate`, confirms it is the writer, reads the topology through it and
+    /// leaves panic mode. Returns whether it did.
+    async fn try_confirm_writer(&mut self, candidate: &str) -> bool {
+        let Some(registration) = self.state.registration() else {
+            return false;
+        };
+        let Some(address) = self.probes.get(candidate).map(|p| p.address.clone()) else {
+            return false;
+        };
+        let limit = self.state.settings.connect_timeout;
+        let attempt = async {
+            let mut connection = registration
+                .connector
+                .connect(&address, Purpose::Monitor)
+                .await?;
+            let dialect = registration.source.dialect;
+            if !confirm_writer(connection.as_mut(), dialect).await? {
+                connection.close().await;
+                return Ok(None);
+            }
+            let topology = query_topology(connection.as_mut(), &registration.source).await?;
+            Ok::<_, Error>(Some((connection, topology)))
+        };
+        let outcome = tokio::time::timeout(limit, attempt).await;
+        let (connection, topology) = match outcome {
+            Ok(Ok(Some(found))) => found,
+            other => {
+                let why = match other {
+                    Ok(Ok(None)) => "it is not the writer".to_owned(),
+                    Ok(Err(err)) => err.to_string(),
+                    _ => format!("no answer within {limit:?}"),
+                };
+                tracing::debug!(
+                    target: "aurora_pool",
+                    cluster_id = %self.state.cluster_id,
+                    candidate,
+                    why,
+                    "writer candidate not confirmed"
+                );
+                if let Some(h) = self.health.get_mut(candidate) {
+                    h.writer = None;
+                }
+                return false;
+            }
+        };
+        let elapsed = self.panic_since.map(|t| t.elapsed()).unwrap_or_default();
+        let old_writer = self.state.current().writer().id().to_owned();
+        self.monitoring = Some(Monitoring {
+            instance: candidate.to_owned(),
+            connection,
+        });
+        self.panic_since = None;
+        self.failures = 0;
+        self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
+        if let Some(h) = self.health.get_mut(candidate) {
+            h.dead = false;
+            h.failing_since = None;
+        }
+        self.publish(topology.with_writer(candidate));
+        self.state.failing_over.send_replace(false);
+        self.update_plan();
+        tracing::info!(
+            target: "aurora_pool",
+            cluster_id = %self.state.cluster_id,
+            old_writer,
+            new_writer = candidate,
+            elapsed_ms = elapsed.as_millis() as u64,
+            "failover finished: writer confirmed"
+        );
+        true
+    }
+
+    /// Tells the probes how to run now.
+    fn update_plan(&mut self) {
+        let dead: BTreeSet<String> = self
+            .health
+            .iter()
+            .filter(|(_, h)| h.dead)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let fast = self
+            .panic_since
+            .map(|_| self.state.settings.high_refresh_rate);
+        self.plan.send_if_modified(|plan| {
+            let changed = plan.fast != fast || plan.dead != dead;
+            plan.fast = fast;
+            plan.dead = dead;
+            changed
+        });
+    }
+
+    /// One probe per instance of the current topology: new instances get one, departed
+    /// ones lose theirs, crashed probe tasks are restarted.
+    fn sync_probes(&mut self) {
+        let topology = self.state.current();
+        let wanted: BTreeMap<&str, &Instance> =
+            topology.instances().iter().map(|i| (i.id(), i)).collect();
+        self.probes.retain(|id, probe| {
+            let keep = wanted
+                .get(id.as_str())
+                .is_some_and(|i| *i.address() == probe.address && !probe.task.is_finished());
+            if !keep {
+                probe.task.abort();
+            }
+            keep
+        });
+        self.health.retain(|id, _| wanted.contains_key(id.as_str()));
+        for (id, instance) in wanted {
+            if self.probes.contains_key(id) {
+                continue;
+            }
+            let task = tokio::spawn(probe::run(
+                self.state.clone(),
+                id.to_owned(),
+                instance.address().clone(),
+                self.plan.subscribe(),
+                self.report_sender.clone(),
+            ));
+            self.probes.insert(
+                id.to_owned(),
+                Probe {
+                    address: instance.address().clone(),
+                    task,
+                },
+            );
+        }
+    }
+
+    /// Stops the probes (they close their connections) and closes the monitoring connection.
+    async fn stop(mut self) {
+        // Closing the plan channel tells every probe to finish.
+        let (closed, _) = watch::channel(self.plan.borrow().clone());
+        drop(std::mem::replace(&mut self.plan, closed));
+        for (_, probe) in std::mem::take(&mut self.probes) {
+            let abort = probe.task.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(2), probe.task)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        if let Some(m) = self.monitoring.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), m.connection.close()).await;
+        }
+    }
+}
+
+async fn connect_writer_first(
+    state: &MonitorState,
+    registration: &Registration,
+) -> Result<Monitoring> {
+    let topology = state.current();
+    let writer = topology.writer();
+    let others = topology.readers().filter(|r| r.is_available());
+    let mut last_error = None;
+    for instance in std::iter::once(writer).chain(others) {
+        match registration
+            .connector
+            .connect(instance.address(), Purpose::Monitor)
+            .await
+        {
+            Ok(connection) => {
+                tracing::debug!(
+                    target: "aurora_pool",
+                    cluster_id = %state.cluster_id,
+                    instance = instance.id(),
+                    address = %instance.address(),
+                    "monitoring connection opened"
+                );
+                return Ok(Monitoring {
+                    instance: instance.id().to_owned(),
+                    connection,
+                });
+            }
+            Err(err) => last_error = Some(err),
+        }
+    }
+    Err(last_error.unwrap_or_else(|| Error::topology("the topology lists no instance")))
+}
+
+impl Drop for Monitor {
+    fn drop(&mut self) {
+        for probe in self.probes.values() {
+            probe.task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        assert_eq!(backoff(0), Duration::from_millis(100));
+        assert_eq!(backoff(3), Duration::from_millis(800));
+        assert_eq!(backoff(50), Duration::from_secs(10));
+    }
+}
