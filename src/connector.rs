@@ -7,8 +7,8 @@ use std::pin::Pin;
 use crate::endpoint::HostPort;
 use crate::error::Result;
 
-/// A boxed, sendable future.
-pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+/// A boxed, sendable future: what retried work returns.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// One result row, every column in PostgreSQL's text format (`None` for NULL).
 pub(crate) type TextRow = Vec<Option<String>>;

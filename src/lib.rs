@@ -6,6 +6,7 @@
 
 pub mod config;
 mod connector;
+pub use connector::BoxFuture;
 pub mod endpoint;
 mod error;
 mod monitor;

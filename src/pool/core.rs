@@ -43,6 +43,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
 /// be gone while the driver keeps retrying its connect.
 const SLOW_CHECKOUT: Duration = Duration::from_secs(1);
 
+/// Connections a new pool opens at once while filling up to its minimum.
+const PREFILL_CONCURRENCY: usize = 4;
+
+/// New pools wait up to this long (at random) before filling up, so that many processes
+/// reacting to one failover do not reach the new writer all at the same moment.
+const PREFILL_JITTER: Duration = Duration::from_millis(100);
+
 /// Pause between checkout attempts that failed for a failover-class reason.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -59,7 +66,7 @@ pub(crate) struct RoutingTable<P> {
     pub(crate) readers: Vec<Slot<P>>,
 }
 
-impl<P: Clone> RoutingTable<P> {
+impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
     /// Builds the table for `topology`, reusing the pools of `previous` whose instance keeps
     /// its role and address. Returns the pools no longer used.
     fn build<B: Backend<Pool = P>>(
@@ -74,7 +81,17 @@ impl<P: Clone> RoutingTable<P> {
         let mut take = |instance: &Instance, sizing: PoolSizing| -> Slot<P> {
             let pool = match old.iter().position(|s| s.instance.same_placement(instance)) {
                 Some(i) => old.swap_remove(i).pool.clone(),
-                None => backend.open(instance, sizing),
+                None => {
+                    let pool = backend.open(instance, sizing);
+                    if sizing.min_connections > 0 {
+                        tokio::spawn(prefill::<B>(
+                            pool.clone(),
+                            sizing.min_connections,
+                            instance.id().to_owned(),
+                        ));
+                    }
+                    pool
+                }
             };
             Slot {
                 instance: Arc::new(instance.clone()),
@@ -478,5 +495,47 @@ async fn reconcile_on_updates<B: Backend>(
         let topology = updates.borrow_and_update().clone();
         let Some(core) = core.upgrade() else { break };
         core.reconcile(&topology);
+    }
+}
+
+/// Opens `min` connections in a new pool (at most [`PREFILL_CONCURRENCY`] at a time, after a
+/// random delay) and returns them to it idle. Stops at the first error: the pool's own
+/// checkouts will retry.
+async fn prefill<B: Backend>(pool: B::Pool, min: u32, instance: String) {
+    tokio::time::sleep(PREFILL_JITTER.mul_f64(fastrand::f64())).await;
+    let started = Instant::now();
+    let mut held = Vec::with_capacity(min as usize);
+    let mut failed = None;
+    while held.len() < min as usize && failed.is_none() {
+        let batch = (min as usize - held.len()).min(PREFILL_CONCURRENCY);
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..batch {
+            opening.spawn(B::acquire(&pool));
+        }
+        while let Some(result) = opening.join_next().await {
+            match result {
+                Ok(Ok(connection)) => held.push(connection),
+                Ok(Err(err)) => failed = Some(err.to_string()),
+                Err(err) => failed = Some(err.to_string()),
+            }
+        }
+    }
+    let opened = held.len();
+    drop(held);
+    match failed {
+        None => tracing::info!(
+            target: "aurora_pool",
+            instance,
+            connections = opened,
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "pool filled to its minimum"
+        ),
+        Some(error) => tracing::warn!(
+            target: "aurora_pool",
+            instance,
+            connections = opened,
+            error,
+            "filling the pool to its minimum stopped"
+        ),
     }
 }

@@ -124,6 +124,10 @@ impl AuroraPool {
     /// when it fails because of a failover ([`Error::is_retryable`]), until
     /// `failover_timeout_ms`. Any other error is returned at once, wrapped without loss.
     ///
+    /// `work` returns a boxed future (`Box::pin(async move { .. })`), like sqlx's pool hooks:
+    /// that keeps the returned future `Send` whatever `work` borrows, so `run` can be called
+    /// from spawned tasks and axum handlers.
+    ///
     /// If the instance is declared unreachable while `work` runs (a black-holed host that
     /// never answers), `work` is abandoned, its connection dropped, and the work retried
     /// elsewhere, so a caller never hangs on a dead host.
@@ -132,33 +136,31 @@ impl AuroraPool {
     /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
     /// use aurora_pool::Role;
     /// let id: i64 = pool
-    ///     .run(Role::Writer, async |conn| {
-    ///         sqlx::query_scalar("INSERT INTO jobs (state) VALUES ('new') RETURNING id")
-    ///             .fetch_one(conn)
-    ///             .await
+    ///     .run(Role::Writer, |conn| {
+    ///         Box::pin(async move {
+    ///             sqlx::query_scalar("INSERT INTO jobs (state) VALUES ('new') RETURNING id")
+    ///                 .fetch_one(conn)
+    ///                 .await
+    ///         })
     ///     })
     ///     .await?;
     /// # let _ = id; Ok(()) }
     /// ```
-    pub async fn run<T>(
-        &self,
-        role: Role,
-        work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T> {
+    pub async fn run<T, F>(&self, role: Role, work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
         self.run_with(RetryPolicy::new(), role, work).await
     }
 
     /// [`run`](AuroraPool::run) with an explicit [`RetryPolicy`].
-    pub async fn run_with<T>(
-        &self,
-        policy: RetryPolicy,
-        role: Role,
-        mut work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T> {
-        self.attempts(policy, role, async |conn: &mut PgConnection| {
-            work(conn).await.map_err(|err| self.classify(err))
-        })
-        .await
+    pub async fn run_with<T, F>(&self, policy: RetryPolicy, role: Role, mut work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        self.attempts(policy, role, Attempt::Plain, &mut work).await
     }
 
     /// Runs `work` in a transaction on the writer (`BEGIN`, `work`, `COMMIT`), retrying the
@@ -169,57 +171,36 @@ impl AuroraPool {
     /// back, or, if the loss hit the `COMMIT`, it may have committed. Retrying is only safe
     /// for work that can be repeated; use [`RetryPolicy::no_retry`] to decide yourself. Any
     /// other error from `work` rolls the transaction back and is returned at once.
-    pub async fn transaction<T>(
-        &self,
-        work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T> {
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
         self.transaction_with(RetryPolicy::new(), work).await
     }
 
     /// [`transaction`](AuroraPool::transaction) with an explicit [`RetryPolicy`].
-    pub async fn transaction_with<T>(
-        &self,
-        policy: RetryPolicy,
-        mut work: impl AsyncFnMut(&mut PgConnection) -> Result<T, sqlx::Error>,
-    ) -> Result<T> {
-        self.attempts(policy, Role::Writer, async |conn: &mut PgConnection| {
-            sqlx::raw_sql("BEGIN")
-                .execute(&mut *conn)
-                .await
-                .map_err(|err| self.classify(err))?;
-            let value = match work(&mut *conn).await {
-                Ok(value) => value,
-                Err(err) => {
-                    let err = self.classify(err);
-                    if !err.is_retryable() {
-                        // Best effort: a connection that cannot roll back is discarded below.
-                        let rollback = sqlx::raw_sql("ROLLBACK").execute(&mut *conn);
-                        if !matches!(
-                            tokio::time::timeout(Duration::from_secs(5), rollback).await,
-                            Ok(Ok(_))
-                        ) {
-                            return Err(err.into_failover().in_transaction());
-                        }
-                    }
-                    return Err(err.in_transaction());
-                }
-            };
-            sqlx::raw_sql("COMMIT")
-                .execute(&mut *conn)
-                .await
-                .map_err(|err| self.classify(err).in_transaction())?;
-            Ok(value)
-        })
-        .await
+    pub async fn transaction_with<T, F>(&self, policy: RetryPolicy, mut work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        self.attempts(policy, Role::Writer, Attempt::Transaction, &mut work)
+            .await
     }
 
-    /// The retry loop behind `run` and `transaction`: `work` returns classified errors.
-    async fn attempts<T>(
+    /// The retry loop behind `run` and `transaction`.
+    async fn attempts<T, F>(
         &self,
         policy: RetryPolicy,
         role: Role,
-        mut work: impl AsyncFnMut(&mut PgConnection) -> Result<T>,
-    ) -> Result<T> {
+        kind: Attempt,
+        work: &mut F,
+    ) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
         let started = Instant::now();
         let limit = policy.time_limit(self.core.config().failover_timeout);
         let mut attempt = 0u32;
@@ -227,7 +208,7 @@ impl AuroraPool {
             attempt += 1;
             let (mut connection, instance) = self.core.checkout(role).await?;
             let outcome = tokio::select! {
-                result = work(&mut connection) => result,
+                result = self.attempt(&mut connection, kind, work) => result,
                 _ = self.core.instance_lost(&instance, role) => Err(Error::failover(format!(
                     "instance {} was declared unreachable (or lost its role) while the work was running",
                     instance.id()
@@ -262,6 +243,43 @@ impl AuroraPool {
             );
             tokio::time::sleep(RetryPolicy::pause(attempt)).await;
         }
+    }
+
+    /// One attempt of `work`, with its errors classified.
+    async fn attempt<T, F>(&self, conn: &mut PgConnection, kind: Attempt, work: &mut F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        if kind == Attempt::Plain {
+            return work(conn).await.map_err(|err| self.classify(err));
+        }
+        sqlx::raw_sql("BEGIN")
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| self.classify(err))?;
+        let value = match work(&mut *conn).await {
+            Ok(value) => value,
+            Err(err) => {
+                let err = self.classify(err);
+                if !err.is_retryable() {
+                    // A connection that cannot roll back is discarded by the caller.
+                    let rollback = sqlx::raw_sql("ROLLBACK").execute(&mut *conn);
+                    if !matches!(
+                        tokio::time::timeout(Duration::from_secs(5), rollback).await,
+                        Ok(Ok(_))
+                    ) {
+                        return Err(err.into_failover().in_transaction());
+                    }
+                }
+                return Err(err.in_transaction());
+            }
+        };
+        sqlx::raw_sql("COMMIT")
+            .execute(&mut *conn)
+            .await
+            .map_err(|err| self.classify(err).in_transaction())?;
+        Ok(value)
     }
 
     /// Wraps an error from a query run on one of this pool's connections, and reacts to it:
@@ -429,6 +447,15 @@ impl Backend for SqlxBackend {
                 .map_err(|err| from_sqlx(err, "checking out a connection"))
         })
     }
+}
+
+/// What one attempt of retried work is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// The work as it is.
+    Plain,
+    /// The work between `BEGIN` and `COMMIT`.
+    Transaction,
 }
 
 struct SqlxConnector {

@@ -56,3 +56,19 @@ where
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Health probing tuned for tests: probe every 300 ms from the start, two misses in a row
+/// declare an instance dead.
+pub const AGGRESSIVE: &str = "failure_detection_time_ms=0&failure_detection_interval_ms=300\
+&failure_detection_count=2&connect_timeout=2";
+
+/// Collects the events received so far.
+pub fn drain_events(
+    events: &mut tokio::sync::broadcast::Receiver<aurora_pool::ClusterEvent>,
+) -> Vec<aurora_pool::ClusterEvent> {
+    let mut seen = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        seen.push(event);
+    }
+    seen
+}

@@ -1,0 +1,143 @@
+//! The writer crashes and a replica is promoted: writes resume on the new writer, never
+//! on a reader, the old writer's pool is gone and the new one is refilled.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{AuroraPool, ClusterEvent, Role};
+use support::{
+    AGGRESSIVE, connections_named, drain_events, eventually, unique_cluster_id, url_with,
+};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_resume_on_the_promoted_instance() {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let app = unique_cluster_id("crash-app");
+    let pool = AuroraPool::connect(&url_with(
+        &cluster,
+        &format!(
+            "cluster_id={}&{AGGRESSIVE}&writer_min_connections=2&application_name={app}&failover_timeout_ms=30000",
+            unique_cluster_id("writer-crash")
+        ),
+    ))
+    .await
+    .expect("connect");
+    let mut events = pool.events();
+    pool.run(Role::Writer, |conn| {
+        Box::pin(async move {
+            sqlx::query("CREATE TABLE writes (id serial PRIMARY KEY, instance text NOT NULL)")
+                .execute(conn)
+                .await
+        })
+    })
+    .await
+    .expect("create table");
+
+    // A write loop, bounded in time, recording where each acknowledged write landed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let writer = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            let deadline = Instant::now() + Duration::from_secs(40);
+            let mut landed = Vec::new();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
+                let result = pool
+                    .run(Role::Writer, |conn| {
+                        Box::pin(async move {
+                            sqlx::query_as::<_, (String, bool)>(
+                                "INSERT INTO writes (instance) VALUES (pg_catalog.aurora_db_instance_identifier()) \
+                                 RETURNING instance, pg_catalog.pg_is_in_recovery()",
+                            )
+                            .fetch_one(conn)
+                            .await
+                        })
+                    })
+                    .await;
+                landed.push(result.map_err(|e| e.to_string()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            landed
+        })
+    };
+
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    cluster
+        .failover("instance-2", Some(Duration::from_millis(500)))
+        .await
+        .expect("failover");
+    let moved = eventually(Duration::from_secs(20), || async {
+        pool.topology().writer().id() == "instance-2"
+            && pool
+                .status()
+                .instance("instance-2")
+                .is_some_and(|s| s.size >= 2)
+    })
+    .await;
+    assert!(
+        moved,
+        "no move to instance-2: {} / {:?}",
+        pool.topology(),
+        pool.status()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stop.store(true, Ordering::Relaxed);
+    let landed = writer.await.expect("write loop");
+
+    let errors: Vec<_> = landed.iter().filter_map(|r| r.as_ref().err()).collect();
+    assert!(
+        errors.is_empty(),
+        "run() must ride through the failover: {errors:?}"
+    );
+    let instances: Vec<&str> = landed
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|(i, _)| i.as_str())
+        .collect();
+    assert!(
+        landed.iter().flatten().all(|(_, in_recovery)| !in_recovery),
+        "a write ran on a standby"
+    );
+    let first_new = instances
+        .iter()
+        .position(|i| *i == "instance-2")
+        .expect("writes on instance-2");
+    assert!(first_new > 0, "no write before the failover");
+    assert!(
+        instances[..first_new].iter().all(|i| *i == "instance-1"),
+        "{instances:?}"
+    );
+    assert!(
+        instances[first_new..].iter().all(|i| *i == "instance-2"),
+        "{instances:?}"
+    );
+
+    let seen = drain_events(&mut events);
+    assert!(
+        seen.contains(&ClusterEvent::WriterChanged {
+            old: "instance-1".into(),
+            new: "instance-2".into()
+        }),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|e| matches!(e, ClusterEvent::TopologyChanged { .. })),
+        "{seen:?}"
+    );
+
+    // The old writer comes back as a reader: no connection of the pool goes back to it as
+    // a writer, and the pool's status has no writer pool for it.
+    cluster.wait_rejoined("instance-1").await.expect("rejoin");
+    let status = pool.status();
+    assert_eq!(status.instances[0].instance_id, "instance-2", "{status:?}");
+    assert_eq!(connections_named(&cluster, "instance-1", &app).await, 0);
+    let writes_on_new = connections_named(&cluster, "instance-2", &app).await;
+    assert!(
+        writes_on_new >= 2,
+        "the writer pool was not refilled: {writes_on_new}"
+    );
+}
