@@ -31,6 +31,7 @@ async fn a_black_holed_writer_is_detected_and_failed_over() {
     })
     .await
     .expect("create table");
+    support::replicated(&cluster, "hits").await;
 
     // Work that is on the writer when it goes silent: without detection it would hang.
     let in_flight = {

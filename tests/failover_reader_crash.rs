@@ -1,1 +1,90 @@
+//! A reader crashes: reads continue on the other readers, and come back to it when it
+//! returns.
+
 mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{AuroraPool, ClusterEvent, Role};
+use support::{AGGRESSIVE, drain_events, eventually, unique_cluster_id, url_with};
+
+async fn read_instance(pool: &AuroraPool) -> aurora_pool::Result<String> {
+    pool.run(Role::Reader, |conn| {
+        Box::pin(async move {
+            sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
+                .fetch_one(conn)
+                .await
+        })
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_continue_on_the_other_readers() {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = AuroraPool::connect(&url_with(
+        &cluster,
+        &format!(
+            "cluster_id={}&{AGGRESSIVE}&reader_host_selector_strategy=round_robin&failover_timeout_ms=20000",
+            unique_cluster_id("reader-crash")
+        ),
+    ))
+    .await
+    .expect("connect");
+    let mut events = pool.events();
+    let mut before = BTreeSet::new();
+    for _ in 0..4 {
+        before.insert(read_instance(&pool).await.expect("read"));
+    }
+    assert_eq!(
+        before,
+        BTreeSet::from(["instance-2".to_owned(), "instance-3".to_owned()])
+    );
+
+    cluster.crash("instance-3").await.expect("crash");
+    // Every read succeeds, whatever reader it was sent to first.
+    let deadline = Instant::now() + Duration::from_secs(3);
+    let mut during = Vec::new();
+    while Instant::now() < deadline {
+        during.push(read_instance(&pool).await.expect("reads must continue"));
+    }
+    assert!(
+        during.iter().all(|i| i != "instance-1"),
+        "reads reached the writer: {during:?}"
+    );
+    assert!(
+        !pool
+            .topology()
+            .instance("instance-3")
+            .expect("listed")
+            .is_available()
+    );
+    let tail = &during[during.len().saturating_sub(5)..];
+    assert!(tail.iter().all(|i| i == "instance-2"), "{during:?}");
+    assert!(
+        drain_events(&mut events).contains(&ClusterEvent::InstanceDown {
+            instance: "instance-3".into()
+        })
+    );
+
+    cluster.start_instance("instance-3").await.expect("restart");
+    let back = eventually(Duration::from_secs(10), || async {
+        pool.topology()
+            .instance("instance-3")
+            .is_some_and(|i| i.is_available())
+    })
+    .await;
+    assert!(back, "instance-3 never came back: {}", pool.topology());
+    let mut after = BTreeSet::new();
+    for _ in 0..4 {
+        after.insert(read_instance(&pool).await.expect("read"));
+    }
+    assert!(after.contains("instance-3"), "{after:?}");
+    assert!(
+        drain_events(&mut events).contains(&ClusterEvent::InstanceUp {
+            instance: "instance-3".into()
+        })
+    );
+}

@@ -36,6 +36,7 @@ async fn writes_resume_on_the_promoted_instance() {
     })
     .await
     .expect("create table");
+    support::replicated(&cluster, "writes").await;
 
     // A write loop, bounded in time, recording where each acknowledged write landed.
     let stop = Arc::new(AtomicBool::new(false));

@@ -124,9 +124,10 @@ impl AuroraPool {
     /// when it fails because of a failover ([`Error::is_retryable`]), until
     /// `failover_timeout_ms`. Any other error is returned at once, wrapped without loss.
     ///
-    /// `work` returns a boxed future (`Box::pin(async move { .. })`), like sqlx's pool hooks:
-    /// that keeps the returned future `Send` whatever `work` borrows, so `run` can be called
-    /// from spawned tasks and axum handlers.
+    /// `work` returns a boxed future (`Box::pin(async move { .. })`), like sqlx's pool hooks,
+    /// which keeps `run`'s future `Send` so it can be awaited in spawned tasks and axum
+    /// handlers. The future may borrow the connection; anything else it uses must be owned
+    /// (clone it in, as `work` may run several times).
     ///
     /// If the instance is declared unreachable while `work` runs (a black-holed host that
     /// never answers), `work` is abandoned, its connection dropped, and the work retried
@@ -209,10 +210,16 @@ impl AuroraPool {
             let (mut connection, instance) = self.core.checkout(role).await?;
             let outcome = tokio::select! {
                 result = self.attempt(&mut connection, kind, work) => result,
-                _ = self.core.instance_lost(&instance, role) => Err(Error::failover(format!(
+                _ = self.core.instance_lost(&instance, role) => {
+                    let lost = Error::failover(format!(
                     "instance {} was declared unreachable (or lost its role) while the work was running",
                     instance.id()
-                ))),
+                ));
+                    Err(match kind {
+                        Attempt::Plain => lost,
+                        Attempt::Transaction => lost.in_transaction(),
+                    })
+                }
             };
             let err = match outcome {
                 Ok(value) => return Ok(value),

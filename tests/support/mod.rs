@@ -72,3 +72,29 @@ pub fn drain_events(
     }
     seen
 }
+
+/// Prints the crate's tracing events when `RUST_LOG` is set (captured per test by libtest).
+pub fn trace() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// Waits until `table` exists on every instance: streaming replication is asynchronous, and
+/// a failover right after a `CREATE TABLE` could otherwise lose it, as on a real cluster.
+pub async fn replicated(cluster: &LocalCluster, table: &str) {
+    let sql = format!("SELECT pg_catalog.to_regclass('{table}') IS NOT NULL");
+    for id in cluster.instance_ids() {
+        let visible = eventually(Duration::from_secs(20), || async {
+            cluster
+                .psql(&id, cluster.database(), &sql)
+                .await
+                .is_ok_and(|out| out.trim() == "t")
+        })
+        .await;
+        assert!(visible, "{table} never reached {id}");
+    }
+}
