@@ -53,7 +53,7 @@ async fn writes_follow_the_writer_after_a_topology_change() {
         .unwrap();
     assert!(!in_recovery);
     let status = pool.status();
-    assert_eq!(status.topology_version, after.version());
+    assert!(status.topology_version >= after.version());
     assert_eq!(status.instances[0].instance_id, "instance-2");
     assert_eq!(status.instances[0].role, Role::Writer);
 

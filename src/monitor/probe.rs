@@ -132,7 +132,7 @@ async fn probe_once(
 ) -> ProbeOutcome {
     let attempt = async {
         if connection.is_none() {
-            let registration = state.registration().ok_or_else(|| Error::closed())?;
+            let registration = state.registration().ok_or_else(Error::closed)?;
             *connection = Some(
                 registration
                     .connector

@@ -324,8 +324,14 @@ impl Monitor {
             return;
         }
         self.panic_since = Some(Instant::now());
-        // The monitoring connection may be hung or on a demoted writer.
+        // The monitoring connection may be hung or on a demoted writer, and what the probes
+        // last said about the old writer is stale: it becomes a candidate again only by
+        // answering as the writer (re-elected).
         self.monitoring = None;
+        let old_writer = self.state.current().writer().id().to_owned();
+        if let Some(health) = self.health.get_mut(&old_writer) {
+            health.writer = None;
+        }
         self.state.failing_over.send_replace(true);
         self.update_plan();
         tracing::warn!(

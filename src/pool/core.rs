@@ -442,6 +442,7 @@ impl<B: Backend> PoolCore<B> {
         let (table, retired) =
             RoutingTable::build(Some(&previous), topology, &self.backend, &self.config);
         self.routing.store(Arc::new(table));
+        self.routing_version.send_replace(topology.version());
         tracing::info!(
             target: "aurora_pool",
             cluster_id = %self.config.cluster_id,

@@ -9,7 +9,7 @@ use tokio::sync::broadcast;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
-use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row, ValueRef};
+use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, ValueRef};
 
 use super::core::{Backend, PoolCore};
 use super::status::PoolStatus;
@@ -478,8 +478,11 @@ impl Connector for SqlxConnector {
         purpose: Purpose,
     ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>> {
         Box::pin(async move {
+            // The crate's own queries are not the user's: keep them out of sqlx's statement log.
             let options = options_for(&self.base, address)
-                .application_name(&purpose.application_name(&self.cluster_id));
+                .application_name(&purpose.application_name(&self.cluster_id))
+                .log_statements(tracing::log::LevelFilter::Off)
+                .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
             let context = format!("connecting to {address}");
             match tokio::time::timeout(self.connect_timeout, PgConnection::connect_with(&options))
                 .await

@@ -1,0 +1,340 @@
+//! Watch a failover through `AuroraPool`, and measure it.
+//!
+//! Against your own cluster, during a planned failover (`aws rds failover-db-cluster`):
+//!
+//! ```text
+//! cargo run --release --example failover_probe --features testing -- postgres://user:pw@my-cluster.cluster-xyz.us-east-1.rds.amazonaws.com/db 60
+//! ```
+//!
+//! (or set `DATABASE_URL`; the second argument is how many seconds to run, default 60). It
+//! runs a write loop (`SELECT txid_current()`, which needs the writer but touches no table)
+//! and a read loop through `AuroraPool`, prints one line per state change (instance served
+//! or error kind), and at the end the downtime per role.
+//!
+//! Without a URL it measures on a local cluster (`testing::LocalCluster`) and prints a table:
+//! time from a writer crash to the first successful write, and from a black-holed writer to
+//! the first successful write with aggressive detection settings, each next to a plain
+//! `sqlx::PgPool` on a DNS-style endpoint that keeps pointing at the old writer (watched
+//! for 15 s, the usual DNS delay on AWS), and the time from the promotion finishing to the
+//! first successful write.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{AuroraPool, RetryPolicy, Role};
+use sqlx::postgres::PgConnection;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::{Connection, PgPool};
+use tokio::task::JoinHandle;
+
+/// Needs the writer (a transaction id cannot be assigned on a standby) but touches no table.
+const WRITE_SQL: &str = "SELECT pg_catalog.txid_current()::text";
+/// The same on Aurora, naming the instance that served it.
+const AURORA_WRITE_SQL: &str = "SELECT pg_catalog.aurora_db_instance_identifier() FROM (SELECT pg_catalog.txid_current()) AS t";
+const PAUSE: Duration = Duration::from_millis(10);
+/// How long each scenario is watched after the fault: the usual DNS delay on AWS.
+const DNS_DELAY: Duration = Duration::from_secs(15);
+
+/// One loop's observations: when each attempt finished and how.
+#[derive(Default)]
+struct Trace {
+    outcomes: Vec<(Duration, Result<String, String>)>,
+}
+
+impl Trace {
+    /// The first success at or after `after` (served by `on`, when given).
+    fn first_success_after(&self, after: Duration, on: Option<&str>) -> Option<Duration> {
+        self.outcomes
+            .iter()
+            .find(|(at, outcome)| {
+                *at >= after
+                    && outcome
+                        .as_ref()
+                        .is_ok_and(|served| on.is_none_or(|on| served == on))
+            })
+            .map(|(at, _)| *at)
+    }
+
+    /// The longest stretch without a success.
+    fn longest_gap(&self) -> Duration {
+        let mut last_ok = Duration::ZERO;
+        let mut longest = Duration::ZERO;
+        for (at, outcome) in &self.outcomes {
+            if outcome.is_ok() {
+                longest = longest.max(at.saturating_sub(last_ok));
+                last_ok = *at;
+            }
+        }
+        if let Some((end, _)) = self.outcomes.last() {
+            longest = longest.max(end.saturating_sub(last_ok));
+        }
+        longest
+    }
+}
+
+/// Runs `attempt` every 10 ms until `stop`, printing each change of outcome when `verbose`.
+fn spawn_loop<F, Fut>(
+    label: &'static str,
+    origin: Instant,
+    stop: Arc<AtomicBool>,
+    verbose: bool,
+    attempt: F,
+) -> JoinHandle<Trace>
+where
+    F: Fn() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Result<String, String>> + Send,
+{
+    tokio::spawn(async move {
+        let mut trace = Trace::default();
+        let mut last: Option<String> = None;
+        while !stop.load(Ordering::Relaxed) {
+            let outcome = attempt().await;
+            let at = origin.elapsed();
+            let state = match &outcome {
+                Ok(served) => format!("ok on {served}"),
+                Err(kind) => format!("error: {kind}"),
+            };
+            if verbose && last.as_deref() != Some(state.as_str()) {
+                println!("{:>9.3}s  {label:<7} {state}", at.as_secs_f64());
+                last = Some(state);
+            }
+            trace.outcomes.push((at, outcome));
+            tokio::time::sleep(PAUSE).await;
+        }
+        trace
+    })
+}
+
+fn error_kind(err: &aurora_pool::Error) -> String {
+    let kind = if err.is_failover() {
+        "failover"
+    } else if err.is_transaction_state_unknown() {
+        "transaction state unknown"
+    } else if err.is_failover_failed() {
+        "failover failed"
+    } else if err.is_timeout() {
+        "timeout"
+    } else if err.is_connect() {
+        "connect"
+    } else {
+        "other"
+    };
+    format!("{kind} ({})", err.sqlstate().unwrap_or("-"))
+}
+
+async fn aurora_attempt(pool: AuroraPool, role: Role) -> Result<String, String> {
+    let aurora = pool.topology().dialect() == aurora_pool::Dialect::AuroraPg;
+    let sql = match (role, aurora) {
+        (Role::Writer, true) => AURORA_WRITE_SQL,
+        (Role::Writer, false) => WRITE_SQL,
+        (Role::Reader, true) => "SELECT pg_catalog.aurora_db_instance_identifier()",
+        (Role::Reader, false) => "SELECT pg_catalog.pg_is_in_recovery()::text",
+    };
+    let served = pool
+        .run_with(RetryPolicy::no_retry(), role, move |conn| {
+            Box::pin(async move {
+                sqlx::query_scalar::<_, String>(sqlx::AssertSqlSafe(sql))
+                    .fetch_one(conn)
+                    .await
+            })
+        })
+        .await
+        .map_err(|err| error_kind(&err))?;
+    Ok(match (role, aurora) {
+        (_, true) => served,
+        (Role::Writer, false) => pool.topology().writer().id().to_owned(),
+        (Role::Reader, false) => "a reader".to_owned(),
+    })
+}
+
+async fn plain_attempt(pool: PgPool) -> Result<String, String> {
+    sqlx::query_scalar::<_, String>(WRITE_SQL)
+        .fetch_one(&pool)
+        .await
+        .map(|_| "the cluster endpoint".to_owned())
+        .map_err(|err| match err.as_database_error().and_then(|e| e.code()) {
+            Some(code) => format!("database error {code}"),
+            None => "connection error".to_owned(),
+        })
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "warn".into()),
+        )
+        .init();
+    let mut args = std::env::args().skip(1);
+    let url = args.next().or_else(|| std::env::var("DATABASE_URL").ok());
+    match url {
+        Some(url) => {
+            let seconds = args.next().map(|s| s.parse()).transpose()?.unwrap_or(60u64);
+            probe_cluster(&url, Duration::from_secs(seconds)).await
+        }
+        None => measure_locally().await,
+    }
+}
+
+/// Runs the loops against a real cluster and reports the downtime per role.
+async fn probe_cluster(url: &str, length: Duration) -> Result<(), Box<dyn std::error::Error>> {
+    let pool = AuroraPool::connect(url).await?;
+    println!("topology: {}", pool.topology());
+    let mut events = pool.events();
+    let origin = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (p, q) = (pool.clone(), pool.clone());
+    let writes = spawn_loop("write", origin, stop.clone(), true, move || {
+        aurora_attempt(p.clone(), Role::Writer)
+    });
+    let reads = spawn_loop("read", origin, stop.clone(), true, move || {
+        aurora_attempt(q.clone(), Role::Reader)
+    });
+    let deadline = tokio::time::sleep(length);
+    tokio::pin!(deadline);
+    loop {
+        tokio::select! {
+            _ = &mut deadline => break,
+            event = events.recv() => match event {
+                Ok(event) => println!("{:>9.3}s  event   {event}", origin.elapsed().as_secs_f64()),
+                Err(_) => break,
+            },
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let (writes, reads) = (writes.await?, reads.await?);
+    println!(
+        "\nlongest time without a successful write: {:?}",
+        writes.longest_gap()
+    );
+    println!(
+        "longest time without a successful read:  {:?}",
+        reads.longest_gap()
+    );
+    pool.close().await;
+    Ok(())
+}
+
+/// One measured failover on a fresh local cluster.
+struct Measurement {
+    aurora: Duration,
+    plain: Option<Duration>,
+    after_promotion: Duration,
+}
+
+async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
+    const RUNS: usize = 3;
+    let mut crash = Vec::new();
+    let mut blackhole = Vec::new();
+    for run in 0..RUNS {
+        println!("run {}: writer crash ...", run + 1);
+        crash.push(scenario(false).await?);
+        println!("run {}: black-holed writer ...", run + 1);
+        blackhole.push(scenario(true).await?);
+    }
+    let median = |mut v: Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let show = |d: Option<Duration>| {
+        d.map_or(format!("none within {} s", DNS_DELAY.as_secs()), |d| {
+            format!("{:.0} ms", d.as_secs_f64() * 1000.0)
+        })
+    };
+    println!(
+        "\nmedian of {RUNS} runs, time from the fault to the first successful write on the new writer:"
+    );
+    println!(
+        "| scenario | AuroraPool | of which after the promotion finished | plain PgPool, stale DNS |"
+    );
+    println!("|---|---|---|---|");
+    for (name, runs) in [
+        ("writer crash", crash),
+        ("writer black-holed (aggressive detection)", blackhole),
+    ] {
+        let plain: Vec<_> = runs.iter().filter_map(|m| m.plain).collect();
+        println!(
+            "| {name} | {} | {} | {} |",
+            show(Some(median(runs.iter().map(|m| m.aurora).collect()))),
+            show(Some(median(
+                runs.iter().map(|m| m.after_promotion).collect()
+            ))),
+            show((plain.len() == runs.len()).then(|| median(plain))),
+        );
+    }
+    Ok(())
+}
+
+async fn scenario(blackhole: bool) -> Result<Measurement, Box<dyn std::error::Error>> {
+    let cluster = LocalCluster::start(3).await?;
+    let detection = if blackhole {
+        "&failure_detection_time_ms=0&failure_detection_interval_ms=250&failure_detection_count=2&connect_timeout=1"
+    } else {
+        ""
+    };
+    let pool = AuroraPool::connect(&format!(
+        "{}&cluster_id=probe-{}{detection}",
+        cluster.url(),
+        fastrand::u32(..)
+    ))
+    .await?;
+    // Stale DNS: the plain pool's endpoint keeps resolving to the old writer.
+    let plain = PgPoolOptions::new()
+        .acquire_timeout(Duration::from_secs(1))
+        .connect(&cluster.instance_url("instance-1").ok_or("no instance-1")?)
+        .await?;
+    // Watches the replica being promoted, to time the promotion itself.
+    let mut promotion_watch =
+        PgConnection::connect(&cluster.instance_url("instance-2").ok_or("no instance-2")?).await?;
+    let origin = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let p = pool.clone();
+    let writes = spawn_loop("aurora", origin, stop.clone(), false, move || {
+        aurora_attempt(p.clone(), Role::Writer)
+    });
+    let q = plain.clone();
+    let plain_writes = spawn_loop("plain", origin, stop.clone(), false, move || {
+        plain_attempt(q.clone())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let promoted_at = tokio::spawn(async move {
+        loop {
+            let in_recovery: Result<bool, _> =
+                sqlx::query_scalar("SELECT pg_catalog.pg_is_in_recovery()")
+                    .fetch_one(&mut promotion_watch)
+                    .await;
+            if matches!(in_recovery, Ok(false)) {
+                return origin.elapsed();
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    });
+    let fault = origin.elapsed();
+    if blackhole {
+        cluster.blackhole("instance-1", true);
+    } else {
+        cluster.crash("instance-1").await?;
+    }
+    // Aurora promotes a replica; the DNS-style endpoint keeps pointing at the old writer for
+    // a while.
+    cluster.failover("instance-2", None).await?;
+    let promoted = promoted_at.await?;
+    tokio::time::sleep(DNS_DELAY.saturating_sub(origin.elapsed() - fault)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (writes, plain_writes) = (writes.await?, plain_writes.await?);
+    let recovered = writes
+        .first_success_after(fault, Some("instance-2"))
+        .ok_or("AuroraPool never wrote to the new writer")?;
+    pool.close().await;
+    plain.close().await;
+    Ok(Measurement {
+        aurora: recovered - fault,
+        plain: plain_writes
+            .first_success_after(fault + Duration::from_millis(50), None)
+            .map(|t| t - fault),
+        after_promotion: recovered.saturating_sub(promoted),
+    })
+}
