@@ -135,6 +135,21 @@ async fn writes_resume_on_the_promoted_instance() {
     cluster.wait_rejoined("instance-1").await.expect("rejoin");
     let status = pool.status();
     assert_eq!(status.instances[0].instance_id, "instance-2", "{status:?}");
+    // The promoted reader left the readers; the demoted writer joined them once back.
+    let rejoined = eventually(Duration::from_secs(10), || async {
+        let status = pool.status();
+        status
+            .instance("instance-1")
+            .is_some_and(|i| i.role == Role::Reader)
+            && status
+                .instances
+                .iter()
+                .filter(|i| i.instance_id == "instance-2")
+                .count()
+                == 1
+    })
+    .await;
+    assert!(rejoined, "{:?}", pool.status());
     assert_eq!(connections_named(&cluster, "instance-1", &app).await, 0);
     let writes_on_new = connections_named(&cluster, "instance-2", &app).await;
     assert!(

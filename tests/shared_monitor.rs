@@ -32,9 +32,12 @@ async fn pools_with_one_cluster_id_share_one_monitor_connection() {
 
     // Three pools, three URLs (cluster endpoint, the writer's and the reader's instance
     // endpoints), one cluster_id.
-    let a = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={shared}")))
-        .await
-        .expect("a");
+    let a = AuroraPool::connect(&url_with(
+        &cluster,
+        &format!("cluster_id={shared}&failure_detection_time_ms=0"),
+    ))
+    .await
+    .expect("a");
     let b = AuroraPool::connect(&format!(
         "{}?cluster_id={shared}&instance_endpoints={encoded}",
         cluster.instance_url("instance-1").expect("known instance")
@@ -59,6 +62,15 @@ async fn pools_with_one_cluster_id_share_one_monitor_connection() {
         settles_at(&cluster, &other, 1).await,
         "expected one monitor connection for {other}"
     );
+    // One health probe per instance for the whole cluster_id, not per pool.
+    let probes = format!("aurora-pool-probe:{shared}");
+    for id in ["instance-1", "instance-2"] {
+        let one = eventually(Duration::from_secs(10), || async {
+            connections_named(&cluster, id, &probes).await == 1
+        })
+        .await;
+        assert!(one, "expected one probe connection on {id}");
+    }
     // The monitor sits on the writer: nothing of it on the reader.
     assert_eq!(
         connections_named(&cluster, "instance-2", &monitor_name(&shared)).await,
@@ -83,6 +95,14 @@ async fn pools_with_one_cluster_id_share_one_monitor_connection() {
         settles_at(&cluster, &shared, 0).await,
         "the monitor outlived its last pool"
     );
+    // Its health probes are gone too, from every instance.
+    for id in ["instance-1", "instance-2"] {
+        let gone = eventually(Duration::from_secs(10), || async {
+            connections_named(&cluster, id, &probes).await == 0
+        })
+        .await;
+        assert!(gone, "probe connections of {shared} remain on {id}");
+    }
     assert!(
         settles_at(&cluster, &other, 1).await,
         "another cluster_id's monitor must be untouched"
