@@ -70,14 +70,28 @@ fn checkout(c: &mut Criterion) {
         .expect("runtime");
     let (cluster, aurora, raw_writer, raw_reader) = rt.block_on(async {
         let cluster = LocalCluster::start(2).await.expect("cluster");
+        // Straight to the servers (no proxy hop), the same addresses for both sides.
+        let direct_url = |id: &str| {
+            let addr = cluster.direct_addr(id).expect("instance");
+            format!(
+                "postgres://{}:{}@{addr}/{}",
+                cluster.user(),
+                cluster.password(),
+                cluster.database()
+            )
+        };
+        let endpoints: String =
+            url::form_urlencoded::byte_serialize(cluster.direct_endpoints_param().as_bytes())
+                .collect();
         let aurora = AuroraPool::connect(&format!(
-            "{}&cluster_id=bench&writer_max_connections={MAX_CONNECTIONS}&reader_max_connections={MAX_CONNECTIONS}",
-            cluster.url()
+            "{}?instance_endpoints={endpoints}&cluster_id=bench\
+             &writer_max_connections={MAX_CONNECTIONS}&reader_max_connections={MAX_CONNECTIONS}",
+            direct_url("instance-1")
         ))
         .await
         .expect("aurora pool");
-        let raw_writer = raw_pool(&cluster.instance_url("instance-1").expect("known instance")).await;
-        let raw_reader = raw_pool(&cluster.instance_url("instance-2").expect("known instance")).await;
+        let raw_writer = raw_pool(&direct_url("instance-1")).await;
+        let raw_reader = raw_pool(&direct_url("instance-2")).await;
         (cluster, aurora, raw_writer, raw_reader)
     });
     rt.block_on(async {

@@ -238,6 +238,26 @@ impl LocalCluster {
         self.inner.instance(id).ok().map(|i| i.proxy_addr)
     }
 
+    /// The server's own address, bypassing the proxy (so black-holing does not
+    /// apply): for benchmarks that should not pay for the proxy hop. `None`
+    /// for an unknown id.
+    pub fn direct_addr(&self, id: &str) -> Option<SocketAddr> {
+        self.inner
+            .instance(id)
+            .ok()
+            .map(|i| SocketAddr::from(([127, 0, 0, 1], i.port)))
+    }
+
+    /// `instance-1=127.0.0.1:P1,...` with the servers' own ports (no proxy).
+    pub fn direct_endpoints_param(&self) -> String {
+        self.inner
+            .instances
+            .iter()
+            .map(|i| format!("{}=127.0.0.1:{}", i.id, i.port))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
     /// The cluster endpoint: a proxy forwarding each new connection to the
     /// instance it currently points at (the writer, unless re-aimed with
     /// [`point_cluster_endpoint`](Self::point_cluster_endpoint)).

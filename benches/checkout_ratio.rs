@@ -1,0 +1,131 @@
+//! The checkout ratio, measured interleaved: rounds alternate between a raw `sqlx::PgPool`
+//! and `AuroraPool` on the same instance, so that drift on a noisy machine hits both
+//! sides alike. Prints the median ratio per case (and the spread over rounds) as a table.
+//!
+//! `cargo bench --bench checkout_ratio --features testing`
+
+use std::time::{Duration, Instant};
+
+use aurora_pool::AuroraPool;
+use aurora_pool::testing::LocalCluster;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+const MAX_CONNECTIONS: u32 = 64;
+const ROUNDS: usize = 15;
+const OPS_PER_ROUND: u64 = 2_000;
+
+async fn run<F>(pool: F, tasks: usize, ops: u64) -> Duration
+where
+    F: Fn() -> PgPool + Clone + Send + 'static,
+{
+    let per_task = ops.div_ceil(tasks as u64);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    let pool = pool();
+                    let mut conn = pool.acquire().await.expect("checkout");
+                    sqlx::query("SELECT 1")
+                        .execute(&mut *conn)
+                        .await
+                        .expect("SELECT 1");
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("task");
+    }
+    start.elapsed()
+}
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; nothing to parse.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let cluster = LocalCluster::start(2).await.expect("cluster");
+        // Straight to the servers (no proxy hop), the same addresses for both sides.
+        let direct_url = |id: &str| {
+            let addr = cluster.direct_addr(id).expect("instance");
+            format!("postgres://{}:{}@{addr}/{}", cluster.user(), cluster.password(), cluster.database())
+        };
+        let endpoints: String =
+            url::form_urlencoded::byte_serialize(cluster.direct_endpoints_param().as_bytes()).collect();
+        let aurora = AuroraPool::connect(&format!(
+            "{}?instance_endpoints={endpoints}&cluster_id=bench-ratio\
+             &writer_max_connections={MAX_CONNECTIONS}&reader_max_connections={MAX_CONNECTIONS}",
+            direct_url("instance-1")
+        ))
+        .await
+        .expect("aurora pool");
+        let raw = |id: &str| {
+            let url = direct_url(id);
+            async move {
+                PgPoolOptions::new()
+                    .max_connections(MAX_CONNECTIONS)
+                    .connect(&url)
+                    .await
+                    .expect("raw pool")
+            }
+        };
+        let (raw_writer, raw_reader) = (raw("instance-1").await, raw("instance-2").await);
+
+        println!("| case | tasks | raw PgPool µs/op | AuroraPool µs/op | ratio (median) | ratio p25-p75 |");
+        println!("|---|---|---|---|---|---|");
+        for (name, raw_pool, writer) in [("writer", raw_writer.clone(), true), ("reader", raw_reader.clone(), false)] {
+            for tasks in [1usize, 64] {
+                let raw_get = {
+                    let p = raw_pool.clone();
+                    move || p.clone()
+                };
+                let aurora_get = {
+                    let a = aurora.clone();
+                    move || if writer { a.writer() } else { a.reader() }
+                };
+                // Warm up both: every connection open before measuring.
+                run(raw_get.clone(), MAX_CONNECTIONS as usize, 500).await;
+                run(aurora_get.clone(), MAX_CONNECTIONS as usize, 500).await;
+                let (mut ratios, mut raw_us, mut aurora_us) = (Vec::new(), Vec::new(), Vec::new());
+                for round in 0..ROUNDS {
+                    // Alternate which side goes first.
+                    let (r, a) = if round % 2 == 0 {
+                        let r = run(raw_get.clone(), tasks, OPS_PER_ROUND).await;
+                        (r, run(aurora_get.clone(), tasks, OPS_PER_ROUND).await)
+                    } else {
+                        let a = run(aurora_get.clone(), tasks, OPS_PER_ROUND).await;
+                        (run(raw_get.clone(), tasks, OPS_PER_ROUND).await, a)
+                    };
+                    ratios.push(a.as_secs_f64() / r.as_secs_f64());
+                    raw_us.push(r.as_secs_f64() * 1e6 / OPS_PER_ROUND as f64);
+                    aurora_us.push(a.as_secs_f64() * 1e6 / OPS_PER_ROUND as f64);
+                }
+                for v in [&mut ratios, &mut raw_us, &mut aurora_us] {
+                    v.sort_by(f64::total_cmp);
+                }
+                println!(
+                    "| {name} | {tasks} | {:.1} | {:.1} | {:.3} | {:.3}-{:.3} |",
+                    quantile(&raw_us, 0.5),
+                    quantile(&aurora_us, 0.5),
+                    quantile(&ratios, 0.5),
+                    quantile(&ratios, 0.25),
+                    quantile(&ratios, 0.75),
+                );
+            }
+        }
+        aurora.close().await;
+        raw_writer.close().await;
+        raw_reader.close().await;
+        drop(cluster);
+    });
+}
