@@ -1,13 +1,18 @@
 //! The checkout ratio, measured interleaved: rounds alternate between a raw `sqlx::PgPool`
 //! and `AuroraPool` on the same instance, so that drift on a noisy machine hits both
-//! sides alike. Prints the median ratio per case (and the spread over rounds) as a table.
+//! sides alike. Prints the median ratio per case (and the spread over rounds) as a table,
+//! for the `PgPool` handles (`writer()`, `reader()`) and for the failover-aware paths
+//! (`acquire`, `run`), whose extra cost this shows.
 //!
 //! `cargo bench --bench checkout_ratio --features testing`
 
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aurora_pool::AuroraPool;
 use aurora_pool::testing::LocalCluster;
+use aurora_pool::{AuroraPool, Role};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
 
@@ -15,23 +20,19 @@ const MAX_CONNECTIONS: u32 = 64;
 const ROUNDS: usize = 15;
 const OPS_PER_ROUND: u64 = 2_000;
 
-async fn run<F>(pool: F, tasks: usize, ops: u64) -> Duration
-where
-    F: Fn() -> PgPool + Clone + Send + 'static,
-{
+/// One checkout + `SELECT 1` + release.
+type Op = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// `ops` operations spread over `tasks` tasks.
+async fn run(op: &Op, tasks: usize, ops: u64) -> Duration {
     let per_task = ops.div_ceil(tasks as u64);
     let start = Instant::now();
     let handles: Vec<_> = (0..tasks)
         .map(|_| {
-            let pool = pool.clone();
+            let op = op.clone();
             tokio::spawn(async move {
                 for _ in 0..per_task {
-                    let pool = pool();
-                    let mut conn = pool.acquire().await.expect("checkout");
-                    sqlx::query("SELECT 1")
-                        .execute(&mut *conn)
-                        .await
-                        .expect("SELECT 1");
+                    op().await;
                 }
             })
         })
@@ -40,6 +41,20 @@ where
         handle.await.expect("task");
     }
     start.elapsed()
+}
+
+/// Through a `PgPool` handle, as an application uses `.writer()` / `.reader()`.
+fn via_pool(pool: impl Fn() -> PgPool + Send + Sync + 'static) -> Op {
+    Arc::new(move || {
+        let pool = pool();
+        Box::pin(async move {
+            let mut conn = pool.acquire().await.expect("checkout");
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .expect("SELECT 1");
+        })
+    })
 }
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
@@ -81,30 +96,54 @@ fn main() {
         };
         let (raw_writer, raw_reader) = (raw("instance-1").await, raw("instance-2").await);
 
-        println!("| case | tasks | raw PgPool µs/op | AuroraPool µs/op | ratio (median) | ratio p25-p75 |");
+        println!("| AuroraPool path | tasks | raw PgPool µs/op | AuroraPool µs/op | ratio (median) | ratio p25-p75 |");
         println!("|---|---|---|---|---|---|");
-        for (name, raw_pool, writer) in [("writer", raw_writer.clone(), true), ("reader", raw_reader.clone(), false)] {
+        let cases: Vec<(&str, PgPool, Op)> = vec![
+            ("writer()", raw_writer.clone(), {
+                let a = aurora.clone();
+                via_pool(move || a.writer())
+            }),
+            ("reader()", raw_reader.clone(), {
+                let a = aurora.clone();
+                via_pool(move || a.reader())
+            }),
+            ("acquire(Role::Writer)", raw_writer.clone(), {
+                let a = aurora.clone();
+                Arc::new(move || {
+                    let a = a.clone();
+                    Box::pin(async move {
+                        let mut conn = a.acquire(Role::Writer).await.expect("checkout");
+                        sqlx::query("SELECT 1").execute(&mut *conn).await.expect("SELECT 1");
+                    })
+                })
+            }),
+            ("run(Role::Writer, ..)", raw_writer.clone(), {
+                let a = aurora.clone();
+                Arc::new(move || {
+                    let a = a.clone();
+                    Box::pin(async move {
+                        a.run(Role::Writer, |conn| Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await }))
+                            .await
+                            .expect("run");
+                    })
+                })
+            }),
+        ];
+        for (name, raw_pool, aurora_op) in cases {
+            let raw_op = via_pool(move || raw_pool.clone());
             for tasks in [1usize, 64] {
-                let raw_get = {
-                    let p = raw_pool.clone();
-                    move || p.clone()
-                };
-                let aurora_get = {
-                    let a = aurora.clone();
-                    move || if writer { a.writer() } else { a.reader() }
-                };
                 // Warm up both: every connection open before measuring.
-                run(raw_get.clone(), MAX_CONNECTIONS as usize, 500).await;
-                run(aurora_get.clone(), MAX_CONNECTIONS as usize, 500).await;
+                run(&raw_op, MAX_CONNECTIONS as usize, 500).await;
+                run(&aurora_op, MAX_CONNECTIONS as usize, 500).await;
                 let (mut ratios, mut raw_us, mut aurora_us) = (Vec::new(), Vec::new(), Vec::new());
                 for round in 0..ROUNDS {
                     // Alternate which side goes first.
                     let (r, a) = if round % 2 == 0 {
-                        let r = run(raw_get.clone(), tasks, OPS_PER_ROUND).await;
-                        (r, run(aurora_get.clone(), tasks, OPS_PER_ROUND).await)
+                        let r = run(&raw_op, tasks, OPS_PER_ROUND).await;
+                        (r, run(&aurora_op, tasks, OPS_PER_ROUND).await)
                     } else {
-                        let a = run(aurora_get.clone(), tasks, OPS_PER_ROUND).await;
-                        (run(raw_get.clone(), tasks, OPS_PER_ROUND).await, a)
+                        let a = run(&aurora_op, tasks, OPS_PER_ROUND).await;
+                        (run(&raw_op, tasks, OPS_PER_ROUND).await, a)
                     };
                     ratios.push(a.as_secs_f64() / r.as_secs_f64());
                     raw_us.push(r.as_secs_f64() * 1e6 / OPS_PER_ROUND as f64);

@@ -14,6 +14,7 @@ mod probe;
 mod run;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
@@ -72,12 +73,19 @@ struct MonitorState {
     topology: watch::Sender<Arc<Topology>>,
     events: broadcast::Sender<ClusterEvent>,
     failing_over: watch::Sender<bool>,
+    /// Mirrors `failing_over` for lock-free reads on the checkout path.
+    failing_over_now: AtomicBool,
     registrations: Mutex<Vec<Weak<Registration>>>,
     refresh_now: Notify,
     settings: MonitorSettings,
 }
 
 impl MonitorState {
+    fn set_failing_over(&self, failing_over: bool) {
+        self.failing_over_now.store(failing_over, Ordering::Release);
+        self.failing_over.send_replace(failing_over);
+    }
+
     fn registration(&self) -> Option<Arc<Registration>> {
         let mut registrations = self
             .registrations
@@ -146,9 +154,14 @@ impl ClusterHandle {
         self.state.events.subscribe()
     }
 
-    /// True while the monitor searches for a new writer.
+    /// A receiver that is true while the monitor searches for a new writer.
     pub(crate) fn failing_over(&self) -> watch::Receiver<bool> {
         self.state.failing_over.subscribe()
+    }
+
+    /// Whether the monitor searches for a new writer right now (lock-free).
+    pub(crate) fn is_failing_over(&self) -> bool {
+        self.state.failing_over_now.load(Ordering::Acquire)
     }
 
     /// Asks the monitor to read the topology now instead of at its next tick. Requests
@@ -229,6 +242,7 @@ pub(crate) fn join(
             topology: sender,
             events: broadcast::channel(EVENT_CAPACITY).0,
             failing_over: watch::channel(false).0,
+            failing_over_now: AtomicBool::new(false),
             registrations: Mutex::new(vec![Arc::downgrade(registration)]),
             refresh_now: Notify::new(),
             settings,

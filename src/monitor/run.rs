@@ -45,7 +45,7 @@ pub(super) async fn supervise(state: Arc<MonitorState>, mut shutdown: watch::Rec
             Err(_) => break,
         }
     }
-    let _ = state.failing_over.send(false);
+    state.set_failing_over(false);
     tracing::info!(target: "aurora_pool", cluster_id = %state.cluster_id, "cluster monitor stopped");
 }
 
@@ -332,7 +332,7 @@ impl Monitor {
         if let Some(health) = self.health.get_mut(&old_writer) {
             health.writer = None;
         }
-        self.state.failing_over.send_replace(true);
+        self.state.set_failing_over(true);
         self.update_plan();
         tracing::warn!(
             target: "aurora_pool",
@@ -426,7 +426,7 @@ impl Monitor {
             h.failing_since = None;
         }
         self.publish(topology.with_writer(candidate));
-        self.state.failing_over.send_replace(false);
+        self.state.set_failing_over(false);
         self.update_plan();
         tracing::info!(
             target: "aurora_pool",

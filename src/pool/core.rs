@@ -3,10 +3,10 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
+use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
@@ -127,7 +127,8 @@ pub(crate) struct PoolCore<B: Backend> {
     routing: ArcSwap<RoutingTable<B::Pool>>,
     selector: Selector,
     backend: B,
-    cluster: Mutex<Option<Arc<ClusterHandle>>>,
+    /// Taken (emptied) by `close`; read without locks.
+    cluster: ArcSwapOption<ClusterHandle>,
     /// Keeps this pool's credentials available to the shared monitor.
     _registration: Arc<Registration>,
     reconciler: JoinHandle<()>,
@@ -188,7 +189,7 @@ impl<B: Backend> PoolCore<B> {
             selector: Selector::new(config.reader_host_selector_strategy),
             routing: ArcSwap::from_pointee(table),
             backend,
-            cluster: Mutex::new(Some(cluster)),
+            cluster: ArcSwapOption::from(Some(cluster)),
             _registration: registration,
             reconciler: tokio::spawn(reconcile_on_updates(weak.clone(), updates)),
             routing_version: watch::channel(topology.version()).0,
@@ -272,14 +273,14 @@ impl<B: Backend> PoolCore<B> {
     pub(crate) async fn checkout(&self, role: Role) -> Result<(B::Connection, Arc<Instance>)> {
         let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
         let mut routing = self.routing_version.subscribe();
-        let mut failing_over = self.failing_over();
         let mut last_error: Option<Error> = None;
         loop {
             if self.is_closed() {
                 return Err(Error::closed());
             }
+            let cluster = self.cluster.load_full();
             let waiting_for_writer =
-                role == Role::Writer && failing_over.as_ref().is_some_and(|f| *f.borrow());
+                role == Role::Writer && cluster.as_ref().is_some_and(|c| c.is_failing_over());
             let slot = match self.slot_for(role) {
                 Ok(slot) if !waiting_for_writer => Some(slot),
                 Ok(_) => None,
@@ -292,6 +293,7 @@ impl<B: Backend> PoolCore<B> {
             routing.borrow_and_update();
             let Some(slot) = slot else {
                 // Wait for the routing (or the failover state) to change.
+                let mut failing_over = cluster.map(|c| c.failing_over());
                 let failover_ended = async {
                     match failing_over.as_mut() {
                         Some(f) => {
@@ -309,21 +311,25 @@ impl<B: Backend> PoolCore<B> {
                 }
                 continue;
             };
+            drop(cluster);
             let acquire = B::acquire(&slot.pool);
             tokio::pin!(acquire);
-            let slow = tokio::time::sleep(SLOW_CHECKOUT);
-            tokio::pin!(slow);
+            // One timer: first the slow-checkout nudge, then the failover deadline.
+            let nudge_at = (tokio::time::Instant::now() + SLOW_CHECKOUT).min(deadline);
+            let timer = tokio::time::sleep_until(nudge_at);
+            tokio::pin!(timer);
             let mut nudged = false;
             let outcome = loop {
                 tokio::select! {
                     result = &mut acquire => break Some(result),
                     _ = routing.changed() => break None,
-                    _ = &mut slow, if !nudged => {
+                    _ = &mut timer => {
+                        if nudged || tokio::time::Instant::now() >= deadline {
+                            return Err(self.failover_failed(role, last_error));
+                        }
                         nudged = true;
                         self.request_refresh();
-                    }
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Err(self.failover_failed(role, last_error));
+                        timer.as_mut().reset(deadline);
                     }
                 }
             };
@@ -362,7 +368,7 @@ impl<B: Backend> PoolCore<B> {
     /// Resolves when `instance` stops being usable for `role`: declared unreachable, gone
     /// from the topology, or (for the writer role) no longer the writer.
     pub(crate) async fn instance_lost(&self, instance: &Instance, role: Role) {
-        let Some(mut topology) = self.cluster().map(|c| c.subscribe()) else {
+        let Some(mut topology) = self.cluster.load().as_ref().map(|c| c.subscribe()) else {
             return std::future::pending().await;
         };
         let lost = |t: &Arc<Topology>| match t.instance(instance.id()) {
@@ -374,27 +380,16 @@ impl<B: Backend> PoolCore<B> {
         }
     }
 
-    fn cluster(&self) -> Option<Arc<ClusterHandle>> {
-        self.cluster
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
-    }
-
-    fn failing_over(&self) -> Option<watch::Receiver<bool>> {
-        self.cluster().map(|c| c.failing_over())
-    }
-
     /// Asks the cluster monitor to re-read the topology now.
     pub(crate) fn request_refresh(&self) {
-        if let Some(cluster) = self.cluster() {
+        if let Some(cluster) = &*self.cluster.load() {
             cluster.request_refresh();
         }
     }
 
     /// Cluster events; after `close` the receiver reports the channel closed.
     pub(crate) fn events(&self) -> broadcast::Receiver<ClusterEvent> {
-        match self.cluster() {
+        match &*self.cluster.load() {
             Some(cluster) => cluster.events(),
             None => broadcast::channel(1).1,
         }
@@ -466,11 +461,7 @@ impl<B: Backend> PoolCore<B> {
         self.closed.store(true, Ordering::Release);
         self.reconciler.abort();
         let table = self.routing.load_full();
-        let cluster = self
-            .cluster
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        let cluster = self.cluster.swap(None);
         let cluster_id = self.config.cluster_id.clone();
         async move {
             for slot in table.slots() {
