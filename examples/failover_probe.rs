@@ -307,6 +307,7 @@ async fn scenario(blackhole: bool) -> Result<Measurement, Box<dyn std::error::Er
                     .fetch_one(&mut promotion_watch)
                     .await;
             if matches!(in_recovery, Ok(false)) {
+                tracing::info!("promotion finished");
                 return origin.elapsed();
             }
             tokio::time::sleep(Duration::from_millis(2)).await;

@@ -447,9 +447,11 @@ impl Monitor {
             .filter(|(_, h)| h.dead)
             .map(|(id, _)| id.clone())
             .collect();
+        // Probing at half the high rate puts the new writer's first answer within
+        // `cluster_topology_high_refresh_rate / 2` of its promotion.
         let fast = self
             .panic_since
-            .map(|_| self.state.settings.high_refresh_rate);
+            .map(|_| self.state.settings.high_refresh_rate / 2);
         self.plan.send_if_modified(|plan| {
             let changed = plan.fast != fast || plan.dead != dead;
             plan.fast = fast;
