@@ -5,6 +5,7 @@
 //! machines are noisy, absolute figures are not comparable across runs.
 
 use std::hint::black_box;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use aurora_pool::AuroraPool;
@@ -109,75 +110,34 @@ fn checkout(c: &mut Criterion) {
     group
         .measurement_time(Duration::from_secs(4))
         .sample_size(30);
+    type PoolFor = Arc<dyn Fn() -> PgPool + Send + Sync>;
+    let cases: [(&str, PoolFor); 4] = [
+        ("raw_pgpool_writer", {
+            let w = raw_writer.clone();
+            Arc::new(move || w.clone())
+        }),
+        ("aurora_writer", {
+            let a = aurora.clone();
+            Arc::new(move || a.writer())
+        }),
+        ("raw_pgpool_reader", {
+            let r = raw_reader.clone();
+            Arc::new(move || r.clone())
+        }),
+        ("aurora_reader", {
+            let a = aurora.clone();
+            Arc::new(move || a.reader())
+        }),
+    ];
     for tasks in [1usize, 64] {
-        let w = raw_writer.clone();
-        group.bench_with_input(
-            BenchmarkId::new("raw_pgpool_writer", tasks),
-            &tasks,
-            |b, &tasks| {
+        for (name, pool_for) in &cases {
+            group.bench_with_input(BenchmarkId::new(*name, tasks), &tasks, |b, &tasks| {
                 b.to_async(&rt).iter_custom(|iters| {
-                    run(
-                        {
-                            let w = w.clone();
-                            move || w.clone()
-                        },
-                        tasks,
-                        iters,
-                    )
+                    let pool_for = pool_for.clone();
+                    run(move || pool_for(), tasks, iters)
                 })
-            },
-        );
-        let a = aurora.clone();
-        group.bench_with_input(
-            BenchmarkId::new("aurora_writer", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    run(
-                        {
-                            let a = a.clone();
-                            move || a.writer()
-                        },
-                        tasks,
-                        iters,
-                    )
-                })
-            },
-        );
-        let r = raw_reader.clone();
-        group.bench_with_input(
-            BenchmarkId::new("raw_pgpool_reader", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    run(
-                        {
-                            let r = r.clone();
-                            move || r.clone()
-                        },
-                        tasks,
-                        iters,
-                    )
-                })
-            },
-        );
-        let a = aurora.clone();
-        group.bench_with_input(
-            BenchmarkId::new("aurora_reader", tasks),
-            &tasks,
-            |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    run(
-                        {
-                            let a = a.clone();
-                            move || a.reader()
-                        },
-                        tasks,
-                        iters,
-                    )
-                })
-            },
-        );
+            });
+        }
     }
     group.finish();
 

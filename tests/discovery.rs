@@ -48,6 +48,30 @@ async fn discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance() 
     );
     assert_eq!(served_by(&pool.writer()).await, "instance-1");
 
+    // The driver's own URL parameters reach every instance connection.
+    let url = url_with(
+        &cluster,
+        &format!(
+            "cluster_id={}&sslmode=disable&application_name=discovery-test&options=-c%20statement_timeout%3D1234",
+            unique_cluster_id("discover-driver-parameters")
+        ),
+    );
+    let with_parameters = AuroraPool::connect(&url)
+        .await
+        .expect("connect with parameters");
+    for pool in [with_parameters.writer(), with_parameters.reader()] {
+        let (timeout, name): (String, String) = sqlx::query_as(
+            "SELECT current_setting('statement_timeout'), current_setting('application_name')",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+        assert_eq!(
+            (timeout.as_str(), name.as_str()),
+            ("1234ms", "discovery-test")
+        );
+    }
+
     // The same cluster discovered through a reader's instance endpoint.
     let other_id = unique_cluster_id("discover-instance-endpoint");
     let url = format!(

@@ -5,23 +5,20 @@ mod support;
 
 use std::time::Duration;
 
+use aurora_pool::ErrorClass;
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, ErrorClass};
-use support::{eventually, unique_cluster_id, url_with};
+use support::eventually;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classify_keeps_the_driver_error_and_triggers_a_refresh() {
     let cluster = LocalCluster::start(3).await.expect("cluster");
     // Slow polling and no health probes: only the classified error can reveal the failover.
-    let pool = AuroraPool::connect(&url_with(
+    let pool = support::connect(
         &cluster,
-        &format!(
-            "cluster_id={}&cluster_topology_refresh_rate_ms=600000&failure_detection_enabled=false",
-            unique_cluster_id("classify")
-        ),
-    ))
-    .await
-    .expect("connect");
+        "classify",
+        "cluster_topology_refresh_rate_ms=600000&failure_detection_enabled=false",
+    )
+    .await;
 
     // A plain SQL error stays what it is.
     let err = sqlx::query("SELECT * FROM no_such_table")

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{AuroraPool, Role};
-use support::{AGGRESSIVE, unique_cluster_id, url_with};
+use support::AGGRESSIVE;
 
 async fn write(pool: &AuroraPool) -> aurora_pool::Result<String> {
     pool.run(Role::Writer, |conn| {
@@ -23,15 +23,12 @@ async fn write(pool: &AuroraPool) -> aurora_pool::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn everything_down_fails_clearly_and_recovers() {
     let cluster = LocalCluster::start(2).await.expect("cluster");
-    let pool = AuroraPool::connect(&url_with(
+    let pool = support::connect(
         &cluster,
-        &format!(
-            "cluster_id={}&{AGGRESSIVE}&failover_timeout_ms=2000",
-            unique_cluster_id("all-down")
-        ),
-    ))
-    .await
-    .expect("connect");
+        "all-down",
+        &format!("{AGGRESSIVE}&failover_timeout_ms=2000"),
+    )
+    .await;
     assert_eq!(write(&pool).await.expect("write"), "instance-1");
 
     cluster.crash("instance-2").await.expect("crash reader");

@@ -6,31 +6,20 @@ mod support;
 use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, ClusterEvent, Role};
-use support::{AGGRESSIVE, drain_events, unique_cluster_id, url_with};
+use aurora_pool::{ClusterEvent, Role};
+use support::{AGGRESSIVE, drain_events};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_black_holed_writer_is_detected_and_failed_over() {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = AuroraPool::connect(&url_with(
+    let pool = support::connect(
         &cluster,
-        &format!(
-            "cluster_id={}&{AGGRESSIVE}&failover_timeout_ms=30000",
-            unique_cluster_id("blackhole")
-        ),
-    ))
-    .await
-    .expect("connect");
+        "blackhole",
+        &format!("{AGGRESSIVE}&failover_timeout_ms=30000"),
+    )
+    .await;
     let mut events = pool.events();
-    pool.run(Role::Writer, |conn| {
-        Box::pin(async move {
-            sqlx::query("CREATE TABLE hits (instance text NOT NULL)")
-                .execute(conn)
-                .await
-        })
-    })
-    .await
-    .expect("create table");
+    support::execute(&pool, "CREATE TABLE hits (instance text NOT NULL)").await;
     support::replicated(&cluster, "hits").await;
 
     // Work that is on the writer when it goes silent: without detection it would hang.

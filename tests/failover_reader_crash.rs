@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{AuroraPool, ClusterEvent, Role};
-use support::{AGGRESSIVE, drain_events, eventually, unique_cluster_id, url_with};
+use support::{AGGRESSIVE, drain_events, eventually};
 
 async fn read_instance(pool: &AuroraPool) -> aurora_pool::Result<String> {
     pool.run(Role::Reader, |conn| {
@@ -24,15 +24,14 @@ async fn read_instance(pool: &AuroraPool) -> aurora_pool::Result<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_continue_on_the_other_readers() {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = AuroraPool::connect(&url_with(
+    let pool = support::connect(
         &cluster,
+        "reader-crash",
         &format!(
-            "cluster_id={}&{AGGRESSIVE}&reader_host_selector_strategy=round_robin&failover_timeout_ms=20000",
-            unique_cluster_id("reader-crash")
+            "{AGGRESSIVE}&reader_host_selector_strategy=round_robin&failover_timeout_ms=20000"
         ),
-    ))
-    .await
-    .expect("connect");
+    )
+    .await;
     let mut events = pool.events();
     let mut before = BTreeSet::new();
     for _ in 0..4 {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{AuroraPool, RetryPolicy, Role};
-use support::{AGGRESSIVE, unique_cluster_id, url_with};
+use support::AGGRESSIVE;
 
 async fn count(pool: &AuroraPool, marker: &'static str) -> i64 {
     pool.run(Role::Writer, |conn| {
@@ -26,24 +26,13 @@ async fn count(pool: &AuroraPool, marker: &'static str) -> i64 {
 async fn a_transaction_across_the_crash_is_reported_and_not_committed() {
     support::trace();
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = AuroraPool::connect(&url_with(
+    let pool = support::connect(
         &cluster,
-        &format!(
-            "cluster_id={}&{AGGRESSIVE}&failover_timeout_ms=30000",
-            unique_cluster_id("transaction")
-        ),
-    ))
-    .await
-    .expect("connect");
-    pool.run(Role::Writer, |conn| {
-        Box::pin(async move {
-            sqlx::query("CREATE TABLE ledger (note text NOT NULL)")
-                .execute(conn)
-                .await
-        })
-    })
-    .await
-    .expect("create table");
+        "transaction",
+        &format!("{AGGRESSIVE}&failover_timeout_ms=30000"),
+    )
+    .await;
+    support::execute(&pool, "CREATE TABLE ledger (note text NOT NULL)").await;
     support::replicated(&cluster, "ledger").await;
 
     // The work's future may borrow only the connection: what else it needs is moved in.

@@ -8,34 +8,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, ClusterEvent, Role};
-use support::{
-    AGGRESSIVE, connections_named, drain_events, eventually, unique_cluster_id, url_with,
-};
+use aurora_pool::{ClusterEvent, Role};
+use support::{AGGRESSIVE, connections_named, drain_events, eventually, unique_cluster_id};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_resume_on_the_promoted_instance() {
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let app = unique_cluster_id("crash-app");
-    let pool = AuroraPool::connect(&url_with(
+    let pool = support::connect(
         &cluster,
+        "writer-crash",
         &format!(
-            "cluster_id={}&{AGGRESSIVE}&writer_min_connections=2&application_name={app}&failover_timeout_ms=30000",
-            unique_cluster_id("writer-crash")
+            "{AGGRESSIVE}&writer_min_connections=2&application_name={app}&failover_timeout_ms=30000"
         ),
-    ))
-    .await
-    .expect("connect");
+    )
+    .await;
     let mut events = pool.events();
-    pool.run(Role::Writer, |conn| {
-        Box::pin(async move {
-            sqlx::query("CREATE TABLE writes (id serial PRIMARY KEY, instance text NOT NULL)")
-                .execute(conn)
-                .await
-        })
-    })
-    .await
-    .expect("create table");
+    support::execute(
+        &pool,
+        "CREATE TABLE writes (id serial PRIMARY KEY, instance text NOT NULL)",
+    )
+    .await;
     support::replicated(&cluster, "writes").await;
 
     // A write loop, bounded in time, recording where each acknowledged write landed.

@@ -136,15 +136,12 @@ async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed() {
         .unwrap();
     assert_eq!(id, "instance-1");
 
-    let strict = AuroraPool::connect(&url_with(
+    let strict = support::connect(
         &cluster,
-        &format!(
-            "cluster_id={}&failover_mode=strict_reader&failover_timeout_ms=500",
-            unique_cluster_id("fallback-off")
-        ),
-    ))
-    .await
-    .expect("connect");
+        "fallback-off",
+        "failover_mode=strict_reader&failover_timeout_ms=500",
+    )
+    .await;
     // A strict reader checkout waits for a reader up to failover_timeout, then gives up.
     let err = strict
         .acquire(Role::Reader)

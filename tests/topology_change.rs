@@ -5,22 +5,19 @@ mod support;
 
 use std::time::Duration;
 
+use aurora_pool::Role;
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, Role};
-use support::{eventually, served_by, unique_cluster_id, url_with};
+use support::{eventually, served_by};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn writes_follow_the_writer_after_a_topology_change() {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = AuroraPool::connect(&url_with(
+    let pool = support::connect(
         &cluster,
-        &format!(
-            "cluster_id={}&cluster_topology_refresh_rate_ms=200",
-            unique_cluster_id("topology-change")
-        ),
-    ))
-    .await
-    .expect("connect");
+        "topology-change",
+        "cluster_topology_refresh_rate_ms=200",
+    )
+    .await;
     let before = pool.topology();
     assert_eq!(before.writer().id(), "instance-1");
     let kept_writer_handle = pool.writer();

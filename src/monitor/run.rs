@@ -240,13 +240,16 @@ impl Monitor {
 
     /// Publishes a topology read from the catalog, with the health probes' verdicts applied.
     fn publish(&mut self, topology: Topology) -> bool {
-        let down: BTreeSet<String> = self
-            .health
+        self.state.publish(topology.with_unavailable(&self.dead()))
+    }
+
+    /// The instances the probes declared dead.
+    fn dead(&self) -> BTreeSet<String> {
+        self.health
             .iter()
             .filter(|(_, h)| h.dead)
             .map(|(id, _)| id.clone())
-            .collect();
-        self.state.publish(topology.with_unavailable(&down))
+            .collect()
     }
 
     /// Re-publishes the current topology after a health change.
@@ -441,12 +444,7 @@ impl Monitor {
 
     /// Tells the probes how to run now.
     fn update_plan(&mut self) {
-        let dead: BTreeSet<String> = self
-            .health
-            .iter()
-            .filter(|(_, h)| h.dead)
-            .map(|(id, _)| id.clone())
-            .collect();
+        let dead = self.dead();
         // Probing at half the high rate puts the new writer's first answer within
         // `cluster_topology_high_refresh_rate / 2` of its promotion.
         let fast = self

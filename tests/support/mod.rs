@@ -98,3 +98,24 @@ pub async fn replicated(cluster: &LocalCluster, table: &str) {
         assert!(visible, "{table} never reached {id}");
     }
 }
+
+/// A pool on `cluster` under its own `cluster_id` (named after `test`), with `params`
+/// (`a=1&b=2`) appended to the cluster's URL.
+pub async fn connect(cluster: &LocalCluster, test: &str, params: &str) -> aurora_pool::AuroraPool {
+    let url = url_with(
+        cluster,
+        &format!("cluster_id={}&{params}", unique_cluster_id(test)),
+    );
+    aurora_pool::AuroraPool::connect(&url)
+        .await
+        .expect("connect")
+}
+
+/// Runs one statement on the writer, riding through failovers.
+pub async fn execute(pool: &aurora_pool::AuroraPool, sql: &'static str) {
+    pool.run(aurora_pool::Role::Writer, move |conn| {
+        Box::pin(async move { sqlx::query(sql).execute(conn).await.map(|_| ()) })
+    })
+    .await
+    .unwrap_or_else(|err| panic!("{sql}: {err}"));
+}
