@@ -5,5 +5,7 @@ cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
+# The core must build without the sqlx backend.
+cargo clippy --no-default-features --features testing -- -D warnings
 cargo test --all-features
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features

@@ -541,3 +541,29 @@ impl AdminConnection for SqlxAdmin {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: T) {}
+
+    /// Compiles only if the futures can be awaited in spawned tasks; never called.
+    #[allow(dead_code)]
+    fn futures_are_send(pool: &AuroraPool) {
+        assert_send(pool.acquire(Role::Writer));
+        assert_send(pool.close());
+        assert_send(pool.run(Role::Reader, |conn| {
+            Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await })
+        }));
+        assert_send(pool.transaction(|conn| {
+            Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await.map(|_| ()) })
+        }));
+    }
+
+    #[test]
+    fn pool_is_cheap_to_share() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<AuroraPool>();
+    }
+}
