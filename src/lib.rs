@@ -23,6 +23,8 @@ pub mod topology;
 
 #[cfg(feature = "testing")]
 pub mod testing;
+#[cfg(feature = "tower")]
+pub mod tower;
 
 pub use config::{Builder, Config, FailoverMode, PoolSizing};
 pub use error::{Error, ErrorClass, Result};

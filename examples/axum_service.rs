@@ -1,0 +1,128 @@
+//! A small axum service (create and list items) behind `AuroraLayer`.
+//!
+//! ```text
+//! cargo run --example axum_service --features axum,testing            # on a local cluster
+//! cargo run --example axum_service --features axum,testing -- "$DATABASE_URL"
+//! curl -s -c jar -b jar -X POST localhost:3000/items -H 'content-type: application/json' -d '{"name":"tea"}'
+//! curl -s -c jar -b jar localhost:3000/items
+//! ```
+//!
+//! `POST /items` writes through the writer and marks the client's session (a cookie), so its
+//! next `GET /items` within a second reads from the writer and sees the new item even if the
+//! replicas lag. Other reads go to the readers. During a failover, requests that hit it get
+//! `503 Service Unavailable` with `Retry-After: 1`, never a bare 500.
+
+use std::time::Duration;
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::tower::{AuroraLayer, Db};
+use aurora_pool::{AuroraPool, Role};
+use axum::http::StatusCode;
+use axum::routing::post;
+use axum::{Json, Router};
+use serde::{Deserialize, Serialize};
+
+/// A new item, as posted.
+#[derive(Debug, Deserialize)]
+pub struct NewItem {
+    /// The item's name.
+    pub name: String,
+}
+
+/// A stored item.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Item {
+    /// Its id.
+    pub id: i64,
+    /// Its name.
+    pub name: String,
+}
+
+/// The service's routes behind the layer.
+pub fn app(pool: AuroraPool) -> Router {
+    Router::new()
+        .route("/items", post(create).get(list))
+        .layer(AuroraLayer::new(pool).failover_to_503(Duration::from_secs(1)))
+}
+
+/// Creates the table the service uses.
+pub async fn prepare(pool: &AuroraPool) -> aurora_pool::Result<()> {
+    pool.run(Role::Writer, |conn| {
+        Box::pin(async move {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS items (id bigserial PRIMARY KEY, name text NOT NULL)",
+            )
+            .execute(conn)
+            .await
+            .map(|_| ())
+        })
+    })
+    .await
+}
+
+async fn create(
+    db: Db,
+    Json(item): Json<NewItem>,
+) -> Result<(StatusCode, Json<Item>), aurora_pool::Error> {
+    let id: i64 = sqlx::query_scalar("INSERT INTO items (name) VALUES ($1) RETURNING id")
+        .bind(&item.name)
+        .fetch_one(&db.writer())
+        .await
+        .map_err(|err| db.pool().classify(err))?;
+    Ok((
+        StatusCode::CREATED,
+        Json(Item {
+            id,
+            name: item.name,
+        }),
+    ))
+}
+
+async fn list(db: Db) -> Result<Json<Vec<Item>>, aurora_pool::Error> {
+    let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM items ORDER BY id")
+        .fetch_all(&db.reader())
+        .await
+        .map_err(|err| db.pool().classify(err))?;
+    Ok(Json(
+        rows.into_iter()
+            .map(|(id, name)| Item { id, name })
+            .collect(),
+    ))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "aurora_pool=info".into()),
+        )
+        .init();
+    let url = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("DATABASE_URL").ok());
+    // Keep the local cluster alive as long as the service.
+    let (pool, _cluster) = match url {
+        Some(url) => (AuroraPool::connect(&url).await?, None),
+        None => {
+            let cluster = LocalCluster::start(3).await?;
+            let pool =
+                AuroraPool::connect(&format!("{}&failover_timeout_ms=5000", cluster.url())).await?;
+            (pool, Some(cluster))
+        }
+    };
+    prepare(&pool).await?;
+    let port = std::env::var("PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000u16);
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port)).await?;
+    println!("listening on http://{}", listener.local_addr()?);
+    axum::serve(listener, app(pool.clone()))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    pool.close().await;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! What a request gets from the layer.
+
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use sqlx::PgPool;
+
+use crate::AuroraPool;
+use crate::topology::Role;
+
+/// The pool and the role the layer chose for a request; a request extension (and, with the
+/// `axum` feature, an extractor).
+///
+/// Use [`writer`](Db::writer) for writes, so that the layer can mark the session for
+/// read-your-writes, and [`reader`](Db::reader) for reads.
+#[derive(Clone)]
+pub struct Db {
+    pool: AuroraPool,
+    role: Role,
+    sticky: bool,
+    wrote: Arc<AtomicBool>,
+}
+
+impl Db {
+    pub(crate) fn new(pool: AuroraPool, role: Role, sticky: bool, wrote: Arc<AtomicBool>) -> Db {
+        Db {
+            pool,
+            role,
+            sticky,
+            wrote,
+        }
+    }
+
+    /// The pool.
+    pub fn pool(&self) -> &AuroraPool {
+        &self.pool
+    }
+
+    /// The role chosen for this request.
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Whether the role is the writer because the session wrote within the read-your-writes
+    /// window.
+    pub fn is_sticky(&self) -> bool {
+        self.sticky
+    }
+
+    /// The writer's pool; marks the session as having written.
+    pub fn writer(&self) -> PgPool {
+        self.mark_written();
+        self.pool.writer()
+    }
+
+    /// The pool for reads in this request: a reader, or the writer when the request's role
+    /// is the writer (a write request, or a session within its read-your-writes window).
+    pub fn reader(&self) -> PgPool {
+        match self.role {
+            Role::Writer => self.pool.writer(),
+            Role::Reader => self.pool.reader(),
+        }
+    }
+
+    /// Marks the session as having written, for writes made without [`Db::writer`] (for
+    /// example through [`AuroraPool::run`]).
+    pub fn mark_written(&self) {
+        self.wrote.store(true, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for Db {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Db")
+            .field("role", &self.role)
+            .field("sticky", &self.sticky)
+            .field("wrote", &self.wrote.load(Ordering::Relaxed))
+            .finish_non_exhaustive()
+    }
+}
+
+/// A response extension saying "this failed because of a database failover": with
+/// [`AuroraLayer::failover_to_503`](super::AuroraLayer::failover_to_503) the layer turns
+/// such a response into `503` with `Retry-After`. Insert it in your own error responses, or
+/// let [`Error`](crate::Error)'s `IntoResponse` (feature `axum`) do it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FailoverResponse;
+
+#[cfg(feature = "axum")]
+mod axum_impls {
+    use axum::extract::FromRequestParts;
+    use axum::response::{IntoResponse, Response};
+    use http::StatusCode;
+    use http::header::RETRY_AFTER;
+    use http::request::Parts;
+
+    use super::{Db, FailoverResponse};
+
+    impl<S: Send + Sync> FromRequestParts<S> for Db {
+        type Rejection = (StatusCode, &'static str);
+
+        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Db, Self::Rejection> {
+            parts.extensions.get::<Db>().cloned().ok_or((
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "aurora_pool::tower::AuroraLayer is not installed on this route",
+            ))
+        }
+    }
+
+    /// Failover errors ([`is_failover`](crate::Error::is_failover),
+    /// [`is_transaction_state_unknown`](crate::Error::is_transaction_state_unknown),
+    /// [`is_failover_failed`](crate::Error::is_failover_failed)) become `503` with
+    /// `Retry-After: 1` and the [`FailoverResponse`] marker; anything else a bare `500`
+    /// that reveals nothing about the database.
+    impl IntoResponse for crate::Error {
+        fn into_response(self) -> Response {
+            if self.is_failover()
+                || self.is_transaction_state_unknown()
+                || self.is_failover_failed()
+            {
+                let mut response = (
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    [(RETRY_AFTER, "1")],
+                    "the database is failing over; retry shortly",
+                )
+                    .into_response();
+                response.extensions_mut().insert(FailoverResponse);
+                response
+            } else {
+                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
+            }
+        }
+    }
+}

@@ -1,0 +1,190 @@
+//! The layer and its settings.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use http::header::{COOKIE, SET_COOKIE};
+use http::{HeaderMap, HeaderName, HeaderValue};
+use tower_layer::Layer;
+
+use super::policy::{RolePolicy, SafeMethodsRead, SharedPolicy};
+use super::service::AuroraService;
+use crate::AuroraPool;
+
+/// Where the layer keeps the read-your-writes mark of a client session.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SessionMarker {
+    /// A cookie (`HttpOnly`, `SameSite=Lax`, `Path=/`) with this name, for browsers.
+    Cookie(String),
+    /// A response header with this name; API clients echo it back on their next requests.
+    Header(HeaderName),
+}
+
+/// Read-your-writes: after a request that wrote, the same session reads from the writer for
+/// `window`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadYourWrites {
+    /// Where the mark lives (default: the cookie `aurora_pool_rw`).
+    pub marker: SessionMarker,
+    /// How long reads stick to the writer after a write (default 1 s).
+    pub window: Duration,
+}
+
+impl Default for ReadYourWrites {
+    fn default() -> Self {
+        ReadYourWrites {
+            marker: SessionMarker::Cookie("aurora_pool_rw".to_owned()),
+            window: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ReadYourWrites {
+    /// Whether the request's session wrote within the window. The mark holds the expiry
+    /// (Unix milliseconds); one further in the future than `window` is ignored, so a client
+    /// cannot pin itself to the writer.
+    pub(crate) fn is_sticky(&self, headers: &HeaderMap, now_ms: u64) -> bool {
+        let expiry = match &self.marker {
+            SessionMarker::Header(name) => headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.trim().parse().ok()),
+            SessionMarker::Cookie(name) => headers
+                .get_all(COOKIE)
+                .iter()
+                .filter_map(|v| v.to_str().ok())
+                .flat_map(|v| v.split(';'))
+                .filter_map(|pair| pair.trim().split_once('='))
+                .find(|(key, _)| key == name)
+                .and_then(|(_, value)| value.parse::<u64>().ok()),
+        };
+        expiry.is_some_and(|expiry| now_ms < expiry && expiry <= now_ms + window_ms(self.window))
+    }
+
+    /// Marks the response's session as having written now.
+    pub(crate) fn mark(&self, headers: &mut HeaderMap, now_ms: u64) {
+        let expiry = now_ms + window_ms(self.window);
+        let (name, value) = match &self.marker {
+            SessionMarker::Header(name) => (name.clone(), expiry.to_string()),
+            SessionMarker::Cookie(name) => (
+                SET_COOKIE,
+                format!(
+                    "{name}={expiry}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
+                    self.window.as_secs().max(1)
+                ),
+            ),
+        };
+        if let Ok(value) = HeaderValue::from_str(&value) {
+            headers.append(name, value);
+        }
+    }
+}
+
+fn window_ms(window: Duration) -> u64 {
+    u64::try_from(window.as_millis()).unwrap_or(u64::MAX)
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Gives every request a [`Db`](super::Db) with the pool and a role; see the
+/// [module docs](super).
+#[derive(Debug, Clone)]
+pub struct AuroraLayer {
+    pub(crate) pool: AuroraPool,
+    pub(crate) policy: SharedPolicy,
+    pub(crate) read_your_writes: Option<ReadYourWrites>,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl AuroraLayer {
+    /// A layer with the default policy ([`SafeMethodsRead`]), read-your-writes on (a 1 s
+    /// cookie) and no failover mapping.
+    pub fn new(pool: AuroraPool) -> AuroraLayer {
+        AuroraLayer {
+            pool,
+            policy: SharedPolicy(Arc::new(SafeMethodsRead)),
+            read_your_writes: Some(ReadYourWrites::default()),
+            retry_after: None,
+        }
+    }
+
+    /// Chooses roles with `policy`: a [`Role`](crate::Role) for a fixed role (one route),
+    /// or a closure over method, URI and headers.
+    pub fn role_policy(mut self, policy: impl RolePolicy) -> AuroraLayer {
+        self.policy = SharedPolicy(Arc::new(policy));
+        self
+    }
+
+    /// Read-your-writes settings; `None` turns it off.
+    pub fn read_your_writes(mut self, setting: Option<ReadYourWrites>) -> AuroraLayer {
+        self.read_your_writes = setting;
+        self
+    }
+
+    /// Turns responses that carry a [`FailoverResponse`](super::FailoverResponse) extension
+    /// into `503 Service Unavailable` with `Retry-After` (whole seconds, at least 1).
+    pub fn failover_to_503(mut self, retry_after: Duration) -> AuroraLayer {
+        self.retry_after = Some(retry_after);
+        self
+    }
+}
+
+impl<S> Layer<S> for AuroraLayer {
+    type Service = AuroraService<S>;
+
+    fn layer(&self, inner: S) -> AuroraService<S> {
+        AuroraService::new(inner, self.clone())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_cookie_mark_round_trips_and_expires() {
+        let ryw = ReadYourWrites::default();
+        let mut response = HeaderMap::new();
+        ryw.mark(&mut response, 10_000);
+        let set_cookie = response.get(SET_COOKIE).unwrap().to_str().unwrap();
+        assert_eq!(
+            set_cookie,
+            "aurora_pool_rw=11000; Path=/; Max-Age=1; HttpOnly; SameSite=Lax"
+        );
+
+        let mut request = HeaderMap::new();
+        request.insert(
+            COOKIE,
+            HeaderValue::from_static("theme=dark; aurora_pool_rw=11000"),
+        );
+        assert!(ryw.is_sticky(&request, 10_500));
+        assert!(!ryw.is_sticky(&request, 11_000), "expired");
+        assert!(
+            !ryw.is_sticky(&request, 5_000),
+            "a mark beyond the window is ignored"
+        );
+        assert!(!ryw.is_sticky(&HeaderMap::new(), 10_500));
+    }
+
+    #[test]
+    fn the_header_mark_round_trips() {
+        let name = HeaderName::from_static("x-read-your-writes");
+        let ryw = ReadYourWrites {
+            marker: SessionMarker::Header(name.clone()),
+            window: Duration::from_millis(2500),
+        };
+        let mut response = HeaderMap::new();
+        ryw.mark(&mut response, 1_000);
+        assert_eq!(response.get(&name).unwrap(), "3500");
+        let mut request = HeaderMap::new();
+        request.insert(name, HeaderValue::from_static("3500"));
+        assert!(ryw.is_sticky(&request, 3_000));
+        assert!(!ryw.is_sticky(&request, 3_500));
+    }
+}
