@@ -12,7 +12,7 @@ use tokio::sync::{mpsc, watch};
 use super::MonitorState;
 use crate::connector::{AdminConnection, Purpose};
 use crate::endpoint::HostPort;
-use crate::error::Error;
+use crate::error::{Error, ErrorClass};
 use crate::topology::IS_READER;
 
 /// How the probes should run now; published by the monitor.
@@ -43,6 +43,8 @@ pub(super) enum ProbeOutcome {
     /// Not reachable. `definitive` when the host actively refused or closed the connection
     /// (a crash or restart), as opposed to a timeout (a silent failure).
     Unreachable { definitive: bool, error: String },
+    /// The instance answered but refused the login: a credentials problem, not a dead host.
+    LoginRejected { error: String },
 }
 
 /// What a probe task does next.
@@ -154,6 +156,12 @@ async fn probe_once(
                 .and_then(|v| v.as_deref());
             ProbeOutcome::Reachable {
                 writer: matches!(in_recovery, Some("f" | "false")),
+            }
+        }
+        Ok(Err(err)) if err.class() == ErrorClass::Login => {
+            *connection = None;
+            ProbeOutcome::LoginRejected {
+                error: err.to_string(),
             }
         }
         Ok(Err(err)) => {

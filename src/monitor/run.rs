@@ -11,7 +11,7 @@ use super::probe::{self, ProbeOutcome, ProbePlan, ProbeReport};
 use super::{HIGH_RATE_WINDOW, MonitorState, Registration};
 use crate::connector::{AdminConnection, Purpose};
 use crate::endpoint::HostPort;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 use crate::topology::{Instance, Topology, confirm_writer, query_topology};
 
 /// Probe reports waiting for the monitor; probes wait when it is full.
@@ -79,6 +79,8 @@ struct Health {
     dead: bool,
     /// The role the last successful probe saw.
     writer: Option<bool>,
+    /// The last probe's login was refused.
+    login_rejected: bool,
 }
 
 struct Probe {
@@ -191,7 +193,11 @@ impl Monitor {
             }
             Err(err) => {
                 self.failures += 1;
-                if err.is_connect() || err.is_timeout() || err.is_topology() {
+                // A refused login is a credentials problem: the instances are fine, and a
+                // failover would not help.
+                let lost =
+                    err.class() == ErrorClass::Network || err.is_timeout() || err.is_topology();
+                if lost && err.class() != ErrorClass::Login {
                     self.enter_panic(&format!("topology refresh failed: {err}"));
                 } else {
                     tracing::warn!(
@@ -223,7 +229,8 @@ impl Monitor {
         {
             Ok(Ok(topology)) => Ok(topology),
             Ok(Err(err)) => {
-                if err.is_connect() {
+                // A broken connection, or a server shutting it down (57P01-57P03).
+                if err.class() == ErrorClass::Network {
                     self.monitoring = None;
                 }
                 Err(err)
@@ -269,6 +276,7 @@ impl Monitor {
         match report.outcome {
             ProbeOutcome::Reachable { writer } => {
                 health.failing_since = None;
+                health.login_rejected = false;
                 health.writer = Some(writer);
                 if health.dead {
                     health.dead = false;
@@ -287,6 +295,21 @@ impl Monitor {
                     } else if !writer && is_writer {
                         panic_reason = Some(format!("writer {} is read-only now", report.instance));
                     }
+                }
+            }
+            ProbeOutcome::LoginRejected { error } => {
+                // Alive, but the credentials are wrong (or rotating): not a reason to
+                // declare the instance dead, and no role is known.
+                health.writer = None;
+                health.failing_since = None;
+                if !std::mem::replace(&mut health.login_rejected, true) {
+                    tracing::error!(
+                        target: "aurora_pool",
+                        cluster_id = %self.state.cluster_id,
+                        instance = %report.instance,
+                        error = %error,
+                        "health probe login rejected: check the pool's credentials"
+                    );
                 }
             }
             ProbeOutcome::Unreachable { definitive, error } => {

@@ -1,0 +1,66 @@
+//! A refused login is a credentials problem, not a dead instance: health probes that cannot
+//! log in declare nothing down and start no failover.
+
+mod support;
+
+use std::time::Duration;
+
+use aurora_pool::ClusterEvent;
+use aurora_pool::testing::LocalCluster;
+use support::{AGGRESSIVE, drain_events, eventually};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn probes_that_cannot_log_in_declare_nothing_down() {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = support::connect(&cluster, "login-rejected", AGGRESSIVE).await;
+    let mut events = pool.events();
+    let probes = format!(
+        "aurora-pool-probe:{}",
+        support::unique_cluster_id("login-rejected")
+    );
+    let connected = eventually(Duration::from_secs(10), || async {
+        support::connections_named(&cluster, "instance-1", &probes).await == 1
+    })
+    .await;
+    assert!(connected, "the probes never connected");
+
+    // The password changes under the pool, and the probes have to log in again.
+    let user = cluster.user().to_owned();
+    cluster
+        .psql(
+            "instance-1",
+            "postgres",
+            &format!("ALTER ROLE \"{user}\" PASSWORD 'rotated-elsewhere'"),
+        )
+        .await
+        .expect("alter role");
+    cluster
+        .psql(
+            "instance-1",
+            "postgres",
+            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{probes}'"),
+        )
+        .await
+        .expect("terminate probes");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+
+    let topology = pool.topology();
+    assert!(
+        topology.instances().iter().all(|i| i.is_available()),
+        "{topology}"
+    );
+    assert_eq!(topology.writer().id(), "instance-1");
+    let seen = drain_events(&mut events);
+    assert!(
+        !seen.iter().any(|e| matches!(
+            e,
+            ClusterEvent::InstanceDown { .. } | ClusterEvent::WriterChanged { .. }
+        )),
+        "{seen:?}"
+    );
+    // The probes are still trying (and failing) to log in.
+    assert_eq!(
+        support::connections_named(&cluster, "instance-1", &probes).await,
+        0
+    );
+}
