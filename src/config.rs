@@ -266,6 +266,12 @@ impl Config {
             if config.apply_parameter(&key, &value)? {
                 continue;
             }
+            // A password given as a parameter travels like the URL's own: never in the URL
+            // that is kept (and shown by `Debug`).
+            if key == "password" {
+                config.password = Some(Password(value));
+                continue;
+            }
             if DRIVER_PARAMETERS.contains(&key.as_str())
                 || (key.starts_with("options[") && key.ends_with(']'))
             {
@@ -852,6 +858,14 @@ mod tests {
         let debug = format!("{c:?}");
         assert!(!debug.contains("s3cr"), "{debug}");
         assert!(debug.contains("<redacted>"));
+        let c = Config::from_url("postgres://app@h/db?password=p%40ram&sslmode=require").unwrap();
+        assert_eq!(c.password(), Some("p@ram"));
+        let debug = format!("{c:?}");
+        assert!(
+            !debug.contains("p@ram") && !debug.contains("p%40ram"),
+            "{debug}"
+        );
+        assert!(!c.driver_url().as_str().contains("ram"));
         let b = Builder::new().url(RDS).password("hunter2");
         assert!(!format!("{b:?}").contains("s3cr"));
         let c = b.build().unwrap();
