@@ -501,6 +501,50 @@ fn free_ports(n: usize) -> Result<Vec<u16>, TestingError> {
         .map_err(|e| TestingError::new(format!("picking a free port: {e}")))
 }
 
+/// Removes clusters left behind by processes that died without dropping them (a test run
+/// killed by a signal): their postmasters are killed and their directories removed. A
+/// cluster directory is named after its owner's pid; only clusters whose owner is gone are
+/// touched, and only processes that run `postgres` on their data directory are killed.
+fn sweep_orphans() {
+    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(owner) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("aurora-pool-"))
+            .and_then(|rest| rest.split('-').next())
+            .and_then(|pid| pid.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if owner == std::process::id() || process_alive(owner) {
+            continue;
+        }
+        let root = entry.path();
+        for data_dir in fs::read_dir(&root)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|d| d.path())
+        {
+            let Some(pid) = postmaster_pid(&data_dir) else {
+                continue;
+            };
+            let runs_this_dir = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
+                String::from_utf8_lossy(&cmdline).contains(&*data_dir.to_string_lossy())
+            });
+            if runs_this_dir && process_alive(pid) {
+                kill_pid(pid);
+            }
+        }
+        if fs::remove_dir_all(&root).is_ok() {
+            tracing::info!(target: TARGET, dir = %root.display(), owner, "removed a local cluster left behind by a dead process");
+        }
+    }
+}
+
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -599,6 +643,7 @@ impl Inner {
             .collect();
         let proxies = Proxies::start(&upstreams, &ids[0])?;
 
+        sweep_orphans();
         let root = std::env::temp_dir().join(format!("aurora-pool-{}", unique_suffix()));
         fs::create_dir(&root)
             .map_err(|e| TestingError::new(format!("creating {}: {e}", root.display())))?;
