@@ -15,6 +15,8 @@ mod connector;
 pub use connector::BoxFuture;
 pub mod endpoint;
 mod error;
+#[cfg(feature = "iam")]
+pub mod iam;
 mod monitor;
 mod pool;
 mod retry;
