@@ -54,6 +54,7 @@ const PREFILL_JITTER: Duration = Duration::from_millis(100);
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// A pool to one instance in one role.
+#[derive(Clone)]
 pub(crate) struct Slot<P> {
     pub(crate) instance: Arc<Instance>,
     pub(crate) pool: P,
@@ -217,11 +218,11 @@ impl<B: Backend> PoolCore<B> {
 
     /// A reachable reader's pool chosen by the strategy; `None` when there is none.
     pub(crate) fn reader(&self) -> Option<B::Pool> {
-        self.pick_reader().map(|slot| slot.pool)
+        let table = self.routing.load();
+        self.pick_reader(&table).map(|slot| slot.pool.clone())
     }
 
-    fn pick_reader(&self) -> Option<Slot<B::Pool>> {
-        let table = self.routing.load();
+    fn pick_reader<'t>(&self, table: &'t RoutingTable<B::Pool>) -> Option<&'t Slot<B::Pool>> {
         if table.readers.is_empty() {
             return None;
         }
@@ -229,11 +230,7 @@ impl<B: Backend> PoolCore<B> {
             let (size, idle) = B::size_and_idle(&table.readers[i].pool);
             size.saturating_sub(idle) as usize
         });
-        let slot = &table.readers[index];
-        Some(Slot {
-            instance: slot.instance.clone(),
-            pool: slot.pool.clone(),
-        })
+        table.readers.get(index)
     }
 
     /// The pool for `role` right now, falling back from reader to writer when the
@@ -246,18 +243,14 @@ impl<B: Backend> PoolCore<B> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
         }
-        let writer = || {
-            let table = self.routing.load();
-            Slot {
-                instance: table.writer.instance.clone(),
-                pool: table.writer.pool.clone(),
-            }
-        };
+        let table = self.routing.load();
         match role {
-            Role::Writer => Ok(writer()),
-            Role::Reader => match self.pick_reader() {
-                Some(slot) => Ok(slot),
-                None if self.config.failover_mode.reads_may_use_writer() => Ok(writer()),
+            Role::Writer => Ok(table.writer.clone()),
+            Role::Reader => match self.pick_reader(&table) {
+                Some(slot) => Ok(slot.clone()),
+                None if self.config.failover_mode.reads_may_use_writer() => {
+                    Ok(table.writer.clone())
+                }
                 None => Err(Error::no_reader(format!(
                     "cluster `{}` has no reachable reader and failover_mode is strict_reader",
                     self.config.cluster_id

@@ -389,10 +389,7 @@ fn options_for(base: &PgConnectOptions, address: &HostPort) -> PgConnectOptions 
 /// Wraps a sqlx error: server errors keep their SQLSTATE, broken connections and I/O are
 /// connect errors, pool timeouts are timeouts.
 pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
-    let sqlstate = err
-        .as_database_error()
-        .and_then(|db| db.code())
-        .map(|c| c.into_owned());
+    let sqlstate = sqlstate_of(&err);
     let wrapped = match &err {
         sqlx::Error::Database(_) => Error::driver(format!("{context} failed")),
         sqlx::Error::PoolTimedOut => Error::timeout(format!("{context} timed out")),
@@ -404,6 +401,13 @@ pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
         _ => Error::driver(format!("{context} failed")),
     };
     wrapped.with_sqlstate(sqlstate).with_source(err)
+}
+
+/// The SQLSTATE of a server error.
+fn sqlstate_of(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
 }
 
 pub(crate) struct SqlxBackend {
@@ -488,15 +492,9 @@ impl Connector for SqlxConnector {
                 .await
             {
                 Ok(Ok(conn)) => Ok(Box::new(SqlxAdmin(conn)) as Box<dyn AdminConnection>),
-                Ok(Err(err)) => {
-                    let sqlstate = err
-                        .as_database_error()
-                        .and_then(|db| db.code())
-                        .map(|c| c.into_owned());
-                    Err(Error::connect(format!("{context} failed"))
-                        .with_sqlstate(sqlstate)
-                        .with_source(err))
-                }
+                Ok(Err(err)) => Err(Error::connect(format!("{context} failed"))
+                    .with_sqlstate(sqlstate_of(&err))
+                    .with_source(err)),
                 Err(_) => Err(Error::timeout(format!(
                     "{context} took longer than connect_timeout ({:?})",
                     self.connect_timeout
