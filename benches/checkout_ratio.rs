@@ -6,56 +6,16 @@
 //!
 //! `cargo bench --bench checkout_ratio --features testing`
 
-use std::future::Future;
-use std::pin::Pin;
+mod support;
+
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
-use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, Role};
+use aurora_pool::Role;
 use sqlx::PgPool;
-use sqlx::postgres::PgPoolOptions;
+use support::{Op, run, via_pool, warm};
 
-const MAX_CONNECTIONS: u32 = 64;
 const ROUNDS: usize = 15;
 const OPS_PER_ROUND: u64 = 2_000;
-
-/// One checkout + `SELECT 1` + release.
-type Op = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
-
-/// `ops` operations spread over `tasks` tasks.
-async fn run(op: &Op, tasks: usize, ops: u64) -> Duration {
-    let per_task = ops.div_ceil(tasks as u64);
-    let start = Instant::now();
-    let handles: Vec<_> = (0..tasks)
-        .map(|_| {
-            let op = op.clone();
-            tokio::spawn(async move {
-                for _ in 0..per_task {
-                    op().await;
-                }
-            })
-        })
-        .collect();
-    for handle in handles {
-        handle.await.expect("task");
-    }
-    start.elapsed()
-}
-
-/// Through a `PgPool` handle, as an application uses `.writer()` / `.reader()`.
-fn via_pool(pool: impl Fn() -> PgPool + Send + Sync + 'static) -> Op {
-    Arc::new(move || {
-        let pool = pool();
-        Box::pin(async move {
-            let mut conn = pool.acquire().await.expect("checkout");
-            sqlx::query("SELECT 1")
-                .execute(&mut *conn)
-                .await
-                .expect("SELECT 1");
-        })
-    })
-}
 
 fn quantile(sorted: &[f64], q: f64) -> f64 {
     sorted[((sorted.len() - 1) as f64 * q).round() as usize]
@@ -69,32 +29,8 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async {
-        let cluster = LocalCluster::start(2).await.expect("cluster");
-        // Straight to the servers (no proxy hop), the same addresses for both sides.
-        let direct_url = |id: &str| {
-            let addr = cluster.direct_addr(id).expect("instance");
-            format!("postgres://{}:{}@{addr}/{}", cluster.user(), cluster.password(), cluster.database())
-        };
-        let endpoints: String =
-            url::form_urlencoded::byte_serialize(cluster.direct_endpoints_param().as_bytes()).collect();
-        let aurora = AuroraPool::connect(&format!(
-            "{}?instance_endpoints={endpoints}&cluster_id=bench-ratio\
-             &writer_max_connections={MAX_CONNECTIONS}&reader_max_connections={MAX_CONNECTIONS}",
-            direct_url("instance-1")
-        ))
-        .await
-        .expect("aurora pool");
-        let raw = |id: &str| {
-            let url = direct_url(id);
-            async move {
-                PgPoolOptions::new()
-                    .max_connections(MAX_CONNECTIONS)
-                    .connect(&url)
-                    .await
-                    .expect("raw pool")
-            }
-        };
-        let (raw_writer, raw_reader) = (raw("instance-1").await, raw("instance-2").await);
+        let bench = support::setup("bench-ratio").await;
+        let (aurora, raw_writer, raw_reader) = (bench.aurora.clone(), bench.raw_writer.clone(), bench.raw_reader.clone());
 
         println!("| AuroraPool path | tasks | raw PgPool µs/op | AuroraPool µs/op | ratio (median) | ratio p25-p75 |");
         println!("|---|---|---|---|---|---|");
@@ -133,8 +69,8 @@ fn main() {
             let raw_op = via_pool(move || raw_pool.clone());
             for tasks in [1usize, 64] {
                 // Warm up both: every connection open before measuring.
-                run(&raw_op, MAX_CONNECTIONS as usize, 500).await;
-                run(&aurora_op, MAX_CONNECTIONS as usize, 500).await;
+                warm(&raw_op).await;
+                warm(&aurora_op).await;
                 let (mut ratios, mut raw_us, mut aurora_us) = (Vec::new(), Vec::new(), Vec::new());
                 for round in 0..ROUNDS {
                     // Alternate which side goes first.
@@ -162,9 +98,6 @@ fn main() {
                 );
             }
         }
-        aurora.close().await;
-        raw_writer.close().await;
-        raw_reader.close().await;
-        drop(cluster);
+        bench.close().await;
     });
 }

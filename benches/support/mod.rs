@@ -1,0 +1,117 @@
+//! What the checkout benchmarks share: a local cluster with an `AuroraPool` and raw
+//! `PgPool`s on the same instances, and a runner that spreads checkouts over tasks.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aurora_pool::AuroraPool;
+use aurora_pool::testing::LocalCluster;
+use sqlx::PgPool;
+use sqlx::postgres::PgPoolOptions;
+
+/// Pool size on both sides.
+pub const MAX_CONNECTIONS: u32 = 64;
+
+/// One checkout + `SELECT 1` + release.
+pub type Op = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
+
+/// The pools under comparison.
+pub struct Bench {
+    /// Keeps the servers up as long as the pools.
+    pub cluster: LocalCluster,
+    pub aurora: AuroraPool,
+    pub raw_writer: PgPool,
+    pub raw_reader: PgPool,
+}
+
+/// A 2-instance cluster; every pool connects straight to the servers (no proxy hop), the
+/// same addresses for both sides.
+pub async fn setup(cluster_id: &str) -> Bench {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let direct_url = |id: &str| {
+        let addr = cluster.direct_addr(id).expect("instance");
+        format!(
+            "postgres://{}:{}@{addr}/{}",
+            cluster.user(),
+            cluster.password(),
+            cluster.database()
+        )
+    };
+    let endpoints: String =
+        url::form_urlencoded::byte_serialize(cluster.direct_endpoints_param().as_bytes()).collect();
+    let aurora = AuroraPool::connect(&format!(
+        "{}?instance_endpoints={endpoints}&cluster_id={cluster_id}\
+         &writer_max_connections={MAX_CONNECTIONS}&reader_max_connections={MAX_CONNECTIONS}",
+        direct_url("instance-1")
+    ))
+    .await
+    .expect("aurora pool");
+    let raw = |id: &str| {
+        let url = direct_url(id);
+        async move {
+            PgPoolOptions::new()
+                .max_connections(MAX_CONNECTIONS)
+                .connect(&url)
+                .await
+                .expect("raw pool")
+        }
+    };
+    let (raw_writer, raw_reader) = (raw("instance-1").await, raw("instance-2").await);
+    Bench {
+        cluster,
+        aurora,
+        raw_writer,
+        raw_reader,
+    }
+}
+
+impl Bench {
+    pub async fn close(self) {
+        self.aurora.close().await;
+        self.raw_writer.close().await;
+        self.raw_reader.close().await;
+    }
+}
+
+/// Through a `PgPool` handle taken per checkout, as an application calls `.writer()` /
+/// `.reader()` per unit of work.
+pub fn via_pool(pool: impl Fn() -> PgPool + Send + Sync + 'static) -> Op {
+    Arc::new(move || {
+        let pool = pool();
+        Box::pin(async move {
+            let mut conn = pool.acquire().await.expect("checkout");
+            sqlx::query("SELECT 1")
+                .execute(&mut *conn)
+                .await
+                .expect("SELECT 1");
+        })
+    })
+}
+
+/// `ops` operations spread over `tasks` tasks.
+pub async fn run(op: &Op, tasks: usize, ops: u64) -> Duration {
+    let per_task = ops.div_ceil(tasks as u64);
+    let start = Instant::now();
+    let handles: Vec<_> = (0..tasks)
+        .map(|_| {
+            let op = op.clone();
+            tokio::spawn(async move {
+                for _ in 0..per_task {
+                    op().await;
+                }
+            })
+        })
+        .collect();
+    for handle in handles {
+        handle.await.expect("task");
+    }
+    start.elapsed()
+}
+
+/// Opens every connection up front so that no measurement pays for a connect.
+pub async fn warm(op: &Op) {
+    run(op, MAX_CONNECTIONS as usize, u64::from(MAX_CONNECTIONS) * 4).await;
+}
