@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
 
+use crate::auth::CredentialProvider;
 use crate::endpoint::{Endpoint, HostPattern, HostPort};
 use crate::error::{Error, Result};
 use crate::select::ReaderSelection;
@@ -103,6 +105,103 @@ impl FailoverMode {
     }
 }
 
+/// How connections log in (`auth`).
+///
+/// Chosen in the URL with `auth=password` (the default), `auth=iam` or
+/// `auth=secrets_manager` (implied by `secrets_manager_secret_id`), with the settings named
+/// in the README; or in code with [`Builder::auth`] and [`Builder::credential_provider`].
+#[derive(Clone)]
+#[non_exhaustive]
+pub enum Auth {
+    /// The URL's password (or none, for `trust` logins).
+    Password,
+    /// RDS IAM database authentication tokens, signed locally per instance (feature `iam`).
+    /// TLS is required: `sslmode` defaults to `require`, and `disable`, `allow` or `prefer`
+    /// are refused.
+    #[cfg(feature = "iam")]
+    Iam(crate::iam::IamSettings),
+    /// User name and password from an AWS Secrets Manager secret (feature
+    /// `secrets-manager`).
+    #[cfg(feature = "secrets-manager")]
+    SecretsManager(crate::secrets_manager::SecretsManagerSettings),
+    /// A provider of your own.
+    Provider(Arc<dyn CredentialProvider>),
+}
+
+impl fmt::Debug for Auth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Auth::Password => f.write_str("Password"),
+            #[cfg(feature = "iam")]
+            Auth::Iam(settings) => f.debug_tuple("Iam").field(settings).finish(),
+            #[cfg(feature = "secrets-manager")]
+            Auth::SecretsManager(settings) => {
+                f.debug_tuple("SecretsManager").field(settings).finish()
+            }
+            Auth::Provider(provider) => f.debug_tuple("Provider").field(provider).finish(),
+        }
+    }
+}
+
+impl Auth {
+    /// Reads `auth` and the `iam_*` and `secrets_manager_*` parameters.
+    fn from_parameters(params: &[(String, String)]) -> Result<Auth> {
+        let mode = params.iter().rev().find(|(k, _)| k == "auth").map(|(_, v)| v.as_str());
+        let has = |prefix: &str| params.iter().find(|(k, _)| k.starts_with(prefix));
+        let mode = match mode {
+            Some(mode) => mode,
+            None if has("secrets_manager_").is_some() => "secrets_manager",
+            None => "password",
+        };
+        let foreign = match mode {
+            "password" => has("iam_").or_else(|| has("secrets_manager_")),
+            "iam" => has("secrets_manager_"),
+            "secrets_manager" | "secrets-manager" => has("iam_"),
+            other => {
+                return Err(Error::config(
+                    "auth",
+                    format!("unknown mode `{other}`; expected password, iam or secrets_manager"),
+                ));
+            }
+        };
+        if let Some((key, _)) = foreign {
+            return Err(Error::config(
+                key,
+                format!("is set but `auth` is `{mode}`; set auth to the mode it belongs to"),
+            ));
+        }
+        let own: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "auth").cloned().collect();
+        match mode {
+            "password" => Ok(Auth::Password),
+            #[cfg(feature = "iam")]
+            "iam" => Ok(Auth::Iam(crate::iam::IamSettings::from_parameters(&own)?)),
+            #[cfg(feature = "secrets-manager")]
+            "secrets_manager" | "secrets-manager" => Ok(Auth::SecretsManager(
+                crate::secrets_manager::SecretsManagerSettings::from_parameters(&own)?,
+            )),
+            other => {
+                let _ = own;
+                Err(Error::config(
+                    "auth",
+                    format!(
+                        "`{other}` needs the crate feature `{}`",
+                        if other == "iam" { "iam" } else { "secrets-manager" }
+                    ),
+                ))
+            }
+        }
+    }
+
+    /// Whether logins need TLS.
+    fn requires_tls(&self) -> bool {
+        #[cfg(feature = "iam")]
+        if matches!(self, Auth::Iam(_)) {
+            return true;
+        }
+        false
+    }
+}
+
 /// Sizes of the connection pools of one role.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolSizing {
@@ -183,6 +282,8 @@ pub struct Config {
     /// Bound on opening one connection for discovery and monitoring (`connect_timeout`, in
     /// seconds as in libpq, default 10).
     pub connect_timeout: Duration,
+    /// How connections log in (`auth`, default the URL's password). See [`Auth`].
+    pub auth: Auth,
     /// The URL with only the driver's own parameters left (it holds the password).
     driver_url: Url,
     password: Option<Password>,
@@ -256,14 +357,20 @@ impl Config {
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
             connect_timeout: Duration::from_secs(10),
+            auth: Auth::Password,
             driver_url: parsed.clone(),
             password,
         };
 
         let mut driver_pairs = Vec::new();
+        let mut auth_pairs = Vec::new();
         for (key, value) in parsed.query_pairs() {
             let (key, value) = (key.into_owned(), value.into_owned());
             if config.apply_parameter(&key, &value)? {
+                continue;
+            }
+            if key == "auth" || key.starts_with("iam_") || key.starts_with("secrets_manager_") {
+                auth_pairs.push((key, value));
                 continue;
             }
             // A password given as a parameter travels like the URL's own: never in the URL
@@ -298,6 +405,7 @@ impl Config {
             parsed.query_pairs_mut().clear().extend_pairs(driver_pairs);
         }
         config.driver_url = parsed;
+        config.auth = Auth::from_parameters(&auth_pairs)?;
         config.validate()?;
         Ok(config)
     }
@@ -418,6 +526,26 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err(Error::config("connect_timeout", "must be greater than 0"));
         }
+        if self.auth.requires_tls()
+            && let Some(mode @ ("disable" | "allow" | "prefer")) = self.ssl_mode()
+        {
+            return Err(Error::config(
+                "sslmode",
+                format!(
+                    "`{mode}` may send the IAM token without TLS, and RDS accepts IAM logins only over TLS; use require, verify-ca or verify-full"
+                ),
+            ));
+        }
+        #[cfg(feature = "iam")]
+        if let Auth::Iam(settings) = &self.auth {
+            settings.validate(&self.host)?;
+        }
+        if self.password.is_some() && !matches!(self.auth, Auth::Password) {
+            return Err(Error::config(
+                "password",
+                "a password is given but `auth` takes credentials from elsewhere; remove the password",
+            ));
+        }
         if let Some((id, _)) = self.instance_endpoints.iter().find(|(id, _)| id.is_empty()) {
             return Err(Error::config(
                 "instance_endpoints",
@@ -444,6 +572,21 @@ impl Config {
     /// The URL holding only the driver's own parameters, without password.
     pub(crate) fn driver_url(&self) -> &Url {
         &self.driver_url
+    }
+
+    /// The `sslmode` given in the URL, if any.
+    pub(crate) fn ssl_mode(&self) -> Option<&str> {
+        let mode = self
+            .driver_url
+            .query_pairs()
+            .find(|(k, _)| k == "sslmode" || k == "ssl-mode")?
+            .1;
+        SSL_MODES.iter().copied().find(|m| *m == mode)
+    }
+
+    /// Whether the connections must use TLS even when the URL says nothing (IAM logins).
+    pub(crate) fn requires_tls(&self) -> bool {
+        self.auth.requires_tls()
     }
 
     /// The URL's own address.
@@ -511,6 +654,7 @@ impl fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("connect_timeout", &self.connect_timeout)
+            .field("auth", &self.auth)
             .finish()
     }
 }
@@ -671,6 +815,17 @@ impl Builder {
         connect_timeout: Duration => |c, v| c.connect_timeout = v;
         /// The password, instead of the one in the URL.
         password: impl Into<String> + Send + 'static => |c, v| c.set_password(v);
+        /// See [`Config::auth`].
+        auth: Auth => |c, v| c.auth = v;
+    }
+
+    /// Takes credentials for every new connection from `provider` ([`Auth::Provider`]).
+    pub fn credential_provider(self, provider: impl CredentialProvider) -> Self {
+        let provider: Arc<dyn CredentialProvider> = Arc::new(provider);
+        self.with(move |c| {
+            c.auth = Auth::Provider(provider);
+            Ok(())
+        })
     }
 
     /// See [`Config::cluster_instance_host_pattern`]; checked when the builder is built.
@@ -916,5 +1071,62 @@ mod tests {
         let err = c.addressing().address("instance-1").unwrap_err();
         assert_eq!(err.parameter(), Some("cluster_instance_host_pattern"));
         assert!(err.to_string().contains("instance_endpoints"), "{err}");
+    }
+
+    #[test]
+    fn auth_modes_and_their_parameters() {
+        let c = Config::from_url(RDS).unwrap();
+        assert!(matches!(c.auth, Auth::Password));
+        for (query, parameter) in [
+            ("auth=kerberos", "auth"),
+            ("iam_region=us-east-1", "iam_region"),
+            ("auth=password&secrets_manager_secret_id=x", "secrets_manager_secret_id"),
+        ] {
+            let err = Config::from_url(&format!("postgres://app@h.cluster-x.us-east-1.rds.amazonaws.com/db?{query}"))
+                .unwrap_err();
+            assert_eq!(err.parameter(), Some(parameter), "{query}: {err}");
+        }
+    }
+
+    #[cfg(feature = "iam")]
+    #[test]
+    fn iam_parameters() {
+        let host = "postgres://app@db.cluster-abc.eu-west-1.rds.amazonaws.com/app";
+        let c = Config::from_url(&format!(
+            "{host}?auth=iam&iam_host=db.example.com&iam_default_port=6432&iam_expiration_s=600"
+        ))
+        .unwrap();
+        let Auth::Iam(settings) = &c.auth else {
+            panic!("{:?}", c.auth)
+        };
+        assert_eq!(settings.host.as_deref(), Some("db.example.com"));
+        assert_eq!(settings.default_port, Some(6432));
+        assert_eq!(settings.expiration, Duration::from_secs(600));
+        assert!(c.requires_tls());
+        assert_eq!(c.ssl_mode(), None, "require is added when connecting");
+
+        for (query, parameter) in [
+            ("auth=iam&iam_expiration_s=901", "iam_expiration_s"),
+            ("auth=iam&iam_default_port=x", "iam_default_port"),
+            ("auth=iam&iam_token_name=x", "iam_token_name"),
+            ("auth=iam&sslmode=disable", "sslmode"),
+            ("auth=iam&password=secret", "password"),
+        ] {
+            let err = Config::from_url(&format!("{host}?{query}")).unwrap_err();
+            assert_eq!(err.parameter(), Some(parameter), "{query}: {err}");
+            assert!(!err.to_string().contains("secret"), "{err}");
+        }
+        // An IP address names no region.
+        let err = Config::from_url("postgres://app@10.0.0.5/app?auth=iam").unwrap_err();
+        assert_eq!(err.parameter(), Some("iam_region"), "{err}");
+        Config::from_url("postgres://app@10.0.0.5/app?auth=iam&iam_region=us-east-1").unwrap();
+    }
+
+    #[cfg(not(feature = "iam"))]
+    #[test]
+    fn iam_needs_its_feature() {
+        let err = Config::from_url(&format!("{RDS}?auth=iam")).unwrap_err();
+        assert_eq!(err.parameter(), Some("auth"));
+        assert!(err.to_string().contains("feature `iam`"), "{err}");
     }
 }

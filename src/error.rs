@@ -49,6 +49,9 @@ enum Kind {
     FailoverFailed,
     /// Any other error reported by the database driver.
     Driver,
+    /// A credential provider could not supply credentials (AWS unreachable, a secret
+    /// without the expected keys, ...).
+    Credentials,
 }
 
 /// What kind of failure a driver error reports, from its SQLSTATE or I/O error.
@@ -137,6 +140,13 @@ impl Error {
         Self::new(Kind::Driver, message)
     }
 
+    /// An error for a [`CredentialProvider`](crate::auth::CredentialProvider) of your own
+    /// that cannot supply credentials; [`Error::is_credentials`] holds for it. The message
+    /// must not contain secret values.
+    pub fn credentials(message: impl Into<String>) -> Self {
+        Self::new(Kind::Credentials, message)
+    }
+
     pub(crate) fn failover(message: impl Into<String>) -> Self {
         Self::new(Kind::Failover, message)
     }
@@ -160,8 +170,9 @@ impl Error {
         self
     }
 
-    /// Attaches the underlying cause.
-    pub(crate) fn with_source(mut self, source: impl Into<BoxError>) -> Self {
+    /// Attaches the underlying cause, reported by `source()`. Its `Display` is shown after
+    /// the message, so it must not contain secret values either.
+    pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.0.source = Some(source.into());
         self
     }
@@ -256,6 +267,17 @@ impl Error {
             }
             _ => ErrorClass::Other,
         }
+    }
+
+    /// A credential provider failed to supply credentials (see [`Error::credentials`]).
+    pub fn is_credentials(&self) -> bool {
+        self.0.kind == Kind::Credentials
+    }
+
+    /// The server refused the login (SQLSTATE 28P01, 28000 or 08004): a wrong or expired
+    /// password or token, or a user without the right to connect.
+    pub fn is_login_rejected(&self) -> bool {
+        self.class() == ErrorClass::Login
     }
 
     /// Any other error reported by the database driver; see [`Error::sqlstate`] and `source()`.

@@ -10,6 +10,7 @@
     allow(dead_code, rustdoc::broken_intra_doc_links)
 )]
 
+pub mod auth;
 pub mod config;
 mod connector;
 pub use connector::BoxFuture;
@@ -21,6 +22,8 @@ mod monitor;
 mod pool;
 mod retry;
 mod select;
+#[cfg(feature = "secrets-manager")]
+pub mod secrets_manager;
 pub mod topology;
 
 #[cfg(feature = "testing")]
@@ -28,7 +31,7 @@ pub mod testing;
 #[cfg(feature = "tower")]
 pub mod tower;
 
-pub use config::{Builder, Config, FailoverMode, PoolSizing};
+pub use config::{Auth, Builder, Config, FailoverMode, PoolSizing};
 pub use error::{Error, ErrorClass, Result};
 pub use monitor::ClusterEvent;
 #[cfg(feature = "sqlx")]

@@ -1,6 +1,7 @@
 //! The driver-independent pool machinery: discovery, the routing table and the reconciler
 //! that keeps it in line with the published topology.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
@@ -10,7 +11,9 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
+use super::login::{self, SlotLogin};
 use super::status::{InstanceStatus, PoolStatus};
+use crate::auth::{CredentialProvider, Credentials, LoginFailure};
 use crate::config::{Config, PoolSizing};
 use crate::connector::{BoxFuture, Connector, Purpose};
 use crate::error::{Error, Result};
@@ -23,8 +26,13 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The driver's pool handle (cheap to clone).
     type Pool: Clone + Send + Sync + 'static;
 
-    /// Creates a pool to `instance` that opens connections lazily.
-    fn open(&self, instance: &Instance, sizing: PoolSizing) -> Self::Pool;
+    /// Creates a pool to `instance` that opens connections lazily, logging in with
+    /// `credentials`.
+    fn open(&self, instance: &Instance, sizing: PoolSizing, credentials: &Credentials)
+    -> Self::Pool;
+
+    /// Makes the pool's future connections log in with `credentials`; open connections stay.
+    fn set_credentials(&self, pool: &Self::Pool, instance: &Instance, credentials: &Credentials);
 
     /// Closes a pool: idle connections at once, checked-out ones when they are returned.
     fn close(pool: Self::Pool) -> BoxFuture<'static, ()>;
@@ -58,6 +66,7 @@ const RETRY_PAUSE: Duration = Duration::from_millis(50);
 pub(crate) struct Slot<P> {
     pub(crate) instance: Arc<Instance>,
     pub(crate) pool: P,
+    pub(crate) login: Arc<SlotLogin>,
 }
 
 /// Which pool serves which role; swapped atomically, read without locks at checkout.
@@ -68,22 +77,43 @@ pub(crate) struct RoutingTable<P> {
 }
 
 impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
+    /// The instances of `topology` that need a new pool: those not already in `previous`
+    /// with the same role and address.
+    fn new_placements<'t>(
+        previous: Option<&RoutingTable<P>>,
+        topology: &'t Topology,
+    ) -> Vec<&'t Instance> {
+        let routed = std::iter::once(topology.writer())
+            .chain(topology.readers().filter(|r| r.is_available()));
+        routed
+            .filter(|instance| {
+                previous.is_none_or(|t| !t.slots().any(|s| s.instance.same_placement(instance)))
+            })
+            .collect()
+    }
+
     /// Builds the table for `topology`, reusing the pools of `previous` whose instance keeps
-    /// its role and address. Returns the pools no longer used.
+    /// its role and address; new pools log in with the `fresh` credentials fetched for their
+    /// instance id. Returns the pools no longer used.
     fn build<B: Backend<Pool = P>>(
         previous: Option<&RoutingTable<P>>,
         topology: &Arc<Topology>,
         backend: &B,
         config: &Config,
+        mut fresh: HashMap<String, Credentials>,
     ) -> (RoutingTable<P>, Vec<P>) {
         let mut old: Vec<&Slot<P>> = previous
             .map(|t| std::iter::once(&t.writer).chain(&t.readers).collect())
             .unwrap_or_default();
         let mut take = |instance: &Instance, sizing: PoolSizing| -> Slot<P> {
-            let pool = match old.iter().position(|s| s.instance.same_placement(instance)) {
-                Some(i) => old.swap_remove(i).pool.clone(),
+            let (pool, login) = match old.iter().position(|s| s.instance.same_placement(instance)) {
+                Some(i) => {
+                    let slot = old.swap_remove(i);
+                    (slot.pool.clone(), slot.login.clone())
+                }
                 None => {
-                    let pool = backend.open(instance, sizing);
+                    let login = SlotLogin::new(fresh.remove(instance.id()));
+                    let pool = backend.open(instance, sizing, &login.current());
                     if sizing.min_connections > 0 {
                         tokio::spawn(prefill::<B>(
                             pool.clone(),
@@ -91,12 +121,13 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                             instance.id().to_owned(),
                         ));
                     }
-                    pool
+                    (pool, Arc::new(login))
                 }
             };
             Slot {
                 instance: Arc::new(instance.clone()),
                 pool,
+                login,
             }
         };
         let writer = take(topology.writer(), config.writer);
@@ -132,7 +163,12 @@ pub(crate) struct PoolCore<B: Backend> {
     cluster: ArcSwapOption<ClusterHandle>,
     /// Keeps this pool's credentials available to the shared monitor.
     _registration: Arc<Registration>,
+    provider: Arc<dyn CredentialProvider>,
     reconciler: JoinHandle<()>,
+    renewer: JoinHandle<()>,
+    /// When a refused login last made every pool renew its credentials (ms since start).
+    last_forced_renewal: std::sync::atomic::AtomicU64,
+    started: Instant,
     /// The topology version the routing table follows; checkouts wait on it.
     routing_version: watch::Sender<u64>,
     closed: AtomicBool,
@@ -145,6 +181,7 @@ impl<B: Backend> PoolCore<B> {
         config: Config,
         backend: B,
         connector: Arc<dyn Connector>,
+        provider: Arc<dyn CredentialProvider>,
     ) -> Result<Arc<Self>> {
         config.validate()?;
         let started = Instant::now();
@@ -185,7 +222,13 @@ impl<B: Backend> PoolCore<B> {
         )?;
         let mut updates = cluster.subscribe();
         let topology = updates.borrow_and_update().clone();
-        let (table, _) = RoutingTable::build(None, &topology, &backend, &config);
+        let fresh = fetch_credentials(
+            &provider,
+            &config,
+            RoutingTable::<B::Pool>::new_placements(None, &topology),
+        )
+        .await;
+        let (table, _) = RoutingTable::build(None, &topology, &backend, &config, fresh);
         let core = Arc::new_cyclic(|weak: &Weak<Self>| PoolCore {
             selector: Selector::new(config.reader_host_selector_strategy),
             routing: ArcSwap::from_pointee(table),
@@ -193,6 +236,10 @@ impl<B: Backend> PoolCore<B> {
             cluster: ArcSwapOption::from(Some(cluster)),
             _registration: registration,
             reconciler: tokio::spawn(reconcile_on_updates(weak.clone(), updates)),
+            renewer: tokio::spawn(renew_credentials(weak.clone())),
+            provider,
+            last_forced_renewal: std::sync::atomic::AtomicU64::new(0),
+            started: Instant::now(),
             routing_version: watch::channel(topology.version()).0,
             closed: AtomicBool::new(false),
             config,
@@ -267,6 +314,7 @@ impl<B: Backend> PoolCore<B> {
         let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
         let mut routing = self.routing_version.subscribe();
         let mut last_error: Option<Error> = None;
+        let mut login_retried = false;
         loop {
             if self.is_closed() {
                 return Err(Error::closed());
@@ -305,6 +353,9 @@ impl<B: Backend> PoolCore<B> {
                 continue;
             };
             drop(cluster);
+            if slot.login.is_due(Instant::now()) {
+                self.renew(&slot).await;
+            }
             let acquire = B::acquire(&slot.pool);
             tokio::pin!(acquire);
             // One timer: first the slow-checkout nudge, then the failover deadline.
@@ -331,6 +382,13 @@ impl<B: Backend> PoolCore<B> {
                 Some(Ok(connection)) => return Ok((connection, slot.instance)),
                 // Retired by a routing change that may not have reached us yet.
                 Some(Err(err)) if err.is_closed() => last_error = Some(err),
+                Some(Err(err)) if err.is_login_rejected() && !login_retried => {
+                    login_retried = true;
+                    if !self.renew_rejected(&slot).await {
+                        return Err(err);
+                    }
+                    last_error = Some(err);
+                }
                 Some(Err(err)) if err.class().triggers_failover() => {
                     self.request_refresh();
                     last_error = Some(err);
@@ -371,6 +429,80 @@ impl<B: Backend> PoolCore<B> {
         if topology.wait_for(lost).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Fetches new credentials for `slot`'s pool (its current ones are due).
+    async fn renew(&self, slot: &Slot<B::Pool>) {
+        let target = login::target(&slot.instance, self.config.user());
+        match login::fetch(self.provider.as_ref(), &target, self.config.connect_timeout).await {
+            Ok(credentials) => {
+                self.backend
+                    .set_credentials(&slot.pool, &slot.instance, &credentials);
+                slot.login.store(credentials);
+            }
+            Err(err) => {
+                slot.login.retry_soon();
+                tracing::warn!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    instance = slot.instance.id(),
+                    error = %err,
+                    "renewing credentials failed; new connections keep the current ones"
+                );
+            }
+        }
+    }
+
+    /// A login with `slot`'s credentials was refused: asks the provider for new ones.
+    /// Returns whether it gave some.
+    async fn renew_rejected(&self, slot: &Slot<B::Pool>) -> bool {
+        let target = login::target(&slot.instance, self.config.user());
+        let rejected = slot.login.current();
+        let failure = LoginFailure::new(&target, &rejected, 1, Duration::ZERO);
+        let renewed = tokio::time::timeout(
+            self.config.connect_timeout,
+            self.provider.login_rejected(failure),
+        )
+        .await;
+        match renewed {
+            Ok(Ok(Some(credentials))) => {
+                self.backend
+                    .set_credentials(&slot.pool, &slot.instance, &credentials);
+                slot.login.store(credentials);
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(err)) => {
+                tracing::warn!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    instance = slot.instance.id(),
+                    error = %err,
+                    "renewing refused credentials failed"
+                );
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A login was refused on a connection the caller took from one of the pools: every
+    /// pool asks for new credentials (at most once a second).
+    pub(crate) fn login_rejected_somewhere(self: &Arc<Self>) {
+        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let last = self.last_forced_renewal.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < 1000 {
+            return;
+        }
+        self.last_forced_renewal.store(now.max(1), Ordering::Relaxed);
+        let core = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Some(core) = core.upgrade() else { return };
+            let table = core.routing.load_full();
+            for slot in table.slots() {
+                core.renew_rejected(slot).await;
+            }
+        });
     }
 
     /// Asks the cluster monitor to re-read the topology now.
@@ -418,8 +550,9 @@ impl<B: Backend> PoolCore<B> {
         }
     }
 
-    /// Applies a new topology: new pools for new placements, old ones closed.
-    fn reconcile(&self, topology: &Arc<Topology>) {
+    /// Applies a new topology: new pools for new placements (with credentials fetched
+    /// first), old ones closed.
+    async fn reconcile(&self, topology: &Arc<Topology>) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -427,8 +560,22 @@ impl<B: Backend> PoolCore<B> {
         if previous.topology.version() >= topology.version() {
             return;
         }
-        let (table, retired) =
-            RoutingTable::build(Some(&previous), topology, &self.backend, &self.config);
+        let fresh = fetch_credentials(
+            &self.provider,
+            &self.config,
+            RoutingTable::new_placements(Some(&previous), topology),
+        )
+        .await;
+        if self.closed.load(Ordering::Acquire) {
+            return;
+        }
+        let (table, retired) = RoutingTable::build(
+            Some(&previous),
+            topology,
+            &self.backend,
+            &self.config,
+            fresh,
+        );
         self.routing.store(Arc::new(table));
         self.routing_version.send_replace(topology.version());
         tracing::info!(
@@ -453,6 +600,7 @@ impl<B: Backend> PoolCore<B> {
     pub(crate) fn close(&self) -> impl Future<Output = ()> + Send + 'static {
         self.closed.store(true, Ordering::Release);
         self.reconciler.abort();
+        self.renewer.abort();
         let table = self.routing.load_full();
         let cluster = self.cluster.swap(None);
         let cluster_id = self.config.cluster_id.clone();
@@ -469,6 +617,7 @@ impl<B: Backend> PoolCore<B> {
 impl<B: Backend> Drop for PoolCore<B> {
     fn drop(&mut self) {
         self.reconciler.abort();
+        self.renewer.abort();
     }
 }
 
@@ -479,7 +628,76 @@ async fn reconcile_on_updates<B: Backend>(
     while updates.changed().await.is_ok() {
         let topology = updates.borrow_and_update().clone();
         let Some(core) = core.upgrade() else { break };
-        core.reconcile(&topology);
+        core.reconcile(&topology).await;
+    }
+}
+
+/// Fetches credentials for each of `instances` at once, each bounded by the connect timeout.
+/// An instance whose fetch fails is left out: its pool opens with none and renews them soon.
+async fn fetch_credentials(
+    provider: &Arc<dyn CredentialProvider>,
+    config: &Config,
+    instances: Vec<&Instance>,
+) -> HashMap<String, Credentials> {
+    let mut fetches = tokio::task::JoinSet::new();
+    for instance in instances {
+        let target = login::target(instance, config.user());
+        let (provider, id, timeout) = (
+            provider.clone(),
+            instance.id().to_owned(),
+            config.connect_timeout,
+        );
+        fetches.spawn(async move { (id, login::fetch(provider.as_ref(), &target, timeout).await) });
+    }
+    let mut fresh = HashMap::new();
+    while let Some(joined) = fetches.join_next().await {
+        let Ok((id, result)) = joined else { continue };
+        match result {
+            Ok(credentials) => {
+                fresh.insert(id, credentials);
+            }
+            Err(err) => tracing::warn!(
+                target: "aurora_pool",
+                cluster_id = %config.cluster_id,
+                instance = id,
+                error = %err,
+                "no credentials for a new instance pool; retrying shortly"
+            ),
+        }
+    }
+    fresh
+}
+
+/// Renews each pool's credentials when they are due, for as long as the pool lives.
+async fn renew_credentials<B: Backend>(core: Weak<PoolCore<B>>) {
+    loop {
+        let (due, mut routing) = {
+            let Some(core) = core.upgrade() else { return };
+            let table = core.routing.load_full();
+            let due = table.slots().filter_map(|s| s.login.renew_at()).min();
+            (due, core.routing_version.subscribe())
+        };
+        let wake = async {
+            match due {
+                Some(at) => tokio::time::sleep_until(at.into()).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wake => {}
+            changed = routing.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                continue;
+            }
+        }
+        let Some(core) = core.upgrade() else { return };
+        let table = core.routing.load_full();
+        let now = Instant::now();
+        for slot in table.slots().filter(|s| s.login.is_due(now)) {
+            core.renew(slot).await;
+        }
     }
 }
 

@@ -1,6 +1,7 @@
 //! The pool: routing by role over per-instance pools of a driver backend.
 
 pub(crate) mod core;
+mod login;
 #[cfg(feature = "sqlx")]
 mod sqlx;
 mod status;

@@ -8,10 +8,12 @@ use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, ValueRef};
 
 use super::core::{Backend, PoolCore};
+use super::login;
+use crate::auth::{self, ConnectTarget, CredentialProvider, Credentials};
 use super::status::PoolStatus;
 use crate::config::{Builder, Config, PoolSizing};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
@@ -60,11 +62,15 @@ impl AuroraPool {
 
     /// Connects with a prepared [`Config`].
     pub async fn connect_with(config: Config) -> Result<AuroraPool> {
+        config.validate()?;
         let base = base_options(&config)?;
+        let provider = auth::provider_for(&config).await?;
         let connector = Arc::new(SqlxConnector {
             base: base.clone(),
             cluster_id: config.cluster_id.clone(),
             connect_timeout: config.connect_timeout,
+            provider: provider.clone(),
+            user: config.user().to_owned(),
         });
         let backend = SqlxBackend {
             base,
@@ -72,7 +78,7 @@ impl AuroraPool {
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
         };
-        let core = PoolCore::start(config, backend, connector).await?;
+        let core = PoolCore::start(config, backend, connector, provider).await?;
         Ok(AuroraPool { core })
     }
 
@@ -312,6 +318,9 @@ impl AuroraPool {
     pub fn classify(&self, err: sqlx::Error) -> Error {
         let retired_pool = matches!(err, sqlx::Error::PoolClosed) && !self.is_closed();
         let err = from_sqlx(err, "the statement");
+        if err.is_login_rejected() {
+            self.core.login_rejected_somewhere();
+        }
         if retired_pool || err.class().triggers_failover() {
             self.core.request_refresh();
             return err.into_failover();
@@ -371,19 +380,30 @@ impl Builder {
 }
 
 /// The connect options every connection starts from: the driver part of the URL parsed by
-/// sqlx itself, plus the password.
+/// sqlx itself. Credentials come from the provider.
 fn base_options(config: &Config) -> Result<PgConnectOptions> {
     let options = PgConnectOptions::from_str(config.driver_url().as_str()).map_err(|err| {
         Error::config("url", "sqlx rejected the connection parameters").with_source(err)
     })?;
-    Ok(match config.password() {
-        Some(password) => options.password(password),
-        None => options,
+    Ok(match config.ssl_mode() {
+        None if config.requires_tls() => options.ssl_mode(PgSslMode::Require),
+        _ => options,
     })
 }
 
-fn options_for(base: &PgConnectOptions, address: &HostPort) -> PgConnectOptions {
-    base.clone().host(&address.host).port(address.port)
+fn options_for(
+    base: &PgConnectOptions,
+    address: &HostPort,
+    credentials: &Credentials,
+) -> PgConnectOptions {
+    let mut options = base.clone().host(&address.host).port(address.port);
+    if let Some(user) = credentials.user() {
+        options = options.username(user);
+    }
+    if let Some(password) = credentials.password() {
+        options = options.password(password);
+    }
+    options
 }
 
 /// Wraps a sqlx error: server errors keep their SQLSTATE, broken connections and I/O are
@@ -420,7 +440,7 @@ pub(crate) struct SqlxBackend {
 impl Backend for SqlxBackend {
     type Pool = PgPool;
 
-    fn open(&self, instance: &Instance, sizing: PoolSizing) -> PgPool {
+    fn open(&self, instance: &Instance, sizing: PoolSizing, credentials: &Credentials) -> PgPool {
         tracing::debug!(
             target: "aurora_pool",
             instance = instance.id(),
@@ -434,7 +454,11 @@ impl Backend for SqlxBackend {
             .acquire_timeout(self.acquire_timeout)
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime)
-            .connect_lazy_with(options_for(&self.base, instance.address()))
+            .connect_lazy_with(options_for(&self.base, instance.address(), credentials))
+    }
+
+    fn set_credentials(&self, pool: &PgPool, instance: &Instance, credentials: &Credentials) {
+        pool.set_connect_options(options_for(&self.base, instance.address(), credentials));
     }
 
     fn close(pool: PgPool) -> BoxFuture<'static, ()> {
@@ -473,6 +497,8 @@ struct SqlxConnector {
     base: PgConnectOptions,
     cluster_id: String,
     connect_timeout: Duration,
+    provider: Arc<dyn CredentialProvider>,
+    user: String,
 }
 
 impl Connector for SqlxConnector {
@@ -482,24 +508,30 @@ impl Connector for SqlxConnector {
         purpose: Purpose,
     ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>> {
         Box::pin(async move {
-            // The crate's own queries are not the user's: keep them out of sqlx's statement log.
-            let options = options_for(&self.base, address)
-                .application_name(&purpose.application_name(&self.cluster_id))
-                .log_statements(tracing::log::LevelFilter::Off)
-                .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
-            let context = format!("connecting to {address}");
-            match tokio::time::timeout(self.connect_timeout, PgConnection::connect_with(&options))
+            let target = ConnectTarget::new(address.host.clone(), address.port, &self.user);
+            let application_name = purpose.application_name(&self.cluster_id);
+            let connect = |credentials: Arc<Credentials>| -> BoxFuture<'static, Result<_>> {
+                // The crate's own queries are not the user's: keep them out of sqlx's
+                // statement log.
+                let options = options_for(&self.base, address, &credentials)
+                    .application_name(&application_name)
+                    .log_statements(tracing::log::LevelFilter::Off)
+                    .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
+                let (address, timeout) = (address.clone(), self.connect_timeout);
+                Box::pin(async move {
+                    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+                        Ok(Ok(conn)) => Ok(Box::new(SqlxAdmin(conn)) as Box<dyn AdminConnection>),
+                        Ok(Err(err)) => Err(Error::connect(format!("connecting to {address} failed"))
+                            .with_sqlstate(sqlstate_of(&err))
+                            .with_source(err)),
+                        Err(_) => Err(Error::timeout(format!(
+                            "connecting to {address} took longer than connect_timeout ({timeout:?})"
+                        ))),
+                    }
+                })
+            };
+            login::connect_with_login(self.provider.as_ref(), &target, self.connect_timeout, connect)
                 .await
-            {
-                Ok(Ok(conn)) => Ok(Box::new(SqlxAdmin(conn)) as Box<dyn AdminConnection>),
-                Ok(Err(err)) => Err(Error::connect(format!("{context} failed"))
-                    .with_sqlstate(sqlstate_of(&err))
-                    .with_source(err)),
-                Err(_) => Err(Error::timeout(format!(
-                    "{context} took longer than connect_timeout ({:?})",
-                    self.connect_timeout
-                ))),
-            }
         })
     }
 }

@@ -1,0 +1,153 @@
+//! Credentials per instance pool: fetched before a pool opens, renewed before they expire and
+//! after a refused login, by one supervised task per pool.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+
+use crate::auth::{
+    ConnectTarget, CredentialProvider, Credentials, LoginFailure, MAX_LOGIN_ATTEMPTS,
+};
+use crate::connector::BoxFuture;
+use crate::error::{Error, Result};
+use crate::topology::Instance;
+
+/// Credentials that cannot be fetched are asked for again after this long.
+pub(crate) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(2);
+
+/// Renewals never follow each other closer than this, whatever lifetime a provider reports.
+const MIN_LIFETIME: Duration = Duration::from_millis(100);
+
+/// `renew_at` of credentials that never expire.
+const NEVER: u64 = u64::MAX;
+
+/// The moment `renew_at` counts from.
+fn epoch() -> Instant {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn millis_since_epoch(at: Instant) -> u64 {
+    u64::try_from(at.saturating_duration_since(epoch()).as_millis()).unwrap_or(NEVER - 1)
+}
+
+/// The credentials an instance pool connects with.
+pub(crate) struct SlotLogin {
+    current: ArcSwap<Credentials>,
+    /// Milliseconds since [`epoch`] at which to renew; [`NEVER`] for lasting credentials.
+    renew_at: AtomicU64,
+}
+
+impl SlotLogin {
+    /// Credentials just fetched (or `None` when fetching failed: renew soon).
+    pub(crate) fn new(fetched: Option<Credentials>) -> SlotLogin {
+        let login = SlotLogin {
+            current: ArcSwap::from_pointee(Credentials::none()),
+            renew_at: AtomicU64::new(0),
+        };
+        match fetched {
+            Some(credentials) => login.store(credentials),
+            None => login.retry_soon(),
+        }
+        login
+    }
+
+    pub(crate) fn current(&self) -> Arc<Credentials> {
+        self.current.load_full()
+    }
+
+    /// Keeps credentials that later connects of this pool reuse, so a refusal of them is a
+    /// refusal of cached credentials.
+    pub(crate) fn store(&self, credentials: Credentials) {
+        let renew_at = match credentials.lifetime() {
+            Some(lifetime) => millis_since_epoch(Instant::now() + lifetime.max(MIN_LIFETIME)),
+            None => NEVER,
+        };
+        self.current.store(Arc::new(credentials.from_cache(true)));
+        self.renew_at.store(renew_at, Ordering::Release);
+    }
+
+    pub(crate) fn retry_soon(&self) {
+        self.renew_at.store(
+            millis_since_epoch(Instant::now() + RETRY_AFTER_FAILURE),
+            Ordering::Release,
+        );
+    }
+
+    /// When the credentials must be renewed; `None` for never.
+    pub(crate) fn renew_at(&self) -> Option<Instant> {
+        match self.renew_at.load(Ordering::Acquire) {
+            NEVER => None,
+            ms => Some(epoch() + Duration::from_millis(ms)),
+        }
+    }
+
+    pub(crate) fn is_due(&self, now: Instant) -> bool {
+        self.renew_at().is_some_and(|at| at <= now)
+    }
+}
+
+/// Where `instance` is connected to, as providers see it.
+pub(crate) fn target(instance: &Instance, user: &str) -> ConnectTarget {
+    let address = instance.address();
+    ConnectTarget::new(address.host.clone(), address.port, user)
+}
+
+/// Asks `provider` for credentials, bounded by `timeout`.
+pub(crate) async fn fetch(
+    provider: &dyn CredentialProvider,
+    target: &ConnectTarget,
+    timeout: Duration,
+) -> Result<Credentials> {
+    tokio::time::timeout(timeout, provider.credentials(target))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::credentials(format!(
+                "the credential provider gave no credentials for {}:{} within {timeout:?}",
+                target.host, target.port
+            )))
+        })
+}
+
+/// Opens a connection with credentials from `provider`, renewing them when the login is
+/// refused for as long as the provider offers new ones (at most
+/// [`MAX_LOGIN_ATTEMPTS`] logins).
+pub(crate) async fn connect_with_login<C>(
+    provider: &dyn CredentialProvider,
+    target: &ConnectTarget,
+    timeout: Duration,
+    mut connect: impl FnMut(Arc<Credentials>) -> BoxFuture<'static, Result<C>>,
+) -> Result<C> {
+    let started = Instant::now();
+    let mut credentials = Arc::new(fetch(provider, target, timeout).await?);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let err = match connect(credentials.clone()).await {
+            Ok(connection) => return Ok(connection),
+            Err(err) if err.is_login_rejected() && attempt < MAX_LOGIN_ATTEMPTS => err,
+            Err(err) => return Err(err),
+        };
+        let failure = LoginFailure {
+            target,
+            rejected: &credentials,
+            attempt,
+            elapsed: started.elapsed(),
+        };
+        match provider.login_rejected(failure).await? {
+            Some(renewed) => {
+                tracing::info!(
+                    target: "aurora_pool",
+                    host = %target.host,
+                    port = target.port,
+                    attempt,
+                    "login refused; retrying with renewed credentials"
+                );
+                credentials = Arc::new(renewed);
+            }
+            None => return Err(err),
+        }
+    }
+}

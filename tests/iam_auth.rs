@@ -1,0 +1,255 @@
+//! `auth=iam` end to end on a local cluster with TLS. PostgreSQL cannot check an IAM token,
+//! but with `iam_host`, `iam_default_port` and a clock the test controls the token is known in
+//! advance, so the test makes it the role's password: a login succeeds only with exactly the
+//! token AWS would accept at that moment.
+
+mod support;
+
+use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aurora_pool::iam::{IamSettings, generate_auth_token};
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{Auth, AuroraPool, Role};
+use aws_credential_types::Credentials;
+use aws_smithy_async::time::{SharedTimeSource, TimeSource};
+use support::{eventually, unique_cluster_id};
+
+/// Everything the crate and sqlx log, at trace level, for the whole test binary.
+fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_ansi(false)
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        logs
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Sink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// No token (every token carries a signature) and no AWS secret key in the logs.
+fn assert_logs_clean() {
+    let logs = captured_logs();
+    let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    assert!(logs.contains("IAM token generated"), "nothing was logged");
+    assert!(!logs.contains("X-Amz-Signature"), "a token reached the logs");
+    assert!(!logs.contains("aws-secret-key-never-shown"), "the AWS secret reached the logs");
+}
+
+const IAM_HOST: &str = "orders.cluster-abc123.us-east-1.rds.amazonaws.com";
+
+#[derive(Debug, Clone)]
+struct ManualClock(Arc<AtomicU64>);
+
+impl TimeSource for ManualClock {
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::SeqCst))
+    }
+}
+
+fn aws() -> Credentials {
+    Credentials::new("AKIDEXAMPLE", "aws-secret-key-never-shown", None, None, "test")
+}
+
+/// The token the pool must send at `clock`'s time.
+fn token_at(clock: &ManualClock, user: &str) -> String {
+    generate_auth_token(IAM_HOST, 5432, user, "us-east-1", &aws(), clock.now()).expect("token")
+}
+
+async fn set_password(cluster: &LocalCluster, password: &str) {
+    let sql = format!("ALTER ROLE \"{}\" PASSWORD '{password}'", cluster.user());
+    cluster
+        .psql(&cluster.writer_id(), "postgres", &sql)
+        .await
+        .expect("alter role");
+}
+
+/// A URL without a password; TLS verified against the cluster's CA.
+fn iam_url(cluster: &LocalCluster, test: &str, extra: &str) -> String {
+    let ca = cluster.ca_cert_path().expect("a TLS cluster");
+    format!(
+        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}&sslmode=verify-full&sslrootcert={}\
+         &writer_max_connections=1&failure_detection_time_ms=0&failure_detection_interval_ms=300{extra}",
+        cluster.user(),
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id(test),
+        ca.display(),
+    )
+}
+
+fn settings(clock: &ManualClock, expiration: Duration) -> IamSettings {
+    let mut settings = IamSettings::new().credentials(aws());
+    settings.host = Some(IAM_HOST.into());
+    settings.region = Some("us-east-1".into());
+    settings.default_port = Some(5432);
+    settings.expiration = expiration;
+    settings.time_source = SharedTimeSource::new(clock.clone());
+    settings
+}
+
+/// One query on a brand-new physical connection (`writer_max_connections=1` and the
+/// connection is closed after use, so every call logs in).
+async fn fresh_login(pool: &AuroraPool) -> aurora_pool::Result<()> {
+    let mut connection = pool.acquire(Role::Writer).await?;
+    sqlx::query("SELECT 1")
+        .execute(&mut *connection)
+        .await
+        .map_err(|err| pool.classify(err))?;
+    drop(connection.detach());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
+    captured_logs();
+    let cluster = LocalCluster::builder()
+        .instances(2)
+        .tls(true)
+        .start()
+        .await
+        .expect("cluster");
+    let clock = ManualClock(Arc::new(AtomicU64::new(1_795_317_600)));
+    let user = cluster.user().to_owned();
+    set_password(&cluster, &token_at(&clock, &user)).await;
+
+    // Tokens are reused for 2 s of the test's clock; the pool renews them on real time.
+    let pool = AuroraPool::builder()
+        .url(iam_url(&cluster, "iam-renewal", ""))
+        .auth(Auth::Iam(settings(&clock, Duration::from_secs(2))))
+        .connect()
+        .await
+        .expect("discovery and monitor log in with the token");
+    fresh_login(&pool).await.expect("writer login");
+    let on_reader: String = sqlx::query_scalar("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+        .fetch_one(&pool.reader())
+        .await
+        .expect("reader login");
+    assert_eq!(on_reader, "true", "IAM logins use TLS");
+    let kept = pool.acquire(Role::Writer).await.expect("a connection kept open");
+    drop(kept); // back to the pool, idle
+
+    // AWS moves on: the next token is the only one accepted now.
+    clock.0.fetch_add(60, Ordering::SeqCst);
+    set_password(&cluster, &token_at(&clock, &user)).await;
+    let renewed = eventually(Duration::from_secs(10), || async {
+        fresh_login(&pool).await.is_ok()
+    })
+    .await;
+    assert!(renewed, "new connections never logged in with the renewed token");
+
+    // The monitor reconnects with the current token too.
+    let monitor = format!("aurora-pool-monitor:{}", unique_cluster_id("iam-renewal"));
+    cluster
+        .psql(
+            &cluster.writer_id(),
+            "postgres",
+            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{monitor}'"),
+        )
+        .await
+        .expect("terminate the monitor");
+    let back = eventually(Duration::from_secs(10), || async {
+        support::connections_named(&cluster, &cluster.writer_id(), &monitor).await == 1
+    })
+    .await;
+    assert!(back, "the monitor did not log in again");
+    pool.close().await;
+    assert_logs_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_token_is_a_login_error_not_an_endless_retry() {
+    captured_logs();
+    let cluster = LocalCluster::builder()
+        .instances(1)
+        .tls(true)
+        .start()
+        .await
+        .expect("cluster");
+    let clock = ManualClock(Arc::new(AtomicU64::new(1_795_317_600)));
+    let user = cluster.user().to_owned();
+    set_password(&cluster, &token_at(&clock, &user)).await;
+    let iam = Arc::new(
+        aurora_pool::iam::IamAuth::new(settings(&clock, Duration::from_secs(870)), IAM_HOST)
+            .expect("provider"),
+    );
+    let pool = AuroraPool::builder()
+        .url(iam_url(&cluster, "iam-wrong", ""))
+        .credential_provider(iam.clone())
+        .connect()
+        .await
+        .expect("connect");
+    fresh_login(&pool).await.expect("login");
+
+    // The database stops accepting the token (a revoked grant, a wrong policy).
+    set_password(&cluster, "not-the-token").await;
+    let before = iam.tokens_generated();
+    let err = tokio::time::timeout(Duration::from_secs(30), fresh_login(&pool))
+        .await
+        .expect("the refused login was retried without end")
+        .expect_err("the login must fail");
+    assert!(err.is_login_rejected(), "{err}");
+    assert!(!err.is_failover(), "a refused login is not a failover: {err}");
+    assert!(
+        iam.tokens_generated() - before <= 1,
+        "the cached token was regenerated {} times",
+        iam.tokens_generated() - before
+    );
+    let shown = format!("{err} {err:?} {pool:?} {iam:?}");
+    assert!(!shown.contains("X-Amz-Signature"), "{shown}");
+    assert!(!shown.contains("aws-secret-key-never-shown"), "{shown}");
+    pool.close().await;
+    assert_logs_clean();
+}
+
+#[tokio::test]
+async fn iam_refuses_to_log_in_without_tls() {
+    let base = "postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app?auth=iam";
+    for mode in ["disable", "allow", "prefer"] {
+        let err = aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}"))
+            .expect_err(mode);
+        assert_eq!(err.parameter(), Some("sslmode"), "{err}");
+    }
+    for mode in ["require", "verify-ca", "verify-full"] {
+        aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}")).expect(mode);
+    }
+
+    // Without sslmode, IAM means `require`: a server without TLS is refused.
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    let clock = ManualClock(Arc::new(AtomicU64::new(1_795_317_600)));
+    let url = format!(
+        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}&connect_timeout=2",
+        cluster.user(),
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id("iam-no-tls"),
+    );
+    let err = AuroraPool::builder()
+        .url(url)
+        .auth(Auth::Iam(settings(&clock, Duration::from_secs(870))))
+        .connect()
+        .await
+        .expect_err("no TLS, no IAM login");
+    assert!(err.is_connect(), "{err:?}");
+    let cause = format!("{:?}", std::error::Error::source(&err));
+    assert!(cause.to_lowercase().contains("tls") || cause.to_lowercase().contains("ssl"), "{cause}");
+}
