@@ -263,9 +263,9 @@ pub(crate) async fn provider_for(config: &Config) -> Result<Arc<dyn CredentialPr
             config.host.clone(),
         )?),
         #[cfg(feature = "secrets-manager")]
-        Auth::SecretsManager(settings) => Arc::new(
-            crate::secrets_manager::SecretsManagerAuth::new(settings.clone()).await?,
-        ),
+        Auth::SecretsManager(settings) => {
+            Arc::new(crate::secrets_manager::SecretsManagerAuth::new(settings.clone()).await?)
+        }
         Auth::Provider(provider) => provider.clone(),
     })
 }

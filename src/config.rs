@@ -146,7 +146,11 @@ impl fmt::Debug for Auth {
 impl Auth {
     /// Reads `auth` and the `iam_*` and `secrets_manager_*` parameters.
     fn from_parameters(params: &[(String, String)]) -> Result<Auth> {
-        let mode = params.iter().rev().find(|(k, _)| k == "auth").map(|(_, v)| v.as_str());
+        let mode = params
+            .iter()
+            .rev()
+            .find(|(k, _)| k == "auth")
+            .map(|(_, v)| v.as_str());
         let has = |prefix: &str| params.iter().find(|(k, _)| k.starts_with(prefix));
         let mode = match mode {
             Some(mode) => mode,
@@ -170,7 +174,11 @@ impl Auth {
                 format!("is set but `auth` is `{mode}`; set auth to the mode it belongs to"),
             ));
         }
-        let own: Vec<(String, String)> = params.iter().filter(|(k, _)| k != "auth").cloned().collect();
+        let own: Vec<(String, String)> = params
+            .iter()
+            .filter(|(k, _)| k != "auth")
+            .cloned()
+            .collect();
         match mode {
             "password" => Ok(Auth::Password),
             #[cfg(feature = "iam")]
@@ -185,7 +193,11 @@ impl Auth {
                     "auth",
                     format!(
                         "`{other}` needs the crate feature `{}`",
-                        if other == "iam" { "iam" } else { "secrets-manager" }
+                        if other == "iam" {
+                            "iam"
+                        } else {
+                            "secrets-manager"
+                        }
                     ),
                 ))
             }
@@ -1080,10 +1092,15 @@ mod tests {
         for (query, parameter) in [
             ("auth=kerberos", "auth"),
             ("iam_region=us-east-1", "iam_region"),
-            ("auth=password&secrets_manager_secret_id=x", "secrets_manager_secret_id"),
+            (
+                "auth=password&secrets_manager_secret_id=x",
+                "secrets_manager_secret_id",
+            ),
         ] {
-            let err = Config::from_url(&format!("postgres://app@h.cluster-x.us-east-1.rds.amazonaws.com/db?{query}"))
-                .unwrap_err();
+            let err = Config::from_url(&format!(
+                "postgres://app@h.cluster-x.us-east-1.rds.amazonaws.com/db?{query}"
+            ))
+            .unwrap_err();
             assert_eq!(err.parameter(), Some(parameter), "{query}: {err}");
         }
     }

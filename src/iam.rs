@@ -15,13 +15,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use aws_smithy_async::time::SharedTimeSource;
-use tokio::sync::OnceCell;
 use aws_sigv4::http_request::{
     SignableBody, SignableRequest, SignatureLocation, SigningSettings, sign,
 };
 use aws_sigv4::sign::v4;
+use aws_smithy_async::time::SharedTimeSource;
 use aws_smithy_runtime_api::client::identity::Identity;
+use tokio::sync::OnceCell;
 
 use crate::auth::{ConnectTarget, CredentialProvider, Credentials, LoginFailure};
 use crate::connector::BoxFuture;
@@ -281,13 +281,21 @@ impl IamAuth {
     }
 
     fn key(&self, target: &ConnectTarget) -> Result<TokenKey> {
-        let host = self.settings.host.clone().unwrap_or_else(|| target.host.clone());
+        let host = self
+            .settings
+            .host
+            .clone()
+            .unwrap_or_else(|| target.host.clone());
         let region = self
             .settings
             .region
             .clone()
             .or_else(|| Endpoint::classify(&host).region().map(str::to_owned))
-            .or_else(|| Endpoint::classify(&self.url_host).region().map(str::to_owned))
+            .or_else(|| {
+                Endpoint::classify(&self.url_host)
+                    .region()
+                    .map(str::to_owned)
+            })
             .ok_or_else(|| {
                 Error::config(
                     "iam_region",

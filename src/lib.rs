@@ -21,9 +21,9 @@ pub mod iam;
 mod monitor;
 mod pool;
 mod retry;
-mod select;
 #[cfg(feature = "secrets-manager")]
 pub mod secrets_manager;
+mod select;
 pub mod topology;
 
 #[cfg(feature = "testing")]

@@ -5,13 +5,13 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex, OnceLock};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aurora_pool::iam::{IamSettings, generate_auth_token};
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{Auth, AuroraPool, Role};
+use aurora_pool::{AuroraPool, Auth, Role};
 use aws_credential_types::Credentials;
 use aws_smithy_async::time::{SharedTimeSource, TimeSource};
 use support::{eventually, unique_cluster_id};
@@ -49,8 +49,14 @@ fn assert_logs_clean() {
     let logs = captured_logs();
     let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
     assert!(logs.contains("IAM token generated"), "nothing was logged");
-    assert!(!logs.contains("X-Amz-Signature"), "a token reached the logs");
-    assert!(!logs.contains("aws-secret-key-never-shown"), "the AWS secret reached the logs");
+    assert!(
+        !logs.contains("X-Amz-Signature"),
+        "a token reached the logs"
+    );
+    assert!(
+        !logs.contains("aws-secret-key-never-shown"),
+        "the AWS secret reached the logs"
+    );
 }
 
 const IAM_HOST: &str = "orders.cluster-abc123.us-east-1.rds.amazonaws.com";
@@ -65,7 +71,13 @@ impl TimeSource for ManualClock {
 }
 
 fn aws() -> Credentials {
-    Credentials::new("AKIDEXAMPLE", "aws-secret-key-never-shown", None, None, "test")
+    Credentials::new(
+        "AKIDEXAMPLE",
+        "aws-secret-key-never-shown",
+        None,
+        None,
+        "test",
+    )
 }
 
 /// The token the pool must send at `clock`'s time.
@@ -86,7 +98,7 @@ fn iam_url(cluster: &LocalCluster, test: &str, extra: &str) -> String {
     let ca = cluster.ca_cert_path().expect("a TLS cluster");
     format!(
         "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}&sslmode=verify-full&sslrootcert={}\
-         &writer_max_connections=1&failure_detection_time_ms=0&failure_detection_interval_ms=300{extra}",
+         &writer_max_connections=1&failure_detection_time_ms=0&failure_detection_interval_ms=300&cluster_topology_refresh_rate_ms=500{extra}",
         cluster.user(),
         cluster.cluster_endpoint(),
         cluster.database(),
@@ -139,12 +151,16 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
         .await
         .expect("discovery and monitor log in with the token");
     fresh_login(&pool).await.expect("writer login");
-    let on_reader: String = sqlx::query_scalar("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-        .fetch_one(&pool.reader())
-        .await
-        .expect("reader login");
+    let on_reader: String =
+        sqlx::query_scalar("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&pool.reader())
+            .await
+            .expect("reader login");
     assert_eq!(on_reader, "true", "IAM logins use TLS");
-    let kept = pool.acquire(Role::Writer).await.expect("a connection kept open");
+    let kept = pool
+        .acquire(Role::Writer)
+        .await
+        .expect("a connection kept open");
     drop(kept); // back to the pool, idle
 
     // AWS moves on: the next token is the only one accepted now.
@@ -154,7 +170,10 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
         fresh_login(&pool).await.is_ok()
     })
     .await;
-    assert!(renewed, "new connections never logged in with the renewed token");
+    assert!(
+        renewed,
+        "new connections never logged in with the renewed token"
+    );
 
     // The monitor reconnects with the current token too.
     let monitor = format!("aurora-pool-monitor:{}", unique_cluster_id("iam-renewal"));
@@ -167,10 +186,25 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
         .await
         .expect("terminate the monitor");
     let back = eventually(Duration::from_secs(10), || async {
-        support::connections_named(&cluster, &cluster.writer_id(), &monitor).await == 1
+        let mut monitors = 0;
+        for id in cluster.instance_ids() {
+            monitors += support::connections_named(&cluster, &id, &monitor).await;
+        }
+        monitors == 1
     })
     .await;
-    assert!(back, "the monitor did not log in again");
+    if !back {
+        let logs = captured_logs();
+        let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+        let tail: Vec<&str> = logs
+            .lines()
+            .filter(|l| l.contains("aurora_pool") && !l.contains("aurora_pool::testing"))
+            .collect();
+        panic!(
+            "the monitor did not log in again:\n{}",
+            tail[tail.len().saturating_sub(40)..].join("\n")
+        );
+    }
     pool.close().await;
     assert_logs_clean();
 }
@@ -207,7 +241,10 @@ async fn a_wrong_token_is_a_login_error_not_an_endless_retry() {
         .expect("the refused login was retried without end")
         .expect_err("the login must fail");
     assert!(err.is_login_rejected(), "{err}");
-    assert!(!err.is_failover(), "a refused login is not a failover: {err}");
+    assert!(
+        !err.is_failover(),
+        "a refused login is not a failover: {err}"
+    );
     assert!(
         iam.tokens_generated() - before <= 1,
         "the cached token was regenerated {} times",
@@ -224,8 +261,7 @@ async fn a_wrong_token_is_a_login_error_not_an_endless_retry() {
 async fn iam_refuses_to_log_in_without_tls() {
     let base = "postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app?auth=iam";
     for mode in ["disable", "allow", "prefer"] {
-        let err = aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}"))
-            .expect_err(mode);
+        let err = aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}")).expect_err(mode);
         assert_eq!(err.parameter(), Some("sslmode"), "{err}");
     }
     for mode in ["require", "verify-ca", "verify-full"] {
@@ -251,5 +287,8 @@ async fn iam_refuses_to_log_in_without_tls() {
         .expect_err("no TLS, no IAM login");
     assert!(err.is_connect(), "{err:?}");
     let cause = format!("{:?}", std::error::Error::source(&err));
-    assert!(cause.to_lowercase().contains("tls") || cause.to_lowercase().contains("ssl"), "{cause}");
+    assert!(
+        cause.to_lowercase().contains("tls") || cause.to_lowercase().contains("ssl"),
+        "{cause}"
+    );
 }

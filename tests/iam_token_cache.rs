@@ -62,9 +62,20 @@ async fn tokens_are_reused_until_iam_expiration_then_renewed() {
     let target = instance(1);
 
     let first = iam.credentials(&target).await.expect("token");
-    let expected = generate_auth_token(&target.host, 5432, "app_iam", "us-east-1", &aws(), clock.at())
-        .expect("expected token");
-    assert_eq!(first.password(), Some(expected.as_str()), "signed for the instance host");
+    let expected = generate_auth_token(
+        &target.host,
+        5432,
+        "app_iam",
+        "us-east-1",
+        &aws(),
+        clock.at(),
+    )
+    .expect("expected token");
+    assert_eq!(
+        first.password(),
+        Some(expected.as_str()),
+        "signed for the instance host"
+    );
     assert!(!first.is_from_cache());
     assert_eq!(first.lifetime(), Some(Duration::from_secs(870)));
 
@@ -72,12 +83,20 @@ async fn tokens_are_reused_until_iam_expiration_then_renewed() {
     let cached = iam.credentials(&target).await.expect("token");
     assert_eq!(cached.password(), first.password());
     assert!(cached.is_from_cache());
-    assert_eq!(cached.lifetime(), Some(Duration::from_secs(1)), "what is left of 870 s");
+    assert_eq!(
+        cached.lifetime(),
+        Some(Duration::from_secs(1)),
+        "what is left of 870 s"
+    );
     assert_eq!(iam.tokens_generated(), 1);
 
     clock.advance(1);
     let renewed = iam.credentials(&target).await.expect("token");
-    assert_ne!(renewed.password(), first.password(), "a token past 870 s is not reused");
+    assert_ne!(
+        renewed.password(),
+        first.password(),
+        "a token past 870 s is not reused"
+    );
     assert!(!renewed.is_from_cache());
     assert_eq!(iam.tokens_generated(), 2);
 }
@@ -101,7 +120,10 @@ async fn one_token_per_host_unless_iam_host_overrides() {
     let b = overridden.credentials(&instance(2)).await.expect("b");
     assert_eq!(a.password(), b.password(), "one token for the iam_host");
     let token = a.password().unwrap();
-    assert!(token.starts_with("db.example.internal:6543/?Action=connect&DBUser=app_iam&"), "{token}");
+    assert!(
+        token.starts_with("db.example.internal:6543/?Action=connect&DBUser=app_iam&"),
+        "{token}"
+    );
     assert!(token.contains("%2Feu-west-1%2Frds-db%2F"), "{token}");
     assert_eq!(overridden.tokens_generated(), 1);
 }
@@ -119,7 +141,12 @@ async fn tokens_die_with_the_credentials_that_signed_them() {
     let iam = provider(&clock, |s| *s = s.clone().credentials(expiring));
     let token = iam.credentials(&instance(1)).await.expect("token");
     assert_eq!(token.lifetime(), Some(Duration::from_secs(120)));
-    assert!(token.password().unwrap().contains("X-Amz-Security-Token=session"));
+    assert!(
+        token
+            .password()
+            .unwrap()
+            .contains("X-Amz-Security-Token=session")
+    );
 }
 
 #[tokio::test]
@@ -157,8 +184,18 @@ async fn debug_shows_no_secret() {
     let iam = provider(&clock, |_| {});
     let token = iam.credentials(&instance(1)).await.expect("token");
     let shown = format!("{iam:?} {token:?}");
-    let signature = token.password().unwrap().rsplit("X-Amz-Signature=").next().unwrap().to_owned();
-    for secret in ["wJalrXUtnFEMI", signature.as_str(), token.password().unwrap()] {
+    let signature = token
+        .password()
+        .unwrap()
+        .rsplit("X-Amz-Signature=")
+        .next()
+        .unwrap()
+        .to_owned();
+    for secret in [
+        "wJalrXUtnFEMI",
+        signature.as_str(),
+        token.password().unwrap(),
+    ] {
         assert!(!shown.contains(secret), "{shown}");
     }
 }

@@ -492,6 +492,7 @@ async fn plain_flavour_single_instance() {
         .await
         .unwrap();
     let db = cluster.database().to_owned();
+    assert!(cluster.ca_cert_path().is_none(), "TLS is off by default");
     assert_eq!(
         cluster
             .psql("instance-1", &db, "SELECT pg_catalog.pg_is_in_recovery()")

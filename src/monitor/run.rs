@@ -96,6 +96,9 @@ struct Monitor {
     high_rate_until: Option<Instant>,
     /// Poll without waiting: set at start so that the monitoring connection opens at once.
     poll_now: bool,
+    /// When the last poll started: the next one is due a refresh interval later, however
+    /// many probe reports arrive meanwhile.
+    last_poll: Instant,
     failures: u32,
     health: BTreeMap<String, Health>,
     probes: BTreeMap<String, Probe>,
@@ -123,6 +126,7 @@ impl Monitor {
             panic_since: None,
             high_rate_until: None,
             poll_now: true,
+            last_poll: Instant::now(),
             failures: 0,
             health: BTreeMap::new(),
             probes: BTreeMap::new(),
@@ -159,7 +163,7 @@ impl Monitor {
             settings.refresh_rate
         };
         tokio::select! {
-            _ = tokio::time::sleep(delay) => {}
+            _ = tokio::time::sleep_until((self.last_poll + delay).into()) => {}
             _ = self.state.refresh_now.notified() => {}
             Some(report) = self.reports.recv() => {
                 self.on_report(report);
@@ -174,6 +178,7 @@ impl Monitor {
             return; // every pool is gone; the handle's drop stops us
         };
         let started = Instant::now();
+        self.last_poll = started;
         match self.read_topology(&registration).await {
             Ok(topology) => {
                 self.failures = 0;

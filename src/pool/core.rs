@@ -28,8 +28,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Creates a pool to `instance` that opens connections lazily, logging in with
     /// `credentials`.
-    fn open(&self, instance: &Instance, sizing: PoolSizing, credentials: &Credentials)
-    -> Self::Pool;
+    fn open(
+        &self,
+        instance: &Instance,
+        sizing: PoolSizing,
+        credentials: &Credentials,
+    ) -> Self::Pool;
 
     /// Makes the pool's future connections log in with `credentials`; open connections stay.
     fn set_credentials(&self, pool: &Self::Pool, instance: &Instance, credentials: &Credentials);
@@ -494,7 +498,8 @@ impl<B: Backend> PoolCore<B> {
         if last != 0 && now.saturating_sub(last) < 1000 {
             return;
         }
-        self.last_forced_renewal.store(now.max(1), Ordering::Relaxed);
+        self.last_forced_renewal
+            .store(now.max(1), Ordering::Relaxed);
         let core = Arc::downgrade(self);
         tokio::spawn(async move {
             let Some(core) = core.upgrade() else { return };

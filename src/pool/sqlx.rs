@@ -13,8 +13,8 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, Val
 
 use super::core::{Backend, PoolCore};
 use super::login;
-use crate::auth::{self, ConnectTarget, CredentialProvider, Credentials};
 use super::status::PoolStatus;
+use crate::auth::{self, ConnectTarget, CredentialProvider, Credentials};
 use crate::config::{Builder, Config, PoolSizing};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
 use crate::endpoint::HostPort;
@@ -519,19 +519,27 @@ impl Connector for SqlxConnector {
                     .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
                 let (address, timeout) = (address.clone(), self.connect_timeout);
                 Box::pin(async move {
-                    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await {
+                    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await
+                    {
                         Ok(Ok(conn)) => Ok(Box::new(SqlxAdmin(conn)) as Box<dyn AdminConnection>),
-                        Ok(Err(err)) => Err(Error::connect(format!("connecting to {address} failed"))
-                            .with_sqlstate(sqlstate_of(&err))
-                            .with_source(err)),
+                        Ok(Err(err)) => {
+                            Err(Error::connect(format!("connecting to {address} failed"))
+                                .with_sqlstate(sqlstate_of(&err))
+                                .with_source(err))
+                        }
                         Err(_) => Err(Error::timeout(format!(
                             "connecting to {address} took longer than connect_timeout ({timeout:?})"
                         ))),
                     }
                 })
             };
-            login::connect_with_login(self.provider.as_ref(), &target, self.connect_timeout, connect)
-                .await
+            login::connect_with_login(
+                self.provider.as_ref(),
+                &target,
+                self.connect_timeout,
+                connect,
+            )
+            .await
         })
     }
 }

@@ -2,6 +2,7 @@
 //! the replicas, failover, rejoin and teardown.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
@@ -33,6 +34,10 @@ const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 const LOG_LINES: usize = 30;
 /// Per-instance settings file included from postgresql.conf.
 const INSTANCE_CONF: &str = "aurora_pool_instance.conf";
+/// Bound for one `openssl` invocation.
+const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Common name of the throwaway CA of a TLS cluster.
+const CA_COMMON_NAME: &str = "aurora-pool LocalCluster CA";
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
@@ -41,7 +46,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// Builder for a [`LocalCluster`]; see [`LocalCluster::builder`].
 ///
 /// Defaults: 3 instances, [`Flavour::Aurora`], user `app`, password
-/// `app-password`, database `app`.
+/// `app-password`, database `app`, no TLS.
 #[derive(Clone)]
 pub struct LocalClusterBuilder {
     instances: usize,
@@ -49,6 +54,7 @@ pub struct LocalClusterBuilder {
     user: String,
     password: String,
     database: String,
+    tls: bool,
 }
 
 impl fmt::Debug for LocalClusterBuilder {
@@ -59,6 +65,7 @@ impl fmt::Debug for LocalClusterBuilder {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("database", &self.database)
+            .field("tls", &self.tls)
             .finish()
     }
 }
@@ -71,6 +78,7 @@ impl Default for LocalClusterBuilder {
             user: "app".into(),
             password: "app-password".into(),
             database: "app".into(),
+            tls: false,
         }
     }
 }
@@ -108,6 +116,28 @@ impl LocalClusterBuilder {
         self
     }
 
+    /// Serves TLS on every instance (default off).
+    ///
+    /// When on, [`start`](Self::start) generates with the `openssl`
+    /// command-line tool (found in `PATH`, or set `AURORA_POOL_OPENSSL` to
+    /// its path) a throwaway CA (CN `aurora-pool LocalCluster CA`) and a
+    /// server certificate signed by it for `IP:127.0.0.1` and `DNS:localhost`
+    /// (CN `localhost`, valid 2 days), all in the cluster's temp dir, and every
+    /// instance (also replicas rebuilt later) runs with `ssl = on` and that
+    /// certificate. Clients verify it with `sslmode=verify-full` and
+    /// `sslrootcert=` [`LocalCluster::ca_cert_path`].
+    ///
+    /// The client role may then only log in over TLS (`hostssl` in
+    /// pg_hba.conf, scram-sha-256): a plain TCP login is refused with
+    /// `no pg_hba.conf entry ... no encryption`. The superuser `postgres` and
+    /// replication connections keep trusting plain TCP and the unix socket.
+    /// [`LocalCluster::url`] and [`LocalCluster::instance_url`] carry no
+    /// `sslmode`; add it yourself.
+    pub fn tls(mut self, on: bool) -> Self {
+        self.tls = on;
+        self
+    }
+
     /// Creates and starts the cluster: returns once every replica streams from
     /// the primary and the database is visible on every instance.
     pub async fn start(self) -> Result<LocalCluster, TestingError> {
@@ -132,6 +162,33 @@ struct Instance {
     resource_id: String,
 }
 
+/// The TLS material of a cluster started with [`LocalClusterBuilder::tls`],
+/// all under `<root>/tls`.
+#[derive(Debug)]
+struct Tls {
+    /// The `openssl` binary that generates it.
+    openssl: PathBuf,
+    dir: PathBuf,
+    ca_cert: PathBuf,
+    ca_key: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+}
+
+impl Tls {
+    fn new(openssl: PathBuf, root: &Path) -> Self {
+        let dir = root.join("tls");
+        Self {
+            openssl,
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            dir,
+        }
+    }
+}
+
 /// A scheduled rebuild of an old writer as a replica.
 struct Rejoin {
     result: watch::Receiver<Option<Result<(), TestingError>>>,
@@ -144,6 +201,7 @@ struct Inner {
     user: String,
     password: String,
     database: String,
+    tls: Option<Tls>,
     instances: Vec<Instance>,
     cluster_addr: SocketAddr,
     writer: Mutex<String>,
@@ -186,6 +244,7 @@ impl fmt::Debug for LocalCluster {
             .field("user", &i.user)
             .field("password", &"<redacted>")
             .field("database", &i.database)
+            .field("tls", &i.tls.is_some())
             .finish()
     }
 }
@@ -278,6 +337,19 @@ impl LocalCluster {
     /// The database created for clients.
     pub fn database(&self) -> &str {
         &self.inner.database
+    }
+
+    /// The CA certificate (PEM) that signed the servers' certificate, for
+    /// `sslrootcert=` / `PgConnectOptions::ssl_root_cert` with
+    /// `sslmode=verify-full`; `None` unless the cluster was built with
+    /// [`tls(true)`](LocalClusterBuilder::tls). The server certificate is
+    /// valid for `127.0.0.1` and `localhost`, so verify-full holds for
+    /// [`instance_addr`](Self::instance_addr),
+    /// [`cluster_endpoint`](Self::cluster_endpoint) and
+    /// [`direct_addr`](Self::direct_addr) alike. The file lives in the
+    /// cluster's temp dir and is removed with the cluster.
+    pub fn ca_cert_path(&self) -> Option<&Path> {
+        self.inner.tls.as_ref().map(|t| t.ca_cert.as_path())
     }
 
     /// Directory of the PostgreSQL binaries in use (`psql` is there too).
@@ -545,6 +617,34 @@ fn sweep_orphans() {
     }
 }
 
+/// The `openssl` command-line tool: `AURORA_POOL_OPENSSL`, else the first
+/// `openssl` in `PATH`, else `/usr/bin/openssl`.
+fn find_openssl() -> Result<PathBuf, TestingError> {
+    const HINT: &str = "a TLS LocalCluster (LocalClusterBuilder::tls) generates its certificates with the `openssl` \
+         command-line tool: install it (Debian/Ubuntu: `apt-get install openssl`) or point AURORA_POOL_OPENSSL at it";
+    if let Some(path) = std::env::var_os("AURORA_POOL_OPENSSL").filter(|p| !p.is_empty()) {
+        let path = PathBuf::from(path);
+        if path.is_file() {
+            return Ok(path);
+        }
+        return Err(TestingError::new(format!(
+            "AURORA_POOL_OPENSSL={} is not a file: {HINT}",
+            path.display()
+        )));
+    }
+    std::env::var_os("PATH")
+        .iter()
+        .flat_map(std::env::split_paths)
+        .map(|dir| dir.join("openssl"))
+        .chain(std::iter::once(PathBuf::from("/usr/bin/openssl")))
+        .find(|p| p.is_file())
+        .ok_or_else(|| {
+            TestingError::new(format!(
+                "`openssl` not found in PATH nor at /usr/bin/openssl: {HINT}"
+            ))
+        })
+}
+
 fn unique_suffix() -> String {
     static COUNTER: AtomicU64 = AtomicU64::new(0);
     let nanos = SystemTime::now()
@@ -632,6 +732,7 @@ impl Inner {
             ));
         }
         let env = PgEnv::discover()?;
+        let openssl = if cfg.tls { Some(find_openssl()?) } else { None };
         let ids: Vec<String> = (1..=cfg.instances)
             .map(|i| format!("instance-{i}"))
             .collect();
@@ -651,6 +752,7 @@ impl Inner {
             let _ = fs::remove_dir_all(&root);
             return Err(e);
         }
+        let tls = openssl.map(|o| Tls::new(o, &root));
         let instances = ids
             .iter()
             .zip(&ports)
@@ -673,6 +775,7 @@ impl Inner {
             user: cfg.user,
             password: cfg.password,
             database: cfg.database,
+            tls,
             instances,
             cluster_addr: proxies.cluster_addr(),
             writer: Mutex::new(ids[0].clone()),
@@ -684,6 +787,7 @@ impl Inner {
             cleaned: AtomicBool::new(false),
         });
         // From here on, an error drops `inner`, which tears everything down.
+        inner.generate_tls()?;
         inner.init_primary()?;
         let primary = &inner.instances[0];
         let replicas = &inner.instances[1..];
@@ -722,6 +826,7 @@ impl Inner {
             root = %inner.root.display(),
             instances = inner.instances.len(),
             flavour = ?inner.flavour,
+            tls = inner.tls.is_some(),
             elapsed_ms = started.elapsed().as_millis() as u64,
             "local cluster started"
         );
@@ -772,6 +877,16 @@ impl Inner {
             Flavour::RdsMultiAz => "rds.extensions = 'rds_tools,pg_stat_statements'\n",
             Flavour::Plain => "",
         };
+        // The files live outside the data dirs (absolute paths), so the
+        // postgresql.conf pg_basebackup copies to every replica uses them too.
+        let ssl = match &self.tls {
+            Some(t) => format!(
+                "ssl = on\nssl_cert_file = {}\nssl_key_file = {}\n",
+                sql::conf_value(&t.server_cert.to_string_lossy()),
+                sql::conf_value(&t.server_key.to_string_lossy())
+            ),
+            None => String::new(),
+        };
         format!(
             "\n# ---- aurora-pool testing::LocalCluster ----\n\
              listen_addresses = '127.0.0.1'\n\
@@ -790,9 +905,155 @@ impl Inner {
              log_min_messages = warning\n\
              logging_collector = off\n\
              {rds_extensions}\
+             {ssl}\
              include_if_exists = '{INSTANCE_CONF}'\n",
             sql::conf_value(&self.root.to_string_lossy())
         )
+    }
+
+    /// pg_hba.conf of the primary (pg_basebackup copies it to the replicas).
+    /// `postgres` and replication trust loopback (our own tooling); the client
+    /// role needs scram-sha-256, over TLS only when TLS is on.
+    fn hba_conf(&self) -> String {
+        let client = if self.tls.is_some() {
+            "hostssl"
+        } else {
+            "host"
+        };
+        format!(
+            "# aurora-pool LocalCluster\n\
+             local all all trust\n\
+             host all postgres 127.0.0.1/32 trust\n\
+             host replication all 127.0.0.1/32 trust\n\
+             {client} all all 127.0.0.1/32 scram-sha-256\n"
+        )
+    }
+
+    /// Generates the CA and the server key and certificate of a TLS cluster
+    /// (no-op without TLS). Keys are P-256 (fast to generate); every file is
+    /// written through [`PgEnv`] so the server user owns it, the keys with mode
+    /// 0600.
+    fn generate_tls(&self) -> Result<(), TestingError> {
+        let Some(t) = &self.tls else {
+            return Ok(());
+        };
+        let started = Instant::now();
+        fs::create_dir(&t.dir)
+            .map_err(|e| TestingError::new(format!("creating {}: {e}", t.dir.display())))?;
+        self.env.chown(&t.dir)?;
+        // Our own config, so the result does not depend on the system's
+        // openssl.cnf (also used as OPENSSL_CONF for every invocation).
+        let cnf = t.dir.join("openssl.cnf");
+        self.env.write_file(
+            &cnf,
+            "# aurora-pool LocalCluster throwaway PKI\n\
+             [req]\n\
+             distinguished_name = dn\n\
+             prompt = no\n\
+             [dn]\n\
+             CN = localhost\n\
+             [v3_ca]\n\
+             basicConstraints = critical, CA:TRUE\n\
+             keyUsage = critical, keyCertSign, cRLSign\n\
+             subjectKeyIdentifier = hash\n\
+             [v3_server]\n\
+             basicConstraints = critical, CA:FALSE\n\
+             keyUsage = critical, digitalSignature, keyEncipherment\n\
+             extendedKeyUsage = serverAuth\n\
+             subjectAltName = IP:127.0.0.1, DNS:localhost\n\
+             subjectKeyIdentifier = hash\n\
+             authorityKeyIdentifier = keyid, issuer\n",
+        )?;
+        let openssl = |args: &[&OsStr], stdin: Option<&str>, what: &str| {
+            let mut cmd = Command::new(&t.openssl);
+            cmd.args(args)
+                .env("OPENSSL_CONF", &cnf)
+                .env_remove("RANDFILE")
+                .current_dir(&t.dir);
+            run(cmd, stdin, OPENSSL_TIMEOUT)
+                .map(|o| o.stdout)
+                .map_err(|e| e.context(format!("generating the TLS {what} with openssl")))
+        };
+        let os = |s: &'static str| OsStr::new(s);
+        let genkey = [
+            os("genpkey"),
+            os("-algorithm"),
+            os("EC"),
+            os("-pkeyopt"),
+            os("ec_paramgen_curve:P-256"),
+        ];
+
+        let ca_key = openssl(&genkey, None, "CA key")?;
+        self.env.write_private_file(&t.ca_key, &ca_key)?;
+        let ca_subject = format!("/CN={CA_COMMON_NAME}");
+        let ca_cert = openssl(
+            &[
+                os("req"),
+                os("-new"),
+                os("-x509"),
+                os("-config"),
+                cnf.as_os_str(),
+                os("-extensions"),
+                os("v3_ca"),
+                os("-key"),
+                t.ca_key.as_os_str(),
+                os("-subj"),
+                OsStr::new(&ca_subject),
+                os("-sha256"),
+                os("-days"),
+                os("2"),
+            ],
+            None,
+            "CA certificate",
+        )?;
+        self.env.write_file(&t.ca_cert, &ca_cert)?;
+
+        let server_key = openssl(&genkey, None, "server key")?;
+        self.env.write_private_file(&t.server_key, &server_key)?;
+        let csr = openssl(
+            &[
+                os("req"),
+                os("-new"),
+                os("-config"),
+                cnf.as_os_str(),
+                os("-key"),
+                t.server_key.as_os_str(),
+                os("-subj"),
+                os("/CN=localhost"),
+            ],
+            None,
+            "server certificate request",
+        )?;
+        let serial = format!("0x{:016x}", fastrand::u64(1..));
+        let server_cert = openssl(
+            &[
+                os("x509"),
+                os("-req"),
+                os("-CA"),
+                t.ca_cert.as_os_str(),
+                os("-CAkey"),
+                t.ca_key.as_os_str(),
+                os("-set_serial"),
+                OsStr::new(&serial),
+                os("-sha256"),
+                os("-days"),
+                os("2"),
+                os("-extfile"),
+                cnf.as_os_str(),
+                os("-extensions"),
+                os("v3_server"),
+            ],
+            Some(&csr),
+            "server certificate",
+        )?;
+        self.env.write_file(&t.server_cert, &server_cert)?;
+        tracing::info!(
+            target: TARGET,
+            dir = %t.dir.display(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "TLS certificates generated"
+        );
+        Ok(())
     }
 
     fn write_instance_conf(&self, inst: &Instance) -> Result<(), TestingError> {
@@ -969,14 +1230,8 @@ impl Inner {
         }
         self.env
             .append_file(&inst.data_dir.join("postgresql.conf"), &self.common_conf())?;
-        self.env.write_file(
-            &inst.data_dir.join("pg_hba.conf"),
-            "# aurora-pool LocalCluster\n\
-             local all all trust\n\
-             host all postgres 127.0.0.1/32 trust\n\
-             host replication all 127.0.0.1/32 trust\n\
-             host all all 127.0.0.1/32 scram-sha-256\n",
-        )?;
+        self.env
+            .write_file(&inst.data_dir.join("pg_hba.conf"), &self.hba_conf())?;
         self.write_instance_conf(inst)?;
         self.start_server(inst)?;
 

@@ -28,15 +28,21 @@
 //! cluster.wait_rejoined("instance-1").await?;
 //! # drop(url); Ok(()) }
 //! ```
+//!
+//! [`MotoServer`] runs [moto](https://github.com/getmoto/moto)'s local AWS emulator
+//! (`python3` with `moto[server]`, which `scripts/install-deps.sh` installs) for the
+//! Secrets Manager tests.
 
 mod cluster;
 mod error;
+mod moto;
 mod process;
 mod proxy;
 mod sql;
 
 pub use cluster::{LocalCluster, LocalClusterBuilder};
 pub use error::TestingError;
+pub use moto::MotoServer;
 
 /// What the cluster pretends to be.
 #[non_exhaustive]

@@ -105,6 +105,31 @@ impl PgEnv {
         self.chown(path)
     }
 
+    /// Writes a secret (a private key) readable only by its owner: the file is
+    /// created with mode 0600 (so it is never readable by others, not even
+    /// briefly), forced to 0600 if it existed, and given to the server user.
+    /// PostgreSQL refuses a key file the group or others can read.
+    pub(crate) fn write_private_file(
+        &self,
+        path: &Path,
+        contents: &str,
+    ) -> Result<(), TestingError> {
+        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(|e| TestingError::new(format!("creating {}: {e}", path.display())))?;
+        f.set_permissions(fs::Permissions::from_mode(0o600))
+            .map_err(|e| TestingError::new(format!("chmod 600 {}: {e}", path.display())))?;
+        f.write_all(contents.as_bytes())
+            .map_err(|e| TestingError::new(format!("writing {}: {e}", path.display())))?;
+        drop(f);
+        self.chown(path)
+    }
+
     /// Appends to a file (which must exist and be owned by the server user).
     pub(crate) fn append_file(&self, path: &Path, contents: &str) -> Result<(), TestingError> {
         let mut f = fs::OpenOptions::new()

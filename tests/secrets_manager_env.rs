@@ -1,0 +1,152 @@
+//! `SecretsManagerAuth::new` and the AWS configuration chain: the region from the settings,
+//! the secret's ARN or `AWS_REGION`, and the endpoint from the settings or
+//! `AWS_ENDPOINT_URL_SECRETS_MANAGER`.
+//!
+//! The process environment is changed here, so this binary holds a single test and sets
+//! the environment before anything else could read it.
+
+use std::time::Duration;
+
+use aurora_pool::auth::{ConnectTarget, CredentialProvider};
+use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
+use aurora_pool::testing::MotoServer;
+use aws_config::{BehaviorVersion, Region};
+
+fn set_env(key: &str, value: &str) {
+    // SAFETY: this binary's only test changes the environment between steps that do not
+    // run concurrently with anything reading it.
+    unsafe { std::env::set_var(key, value) }
+}
+
+fn remove_env(key: &str) {
+    // SAFETY: as in `set_env`.
+    unsafe { std::env::remove_var(key) }
+}
+
+#[test]
+fn the_aws_configuration_chain_is_used() {
+    // No profile, no instance metadata, no ambient endpoint or region: only what is set
+    // below.
+    for key in [
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "AWS_SESSION_TOKEN",
+        "AWS_WEB_IDENTITY_TOKEN_FILE",
+        "AWS_ROLE_ARN",
+        "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+        "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    ] {
+        remove_env(key);
+    }
+    set_env("AWS_CONFIG_FILE", "/nonexistent/aurora-pool-test/config");
+    set_env(
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "/nonexistent/aurora-pool-test/credentials",
+    );
+    set_env("AWS_EC2_METADATA_DISABLED", "true");
+    set_env("AWS_ACCESS_KEY_ID", "test");
+    set_env("AWS_SECRET_ACCESS_KEY", "test");
+
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        tokio::time::timeout(Duration::from_secs(120), steps())
+            .await
+            .expect("test timed out")
+    });
+}
+
+async fn steps() {
+    let moto = MotoServer::start().await.expect("moto server");
+    let target = ConnectTarget::new("instance-1.example.internal", 5432, "url_user");
+
+    let admin = aws_sdk_secretsmanager::Client::new(
+        &aws_config::defaults(BehaviorVersion::latest())
+            .endpoint_url(moto.endpoint())
+            .region(Region::new("us-east-1"))
+            .load()
+            .await,
+    );
+    let created = admin
+        .create_secret()
+        .name("aur/env")
+        .secret_string(r#"{"username":"env_user","password":"env-pw"}"#)
+        .send()
+        .await
+        .expect("CreateSecret");
+    let arn = created.arn().expect("an ARN").to_owned();
+    assert!(
+        arn.starts_with("arn:aws:secretsmanager:us-east-1:"),
+        "{arn}"
+    );
+
+    set_env("AWS_ENDPOINT_URL_SECRETS_MANAGER", &moto.endpoint());
+
+    // A name, no region anywhere: a configuration error naming secrets_manager_region.
+    let err = SecretsManagerAuth::new(SecretsManagerSettings::new("aur/env"))
+        .await
+        .expect_err("no region");
+    assert!(err.is_config(), "{err}");
+    assert_eq!(err.parameter(), Some("secrets_manager_region"), "{err}");
+
+    // The ARN's region; the endpoint from AWS_ENDPOINT_URL_SECRETS_MANAGER.
+    let auth = SecretsManagerAuth::new(SecretsManagerSettings::new(arn.clone()))
+        .await
+        .expect("provider");
+    let credentials = auth.credentials(&target).await.expect("credentials by ARN");
+    assert_eq!(credentials.user(), Some("env_user"));
+    assert_eq!(credentials.password(), Some("env-pw"));
+    assert_eq!(auth.fetch_count(), 1);
+
+    // The settings' region.
+    let mut settings = SecretsManagerSettings::new("aur/env");
+    settings.region = Some("us-east-1".to_owned());
+    let auth = SecretsManagerAuth::new(settings).await.expect("provider");
+    let credentials = auth.credentials(&target).await.expect("credentials");
+    assert_eq!(credentials.password(), Some("env-pw"));
+
+    // AWS_REGION.
+    set_env("AWS_REGION", "us-east-1");
+    let auth = SecretsManagerAuth::new(SecretsManagerSettings::new("aur/env"))
+        .await
+        .expect("provider");
+    let credentials = auth.credentials(&target).await.expect("credentials");
+    assert_eq!(credentials.password(), Some("env-pw"));
+
+    // The settings' endpoint wins over the environment's.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port");
+    set_env(
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+        &format!("http://{dead}"),
+    );
+    let auth = SecretsManagerAuth::new(SecretsManagerSettings::new("aur/env"))
+        .await
+        .expect("provider");
+    let err = auth
+        .credentials(&target)
+        .await
+        .expect_err("the environment's endpoint is dead");
+    assert!(err.is_credentials(), "{err}");
+    let mut settings = SecretsManagerSettings::new("aur/env");
+    settings.endpoint = Some(moto.endpoint());
+    let auth = SecretsManagerAuth::new(settings).await.expect("provider");
+    let credentials = auth.credentials(&target).await.expect("credentials");
+    assert_eq!(credentials.password(), Some("env-pw"));
+
+    // A malformed endpoint is refused before anything is fetched.
+    let mut settings = SecretsManagerSettings::new("aur/env");
+    settings.endpoint = Some("127.0.0.1:5000".to_owned());
+    let err = SecretsManagerAuth::new(settings)
+        .await
+        .expect_err("bad endpoint");
+    assert_eq!(err.parameter(), Some("secrets_manager_endpoint"), "{err}");
+}

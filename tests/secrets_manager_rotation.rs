@@ -1,0 +1,214 @@
+//! A pool taking its credentials from Secrets Manager (a real moto server, the real AWS SDK)
+//! while the password is rotated under load: connections in use keep working, new ones log
+//! in with the new password, and no checkout fails once the secret holds it.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
+use aurora_pool::testing::{LocalCluster, MotoServer};
+use aurora_pool::{AuroraPool, Role};
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_secretsmanager::Client;
+use support::{eventually, unique_cluster_id};
+
+const NEW_PASSWORD: &str = "rotated-Pa55-never-shown";
+
+async fn client(moto: &MotoServer) -> Client {
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .endpoint_url(moto.endpoint())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await;
+    Client::new(&config)
+}
+
+fn secret(user: &str, password: &str) -> String {
+    serde_json::json!({ "username": user, "password": password, "engine": "postgres" }).to_string()
+}
+
+/// Opens a new physical connection (the connection is closed after use), runs `SELECT 1`.
+async fn fresh_login(pool: &AuroraPool, role: Role) -> aurora_pool::Result<()> {
+    let mut connection = pool.acquire(role).await?;
+    sqlx::query("SELECT 1")
+        .execute(&mut *connection)
+        .await
+        .map_err(|err| pool.classify(err))?;
+    drop(connection.detach());
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let moto = MotoServer::start().await.expect("moto");
+    let aws = client(&moto).await;
+    aws.create_secret()
+        .name("orders/app")
+        .secret_string(secret(cluster.user(), cluster.password()))
+        .send()
+        .await
+        .expect("CreateSecret");
+    let provider = Arc::new(SecretsManagerAuth::with_client(
+        SecretsManagerSettings::new("orders/app"),
+        aws.clone(),
+    ));
+    // The URL names neither user nor password: both come from the secret.
+    let url = format!(
+        "postgres://nobody@{}/{}?instance_endpoints={}&cluster_id={}\
+         &failure_detection_time_ms=0&failure_detection_interval_ms=300&cluster_topology_refresh_rate_ms=500",
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id("sm-rotation"),
+    );
+    let pool = AuroraPool::builder()
+        .url(url)
+        .credential_provider(provider.clone())
+        .connect()
+        .await
+        .expect("connect");
+    fresh_login(&pool, Role::Writer).await.expect("writer");
+    fresh_login(&pool, Role::Reader).await.expect("reader");
+    // Discovery, the monitor, the probes and three instance pools: one GetSecretValue.
+    assert_eq!(
+        provider.fetch_count(),
+        1,
+        "concurrent connects share one fetch"
+    );
+
+    let mut in_use = pool
+        .acquire(Role::Writer)
+        .await
+        .expect("a connection in use");
+
+    // Load: every operation logs in anew.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for task in 0..4 {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        load.spawn(async move {
+            let role = if task % 2 == 0 {
+                Role::Writer
+            } else {
+                Role::Reader
+            };
+            let mut outcomes = Vec::new();
+            for _ in 0..2_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                let result = fresh_login(&pool, role).await;
+                outcomes.push((started, result.map_err(|err| err.to_string())));
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            outcomes
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    // Rotation: the database first, then the secret (the window AWS rotation has too).
+    let user = cluster.user().to_owned();
+    cluster
+        .psql(
+            "instance-1",
+            "postgres",
+            &format!("ALTER ROLE \"{user}\" PASSWORD '{NEW_PASSWORD}'"),
+        )
+        .await
+        .expect("alter role");
+    // Replicas replay the new password before the secret announces it.
+    let hash_sql = format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'");
+    let primary_hash = cluster
+        .psql("instance-1", "postgres", &hash_sql)
+        .await
+        .expect("hash");
+    for id in cluster.instance_ids() {
+        let replayed = eventually(Duration::from_secs(10), || async {
+            cluster.psql(&id, "postgres", &hash_sql).await.ok() == Some(primary_hash.clone())
+        })
+        .await;
+        assert!(replayed, "{id} never replayed the new password");
+    }
+    aws.put_secret_value()
+        .secret_id("orders/app")
+        .secret_string(secret(&user, NEW_PASSWORD))
+        .send()
+        .await
+        .expect("PutSecretValue");
+    let secret_updated = Instant::now();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let mut after = 0;
+    let mut failures_after = Vec::new();
+    while let Some(outcomes) = load.join_next().await {
+        for (at, result) in outcomes.expect("load task") {
+            if at > secret_updated {
+                after += 1;
+                if let Err(err) = result {
+                    failures_after.push(err);
+                }
+            }
+        }
+    }
+    assert!(after > 20, "too little load after the rotation: {after}");
+    assert!(
+        failures_after.is_empty(),
+        "{} of {after} checkouts failed after the secret was updated: {:?}",
+        failures_after.len(),
+        &failures_after[..failures_after.len().min(5)]
+    );
+
+    // The connection opened with the old password keeps working.
+    sqlx::query("SELECT 1")
+        .execute(&mut *in_use)
+        .await
+        .expect("a connection in use survives the rotation");
+    drop(in_use);
+    // Once the new secret is known, logins stop fetching it.
+    let settled = provider.fetch_count();
+    for _ in 0..10 {
+        fresh_login(&pool, Role::Writer).await.expect("writer");
+        fresh_login(&pool, Role::Reader).await.expect("reader");
+    }
+    assert_eq!(
+        provider.fetch_count(),
+        settled,
+        "logins fetched the secret again"
+    );
+
+    // The monitor logs in again with the new password.
+    let monitor = format!("aurora-pool-monitor:{}", unique_cluster_id("sm-rotation"));
+    cluster
+        .psql(
+            "instance-1",
+            "postgres",
+            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{monitor}'"),
+        )
+        .await
+        .expect("terminate the monitor");
+    let back = eventually(Duration::from_secs(10), || async {
+        let mut monitors = 0;
+        for id in cluster.instance_ids() {
+            monitors += support::connections_named(&cluster, &id, &monitor).await;
+        }
+        monitors == 1
+    })
+    .await;
+    assert!(back, "the monitor did not log in with the rotated password");
+
+    let shown = format!("{pool:?} {provider:?} {:?}", pool.config());
+    assert!(
+        !shown.contains(NEW_PASSWORD) && !shown.contains(cluster.password()),
+        "{shown}"
+    );
+    pool.close().await;
+}
