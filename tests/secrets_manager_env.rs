@@ -7,9 +7,10 @@
 
 use std::time::Duration;
 
+use aurora_pool::AuroraPool;
 use aurora_pool::auth::{ConnectTarget, CredentialProvider};
 use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
-use aurora_pool::testing::MotoServer;
+use aurora_pool::testing::{LocalCluster, MotoServer};
 use aws_config::{BehaviorVersion, Region};
 
 fn set_env(key: &str, value: &str) {
@@ -149,4 +150,63 @@ async fn steps() {
         .await
         .expect_err("bad endpoint");
     assert_eq!(err.parameter(), Some("secrets_manager_endpoint"), "{err}");
+
+    pool_from_a_url(&moto, &admin).await;
+}
+
+/// `AuroraPool::connect` with nothing but URL parameters: the user and password come from
+/// the secret, the AWS credentials from the environment.
+async fn pool_from_a_url(moto: &MotoServer, admin: &aws_sdk_secretsmanager::Client) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    admin
+        .create_secret()
+        .name("orders/db")
+        .secret_string(
+            serde_json::json!({ "username": cluster.user(), "password": cluster.password() })
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("CreateSecret");
+    let url = |secret: &str| {
+        format!(
+            "postgres://{}/{}?instance_endpoints={}&cluster_id=sm-url-{secret}-{}\
+             &secrets_manager_secret_id={secret}&secrets_manager_endpoint={}\
+             &secrets_manager_region=us-east-1",
+            cluster.cluster_endpoint(),
+            cluster.database(),
+            cluster.instance_endpoints_param(),
+            std::process::id(),
+            moto.endpoint(),
+        )
+    };
+    let pool = AuroraPool::connect(&url("orders/db"))
+        .await
+        .expect("connect");
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool.writer())
+        .await
+        .expect("writer");
+    assert_eq!(user, cluster.user());
+    sqlx::query("SELECT 1")
+        .execute(&pool.reader())
+        .await
+        .expect("reader");
+    pool.close().await;
+
+    // A secret without a password: an error naming the key, before any login.
+    admin
+        .create_secret()
+        .name("orders/half")
+        .secret_string(r#"{"username":"app","pass":"half-secret-value"}"#)
+        .send()
+        .await
+        .expect("CreateSecret");
+    let err = AuroraPool::connect(&url("orders/half"))
+        .await
+        .expect_err("no password in the secret");
+    assert!(err.is_credentials(), "{err:?}");
+    let shown = format!("{err} {err:?}");
+    assert!(shown.contains("`password`"), "{shown}");
+    assert!(!shown.contains("half-secret-value"), "{shown}");
 }

@@ -115,3 +115,49 @@ pub async fn run(op: &Op, tasks: usize, ops: u64) -> Duration {
 pub async fn warm(op: &Op) {
     run(op, MAX_CONNECTIONS as usize, u64::from(MAX_CONNECTIONS) * 4).await;
 }
+
+fn quantile(sorted: &[f64], q: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * q).round() as usize]
+}
+
+/// The header of the table [`compare`] prints rows of.
+pub fn print_header() {
+    println!(
+        "| AuroraPool path | tasks | raw PgPool µs/op | AuroraPool µs/op | ratio (median) | ratio p25-p75 |"
+    );
+    println!("|---|---|---|---|---|---|");
+}
+
+/// Measures `aurora` against `raw` at 1 and 64 tasks, in `rounds` interleaved rounds of
+/// `ops` operations (alternating which side goes first, so that drift hits both alike), and
+/// prints a table row per task count.
+pub async fn compare(name: &str, raw: &Op, aurora: &Op, rounds: usize, ops: u64) {
+    for tasks in [1usize, 64] {
+        warm(raw).await;
+        warm(aurora).await;
+        let (mut ratios, mut raw_us, mut aurora_us) = (Vec::new(), Vec::new(), Vec::new());
+        for round in 0..rounds {
+            let (r, a) = if round % 2 == 0 {
+                let r = run(raw, tasks, ops).await;
+                (r, run(aurora, tasks, ops).await)
+            } else {
+                let a = run(aurora, tasks, ops).await;
+                (run(raw, tasks, ops).await, a)
+            };
+            ratios.push(a.as_secs_f64() / r.as_secs_f64());
+            raw_us.push(r.as_secs_f64() * 1e6 / ops as f64);
+            aurora_us.push(a.as_secs_f64() * 1e6 / ops as f64);
+        }
+        for v in [&mut ratios, &mut raw_us, &mut aurora_us] {
+            v.sort_by(f64::total_cmp);
+        }
+        println!(
+            "| {name} | {tasks} | {:.1} | {:.1} | {:.3} | {:.3}-{:.3} |",
+            quantile(&raw_us, 0.5),
+            quantile(&aurora_us, 0.5),
+            quantile(&ratios, 0.5),
+            quantile(&ratios, 0.25),
+            quantile(&ratios, 0.75),
+        );
+    }
+}
