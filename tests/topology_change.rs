@@ -61,3 +61,40 @@ async fn writes_follow_the_writer_after_a_topology_change() {
         .expect_err("the old writer's pool is closed");
     assert!(matches!(err, sqlx::Error::PoolClosed), "{err}");
 }
+
+/// Frequent health-probe reports must not postpone the topology polls: the monitor's last
+/// query stays younger than a few refresh intervals.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn polls_keep_their_schedule_while_probes_report() {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = support::connect(
+        &cluster,
+        "poll-schedule",
+        "cluster_topology_refresh_rate_ms=300&failure_detection_time_ms=0\
+         &failure_detection_interval_ms=50",
+    )
+    .await;
+    let monitor = format!(
+        "aurora-pool-monitor:{}",
+        support::unique_cluster_id("poll-schedule")
+    );
+    let sql = format!(
+        "SELECT extract(epoch FROM clock_timestamp() - query_start) FROM pg_stat_activity \
+         WHERE application_name = '{monitor}'"
+    );
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let age: f64 = cluster
+            .psql("instance-1", "postgres", &sql)
+            .await
+            .expect("pg_stat_activity")
+            .trim()
+            .parse()
+            .expect("the monitor's connection is on the writer");
+        assert!(
+            age < 1.5,
+            "the monitor last polled {age:.1} s ago (every 0.3 s expected)"
+        );
+    }
+    pool.close().await;
+}
