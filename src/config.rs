@@ -296,9 +296,19 @@ pub struct Config {
     pub connect_timeout: Duration,
     /// How connections log in (`auth`, default the URL's password). See [`Auth`].
     pub auth: Auth,
+    /// The address to connect to instead of resolving the URL's host (`hostaddr`, an IP
+    /// address as in libpq): the host name still decides what kind of endpoint the URL is
+    /// and how instance endpoints are spelled. For SSH/SSM tunnels and tests.
+    pub hostaddr: Option<String>,
+    /// How the pool follows the members of a custom endpoint URL (the
+    /// `custom_endpoint_*` parameters; feature `custom-endpoint`).
+    #[cfg(feature = "custom-endpoint")]
+    pub custom_endpoint: crate::custom_endpoint::CustomEndpointSettings,
     /// The URL with only the driver's own parameters left (it holds the password).
     driver_url: Url,
     password: Option<Password>,
+    /// Whether `failover_mode` was chosen (else a custom endpoint's type decides it).
+    failover_mode_chosen: bool,
 }
 
 impl Config {
@@ -370,8 +380,12 @@ impl Config {
             max_lifetime: Some(Duration::from_secs(1800)),
             connect_timeout: Duration::from_secs(10),
             auth: Auth::Password,
+            hostaddr: None,
+            #[cfg(feature = "custom-endpoint")]
+            custom_endpoint: crate::custom_endpoint::CustomEndpointSettings::default(),
             driver_url: parsed.clone(),
             password,
+            failover_mode_chosen: false,
         };
 
         let mut driver_pairs = Vec::new();
@@ -399,7 +413,7 @@ impl Config {
                 continue;
             }
             return Err(match key.as_str() {
-                "host" | "hostaddr" | "port" => Error::config(
+                "host" | "port" => Error::config(
                     &key,
                     "put the host and port in the URL itself (postgres://user@host:port/db)",
                 ),
@@ -446,7 +460,16 @@ impl Config {
             "reader_host_selector_strategy" => {
                 self.reader_host_selector_strategy = ReaderSelection::parse(key, value)?;
             }
-            "failover_mode" => self.failover_mode = FailoverMode::parse(key, value)?,
+            "failover_mode" => {
+                self.failover_mode = FailoverMode::parse(key, value)?;
+                self.failover_mode_chosen = true;
+            }
+            "hostaddr" => {
+                let address: std::net::IpAddr = value.trim().parse().map_err(|_| {
+                    Error::config(key, format!("`{value}` is not an IP address"))
+                })?;
+                self.hostaddr = Some(address.to_string());
+            }
             "failover_timeout_ms" => {
                 self.failover_timeout = Duration::from_millis(parse_number(key, value)?)
             }
@@ -473,6 +496,12 @@ impl Config {
             "max_lifetime_ms" => self.max_lifetime = optional_ms(parse_number(key, value)?),
             "connect_timeout" => {
                 self.connect_timeout = Duration::from_secs(parse_number(key, value)?)
+            }
+            #[cfg(feature = "custom-endpoint")]
+            _ if self.custom_endpoint.apply_parameter(key, value)? => {}
+            #[cfg(not(feature = "custom-endpoint"))]
+            _ if key.starts_with("custom_endpoint_") || key.starts_with("wait_for_custom_endpoint_info") => {
+                return Err(Error::config(key, "needs the crate feature `custom-endpoint`"));
             }
             _ => return Ok(false),
         }
@@ -558,6 +587,8 @@ impl Config {
                 "a password is given but `auth` takes credentials from elsewhere; remove the password",
             ));
         }
+        #[cfg(feature = "custom-endpoint")]
+        self.custom_endpoint.validate()?;
         if let Some((id, _)) = self.instance_endpoints.iter().find(|(id, _)| id.is_empty()) {
             return Err(Error::config(
                 "instance_endpoints",
@@ -602,10 +633,22 @@ impl Config {
     }
 
     /// The URL's own address.
+    /// Where discovery connects: the URL's host, or `hostaddr`.
     pub(crate) fn seed(&self) -> HostPort {
         HostPort {
-            host: self.host.clone(),
+            host: self.hostaddr.clone().unwrap_or_else(|| self.host.clone()),
             port: self.port,
+        }
+    }
+
+    /// The failover mode for a custom endpoint of `reader_only` type, unless one was chosen:
+    /// `strict_reader` for READER endpoints, `reader_or_writer` for ANY.
+    #[cfg_attr(not(feature = "custom-endpoint"), allow(dead_code))]
+    pub(crate) fn failover_mode_for_custom_endpoint(&self, reader_only: bool) -> FailoverMode {
+        match (self.failover_mode_chosen, reader_only) {
+            (true, _) => self.failover_mode,
+            (false, true) => FailoverMode::StrictReader,
+            (false, false) => FailoverMode::ReaderOrWriter,
         }
     }
 
@@ -625,8 +668,8 @@ impl Config {
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Config")
-            .field("host", &self.host)
+        let mut d = f.debug_struct("Config");
+        d.field("host", &self.host)
             .field("port", &self.port)
             .field("user", &self.user())
             .field("password", &self.password)
@@ -667,7 +710,10 @@ impl fmt::Debug for Config {
             .field("max_lifetime", &self.max_lifetime)
             .field("connect_timeout", &self.connect_timeout)
             .field("auth", &self.auth)
-            .finish()
+            .field("hostaddr", &self.hostaddr);
+        #[cfg(feature = "custom-endpoint")]
+        d.field("custom_endpoint", &self.custom_endpoint);
+        d.finish()
     }
 }
 
@@ -796,7 +842,7 @@ impl Builder {
         /// See [`Config::reader_host_selector_strategy`].
         reader_host_selector_strategy: ReaderSelection => |c, v| c.reader_host_selector_strategy = v;
         /// See [`Config::failover_mode`].
-        failover_mode: FailoverMode => |c, v| c.failover_mode = v;
+        failover_mode: FailoverMode => |c, v| { c.failover_mode = v; c.failover_mode_chosen = true };
         /// See [`Config::failover_timeout`].
         failover_timeout: Duration => |c, v| c.failover_timeout = v;
         /// See [`Config::cluster_topology_high_refresh_rate`].
@@ -829,6 +875,24 @@ impl Builder {
         password: impl Into<String> + Send + 'static => |c, v| c.set_password(v);
         /// See [`Config::auth`].
         auth: Auth => |c, v| c.auth = v;
+    }
+
+    /// The RDS API client that reads a custom endpoint's members, instead of one built from
+    /// the AWS configuration chain (see [`Config::custom_endpoint`]).
+    #[cfg(feature = "custom-endpoint")]
+    pub fn custom_endpoint_client(self, client: aws_sdk_rds::Client) -> Self {
+        self.with(move |c| {
+            c.custom_endpoint.client = Some(client);
+            Ok(())
+        })
+    }
+
+    /// See [`Config::hostaddr`].
+    pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
+        self.with(move |c| {
+            c.hostaddr = Some(address.to_string());
+            Ok(())
+        })
     }
 
     /// Takes credentials for every new connection from `provider` ([`Auth::Provider`]).

@@ -52,6 +52,8 @@ enum Kind {
     /// A credential provider could not supply credentials (AWS unreachable, a secret
     /// without the expected keys, ...).
     Credentials,
+    /// The members of the URL's custom endpoint could not be read in time.
+    CustomEndpoint,
 }
 
 /// What kind of failure a driver error reports, from its SQLSTATE or I/O error.
@@ -145,6 +147,11 @@ impl Error {
     /// must not contain secret values.
     pub fn credentials(message: impl Into<String>) -> Self {
         Self::new(Kind::Credentials, message)
+    }
+
+    #[cfg_attr(not(feature = "custom-endpoint"), allow(dead_code))]
+    pub(crate) fn custom_endpoint_unavailable(message: impl Into<String>) -> Self {
+        Self::new(Kind::CustomEndpoint, message)
     }
 
     pub(crate) fn failover(message: impl Into<String>) -> Self {
@@ -267,6 +274,12 @@ impl Error {
             }
             _ => ErrorClass::Other,
         }
+    }
+
+    /// The members of the URL's custom endpoint were not known within
+    /// `wait_for_custom_endpoint_info_timeout_ms`, or could not be read.
+    pub fn is_custom_endpoint_unavailable(&self) -> bool {
+        self.0.kind == Kind::CustomEndpoint
     }
 
     /// A credential provider failed to supply credentials (see [`Error::credentials`]).

@@ -13,6 +13,8 @@
 pub mod auth;
 pub mod config;
 mod connector;
+#[cfg(feature = "custom-endpoint")]
+mod custom_endpoint;
 pub use connector::BoxFuture;
 pub mod endpoint;
 mod error;
@@ -32,6 +34,8 @@ pub mod testing;
 pub mod tower;
 
 pub use config::{Auth, Builder, Config, FailoverMode, PoolSizing};
+#[cfg(feature = "custom-endpoint")]
+pub use custom_endpoint::settings::CustomEndpointSettings;
 pub use error::{Error, ErrorClass, Result};
 pub use monitor::ClusterEvent;
 #[cfg(feature = "sqlx")]

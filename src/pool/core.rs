@@ -12,6 +12,7 @@ use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
 use super::login::{self, SlotLogin};
+use super::scope::{ReadScope, ScopeSource};
 use super::status::{InstanceStatus, PoolStatus};
 use crate::auth::{CredentialProvider, Credentials, LoginFailure};
 use crate::config::{Config, PoolSizing};
@@ -78,6 +79,8 @@ pub(crate) struct RoutingTable<P> {
     pub(crate) topology: Arc<Topology>,
     pub(crate) writer: Slot<P>,
     pub(crate) readers: Vec<Slot<P>>,
+    /// Whether reads with no reader available may use the writer.
+    reads_may_use_writer: bool,
 }
 
 impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
@@ -86,9 +89,9 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
     fn new_placements<'t>(
         previous: Option<&RoutingTable<P>>,
         topology: &'t Topology,
+        scope: &ReadScope,
     ) -> Vec<&'t Instance> {
-        let routed = std::iter::once(topology.writer())
-            .chain(topology.readers().filter(|r| r.is_available()));
+        let routed = std::iter::once(topology.writer()).chain(Self::readers_in(topology, scope));
         routed
             .filter(|instance| {
                 previous.is_none_or(|t| !t.slots().any(|s| s.instance.same_placement(instance)))
@@ -99,9 +102,20 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
     /// Builds the table for `topology`, reusing the pools of `previous` whose instance keeps
     /// its role and address; new pools log in with the `fresh` credentials fetched for their
     /// instance id. Returns the pools no longer used.
+    /// The readers that get a pool: reachable ones inside the read scope.
+    fn readers_in<'t>(
+        topology: &'t Topology,
+        scope: &ReadScope,
+    ) -> impl Iterator<Item = &'t Instance> {
+        topology
+            .readers()
+            .filter(move |r| r.is_available() && scope.allows(r.id()))
+    }
+
     fn build<B: Backend<Pool = P>>(
         previous: Option<&RoutingTable<P>>,
         topology: &Arc<Topology>,
+        scope: &ReadScope,
         backend: &B,
         config: &Config,
         mut fresh: HashMap<String, Credentials>,
@@ -135,10 +149,9 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
             }
         };
         let writer = take(topology.writer(), config.writer);
-        // Unreachable readers get no pool: their connections are closed.
-        let readers = topology
-            .readers()
-            .filter(|r| r.is_available())
+        // Unreachable readers, and those outside the scope, get no pool: their connections
+        // are closed.
+        let readers = Self::readers_in(topology, scope)
             .map(|r| take(r, config.reader))
             .collect();
         let retired = old.into_iter().map(|s| s.pool.clone()).collect();
@@ -147,6 +160,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                 topology: topology.clone(),
                 writer,
                 readers,
+                reads_may_use_writer: scope.reads_may_use_writer(topology),
             },
             retired,
         )
@@ -167,6 +181,7 @@ pub(crate) struct PoolCore<B: Backend> {
     cluster: ArcSwapOption<ClusterHandle>,
     /// Keeps this pool's credentials available to the shared monitor.
     _registration: Arc<Registration>,
+    scope: ScopeSource,
     provider: Arc<dyn CredentialProvider>,
     reconciler: JoinHandle<()>,
     renewer: JoinHandle<()>,
@@ -186,6 +201,7 @@ impl<B: Backend> PoolCore<B> {
         backend: B,
         connector: Arc<dyn Connector>,
         provider: Arc<dyn CredentialProvider>,
+        scope: ScopeSource,
     ) -> Result<Arc<Self>> {
         config.validate()?;
         let started = Instant::now();
@@ -226,20 +242,23 @@ impl<B: Backend> PoolCore<B> {
         )?;
         let mut updates = cluster.subscribe();
         let topology = updates.borrow_and_update().clone();
+        let read_scope = scope.current();
         let fresh = fetch_credentials(
             &provider,
             &config,
-            RoutingTable::<B::Pool>::new_placements(None, &topology),
+            RoutingTable::<B::Pool>::new_placements(None, &topology, &read_scope),
         )
         .await;
-        let (table, _) = RoutingTable::build(None, &topology, &backend, &config, fresh);
+        let (table, _) =
+            RoutingTable::build(None, &topology, &read_scope, &backend, &config, fresh);
         let core = Arc::new_cyclic(|weak: &Weak<Self>| PoolCore {
             selector: Selector::new(config.reader_host_selector_strategy),
             routing: ArcSwap::from_pointee(table),
             backend,
             cluster: ArcSwapOption::from(Some(cluster)),
             _registration: registration,
-            reconciler: tokio::spawn(reconcile_on_updates(weak.clone(), updates)),
+            reconciler: tokio::spawn(reconcile_on_updates(weak.clone(), updates, scope.clone())),
+            scope,
             renewer: tokio::spawn(renew_credentials(weak.clone())),
             provider,
             last_forced_renewal: std::sync::atomic::AtomicU64::new(0),
@@ -299,11 +318,9 @@ impl<B: Backend> PoolCore<B> {
             Role::Writer => Ok(table.writer.clone()),
             Role::Reader => match self.pick_reader(&table) {
                 Some(slot) => Ok(slot.clone()),
-                None if self.config.failover_mode.reads_may_use_writer() => {
-                    Ok(table.writer.clone())
-                }
+                None if table.reads_may_use_writer => Ok(table.writer.clone()),
                 None => Err(Error::no_reader(format!(
-                    "cluster `{}` has no reachable reader and failover_mode is strict_reader",
+                    "cluster `{}` has no reachable reader that reads may use, and they may not use the writer (failover_mode or the custom endpoint's members)",
                     self.config.cluster_id
                 ))),
             },
@@ -557,18 +574,19 @@ impl<B: Backend> PoolCore<B> {
 
     /// Applies a new topology: new pools for new placements (with credentials fetched
     /// first), old ones closed.
-    async fn reconcile(&self, topology: &Arc<Topology>) {
+    async fn reconcile(&self, topology: &Arc<Topology>, scope_changed: bool) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
         let previous = self.routing.load_full();
-        if previous.topology.version() >= topology.version() {
+        if previous.topology.version() >= topology.version() && !scope_changed {
             return;
         }
+        let scope = self.scope.current();
         let fresh = fetch_credentials(
             &self.provider,
             &self.config,
-            RoutingTable::new_placements(Some(&previous), topology),
+            RoutingTable::new_placements(Some(&previous), topology, &scope),
         )
         .await;
         if self.closed.load(Ordering::Acquire) {
@@ -577,6 +595,7 @@ impl<B: Backend> PoolCore<B> {
         let (table, retired) = RoutingTable::build(
             Some(&previous),
             topology,
+            &scope,
             &self.backend,
             &self.config,
             fresh,
@@ -629,11 +648,21 @@ impl<B: Backend> Drop for PoolCore<B> {
 async fn reconcile_on_updates<B: Backend>(
     core: Weak<PoolCore<B>>,
     mut updates: watch::Receiver<Arc<Topology>>,
+    mut scope: ScopeSource,
 ) {
-    while updates.changed().await.is_ok() {
+    loop {
+        let scope_changed = tokio::select! {
+            changed = updates.changed() => {
+                if changed.is_err() {
+                    break;
+                }
+                false
+            }
+            _ = scope.changed() => true,
+        };
         let topology = updates.borrow_and_update().clone();
         let Some(core) = core.upgrade() else { break };
-        core.reconcile(&topology).await;
+        core.reconcile(&topology, scope_changed).await;
     }
 }
 

@@ -2,6 +2,7 @@
 
 pub(crate) mod core;
 mod login;
+mod scope;
 #[cfg(feature = "sqlx")]
 mod sqlx;
 mod status;

@@ -13,6 +13,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, Val
 
 use super::core::{Backend, PoolCore};
 use super::login;
+use super::scope::ScopeSource;
 use super::status::PoolStatus;
 use crate::auth::{self, ConnectTarget, CredentialProvider, Credentials};
 use crate::config::{Builder, Config, PoolSizing};
@@ -78,7 +79,8 @@ impl AuroraPool {
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
         };
-        let core = PoolCore::start(config, backend, connector, provider).await?;
+        let scope = ScopeSource::new(&config).await?;
+        let core = PoolCore::start(config, backend, connector, provider, scope).await?;
         Ok(AuroraPool { core })
     }
 
