@@ -465,9 +465,10 @@ impl Config {
                 self.failover_mode_chosen = true;
             }
             "hostaddr" => {
-                let address: std::net::IpAddr = value.trim().parse().map_err(|_| {
-                    Error::config(key, format!("`{value}` is not an IP address"))
-                })?;
+                let address: std::net::IpAddr = value
+                    .trim()
+                    .parse()
+                    .map_err(|_| Error::config(key, format!("`{value}` is not an IP address")))?;
                 self.hostaddr = Some(address.to_string());
             }
             "failover_timeout_ms" => {
@@ -500,8 +501,13 @@ impl Config {
             #[cfg(feature = "custom-endpoint")]
             _ if self.custom_endpoint.apply_parameter(key, value)? => {}
             #[cfg(not(feature = "custom-endpoint"))]
-            _ if key.starts_with("custom_endpoint_") || key.starts_with("wait_for_custom_endpoint_info") => {
-                return Err(Error::config(key, "needs the crate feature `custom-endpoint`"));
+            _ if key.starts_with("custom_endpoint_")
+                || key.starts_with("wait_for_custom_endpoint_info") =>
+            {
+                return Err(Error::config(
+                    key,
+                    "needs the crate feature `custom-endpoint`",
+                ));
             }
             _ => return Ok(false),
         }

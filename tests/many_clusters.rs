@@ -39,13 +39,21 @@ async fn a_failover_of_one_cluster_leaves_the_other_untouched() {
         reads.topology().writer().id() == "instance-2"
     })
     .await;
-    assert!(moved, "the source pool never saw its new writer: {}", reads.topology());
+    assert!(
+        moved,
+        "the source pool never saw its new writer: {}",
+        reads.topology()
+    );
     assert_eq!(served_by(&reads.writer()).await, "instance-2");
 
     // The target cluster saw nothing: same topology, same writer, no event.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let target_after = writes.topology();
-    assert_eq!(target_after.version(), target_before.version(), "{target_after}");
+    assert_eq!(
+        target_after.version(),
+        target_before.version(),
+        "{target_after}"
+    );
     assert_eq!(target_after.writer().id(), "instance-1");
     assert_eq!(served_by(&writes.writer()).await, "instance-1");
     let seen = drain_events(&mut target_events);
@@ -58,7 +66,10 @@ async fn a_failover_of_one_cluster_leaves_the_other_untouched() {
     );
 
     // Each cluster has exactly one monitor, its own.
-    source.wait_rejoined("instance-1").await.expect("old writer rejoined");
+    source
+        .wait_rejoined("instance-1")
+        .await
+        .expect("old writer rejoined");
     for (cluster, test) in [(&source, "many-source"), (&target, "many-target")] {
         let name = format!("aurora-pool-monitor:{}", support::unique_cluster_id(test));
         let mut monitors = 0;
@@ -66,7 +77,11 @@ async fn a_failover_of_one_cluster_leaves_the_other_untouched() {
             monitors += support::connections_named(cluster, &id, &name).await;
         }
         assert_eq!(monitors, 1, "{test}");
-        let other = if test == "many-source" { "many-target" } else { "many-source" };
+        let other = if test == "many-source" {
+            "many-target"
+        } else {
+            "many-source"
+        };
         let foreign = format!("aurora-pool-monitor:{}", support::unique_cluster_id(other));
         for id in cluster.instance_ids() {
             assert_eq!(support::connections_named(cluster, &id, &foreign).await, 0);

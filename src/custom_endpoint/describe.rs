@@ -112,7 +112,10 @@ impl CustomEndpointInfo {
         };
         Ok(CustomEndpointInfo {
             identifier,
-            cluster_identifier: endpoint.db_cluster_identifier().unwrap_or_default().to_owned(),
+            cluster_identifier: endpoint
+                .db_cluster_identifier()
+                .unwrap_or_default()
+                .to_owned(),
             endpoint_type,
             members,
         })
@@ -135,6 +138,7 @@ pub(crate) enum DescribeError {
 
 impl DescribeError {
     /// The error to report.
+    #[cfg(test)]
     pub(crate) fn into_error(self) -> Error {
         match self {
             DescribeError::Throttled(err)
@@ -144,6 +148,7 @@ impl DescribeError {
     }
 
     /// The error to report, borrowed.
+    #[cfg(test)]
     pub(crate) fn error(&self) -> &Error {
         match self {
             DescribeError::Throttled(err)
@@ -155,7 +160,7 @@ impl DescribeError {
     /// Sorts a failed SDK call for the custom endpoint `identifier`.
     fn from_sdk<R>(identifier: &str, err: SdkError<DescribeDBClusterEndpointsError, R>) -> Self
     where
-        R: fmt::Debug,
+        R: fmt::Debug + 'static,
     {
         let code = err.code().map(str::to_owned);
         let credentials_provider_failed = is_credentials_provider_failure(&err);
@@ -421,11 +426,17 @@ mod tests {
         assert_eq!(read.identifier, "analytics");
         assert_eq!(read.endpoint_type, CustomEndpointType::Any);
         assert_eq!(read.members, Members::Static(ids(&["instance-3"])));
-        endpoint = DbClusterEndpoint::builder().custom_endpoint_type("WRITER").build();
+        endpoint = DbClusterEndpoint::builder()
+            .custom_endpoint_type("WRITER")
+            .build();
         let err = CustomEndpointInfo::from_endpoint("analytics", &endpoint).unwrap_err();
         assert!(matches!(err, DescribeError::Other(_)), "{err:?}");
         assert!(err.error().is_topology());
-        assert!(err.error().to_string().contains("WRITER"), "{}", err.error());
+        assert!(
+            err.error().to_string().contains("WRITER"),
+            "{}",
+            err.error()
+        );
     }
 
     fn service_error(code: &str, message: &str) -> DescribeError {
@@ -440,15 +451,27 @@ mod tests {
     fn classifies_aws_error_codes() {
         for code in THROTTLING_CODES {
             let err = service_error(code, "Rate exceeded");
-            assert!(matches!(err, DescribeError::Throttled(_)), "{code}: {err:?}");
+            assert!(
+                matches!(err, DescribeError::Throttled(_)),
+                "{code}: {err:?}"
+            );
             assert!(err.error().is_topology());
         }
         for code in CREDENTIALS_CODES {
-            let err = service_error(code, "The security token included in the request is expired");
-            assert!(matches!(err, DescribeError::Credentials(_)), "{code}: {err:?}");
+            let err = service_error(
+                code,
+                "The security token included in the request is expired",
+            );
+            assert!(
+                matches!(err, DescribeError::Credentials(_)),
+                "{code}: {err:?}"
+            );
             assert!(err.error().is_credentials());
         }
-        let err = service_error("DBClusterEndpointNotFoundFault", "Endpoint analytics not found");
+        let err = service_error(
+            "DBClusterEndpointNotFoundFault",
+            "Endpoint analytics not found",
+        );
         assert!(matches!(err, DescribeError::Other(_)), "{err:?}");
         let err = err.into_error();
         assert!(err.is_topology());
@@ -468,10 +491,19 @@ mod tests {
 
     #[test]
     fn names_the_endpoint_and_the_code() {
-        let err = service_error("ExpiredToken", "The security token included in the request is expired");
+        let err = service_error(
+            "ExpiredToken",
+            "The security token included in the request is expired",
+        );
         let text = err.error().to_string();
-        assert!(text.contains("`analytics`") && text.contains("ExpiredToken"), "{text}");
-        assert!(text.ends_with("The security token included in the request is expired"), "{text}");
+        assert!(
+            text.contains("`analytics`") && text.contains("ExpiredToken"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("The security token included in the request is expired"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -491,12 +523,15 @@ mod tests {
         let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
         let err = DescribeError::from_sdk(
             "analytics",
-            SdkError::<DescribeDBClusterEndpointsError, ()>::dispatch_failure(
-                ConnectorError::io(Box::new(io)),
-            ),
+            SdkError::<DescribeDBClusterEndpointsError, ()>::dispatch_failure(ConnectorError::io(
+                Box::new(io),
+            )),
         );
         assert!(matches!(err, DescribeError::Other(_)), "{err:?}");
         let text = err.error().to_string();
-        assert!(text.contains("could not be sent") && text.contains("refused"), "{text}");
+        assert!(
+            text.contains("could not be sent") && text.contains("refused"),
+            "{text}"
+        );
     }
 }

@@ -62,16 +62,25 @@ impl CustomEndpointSettings {
                 .trim()
                 .parse()
                 .map(Duration::from_millis)
-                .map_err(|_| Error::config(key, format!("`{value}` is not a number of milliseconds")))
+                .map_err(|_| {
+                    Error::config(key, format!("`{value}` is not a number of milliseconds"))
+                })
         };
         match key {
             "custom_endpoint_info_refresh_rate_ms" => self.refresh_rate = millis()?,
-            "custom_endpoint_idle_monitor_expiration_ms" => self.idle_monitor_expiration = millis()?,
+            "custom_endpoint_idle_monitor_expiration_ms" => {
+                self.idle_monitor_expiration = millis()?
+            }
             "wait_for_custom_endpoint_info" => {
                 self.wait_for_info = match value {
                     "true" => true,
                     "false" => false,
-                    _ => return Err(Error::config(key, format!("`{value}` is not `true` or `false`"))),
+                    _ => {
+                        return Err(Error::config(
+                            key,
+                            format!("`{value}` is not `true` or `false`"),
+                        ));
+                    }
                 }
             }
             "wait_for_custom_endpoint_info_timeout_ms" => self.wait_for_info_timeout = millis()?,
@@ -84,7 +93,10 @@ impl CustomEndpointSettings {
     pub(crate) fn validate(&self) -> Result<()> {
         for (parameter, value) in [
             ("custom_endpoint_info_refresh_rate_ms", self.refresh_rate),
-            ("custom_endpoint_idle_monitor_expiration_ms", self.idle_monitor_expiration),
+            (
+                "custom_endpoint_idle_monitor_expiration_ms",
+                self.idle_monitor_expiration,
+            ),
         ] {
             if value.is_zero() {
                 return Err(Error::config(parameter, "must be greater than 0"));

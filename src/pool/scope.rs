@@ -7,11 +7,14 @@ use crate::config::{Config, FailoverMode};
 use crate::error::Result;
 use crate::topology::Topology;
 
+/// Whether an instance (by id) is a member.
+type Membership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
+
 /// The read side of one routing table.
 #[derive(Clone)]
 pub(crate) struct ReadScope {
     /// `None`: every instance.
-    members: Option<Arc<dyn Fn(&str) -> bool + Send + Sync>>,
+    members: Option<Membership>,
     /// Whether the writer may serve reads at all (a READER custom endpoint excludes it).
     writer_may_read: bool,
     failover_mode: FailoverMode,
@@ -107,15 +110,28 @@ mod endpoint {
             let handle = monitor::join(&config.host, settings).await?;
             let mut info = handle.subscribe();
             if settings.wait_for_info {
-                let known = tokio::time::timeout(
+                // Until the members are known, or AWS refuses the credentials (waiting would not
+                // help); whatever it ends on, the state then tells what happened.
+                let _ = tokio::time::timeout(
                     settings.wait_for_info_timeout,
-                    info.wait_for(|state| !matches!(state, InfoState::Waiting)),
+                    info.wait_for(|state| match state {
+                        InfoState::Known(_) => true,
+                        InfoState::Failed { error, .. } => error.is_credentials(),
+                        InfoState::Waiting => false,
+                    }),
                 )
                 .await;
                 let state = info.borrow_and_update().clone();
-                match (known, state) {
-                    (_, InfoState::Known(_)) => {}
-                    (_, InfoState::Failed { error, last_known: None }) => {
+                match state {
+                    InfoState::Known(_)
+                    | InfoState::Failed {
+                        last_known: Some(_),
+                        ..
+                    } => {}
+                    InfoState::Failed {
+                        error,
+                        last_known: None,
+                    } => {
                         let message = format!(
                             "the members of custom endpoint `{}` could not be read",
                             config.host
@@ -127,8 +143,7 @@ mod endpoint {
                         };
                         return Err(err.with_source(SharedError(error)));
                     }
-                    (_, InfoState::Failed { .. }) => {}
-                    (_, InfoState::Waiting) => {
+                    InfoState::Waiting => {
                         return Err(Error::custom_endpoint_unavailable(format!(
                             "the members of custom endpoint `{}` were not known within {:?} (wait_for_custom_endpoint_info_timeout_ms)",
                             config.host, settings.wait_for_info_timeout

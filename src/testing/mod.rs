@@ -32,17 +32,25 @@
 //! [`MotoServer`] runs [moto](https://github.com/getmoto/moto)'s local AWS emulator
 //! (`python3` with `moto[server]`, which `scripts/install-deps.sh` installs) for the
 //! Secrets Manager tests.
+//!
+//! `RdsStub` (feature `custom-endpoint`) is a local stand-in for the RDS API's
+//! `DescribeDBClusterEndpoints`, which moto does not implement, for the custom endpoint
+//! tests.
 
 mod cluster;
 mod error;
 mod moto;
 mod process;
 mod proxy;
+#[cfg(feature = "custom-endpoint")]
+mod rds;
 mod sql;
 
 pub use cluster::{LocalCluster, LocalClusterBuilder};
 pub use error::TestingError;
 pub use moto::MotoServer;
+#[cfg(feature = "custom-endpoint")]
+pub use rds::{CustomEndpointKind, RdsStub, StubFailure};
 
 /// What the cluster pretends to be.
 #[non_exhaustive]

@@ -1,0 +1,500 @@
+//! One monitor per custom endpoint host in the process, shared by every pool using it.
+//!
+//! The [registry](join) hands out [`CustomEndpointHandle`]s. The monitor calls
+//! `DescribeDBClusterEndpoints` every `refresh_rate` and publishes the endpoint's type and
+//! members as an [`InfoState`]. When no handle has existed for `idle_monitor_expiration`
+//! it stops; a pool joining before that reuses it, one joining after starts a new one.
+//!
+//! * Throttled calls back off: the pause doubles from `refresh_rate` up to 5 minutes (or
+//!   `refresh_rate` when it is longer) and halves again with every successful call. The last
+//!   known members stay published.
+//! * Credentials errors (expired or invalid credentials, a missing permission) are published
+//!   as [`InfoState::Failed`], logged once, and retried only every 5 minutes.
+//! * Other errors (an unknown endpoint, AWS unreachable) are published as
+//!   [`InfoState::Failed`] and retried after `refresh_rate`, doubling up to 5 minutes.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
+
+use aws_config::{BehaviorVersion, Region};
+use aws_sdk_rds::Client;
+use tokio::sync::watch;
+use tokio::time::Instant;
+
+use super::describe::{CustomEndpointInfo, DescribeError, describe};
+use super::settings::CustomEndpointSettings;
+use crate::endpoint::Endpoint;
+use crate::error::{Error, Result};
+
+/// The longest pause between two calls after failures.
+const MAX_PAUSE: Duration = Duration::from_secs(300);
+
+/// How long one `DescribeDBClusterEndpoints` call may take.
+const DESCRIBE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What is known about a custom endpoint.
+#[derive(Debug, Clone)]
+pub(crate) enum InfoState {
+    /// The first `DescribeDBClusterEndpoints` call has not answered yet.
+    Waiting,
+    /// The endpoint's type and members, from the last successful call.
+    Known(Arc<CustomEndpointInfo>),
+    /// The last call failed, and no successful one came after it, or the first ones were
+    /// throttled. A throttled call does not replace [`InfoState::Known`].
+    Failed {
+        /// Why.
+        error: Arc<Error>,
+        /// The members an earlier call found, if any.
+        last_known: Option<Arc<CustomEndpointInfo>>,
+    },
+}
+
+impl InfoState {
+    /// The most recent members known: those of [`InfoState::Known`] or the last known ones
+    /// of [`InfoState::Failed`].
+    pub(crate) fn info(&self) -> Option<&Arc<CustomEndpointInfo>> {
+        match self {
+            InfoState::Waiting => None,
+            InfoState::Known(info) => Some(info),
+            InfoState::Failed { last_known, .. } => last_known.as_ref(),
+        }
+    }
+}
+
+/// The state of one monitor, shared by its task and its handles.
+struct Shared {
+    /// The custom endpoint's host name, normalized: the registry key.
+    host: String,
+    /// Its first DNS label: the `DBClusterEndpointIdentifier`.
+    identifier: String,
+    /// The settings of the first pool that joined.
+    refresh_rate: Duration,
+    idle_expiration: Duration,
+    state: watch::Sender<InfoState>,
+    /// How many handles exist. Only changed under the registry lock when it grows.
+    users: watch::Sender<usize>,
+    /// False once the task has ended; the registry then no longer hands it out.
+    running: AtomicBool,
+}
+
+impl Shared {
+    /// Publishes `info` when it differs from what is published.
+    fn publish_known(&self, info: CustomEndpointInfo) {
+        let mut changed = None;
+        let mut recovered = false;
+        self.state.send_if_modified(|state| {
+            if let InfoState::Known(current) = state
+                && **current == info
+            {
+                return false;
+            }
+            if state.info().is_none_or(|known| **known != info) {
+                changed = Some(info.clone());
+            }
+            recovered = matches!(state, InfoState::Failed { .. });
+            *state = InfoState::Known(Arc::new(info));
+            true
+        });
+        if let Some(info) = changed {
+            tracing::info!(
+                target: "aurora_pool",
+                host = %self.host,
+                endpoint = %info.identifier,
+                cluster = %info.cluster_identifier,
+                endpoint_type = %info.endpoint_type,
+                members = %info.members,
+                "custom endpoint members changed"
+            );
+        } else if recovered {
+            tracing::info!(
+                target: "aurora_pool",
+                host = %self.host,
+                endpoint = %self.identifier,
+                "DescribeDBClusterEndpoints answers again; custom endpoint members unchanged"
+            );
+        }
+    }
+
+    /// Publishes a failure, keeping the members known so far. With `keep_known`, a
+    /// [`InfoState::Known`] stays published as it is.
+    fn publish_failure(&self, error: Error, keep_known: bool) {
+        self.state.send_if_modified(|state| {
+            let last_known = match state {
+                InfoState::Known(_) if keep_known => return false,
+                InfoState::Known(info) => Some(info.clone()),
+                InfoState::Failed {
+                    error: previous,
+                    last_known,
+                } => {
+                    if previous.to_string() == error.to_string() {
+                        return false;
+                    }
+                    last_known.clone()
+                }
+                InfoState::Waiting => None,
+            };
+            *state = InfoState::Failed {
+                error: Arc::new(error),
+                last_known,
+            };
+            true
+        });
+    }
+}
+
+/// A pool's share of a custom endpoint's monitor. Cheap to hold; the monitor stops
+/// `idle_monitor_expiration` after the last handle is dropped.
+pub(crate) struct CustomEndpointHandle {
+    shared: Arc<Shared>,
+}
+
+impl CustomEndpointHandle {
+    /// A receiver of every published state; it starts with the current one.
+    pub(crate) fn subscribe(&self) -> watch::Receiver<InfoState> {
+        self.shared.state.subscribe()
+    }
+
+    /// The current state.
+    pub(crate) fn state(&self) -> InfoState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// The custom endpoint's host name (lower case, without a trailing dot).
+    pub(crate) fn host(&self) -> &str {
+        &self.shared.host
+    }
+
+    /// The custom endpoint's identifier (the host's first DNS label).
+    pub(crate) fn identifier(&self) -> &str {
+        &self.shared.identifier
+    }
+}
+
+impl fmt::Debug for CustomEndpointHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CustomEndpointHandle")
+            .field("host", &self.host())
+            .field("identifier", &self.identifier())
+            .field("refresh_rate", &self.shared.refresh_rate)
+            .field("idle_expiration", &self.shared.idle_expiration)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+impl Drop for CustomEndpointHandle {
+    fn drop(&mut self) {
+        self.shared.users.send_modify(|n| *n = n.saturating_sub(1));
+    }
+}
+
+static REGISTRY: LazyLock<Mutex<BTreeMap<String, Weak<Shared>>>> = LazyLock::new(Default::default);
+
+fn registry() -> MutexGuard<'static, BTreeMap<String, Weak<Shared>>> {
+    REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A new handle on the running monitor of `host`, if there is one.
+fn attach(
+    registry: &BTreeMap<String, Weak<Shared>>,
+    host: &str,
+) -> Option<Arc<CustomEndpointHandle>> {
+    let shared = registry
+        .get(host)
+        .and_then(Weak::upgrade)
+        .filter(|shared| shared.running.load(Ordering::Acquire))?;
+    shared.users.send_modify(|n| *n += 1);
+    Some(Arc::new(CustomEndpointHandle { shared }))
+}
+
+/// Joins (or starts) the monitor of the custom endpoint `host` (its first DNS label is the
+/// endpoint identifier).
+///
+/// The client: `settings.client`, else one built from the AWS configuration chain
+/// (`aws_config::defaults(BehaviorVersion::latest())`) with the region `settings.region`,
+/// else the region of the host name; without either, a configuration error naming
+/// `custom_endpoint_region`. A monitor that already runs for `host` keeps the settings and
+/// the client of the pool that started it.
+pub(crate) async fn join(
+    host: &str,
+    settings: &CustomEndpointSettings,
+) -> Result<Arc<CustomEndpointHandle>> {
+    let host = host.trim_end_matches('.').to_ascii_lowercase();
+    if let Some(handle) = attach(&registry(), &host) {
+        tracing::debug!(target: "aurora_pool", host = %host, "pool joined the running custom endpoint monitor");
+        return Ok(handle);
+    }
+    settings.validate()?;
+    let identifier = match host.split('.').next() {
+        Some(label) if !label.is_empty() => label.to_owned(),
+        _ => {
+            return Err(Error::config(
+                "host",
+                format!("`{host}` is not a custom endpoint host name"),
+            ));
+        }
+    };
+    // Built before taking the lock (loading the AWS configuration awaits).
+    let client = client_for(&host, settings).await?;
+    let mut registry = registry();
+    if let Some(handle) = attach(&registry, &host) {
+        return Ok(handle); // another pool started it meanwhile
+    }
+    let shared = Arc::new(Shared {
+        host: host.clone(),
+        identifier,
+        refresh_rate: settings.refresh_rate,
+        idle_expiration: settings.idle_monitor_expiration,
+        state: watch::channel(InfoState::Waiting).0,
+        users: watch::channel(1).0,
+        running: AtomicBool::new(true),
+    });
+    registry.insert(host, Arc::downgrade(&shared));
+    drop(registry);
+    tracing::info!(
+        target: "aurora_pool",
+        host = %shared.host,
+        endpoint = %shared.identifier,
+        refresh_rate_ms = shared.refresh_rate.as_millis() as u64,
+        idle_expiration_ms = shared.idle_expiration.as_millis() as u64,
+        "custom endpoint monitor started"
+    );
+    tokio::spawn(run(shared.clone(), client));
+    Ok(Arc::new(CustomEndpointHandle { shared }))
+}
+
+/// The RDS client of a new monitor.
+async fn client_for(host: &str, settings: &CustomEndpointSettings) -> Result<Client> {
+    if let Some(client) = &settings.client {
+        return Ok(client.clone());
+    }
+    let region = settings
+        .region
+        .as_deref()
+        .map(str::trim)
+        .filter(|region| !region.is_empty())
+        .map(str::to_owned)
+        .or_else(|| Endpoint::classify(host).region().map(str::to_owned))
+        .ok_or_else(|| {
+            Error::config(
+                "custom_endpoint_region",
+                format!(
+                    "no region for custom endpoint `{host}`: the host name is not an RDS \
+                     custom endpoint name; set custom_endpoint_region"
+                ),
+            )
+        })?;
+    let config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new(region))
+        .load()
+        .await;
+    Ok(Client::new(&config))
+}
+
+/// Marks the monitor stopped when its task ends, however it ends (retired, panicked, or
+/// dropped with its runtime), and tells the handles left, if any.
+struct Running(Arc<Shared>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        {
+            let mut registry = registry();
+            shared.running.store(false, Ordering::Release);
+            if registry
+                .get(&shared.host)
+                .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(shared)))
+            {
+                registry.remove(&shared.host);
+            }
+        }
+        if *shared.users.borrow() > 0 {
+            shared.publish_failure(
+                Error::topology(format!(
+                    "the monitor of custom endpoint `{}` stopped unexpectedly",
+                    shared.host
+                )),
+                false,
+            );
+        }
+        tracing::info!(target: "aurora_pool", host = %shared.host, "custom endpoint monitor stopped");
+    }
+}
+
+/// Retires the monitor when still no handle exists; under the registry lock, so that no
+/// pool can join it meanwhile.
+fn retire(shared: &Shared) -> bool {
+    let registry = registry();
+    if *shared.users.borrow() > 0 {
+        return false;
+    }
+    shared.running.store(false, Ordering::Release);
+    drop(registry);
+    true
+}
+
+/// The monitor task: polls until no handle has existed for the idle expiration.
+async fn run(shared: Arc<Shared>, client: Client) {
+    let _running = Running(shared.clone());
+    let mut users = shared.users.subscribe();
+    let poll = poll(&shared, &client);
+    tokio::pin!(poll);
+    loop {
+        // `wait_for`'s guard is dropped at once: holding it would block the handles' drop.
+        let unused = async {
+            let _ = users.wait_for(|n| *n == 0).await;
+        };
+        tokio::select! {
+            () = &mut poll => return,
+            () = unused => {}
+        }
+        tracing::debug!(
+            target: "aurora_pool",
+            host = %shared.host,
+            idle_expiration_ms = shared.idle_expiration.as_millis() as u64,
+            "no pool uses the custom endpoint monitor; it stops unless one joins in time"
+        );
+        let used_again = async {
+            let _ = users.wait_for(|n| *n > 0).await;
+        };
+        tokio::select! {
+            () = &mut poll => return,
+            () = used_again => {}
+            () = tokio::time::sleep(shared.idle_expiration) => {
+                if retire(&shared) {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Calls `DescribeDBClusterEndpoints` forever, publishing what it finds.
+async fn poll(shared: &Shared, client: &Client) {
+    let base = shared.refresh_rate;
+    let max = MAX_PAUSE.max(base);
+    let mut pause = base;
+    let mut reported = Reported::default();
+    loop {
+        let started = Instant::now();
+        let result = tokio::time::timeout(DESCRIBE_TIMEOUT, describe(client, &shared.identifier))
+            .await
+            .unwrap_or_else(|_| {
+                Err(DescribeError::Other(Error::topology(format!(
+                    "DescribeDBClusterEndpoints for custom endpoint `{}` did not answer within \
+                     {} s",
+                    shared.identifier,
+                    DESCRIBE_TIMEOUT.as_secs()
+                ))))
+            });
+        let next = match result {
+            Ok(info) => {
+                reported = Reported::default();
+                shared.publish_known(info);
+                pause = (pause / 2).max(base);
+                pause
+            }
+            Err(DescribeError::Throttled(error)) => {
+                pause = pause.saturating_mul(2).min(max);
+                tracing::warn!(
+                    target: "aurora_pool",
+                    host = %shared.host,
+                    error = %error,
+                    next_call_ms = pause.as_millis() as u64,
+                    "DescribeDBClusterEndpoints was throttled; calling it less often"
+                );
+                shared.publish_failure(error, true);
+                pause
+            }
+            Err(DescribeError::Credentials(error)) => {
+                report(shared, &mut reported, &error, max);
+                shared.publish_failure(error, false);
+                max
+            }
+            Err(DescribeError::Other(error)) => {
+                let next = pause;
+                pause = pause.saturating_mul(2).min(max);
+                report(shared, &mut reported, &error, next);
+                shared.publish_failure(error, false);
+                next
+            }
+        };
+        tokio::time::sleep_until(started + next).await;
+    }
+}
+
+/// The last error logged at warn level, so that a repeated one is logged at debug level.
+#[derive(Debug, Default)]
+struct Reported(Option<String>);
+
+impl Reported {
+    /// Whether `text` differs from the error reported last; it is the last one from now on.
+    fn is_new(&mut self, text: String) -> bool {
+        if self.0.as_ref() == Some(&text) {
+            return false;
+        }
+        self.0 = Some(text);
+        true
+    }
+}
+
+/// Logs a failed call at warn level the first time, at debug level while it repeats.
+fn report(shared: &Shared, reported: &mut Reported, error: &Error, next: Duration) {
+    let text = error.to_string();
+    if reported.is_new(text.clone()) {
+        tracing::warn!(
+            target: "aurora_pool",
+            host = %shared.host,
+            error = %text,
+            next_call_ms = next.as_millis() as u64,
+            "DescribeDBClusterEndpoints failed; the custom endpoint members are unknown or stale"
+        );
+    } else {
+        tracing::debug!(
+            target: "aurora_pool",
+            host = %shared.host,
+            error = %text,
+            next_call_ms = next.as_millis() as u64,
+            "DescribeDBClusterEndpoints still fails"
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::custom_endpoint::describe::{CustomEndpointType, Members};
+
+    #[test]
+    fn a_repeated_error_is_reported_once() {
+        let mut reported = Reported::default();
+        assert!(reported.is_new("expired".into()));
+        assert!(!reported.is_new("expired".into()));
+        assert!(!reported.is_new("expired".into()));
+        assert!(reported.is_new("not found".into()));
+        assert!(reported.is_new("expired".into()));
+        // A success resets it: the next failure is reported again.
+        reported = Reported::default();
+        assert!(reported.is_new("expired".into()));
+    }
+
+    #[test]
+    fn the_members_known_survive_a_failure() {
+        let info = Arc::new(CustomEndpointInfo {
+            identifier: "analytics".into(),
+            cluster_identifier: "orders".into(),
+            endpoint_type: CustomEndpointType::Reader,
+            members: Members::Excluded(Default::default()),
+        });
+        assert!(InfoState::Waiting.info().is_none());
+        assert!(InfoState::Known(info.clone()).info().is_some());
+        let failed = InfoState::Failed {
+            error: Arc::new(Error::topology("x")),
+            last_known: Some(info),
+        };
+        assert!(failed.info().is_some_and(|i| i.allows("instance-1")));
+    }
+}

@@ -1,0 +1,335 @@
+//! Pools on a custom endpoint URL, with the endpoint's members served by a local stub of the
+//! RDS API through the real AWS SDK client: reads stay inside the members while they change
+//! and through a failover, and a missing member list is a clear error.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use aurora_pool::testing::{CustomEndpointKind, LocalCluster, RdsStub};
+use aurora_pool::{AuroraPool, Role};
+use support::{eventually, served_by, unique_cluster_id};
+
+/// The custom endpoint `name`'s host. Monitors are per host and process-wide, so each test
+/// uses its own name (and stub).
+fn host(name: &str) -> String {
+    format!("{name}.cluster-custom-abc123.us-east-1.rds.amazonaws.com")
+}
+
+/// A pool whose URL host is the custom endpoint `name`, reached through the cluster
+/// endpoint's address (`hostaddr`).
+async fn pool_on(
+    cluster: &LocalCluster,
+    stub: &RdsStub,
+    name: &str,
+    test: &str,
+    extra: &str,
+) -> aurora_pool::Result<AuroraPool> {
+    let url = format!(
+        "postgres://{}:{}@{}:{}/{}?hostaddr=127.0.0.1&instance_endpoints={}&cluster_id={}\
+         &application_name=ce-app&custom_endpoint_info_refresh_rate_ms=200\
+         &failure_detection_time_ms=0&failure_detection_interval_ms=300&failure_detection_count=2\
+         &connect_timeout=2{extra}",
+        cluster.user(),
+        cluster.password(),
+        host(name),
+        cluster.cluster_endpoint().port(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id(test),
+    );
+    AuroraPool::builder()
+        .url(url)
+        .custom_endpoint_client(stub.client().await)
+        .connect()
+        .await
+}
+
+/// The instances 40 reads landed on.
+async fn readers_used(pool: &AuroraPool) -> BTreeSet<String> {
+    let mut seen = BTreeSet::new();
+    for _ in 0..40 {
+        seen.insert(served_by(&pool.try_reader().expect("a reader")).await);
+    }
+    seen
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|id| id.to_string()).collect()
+}
+
+/// The pool's own connections (not the crate's monitor and probes) on instance `id`.
+async fn pool_connections_on(cluster: &LocalCluster, id: &str) -> usize {
+    support::connections_named(cluster, id, "ce-app").await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_follow_the_static_members_as_they_change() {
+    let (cluster, stub) = tokio::join!(LocalCluster::start(4), RdsStub::start());
+    let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+    stub.set_endpoint(
+        "static",
+        "orders",
+        &host("static"),
+        CustomEndpointKind::Reader,
+        &["instance-3", "instance-4"],
+        &[],
+    );
+    let pool = pool_on(&cluster, &stub, "static", "ce-static", "")
+        .await
+        .expect("connect");
+
+    assert_eq!(
+        readers_used(&pool).await,
+        set(&["instance-3", "instance-4"])
+    );
+    let status = pool.status();
+    let pooled: BTreeSet<String> = status
+        .instances
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect();
+    assert!(!pooled.contains("instance-2"), "{status:?}");
+    assert!(pool_connections_on(&cluster, "instance-3").await > 0);
+
+    // Membership changes in AWS: instance-2 only.
+    stub.set_endpoint(
+        "static",
+        "orders",
+        &host("static"),
+        CustomEndpointKind::Reader,
+        &["instance-2"],
+        &[],
+    );
+    let moved = eventually(Duration::from_secs(10), || async {
+        pool.try_reader().is_ok() && readers_used(&pool).await == set(&["instance-2"])
+    })
+    .await;
+    assert!(
+        moved,
+        "reads did not move to instance-2: {:?}",
+        pool.status()
+    );
+    for dropped in ["instance-3", "instance-4"] {
+        let closed = eventually(Duration::from_secs(10), || async {
+            pool_connections_on(&cluster, dropped).await == 0
+        })
+        .await;
+        assert!(closed, "connections to {dropped} stayed open");
+    }
+    // A READER endpoint never sends reads to the writer.
+    assert!(!readers_used(&pool).await.contains("instance-1"));
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exclusion_list_blocks_its_members() {
+    let (cluster, stub) = tokio::join!(LocalCluster::start(4), RdsStub::start());
+    let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+    stub.set_endpoint(
+        "excluded",
+        "orders",
+        &host("excluded"),
+        CustomEndpointKind::Any,
+        &[],
+        &["instance-2", "instance-3"],
+    );
+    let pool = pool_on(&cluster, &stub, "excluded", "ce-excluded", "")
+        .await
+        .expect("connect");
+    assert_eq!(readers_used(&pool).await, set(&["instance-4"]));
+
+    // With its last member reader down, an ANY endpoint reads from the writer (a member).
+    cluster.crash("instance-4").await.expect("crash");
+    let on_writer = eventually(Duration::from_secs(10), || async {
+        match pool.acquire(Role::Reader).await {
+            Ok(mut conn) => {
+                sqlx::query_scalar::<_, String>("SELECT pg_catalog.aurora_db_instance_identifier()")
+                    .fetch_one(&mut *conn)
+                    .await
+                    .is_ok_and(|id| id == "instance-1")
+            }
+            Err(_) => false,
+        }
+    })
+    .await;
+    assert!(on_writer, "{:?}", pool.status());
+    assert!(
+        !readers_used(&pool)
+            .await
+            .iter()
+            .any(|id| id == "instance-2" || id == "instance-3")
+    );
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failover_keeps_reads_inside_the_members() {
+    let (cluster, stub) = tokio::join!(LocalCluster::start(4), RdsStub::start());
+    let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+    stub.set_endpoint(
+        "failover",
+        "orders",
+        &host("failover"),
+        CustomEndpointKind::Reader,
+        &["instance-3", "instance-4"],
+        &[],
+    );
+    let pool = pool_on(&cluster, &stub, "failover", "ce-failover", "")
+        .await
+        .expect("connect");
+    assert_eq!(
+        readers_used(&pool).await,
+        set(&["instance-3", "instance-4"])
+    );
+
+    // instance-3 becomes the writer; the old writer rejoins as a reader, outside the members.
+    cluster
+        .failover("instance-3", Some(Duration::from_millis(200)))
+        .await
+        .expect("failover");
+    let promoted = eventually(Duration::from_secs(15), || async {
+        pool.topology().writer().id() == "instance-3"
+    })
+    .await;
+    assert!(promoted, "{}", pool.topology());
+    cluster.wait_rejoined("instance-1").await.expect("rejoined");
+    let settled = eventually(Duration::from_secs(10), || async {
+        pool.topology()
+            .instance("instance-1")
+            .is_some_and(|i| i.role() == Role::Reader)
+    })
+    .await;
+    assert!(settled, "{}", pool.topology());
+    // The writer is not read from (READER endpoint), and neither are non-members.
+    assert_eq!(readers_used(&pool).await, set(&["instance-4"]));
+    let mut conn = pool.acquire(Role::Reader).await.expect("reader checkout");
+    let id: String = sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
+        .fetch_one(&mut *conn)
+        .await
+        .expect("query");
+    assert_eq!(id, "instance-4");
+    drop(conn);
+    pool.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn missing_member_lists_are_clear_errors() {
+    let (cluster, stub) = tokio::join!(LocalCluster::start(2), RdsStub::start());
+    let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+
+    // The RDS API answers too slowly for the wait.
+    stub.set_endpoint(
+        "slow",
+        "orders",
+        &host("slow"),
+        CustomEndpointKind::Reader,
+        &["instance-2"],
+        &[],
+    );
+    stub.set_delay(Duration::from_secs(3));
+    let err = pool_on(
+        &cluster,
+        &stub,
+        "slow",
+        "ce-slow",
+        "&wait_for_custom_endpoint_info_timeout_ms=500",
+    )
+    .await
+    .expect_err("the members are not known in time");
+    assert!(err.is_custom_endpoint_unavailable(), "{err:?}");
+    assert!(
+        err.to_string()
+            .contains("wait_for_custom_endpoint_info_timeout_ms"),
+        "{err}"
+    );
+
+    // Without waiting, the pool starts at once and narrows its reads when the list arrives.
+    let pool = pool_on(
+        &cluster,
+        &stub,
+        "slow",
+        "ce-nowait",
+        "&wait_for_custom_endpoint_info=false",
+    )
+    .await
+    .expect("connect without waiting");
+    let narrowed = eventually(Duration::from_secs(10), || async {
+        readers_used(&pool).await == set(&["instance-2"])
+    })
+    .await;
+    assert!(narrowed);
+    pool.close().await;
+    stub.set_delay(Duration::ZERO);
+
+    // An endpoint AWS does not know.
+    let err = pool_on(
+        &cluster,
+        &stub,
+        "ghost",
+        "ce-ghost",
+        "&wait_for_custom_endpoint_info_timeout_ms=1000",
+    )
+    .await
+    .expect_err("no such endpoint");
+    assert!(err.is_custom_endpoint_unavailable(), "{err:?}");
+    assert!(
+        format!("{err:?}").contains("DBClusterEndpointNotFound"),
+        "{err:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_urls_of_one_cluster_share_one_monitor() {
+    let (cluster, stub) = tokio::join!(LocalCluster::start(3), RdsStub::start());
+    let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+    stub.set_endpoint(
+        "shared",
+        "orders",
+        &host("shared"),
+        CustomEndpointKind::Reader,
+        &["instance-3"],
+        &[],
+    );
+    let id = unique_cluster_id("ce-shared");
+    // The cluster endpoint, an instance's IP address, and the custom endpoint.
+    let by_cluster_endpoint = AuroraPool::connect(&format!("{}&cluster_id={id}", cluster.url()))
+        .await
+        .expect("cluster endpoint");
+    let by_ip = AuroraPool::connect(&format!(
+        "{}?instance_endpoints={}&cluster_id={id}",
+        cluster.instance_url("instance-2").expect("instance"),
+        cluster.instance_endpoints_param()
+    ))
+    .await
+    .expect("IP address");
+    let by_custom_endpoint = pool_on(&cluster, &stub, "shared", "ce-shared", "")
+        .await
+        .expect("custom endpoint");
+
+    let monitor = format!("aurora-pool-monitor:{id}");
+    let mut monitors = 0;
+    for instance in cluster.instance_ids() {
+        monitors += support::connections_named(&cluster, &instance, &monitor).await;
+    }
+    assert_eq!(monitors, 1, "one monitor for the three URLs");
+    let a = by_cluster_endpoint.topology();
+    assert_eq!(
+        a.version(),
+        by_ip.topology().version(),
+        "one shared topology"
+    );
+    // Only the custom endpoint's pool is narrowed to its members.
+    assert_eq!(
+        readers_used(&by_custom_endpoint).await,
+        set(&["instance-3"])
+    );
+    assert_eq!(
+        readers_used(&by_ip).await,
+        set(&["instance-2", "instance-3"])
+    );
+    for pool in [by_cluster_endpoint, by_ip, by_custom_endpoint] {
+        pool.close().await;
+    }
+}
