@@ -15,6 +15,8 @@ pub mod config;
 mod connector;
 #[cfg(feature = "custom-endpoint")]
 mod custom_endpoint;
+#[cfg(feature = "deadpool")]
+pub mod deadpool;
 pub use connector::BoxFuture;
 pub mod endpoint;
 mod error;

@@ -27,6 +27,10 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// The driver's pool handle (cheap to clone).
     type Pool: Clone + Send + Sync + 'static;
 
+    /// Whether the backend asks the credential provider on every connect itself; then the
+    /// core neither fetches credentials for new pools nor renews them.
+    const CREDENTIALS_PER_CONNECT: bool = false;
+
     /// Creates a pool to `instance` that opens connections lazily, logging in with
     /// `credentials`.
     fn open(
@@ -34,10 +38,16 @@ pub(crate) trait Backend: Send + Sync + 'static {
         instance: &Instance,
         sizing: PoolSizing,
         credentials: &Credentials,
-    ) -> Self::Pool;
+    ) -> Result<Self::Pool>;
 
     /// Makes the pool's future connections log in with `credentials`; open connections stay.
     fn set_credentials(&self, pool: &Self::Pool, instance: &Instance, credentials: &Credentials);
+
+    /// Ends the pool's connections at once, checked-out ones included: their instance is
+    /// gone. Backends that cannot reach the socket leave them to `close`.
+    fn abort(pool: &Self::Pool) {
+        let _ = pool;
+    }
 
     /// Closes a pool: idle connections at once, checked-out ones when they are returned.
     fn close(pool: Self::Pool) -> BoxFuture<'static, ()>;
@@ -73,6 +83,9 @@ pub(crate) struct Slot<P> {
     pub(crate) pool: P,
     pub(crate) login: Arc<SlotLogin>,
 }
+
+/// Pools a routing change no longer uses, with the instance each served.
+type Retired<P> = Vec<(Arc<Instance>, P)>;
 
 /// Which pool serves which role; swapped atomically, read without locks at checkout.
 pub(crate) struct RoutingTable<P> {
@@ -119,11 +132,12 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         backend: &B,
         config: &Config,
         mut fresh: HashMap<String, Credentials>,
-    ) -> (RoutingTable<P>, Vec<P>) {
+    ) -> Result<(RoutingTable<P>, Retired<P>)> {
         let mut old: Vec<&Slot<P>> = previous
             .map(|t| std::iter::once(&t.writer).chain(&t.readers).collect())
             .unwrap_or_default();
-        let mut take = |instance: &Instance, sizing: PoolSizing| -> Slot<P> {
+        let mut opened: Vec<P> = Vec::new();
+        let mut take = |instance: &Instance, sizing: PoolSizing| -> Result<Slot<P>> {
             let (pool, login) = match old.iter().position(|s| s.instance.same_placement(instance)) {
                 Some(i) => {
                     let slot = old.swap_remove(i);
@@ -131,7 +145,8 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                 }
                 None => {
                     let login = SlotLogin::new(fresh.remove(instance.id()));
-                    let pool = backend.open(instance, sizing, &login.current());
+                    let pool = backend.open(instance, sizing, &login.current())?;
+                    opened.push(pool.clone());
                     if sizing.min_connections > 0 {
                         tokio::spawn(prefill::<B>(
                             pool.clone(),
@@ -142,20 +157,34 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                     (pool, Arc::new(login))
                 }
             };
-            Slot {
+            Ok(Slot {
                 instance: Arc::new(instance.clone()),
                 pool,
                 login,
-            }
+            })
         };
-        let writer = take(topology.writer(), config.writer);
         // Unreachable readers, and those outside the scope, get no pool: their connections
         // are closed.
-        let readers = Self::readers_in(topology, scope)
-            .map(|r| take(r, config.reader))
+        let slots = take(topology.writer(), config.writer).and_then(|writer| {
+            let readers = Self::readers_in(topology, scope)
+                .map(|r| take(r, config.reader))
+                .collect::<Result<Vec<_>>>()?;
+            Ok((writer, readers))
+        });
+        let (writer, readers) = match slots {
+            Ok(slots) => slots,
+            Err(err) => {
+                for pool in opened {
+                    tokio::spawn(B::close(pool));
+                }
+                return Err(err);
+            }
+        };
+        let retired = old
+            .into_iter()
+            .map(|s| (s.instance.clone(), s.pool.clone()))
             .collect();
-        let retired = old.into_iter().map(|s| s.pool.clone()).collect();
-        (
+        Ok((
             RoutingTable {
                 topology: topology.clone(),
                 writer,
@@ -163,7 +192,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                 reads_may_use_writer: scope.reads_may_use_writer(topology),
             },
             retired,
-        )
+        ))
     }
 
     fn slots(&self) -> impl Iterator<Item = &Slot<P>> {
@@ -243,14 +272,18 @@ impl<B: Backend> PoolCore<B> {
         let mut updates = cluster.subscribe();
         let topology = updates.borrow_and_update().clone();
         let read_scope = scope.current();
-        let fresh = fetch_credentials(
-            &provider,
-            &config,
-            RoutingTable::<B::Pool>::new_placements(None, &topology, &read_scope),
-        )
-        .await;
+        let fresh = if B::CREDENTIALS_PER_CONNECT {
+            HashMap::new()
+        } else {
+            fetch_credentials(
+                &provider,
+                &config,
+                RoutingTable::<B::Pool>::new_placements(None, &topology, &read_scope),
+            )
+            .await
+        };
         let (table, _) =
-            RoutingTable::build(None, &topology, &read_scope, &backend, &config, fresh);
+            RoutingTable::build(None, &topology, &read_scope, &backend, &config, fresh)?;
         let core = Arc::new_cyclic(|weak: &Weak<Self>| PoolCore {
             selector: Selector::new(config.reader_host_selector_strategy),
             routing: ArcSwap::from_pointee(table),
@@ -259,7 +292,11 @@ impl<B: Backend> PoolCore<B> {
             _registration: registration,
             reconciler: tokio::spawn(reconcile_on_updates(weak.clone(), updates, scope.clone())),
             scope,
-            renewer: tokio::spawn(renew_credentials(weak.clone())),
+            renewer: tokio::spawn(if B::CREDENTIALS_PER_CONNECT {
+                Box::pin(async {}) as BoxFuture<'static, ()>
+            } else {
+                Box::pin(renew_credentials(weak.clone()))
+            }),
             provider,
             last_forced_renewal: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
@@ -320,7 +357,7 @@ impl<B: Backend> PoolCore<B> {
                 Some(slot) => Ok(slot.clone()),
                 None if table.reads_may_use_writer => Ok(table.writer.clone()),
                 None => Err(Error::no_reader(format!(
-                    "cluster `{}` has no reachable reader that reads may use, and they may not use the writer (failover_mode or the custom endpoint's members)",
+                    "cluster `{}` has no reachable reader that reads may use, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
                     self.config.cluster_id
                 ))),
             },
@@ -374,7 +411,7 @@ impl<B: Backend> PoolCore<B> {
                 continue;
             };
             drop(cluster);
-            if slot.login.is_due(Instant::now()) {
+            if !B::CREDENTIALS_PER_CONNECT && slot.login.is_due(Instant::now()) {
                 self.renew(&slot).await;
             }
             let acquire = B::acquire(&slot.pool);
@@ -403,7 +440,9 @@ impl<B: Backend> PoolCore<B> {
                 Some(Ok(connection)) => return Ok((connection, slot.instance)),
                 // Retired by a routing change that may not have reached us yet.
                 Some(Err(err)) if err.is_closed() => last_error = Some(err),
-                Some(Err(err)) if err.is_login_rejected() && !login_retried => {
+                Some(Err(err))
+                    if err.is_login_rejected() && !login_retried && !B::CREDENTIALS_PER_CONNECT =>
+                {
                     login_retried = true;
                     if !self.renew_rejected(&slot).await {
                         return Err(err);
@@ -583,23 +622,38 @@ impl<B: Backend> PoolCore<B> {
             return;
         }
         let scope = self.scope.current();
-        let fresh = fetch_credentials(
-            &self.provider,
-            &self.config,
-            RoutingTable::new_placements(Some(&previous), topology, &scope),
-        )
-        .await;
+        let fresh = if B::CREDENTIALS_PER_CONNECT {
+            HashMap::new()
+        } else {
+            fetch_credentials(
+                &self.provider,
+                &self.config,
+                RoutingTable::new_placements(Some(&previous), topology, &scope),
+            )
+            .await
+        };
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        let (table, retired) = RoutingTable::build(
+        let (table, retired) = match RoutingTable::build(
             Some(&previous),
             topology,
             &scope,
             &self.backend,
             &self.config,
             fresh,
-        );
+        ) {
+            Ok(built) => built,
+            Err(err) => {
+                tracing::error!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    error = %err,
+                    "routing not updated: an instance pool could not be created"
+                );
+                return;
+            }
+        };
         self.routing.store(Arc::new(table));
         self.routing_version.send_replace(topology.version());
         tracing::info!(
@@ -611,7 +665,13 @@ impl<B: Backend> PoolCore<B> {
             retired_pools = retired.len(),
             "routing updated"
         );
-        for pool in retired {
+        for (instance, pool) in retired {
+            let gone = topology
+                .instance(instance.id())
+                .is_none_or(|now| !now.is_available());
+            if gone {
+                B::abort(&pool);
+            }
             tokio::spawn(B::close(pool));
         }
     }

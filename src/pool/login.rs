@@ -114,11 +114,11 @@ pub(crate) async fn fetch(
 /// Opens a connection with credentials from `provider`, renewing them when the login is
 /// refused for as long as the provider offers new ones (at most
 /// [`MAX_LOGIN_ATTEMPTS`] logins).
-pub(crate) async fn connect_with_login<C>(
+pub(crate) async fn connect_with_login<'c, C>(
     provider: &dyn CredentialProvider,
     target: &ConnectTarget,
     timeout: Duration,
-    mut connect: impl FnMut(Arc<Credentials>) -> BoxFuture<'static, Result<C>>,
+    mut connect: impl FnMut(Arc<Credentials>) -> BoxFuture<'c, Result<C>>,
 ) -> Result<C> {
     let started = Instant::now();
     let mut credentials = Arc::new(fetch(provider, target, timeout).await?);

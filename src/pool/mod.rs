@@ -1,8 +1,8 @@
 //! The pool: routing by role over per-instance pools of a driver backend.
 
 pub(crate) mod core;
-mod login;
-mod scope;
+pub(crate) mod login;
+pub(crate) mod scope;
 #[cfg(feature = "sqlx")]
 mod sqlx;
 mod status;

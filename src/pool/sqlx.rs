@@ -442,7 +442,12 @@ pub(crate) struct SqlxBackend {
 impl Backend for SqlxBackend {
     type Pool = PgPool;
 
-    fn open(&self, instance: &Instance, sizing: PoolSizing, credentials: &Credentials) -> PgPool {
+    fn open(
+        &self,
+        instance: &Instance,
+        sizing: PoolSizing,
+        credentials: &Credentials,
+    ) -> Result<PgPool> {
         tracing::debug!(
             target: "aurora_pool",
             instance = instance.id(),
@@ -450,13 +455,13 @@ impl Backend for SqlxBackend {
             address = %instance.address(),
             "opening instance pool"
         );
-        PgPoolOptions::new()
+        Ok(PgPoolOptions::new()
             .max_connections(sizing.max_connections)
             .min_connections(sizing.min_connections)
             .acquire_timeout(self.acquire_timeout)
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime)
-            .connect_lazy_with(options_for(&self.base, instance.address(), credentials))
+            .connect_lazy_with(options_for(&self.base, instance.address(), credentials)))
     }
 
     fn set_credentials(&self, pool: &PgPool, instance: &Instance, credentials: &Credentials) {

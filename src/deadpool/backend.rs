@@ -1,0 +1,285 @@
+//! The deadpool backend of the pool core: an instance pool per (instance, role), and the
+//! crate's own connections over tokio-postgres.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ::deadpool::Runtime;
+use ::deadpool::managed::{PoolConfig, QueueMode, Timeouts};
+use tokio_postgres::SimpleQueryMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
+
+use super::error::{from_pg, from_pool};
+use super::manager::Manager;
+use super::tls;
+use super::{Object, Pool};
+use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
+use crate::config::{Config, PoolSizing};
+use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
+use crate::endpoint::HostPort;
+use crate::error::{Error, Result};
+use crate::pool::core::Backend;
+use crate::pool::login;
+use crate::topology::Instance;
+
+/// The longest pause between two maintenance rounds of an instance pool.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
+
+pub(crate) struct DeadpoolBackend {
+    base: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    provider: Arc<dyn CredentialProvider>,
+    user: String,
+    acquire_timeout: Duration,
+    connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+}
+
+impl DeadpoolBackend {
+    pub(crate) fn new(
+        config: &Config,
+        provider: Arc<dyn CredentialProvider>,
+    ) -> Result<DeadpoolBackend> {
+        let url = config.driver_url();
+        let mut base = tokio_postgres::Config::new();
+        base.user(config.user());
+        let database = url.path().trim_start_matches('/');
+        if !database.is_empty() {
+            base.dbname(database);
+        }
+        let parameter = |name: &str| {
+            url.query_pairs()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.into_owned())
+        };
+        if let Some(name) = parameter("application_name") {
+            base.application_name(&name);
+        }
+        if let Some(options) = parameter("options") {
+            base.options(&options);
+        }
+        let root_cert = parameter("sslrootcert").or_else(|| parameter("ssl-root-cert"));
+        let ssl_mode = match config.ssl_mode() {
+            None if config.requires_tls() => Some("require"),
+            mode => mode,
+        };
+        let (tls, mode) = tls::connector(ssl_mode, root_cert.as_deref())?;
+        base.ssl_mode(mode);
+        Ok(DeadpoolBackend {
+            base,
+            tls,
+            provider,
+            user: config.user().to_owned(),
+            acquire_timeout: config.acquire_timeout,
+            connect_timeout: config.connect_timeout,
+            idle_timeout: config.idle_timeout,
+            max_lifetime: config.max_lifetime,
+        })
+    }
+
+    /// The connector of the crate's own connections, with the same settings.
+    pub(crate) fn connector(&self, config: &Config) -> AdminConnector {
+        AdminConnector {
+            base: self.base.clone(),
+            tls: self.tls.clone(),
+            provider: self.provider.clone(),
+            user: self.user.clone(),
+            cluster_id: config.cluster_id.clone(),
+            connect_timeout: self.connect_timeout,
+        }
+    }
+
+    fn manager(&self, address: &HostPort, application_name: Option<&str>) -> Manager {
+        let mut base = self.base.clone();
+        base.host(&address.host).port(address.port);
+        if let Some(name) = application_name {
+            base.application_name(name);
+        }
+        Manager::new(
+            base,
+            self.tls.clone(),
+            self.provider.clone(),
+            ConnectTarget::new(address.host.clone(), address.port, self.user.clone()),
+            self.connect_timeout,
+            self.max_lifetime,
+        )
+    }
+}
+
+impl Backend for DeadpoolBackend {
+    const CREDENTIALS_PER_CONNECT: bool = true;
+
+    type Pool = Pool;
+
+    fn open(&self, instance: &Instance, sizing: PoolSizing, _: &Credentials) -> Result<Pool> {
+        tracing::debug!(
+            target: "aurora_pool",
+            instance = instance.id(),
+            role = %instance.role(),
+            address = %instance.address(),
+            "opening instance pool"
+        );
+        let config = PoolConfig {
+            max_size: sizing.max_connections as usize,
+            timeouts: Timeouts {
+                wait: Some(self.acquire_timeout),
+                create: Some(self.connect_timeout * 2),
+                recycle: Some(self.connect_timeout),
+            },
+            queue_mode: QueueMode::Fifo,
+        };
+        let pool = Pool::builder(self.manager(instance.address(), None))
+            .config(config)
+            .runtime(Runtime::Tokio1)
+            .build()
+            .map_err(|err| Error::driver("creating an instance pool failed").with_source(err))?;
+        tokio::spawn(maintain(
+            pool.weak(),
+            sizing.min_connections,
+            self.idle_timeout,
+            self.max_lifetime,
+        ));
+        Ok(pool)
+    }
+
+    fn set_credentials(&self, _: &Pool, _: &Instance, _: &Credentials) {
+        // Every connect asks the provider.
+    }
+
+    fn abort(pool: &Pool) {
+        pool.manager().abort_connections();
+    }
+
+    fn close(pool: Pool) -> BoxFuture<'static, ()> {
+        // Idle connections go at once; checked-out ones when they come back.
+        pool.close();
+        Box::pin(async {})
+    }
+
+    fn size_and_idle(pool: &Pool) -> (u32, u32) {
+        let status = pool.status();
+        (
+            u32::try_from(status.size).unwrap_or(u32::MAX),
+            u32::try_from(status.available).unwrap_or(u32::MAX),
+        )
+    }
+
+    type Connection = Object;
+
+    fn acquire(pool: &Pool) -> BoxFuture<'static, Result<Object>> {
+        let pool = pool.clone();
+        Box::pin(async move {
+            pool.get()
+                .await
+                .map_err(|err| from_pool(err, "checking out a connection"))
+        })
+    }
+}
+
+/// What deadpool leaves out: closes connections idle past `idle_timeout` or older than
+/// `max_lifetime`, and tops the pool up to `min` connections. Ends with the pool.
+async fn maintain(
+    pool: ::deadpool::managed::WeakPool<Manager>,
+    min: u32,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+) {
+    let every = [idle_timeout, max_lifetime]
+        .into_iter()
+        .flatten()
+        .map(|d| d / 2)
+        .min()
+        .unwrap_or(MAINTENANCE_EVERY)
+        .clamp(Duration::from_millis(100), MAINTENANCE_EVERY);
+    loop {
+        tokio::time::sleep(every).await;
+        let Some(pool) = pool.upgrade() else { return };
+        if pool.is_closed() {
+            return;
+        }
+        pool.retain(|_, metrics| {
+            idle_timeout.is_none_or(|idle| metrics.last_used() < idle)
+                && max_lifetime.is_none_or(|lifetime| metrics.age() < lifetime)
+        });
+        let missing = (min as usize).saturating_sub(pool.status().size);
+        let mut opening = tokio::task::JoinSet::new();
+        for _ in 0..missing {
+            let pool = pool.clone();
+            opening.spawn(async move { pool.get().await.map(drop) });
+        }
+        // Connections go back to the pool idle as the tasks end.
+        while opening.join_next().await.is_some() {}
+    }
+}
+
+/// Opens the crate's own connections (discovery, monitor, probes).
+pub(crate) struct AdminConnector {
+    base: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    provider: Arc<dyn CredentialProvider>,
+    user: String,
+    cluster_id: String,
+    connect_timeout: Duration,
+}
+
+impl Connector for AdminConnector {
+    fn connect<'a>(
+        &'a self,
+        address: &'a HostPort,
+        purpose: Purpose,
+    ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>> {
+        Box::pin(async move {
+            let mut base = self.base.clone();
+            base.host(&address.host)
+                .port(address.port)
+                .application_name(purpose.application_name(&self.cluster_id));
+            let manager = Manager::new(
+                base,
+                self.tls.clone(),
+                self.provider.clone(),
+                ConnectTarget::new(address.host.clone(), address.port, self.user.clone()),
+                self.connect_timeout,
+                None,
+            );
+            let client = login::connect_with_login(
+                self.provider.as_ref(),
+                &ConnectTarget::new(address.host.clone(), address.port, self.user.clone()),
+                self.connect_timeout,
+                |credentials| Box::pin(manager.connect_once(credentials)),
+            )
+            .await?;
+            Ok(Box::new(AdminClient(client)) as Box<dyn AdminConnection>)
+        })
+    }
+}
+
+struct AdminClient(deadpool_postgres::ClientWrapper);
+
+impl AdminConnection for AdminClient {
+    fn query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<TextRow>>> {
+        Box::pin(async move {
+            let messages = self
+                .0
+                .simple_query(sql)
+                .await
+                .map_err(|err| from_pg(err, "topology query"))?;
+            Ok(messages
+                .into_iter()
+                .filter_map(|message| match message {
+                    SimpleQueryMessage::Row(row) => Some(
+                        (0..row.len())
+                            .map(|i| row.get(i).map(str::to_owned))
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+                .collect())
+        })
+    }
+
+    fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
+        // Dropping the client sends Terminate and ends its connection task.
+        Box::pin(async move { drop(self) })
+    }
+}

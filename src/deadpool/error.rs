@@ -1,0 +1,30 @@
+//! tokio-postgres errors in the crate's error model.
+
+use crate::error::Error;
+
+/// Wraps a tokio-postgres error: server errors keep their SQLSTATE; a closed connection, an
+/// I/O failure or a refused connect is a connect error (network class).
+pub(crate) fn from_pg(err: tokio_postgres::Error, context: &str) -> Error {
+    let sqlstate = err.code().map(|code| code.code().to_owned());
+    let wrapped = if sqlstate.is_some() {
+        Error::driver(format!("{context} failed"))
+    } else if err.is_closed()
+        || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>())
+    {
+        Error::connect(format!("{context} failed"))
+    } else {
+        Error::driver(format!("{context} failed"))
+    };
+    wrapped.with_sqlstate(sqlstate).with_source(err)
+}
+
+/// Wraps a pool error.
+pub(crate) fn from_pool(err: ::deadpool::managed::PoolError<Error>, context: &str) -> Error {
+    use ::deadpool::managed::PoolError;
+    match err {
+        PoolError::Backend(err) => err,
+        PoolError::Closed => Error::closed(),
+        PoolError::Timeout(kind) => Error::timeout(format!("{context} timed out ({kind:?})")),
+        other => Error::driver(format!("{context} failed")).with_source(other.to_string()),
+    }
+}

@@ -1,0 +1,167 @@
+//! The deadpool-postgres flavour (feature `deadpool`): the same cluster-aware pool, with
+//! checkouts that are deadpool objects over `tokio_postgres` clients.
+//!
+//! [`AuroraPool`] here has the sqlx flavour's roles, topology, shared monitor, eviction and
+//! credential providers. Its instance pools are [`Pool`]s whose [`Object`]s deref to
+//! [`deadpool_postgres::ClientWrapper`] (with its statement cache: `prepare_cached`) and then
+//! to [`tokio_postgres::Client`].
+//!
+//! What deadpool leaves out is provided: connections idle for `idle_timeout_ms` are closed and
+//! pools are refilled to their minimum (`*_min_connections`) by a maintenance task per instance
+//! pool; connections older than `max_lifetime_ms` are not recycled; connects are bounded by
+//! `connect_timeout` and checkouts by `acquire_timeout_ms`. Recycling asks the server (an empty
+//! query), so a dead connection is never handed out. Connections use TCP keepalives and
+//! `tcp_user_timeout`. When an instance is declared dead its connection tasks are aborted:
+//! queries in flight fail at once instead of hanging.
+//!
+//! Credentials are asked of the provider on every new connection.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use aurora_pool::deadpool::AuroraPool;
+//!
+//! let pool = AuroraPool::connect(
+//!     "postgres://app:secret@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app",
+//! )
+//! .await?;
+//! let client = pool.writer().get().await?;
+//! let insert = client.prepare_cached("INSERT INTO orders (id) VALUES ($1)").await?;
+//! client.execute(&insert, &[&7_i64]).await?;
+//! let rows = pool.reader().get().await?.query("SELECT id FROM orders", &[]).await?;
+//! # drop(rows);
+//! # Ok(())
+//! # }
+//! ```
+
+mod backend;
+mod error;
+mod manager;
+mod tls;
+
+use std::fmt;
+use std::sync::Arc;
+
+use tokio::sync::broadcast;
+
+use self::backend::DeadpoolBackend;
+use crate::auth;
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::monitor::ClusterEvent;
+use crate::pool::PoolStatus;
+use crate::pool::core::PoolCore;
+use crate::pool::scope::ScopeSource;
+use crate::topology::{Role, Topology};
+
+pub use self::manager::Manager;
+
+/// The pool of one instance.
+pub type Pool = ::deadpool::managed::Pool<Manager>;
+
+/// A checked-out connection: derefs to [`deadpool_postgres::ClientWrapper`].
+pub type Object = ::deadpool::managed::Object<Manager>;
+
+/// A cluster-aware pool handing out deadpool [`Pool`]s per role; see the
+/// [module documentation](self).
+#[derive(Clone)]
+pub struct AuroraPool {
+    core: Arc<PoolCore<DeadpoolBackend>>,
+}
+
+impl AuroraPool {
+    /// Connects with a URL (the parameters of the README): discovers the topology and starts
+    /// (or joins) the cluster monitor.
+    pub async fn connect(url: &str) -> Result<AuroraPool> {
+        AuroraPool::connect_with(Config::from_url(url)?).await
+    }
+
+    /// Connects with a prepared [`Config`] (see [`crate::Builder::build`]).
+    pub async fn connect_with(config: Config) -> Result<AuroraPool> {
+        config.validate()?;
+        let provider = auth::provider_for(&config).await?;
+        let backend = DeadpoolBackend::new(&config, provider.clone())?;
+        let connector = Arc::new(backend.connector(&config));
+        let scope = ScopeSource::new(&config).await?;
+        let core = PoolCore::start(config, backend, connector, provider, scope).await?;
+        Ok(AuroraPool { core })
+    }
+
+    /// The pool of the current writer instance. Take it per unit of work: after a writer
+    /// change the old writer's pool is closed.
+    pub fn writer(&self) -> Pool {
+        self.core.writer()
+    }
+
+    /// The pool of a reader chosen by `reader_host_selector_strategy`; the writer's when no
+    /// reader is reachable (use [`try_reader`](AuroraPool::try_reader) for a strict choice).
+    pub fn reader(&self) -> Pool {
+        self.core.reader().unwrap_or_else(|| self.core.writer())
+    }
+
+    /// Like [`reader`](AuroraPool::reader), but fails ([`Error::is_no_reader`]) when no reader
+    /// may serve the read.
+    pub fn try_reader(&self) -> Result<Pool> {
+        self.core.pool_for(Role::Reader)
+    }
+
+    /// Checks out one connection for `role`, waiting out a failover (up to
+    /// `failover_timeout_ms`) like the sqlx flavour's `acquire`.
+    pub async fn acquire(&self, role: Role) -> Result<Object> {
+        self.core.checkout(role).await.map(|(object, _)| object)
+    }
+
+    /// Wraps an error from a query on one of this pool's connections; a failover-class error
+    /// ([`Error::is_failover`]) makes the monitor re-read the topology at once.
+    pub fn classify(&self, err: tokio_postgres::Error) -> Error {
+        let err = error::from_pg(err, "the statement");
+        if err.is_login_rejected() {
+            return err;
+        }
+        if err.class().triggers_failover() {
+            self.core.request_refresh();
+            return err.into_failover();
+        }
+        err
+    }
+
+    /// Cluster events from the shared monitor.
+    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.core.events()
+    }
+
+    /// The topology the pool routes by.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.core.topology()
+    }
+
+    /// Connections per instance.
+    pub fn status(&self) -> PoolStatus {
+        self.core.status()
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &Config {
+        self.core.config()
+    }
+
+    /// Whether [`close`](AuroraPool::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// Closes every instance pool and leaves the cluster monitor.
+    pub async fn close(&self) {
+        self.core.close().await;
+    }
+}
+
+impl fmt::Debug for AuroraPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuroraPool")
+            .field("backend", &"deadpool")
+            .field("cluster_id", &self.core.config().cluster_id)
+            .field("topology", &format_args!("{}", self.core.topology()))
+            .field("closed", &self.core.is_closed())
+            .finish()
+    }
+}

@@ -1,0 +1,234 @@
+//! One behaviour suite for every backend: the same scenarios (routing by role, a writer crash,
+//! rotated credentials) run against the sqlx flavour and the deadpool flavour.
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials};
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{BoxFuture, Config, Role, Topology};
+use support::{AGGRESSIVE, eventually, unique_cluster_id};
+
+/// What the scenarios need of a pool flavour.
+trait Flavour: Clone + Send + Sync + Sized + 'static {
+    fn connect_with(config: Config) -> impl Future<Output = aurora_pool::Result<Self>> + Send;
+    /// The id of the instance a fresh checkout for `role` lands on.
+    fn instance_id(&self, role: Role) -> impl Future<Output = aurora_pool::Result<String>> + Send;
+    /// Runs `sql` on a writer checkout.
+    fn execute(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    fn topology(&self) -> Arc<Topology>;
+    fn close(&self) -> impl Future<Output = ()> + Send;
+}
+
+const INSTANCE_ID: &str = "SELECT pg_catalog.aurora_db_instance_identifier()";
+
+impl Flavour for aurora_pool::AuroraPool {
+    async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
+        aurora_pool::AuroraPool::connect_with(config).await
+    }
+    async fn instance_id(&self, role: Role) -> aurora_pool::Result<String> {
+        let mut conn = self.acquire(role).await?;
+        let id = sqlx::query_scalar(INSTANCE_ID).fetch_one(&mut *conn).await;
+        id.map_err(|err| self.classify(err))
+    }
+    async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        let mut conn = self.acquire(Role::Writer).await?;
+        let done = sqlx::query(sql).execute(&mut *conn).await;
+        done.map(|_| ()).map_err(|err| self.classify(err))
+    }
+    fn topology(&self) -> Arc<Topology> {
+        self.topology()
+    }
+    async fn close(&self) {
+        self.close().await
+    }
+}
+
+#[cfg(feature = "deadpool")]
+impl Flavour for aurora_pool::deadpool::AuroraPool {
+    async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
+        aurora_pool::deadpool::AuroraPool::connect_with(config).await
+    }
+    async fn instance_id(&self, role: Role) -> aurora_pool::Result<String> {
+        let client = self.acquire(role).await?;
+        let row = client.query_one(INSTANCE_ID, &[]).await;
+        row.map(|row| row.get(0)).map_err(|err| self.classify(err))
+    }
+    async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        let client = self.acquire(Role::Writer).await?;
+        let done = client.batch_execute(sql).await;
+        done.map_err(|err| self.classify(err))
+    }
+    fn topology(&self) -> Arc<Topology> {
+        self.topology()
+    }
+    async fn close(&self) {
+        self.close().await
+    }
+}
+
+fn config(cluster: &LocalCluster, test: &str, params: &str) -> Config {
+    Config::from_url(&support::url_with(
+        cluster,
+        &format!("cluster_id={}&{params}", unique_cluster_id(test)),
+    ))
+    .expect("config")
+}
+
+async fn reads_and_writes_go_to_their_roles<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = F::connect_with(config(&cluster, test, ""))
+        .await
+        .expect("connect");
+    assert_eq!(
+        pool.instance_id(Role::Writer).await.expect("writer"),
+        "instance-1"
+    );
+    let mut readers = std::collections::BTreeSet::new();
+    for _ in 0..40 {
+        readers.insert(pool.instance_id(Role::Reader).await.expect("reader"));
+    }
+    let expected: std::collections::BTreeSet<String> = ["instance-2", "instance-3"]
+        .into_iter()
+        .map(String::from)
+        .collect();
+    assert_eq!(readers, expected);
+    pool.close().await;
+}
+
+async fn writes_continue_on_the_new_writer_after_a_crash<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = F::connect_with(config(&cluster, test, AGGRESSIVE))
+        .await
+        .expect("connect");
+    pool.execute("CREATE TABLE behaviour (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "behaviour").await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let written = eventually(Duration::from_secs(20), || async {
+        match pool.execute("INSERT INTO behaviour VALUES (1)").await {
+            Ok(()) => true,
+            Err(err) => {
+                assert!(
+                    err.is_failover()
+                        || err.is_failover_failed()
+                        || err.is_connect()
+                        || err.is_timeout(),
+                    "{err:?}"
+                );
+                false
+            }
+        }
+    })
+    .await;
+    assert!(
+        written,
+        "no write reached the new writer: {}",
+        pool.topology()
+    );
+    assert_eq!(
+        pool.instance_id(Role::Writer).await.expect("writer"),
+        "instance-2"
+    );
+    pool.close().await;
+}
+
+/// A vault of one password that the test rotates.
+#[derive(Debug, Clone)]
+struct Vault(Arc<Mutex<String>>);
+
+impl CredentialProvider for Vault {
+    fn credentials<'a>(
+        &'a self,
+        _: &'a ConnectTarget,
+    ) -> BoxFuture<'a, aurora_pool::Result<Credentials>> {
+        let password = self.0.lock().expect("vault").clone();
+        Box::pin(
+            async move { Ok(Credentials::new(password).valid_for(Duration::from_millis(300))) },
+        )
+    }
+}
+
+async fn new_connections_use_rotated_credentials<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let vault = Vault(Arc::new(Mutex::new(cluster.password().to_owned())));
+    let url = format!(
+        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}&writer_max_connections=1",
+        cluster.user(),
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id(test)
+    );
+    let config = aurora_pool::Builder::new()
+        .url(url)
+        .credential_provider(vault.clone())
+        .build()
+        .expect("config");
+    let pool = F::connect_with(config).await.expect("connect");
+    pool.execute("SELECT 1").await.expect("first login");
+    let sql = format!(
+        "ALTER ROLE \"{}\" PASSWORD 'rotated-in-the-vault'",
+        cluster.user()
+    );
+    cluster
+        .psql("instance-1", "postgres", &sql)
+        .await
+        .expect("alter role");
+    *vault.0.lock().expect("vault") = "rotated-in-the-vault".to_owned();
+    // New connections (the writer pool holds one; terminate it) log in with the new password.
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{}' AND application_name NOT LIKE 'aurora-pool-%'",
+        cluster.user()
+    );
+    let rotated = eventually(Duration::from_secs(10), || async {
+        let _ = cluster.psql("instance-1", "postgres", &terminate).await;
+        pool.execute("SELECT 1").await.is_ok() && pool.execute("SELECT 1").await.is_ok()
+    })
+    .await;
+    assert!(rotated, "no login with the rotated password");
+    pool.close().await;
+}
+
+macro_rules! behaviour_suite {
+    ($module:ident, $flavour:ty) => {
+        mod $module {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn reads_and_writes_go_to_their_roles() {
+                super::reads_and_writes_go_to_their_roles::<$flavour>(concat!(
+                    stringify!($module),
+                    "-roles"
+                ))
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn writes_continue_on_the_new_writer_after_a_crash() {
+                super::writes_continue_on_the_new_writer_after_a_crash::<$flavour>(concat!(
+                    stringify!($module),
+                    "-crash"
+                ))
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn new_connections_use_rotated_credentials() {
+                super::new_connections_use_rotated_credentials::<$flavour>(concat!(
+                    stringify!($module),
+                    "-rotation"
+                ))
+                .await;
+            }
+        }
+    };
+}
+
+behaviour_suite!(sqlx_flavour, aurora_pool::AuroraPool);
+#[cfg(feature = "deadpool")]
+behaviour_suite!(deadpool_flavour, aurora_pool::deadpool::AuroraPool);
