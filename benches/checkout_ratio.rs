@@ -4,7 +4,8 @@
 //! for the `PgPool` handles (`writer()`, `reader()`) and for the failover-aware paths
 //! (`acquire`, `run`), whose extra cost this shows.
 //!
-//! `cargo bench --bench checkout_ratio --features testing`
+//! `cargo bench --bench checkout_ratio --features testing` (add `deadpool` for the deadpool
+//! flavour against a raw `deadpool_postgres::Pool`).
 
 mod support;
 
@@ -69,7 +70,9 @@ fn main() {
                 })
             }),
         ];
-        for (name, raw_pool, aurora_op) in cases {
+        // `CHECKOUT_RATIO_ONLY=deadpool` measures the deadpool flavour alone.
+        let only_deadpool = std::env::var("CHECKOUT_RATIO_ONLY").is_ok_and(|v| v == "deadpool");
+        for (name, raw_pool, aurora_op) in cases.into_iter().filter(|_| !only_deadpool) {
             support::compare(
                 name,
                 &via_pool(move || raw_pool.clone()),
@@ -79,6 +82,33 @@ fn main() {
             )
             .await;
         }
-        bench.close().await;
+        // The cluster accepts 200 connections: the sqlx pools go before the deadpool ones come.
+        let cluster = bench.close_pools().await;
+        #[cfg(feature = "deadpool")]
+        {
+            let (flavour, raw) = support::deadpool_pools(&cluster, "bench-ratio-deadpool").await;
+            let raw = support::via_deadpool(move || raw.clone());
+            let f = flavour.clone();
+            let writer = support::via_deadpool(move || f.writer());
+            support::compare("deadpool writer()", &raw, &writer, ROUNDS, OPS_PER_ROUND).await;
+            let f = flavour.clone();
+            let acquire: Op = Arc::new(move || {
+                let f = f.clone();
+                Box::pin(async move {
+                    let client = f.acquire(Role::Writer).await.expect("checkout");
+                    client.simple_query("SELECT 1").await.expect("SELECT 1");
+                })
+            });
+            support::compare(
+                "deadpool acquire(Role::Writer)",
+                &raw,
+                &acquire,
+                ROUNDS,
+                OPS_PER_ROUND,
+            )
+            .await;
+            flavour.close().await;
+        }
+        drop(cluster);
     });
 }

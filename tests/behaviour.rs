@@ -1,5 +1,6 @@
 //! One behaviour suite for every backend: the same scenarios (routing by role, a writer crash,
-//! rotated credentials) run against the sqlx flavour and the deadpool flavour.
+//! the retry helpers, rotated credentials, cleanup) run against the sqlx flavour and the
+//! deadpool flavour.
 
 mod support;
 
@@ -18,6 +19,13 @@ trait Flavour: Clone + Send + Sync + Sized + 'static {
     fn instance_id(&self, role: Role) -> impl Future<Output = aurora_pool::Result<String>> + Send;
     /// Runs `sql` on a writer checkout.
     fn execute(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` with the retry helper `run` on the writer.
+    fn run(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` twice in one `transaction`.
+    fn transaction(
+        &self,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
     fn topology(&self) -> Arc<Topology>;
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
@@ -37,6 +45,21 @@ impl Flavour for aurora_pool::AuroraPool {
         let mut conn = self.acquire(Role::Writer).await?;
         let done = sqlx::query(sql).execute(&mut *conn).await;
         done.map(|_| ()).map_err(|err| self.classify(err))
+    }
+    async fn run(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.run(Role::Writer, move |conn| {
+            Box::pin(async move { sqlx::query(sql).execute(conn).await.map(|_| ()) })
+        })
+        .await
+    }
+    async fn transaction(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.transaction(move |conn| {
+            Box::pin(async move {
+                sqlx::query(sql).execute(&mut *conn).await?;
+                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
+            })
+        })
+        .await
     }
     fn topology(&self) -> Arc<Topology> {
         self.topology()
@@ -60,6 +83,21 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
         let client = self.acquire(Role::Writer).await?;
         let done = client.batch_execute(sql).await;
         done.map_err(|err| self.classify(err))
+    }
+    async fn run(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.run(Role::Writer, move |client| {
+            Box::pin(client.batch_execute(sql))
+        })
+        .await
+    }
+    async fn transaction(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.transaction(move |client| {
+            Box::pin(async move {
+                client.batch_execute(sql).await?;
+                client.batch_execute(sql).await
+            })
+        })
+        .await
     }
     fn topology(&self) -> Arc<Topology> {
         self.topology()
@@ -139,6 +177,104 @@ async fn writes_continue_on_the_new_writer_after_a_crash<F: Flavour>(test: &str)
     pool.close().await;
 }
 
+async fn the_retry_helpers_ride_through_a_crash<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = F::connect_with(config(&cluster, test, AGGRESSIVE))
+        .await
+        .expect("connect");
+    pool.run("CREATE TABLE helpers (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "helpers").await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    // One call each, no retry loop here: the helpers wait for the new writer.
+    pool.run("INSERT INTO helpers VALUES (1)")
+        .await
+        .expect("run after the crash");
+    pool.transaction("INSERT INTO helpers VALUES (2)")
+        .await
+        .expect("transaction after the crash");
+    // A statement error is returned at once and rolls the transaction back.
+    let err = pool
+        .transaction("INSERT INTO no_such_table VALUES (1)")
+        .await
+        .expect_err("no table");
+    assert_eq!(err.sqlstate(), Some("42P01"), "{err:?}");
+    assert!(!err.is_retryable());
+    let count = cluster
+        .psql(
+            "instance-2",
+            cluster.database(),
+            "SELECT count(*) FROM helpers",
+        )
+        .await
+        .expect("count");
+    assert_eq!(count.trim(), "3");
+    pool.close().await;
+}
+
+/// Connections on every instance whose `application_name` contains `needle`.
+async fn server_connections(cluster: &LocalCluster, needle: &str) -> usize {
+    let sql =
+        format!("SELECT count(*) FROM pg_stat_activity WHERE application_name LIKE '%{needle}%'");
+    let mut total = 0;
+    for id in cluster.instance_ids() {
+        let count = cluster
+            .psql(&id, "postgres", &sql)
+            .await
+            .expect("pg_stat_activity");
+        total += count.trim().parse::<usize>().expect("count");
+    }
+    total
+}
+
+/// Nothing outlives the pool: server connections, monitor, probe and maintenance tasks are
+/// gone after drop or close, over many create/drop cycles.
+async fn dropped_pools_leave_no_connections_and_no_tasks<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let tasks_before = metrics.num_alive_tasks();
+    let app = format!("{test}-app");
+    for cycle in 0..10 {
+        let params = format!(
+            "application_name={app}-{cycle}&writer_min_connections=2&failure_detection_time_ms=0"
+        );
+        let pool = F::connect_with(config(&cluster, test, &params))
+            .await
+            .expect("connect");
+        pool.run("SELECT 1").await.expect("write");
+        pool.instance_id(Role::Reader).await.expect("read");
+        if cycle % 2 == 0 {
+            pool.close().await;
+        }
+        drop(pool);
+    }
+    let id = unique_cluster_id(test);
+    let gone = eventually(Duration::from_secs(15), || async {
+        server_connections(&cluster, &app).await == 0
+            && server_connections(&cluster, &id).await == 0
+    })
+    .await;
+    assert!(
+        gone,
+        "connections left: {} of the pools, {} of the monitors and probes",
+        server_connections(&cluster, &app).await,
+        server_connections(&cluster, &id).await
+    );
+    let settled = eventually(Duration::from_secs(10), || async {
+        metrics.num_alive_tasks() <= tasks_before
+    })
+    .await;
+    assert!(
+        settled,
+        "tasks alive: {tasks_before} before, {} after",
+        metrics.num_alive_tasks()
+    );
+}
+
 /// A vault of one password that the test rotates.
 #[derive(Debug, Clone)]
 struct Vault(Arc<Mutex<String>>);
@@ -213,6 +349,24 @@ macro_rules! behaviour_suite {
                 super::writes_continue_on_the_new_writer_after_a_crash::<$flavour>(concat!(
                     stringify!($module),
                     "-crash"
+                ))
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn the_retry_helpers_ride_through_a_crash() {
+                super::the_retry_helpers_ride_through_a_crash::<$flavour>(concat!(
+                    stringify!($module),
+                    "-helpers"
+                ))
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn dropped_pools_leave_no_connections_and_no_tasks() {
+                super::dropped_pools_leave_no_connections_and_no_tasks::<$flavour>(concat!(
+                    stringify!($module),
+                    "-cleanup"
                 ))
                 .await;
             }

@@ -70,9 +70,15 @@ pub async fn setup(cluster_id: &str) -> Bench {
 
 impl Bench {
     pub async fn close(self) {
+        drop(self.close_pools().await);
+    }
+
+    /// Closes the pools and keeps the cluster running.
+    pub async fn close_pools(self) -> LocalCluster {
         self.aurora.close().await;
         self.raw_writer.close().await;
         self.raw_reader.close().await;
+        self.cluster
     }
 }
 
@@ -160,4 +166,54 @@ pub async fn compare(name: &str, raw: &Op, aurora: &Op, rounds: usize, ops: u64)
             quantile(&ratios, 0.75),
         );
     }
+}
+
+/// The deadpool flavour and a raw `deadpool_postgres::Pool` (default fast recycling) on the
+/// same instance, both straight to the server.
+#[cfg(feature = "deadpool")]
+pub async fn deadpool_pools(
+    cluster: &LocalCluster,
+    cluster_id: &str,
+) -> (aurora_pool::deadpool::AuroraPool, deadpool_postgres::Pool) {
+    let addr = cluster.direct_addr("instance-1").expect("instance");
+    let endpoints: String =
+        url::form_urlencoded::byte_serialize(cluster.direct_endpoints_param().as_bytes()).collect();
+    let aurora = aurora_pool::deadpool::AuroraPool::connect(&format!(
+        "postgres://{}:{}@{addr}/{}?instance_endpoints={endpoints}&cluster_id={cluster_id}\
+         &sslmode=disable&writer_max_connections={MAX_CONNECTIONS}&reader_max_connections={MAX_CONNECTIONS}",
+        cluster.user(),
+        cluster.password(),
+        cluster.database()
+    ))
+    .await
+    .expect("deadpool flavour");
+    let mut config = tokio_postgres::Config::new();
+    config
+        .host(addr.ip().to_string())
+        .port(addr.port())
+        .user(cluster.user())
+        .password(cluster.password())
+        .dbname(cluster.database());
+    let manager = deadpool_postgres::Manager::new(config, tokio_postgres::NoTls);
+    let raw = deadpool_postgres::Pool::builder(manager)
+        .max_size(MAX_CONNECTIONS as usize)
+        .build()
+        .expect("raw deadpool");
+    (aurora, raw)
+}
+
+/// Checkout + `SELECT 1` + release on the deadpool pool `pool()` returns.
+#[cfg(feature = "deadpool")]
+pub fn via_deadpool<M>(pool: impl Fn() -> deadpool::managed::Pool<M> + Send + Sync + 'static) -> Op
+where
+    M: deadpool::managed::Manager<Type = deadpool_postgres::ClientWrapper> + 'static,
+    M::Error: std::fmt::Debug,
+{
+    Arc::new(move || {
+        let pool = pool();
+        Box::pin(async move {
+            let client = pool.get().await.expect("checkout");
+            client.simple_query("SELECT 1").await.expect("SELECT 1");
+        })
+    })
 }

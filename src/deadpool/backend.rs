@@ -125,7 +125,8 @@ impl Backend for DeadpoolBackend {
             timeouts: Timeouts {
                 wait: Some(self.acquire_timeout),
                 create: Some(self.connect_timeout * 2),
-                recycle: Some(self.connect_timeout),
+                // `Manager::recycle` bounds its own query; a timer per checkout costs more.
+                recycle: None,
             },
             queue_mode: QueueMode::Fifo,
         };
@@ -134,12 +135,19 @@ impl Backend for DeadpoolBackend {
             .runtime(Runtime::Tokio1)
             .build()
             .map_err(|err| Error::driver("creating an instance pool failed").with_source(err))?;
-        tokio::spawn(maintain(
+        let (pool_weak, min, idle_timeout, max_lifetime) = (
             pool.weak(),
             sizing.min_connections,
             self.idle_timeout,
             self.max_lifetime,
-        ));
+        );
+        let closed = pool.manager().closed();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = closed => {}
+                _ = maintain(pool_weak, min, idle_timeout, max_lifetime) => {}
+            }
+        });
         Ok(pool)
     }
 
@@ -153,6 +161,7 @@ impl Backend for DeadpoolBackend {
 
     fn close(pool: Pool) -> BoxFuture<'static, ()> {
         // Idle connections go at once; checked-out ones when they come back.
+        pool.manager().close();
         pool.close();
         Box::pin(async {})
     }
@@ -166,6 +175,20 @@ impl Backend for DeadpoolBackend {
     }
 
     type Connection = Object;
+
+    fn discard(connection: Object) {
+        // Taken out of the pool: dropping it closes the connection.
+        drop(Object::take(connection));
+    }
+
+    fn execute<'c>(connection: &'c mut Object, sql: &'static str) -> BoxFuture<'c, Result<()>> {
+        Box::pin(async move {
+            connection
+                .batch_execute(sql)
+                .await
+                .map_err(|err| from_pg(err, sql))
+        })
+    }
 
     fn acquire(pool: &Pool) -> BoxFuture<'static, Result<Object>> {
         let pool = pool.clone();

@@ -19,6 +19,9 @@ use crate::pool::login;
 /// Without an answer for this long, TCP gives up on a connection (`tcp_user_timeout`).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A connection used this recently is handed out again without asking the server.
+const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
+
 /// TCP keepalive probes start after this much silence.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 
@@ -33,6 +36,8 @@ pub struct Manager {
     /// The connection tasks of every connection this manager opened (finished ones are
     /// pruned as new ones come).
     tasks: Mutex<Vec<AbortHandle>>,
+    /// Set when the pool closes; dropped with it. The pool's maintenance task watches it.
+    closed: tokio::sync::watch::Sender<bool>,
 }
 
 impl Manager {
@@ -52,7 +57,21 @@ impl Manager {
             connect_timeout,
             max_lifetime,
             tasks: Mutex::new(Vec::new()),
+            closed: tokio::sync::watch::channel(false).0,
         }
+    }
+
+    /// Resolves when the pool is closed or dropped.
+    pub(super) fn closed(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut closed = self.closed.subscribe();
+        async move {
+            let _ = closed.wait_for(|closed| *closed).await;
+        }
+    }
+
+    /// Marks the pool closed.
+    pub(super) fn close(&self) {
+        self.closed.send_replace(true);
     }
 
     /// Ends every connection at once: queries in flight fail with a closed connection
@@ -138,7 +157,11 @@ impl managed::Manager for Manager {
         {
             return Err(RecycleError::message("the connection reached max_lifetime"));
         }
-        // `is_closed` misses a dead peer: ask the server (the empty query costs one round trip).
+        // `is_closed` misses a dead peer: ask the server (the empty query costs one round
+        // trip), unless the connection was in use a moment ago (as HikariCP's bypass window).
+        if metrics.last_used() < ALIVE_BYPASS_WINDOW {
+            return Ok(());
+        }
         let started = Instant::now();
         match tokio::time::timeout(self.connect_timeout, client.simple_query("")).await {
             Ok(Ok(_)) => Ok(()),

@@ -44,14 +44,17 @@ use std::sync::Arc;
 use tokio::sync::broadcast;
 
 use self::backend::DeadpoolBackend;
+use crate::BoxFuture;
 use crate::auth;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::monitor::ClusterEvent;
 use crate::pool::PoolStatus;
-use crate::pool::core::PoolCore;
+use crate::pool::core::{Attempt, PoolCore, Retried};
 use crate::pool::scope::ScopeSource;
+use crate::retry::RetryPolicy;
 use crate::topology::{Role, Topology};
+use deadpool_postgres::ClientWrapper;
 
 pub use self::manager::Manager;
 
@@ -110,18 +113,89 @@ impl AuroraPool {
         self.core.checkout(role).await.map(|(object, _)| object)
     }
 
+    /// Runs idempotent `work` on a connection for `role`, retrying it on a fresh checkout
+    /// when it fails because of a failover ([`Error::is_retryable`]), until
+    /// `failover_timeout_ms`; as the sqlx flavour's `run`. `work` returns a boxed future that
+    /// may borrow the client.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::deadpool::AuroraPool) -> aurora_pool::Result<()> {
+    /// use aurora_pool::Role;
+    /// let id: i64 = pool
+    ///     .run(Role::Writer, |client| {
+    ///         Box::pin(async move {
+    ///             let row = client
+    ///                 .query_one("INSERT INTO jobs (state) VALUES ('new') RETURNING id", &[])
+    ///                 .await?;
+    ///             Ok(row.get(0))
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub async fn run<T, F>(&self, role: Role, work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
+            + Send,
+        T: Send,
+    {
+        self.run_with(RetryPolicy::new(), role, work).await
+    }
+
+    /// [`run`](AuroraPool::run) with an explicit [`RetryPolicy`].
+    pub async fn run_with<T, F>(&self, policy: RetryPolicy, role: Role, mut work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
+            + Send,
+        T: Send,
+    {
+        self.retried(policy, role, Attempt::Plain, &mut work).await
+    }
+
+    /// Runs `work` in a transaction on the writer, retrying the whole transaction after a
+    /// failover; as the sqlx flavour's `transaction` (a connection lost inside it is
+    /// [`Error::is_transaction_state_unknown`]).
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
+            + Send,
+        T: Send,
+    {
+        self.transaction_with(RetryPolicy::new(), work).await
+    }
+
+    /// [`transaction`](AuroraPool::transaction) with an explicit [`RetryPolicy`].
+    pub async fn transaction_with<T, F>(&self, policy: RetryPolicy, mut work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
+            + Send,
+        T: Send,
+    {
+        self.retried(policy, Role::Writer, Attempt::Transaction, &mut work)
+            .await
+    }
+
+    /// The retry loop behind `run` and `transaction`.
+    async fn retried<T, F>(
+        &self,
+        policy: RetryPolicy,
+        role: Role,
+        kind: Attempt,
+        work: &mut F,
+    ) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
+            + Send,
+        T: Send,
+    {
+        let mut attempt = DeadpoolAttempt { pool: self, work };
+        self.core.retry(policy, role, kind, &mut attempt).await
+    }
+
     /// Wraps an error from a query on one of this pool's connections; a failover-class error
     /// ([`Error::is_failover`]) makes the monitor re-read the topology at once.
     pub fn classify(&self, err: tokio_postgres::Error) -> Error {
-        let err = error::from_pg(err, "the statement");
-        if err.is_login_rejected() {
-            return err;
-        }
-        if err.class().triggers_failover() {
-            self.core.request_refresh();
-            return err.into_failover();
-        }
-        err
+        self.core.classify(error::from_pg(err, "the statement"))
     }
 
     /// Cluster events from the shared monitor.
@@ -152,6 +226,29 @@ impl AuroraPool {
     /// Closes every instance pool and leaves the cluster monitor.
     pub async fn close(&self) {
         self.core.close().await;
+    }
+}
+
+/// One attempt of the caller's work on a deadpool connection.
+struct DeadpoolAttempt<'p, F> {
+    pool: &'p AuroraPool,
+    work: &'p mut F,
+}
+
+impl<T, F> Retried<Object, T> for DeadpoolAttempt<'_, F>
+where
+    F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>> + Send,
+    T: Send,
+{
+    fn attempt<'a>(&'a mut self, client: &'a mut Object) -> BoxFuture<'a, Result<T>>
+    where
+        T: 'a,
+    {
+        Box::pin(async move {
+            (self.work)(client)
+                .await
+                .map_err(|err| self.pool.classify(err))
+        })
     }
 }
 

@@ -19,6 +19,7 @@ use crate::config::{Config, PoolSizing};
 use crate::connector::{BoxFuture, Connector, Purpose};
 use crate::error::{Error, Result};
 use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
+use crate::retry::RetryPolicy;
 use crate::select::Selector;
 use crate::topology::{self, Instance, Role, Topology};
 
@@ -60,6 +61,32 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Checks out a connection; a pool closed meanwhile yields [`Error::is_closed`].
     fn acquire(pool: &Self::Pool) -> BoxFuture<'static, Result<Self::Connection>>;
+
+    /// Closes a checked-out connection instead of returning it to its pool (its state is
+    /// unknown).
+    fn discard(connection: Self::Connection);
+
+    /// Runs one statement of the simple query protocol (`BEGIN`, `COMMIT`, `ROLLBACK`).
+    fn execute<'c>(
+        connection: &'c mut Self::Connection,
+        sql: &'static str,
+    ) -> BoxFuture<'c, Result<()>>;
+}
+
+/// What one attempt of retried work is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Attempt {
+    /// The work as it is.
+    Plain,
+    /// The work between `BEGIN` and `COMMIT`.
+    Transaction,
+}
+
+/// One attempt of a caller's work on a checked-out connection, its errors classified.
+pub(crate) trait Retried<C, T>: Send {
+    fn attempt<'a>(&'a mut self, connection: &'a mut C) -> BoxFuture<'a, Result<T>>
+    where
+        T: 'a;
 }
 
 /// A checkout slower than this asks the monitor to re-read the topology: the instance may
@@ -474,6 +501,111 @@ impl<B: Backend> PoolCore<B> {
             Some(cause) => err.with_source(cause),
             None => err,
         }
+    }
+
+    /// Runs `work` on a checkout for `role`, again on a fresh checkout when it fails because
+    /// of a failover ([`Error::is_retryable`]) or its instance is declared lost while it runs,
+    /// within the policy's attempts and time limit.
+    pub(crate) async fn retry<T: Send>(
+        &self,
+        policy: RetryPolicy,
+        role: Role,
+        kind: Attempt,
+        work: &mut impl Retried<B::Connection, T>,
+    ) -> Result<T> {
+        let started = Instant::now();
+        let limit = policy.time_limit(self.config.failover_timeout);
+        let mut attempt = 0u32;
+        loop {
+            attempt += 1;
+            let (mut connection, instance) = self.checkout(role).await?;
+            let outcome = tokio::select! {
+                result = self.attempt(kind, &mut connection, work) => result,
+                _ = self.instance_lost(&instance, role) => {
+                    let lost = Error::failover(format!(
+                        "instance {} was declared unreachable (or lost its role) while the work was running",
+                        instance.id()
+                    ));
+                    Err(match kind {
+                        Attempt::Plain => lost,
+                        Attempt::Transaction => lost.in_transaction(),
+                    })
+                }
+            };
+            let err = match outcome {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            if !err.is_retryable() {
+                return Err(err);
+            }
+            // Its state is unknown: never give it back to the pool.
+            B::discard(connection);
+            if attempt >= policy.attempts() {
+                return Err(err);
+            }
+            if started.elapsed() >= limit {
+                return Err(Error::failover_failed(format!(
+                    "gave up after {attempt} attempts in {:?} (failover_timeout)",
+                    started.elapsed()
+                ))
+                .with_source(err));
+            }
+            tracing::debug!(
+                target: "aurora_pool",
+                cluster_id = %self.config.cluster_id,
+                attempt,
+                instance = instance.id(),
+                error = %err,
+                "retrying after a failover"
+            );
+            tokio::time::sleep(RetryPolicy::pause(attempt)).await;
+        }
+    }
+
+    /// One attempt of `work`, in a transaction for [`Attempt::Transaction`].
+    async fn attempt<T: Send>(
+        &self,
+        kind: Attempt,
+        connection: &mut B::Connection,
+        work: &mut impl Retried<B::Connection, T>,
+    ) -> Result<T> {
+        if kind == Attempt::Plain {
+            return work.attempt(connection).await;
+        }
+        B::execute(connection, "BEGIN")
+            .await
+            .map_err(|err| self.classify(err))?;
+        let value = match work.attempt(connection).await {
+            Ok(value) => value,
+            Err(err) => {
+                if !err.is_retryable() {
+                    // A connection that cannot roll back is discarded by the caller.
+                    let rollback = B::execute(connection, "ROLLBACK");
+                    if !matches!(
+                        tokio::time::timeout(Duration::from_secs(5), rollback).await,
+                        Ok(Ok(()))
+                    ) {
+                        return Err(err.into_failover().in_transaction());
+                    }
+                }
+                return Err(err.in_transaction());
+            }
+        };
+        B::execute(connection, "COMMIT")
+            .await
+            .map_err(|err| self.classify(err).in_transaction())?;
+        Ok(value)
+    }
+
+    /// An error seen on one of the pool's connections: a failover-class one makes the
+    /// monitor re-read the topology at once and becomes [`Error::is_failover`].
+    pub(crate) fn classify(&self, err: Error) -> Error {
+        if err.class().triggers_failover() {
+            self.request_refresh();
+            return err.into_failover();
+        }
+        err
     }
 
     /// Resolves when `instance` stops being usable for `role`: declared unreachable, gone

@@ -3,7 +3,7 @@
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::broadcast;
 
@@ -11,7 +11,7 @@ use sqlx::pool::PoolConnection;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, ValueRef};
 
-use super::core::{Backend, PoolCore};
+use super::core::{Attempt, Backend, PoolCore, Retried};
 use super::login;
 use super::scope::ScopeSource;
 use super::status::PoolStatus;
@@ -210,91 +210,8 @@ impl AuroraPool {
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
         T: Send,
     {
-        let started = Instant::now();
-        let limit = policy.time_limit(self.core.config().failover_timeout);
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let (mut connection, instance) = self.core.checkout(role).await?;
-            let outcome = tokio::select! {
-                result = self.attempt(&mut connection, kind, work) => result,
-                _ = self.core.instance_lost(&instance, role) => {
-                    let lost = Error::failover(format!(
-                    "instance {} was declared unreachable (or lost its role) while the work was running",
-                    instance.id()
-                ));
-                    Err(match kind {
-                        Attempt::Plain => lost,
-                        Attempt::Transaction => lost.in_transaction(),
-                    })
-                }
-            };
-            let err = match outcome {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
-            };
-            if !err.is_retryable() {
-                return Err(err);
-            }
-            // Its state is unknown: never give it back to the pool.
-            drop(connection.detach());
-            if attempt >= policy.attempts() {
-                return Err(err);
-            }
-            if started.elapsed() >= limit {
-                return Err(Error::failover_failed(format!(
-                    "gave up after {attempt} attempts in {:?} (failover_timeout)",
-                    started.elapsed()
-                ))
-                .with_source(err));
-            }
-            tracing::debug!(
-                target: "aurora_pool",
-                cluster_id = %self.core.config().cluster_id,
-                attempt,
-                instance = instance.id(),
-                error = %err,
-                "retrying after a failover"
-            );
-            tokio::time::sleep(RetryPolicy::pause(attempt)).await;
-        }
-    }
-
-    /// One attempt of `work`, with its errors classified.
-    async fn attempt<T, F>(&self, conn: &mut PgConnection, kind: Attempt, work: &mut F) -> Result<T>
-    where
-        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
-        T: Send,
-    {
-        if kind == Attempt::Plain {
-            return work(conn).await.map_err(|err| self.classify(err));
-        }
-        sqlx::raw_sql("BEGIN")
-            .execute(&mut *conn)
-            .await
-            .map_err(|err| self.classify(err))?;
-        let value = match work(&mut *conn).await {
-            Ok(value) => value,
-            Err(err) => {
-                let err = self.classify(err);
-                if !err.is_retryable() {
-                    // A connection that cannot roll back is discarded by the caller.
-                    let rollback = sqlx::raw_sql("ROLLBACK").execute(&mut *conn);
-                    if !matches!(
-                        tokio::time::timeout(Duration::from_secs(5), rollback).await,
-                        Ok(Ok(_))
-                    ) {
-                        return Err(err.into_failover().in_transaction());
-                    }
-                }
-                return Err(err.in_transaction());
-            }
-        };
-        sqlx::raw_sql("COMMIT")
-            .execute(&mut *conn)
-            .await
-            .map_err(|err| self.classify(err).in_transaction())?;
-        Ok(value)
+        let mut attempt = SqlxAttempt { pool: self, work };
+        self.core.retry(policy, role, kind, &mut attempt).await
     }
 
     /// Wraps an error from a query run on one of this pool's connections, and reacts to it:
@@ -323,11 +240,11 @@ impl AuroraPool {
         if err.is_login_rejected() {
             self.core.login_rejected_somewhere();
         }
-        if retired_pool || err.class().triggers_failover() {
+        if retired_pool {
             self.core.request_refresh();
             return err.into_failover();
         }
-        err
+        self.core.classify(err)
     }
 
     /// Cluster events (writer changes, instances down and up, new topologies) from the
@@ -481,6 +398,23 @@ impl Backend for SqlxBackend {
 
     type Connection = PoolConnection<Postgres>;
 
+    fn discard(connection: PoolConnection<Postgres>) {
+        drop(connection.detach());
+    }
+
+    fn execute<'c>(
+        connection: &'c mut PoolConnection<Postgres>,
+        sql: &'static str,
+    ) -> BoxFuture<'c, Result<()>> {
+        Box::pin(async move {
+            sqlx::raw_sql(sql)
+                .execute(&mut **connection)
+                .await
+                .map(|_| ())
+                .map_err(|err| from_sqlx(err, sql))
+        })
+    }
+
     fn acquire(pool: &PgPool) -> BoxFuture<'static, Result<PoolConnection<Postgres>>> {
         let acquire = pool.acquire();
         Box::pin(async move {
@@ -491,13 +425,27 @@ impl Backend for SqlxBackend {
     }
 }
 
-/// What one attempt of retried work is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Attempt {
-    /// The work as it is.
-    Plain,
-    /// The work between `BEGIN` and `COMMIT`.
-    Transaction,
+/// One attempt of the caller's work on a sqlx connection.
+struct SqlxAttempt<'p, F> {
+    pool: &'p AuroraPool,
+    work: &'p mut F,
+}
+
+impl<T, F> Retried<PoolConnection<Postgres>, T> for SqlxAttempt<'_, F>
+where
+    F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+    T: Send,
+{
+    fn attempt<'a>(&'a mut self, conn: &'a mut PoolConnection<Postgres>) -> BoxFuture<'a, Result<T>>
+    where
+        T: 'a,
+    {
+        Box::pin(async move {
+            (self.work)(conn)
+                .await
+                .map_err(|err| self.pool.classify(err))
+        })
+    }
 }
 
 struct SqlxConnector {
