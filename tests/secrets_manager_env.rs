@@ -152,6 +152,39 @@ async fn steps() {
     assert_eq!(err.parameter(), Some("secrets_manager_endpoint"), "{err}");
 
     pool_from_a_url(&moto, &admin).await;
+    iam_signs_with_the_default_chain().await;
+}
+
+/// `auth=iam` without explicit credentials signs with the AWS configuration chain (here the
+/// environment's access key).
+async fn iam_signs_with_the_default_chain() {
+    use aurora_pool::iam::{IamAuth, IamSettings};
+    let iam = IamAuth::new(
+        IamSettings::new(),
+        "orders.cluster-abc123.eu-west-1.rds.amazonaws.com",
+    )
+    .expect("provider");
+    let target = ConnectTarget::new(
+        "instance-1.abc123.eu-west-1.rds.amazonaws.com",
+        5432,
+        "app_iam",
+    );
+    let token = iam.credentials(&target).await.expect("a token");
+    let token = token.password().expect("the token");
+    assert!(
+        token.starts_with(
+            "instance-1.abc123.eu-west-1.rds.amazonaws.com:5432/?Action=connect&DBUser=app_iam&"
+        ),
+        "{token}"
+    );
+    assert!(
+        token.contains("X-Amz-Credential=test%2F"),
+        "signed with AWS_ACCESS_KEY_ID"
+    );
+    assert!(
+        token.contains("%2Feu-west-1%2Frds-db%2Faws4_request"),
+        "region from the host"
+    );
 }
 
 /// `AuroraPool::connect` with nothing but URL parameters: the user and password come from

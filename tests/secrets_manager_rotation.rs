@@ -4,8 +4,8 @@
 
 mod support;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
@@ -44,8 +44,29 @@ async fn fresh_login(pool: &AuroraPool, role: Role) -> aurora_pool::Result<()> {
     Ok(())
 }
 
+/// Everything logged at trace level (this binary's only test installs it).
+#[derive(Clone, Default)]
+struct Logs(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Logs {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
+    let logs = Logs::default();
+    let sink = logs.clone();
+    tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_ansi(false)
+        .with_writer(move || sink.clone())
+        .init();
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
     let aws = client(&moto).await;
@@ -211,4 +232,12 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
         "{shown}"
     );
     pool.close().await;
+    let logs = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    assert!(
+        logs.contains("secret fetched from Secrets Manager"),
+        "nothing logged"
+    );
+    for secret in [NEW_PASSWORD, cluster.password()] {
+        assert!(!logs.contains(secret), "a password reached the logs");
+    }
 }

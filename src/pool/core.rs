@@ -100,6 +100,9 @@ const PREFILL_CONCURRENCY: usize = 4;
 /// reacting to one failover do not reach the new writer all at the same moment.
 const PREFILL_JITTER: Duration = Duration::from_millis(100);
 
+/// Rounds of connects a new pool makes to fill up to its minimum.
+const PREFILL_ROUNDS: u32 = 6;
+
 /// Pause between checkout attempts that failed for a failover-class reason.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
@@ -928,43 +931,57 @@ async fn renew_credentials<B: Backend>(core: Weak<PoolCore<B>>) {
 }
 
 /// Opens `min` connections in a new pool (at most [`PREFILL_CONCURRENCY`] at a time, after a
-/// random delay) and returns them to it idle. Stops at the first error: the pool's own
-/// checkouts will retry.
+/// random delay) and returns them to it idle. Failed connects are retried with backoff
+/// ([`PREFILL_ROUNDS`] rounds at most: a new writer may refuse connections for a moment);
+/// a pool closed meanwhile ends it.
 async fn prefill<B: Backend>(pool: B::Pool, min: u32, instance: String) {
     tokio::time::sleep(PREFILL_JITTER.mul_f64(fastrand::f64())).await;
     let started = Instant::now();
     let mut held = Vec::with_capacity(min as usize);
     let mut failed = None;
-    while held.len() < min as usize && failed.is_none() {
+    let mut pause = RETRY_PAUSE;
+    for round in 1..=PREFILL_ROUNDS {
         let batch = (min as usize - held.len()).min(PREFILL_CONCURRENCY);
         let mut opening = tokio::task::JoinSet::new();
         for _ in 0..batch {
             opening.spawn(B::acquire(&pool));
         }
+        let mut closed = false;
         while let Some(result) = opening.join_next().await {
             match result {
                 Ok(Ok(connection)) => held.push(connection),
-                Ok(Err(err)) => failed = Some(err.to_string()),
+                Ok(Err(err)) => {
+                    closed |= err.is_closed();
+                    failed = Some(err.to_string());
+                }
                 Err(err) => failed = Some(err.to_string()),
             }
+        }
+        if held.len() >= min as usize || closed {
+            break;
+        }
+        if failed.is_some() && round < PREFILL_ROUNDS {
+            tokio::time::sleep(pause).await;
+            pause = (pause * 2).min(Duration::from_secs(2));
         }
     }
     let opened = held.len();
     drop(held);
-    match failed {
-        None => tracing::info!(
+    if opened >= min as usize {
+        tracing::info!(
             target: "aurora_pool",
             instance,
             connections = opened,
             elapsed_ms = started.elapsed().as_millis() as u64,
             "pool filled to its minimum"
-        ),
-        Some(error) => tracing::warn!(
+        );
+    } else {
+        tracing::warn!(
             target: "aurora_pool",
             instance,
             connections = opened,
-            error,
+            error = failed.unwrap_or_default(),
             "filling the pool to its minimum stopped"
-        ),
+        );
     }
 }
