@@ -1,6 +1,6 @@
 //! One behaviour suite for every backend: the same scenarios (routing by role, a writer crash,
-//! the retry helpers, rotated credentials, cleanup) run against the sqlx flavour and the
-//! deadpool flavour.
+//! a black-holed writer, a transaction across a crash, the retry helpers, rotated credentials,
+//! cleanup) run against the sqlx flavour and the deadpool flavour.
 
 mod support;
 
@@ -26,9 +26,24 @@ trait Flavour: Clone + Send + Sync + Sized + 'static {
         &self,
         sql: &'static str,
     ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` (one text column, one row) with `run` on the writer.
+    fn run_text(
+        &self,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
+    /// Runs `sql`, then `interrupt`, then `sql` again in one `transaction` without retries.
+    fn transaction_interrupted(
+        &self,
+        sql: &'static str,
+        interrupt: Interrupt,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    fn events(&self) -> tokio::sync::broadcast::Receiver<aurora_pool::ClusterEvent>;
     fn topology(&self) -> Arc<Topology>;
     fn close(&self) -> impl Future<Output = ()> + Send;
 }
+
+/// What happens in the middle of a transaction.
+type Interrupt = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
 const INSTANCE_ID: &str = "SELECT pg_catalog.aurora_db_instance_identifier()";
 
@@ -60,6 +75,30 @@ impl Flavour for aurora_pool::AuroraPool {
             })
         })
         .await
+    }
+    async fn run_text(&self, sql: &'static str) -> aurora_pool::Result<String> {
+        self.run(Role::Writer, |conn| {
+            Box::pin(async move { sqlx::query_scalar(sql).fetch_one(conn).await })
+        })
+        .await
+    }
+    async fn transaction_interrupted(
+        &self,
+        sql: &'static str,
+        interrupt: Interrupt,
+    ) -> aurora_pool::Result<()> {
+        self.transaction_with(aurora_pool::RetryPolicy::no_retry(), move |conn| {
+            let interrupt = interrupt.clone();
+            Box::pin(async move {
+                sqlx::query(sql).execute(&mut *conn).await?;
+                interrupt().await;
+                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
+            })
+        })
+        .await
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<aurora_pool::ClusterEvent> {
+        self.events()
     }
     fn topology(&self) -> Arc<Topology> {
         self.topology()
@@ -98,6 +137,30 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
             })
         })
         .await
+    }
+    async fn run_text(&self, sql: &'static str) -> aurora_pool::Result<String> {
+        self.run(Role::Writer, |client| {
+            Box::pin(async move { client.query_one(sql, &[]).await.map(|row| row.get(0)) })
+        })
+        .await
+    }
+    async fn transaction_interrupted(
+        &self,
+        sql: &'static str,
+        interrupt: Interrupt,
+    ) -> aurora_pool::Result<()> {
+        self.transaction_with(aurora_pool::RetryPolicy::no_retry(), move |client| {
+            let interrupt = interrupt.clone();
+            Box::pin(async move {
+                client.batch_execute(sql).await?;
+                interrupt().await;
+                client.batch_execute(sql).await
+            })
+        })
+        .await
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<aurora_pool::ClusterEvent> {
+        self.events()
     }
     fn topology(&self) -> Arc<Topology> {
         self.topology()
@@ -213,6 +276,108 @@ async fn the_retry_helpers_ride_through_a_crash<F: Flavour>(test: &str) {
         .await
         .expect("count");
     assert_eq!(count.trim(), "3");
+    pool.close().await;
+}
+
+/// The writer goes silent (traffic dropped, no RST): health probes declare it dead, the work
+/// hanging on it is abandoned and retried on the new writer.
+async fn a_black_holed_writer_is_detected_and_failed_over<F: Flavour>(test: &str) {
+    let cluster = Arc::new(LocalCluster::start(3).await.expect("cluster"));
+    let params = format!("{AGGRESSIVE}&failover_timeout_ms=30000");
+    let pool = F::connect_with(config(&cluster, test, &params))
+        .await
+        .expect("connect");
+    let mut events = pool.events();
+    // A connection to the writer is open, so the work below runs on it at once.
+    pool.run("SELECT 1").await.expect("warm");
+    let in_flight = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            pool.run_text(
+                "SELECT pg_catalog.pg_sleep(1)::text || pg_catalog.aurora_db_instance_identifier()",
+            )
+            .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(cluster.blackhole("instance-1", true));
+    // Aurora notices the silent writer too and promotes a replica.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    // Without detection it would hang on the silent writer for minutes (TCP's own timeout).
+    let result = tokio::time::timeout(Duration::from_secs(30), in_flight)
+        .await
+        .expect("the in-flight work must not hang")
+        .expect("task");
+    let served = result.expect("the work is retried on the new writer");
+    assert!(served.ends_with("instance-2"), "{served}");
+    let declared = eventually(Duration::from_secs(10), || async {
+        !pool
+            .topology()
+            .instance("instance-1")
+            .is_some_and(|i| i.is_available())
+    })
+    .await;
+    assert!(
+        declared,
+        "instance-1 was never declared unreachable: {}",
+        pool.topology()
+    );
+    let seen = support::drain_events(&mut events);
+    for expected in [
+        aurora_pool::ClusterEvent::InstanceDown {
+            instance: "instance-1".into(),
+        },
+        aurora_pool::ClusterEvent::WriterChanged {
+            old: "instance-1".into(),
+            new: "instance-2".into(),
+        },
+    ] {
+        assert!(seen.contains(&expected), "{seen:?}");
+    }
+    pool.close().await;
+}
+
+/// A transaction open when the writer crashes ends as "state unknown", and its insert is not
+/// committed.
+async fn a_transaction_across_a_crash_is_reported_and_not_committed<F: Flavour>(test: &str) {
+    let cluster = Arc::new(LocalCluster::start(3).await.expect("cluster"));
+    let params = format!("{AGGRESSIVE}&failover_timeout_ms=30000");
+    let pool = F::connect_with(config(&cluster, test, &params))
+        .await
+        .expect("connect");
+    pool.run("CREATE TABLE ledger (note text NOT NULL)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "ledger").await;
+    let crash: Interrupt = {
+        let cluster = cluster.clone();
+        Arc::new(move || {
+            let cluster = cluster.clone();
+            Box::pin(async move {
+                cluster
+                    .failover("instance-2", None)
+                    .await
+                    .expect("failover")
+            })
+        })
+    };
+    let err = pool
+        .transaction_interrupted("INSERT INTO ledger VALUES ('lost')", crash)
+        .await
+        .expect_err("the writer died inside the transaction");
+    assert!(err.is_transaction_state_unknown(), "{err:?}");
+    assert!(!err.is_failover());
+    let count = pool.run_text("SELECT count(*)::text FROM ledger").await;
+    assert_eq!(
+        count.expect("count"),
+        "0",
+        "the uncommitted insert must not survive"
+    );
+    assert_eq!(pool.topology().writer().id(), "instance-2");
     pool.close().await;
 }
 
@@ -368,6 +533,23 @@ macro_rules! behaviour_suite {
                     stringify!($module),
                     "-cleanup"
                 ))
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_black_holed_writer_is_detected_and_failed_over() {
+                super::a_black_holed_writer_is_detected_and_failed_over::<$flavour>(concat!(
+                    stringify!($module),
+                    "-blackhole"
+                ))
+                .await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn a_transaction_across_a_crash_is_reported_and_not_committed() {
+                super::a_transaction_across_a_crash_is_reported_and_not_committed::<$flavour>(
+                    concat!(stringify!($module), "-transaction"),
+                )
                 .await;
             }
 

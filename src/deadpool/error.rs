@@ -20,10 +20,14 @@ pub(crate) fn from_pg(err: tokio_postgres::Error, context: &str) -> Error {
 
 /// Wraps a pool error.
 pub(crate) fn from_pool(err: ::deadpool::managed::PoolError<Error>, context: &str) -> Error {
-    use ::deadpool::managed::PoolError;
+    use ::deadpool::managed::{PoolError, TimeoutType};
     match err {
         PoolError::Backend(err) => err,
         PoolError::Closed => Error::closed(),
+        // No connection could be opened in time: the instance is unreachable.
+        PoolError::Timeout(TimeoutType::Create) => {
+            Error::connect(format!("{context} failed: connecting timed out"))
+        }
         PoolError::Timeout(kind) => Error::timeout(format!("{context} timed out ({kind:?})")),
         other => Error::driver(format!("{context} failed")).with_source(other.to_string()),
     }

@@ -104,7 +104,9 @@ impl Manager {
             tokio::time::timeout(self.connect_timeout, config.connect(self.tls.clone()))
                 .await
                 .map_err(|_| {
-                    Error::timeout(format!(
+                    // The instance did not accept a connection in time: as unreachable as a
+                    // refused one, so checkouts treat it like a failover.
+                    Error::connect(format!(
                         "{context} took longer than connect_timeout ({:?})",
                         self.connect_timeout
                     ))
