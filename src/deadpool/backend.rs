@@ -200,8 +200,8 @@ impl Backend for DeadpoolBackend {
     }
 }
 
-/// What deadpool leaves out: closes connections idle past `idle_timeout` or older than
-/// `max_lifetime`, and tops the pool up to `min` connections. Ends with the pool.
+/// What deadpool leaves out: closes connections idle past `idle_timeout` (beyond `min`) or
+/// older than `max_lifetime`, and tops the pool up to `min` connections. Ends with the pool.
 async fn maintain(
     pool: ::deadpool::managed::WeakPool<Manager>,
     min: u32,
@@ -221,9 +221,17 @@ async fn maintain(
         if pool.is_closed() {
             return;
         }
+        // As in sqlx, the idle timeout spares the minimum; the lifetime spares nothing.
+        let mut open = pool.status().size;
         pool.retain(|_, metrics| {
-            idle_timeout.is_none_or(|idle| metrics.last_used() < idle)
-                && max_lifetime.is_none_or(|lifetime| metrics.age() < lifetime)
+            let expired = max_lifetime.is_some_and(|lifetime| metrics.age() >= lifetime);
+            let idle = idle_timeout.is_some_and(|idle| metrics.last_used() >= idle);
+            if expired || (idle && open > min as usize) {
+                open = open.saturating_sub(1);
+                false
+            } else {
+                true
+            }
         });
         let missing = (min as usize).saturating_sub(pool.status().size);
         let mut opening = tokio::task::JoinSet::new();
