@@ -10,7 +10,8 @@
 //! pools are refilled to their minimum (`*_min_connections`) by a maintenance task per instance
 //! pool; connections older than `max_lifetime_ms` are not recycled; connects are bounded by
 //! `connect_timeout` and checkouts by `acquire_timeout_ms`. Recycling asks the server (an empty
-//! query), so a dead connection is never handed out. Connections use TCP keepalives and
+//! query) about a connection idle for more than 500 ms, so a dead one is not handed out.
+//! Connections use TCP keepalives and
 //! `tcp_user_timeout`. When an instance is declared dead its connection tasks are aborted:
 //! queries in flight fail at once instead of hanging.
 //!
