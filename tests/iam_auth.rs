@@ -176,23 +176,7 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
     );
 
     // The monitor reconnects with the current token too.
-    let monitor = format!("aurora-pool-monitor:{}", unique_cluster_id("iam-renewal"));
-    cluster
-        .psql(
-            &cluster.writer_id(),
-            "postgres",
-            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{monitor}'"),
-        )
-        .await
-        .expect("terminate the monitor");
-    let back = eventually(Duration::from_secs(10), || async {
-        let mut monitors = 0;
-        for id in cluster.instance_ids() {
-            monitors += support::connections_named(&cluster, &id, &monitor).await;
-        }
-        monitors == 1
-    })
-    .await;
+    let back = support::monitor_logs_in_again(&cluster, &unique_cluster_id("iam-renewal")).await;
     if !back {
         let logs = captured_logs();
         let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();

@@ -207,23 +207,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
     );
 
     // The monitor logs in again with the new password.
-    let monitor = format!("aurora-pool-monitor:{}", unique_cluster_id("sm-rotation"));
-    cluster
-        .psql(
-            "instance-1",
-            "postgres",
-            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{monitor}'"),
-        )
-        .await
-        .expect("terminate the monitor");
-    let back = eventually(Duration::from_secs(10), || async {
-        let mut monitors = 0;
-        for id in cluster.instance_ids() {
-            monitors += support::connections_named(&cluster, &id, &monitor).await;
-        }
-        monitors == 1
-    })
-    .await;
+    let back = support::monitor_logs_in_again(&cluster, &unique_cluster_id("sm-rotation")).await;
     assert!(back, "the monitor did not log in with the rotated password");
 
     let shown = format!("{pool:?} {provider:?} {:?}", pool.config());

@@ -119,3 +119,23 @@ pub async fn execute(pool: &aurora_pool::AuroraPool, sql: &'static str) {
     .await
     .unwrap_or_else(|err| panic!("{sql}: {err}"));
 }
+
+/// Ends the monitoring connection of `cluster_id` (wherever it is) and waits up to 10 s for
+/// the monitor to log in again; returns whether it did.
+pub async fn monitor_logs_in_again(cluster: &LocalCluster, cluster_id: &str) -> bool {
+    let monitor = format!("aurora-pool-monitor:{cluster_id}");
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{monitor}'"
+    );
+    for id in cluster.instance_ids() {
+        let _ = cluster.psql(&id, "postgres", &terminate).await;
+    }
+    eventually(Duration::from_secs(10), || async {
+        let mut monitors = 0;
+        for id in cluster.instance_ids() {
+            monitors += connections_named(cluster, &id, &monitor).await;
+        }
+        monitors == 1
+    })
+    .await
+}
