@@ -9,180 +9,13 @@ use std::time::Duration;
 
 use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials};
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{BoxFuture, Config, Role, Topology};
+use aurora_pool::{BoxFuture, Role};
+use support::flavour::{Flavour, Interrupt, connect, flavour_tests};
 use support::{AGGRESSIVE, eventually, unique_cluster_id};
-
-/// What the scenarios need of a pool flavour.
-trait Flavour: Clone + Send + Sync + Sized + 'static {
-    fn connect_with(config: Config) -> impl Future<Output = aurora_pool::Result<Self>> + Send;
-    /// The id of the instance a fresh checkout for `role` lands on.
-    fn instance_id(&self, role: Role) -> impl Future<Output = aurora_pool::Result<String>> + Send;
-    /// Runs `sql` on a writer checkout.
-    fn execute(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
-    /// Runs `sql` with the retry helper `run` on the writer.
-    fn run(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
-    /// Runs `sql` twice in one `transaction`.
-    fn transaction(
-        &self,
-        sql: &'static str,
-    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
-    /// Runs `sql` (one text column, one row) with `run` on the writer.
-    fn run_text(
-        &self,
-        sql: &'static str,
-    ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
-    /// Runs `sql`, then `interrupt`, then `sql` again in one `transaction` without retries.
-    fn transaction_interrupted(
-        &self,
-        sql: &'static str,
-        interrupt: Interrupt,
-    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
-    fn events(&self) -> tokio::sync::broadcast::Receiver<aurora_pool::ClusterEvent>;
-    fn topology(&self) -> Arc<Topology>;
-    fn close(&self) -> impl Future<Output = ()> + Send;
-}
-
-/// What happens in the middle of a transaction.
-type Interrupt = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
-
-const INSTANCE_ID: &str = "SELECT pg_catalog.aurora_db_instance_identifier()";
-
-impl Flavour for aurora_pool::AuroraPool {
-    async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
-        aurora_pool::AuroraPool::connect_with(config).await
-    }
-    async fn instance_id(&self, role: Role) -> aurora_pool::Result<String> {
-        let mut conn = self.acquire(role).await?;
-        let id = sqlx::query_scalar(INSTANCE_ID).fetch_one(&mut *conn).await;
-        id.map_err(|err| self.classify(err))
-    }
-    async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
-        let mut conn = self.acquire(Role::Writer).await?;
-        let done = sqlx::query(sql).execute(&mut *conn).await;
-        done.map(|_| ()).map_err(|err| self.classify(err))
-    }
-    async fn run(&self, sql: &'static str) -> aurora_pool::Result<()> {
-        self.run(Role::Writer, move |conn| {
-            Box::pin(async move { sqlx::query(sql).execute(conn).await.map(|_| ()) })
-        })
-        .await
-    }
-    async fn transaction(&self, sql: &'static str) -> aurora_pool::Result<()> {
-        self.transaction(move |conn| {
-            Box::pin(async move {
-                sqlx::query(sql).execute(&mut *conn).await?;
-                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
-            })
-        })
-        .await
-    }
-    async fn run_text(&self, sql: &'static str) -> aurora_pool::Result<String> {
-        self.run(Role::Writer, |conn| {
-            Box::pin(async move { sqlx::query_scalar(sql).fetch_one(conn).await })
-        })
-        .await
-    }
-    async fn transaction_interrupted(
-        &self,
-        sql: &'static str,
-        interrupt: Interrupt,
-    ) -> aurora_pool::Result<()> {
-        self.transaction_with(aurora_pool::RetryPolicy::no_retry(), move |conn| {
-            let interrupt = interrupt.clone();
-            Box::pin(async move {
-                sqlx::query(sql).execute(&mut *conn).await?;
-                interrupt().await;
-                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
-            })
-        })
-        .await
-    }
-    fn events(&self) -> tokio::sync::broadcast::Receiver<aurora_pool::ClusterEvent> {
-        self.events()
-    }
-    fn topology(&self) -> Arc<Topology> {
-        self.topology()
-    }
-    async fn close(&self) {
-        self.close().await
-    }
-}
-
-#[cfg(feature = "deadpool")]
-impl Flavour for aurora_pool::deadpool::AuroraPool {
-    async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
-        aurora_pool::deadpool::AuroraPool::connect_with(config).await
-    }
-    async fn instance_id(&self, role: Role) -> aurora_pool::Result<String> {
-        let client = self.acquire(role).await?;
-        let row = client.query_one(INSTANCE_ID, &[]).await;
-        row.map(|row| row.get(0)).map_err(|err| self.classify(err))
-    }
-    async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
-        let client = self.acquire(Role::Writer).await?;
-        let done = client.batch_execute(sql).await;
-        done.map_err(|err| self.classify(err))
-    }
-    async fn run(&self, sql: &'static str) -> aurora_pool::Result<()> {
-        self.run(Role::Writer, move |client| {
-            Box::pin(client.batch_execute(sql))
-        })
-        .await
-    }
-    async fn transaction(&self, sql: &'static str) -> aurora_pool::Result<()> {
-        self.transaction(move |client| {
-            Box::pin(async move {
-                client.batch_execute(sql).await?;
-                client.batch_execute(sql).await
-            })
-        })
-        .await
-    }
-    async fn run_text(&self, sql: &'static str) -> aurora_pool::Result<String> {
-        self.run(Role::Writer, |client| {
-            Box::pin(async move { client.query_one(sql, &[]).await.map(|row| row.get(0)) })
-        })
-        .await
-    }
-    async fn transaction_interrupted(
-        &self,
-        sql: &'static str,
-        interrupt: Interrupt,
-    ) -> aurora_pool::Result<()> {
-        self.transaction_with(aurora_pool::RetryPolicy::no_retry(), move |client| {
-            let interrupt = interrupt.clone();
-            Box::pin(async move {
-                client.batch_execute(sql).await?;
-                interrupt().await;
-                client.batch_execute(sql).await
-            })
-        })
-        .await
-    }
-    fn events(&self) -> tokio::sync::broadcast::Receiver<aurora_pool::ClusterEvent> {
-        self.events()
-    }
-    fn topology(&self) -> Arc<Topology> {
-        self.topology()
-    }
-    async fn close(&self) {
-        self.close().await
-    }
-}
-
-fn config(cluster: &LocalCluster, test: &str, params: &str) -> Config {
-    Config::from_url(&support::url_with(
-        cluster,
-        &format!("cluster_id={}&{params}", unique_cluster_id(test)),
-    ))
-    .expect("config")
-}
 
 async fn reads_and_writes_go_to_their_roles<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = F::connect_with(config(&cluster, test, ""))
-        .await
-        .expect("connect");
+    let pool = connect::<F>(&cluster, test, "").await;
     assert_eq!(
         pool.instance_id(Role::Writer).await.expect("writer"),
         "instance-1"
@@ -201,9 +34,7 @@ async fn reads_and_writes_go_to_their_roles<F: Flavour>(test: &str) {
 
 async fn writes_continue_on_the_new_writer_after_a_crash<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = F::connect_with(config(&cluster, test, AGGRESSIVE))
-        .await
-        .expect("connect");
+    let pool = connect::<F>(&cluster, test, AGGRESSIVE).await;
     pool.execute("CREATE TABLE behaviour (n int)")
         .await
         .expect("create");
@@ -242,9 +73,7 @@ async fn writes_continue_on_the_new_writer_after_a_crash<F: Flavour>(test: &str)
 
 async fn the_retry_helpers_ride_through_a_crash<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
-    let pool = F::connect_with(config(&cluster, test, AGGRESSIVE))
-        .await
-        .expect("connect");
+    let pool = connect::<F>(&cluster, test, AGGRESSIVE).await;
     pool.run("CREATE TABLE helpers (n int)")
         .await
         .expect("create");
@@ -284,9 +113,7 @@ async fn the_retry_helpers_ride_through_a_crash<F: Flavour>(test: &str) {
 async fn a_black_holed_writer_is_detected_and_failed_over<F: Flavour>(test: &str) {
     let cluster = Arc::new(LocalCluster::start(3).await.expect("cluster"));
     let params = format!("{AGGRESSIVE}&failover_timeout_ms=30000");
-    let pool = F::connect_with(config(&cluster, test, &params))
-        .await
-        .expect("connect");
+    let pool = connect::<F>(&cluster, test, &params).await;
     let mut events = pool.events();
     // A connection to the writer is open, so the work below runs on it at once.
     pool.run("SELECT 1").await.expect("warm");
@@ -294,6 +121,7 @@ async fn a_black_holed_writer_is_detected_and_failed_over<F: Flavour>(test: &str
         let pool = pool.clone();
         tokio::spawn(async move {
             pool.run_text(
+                Role::Writer,
                 "SELECT pg_catalog.pg_sleep(1)::text || pg_catalog.aurora_db_instance_identifier()",
             )
             .await
@@ -346,9 +174,7 @@ async fn a_black_holed_writer_is_detected_and_failed_over<F: Flavour>(test: &str
 async fn a_transaction_across_a_crash_is_reported_and_not_committed<F: Flavour>(test: &str) {
     let cluster = Arc::new(LocalCluster::start(3).await.expect("cluster"));
     let params = format!("{AGGRESSIVE}&failover_timeout_ms=30000");
-    let pool = F::connect_with(config(&cluster, test, &params))
-        .await
-        .expect("connect");
+    let pool = connect::<F>(&cluster, test, &params).await;
     pool.run("CREATE TABLE ledger (note text NOT NULL)")
         .await
         .expect("create");
@@ -371,7 +197,9 @@ async fn a_transaction_across_a_crash_is_reported_and_not_committed<F: Flavour>(
         .expect_err("the writer died inside the transaction");
     assert!(err.is_transaction_state_unknown(), "{err:?}");
     assert!(!err.is_failover());
-    let count = pool.run_text("SELECT count(*)::text FROM ledger").await;
+    let count = pool
+        .run_text(Role::Writer, "SELECT count(*)::text FROM ledger")
+        .await;
     assert_eq!(
         count.expect("count"),
         "0",
@@ -402,14 +230,12 @@ async fn dropped_pools_leave_no_connections_and_no_tasks<F: Flavour>(test: &str)
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let metrics = tokio::runtime::Handle::current().metrics();
     let tasks_before = metrics.num_alive_tasks();
-    let app = format!("{test}-app");
+    let app = unique_cluster_id(&format!("{test}-app"));
     for cycle in 0..10 {
         let params = format!(
             "application_name={app}-{cycle}&writer_min_connections=2&failure_detection_time_ms=0"
         );
-        let pool = F::connect_with(config(&cluster, test, &params))
-            .await
-            .expect("connect");
+        let pool = connect::<F>(&cluster, test, &params).await;
         pool.run("SELECT 1").await.expect("write");
         pool.instance_id(Role::Reader).await.expect("read");
         if cycle % 2 == 0 {
@@ -497,74 +323,12 @@ async fn new_connections_use_rotated_credentials<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
-macro_rules! behaviour_suite {
-    ($module:ident, $flavour:ty) => {
-        mod $module {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn reads_and_writes_go_to_their_roles() {
-                super::reads_and_writes_go_to_their_roles::<$flavour>(concat!(
-                    stringify!($module),
-                    "-roles"
-                ))
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn writes_continue_on_the_new_writer_after_a_crash() {
-                super::writes_continue_on_the_new_writer_after_a_crash::<$flavour>(concat!(
-                    stringify!($module),
-                    "-crash"
-                ))
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn the_retry_helpers_ride_through_a_crash() {
-                super::the_retry_helpers_ride_through_a_crash::<$flavour>(concat!(
-                    stringify!($module),
-                    "-helpers"
-                ))
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn dropped_pools_leave_no_connections_and_no_tasks() {
-                super::dropped_pools_leave_no_connections_and_no_tasks::<$flavour>(concat!(
-                    stringify!($module),
-                    "-cleanup"
-                ))
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_black_holed_writer_is_detected_and_failed_over() {
-                super::a_black_holed_writer_is_detected_and_failed_over::<$flavour>(concat!(
-                    stringify!($module),
-                    "-blackhole"
-                ))
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn a_transaction_across_a_crash_is_reported_and_not_committed() {
-                super::a_transaction_across_a_crash_is_reported_and_not_committed::<$flavour>(
-                    concat!(stringify!($module), "-transaction"),
-                )
-                .await;
-            }
-
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn new_connections_use_rotated_credentials() {
-                super::new_connections_use_rotated_credentials::<$flavour>(concat!(
-                    stringify!($module),
-                    "-rotation"
-                ))
-                .await;
-            }
-        }
-    };
-}
-
-behaviour_suite!(sqlx_flavour, aurora_pool::AuroraPool);
-#[cfg(feature = "deadpool")]
-behaviour_suite!(deadpool_flavour, aurora_pool::deadpool::AuroraPool);
+flavour_tests!(
+    reads_and_writes_go_to_their_roles,
+    writes_continue_on_the_new_writer_after_a_crash,
+    the_retry_helpers_ride_through_a_crash,
+    dropped_pools_leave_no_connections_and_no_tasks,
+    a_black_holed_writer_is_detected_and_failed_over,
+    a_transaction_across_a_crash_is_reported_and_not_committed,
+    new_connections_use_rotated_credentials,
+);

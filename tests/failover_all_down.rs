@@ -5,38 +5,31 @@ mod support;
 
 use std::time::{Duration, Instant};
 
+use aurora_pool::Role;
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, Role};
 use support::AGGRESSIVE;
+use support::flavour::{Flavour, connect, flavour_tests};
 
-async fn write(pool: &AuroraPool) -> aurora_pool::Result<String> {
-    pool.run(Role::Writer, |conn| {
-        Box::pin(async move {
-            sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier() WHERE NOT pg_catalog.pg_is_in_recovery()")
-                .fetch_one(conn)
-                .await
-        })
-    })
-    .await
-}
+const WRITER_ID: &str = "SELECT pg_catalog.aurora_db_instance_identifier() \
+                         WHERE NOT pg_catalog.pg_is_in_recovery()";
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn everything_down_fails_clearly_and_recovers() {
+async fn everything_down_fails_clearly_and_recovers<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
-    let pool = support::connect(
+    let pool: F = connect(
         &cluster,
-        "all-down",
+        test,
         &format!("{AGGRESSIVE}&failover_timeout_ms=2000"),
     )
     .await;
-    assert_eq!(write(&pool).await.expect("write"), "instance-1");
+    let write = || pool.run_text(Role::Writer, WRITER_ID);
+    assert_eq!(write().await.expect("write"), "instance-1");
 
     cluster.crash("instance-2").await.expect("crash reader");
     cluster.crash("instance-1").await.expect("crash writer");
 
     let started = Instant::now();
     let err = pool
-        .acquire(Role::Writer)
+        .instance_id(Role::Writer)
         .await
         .expect_err("nothing to connect to");
     assert!(err.is_failover_failed(), "{err}");
@@ -51,7 +44,7 @@ async fn everything_down_fails_clearly_and_recovers() {
         "{:?}",
         started.elapsed()
     );
-    let err = write(&pool).await.expect_err("nothing to write to");
+    let err = write().await.expect_err("nothing to write to");
     assert!(err.is_failover_failed(), "{err}");
 
     // The same writer comes back (re-elected): the pool keeps working with it.
@@ -65,7 +58,7 @@ async fn everything_down_fails_clearly_and_recovers() {
         .expect("restart reader");
     let deadline = Instant::now() + Duration::from_secs(20);
     let recovered = loop {
-        match write(&pool).await {
+        match write().await {
             Ok(instance) => break Some(instance),
             Err(_) if Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(100)).await
@@ -75,4 +68,7 @@ async fn everything_down_fails_clearly_and_recovers() {
     };
     assert_eq!(recovered.as_deref(), Some("instance-1"));
     assert_eq!(pool.topology().writer().id(), "instance-1");
+    pool.close().await;
 }
+
+flavour_tests!(everything_down_fails_clearly_and_recovers);

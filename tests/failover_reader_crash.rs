@@ -7,35 +7,25 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, ClusterEvent, Role};
+use aurora_pool::{ClusterEvent, Role};
+use support::flavour::{Flavour, INSTANCE_ID, connect, flavour_tests};
 use support::{AGGRESSIVE, drain_events, eventually};
 
-async fn read_instance(pool: &AuroraPool) -> aurora_pool::Result<String> {
-    pool.run(Role::Reader, |conn| {
-        Box::pin(async move {
-            sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
-                .fetch_one(conn)
-                .await
-        })
-    })
-    .await
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_continue_on_the_other_readers() {
+async fn reads_continue_on_the_other_readers<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = support::connect(
+    let pool: F = connect(
         &cluster,
-        "reader-crash",
+        test,
         &format!(
             "{AGGRESSIVE}&reader_host_selector_strategy=round_robin&failover_timeout_ms=20000"
         ),
     )
     .await;
+    let read = || pool.run_text(Role::Reader, INSTANCE_ID);
     let mut events = pool.events();
     let mut before = BTreeSet::new();
     for _ in 0..4 {
-        before.insert(read_instance(&pool).await.expect("read"));
+        before.insert(read().await.expect("read"));
     }
     assert_eq!(
         before,
@@ -47,7 +37,7 @@ async fn reads_continue_on_the_other_readers() {
     let deadline = Instant::now() + Duration::from_secs(3);
     let mut during = Vec::new();
     while Instant::now() < deadline {
-        during.push(read_instance(&pool).await.expect("reads must continue"));
+        during.push(read().await.expect("reads must continue"));
     }
     assert!(
         during.iter().all(|i| i != "instance-1"),
@@ -78,7 +68,7 @@ async fn reads_continue_on_the_other_readers() {
     assert!(back, "instance-3 never came back: {}", pool.topology());
     let mut after = BTreeSet::new();
     for _ in 0..4 {
-        after.insert(read_instance(&pool).await.expect("read"));
+        after.insert(read().await.expect("read"));
     }
     assert!(after.contains("instance-3"), "{after:?}");
     assert!(
@@ -86,4 +76,7 @@ async fn reads_continue_on_the_other_readers() {
             instance: "instance-3".into()
         })
     );
+    pool.close().await;
 }
+
+flavour_tests!(reads_continue_on_the_other_readers);

@@ -9,26 +9,28 @@ use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{ClusterEvent, Role};
+use support::flavour::{Flavour, connect, flavour_tests};
 use support::{AGGRESSIVE, connections_named, drain_events, eventually, unique_cluster_id};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_resume_on_the_promoted_instance() {
+/// Where an acknowledged write landed: `instance-N:` and whether it was in recovery.
+const WRITE: &str = "INSERT INTO writes (instance) VALUES (pg_catalog.aurora_db_instance_identifier()) \
+                     RETURNING instance || ':' || pg_catalog.pg_is_in_recovery()::text";
+
+async fn writes_resume_on_the_promoted_instance<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let app = unique_cluster_id("crash-app");
-    let pool = support::connect(
+    let app = unique_cluster_id(&format!("{test}-app"));
+    let pool: F = connect(
         &cluster,
-        "writer-crash",
+        test,
         &format!(
             "{AGGRESSIVE}&writer_min_connections=2&application_name={app}&failover_timeout_ms=30000"
         ),
     )
     .await;
     let mut events = pool.events();
-    support::execute(
-        &pool,
-        "CREATE TABLE writes (id serial PRIMARY KEY, instance text NOT NULL)",
-    )
-    .await;
+    pool.run("CREATE TABLE writes (id serial PRIMARY KEY, instance text NOT NULL)")
+        .await
+        .expect("create");
     support::replicated(&cluster, "writes").await;
 
     // A write loop, bounded in time, recording where each acknowledged write landed.
@@ -39,18 +41,10 @@ async fn writes_resume_on_the_promoted_instance() {
             let deadline = Instant::now() + Duration::from_secs(40);
             let mut landed = Vec::new();
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
-                let result = pool
-                    .run(Role::Writer, |conn| {
-                        Box::pin(async move {
-                            sqlx::query_as::<_, (String, bool)>(
-                                "INSERT INTO writes (instance) VALUES (pg_catalog.aurora_db_instance_identifier()) \
-                                 RETURNING instance, pg_catalog.pg_is_in_recovery()",
-                            )
-                            .fetch_one(conn)
-                            .await
-                        })
-                    })
-                    .await;
+                let result = pool.run_text(Role::Writer, WRITE).await.map(|landed| {
+                    let (instance, in_recovery) = landed.split_once(':').expect("instance:bool");
+                    (instance.to_owned(), in_recovery == "true")
+                });
                 landed.push(result.map_err(|e| e.to_string()));
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
@@ -149,4 +143,7 @@ async fn writes_resume_on_the_promoted_instance() {
         writes_on_new >= 2,
         "the writer pool was not refilled: {writes_on_new}"
     );
+    pool.close().await;
 }
+
+flavour_tests!(writes_resume_on_the_promoted_instance);

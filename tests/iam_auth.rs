@@ -5,49 +5,21 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use aurora_pool::iam::{IamSettings, generate_auth_token};
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, Auth, Role};
+use aurora_pool::{Auth, Builder, Role};
 use aws_credential_types::Credentials;
 use aws_smithy_async::time::{SharedTimeSource, TimeSource};
+use support::flavour::{Flavour, flavour_tests};
 use support::{eventually, unique_cluster_id};
-
-/// Everything the crate and sqlx log, at trace level, for the whole test binary.
-fn captured_logs() -> Arc<Mutex<Vec<u8>>> {
-    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
-    LOGS.get_or_init(|| {
-        let logs = Arc::new(Mutex::new(Vec::new()));
-        let sink = logs.clone();
-        tracing_subscriber::fmt()
-            .with_env_filter("trace")
-            .with_ansi(false)
-            .with_writer(move || Sink(sink.clone()))
-            .init();
-        logs
-    })
-    .clone()
-}
-
-struct Sink(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Sink {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("logs").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// No token (every token carries a signature) and no AWS secret key in the logs.
 fn assert_logs_clean() {
-    let logs = captured_logs();
-    let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+    let logs = support::captured_logs();
     assert!(logs.contains("IAM token generated"), "nothing was logged");
     assert!(
         !logs.contains("X-Amz-Signature"),
@@ -58,6 +30,9 @@ fn assert_logs_clean() {
         "the AWS secret reached the logs"
     );
 }
+
+/// Whether the session runs over TLS.
+const TLS_IN_USE: &str = "SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()";
 
 const IAM_HOST: &str = "orders.cluster-abc123.us-east-1.rds.amazonaws.com";
 
@@ -118,21 +93,8 @@ fn settings(clock: &ManualClock, expiration: Duration) -> IamSettings {
     settings
 }
 
-/// One query on a brand-new physical connection (`writer_max_connections=1` and the
-/// connection is closed after use, so every call logs in).
-async fn fresh_login(pool: &AuroraPool) -> aurora_pool::Result<()> {
-    let mut connection = pool.acquire(Role::Writer).await?;
-    sqlx::query("SELECT 1")
-        .execute(&mut *connection)
-        .await
-        .map_err(|err| pool.classify(err))?;
-    drop(connection.detach());
-    Ok(())
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
-    captured_logs();
+async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire<F: Flavour>(test: &str) {
+    support::capture_logs();
     let cluster = LocalCluster::builder()
         .instances(2)
         .tls(true)
@@ -144,30 +106,28 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
     set_password(&cluster, &token_at(&clock, &user)).await;
 
     // Tokens are reused for 2 s of the test's clock; the pool renews them on real time.
-    let pool = AuroraPool::builder()
-        .url(iam_url(&cluster, "iam-renewal", ""))
+    let config = Builder::new()
+        .url(iam_url(&cluster, test, ""))
         .auth(Auth::Iam(settings(&clock, Duration::from_secs(2))))
-        .connect()
+        .build()
+        .expect("config");
+    let pool = F::connect_with(config)
         .await
         .expect("discovery and monitor log in with the token");
-    fresh_login(&pool).await.expect("writer login");
-    let on_reader: String =
-        sqlx::query_scalar("SELECT ssl::text FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
-            .fetch_one(&pool.reader())
-            .await
-            .expect("reader login");
-    assert_eq!(on_reader, "true", "IAM logins use TLS");
-    let kept = pool
-        .acquire(Role::Writer)
+    pool.fresh_login(Role::Writer).await.expect("writer login");
+    let on_reader = pool
+        .query_text(Role::Reader, TLS_IN_USE)
         .await
-        .expect("a connection kept open");
-    drop(kept); // back to the pool, idle
+        .expect("reader login");
+    assert_eq!(on_reader, "true", "IAM logins use TLS");
+    // A connection kept open, back in the pool idle.
+    pool.execute("SELECT 1").await.expect("writer login");
 
     // AWS moves on: the next token is the only one accepted now.
     clock.0.fetch_add(60, Ordering::SeqCst);
     set_password(&cluster, &token_at(&clock, &user)).await;
     let renewed = eventually(Duration::from_secs(10), || async {
-        fresh_login(&pool).await.is_ok()
+        pool.fresh_login(Role::Writer).await.is_ok()
     })
     .await;
     assert!(
@@ -176,10 +136,9 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
     );
 
     // The monitor reconnects with the current token too.
-    let back = support::monitor_logs_in_again(&cluster, &unique_cluster_id("iam-renewal")).await;
+    let back = support::monitor_logs_in_again(&cluster, &unique_cluster_id(test)).await;
     if !back {
-        let logs = captured_logs();
-        let logs = String::from_utf8_lossy(&logs.lock().expect("logs")).into_owned();
+        let logs = support::captured_logs();
         let tail: Vec<&str> = logs
             .lines()
             .filter(|l| l.contains("aurora_pool") && !l.contains("aurora_pool::testing"))
@@ -193,9 +152,8 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire() {
     assert_logs_clean();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_token_is_a_login_error_not_an_endless_retry() {
-    captured_logs();
+async fn a_wrong_token_is_a_login_error_not_an_endless_retry<F: Flavour>(test: &str) {
+    support::capture_logs();
     let cluster = LocalCluster::builder()
         .instances(1)
         .tls(true)
@@ -209,18 +167,18 @@ async fn a_wrong_token_is_a_login_error_not_an_endless_retry() {
         aurora_pool::iam::IamAuth::new(settings(&clock, Duration::from_secs(870)), IAM_HOST)
             .expect("provider"),
     );
-    let pool = AuroraPool::builder()
-        .url(iam_url(&cluster, "iam-wrong", ""))
+    let config = Builder::new()
+        .url(iam_url(&cluster, test, ""))
         .credential_provider(iam.clone())
-        .connect()
-        .await
-        .expect("connect");
-    fresh_login(&pool).await.expect("login");
+        .build()
+        .expect("config");
+    let pool = F::connect_with(config).await.expect("connect");
+    pool.fresh_login(Role::Writer).await.expect("login");
 
     // The database stops accepting the token (a revoked grant, a wrong policy).
     set_password(&cluster, "not-the-token").await;
     let before = iam.tokens_generated();
-    let err = tokio::time::timeout(Duration::from_secs(30), fresh_login(&pool))
+    let err = tokio::time::timeout(Duration::from_secs(30), pool.fresh_login(Role::Writer))
         .await
         .expect("the refused login was retried without end")
         .expect_err("the login must fail");
@@ -241,8 +199,8 @@ async fn a_wrong_token_is_a_login_error_not_an_endless_retry() {
     assert_logs_clean();
 }
 
-#[tokio::test]
-async fn iam_refuses_to_log_in_without_tls() {
+#[test]
+fn iam_refuses_sslmodes_without_tls() {
     let base = "postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app?auth=iam";
     for mode in ["disable", "allow", "prefer"] {
         let err = aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}")).expect_err(mode);
@@ -251,8 +209,10 @@ async fn iam_refuses_to_log_in_without_tls() {
     for mode in ["require", "verify-ca", "verify-full"] {
         aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}")).expect(mode);
     }
+}
 
-    // Without sslmode, IAM means `require`: a server without TLS is refused.
+/// Without sslmode, IAM means `require`: a server without TLS is refused.
+async fn iam_refuses_to_log_in_without_tls<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(1).await.expect("cluster");
     let clock = ManualClock(Arc::new(AtomicU64::new(1_795_317_600)));
     let url = format!(
@@ -261,12 +221,14 @@ async fn iam_refuses_to_log_in_without_tls() {
         cluster.cluster_endpoint(),
         cluster.database(),
         cluster.instance_endpoints_param(),
-        unique_cluster_id("iam-no-tls"),
+        unique_cluster_id(test),
     );
-    let err = AuroraPool::builder()
+    let config = Builder::new()
         .url(url)
         .auth(Auth::Iam(settings(&clock, Duration::from_secs(870))))
-        .connect()
+        .build()
+        .expect("config");
+    let err = F::connect_with(config)
         .await
         .expect_err("no TLS, no IAM login");
     assert!(err.is_connect(), "{err:?}");
@@ -276,3 +238,9 @@ async fn iam_refuses_to_log_in_without_tls() {
         "{cause}"
     );
 }
+
+flavour_tests!(
+    iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire,
+    a_wrong_token_is_a_login_error_not_an_endless_retry,
+    iam_refuses_to_log_in_without_tls,
+);

@@ -7,17 +7,15 @@ use std::time::Duration;
 
 use aurora_pool::ClusterEvent;
 use aurora_pool::testing::LocalCluster;
+use support::flavour::{Flavour, connect, flavour_tests};
 use support::{AGGRESSIVE, drain_events, eventually};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn probes_that_cannot_log_in_declare_nothing_down() {
+async fn probes_that_cannot_log_in_declare_nothing_down<F: Flavour>(test: &str) {
+    support::trace();
     let cluster = LocalCluster::start(2).await.expect("cluster");
-    let pool = support::connect(&cluster, "login-rejected", AGGRESSIVE).await;
+    let pool: F = connect(&cluster, test, AGGRESSIVE).await;
     let mut events = pool.events();
-    let probes = format!(
-        "aurora-pool-probe:{}",
-        support::unique_cluster_id("login-rejected")
-    );
+    let probes = format!("aurora-pool-probe:{}", support::unique_cluster_id(test));
     let connected = eventually(Duration::from_secs(10), || async {
         support::connections_named(&cluster, "instance-1", &probes).await == 1
     })
@@ -63,4 +61,7 @@ async fn probes_that_cannot_log_in_declare_nothing_down() {
         support::connections_named(&cluster, "instance-1", &probes).await,
         0
     );
+    pool.close().await;
 }
+
+flavour_tests!(probes_that_cannot_log_in_declare_nothing_down);

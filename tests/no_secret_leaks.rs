@@ -3,26 +3,11 @@
 
 mod support;
 
-use std::io::Write;
-use std::sync::{Arc, Mutex};
-
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, Config, Role};
+use aurora_pool::{Config, Role};
+use support::flavour::{Flavour, flavour_tests};
 
 const PASSWORD: &str = "s3cr3t-Pa55-never-shown";
-
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("log buffer").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 fn assert_clean(what: &str, text: &str) {
     for secret in [PASSWORD, "s3cr3t"] {
@@ -30,15 +15,8 @@ fn assert_clean(what: &str, text: &str) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn no_password_in_debug_errors_or_logs() {
-    let logs = Captured::default();
-    let writer = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .init();
+async fn no_password_in_debug_errors_or_logs<F: Flavour>(test: &str) {
+    support::capture_logs();
 
     let cluster = LocalCluster::builder()
         .instances(2)
@@ -50,55 +28,50 @@ async fn no_password_in_debug_errors_or_logs() {
         &cluster,
         &format!(
             "cluster_id={}&{}",
-            support::unique_cluster_id("leaks"),
+            support::unique_cluster_id(test),
             support::AGGRESSIVE
         ),
     );
     let config = Config::from_url(&url).expect("config");
     assert_clean("Config's Debug", &format!("{config:?}"));
     assert_clean("LocalCluster's Debug", &format!("{cluster:?}"));
-    let pool = AuroraPool::connect_with(config).await.expect("connect");
+    let pool = F::connect_with(config).await.expect("connect");
     assert_clean(
         "AuroraPool's Debug",
         &format!("{pool:?} {:?} {}", pool.status(), pool.topology()),
     );
-    pool.run(Role::Writer, |conn| {
-        Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await })
-    })
-    .await
-    .expect("query");
+    pool.run("SELECT 1").await.expect("query");
+    pool.instance_id(Role::Reader).await.expect("read");
 
     // A failover, with every state change logged.
     cluster
         .failover("instance-2", None)
         .await
         .expect("failover");
-    pool.run(Role::Writer, |conn| {
-        Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await })
-    })
-    .await
-    .expect("query after the failover");
+    pool.run("SELECT 1")
+        .await
+        .expect("query after the failover");
 
     // Errors: a refused login (the right password in the URL of another user) and a bad
     // parameter next to the password.
     let wrong_user = url.replacen(&format!("{}:", cluster.user()), "nobody:", 1);
-    let err = AuroraPool::connect(&wrong_user)
+    let err = F::connect_with(Config::from_url(&wrong_user).expect("config"))
         .await
         .expect_err("unknown user");
     assert_clean(
         "a login error",
         &format!("{err} {err:?} {:?}", std::error::Error::source(&err)),
     );
-    let err = AuroraPool::connect(&format!("{url}&colour=blue"))
-        .await
-        .expect_err("bad parameter");
+    let err = Config::from_url(&format!("{url}&colour=blue")).expect_err("bad parameter");
     assert_clean("a configuration error", &format!("{err} {err:?}"));
     pool.close().await;
 
-    let logs = String::from_utf8(logs.0.lock().expect("log buffer").clone()).expect("utf-8");
+    let logs = support::captured_logs();
     assert!(
         logs.contains("failover finished"),
         "the failover was not logged"
     );
     assert_clean("the logs", &logs);
 }
+
+flavour_tests!(no_password_in_debug_errors_or_logs);

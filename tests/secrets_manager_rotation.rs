@@ -4,15 +4,16 @@
 
 mod support;
 
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
 use aurora_pool::testing::{LocalCluster, MotoServer};
-use aurora_pool::{AuroraPool, Role};
+use aurora_pool::{Builder, Role};
 use aws_config::{BehaviorVersion, Region};
 use aws_sdk_secretsmanager::Client;
+use support::flavour::{Flavour, flavour_tests};
 use support::{eventually, unique_cluster_id};
 
 const NEW_PASSWORD: &str = "rotated-Pa55-never-shown";
@@ -33,40 +34,8 @@ fn secret(user: &str, password: &str) -> String {
     serde_json::json!({ "username": user, "password": password, "engine": "postgres" }).to_string()
 }
 
-/// Opens a new physical connection (the connection is closed after use), runs `SELECT 1`.
-async fn fresh_login(pool: &AuroraPool, role: Role) -> aurora_pool::Result<()> {
-    let mut connection = pool.acquire(role).await?;
-    sqlx::query("SELECT 1")
-        .execute(&mut *connection)
-        .await
-        .map_err(|err| pool.classify(err))?;
-    drop(connection.detach());
-    Ok(())
-}
-
-/// Everything logged at trace level (this binary's only test installs it).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().expect("logs").extend_from_slice(bytes);
-        Ok(bytes.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
-    let logs = Logs::default();
-    let sink = logs.clone();
-    tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_ansi(false)
-        .with_writer(move || sink.clone())
-        .init();
+async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavour>(test: &str) {
+    support::capture_logs();
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
     let aws = client(&moto).await;
@@ -87,16 +56,16 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
         cluster.cluster_endpoint(),
         cluster.database(),
         cluster.instance_endpoints_param(),
-        unique_cluster_id("sm-rotation"),
+        unique_cluster_id(test),
     );
-    let pool = AuroraPool::builder()
+    let config = Builder::new()
         .url(url)
         .credential_provider(provider.clone())
-        .connect()
-        .await
-        .expect("connect");
-    fresh_login(&pool, Role::Writer).await.expect("writer");
-    fresh_login(&pool, Role::Reader).await.expect("reader");
+        .build()
+        .expect("config");
+    let pool = F::connect_with(config).await.expect("connect");
+    pool.fresh_login(Role::Writer).await.expect("writer");
+    pool.fresh_login(Role::Reader).await.expect("reader");
     // Discovery, the monitor, the probes and three instance pools: one GetSecretValue.
     assert_eq!(
         provider.fetch_count(),
@@ -104,10 +73,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
         "concurrent connects share one fetch"
     );
 
-    let mut in_use = pool
-        .acquire(Role::Writer)
-        .await
-        .expect("a connection in use");
+    let mut in_use = pool.hold().await.expect("a connection in use");
 
     // Load: every operation logs in anew.
     let stop = Arc::new(AtomicBool::new(false));
@@ -126,7 +92,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
                     break;
                 }
                 let started = Instant::now();
-                let result = fresh_login(&pool, role).await;
+                let result = pool.fresh_login(role).await;
                 outcomes.push((started, result.map_err(|err| err.to_string())));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -189,16 +155,15 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
     );
 
     // The connection opened with the old password keeps working.
-    sqlx::query("SELECT 1")
-        .execute(&mut *in_use)
+    pool.select_one(&mut in_use)
         .await
         .expect("a connection in use survives the rotation");
     drop(in_use);
     // Once the new secret is known, logins stop fetching it.
     let settled = provider.fetch_count();
     for _ in 0..10 {
-        fresh_login(&pool, Role::Writer).await.expect("writer");
-        fresh_login(&pool, Role::Reader).await.expect("reader");
+        pool.fresh_login(Role::Writer).await.expect("writer");
+        pool.fresh_login(Role::Reader).await.expect("reader");
     }
     assert_eq!(
         provider.fetch_count(),
@@ -207,7 +172,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
     );
 
     // The monitor logs in again with the new password.
-    let back = support::monitor_logs_in_again(&cluster, &unique_cluster_id("sm-rotation")).await;
+    let back = support::monitor_logs_in_again(&cluster, &unique_cluster_id(test)).await;
     assert!(back, "the monitor did not log in with the rotated password");
 
     let shown = format!("{pool:?} {provider:?} {:?}", pool.config());
@@ -216,7 +181,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
         "{shown}"
     );
     pool.close().await;
-    let logs = String::from_utf8_lossy(&logs.0.lock().expect("logs")).into_owned();
+    let logs = support::captured_logs();
     assert!(
         logs.contains("secret fetched from Secrets Manager"),
         "nothing logged"
@@ -225,3 +190,5 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes() {
         assert!(!logs.contains(secret), "a password reached the logs");
     }
 }
+
+flavour_tests!(rotation_under_load_loses_no_checkout_after_the_secret_changes);

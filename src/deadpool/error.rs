@@ -18,6 +18,15 @@ pub(crate) fn from_pg(err: tokio_postgres::Error, context: &str) -> Error {
     wrapped.with_sqlstate(sqlstate).with_source(err)
 }
 
+/// Wraps an error from opening a connection: anything but an answer of the server (TLS
+/// refused or failed, I/O, a broken handshake) is a connect error, as in the sqlx flavour.
+pub(crate) fn from_connect(err: tokio_postgres::Error, context: &str) -> Error {
+    if err.code().is_some() {
+        return from_pg(err, context);
+    }
+    Error::connect(format!("{context} failed")).with_source(err)
+}
+
 /// Wraps a pool error.
 pub(crate) fn from_pool(err: ::deadpool::managed::PoolError<Error>, context: &str) -> Error {
     use ::deadpool::managed::{PoolError, TimeoutType};

@@ -11,7 +11,7 @@ use deadpool_postgres::ClientWrapper;
 use tokio::task::AbortHandle;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use super::error::from_pg;
+use super::error::{from_connect, from_pg};
 use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
 use crate::error::{Error, Result};
 use crate::pool::login;
@@ -111,7 +111,7 @@ impl Manager {
                         self.connect_timeout
                     ))
                 })?
-                .map_err(|err| from_pg(err, &context))?;
+                .map_err(|err| from_connect(err, &context))?;
         let task = tokio::spawn(async move {
             // The error is the client's to report, on its next query.
             let _ = connection.await;

@@ -2,9 +2,12 @@
 
 use std::sync::Arc;
 
+use rustls::client::WebPkiServerVerifier;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme};
+use rustls::{
+    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
+};
 use tokio_postgres::config::SslMode;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
@@ -12,8 +15,8 @@ use crate::error::{Error, Result};
 
 /// The connector and tokio-postgres's mode for `sslmode` (default `prefer`, as libpq) and
 /// `sslrootcert`: `disable` never uses TLS; `prefer` and `require` encrypt without checking
-/// the certificate (as libpq); `verify-ca` and `verify-full` check it against `sslrootcert`
-/// (or the Mozilla roots) and the host name.
+/// the certificate (as libpq); `verify-ca` checks that a CA of `sslrootcert` (or the Mozilla
+/// roots) signed it; `verify-full` also checks that it names the host.
 pub(crate) fn connector(
     ssl_mode: Option<&str>,
     root_cert: Option<&str>,
@@ -22,7 +25,8 @@ pub(crate) fn connector(
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| Error::config("sslmode", "TLS cannot be set up").with_source(err))?;
-    let (config, mode) = match ssl_mode.unwrap_or("prefer") {
+    let mode = ssl_mode.unwrap_or("prefer");
+    let (config, mode) = match mode {
         "disable" => (no_verification(builder, provider), SslMode::Disable),
         "allow" | "prefer" => (no_verification(builder, provider), SslMode::Prefer),
         "require" => (no_verification(builder, provider), SslMode::Require),
@@ -46,10 +50,20 @@ pub(crate) fn connector(
                 }
                 None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
             }
-            (
-                builder.with_root_certificates(roots).with_no_client_auth(),
-                SslMode::Require,
-            )
+            let config = if mode == "verify-ca" {
+                let chain = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                    .build()
+                    .map_err(|err| {
+                        Error::config("sslrootcert", "no usable CA certificate").with_source(err)
+                    })?;
+                builder
+                    .dangerous()
+                    .with_custom_certificate_verifier(Arc::new(ChainOnly(chain)))
+                    .with_no_client_auth()
+            } else {
+                builder.with_root_certificates(roots).with_no_client_auth()
+            };
+            (config, SslMode::Require)
         }
     };
     Ok((MakeRustlsConnect::new(config), mode))
@@ -132,5 +146,131 @@ impl ServerCertVerifier for EncryptOnly {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// libpq's `verify-ca`: the chain must lead to a trusted CA, whatever host the certificate
+/// names. The WebPKI verifier checks the name only after the chain, so a name mismatch is
+/// the one error that is left out.
+#[derive(Debug)]
+struct ChainOnly(Arc<WebPkiServerVerifier>);
+
+impl ServerCertVerifier for ChainOnly {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> std::result::Result<ServerCertVerified, rustls::Error> {
+        match self
+            .0
+            .verify_server_cert(end_entity, intermediates, server_name, ocsp_response, now)
+        {
+            Err(rustls::Error::InvalidCertificate(
+                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+            )) => Ok(ServerCertVerified::assertion()),
+            other => other,
+        }
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> std::result::Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.supported_verify_schemes()
+    }
+}
+
+#[cfg(all(test, feature = "testing"))]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+
+    use super::connector;
+    use crate::testing::LocalCluster;
+
+    /// Logs in to instance-1 with `sslmode` as `host` (the name the certificate is checked
+    /// against) while connecting to loopback; returns whether the session is encrypted.
+    async fn login(
+        cluster: &LocalCluster,
+        ssl_mode: &str,
+        root_cert: Option<&str>,
+        host: &str,
+    ) -> Result<bool, String> {
+        let (tls, mode) = connector(Some(ssl_mode), root_cert).map_err(|e| e.to_string())?;
+        let addr = cluster.direct_addr("instance-1").expect("instance");
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host(host)
+            .hostaddr(IpAddr::V4(Ipv4Addr::LOCALHOST))
+            .port(addr.port())
+            .user(cluster.user())
+            .password(cluster.password())
+            .dbname(cluster.database())
+            .ssl_mode(mode);
+        let (client, connection) = config.connect(tls).await.map_err(|e| format!("{e:?}"))?;
+        let task = tokio::spawn(connection);
+        let row = client
+            .query_one(
+                "SELECT ssl FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()",
+                &[],
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        drop(client);
+        let _ = task.await;
+        Ok(row.get(0))
+    }
+
+    #[tokio::test]
+    async fn verify_ca_checks_the_chain_and_verify_full_also_the_name() {
+        let cluster = LocalCluster::builder()
+            .instances(1)
+            .tls(true)
+            .start()
+            .await
+            .expect("cluster");
+        let ca = cluster.ca_cert_path().expect("CA").display().to_string();
+        let ca = Some(ca.as_str());
+        // The certificate names localhost and 127.0.0.1, not db.example.test.
+        assert_eq!(
+            login(&cluster, "verify-full", ca, "localhost").await,
+            Ok(true)
+        );
+        let err = login(&cluster, "verify-full", ca, "db.example.test")
+            .await
+            .expect_err("verify-full checks the name");
+        assert!(err.contains("NotValidForName"), "{err}");
+        assert_eq!(
+            login(&cluster, "verify-ca", ca, "db.example.test").await,
+            Ok(true),
+            "verify-ca does not check the name"
+        );
+        // The chain still counts: the cluster's CA is not among the Mozilla roots.
+        let err = login(&cluster, "verify-ca", None, "localhost")
+            .await
+            .expect_err("verify-ca checks the chain");
+        assert!(err.contains("UnknownIssuer"), "{err}");
+        assert_eq!(
+            login(&cluster, "require", None, "db.example.test").await,
+            Ok(true),
+            "require encrypts without checking"
+        );
     }
 }

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 
 use super::MonitorState;
-use crate::connector::{AdminConnection, Purpose};
+use crate::connector::{AdminConnection, Purpose, TextRow};
 use crate::endpoint::HostPort;
-use crate::error::{Error, ErrorClass};
+use crate::error::{Error, ErrorClass, Result};
 use crate::topology::IS_READER;
 
 /// How the probes should run now; published by the monitor.
@@ -126,6 +126,27 @@ pub(super) async fn run(
     }
 }
 
+/// Runs the probe query, connecting first when there is no connection.
+async fn ask_is_reader(
+    state: &MonitorState,
+    address: &HostPort,
+    connection: &mut Option<Box<dyn AdminConnection>>,
+) -> Result<Vec<TextRow>> {
+    if connection.is_none() {
+        let registration = state.registration().ok_or_else(Error::closed)?;
+        *connection = Some(
+            registration
+                .connector
+                .connect(address, Purpose::Probe)
+                .await?,
+        );
+    }
+    match connection.as_mut() {
+        Some(conn) => conn.query(IS_READER).await,
+        None => Err(Error::closed()),
+    }
+}
+
 async fn probe_once(
     state: &MonitorState,
     address: &HostPort,
@@ -133,18 +154,15 @@ async fn probe_once(
     timeout: Duration,
 ) -> ProbeOutcome {
     let attempt = async {
-        if connection.is_none() {
-            let registration = state.registration().ok_or_else(Error::closed)?;
-            *connection = Some(
-                registration
-                    .connector
-                    .connect(address, Purpose::Probe)
-                    .await?,
-            );
-        }
-        match connection.as_mut() {
-            Some(conn) => conn.query(IS_READER).await,
-            None => Err(Error::closed()),
+        let reused = connection.is_some();
+        match ask_is_reader(state, address, connection).await {
+            // A connection the server ended (an administrator, an idle-session limit) says
+            // nothing about the instance: only a new connection can.
+            Err(err) if reused && err.is_connect() => {
+                *connection = None;
+                ask_is_reader(state, address, connection).await
+            }
+            other => other,
         }
     };
     let result = tokio::time::timeout(timeout, attempt).await;

@@ -5,6 +5,7 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -92,6 +93,15 @@ pub(crate) trait Retried<C, T>: Send {
 /// A checkout slower than this asks the monitor to re-read the topology: the instance may
 /// be gone while the driver keeps retrying its connect.
 const SLOW_CHECKOUT: Duration = Duration::from_secs(1);
+
+/// How a checkout that had to wait ended.
+enum Waited<C> {
+    Done(Result<C>),
+    /// A new routing table: take the pool anew.
+    RoutingChanged,
+    /// `failover_timeout` passed.
+    TimedOut,
+}
 
 /// Connections a new pool opens at once while filling up to its minimum.
 const PREFILL_CONCURRENCY: usize = 4;
@@ -446,24 +456,16 @@ impl<B: Backend> PoolCore<B> {
             }
             let acquire = B::acquire(&slot.pool);
             tokio::pin!(acquire);
-            // One timer: first the slow-checkout nudge, then the failover deadline.
-            let nudge_at = (tokio::time::Instant::now() + SLOW_CHECKOUT).min(deadline);
-            let timer = tokio::time::sleep_until(nudge_at);
-            tokio::pin!(timer);
-            let mut nudged = false;
-            let outcome = loop {
-                tokio::select! {
-                    result = &mut acquire => break Some(result),
-                    _ = routing.changed() => break None,
-                    _ = &mut timer => {
-                        if nudged || tokio::time::Instant::now() >= deadline {
-                            return Err(self.failover_failed(role, last_error));
-                        }
-                        nudged = true;
-                        self.request_refresh();
-                        timer.as_mut().reset(deadline);
-                    }
-                }
+            // An idle connection is handed out at once: no timer, no waiting on the routing
+            // (registering both costs every checkout that has to wait, see BENCHMARKS.md).
+            let ready = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+            let outcome = match ready {
+                Poll::Ready(result) => Some(result),
+                Poll::Pending => match self.wait_for(acquire, &mut routing, deadline).await {
+                    Waited::Done(result) => Some(result),
+                    Waited::RoutingChanged => None,
+                    Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
+                },
             };
             match outcome {
                 None => continue, // a new routing table: take the pool anew
@@ -491,6 +493,35 @@ impl<B: Backend> PoolCore<B> {
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(self.failover_failed(role, last_error));
+            }
+        }
+    }
+
+    /// Waits for a checkout that could not be served at once. A slow one asks the monitor to
+    /// re-read the topology (the instance may be gone while the driver keeps connecting).
+    async fn wait_for(
+        &self,
+        mut acquire: std::pin::Pin<&mut BoxFuture<'static, Result<B::Connection>>>,
+        routing: &mut watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Waited<B::Connection> {
+        // One timer: first the slow-checkout nudge, then the failover deadline.
+        let nudge_at = (tokio::time::Instant::now() + SLOW_CHECKOUT).min(deadline);
+        let timer = tokio::time::sleep_until(nudge_at);
+        tokio::pin!(timer);
+        let mut nudged = false;
+        loop {
+            tokio::select! {
+                result = &mut acquire => return Waited::Done(result),
+                _ = routing.changed() => return Waited::RoutingChanged,
+                _ = &mut timer => {
+                    if nudged || tokio::time::Instant::now() >= deadline {
+                        return Waited::TimedOut;
+                    }
+                    nudged = true;
+                    self.request_refresh();
+                    timer.as_mut().reset(deadline);
+                }
             }
         }
     }

@@ -1,15 +1,24 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code)]
 
+pub mod flavour;
+
 use std::future::Future;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
 use sqlx::PgPool;
 
 /// A `cluster_id` no other test uses: the registry is process-wide and tests run in parallel.
+/// It is short (a prefix of `test` and a hash of all of it), because the `application_name`
+/// that carries it keeps only 63 bytes and tests look connections up by it.
 pub fn unique_cluster_id(test: &str) -> String {
-    format!("{test}-{}", std::process::id())
+    let hash = test.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    let prefix: String = test.chars().take(16).collect();
+    format!("{prefix}-{:08x}-{}", hash as u32, std::process::id())
 }
 
 /// The cluster's URL with more parameters appended.
@@ -99,25 +108,9 @@ pub async fn replicated(cluster: &LocalCluster, table: &str) {
     }
 }
 
-/// A pool on `cluster` under its own `cluster_id` (named after `test`), with `params`
-/// (`a=1&b=2`) appended to the cluster's URL.
+/// A sqlx-flavour pool on `cluster` (see [`flavour::connect`]).
 pub async fn connect(cluster: &LocalCluster, test: &str, params: &str) -> aurora_pool::AuroraPool {
-    let url = url_with(
-        cluster,
-        &format!("cluster_id={}&{params}", unique_cluster_id(test)),
-    );
-    aurora_pool::AuroraPool::connect(&url)
-        .await
-        .expect("connect")
-}
-
-/// Runs one statement on the writer, riding through failovers.
-pub async fn execute(pool: &aurora_pool::AuroraPool, sql: &'static str) {
-    pool.run(aurora_pool::Role::Writer, move |conn| {
-        Box::pin(async move { sqlx::query(sql).execute(conn).await.map(|_| ()) })
-    })
-    .await
-    .unwrap_or_else(|err| panic!("{sql}: {err}"));
+    flavour::connect(cluster, test, params).await
 }
 
 /// Ends the monitoring connection of `cluster_id` (wherever it is) and waits up to 10 s for
@@ -138,4 +131,42 @@ pub async fn monitor_logs_in_again(cluster: &LocalCluster, cluster_id: &str) -> 
         monitors == 1
     })
     .await
+}
+
+/// The trace-level log of the whole test binary (the crate's and the drivers' events).
+fn log_buffer() -> &'static Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = Arc::new(Mutex::new(Vec::new()));
+        let sink = logs.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace")
+            .with_ansi(false)
+            .with_writer(move || LogSink(sink.clone()))
+            .init();
+        logs
+    })
+}
+
+struct LogSink(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogSink {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().expect("logs").extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Records everything logged at trace level from now on, for every test of the binary
+/// (tests that check logs for secrets call it first).
+pub fn capture_logs() {
+    log_buffer();
+}
+
+/// Everything logged since [`capture_logs`].
+pub fn captured_logs() -> String {
+    String::from_utf8_lossy(&log_buffer().lock().expect("logs")).into_owned()
 }

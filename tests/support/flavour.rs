@@ -1,0 +1,345 @@
+//! The backend-generic harness: what a scenario needs of a pool flavour, implemented for the
+//! sqlx flavour and (with the `deadpool` feature) the deadpool flavour, and
+//! [`flavour_tests!`](crate::support::flavour::flavour_tests) to run scenarios against both.
+
+use std::sync::Arc;
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{BoxFuture, ClusterEvent, Config, Error, PoolStatus, Role, Topology};
+
+/// What happens in the middle of a transaction or between a checkout and its query.
+pub type Interrupt = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
+
+/// The id of the instance that serves the query.
+pub const INSTANCE_ID: &str = "SELECT pg_catalog.aurora_db_instance_identifier()";
+
+/// What the scenarios need of a pool flavour.
+pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
+    fn connect_with(config: Config) -> impl Future<Output = aurora_pool::Result<Self>> + Send;
+    /// Runs `sql` (one text column, one row) on a fresh checkout for `role` (`acquire`).
+    fn query_text(
+        &self,
+        role: Role,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
+    /// A checked-out connection.
+    type Held: Send;
+    /// Runs `SELECT 1` on a checkout for `role` and closes that connection instead of
+    /// returning it: with `*_max_connections=1` every call logs in anew.
+    fn fresh_login(&self, role: Role) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Checks out a writer connection and keeps it.
+    fn hold(&self) -> impl Future<Output = aurora_pool::Result<Self::Held>> + Send;
+    /// Runs `SELECT 1` on a held connection.
+    fn select_one(
+        &self,
+        held: &mut Self::Held,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` on a writer checkout.
+    fn execute(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` with the retry helper `run` on the writer.
+    fn run(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` (one text column, one row) with the retry helper `run`.
+    fn run_text(
+        &self,
+        role: Role,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
+    /// Runs `sql` twice in one `transaction`.
+    fn transaction(
+        &self,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql`, then `interrupt`, then `sql` again in one `transaction` without retries.
+    fn transaction_interrupted(
+        &self,
+        sql: &'static str,
+        interrupt: Interrupt,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Checks a connection out of the pool `writer()` or `reader()` returns, runs
+    /// `interrupt`, then `sql` on it, and returns the driver's error as `classify` wraps it.
+    fn returned_pool_error(
+        &self,
+        role: Role,
+        sql: &'static str,
+        interrupt: Option<Interrupt>,
+    ) -> impl Future<Output = Error> + Send;
+    /// Whether the error's source is this flavour's driver error.
+    fn has_driver_source(err: &Error) -> bool;
+    fn events(&self) -> tokio::sync::broadcast::Receiver<ClusterEvent>;
+    fn topology(&self) -> Arc<Topology>;
+    fn status(&self) -> PoolStatus;
+    fn config(&self) -> &Config;
+    fn close(&self) -> impl Future<Output = ()> + Send;
+
+    /// The id of the instance a fresh checkout for `role` lands on.
+    fn instance_id(&self, role: Role) -> impl Future<Output = aurora_pool::Result<String>> + Send {
+        self.query_text(role, INSTANCE_ID)
+    }
+}
+
+impl Flavour for aurora_pool::AuroraPool {
+    async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
+        aurora_pool::AuroraPool::connect_with(config).await
+    }
+    async fn query_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
+        let mut conn = self.acquire(role).await?;
+        let text = sqlx::query_scalar(sql).fetch_one(&mut *conn).await;
+        text.map_err(|err| self.classify(err))
+    }
+    type Held = sqlx::pool::PoolConnection<sqlx::Postgres>;
+    async fn fresh_login(&self, role: Role) -> aurora_pool::Result<()> {
+        let mut conn = self.acquire(role).await?;
+        let done = sqlx::query("SELECT 1").execute(&mut *conn).await;
+        drop(conn.detach());
+        done.map(|_| ()).map_err(|err| self.classify(err))
+    }
+    async fn hold(&self) -> aurora_pool::Result<Self::Held> {
+        self.acquire(Role::Writer).await
+    }
+    async fn select_one(&self, held: &mut Self::Held) -> aurora_pool::Result<()> {
+        let done = sqlx::query("SELECT 1").execute(&mut **held).await;
+        done.map(|_| ()).map_err(|err| self.classify(err))
+    }
+    async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        let mut conn = self.acquire(Role::Writer).await?;
+        let done = sqlx::query(sql).execute(&mut *conn).await;
+        done.map(|_| ()).map_err(|err| self.classify(err))
+    }
+    async fn run(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.run(Role::Writer, move |conn| {
+            Box::pin(async move { sqlx::query(sql).execute(conn).await.map(|_| ()) })
+        })
+        .await
+    }
+    async fn run_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
+        self.run(role, |conn| {
+            Box::pin(async move { sqlx::query_scalar(sql).fetch_one(conn).await })
+        })
+        .await
+    }
+    async fn transaction(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.transaction(move |conn| {
+            Box::pin(async move {
+                sqlx::query(sql).execute(&mut *conn).await?;
+                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
+            })
+        })
+        .await
+    }
+    async fn transaction_interrupted(
+        &self,
+        sql: &'static str,
+        interrupt: Interrupt,
+    ) -> aurora_pool::Result<()> {
+        self.transaction_with(aurora_pool::RetryPolicy::no_retry(), move |conn| {
+            let interrupt = interrupt.clone();
+            Box::pin(async move {
+                sqlx::query(sql).execute(&mut *conn).await?;
+                interrupt().await;
+                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
+            })
+        })
+        .await
+    }
+    async fn returned_pool_error(
+        &self,
+        role: Role,
+        sql: &'static str,
+        interrupt: Option<Interrupt>,
+    ) -> Error {
+        let pool = match role {
+            Role::Writer => self.writer(),
+            Role::Reader => self.reader(),
+        };
+        let mut conn = pool.acquire().await.expect("checkout");
+        if let Some(interrupt) = interrupt {
+            interrupt().await;
+        }
+        let err = sqlx::query(sql)
+            .execute(&mut *conn)
+            .await
+            .expect_err("the statement must fail");
+        drop(conn);
+        self.classify(err)
+    }
+    fn has_driver_source(err: &Error) -> bool {
+        std::error::Error::source(err).is_some_and(|s| s.downcast_ref::<sqlx::Error>().is_some())
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<ClusterEvent> {
+        self.events()
+    }
+    fn topology(&self) -> Arc<Topology> {
+        self.topology()
+    }
+    fn status(&self) -> PoolStatus {
+        self.status()
+    }
+    fn config(&self) -> &Config {
+        self.config()
+    }
+    async fn close(&self) {
+        self.close().await
+    }
+}
+
+#[cfg(feature = "deadpool")]
+impl Flavour for aurora_pool::deadpool::AuroraPool {
+    async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
+        aurora_pool::deadpool::AuroraPool::connect_with(config).await
+    }
+    async fn query_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
+        let client = self.acquire(role).await?;
+        let row = client.query_one(sql, &[]).await;
+        row.map(|row| row.get(0)).map_err(|err| self.classify(err))
+    }
+    type Held = aurora_pool::deadpool::Object;
+    async fn fresh_login(&self, role: Role) -> aurora_pool::Result<()> {
+        let client = self.acquire(role).await?;
+        let done = client.batch_execute("SELECT 1").await;
+        drop(deadpool::managed::Object::take(client));
+        done.map_err(|err| self.classify(err))
+    }
+    async fn hold(&self) -> aurora_pool::Result<Self::Held> {
+        self.acquire(Role::Writer).await
+    }
+    async fn select_one(&self, held: &mut Self::Held) -> aurora_pool::Result<()> {
+        let done = held.batch_execute("SELECT 1").await;
+        done.map_err(|err| self.classify(err))
+    }
+    async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        let client = self.acquire(Role::Writer).await?;
+        let done = client.batch_execute(sql).await;
+        done.map_err(|err| self.classify(err))
+    }
+    async fn run(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.run(Role::Writer, move |client| {
+            Box::pin(client.batch_execute(sql))
+        })
+        .await
+    }
+    async fn run_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
+        self.run(role, |client| {
+            Box::pin(async move { client.query_one(sql, &[]).await.map(|row| row.get(0)) })
+        })
+        .await
+    }
+    async fn transaction(&self, sql: &'static str) -> aurora_pool::Result<()> {
+        self.transaction(move |client| {
+            Box::pin(async move {
+                client.batch_execute(sql).await?;
+                client.batch_execute(sql).await
+            })
+        })
+        .await
+    }
+    async fn transaction_interrupted(
+        &self,
+        sql: &'static str,
+        interrupt: Interrupt,
+    ) -> aurora_pool::Result<()> {
+        self.transaction_with(aurora_pool::RetryPolicy::no_retry(), move |client| {
+            let interrupt = interrupt.clone();
+            Box::pin(async move {
+                client.batch_execute(sql).await?;
+                interrupt().await;
+                client.batch_execute(sql).await
+            })
+        })
+        .await
+    }
+    async fn returned_pool_error(
+        &self,
+        role: Role,
+        sql: &'static str,
+        interrupt: Option<Interrupt>,
+    ) -> Error {
+        let pool = match role {
+            Role::Writer => self.writer(),
+            Role::Reader => self.reader(),
+        };
+        let client = pool.get().await.expect("checkout");
+        if let Some(interrupt) = interrupt {
+            interrupt().await;
+        }
+        let err = client
+            .batch_execute(sql)
+            .await
+            .expect_err("the statement must fail");
+        drop(client);
+        self.classify(err)
+    }
+    fn has_driver_source(err: &Error) -> bool {
+        std::error::Error::source(err)
+            .is_some_and(|s| s.downcast_ref::<tokio_postgres::Error>().is_some())
+    }
+    fn events(&self) -> tokio::sync::broadcast::Receiver<ClusterEvent> {
+        self.events()
+    }
+    fn topology(&self) -> Arc<Topology> {
+        self.topology()
+    }
+    fn status(&self) -> PoolStatus {
+        self.status()
+    }
+    fn config(&self) -> &Config {
+        self.config()
+    }
+    async fn close(&self) {
+        self.close().await
+    }
+}
+
+/// The cluster's config under its own `cluster_id` (named after `test`), with `params`
+/// (`a=1&b=2`) appended to the cluster's URL.
+pub fn config(cluster: &LocalCluster, test: &str, params: &str) -> Config {
+    let url = super::url_with(
+        cluster,
+        &format!("cluster_id={}&{params}", super::unique_cluster_id(test)),
+    );
+    Config::from_url(&url).expect("config")
+}
+
+/// A pool of flavour `F` on [`config`].
+pub async fn connect<F: Flavour>(cluster: &LocalCluster, test: &str, params: &str) -> F {
+    F::connect_with(config(cluster, test, params))
+        .await
+        .expect("connect")
+}
+
+/// Runs each scenario (`async fn scenario<F: Flavour>(test: &str)`, `test` naming the
+/// cluster id) as a test per flavour: `sqlx_flavour::scenario` and
+/// `deadpool_flavour::scenario`.
+#[allow(unused_macros)]
+macro_rules! flavour_tests {
+    ($($scenario:ident),+ $(,)?) => {
+        mod sqlx_flavour {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario::<aurora_pool::AuroraPool>(concat!(
+                        "sqlx-",
+                        stringify!($scenario)
+                    ))
+                    .await;
+                }
+            )+
+        }
+
+        #[cfg(feature = "deadpool")]
+        mod deadpool_flavour {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $scenario() {
+                    super::$scenario::<aurora_pool::deadpool::AuroraPool>(concat!(
+                        "deadpool-",
+                        stringify!($scenario)
+                    ))
+                    .await;
+                }
+            )+
+        }
+    };
+}
+
+#[allow(unused_imports)]
+pub(crate) use flavour_tests;
