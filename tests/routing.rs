@@ -4,37 +4,24 @@
 mod support;
 
 use std::collections::BTreeMap;
+use std::time::Duration;
 
+use aurora_pool::Role;
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, Role};
-use support::{served_by, unique_cluster_id, url_with};
+use support::flavour::{Flavour, INSTANCE_ID, connect, flavour_tests};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
+async fn writes_land_on_the_writer_and_reads_follow_the_strategy<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let url = |test: &str, strategy: &str| {
-        url_with(
-            &cluster,
-            &format!(
-                "cluster_id={}&reader_host_selector_strategy={strategy}",
-                unique_cluster_id(test)
-            ),
-        )
-    };
-
-    let pool = AuroraPool::connect(&url("routing-rr", "round_robin"))
-        .await
-        .expect("connect");
-    sqlx::query("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
-        .execute(&pool.writer())
+    let strategy = |name: &str| format!("reader_host_selector_strategy={name}");
+    let pool: F = connect(&cluster, &format!("{test}-rr"), &strategy("round_robin")).await;
+    pool.run("CREATE TABLE notes (id serial PRIMARY KEY, body text)")
         .await
         .expect("create table");
-    for i in 0..5 {
-        let instance: String = sqlx::query_scalar(
-            "INSERT INTO notes (body) VALUES ($1) RETURNING pg_catalog.aurora_db_instance_identifier()",
+    for _ in 0..5 {
+        let instance = F::handle_text(
+            &pool.handle(Role::Writer),
+            "INSERT INTO notes (body) VALUES ('note') RETURNING pg_catalog.aurora_db_instance_identifier()",
         )
-        .bind(format!("note {i}"))
-        .fetch_one(&pool.writer())
         .await
         .expect("insert through the writer");
         assert_eq!(instance, "instance-1");
@@ -43,7 +30,11 @@ async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
     // Round robin alternates over the readers in id order and never picks the writer.
     let mut served = Vec::new();
     for _ in 0..6 {
-        served.push(served_by(&pool.reader()).await);
+        served.push(
+            F::handle_text(&pool.handle(Role::Reader), INSTANCE_ID)
+                .await
+                .expect("read"),
+        );
     }
     assert_eq!(
         served,
@@ -57,53 +48,46 @@ async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
         ]
     );
     // Replicas see the writes.
-    let reader = pool.reader();
-    let replicated = support::eventually(std::time::Duration::from_secs(10), || {
-        let reader = reader.clone();
-        async move {
-            sqlx::query_scalar::<_, i64>("SELECT count(*) FROM notes")
-                .fetch_one(&reader)
-                .await
-                .map(|n| n == 5)
-                .unwrap_or(false)
-        }
+    let replicated = support::eventually(Duration::from_secs(10), || async {
+        F::handle_text(
+            &pool.handle(Role::Reader),
+            "SELECT count(*)::text FROM notes",
+        )
+        .await
+        .is_ok_and(|n| n == "5")
     })
     .await;
     assert!(replicated, "the replica never saw the 5 notes");
+    pool.close().await;
 
     // Random covers every reader, never the writer.
-    let pool = AuroraPool::connect(&url("routing-random", "random"))
-        .await
-        .expect("connect");
+    let pool: F = connect(&cluster, &format!("{test}-random"), &strategy("random")).await;
     let mut counts: BTreeMap<String, usize> = BTreeMap::new();
     for _ in 0..40 {
-        *counts.entry(served_by(&pool.reader()).await).or_default() += 1;
+        let served = F::handle_text(&pool.handle(Role::Reader), INSTANCE_ID).await;
+        *counts.entry(served.expect("read")).or_default() += 1;
     }
     assert_eq!(
         counts.keys().collect::<Vec<_>>(),
         ["instance-2", "instance-3"],
         "{counts:?}"
     );
+    pool.close().await;
 
     // Least connections avoids the reader whose connections are all in use.
-    let pool = AuroraPool::connect(&url("routing-least", "least_connections"))
-        .await
-        .expect("connect");
-    let mut held = pool.acquire(Role::Reader).await.expect("reader checkout");
-    let busy: String = sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
-        .fetch_one(&mut *held)
-        .await
-        .unwrap();
+    let pool: F = connect(
+        &cluster,
+        &format!("{test}-least"),
+        &strategy("least_connections"),
+    )
+    .await;
+    let mut held = pool.hold(Role::Reader).await.expect("reader checkout");
+    let busy = pool.held_instance_id(&mut held).await.expect("read");
     for _ in 0..4 {
-        let mut conn = pool.acquire(Role::Reader).await.expect("reader checkout");
-        let other: String = sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
-            .fetch_one(&mut *conn)
-            .await
-            .unwrap();
+        // Closed, not returned: out of the count before the next pick.
+        let other = pool.fresh_login(Role::Reader).await.expect("read");
         assert_ne!(other, busy, "least_connections picked the busy reader");
         assert_ne!(other, "instance-1");
-        // Closing (not just dropping) takes it out of the count before the next pick.
-        conn.close().await.expect("close");
     }
     let status = pool.status();
     let busy_status = status.instance(&busy).expect("busy reader in status");
@@ -116,35 +100,29 @@ async fn writes_land_on_the_writer_and_reads_follow_the_strategy() {
         status.instance("instance-1").expect("writer").role,
         Role::Writer
     );
+    drop(held);
+    pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed() {
+async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(1).await.expect("cluster");
-    let pool = AuroraPool::connect(&url_with(
-        &cluster,
-        &format!("cluster_id={}", unique_cluster_id("fallback-on")),
-    ))
-    .await
-    .expect("connect");
+    let pool: F = connect(&cluster, &format!("{test}-on"), "").await;
     assert_eq!(pool.topology().readers().count(), 0);
-    assert_eq!(served_by(&pool.reader()).await, "instance-1");
-    let mut conn = pool.acquire(Role::Reader).await.expect("fallback checkout");
-    let id: String = sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert_eq!(id, "instance-1");
+    let served = F::handle_text(&pool.handle(Role::Reader), INSTANCE_ID).await;
+    assert_eq!(served.expect("read"), "instance-1");
+    let served = pool.instance_id(Role::Reader).await;
+    assert_eq!(served.expect("fallback checkout"), "instance-1");
+    pool.close().await;
 
-    let strict = support::connect(
+    let strict: F = connect(
         &cluster,
-        "fallback-off",
+        &format!("{test}-off"),
         "failover_mode=strict_reader&failover_timeout_ms=500",
     )
     .await;
     // A strict reader checkout waits for a reader up to failover_timeout, then gives up.
     let err = strict
-        .acquire(Role::Reader)
+        .instance_id(Role::Reader)
         .await
         .expect_err("no reader and no fallback");
     assert!(err.is_failover_failed(), "{err}");
@@ -152,7 +130,14 @@ async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed() {
         .expect("the cause is kept")
         .to_string();
     assert!(cause.contains("strict_reader"), "{cause}");
-    assert!(strict.try_reader().unwrap_err().is_no_reader());
+    assert!(strict.try_reader().err().expect("no reader").is_no_reader());
     // `.reader()` cannot fail: it documents that it returns the writer's pool.
-    assert_eq!(served_by(&strict.reader()).await, "instance-1");
+    let served = F::handle_text(&strict.handle(Role::Reader), INSTANCE_ID).await;
+    assert_eq!(served.expect("read"), "instance-1");
+    strict.close().await;
 }
+
+flavour_tests!(
+    writes_land_on_the_writer_and_reads_follow_the_strategy,
+    without_readers_reads_fall_back_to_the_writer_only_when_allowed,
+);

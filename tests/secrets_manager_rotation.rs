@@ -73,7 +73,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
         "concurrent connects share one fetch"
     );
 
-    let mut in_use = pool.hold().await.expect("a connection in use");
+    let mut in_use = pool.hold(Role::Writer).await.expect("a connection in use");
 
     // Load: every operation logs in anew.
     let stop = Arc::new(AtomicBool::new(false));
@@ -92,7 +92,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
                     break;
                 }
                 let started = Instant::now();
-                let result = pool.fresh_login(role).await;
+                let result = pool.fresh_login(role).await.map(|_| ());
                 outcomes.push((started, result.map_err(|err| err.to_string())));
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
@@ -155,7 +155,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
     );
 
     // The connection opened with the old password keeps working.
-    pool.select_one(&mut in_use)
+    pool.held_instance_id(&mut in_use)
         .await
         .expect("a connection in use survives the rotation");
     drop(in_use);

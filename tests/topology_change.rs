@@ -7,31 +7,25 @@ use std::time::Duration;
 
 use aurora_pool::Role;
 use aurora_pool::testing::LocalCluster;
-use support::{eventually, served_by};
+use support::eventually;
+use support::flavour::{Flavour, INSTANCE_ID, connect, flavour_tests};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn writes_follow_the_writer_after_a_topology_change() {
+async fn writes_follow_the_writer_after_a_topology_change<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = support::connect(
-        &cluster,
-        "topology-change",
-        "cluster_topology_refresh_rate_ms=200",
-    )
-    .await;
+    let pool: F = connect(&cluster, test, "cluster_topology_refresh_rate_ms=200").await;
     let before = pool.topology();
     assert_eq!(before.writer().id(), "instance-1");
-    let kept_writer_handle = pool.writer();
-    assert_eq!(served_by(&kept_writer_handle).await, "instance-1");
+    let kept_writer_handle = pool.handle(Role::Writer);
+    let served = F::handle_text(&kept_writer_handle, INSTANCE_ID).await;
+    assert_eq!(served.expect("write"), "instance-1");
 
     cluster
         .failover("instance-2", None)
         .await
         .expect("failover");
 
-    let pool_for_check = pool.clone();
-    let moved = eventually(Duration::from_secs(15), || {
-        let pool = pool_for_check.clone();
-        async move { pool.topology().writer().id() == "instance-2" }
+    let moved = eventually(Duration::from_secs(15), || async {
+        pool.topology().writer().id() == "instance-2"
     })
     .await;
     assert!(
@@ -42,25 +36,27 @@ async fn writes_follow_the_writer_after_a_topology_change() {
     let after = pool.topology();
     assert!(after.version() > before.version());
 
-    assert_eq!(served_by(&pool.writer()).await, "instance-2");
-    let mut conn = pool.acquire(Role::Writer).await.expect("writer checkout");
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&mut *conn)
+    let served = F::handle_text(&pool.handle(Role::Writer), INSTANCE_ID).await;
+    assert_eq!(served.expect("write"), "instance-2");
+    let in_recovery = pool
+        .query_text(Role::Writer, "SELECT pg_catalog.pg_is_in_recovery()::text")
         .await
-        .unwrap();
-    assert!(!in_recovery);
+        .expect("writer checkout");
+    assert_eq!(in_recovery, "false");
     let status = pool.status();
     assert!(status.topology_version >= after.version());
     assert_eq!(status.instances[0].instance_id, "instance-2");
     assert_eq!(status.instances[0].role, Role::Writer);
 
     // A writer handle taken before the change cannot reach the old writer any more.
-    let err = sqlx::query("SELECT 1")
-        .execute(&kept_writer_handle)
+    assert!(F::handle_is_closed(&kept_writer_handle));
+    F::handle_text(&kept_writer_handle, INSTANCE_ID)
         .await
         .expect_err("the old writer's pool is closed");
-    assert!(matches!(err, sqlx::Error::PoolClosed), "{err}");
+    pool.close().await;
 }
+
+flavour_tests!(writes_follow_the_writer_after_a_topology_change);
 
 /// Frequent health-probe reports must not postpone the topology polls: the monitor's last
 /// query stays younger than a few refresh intervals.

@@ -24,16 +24,29 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
     ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
     /// A checked-out connection.
     type Held: Send;
-    /// Runs `SELECT 1` on a checkout for `role` and closes that connection instead of
-    /// returning it: with `*_max_connections=1` every call logs in anew.
-    fn fresh_login(&self, role: Role) -> impl Future<Output = aurora_pool::Result<()>> + Send;
-    /// Checks out a writer connection and keeps it.
-    fn hold(&self) -> impl Future<Output = aurora_pool::Result<Self::Held>> + Send;
-    /// Runs `SELECT 1` on a held connection.
-    fn select_one(
+    /// The pool of one instance, as `writer()` and `reader()` return it.
+    type Handle: Send + Sync;
+    /// Runs [`INSTANCE_ID`] on a checkout for `role` and closes that connection instead of
+    /// returning it to the pool: with `*_max_connections=1` every call logs in anew, and
+    /// `least_connections` sees it gone at once.
+    fn fresh_login(&self, role: Role) -> impl Future<Output = aurora_pool::Result<String>> + Send;
+    /// Checks out a connection for `role` (`acquire`) and keeps it.
+    fn hold(&self, role: Role) -> impl Future<Output = aurora_pool::Result<Self::Held>> + Send;
+    /// Runs [`INSTANCE_ID`] on a held connection.
+    fn held_instance_id(
         &self,
         held: &mut Self::Held,
-    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
+    /// `writer()` or `reader()`.
+    fn handle(&self, role: Role) -> Self::Handle;
+    /// `try_reader()`.
+    fn try_reader(&self) -> aurora_pool::Result<Self::Handle>;
+    /// Runs `sql` (one text column, one row) on a checkout of `handle`.
+    fn handle_text(
+        handle: &Self::Handle,
+        sql: &'static str,
+    ) -> impl Future<Output = Result<String, String>> + Send;
+    fn handle_is_closed(handle: &Self::Handle) -> bool;
     /// Runs `sql` on a writer checkout.
     fn execute(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
     /// Runs `sql` with the retry helper `run` on the writer.
@@ -87,18 +100,35 @@ impl Flavour for aurora_pool::AuroraPool {
         text.map_err(|err| self.classify(err))
     }
     type Held = sqlx::pool::PoolConnection<sqlx::Postgres>;
-    async fn fresh_login(&self, role: Role) -> aurora_pool::Result<()> {
+    type Handle = sqlx::PgPool;
+    async fn fresh_login(&self, role: Role) -> aurora_pool::Result<String> {
         let mut conn = self.acquire(role).await?;
-        let done = sqlx::query("SELECT 1").execute(&mut *conn).await;
+        let id = sqlx::query_scalar(INSTANCE_ID).fetch_one(&mut *conn).await;
         drop(conn.detach());
-        done.map(|_| ()).map_err(|err| self.classify(err))
+        id.map_err(|err| self.classify(err))
     }
-    async fn hold(&self) -> aurora_pool::Result<Self::Held> {
-        self.acquire(Role::Writer).await
+    async fn hold(&self, role: Role) -> aurora_pool::Result<Self::Held> {
+        self.acquire(role).await
     }
-    async fn select_one(&self, held: &mut Self::Held) -> aurora_pool::Result<()> {
-        let done = sqlx::query("SELECT 1").execute(&mut **held).await;
-        done.map(|_| ()).map_err(|err| self.classify(err))
+    async fn held_instance_id(&self, held: &mut Self::Held) -> aurora_pool::Result<String> {
+        let id = sqlx::query_scalar(INSTANCE_ID).fetch_one(&mut **held).await;
+        id.map_err(|err| self.classify(err))
+    }
+    fn handle(&self, role: Role) -> Self::Handle {
+        match role {
+            Role::Writer => self.writer(),
+            Role::Reader => self.reader(),
+        }
+    }
+    fn try_reader(&self) -> aurora_pool::Result<Self::Handle> {
+        self.try_reader()
+    }
+    async fn handle_text(handle: &Self::Handle, sql: &'static str) -> Result<String, String> {
+        let text = sqlx::query_scalar(sql).fetch_one(handle).await;
+        text.map_err(|err| err.to_string())
+    }
+    fn handle_is_closed(handle: &Self::Handle) -> bool {
+        handle.is_closed()
     }
     async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
         let mut conn = self.acquire(Role::Writer).await?;
@@ -147,10 +177,7 @@ impl Flavour for aurora_pool::AuroraPool {
         sql: &'static str,
         interrupt: Option<Interrupt>,
     ) -> Error {
-        let pool = match role {
-            Role::Writer => self.writer(),
-            Role::Reader => self.reader(),
-        };
+        let pool = Flavour::handle(self, role);
         let mut conn = pool.acquire().await.expect("checkout");
         if let Some(interrupt) = interrupt {
             interrupt().await;
@@ -193,18 +220,36 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
         row.map(|row| row.get(0)).map_err(|err| self.classify(err))
     }
     type Held = aurora_pool::deadpool::Object;
-    async fn fresh_login(&self, role: Role) -> aurora_pool::Result<()> {
+    type Handle = aurora_pool::deadpool::Pool;
+    async fn fresh_login(&self, role: Role) -> aurora_pool::Result<String> {
         let client = self.acquire(role).await?;
-        let done = client.batch_execute("SELECT 1").await;
+        let row = client.query_one(INSTANCE_ID, &[]).await;
         drop(deadpool::managed::Object::take(client));
-        done.map_err(|err| self.classify(err))
+        row.map(|row| row.get(0)).map_err(|err| self.classify(err))
     }
-    async fn hold(&self) -> aurora_pool::Result<Self::Held> {
-        self.acquire(Role::Writer).await
+    async fn hold(&self, role: Role) -> aurora_pool::Result<Self::Held> {
+        self.acquire(role).await
     }
-    async fn select_one(&self, held: &mut Self::Held) -> aurora_pool::Result<()> {
-        let done = held.batch_execute("SELECT 1").await;
-        done.map_err(|err| self.classify(err))
+    async fn held_instance_id(&self, held: &mut Self::Held) -> aurora_pool::Result<String> {
+        let row = held.query_one(INSTANCE_ID, &[]).await;
+        row.map(|row| row.get(0)).map_err(|err| self.classify(err))
+    }
+    fn handle(&self, role: Role) -> Self::Handle {
+        match role {
+            Role::Writer => self.writer(),
+            Role::Reader => self.reader(),
+        }
+    }
+    fn try_reader(&self) -> aurora_pool::Result<Self::Handle> {
+        self.try_reader()
+    }
+    async fn handle_text(handle: &Self::Handle, sql: &'static str) -> Result<String, String> {
+        let client = handle.get().await.map_err(|err| err.to_string())?;
+        let row = client.query_one(sql, &[]).await;
+        row.map(|row| row.get(0)).map_err(|err| err.to_string())
+    }
+    fn handle_is_closed(handle: &Self::Handle) -> bool {
+        handle.is_closed()
     }
     async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
         let client = self.acquire(Role::Writer).await?;
@@ -253,10 +298,7 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
         sql: &'static str,
         interrupt: Option<Interrupt>,
     ) -> Error {
-        let pool = match role {
-            Role::Writer => self.writer(),
-            Role::Reader => self.reader(),
-        };
+        let pool = Flavour::handle(self, role);
         let client = pool.get().await.expect("checkout");
         if let Some(interrupt) = interrupt {
             interrupt().await;
