@@ -148,3 +148,48 @@ async fn two_clusters_under_one_cluster_id_are_refused() {
         own.topology().writer().address()
     );
 }
+
+/// A sqlx pool and a deadpool pool under one `cluster_id` share one monitor, which keeps
+/// running (on the other flavour's connections) when the first pool goes.
+#[cfg(feature = "deadpool")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn both_flavours_share_one_monitor() {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let shared = unique_cluster_id("mixed-flavours");
+    let url = url_with(
+        &cluster,
+        &format!(
+            "cluster_id={shared}&failure_detection_time_ms=0&cluster_topology_refresh_rate_ms=200"
+        ),
+    );
+    let sqlx_pool = AuroraPool::connect(&url).await.expect("sqlx flavour");
+    let deadpool_pool = aurora_pool::deadpool::AuroraPool::connect(&url)
+        .await
+        .expect("deadpool flavour");
+    assert!(
+        settles_at(&cluster, &shared, 1).await,
+        "expected one monitor connection for {shared}"
+    );
+    let probes = format!("aurora-pool-probe:{shared}");
+    let one_probe = eventually(Duration::from_secs(10), || async {
+        connections_named(&cluster, "instance-2", &probes).await == 1
+    })
+    .await;
+    assert!(one_probe, "expected one probe connection on instance-2");
+
+    // The first pool goes: the monitor stays, and logs in again when its connection ends.
+    drop(sqlx_pool);
+    assert!(settles_at(&cluster, &shared, 1).await);
+    assert!(
+        support::monitor_logs_in_again(&cluster, &shared).await,
+        "the monitor did not reconnect through the remaining pool"
+    );
+    let client = deadpool_pool.writer().get().await.expect("checkout");
+    client.simple_query("SELECT 1").await.expect("query");
+    drop(client);
+    deadpool_pool.close().await;
+    assert!(
+        settles_at(&cluster, &shared, 0).await,
+        "the monitor outlived its last pool"
+    );
+}
