@@ -22,18 +22,6 @@ async fn bounded<F: Future>(test: F) -> F::Output {
         .expect("test timed out")
 }
 
-async fn client(moto: &MotoServer) -> Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(moto.endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .load()
-        .await;
-    Client::new(&config)
-}
-
 async fn create_secret(client: &Client, name: &str, json: &str) {
     client
         .create_secret()
@@ -65,7 +53,7 @@ async fn setup(
     settings: impl FnOnce(SecretsManagerSettings) -> SecretsManagerSettings,
 ) -> (MotoServer, Client, Arc<SecretsManagerAuth>) {
     let moto = MotoServer::start().await.expect("moto server");
-    let client = client(&moto).await;
+    let client = moto.secrets_manager_client().await;
     create_secret(&client, name, json).await;
     let auth = SecretsManagerAuth::with_client(
         settings(SecretsManagerSettings::new(name)),
@@ -387,7 +375,7 @@ async fn a_rotation_inside_the_budget_is_picked_up() {
 async fn bad_secrets_are_errors_without_their_values() {
     bounded(async {
         let moto = MotoServer::start().await.expect("moto server");
-        let client = client(&moto).await;
+        let client = moto.secrets_manager_client().await;
         let leaks = ["db.internal.example", "appdb", "tok-5ecret", "hunter2"];
 
         create_secret(

@@ -5,30 +5,16 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
 use aurora_pool::testing::{LocalCluster, MotoServer};
 use aurora_pool::{Builder, Role};
-use aws_config::{BehaviorVersion, Region};
-use aws_sdk_secretsmanager::Client;
 use support::flavour::{Flavour, flavour_tests};
 use support::{eventually, unique_cluster_id};
 
 const NEW_PASSWORD: &str = "rotated-Pa55-never-shown";
-
-async fn client(moto: &MotoServer) -> Client {
-    let config = aws_config::defaults(BehaviorVersion::latest())
-        .endpoint_url(moto.endpoint())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(aws_credential_types::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .load()
-        .await;
-    Client::new(&config)
-}
 
 fn secret(user: &str, password: &str) -> String {
     serde_json::json!({ "username": user, "password": password, "engine": "postgres" }).to_string()
@@ -38,7 +24,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
     support::capture_logs();
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
-    let aws = client(&moto).await;
+    let aws = moto.secrets_manager_client().await;
     aws.create_secret()
         .name("orders/app")
         .secret_string(secret(cluster.user(), cluster.password()))
@@ -77,9 +63,10 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
 
     // Load: every operation logs in anew.
     let stop = Arc::new(AtomicBool::new(false));
+    let done = Arc::new(AtomicUsize::new(0));
     let mut load = tokio::task::JoinSet::new();
     for task in 0..4 {
-        let (pool, stop) = (pool.clone(), stop.clone());
+        let (pool, stop, done) = (pool.clone(), stop.clone(), done.clone());
         load.spawn(async move {
             let role = if task % 2 == 0 {
                 Role::Writer
@@ -94,6 +81,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
                 let started = Instant::now();
                 let result = pool.fresh_login(role).await.map(|_| ());
                 outcomes.push((started, result.map_err(|err| err.to_string())));
+                done.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
             outcomes
@@ -131,7 +119,13 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
         .await
         .expect("PutSecretValue");
     let secret_updated = Instant::now();
+    // At least 2 s and 40 checkouts of load after the update (bounded: a slow machine).
+    let done_at_update = done.load(Ordering::Relaxed);
     tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually(Duration::from_secs(15), || async {
+        done.load(Ordering::Relaxed) >= done_at_update + 40
+    })
+    .await;
     stop.store(true, Ordering::Relaxed);
 
     let mut after = 0;

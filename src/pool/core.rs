@@ -412,7 +412,9 @@ impl<B: Backend> PoolCore<B> {
         let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
         let mut routing = self.routing_version.subscribe();
         let mut last_error: Option<Error> = None;
-        let mut login_retried = false;
+        // Instances whose refused credentials were renewed once already: each instance pool
+        // holds its own, so a retry on another reader may need its own renewal.
+        let mut login_renewed: Vec<Arc<Instance>> = Vec::new();
         loop {
             if self.is_closed() {
                 return Err(Error::closed());
@@ -473,9 +475,11 @@ impl<B: Backend> PoolCore<B> {
                 // Retired by a routing change that may not have reached us yet.
                 Some(Err(err)) if err.is_closed() => last_error = Some(err),
                 Some(Err(err))
-                    if err.is_login_rejected() && !login_retried && !B::CREDENTIALS_PER_CONNECT =>
+                    if err.is_login_rejected()
+                        && !B::CREDENTIALS_PER_CONNECT
+                        && !login_renewed.iter().any(|i| i.id() == slot.instance.id()) =>
                 {
-                    login_retried = true;
+                    login_renewed.push(slot.instance.clone());
                     if !self.renew_rejected(&slot).await {
                         return Err(err);
                     }
@@ -660,11 +664,13 @@ impl<B: Backend> PoolCore<B> {
     /// Fetches new credentials for `slot`'s pool (its current ones are due).
     async fn renew(&self, slot: &Slot<B::Pool>) {
         let target = login::target(&slot.instance, self.config.user());
+        let seen = slot.login.current();
         match login::fetch(self.provider.as_ref(), &target, self.config.connect_timeout).await {
             Ok(credentials) => {
-                self.backend
-                    .set_credentials(&slot.pool, &slot.instance, &credentials);
-                slot.login.store(credentials);
+                slot.login.replace(&seen, credentials, |credentials| {
+                    self.backend
+                        .set_credentials(&slot.pool, &slot.instance, credentials)
+                });
             }
             Err(err) => {
                 slot.login.retry_soon();
@@ -692,9 +698,11 @@ impl<B: Backend> PoolCore<B> {
         .await;
         match renewed {
             Ok(Ok(Some(credentials))) => {
-                self.backend
-                    .set_credentials(&slot.pool, &slot.instance, &credentials);
-                slot.login.store(credentials);
+                // Replaced meanwhile by a concurrent renewal: retry with those.
+                slot.login.replace(&rejected, credentials, |credentials| {
+                    self.backend
+                        .set_credentials(&slot.pool, &slot.instance, credentials)
+                });
                 true
             }
             Ok(Ok(None)) => false,

@@ -2,7 +2,7 @@
 //! after a refused login, by one supervised task per pool.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -38,6 +38,8 @@ pub(crate) struct SlotLogin {
     current: ArcSwap<Credentials>,
     /// Milliseconds since [`epoch`] at which to renew; [`NEVER`] for lasting credentials.
     renew_at: AtomicU64,
+    /// Renewals replace the credentials one at a time (see [`SlotLogin::replace`]).
+    replacing: Mutex<()>,
 }
 
 impl SlotLogin {
@@ -46,6 +48,7 @@ impl SlotLogin {
         let login = SlotLogin {
             current: ArcSwap::from_pointee(Credentials::none()),
             renew_at: AtomicU64::new(0),
+            replacing: Mutex::new(()),
         };
         match fetched {
             Some(credentials) => login.store(credentials),
@@ -67,6 +70,27 @@ impl SlotLogin {
         };
         self.current.store(Arc::new(credentials.from_cache(true)));
         self.renew_at.store(renew_at, Ordering::Release);
+    }
+
+    /// Replaces the credentials read as `seen` with `renewed`, applying them first (`apply`
+    /// sets the pool's connect options), unless they were replaced meanwhile: a renewal whose
+    /// fetch began earlier must not undo a newer one. Returns whether it replaced them.
+    pub(crate) fn replace(
+        &self,
+        seen: &Arc<Credentials>,
+        renewed: Credentials,
+        apply: impl FnOnce(&Credentials),
+    ) -> bool {
+        let _one_at_a_time = self
+            .replacing
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if !Arc::ptr_eq(&self.current.load(), seen) {
+            return false;
+        }
+        apply(&renewed);
+        self.store(renewed);
+        true
     }
 
     pub(crate) fn retry_soon(&self) {

@@ -97,6 +97,21 @@ impl MotoServer {
         format!("http://127.0.0.1:{}", self.port)
     }
 
+    /// A Secrets Manager client of the real AWS SDK aimed at this server, in `us-east-1`
+    /// with static test credentials (moto accepts any), to create and rotate secrets.
+    #[cfg(feature = "secrets-manager")]
+    pub async fn secrets_manager_client(&self) -> aws_sdk_secretsmanager::Client {
+        let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .endpoint_url(self.endpoint())
+            .region(aws_config::Region::new("us-east-1"))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "test", "test", None, None, "moto",
+            ))
+            .load()
+            .await;
+        aws_sdk_secretsmanager::Client::new(&config)
+    }
+
     fn spawn(port: u16) -> Result<MotoServer, TestingError> {
         let mut command = Command::new("python3");
         command
