@@ -81,3 +81,24 @@ async fn connection_problems_are_reported_clearly() {
     assert!(err.to_string().contains("instance_endpoints"), "{err}");
     assert!(!err.to_string().contains(cluster.password()), "{err}");
 }
+
+/// Driver parameters the deadpool flavour cannot honour are refused by name before any
+/// connection is made, not ignored.
+#[cfg(feature = "deadpool")]
+#[tokio::test]
+async fn the_deadpool_flavour_refuses_what_it_cannot_honour() {
+    let base = "postgres://app:pw@127.0.0.1:1/app?cluster_id=deadpool-refusals";
+    for (parameter, value) in [
+        ("sslcert", "/etc/client.pem"),
+        ("sslkey", "/etc/client.key"),
+        ("statement-cache-capacity", "100"),
+    ] {
+        let err =
+            aurora_pool::deadpool::AuroraPool::connect(&format!("{base}&{parameter}={value}"))
+                .await
+                .expect_err(parameter);
+        assert!(err.is_config(), "{err}");
+        assert_eq!(err.parameter(), Some(parameter), "{err}");
+        assert!(err.to_string().contains("deadpool flavour"), "{err}");
+    }
+}

@@ -3,19 +3,27 @@
 
 mod support;
 
-use aurora_pool::testing::{Flavour, LocalCluster};
-use aurora_pool::{AuroraPool, Dialect, Role};
-use support::{served_by, unique_cluster_id, url_with};
+use aurora_pool::testing::{Flavour as ClusterKind, LocalCluster};
+use aurora_pool::{Config, Dialect, Role};
+use support::flavour::{Flavour, flavour_tests};
+use support::{unique_cluster_id, url_with};
+
+async fn connect<F: Flavour>(url: &str) -> aurora_pool::Result<F> {
+    F::connect_with(Config::from_url(url)?).await
+}
+
+const IN_RECOVERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::text";
 
 fn encode(value: &str) -> String {
     url::form_urlencoded::byte_serialize(value.as_bytes()).collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance() {
+async fn discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance<F: Flavour>(
+    test: &str,
+) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
-    let id = unique_cluster_id("discover-cluster-endpoint");
-    let pool = AuroraPool::connect(&url_with(&cluster, &format!("cluster_id={id}")))
+    let id = unique_cluster_id(test);
+    let pool: F = connect(&url_with(&cluster, &format!("cluster_id={id}")))
         .await
         .expect("connect through the cluster endpoint");
 
@@ -46,84 +54,82 @@ async fn discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance() 
             .all(|i| i.address != cluster_endpoint),
         "{status:?}"
     );
-    assert_eq!(served_by(&pool.writer()).await, "instance-1");
+    assert_eq!(F::served_by(&pool.handle(Role::Writer)).await, "instance-1");
 
     // The driver's own URL parameters reach every instance connection.
     let url = url_with(
         &cluster,
         &format!(
             "cluster_id={}&sslmode=disable&application_name=discovery-test&options=-c%20statement_timeout%3D1234",
-            unique_cluster_id("discover-driver-parameters")
+            unique_cluster_id(&format!("{test}-parameters"))
         ),
     );
-    let with_parameters = AuroraPool::connect(&url)
-        .await
-        .expect("connect with parameters");
-    for pool in [with_parameters.writer(), with_parameters.reader()] {
-        let (timeout, name): (String, String) = sqlx::query_as(
-            "SELECT current_setting('statement_timeout'), current_setting('application_name')",
+    let with_parameters: F = connect(&url).await.expect("connect with parameters");
+    for role in [Role::Writer, Role::Reader] {
+        let settings = F::handle_text(
+            &with_parameters.handle(role),
+            "SELECT current_setting('statement_timeout') || ' ' || current_setting('application_name')",
         )
-        .fetch_one(&pool)
         .await
-        .unwrap();
-        assert_eq!(
-            (timeout.as_str(), name.as_str()),
-            ("1234ms", "discovery-test")
-        );
+        .expect("settings");
+        assert_eq!(settings, "1234ms discovery-test");
     }
+    with_parameters.close().await;
 
     // The same cluster discovered through a reader's instance endpoint.
-    let other_id = unique_cluster_id("discover-instance-endpoint");
+    let other_id = unique_cluster_id(&format!("{test}-instance"));
     let url = format!(
         "{}?cluster_id={other_id}&instance_endpoints={}",
         cluster.instance_url("instance-3").expect("known instance"),
         encode(&cluster.instance_endpoints_param())
     );
-    let from_reader = AuroraPool::connect(&url)
-        .await
-        .expect("connect through instance-3");
+    let from_reader: F = connect(&url).await.expect("connect through instance-3");
     assert_eq!(from_reader.topology().writer().id(), "instance-1");
-    assert_eq!(served_by(&from_reader.writer()).await, "instance-1");
-    let mut conn = from_reader
-        .acquire(Role::Writer)
-        .await
-        .expect("writer checkout");
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&mut *conn)
-        .await
-        .unwrap();
-    assert!(!in_recovery, "the writer checkout reached a standby");
+    assert_eq!(
+        F::served_by(&from_reader.handle(Role::Writer)).await,
+        "instance-1"
+    );
+    let in_recovery = from_reader.query_text(Role::Writer, IN_RECOVERY).await;
+    assert_eq!(
+        in_recovery.expect("writer checkout"),
+        "false",
+        "the writer checkout reached a standby"
+    );
+    from_reader.close().await;
+    pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn stale_cluster_dns_does_not_misroute_writes() {
+async fn stale_cluster_dns_does_not_misroute_writes<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
     // The "cluster endpoint" now resolves to the replica, as DNS does for a while after a
     // failover.
     cluster.point_cluster_endpoint("instance-2");
-    let pool = AuroraPool::connect(&url_with(
+    let pool: F = connect(&url_with(
         &cluster,
-        &format!("cluster_id={}", unique_cluster_id("stale-dns")),
+        &format!("cluster_id={}", unique_cluster_id(test)),
     ))
     .await
     .expect("connect");
     assert_eq!(pool.topology().writer().id(), "instance-1");
     for _ in 0..5 {
-        assert_eq!(served_by(&pool.writer()).await, "instance-1");
+        assert_eq!(F::served_by(&pool.handle(Role::Writer)).await, "instance-1");
     }
+    pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn detects_rds_multi_az_and_plain_postgres() {
+async fn detects_rds_multi_az_and_plain_postgres<F: Flavour>(test: &str) {
     let multi_az = LocalCluster::builder()
         .instances(2)
-        .flavour(Flavour::RdsMultiAz)
+        .flavour(ClusterKind::RdsMultiAz)
         .start()
         .await
         .expect("multi-az cluster");
-    let pool = AuroraPool::connect(&url_with(
+    let pool: F = connect(&url_with(
         &multi_az,
-        &format!("cluster_id={}", unique_cluster_id("multi-az")),
+        &format!(
+            "cluster_id={}",
+            unique_cluster_id(&format!("{test}-multi-az"))
+        ),
     ))
     .await
     .expect("connect to multi-az");
@@ -136,20 +142,19 @@ async fn detects_rds_multi_az_and_plain_postgres() {
         "instance-1",
         "Multi-AZ ids are DBI resource ids"
     );
-    let in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&pool.writer())
-        .await
-        .unwrap();
-    assert!(!in_recovery);
-    let reader_in_recovery: bool = sqlx::query_scalar("SELECT pg_is_in_recovery()")
-        .fetch_one(&pool.reader())
-        .await
-        .unwrap();
-    assert!(reader_in_recovery, "the reader pool must reach the standby");
+    let in_recovery = F::handle_text(&pool.handle(Role::Writer), IN_RECOVERY).await;
+    assert_eq!(in_recovery.expect("writer"), "false");
+    let reader_in_recovery = F::handle_text(&pool.handle(Role::Reader), IN_RECOVERY).await;
+    assert_eq!(
+        reader_in_recovery.expect("reader"),
+        "true",
+        "the reader pool must reach the standby"
+    );
+    pool.close().await;
 
     let plain = LocalCluster::builder()
         .instances(2)
-        .flavour(Flavour::Plain)
+        .flavour(ClusterKind::Plain)
         .start()
         .await
         .expect("plain cluster");
@@ -160,31 +165,33 @@ async fn detects_rds_multi_az_and_plain_postgres() {
     let url = format!(
         "{}?cluster_id={}",
         plain.instance_url("instance-1").expect("known instance"),
-        unique_cluster_id("plain")
+        unique_cluster_id(&format!("{test}-plain"))
     );
-    let pool = AuroraPool::connect(&url)
-        .await
-        .expect("connect to plain pg");
+    let pool: F = connect(&url).await.expect("connect to plain pg");
     let topology = pool.topology();
     assert_eq!(topology.dialect(), Dialect::Pg);
     assert_eq!(topology.instances().len(), 1);
     assert_eq!(topology.writer().address().to_string(), writer_addr);
     // Without a reader, `.reader()` falls back to the writer.
-    let one: i32 = sqlx::query_scalar("SELECT 1")
-        .fetch_one(&pool.reader())
-        .await
-        .unwrap();
-    assert_eq!(one, 1);
+    let one = F::handle_text(&pool.handle(Role::Reader), "SELECT '1'").await;
+    assert_eq!(one.expect("read"), "1");
+    pool.close().await;
 
     // Pointed at a standby, the pg dialect cannot find the primary and says so.
     let url = format!(
         "{}?cluster_id={}",
         plain.instance_url("instance-2").expect("known instance"),
-        unique_cluster_id("plain-standby")
+        unique_cluster_id(&format!("{test}-plain-standby"))
     );
-    let err = AuroraPool::connect(&url)
+    let err = connect::<F>(&url)
         .await
         .expect_err("a standby is not a writer");
     assert!(err.is_topology(), "{err}");
     assert!(err.to_string().contains("standby"), "{err}");
 }
+
+flavour_tests!(
+    discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance,
+    stale_cluster_dns_does_not_misroute_writes,
+    detects_rds_multi_az_and_plain_postgres,
+);

@@ -44,22 +44,43 @@ impl DeadpoolBackend {
         let url = config.driver_url();
         let mut base = tokio_postgres::Config::new();
         base.user(config.user());
-        let database = url.path().trim_start_matches('/');
-        if !database.is_empty() {
-            base.dbname(database);
-        }
         let parameter = |name: &str| {
             url.query_pairs()
                 .find(|(k, _)| k == name)
                 .map(|(_, v)| v.into_owned())
         };
+        // What sqlx understands and this flavour cannot honour is refused, not ignored.
+        for (name, why) in [
+            ("sslcert", "client certificates"),
+            ("ssl-cert", "client certificates"),
+            ("sslkey", "client certificates"),
+            ("ssl-key", "client certificates"),
+            (
+                "statement-cache-capacity",
+                "a bounded statement cache (deadpool-postgres's `prepare_cached` is unbounded)",
+            ),
+        ] {
+            if parameter(name).is_some() {
+                return Err(Error::config(
+                    name,
+                    format!("the deadpool flavour does not support {why}; the sqlx flavour does"),
+                ));
+            }
+        }
+        let database =
+            parameter("dbname").unwrap_or_else(|| url.path().trim_start_matches('/').to_owned());
+        if !database.is_empty() {
+            base.dbname(&database);
+        }
         if let Some(name) = parameter("application_name") {
             base.application_name(&name);
         }
         if let Some(options) = parameter("options") {
             base.options(&options);
         }
-        let root_cert = parameter("sslrootcert").or_else(|| parameter("ssl-root-cert"));
+        let root_cert = ["sslrootcert", "ssl-root-cert", "ssl-ca"]
+            .into_iter()
+            .find_map(parameter);
         let ssl_mode = match config.ssl_mode() {
             None if config.requires_tls() => Some("require"),
             mode => mode,

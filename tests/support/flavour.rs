@@ -84,6 +84,15 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
     fn config(&self) -> &Config;
     fn close(&self) -> impl Future<Output = ()> + Send;
 
+    /// The id of the instance a checkout of `handle` lands on.
+    fn served_by(handle: &Self::Handle) -> impl Future<Output = String> + Send {
+        async move {
+            Self::handle_text(handle, INSTANCE_ID)
+                .await
+                .expect("instance id query")
+        }
+    }
+
     /// The id of the instance a fresh checkout for `role` lands on.
     fn instance_id(&self, role: Role) -> impl Future<Output = aurora_pool::Result<String>> + Send {
         self.query_text(role, INSTANCE_ID)

@@ -28,10 +28,7 @@ pub fn url_with(cluster: &LocalCluster, params: &str) -> String {
 
 /// The id of the instance a pool's connection lands on.
 pub async fn served_by(pool: &PgPool) -> String {
-    sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
-        .fetch_one(pool)
-        .await
-        .expect("instance id query")
+    <aurora_pool::AuroraPool as flavour::Flavour>::served_by(pool).await
 }
 
 /// How many server connections carry `application_name`, seen from instance `on`.
