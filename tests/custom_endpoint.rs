@@ -308,12 +308,11 @@ async fn three_urls_of_one_cluster_share_one_monitor() {
         .await
         .expect("custom endpoint");
 
-    let monitor = format!("aurora-pool-monitor:{id}");
-    let mut monitors = 0;
-    for instance in cluster.instance_ids() {
-        monitors += support::connections_named(&cluster, &instance, &monitor).await;
-    }
-    assert_eq!(monitors, 1, "one monitor for the three URLs");
+    assert_eq!(
+        support::monitor_connections(&cluster, &id).await,
+        1,
+        "one monitor for the three URLs"
+    );
     let a = by_cluster_endpoint.topology();
     assert_eq!(
         a.version(),

@@ -6,21 +6,25 @@ mod support;
 
 use std::time::Duration;
 
-use aurora_pool::ClusterEvent;
 use aurora_pool::testing::LocalCluster;
-use support::{AGGRESSIVE, drain_events, eventually, served_by};
+use aurora_pool::{ClusterEvent, Role};
+use support::flavour::{Flavour, connect, flavour_tests};
+use support::{AGGRESSIVE, drain_events, eventually, monitor_connections, unique_cluster_id};
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_of_one_cluster_leaves_the_other_untouched() {
+async fn a_failover_of_one_cluster_leaves_the_other_untouched<F: Flavour>(test: &str) {
     let (source, target) = tokio::join!(LocalCluster::start(2), LocalCluster::start(2));
     let (source, target) = (source.expect("source"), target.expect("target"));
-    let reads = support::connect(&source, "many-source", AGGRESSIVE).await;
-    let writes = support::connect(&target, "many-target", AGGRESSIVE).await;
+    let (source_test, target_test) = (format!("{test}-source"), format!("{test}-target"));
+    let reads: F = connect(&source, &source_test, AGGRESSIVE).await;
+    let writes: F = connect(&target, &target_test, AGGRESSIVE).await;
     let mut target_events = writes.events();
     let target_before = writes.topology();
 
     // Each pool reaches only its own cluster's instances.
-    assert_eq!(served_by(&reads.writer()).await, "instance-1");
+    assert_eq!(
+        F::served_by(&reads.handle(Role::Writer)).await,
+        "instance-1"
+    );
     let source_port = |id: &str| source.instance_addr(id).expect("instance").port();
     for instance in reads.topology().instances() {
         assert_eq!(instance.address().port, source_port(instance.id()));
@@ -44,7 +48,10 @@ async fn a_failover_of_one_cluster_leaves_the_other_untouched() {
         "the source pool never saw its new writer: {}",
         reads.topology()
     );
-    assert_eq!(served_by(&reads.writer()).await, "instance-2");
+    assert_eq!(
+        F::served_by(&reads.handle(Role::Writer)).await,
+        "instance-2"
+    );
 
     // The target cluster saw nothing: same topology, same writer, no event.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -55,7 +62,10 @@ async fn a_failover_of_one_cluster_leaves_the_other_untouched() {
         "{target_after}"
     );
     assert_eq!(target_after.writer().id(), "instance-1");
-    assert_eq!(served_by(&writes.writer()).await, "instance-1");
+    assert_eq!(
+        F::served_by(&writes.handle(Role::Writer)).await,
+        "instance-1"
+    );
     let seen = drain_events(&mut target_events);
     assert!(
         !seen.iter().any(|e| matches!(
@@ -70,23 +80,16 @@ async fn a_failover_of_one_cluster_leaves_the_other_untouched() {
         .wait_rejoined("instance-1")
         .await
         .expect("old writer rejoined");
-    for (cluster, test) in [(&source, "many-source"), (&target, "many-target")] {
-        let name = format!("aurora-pool-monitor:{}", support::unique_cluster_id(test));
-        let mut monitors = 0;
-        for id in cluster.instance_ids() {
-            monitors += support::connections_named(cluster, &id, &name).await;
-        }
-        assert_eq!(monitors, 1, "{test}");
-        let other = if test == "many-source" {
-            "many-target"
-        } else {
-            "many-source"
-        };
-        let foreign = format!("aurora-pool-monitor:{}", support::unique_cluster_id(other));
-        for id in cluster.instance_ids() {
-            assert_eq!(support::connections_named(cluster, &id, &foreign).await, 0);
-        }
-    }
+    let (source_id, target_id) = (
+        unique_cluster_id(&source_test),
+        unique_cluster_id(&target_test),
+    );
+    assert_eq!(monitor_connections(&source, &source_id).await, 1);
+    assert_eq!(monitor_connections(&target, &target_id).await, 1);
+    assert_eq!(monitor_connections(&source, &target_id).await, 0);
+    assert_eq!(monitor_connections(&target, &source_id).await, 0);
     reads.close().await;
     writes.close().await;
 }
+
+flavour_tests!(a_failover_of_one_cluster_leaves_the_other_untouched);

@@ -110,6 +110,16 @@ pub async fn connect(cluster: &LocalCluster, test: &str, params: &str) -> aurora
     flavour::connect(cluster, test, params).await
 }
 
+/// The monitoring connections of `cluster_id` on every instance of `cluster`.
+pub async fn monitor_connections(cluster: &LocalCluster, cluster_id: &str) -> usize {
+    let monitor = format!("aurora-pool-monitor:{cluster_id}");
+    let mut monitors = 0;
+    for id in cluster.instance_ids() {
+        monitors += connections_named(cluster, &id, &monitor).await;
+    }
+    monitors
+}
+
 /// Ends the monitoring connection of `cluster_id` (wherever it is) and waits up to 10 s for
 /// the monitor to log in again; returns whether it did.
 pub async fn monitor_logs_in_again(cluster: &LocalCluster, cluster_id: &str) -> bool {
@@ -121,11 +131,7 @@ pub async fn monitor_logs_in_again(cluster: &LocalCluster, cluster_id: &str) -> 
         let _ = cluster.psql(&id, "postgres", &terminate).await;
     }
     eventually(Duration::from_secs(10), || async {
-        let mut monitors = 0;
-        for id in cluster.instance_ids() {
-            monitors += connections_named(cluster, &id, &monitor).await;
-        }
-        monitors == 1
+        monitor_connections(cluster, cluster_id).await == 1
     })
     .await
 }
