@@ -8,8 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use aurora_pool::testing::{CustomEndpointKind, LocalCluster, RdsStub};
-use aurora_pool::{AuroraPool, Role};
-use support::{eventually, served_by, unique_cluster_id};
+use aurora_pool::{AuroraPool, Builder, Role};
+use support::flavour::{Flavour, INSTANCE_ID, flavour_tests};
+use support::{eventually, unique_cluster_id};
 
 /// The custom endpoint `name`'s host. Monitors are per host and process-wide, so each test
 /// uses its own name (and stub).
@@ -17,15 +18,22 @@ fn host(name: &str) -> String {
     format!("{name}.cluster-custom-abc123.us-east-1.rds.amazonaws.com")
 }
 
+/// The name of the custom endpoint `base` in the scenario `test`: one per flavour, since the
+/// flavours' tests share the process.
+fn endpoint(test: &str, base: &str) -> String {
+    let flavour = test.split('-').next().unwrap_or(test);
+    format!("{base}-{flavour}")
+}
+
 /// A pool whose URL host is the custom endpoint `name`, reached through the cluster
 /// endpoint's address (`hostaddr`).
-async fn pool_on(
+async fn pool_on<F: Flavour>(
     cluster: &LocalCluster,
     stub: &RdsStub,
     name: &str,
     test: &str,
     extra: &str,
-) -> aurora_pool::Result<AuroraPool> {
+) -> aurora_pool::Result<F> {
     let url = format!(
         "postgres://{}:{}@{}:{}/{}?hostaddr=127.0.0.1&instance_endpoints={}&cluster_id={}\
          &application_name=ce-app&custom_endpoint_info_refresh_rate_ms=200\
@@ -39,18 +47,18 @@ async fn pool_on(
         cluster.instance_endpoints_param(),
         unique_cluster_id(test),
     );
-    AuroraPool::builder()
+    let config = Builder::new()
         .url(url)
         .custom_endpoint_client(stub.client().await)
-        .connect()
-        .await
+        .build()?;
+    F::connect_with(config).await
 }
 
 /// The instances 40 reads landed on.
-async fn readers_used(pool: &AuroraPool) -> BTreeSet<String> {
+async fn readers_used<F: Flavour>(pool: &F) -> BTreeSet<String> {
     let mut seen = BTreeSet::new();
     for _ in 0..40 {
-        seen.insert(served_by(&pool.try_reader().expect("a reader")).await);
+        seen.insert(F::served_by(&pool.try_reader().expect("a reader")).await);
     }
     seen
 }
@@ -64,19 +72,19 @@ async fn pool_connections_on(cluster: &LocalCluster, id: &str) -> usize {
     support::connections_named(cluster, id, "ce-app").await
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn reads_follow_the_static_members_as_they_change() {
+async fn reads_follow_the_static_members_as_they_change<F: Flavour>(test: &str) {
     let (cluster, stub) = tokio::join!(LocalCluster::start(4), RdsStub::start());
     let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+    let name = endpoint(test, "static");
     stub.set_endpoint(
-        "static",
+        &name,
         "orders",
-        &host("static"),
+        &host(&name),
         CustomEndpointKind::Reader,
         &["instance-3", "instance-4"],
         &[],
     );
-    let pool = pool_on(&cluster, &stub, "static", "ce-static", "")
+    let pool: F = pool_on(&cluster, &stub, &name, test, "")
         .await
         .expect("connect");
 
@@ -95,9 +103,9 @@ async fn reads_follow_the_static_members_as_they_change() {
 
     // Membership changes in AWS: instance-2 only.
     stub.set_endpoint(
-        "static",
+        &name,
         "orders",
-        &host("static"),
+        &host(&name),
         CustomEndpointKind::Reader,
         &["instance-2"],
         &[],
@@ -123,19 +131,19 @@ async fn reads_follow_the_static_members_as_they_change() {
     pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_exclusion_list_blocks_its_members() {
+async fn an_exclusion_list_blocks_its_members<F: Flavour>(test: &str) {
     let (cluster, stub) = tokio::join!(LocalCluster::start(4), RdsStub::start());
     let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+    let name = endpoint(test, "excluded");
     stub.set_endpoint(
-        "excluded",
+        &name,
         "orders",
-        &host("excluded"),
+        &host(&name),
         CustomEndpointKind::Any,
         &[],
         &["instance-2", "instance-3"],
     );
-    let pool = pool_on(&cluster, &stub, "excluded", "ce-excluded", "")
+    let pool: F = pool_on(&cluster, &stub, &name, test, "")
         .await
         .expect("connect");
     assert_eq!(readers_used(&pool).await, set(&["instance-4"]));
@@ -143,15 +151,9 @@ async fn an_exclusion_list_blocks_its_members() {
     // With its last member reader down, an ANY endpoint reads from the writer (a member).
     cluster.crash("instance-4").await.expect("crash");
     let on_writer = eventually(Duration::from_secs(10), || async {
-        match pool.acquire(Role::Reader).await {
-            Ok(mut conn) => {
-                sqlx::query_scalar::<_, String>("SELECT pg_catalog.aurora_db_instance_identifier()")
-                    .fetch_one(&mut *conn)
-                    .await
-                    .is_ok_and(|id| id == "instance-1")
-            }
-            Err(_) => false,
-        }
+        pool.instance_id(Role::Reader)
+            .await
+            .is_ok_and(|id| id == "instance-1")
     })
     .await;
     assert!(on_writer, "{:?}", pool.status());
@@ -164,19 +166,19 @@ async fn an_exclusion_list_blocks_its_members() {
     pool.close().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_failover_keeps_reads_inside_the_members() {
+async fn a_failover_keeps_reads_inside_the_members<F: Flavour>(test: &str) {
     let (cluster, stub) = tokio::join!(LocalCluster::start(4), RdsStub::start());
     let (cluster, stub) = (cluster.expect("cluster"), stub.expect("stub"));
+    let name = endpoint(test, "failover");
     stub.set_endpoint(
-        "failover",
+        &name,
         "orders",
-        &host("failover"),
+        &host(&name),
         CustomEndpointKind::Reader,
         &["instance-3", "instance-4"],
         &[],
     );
-    let pool = pool_on(&cluster, &stub, "failover", "ce-failover", "")
+    let pool: F = pool_on(&cluster, &stub, &name, test, "")
         .await
         .expect("connect");
     assert_eq!(
@@ -204,13 +206,8 @@ async fn a_failover_keeps_reads_inside_the_members() {
     assert!(settled, "{}", pool.topology());
     // The writer is not read from (READER endpoint), and neither are non-members.
     assert_eq!(readers_used(&pool).await, set(&["instance-4"]));
-    let mut conn = pool.acquire(Role::Reader).await.expect("reader checkout");
-    let id: String = sqlx::query_scalar("SELECT pg_catalog.aurora_db_instance_identifier()")
-        .fetch_one(&mut *conn)
-        .await
-        .expect("query");
-    assert_eq!(id, "instance-4");
-    drop(conn);
+    let id = pool.query_text(Role::Reader, INSTANCE_ID).await;
+    assert_eq!(id.expect("reader checkout"), "instance-4");
     pool.close().await;
 }
 
@@ -229,7 +226,7 @@ async fn missing_member_lists_are_clear_errors() {
         &[],
     );
     stub.set_delay(Duration::from_secs(3));
-    let err = pool_on(
+    let err = pool_on::<AuroraPool>(
         &cluster,
         &stub,
         "slow",
@@ -246,7 +243,7 @@ async fn missing_member_lists_are_clear_errors() {
     );
 
     // Without waiting, the pool starts at once and narrows its reads when the list arrives.
-    let pool = pool_on(
+    let pool: AuroraPool = pool_on(
         &cluster,
         &stub,
         "slow",
@@ -264,7 +261,7 @@ async fn missing_member_lists_are_clear_errors() {
     stub.set_delay(Duration::ZERO);
 
     // An endpoint AWS does not know.
-    let err = pool_on(
+    let err = pool_on::<AuroraPool>(
         &cluster,
         &stub,
         "ghost",
@@ -304,7 +301,7 @@ async fn three_urls_of_one_cluster_share_one_monitor() {
     ))
     .await
     .expect("IP address");
-    let by_custom_endpoint = pool_on(&cluster, &stub, "shared", "ce-shared", "")
+    let by_custom_endpoint: AuroraPool = pool_on(&cluster, &stub, "shared", "ce-shared", "")
         .await
         .expect("custom endpoint");
 
@@ -332,3 +329,9 @@ async fn three_urls_of_one_cluster_share_one_monitor() {
         pool.close().await;
     }
 }
+
+flavour_tests!(
+    reads_follow_the_static_members_as_they_change,
+    an_exclusion_list_blocks_its_members,
+    a_failover_keeps_reads_inside_the_members,
+);
