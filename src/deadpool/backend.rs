@@ -134,13 +134,6 @@ impl Backend for DeadpoolBackend {
     type Pool = Pool;
 
     fn open(&self, instance: &Instance, sizing: PoolSizing, _: &Credentials) -> Result<Pool> {
-        tracing::debug!(
-            target: "aurora_pool",
-            instance = instance.id(),
-            role = %instance.role(),
-            address = %instance.address(),
-            "opening instance pool"
-        );
         let config = PoolConfig {
             max_size: sizing.max_connections as usize,
             timeouts: Timeouts {

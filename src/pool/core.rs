@@ -185,6 +185,13 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                 }
                 None => {
                     let login = SlotLogin::new(fresh.remove(instance.id()));
+                    tracing::debug!(
+                        target: "aurora_pool",
+                        instance = instance.id(),
+                        role = %instance.role(),
+                        address = %instance.address(),
+                        "opening instance pool"
+                    );
                     let pool = backend.open(instance, sizing, &login.current())?;
                     opened.push(pool.clone());
                     if sizing.min_connections > 0 {

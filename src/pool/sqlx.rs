@@ -365,13 +365,6 @@ impl Backend for SqlxBackend {
         sizing: PoolSizing,
         credentials: &Credentials,
     ) -> Result<PgPool> {
-        tracing::debug!(
-            target: "aurora_pool",
-            instance = instance.id(),
-            role = %instance.role(),
-            address = %instance.address(),
-            "opening instance pool"
-        );
         Ok(PgPoolOptions::new()
             .max_connections(sizing.max_connections)
             .min_connections(sizing.min_connections)
