@@ -10,7 +10,7 @@ use std::time::Duration;
 use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials};
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{BoxFuture, Role};
-use support::flavour::{Flavour, Interrupt, connect, flavour_tests};
+use support::flavour::{Flavour, connect, failover_to, flavour_tests};
 use support::{AGGRESSIVE, eventually, unique_cluster_id};
 
 async fn reads_and_writes_go_to_their_roles<F: Flavour>(test: &str) {
@@ -179,18 +179,7 @@ async fn a_transaction_across_a_crash_is_reported_and_not_committed<F: Flavour>(
         .await
         .expect("create");
     support::replicated(&cluster, "ledger").await;
-    let crash: Interrupt = {
-        let cluster = cluster.clone();
-        Arc::new(move || {
-            let cluster = cluster.clone();
-            Box::pin(async move {
-                cluster
-                    .failover("instance-2", None)
-                    .await
-                    .expect("failover")
-            })
-        })
-    };
+    let crash = failover_to(&cluster, "instance-2");
     let err = pool
         .transaction_interrupted("INSERT INTO ledger VALUES ('lost')", crash)
         .await

@@ -9,7 +9,7 @@ use std::time::Duration;
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{ErrorClass, Role};
 use support::eventually;
-use support::flavour::{Flavour, Interrupt, connect, flavour_tests};
+use support::flavour::{Flavour, connect, failover_to, flavour_tests};
 
 async fn classify_keeps_the_driver_error_and_triggers_a_refresh<F: Flavour>(test: &str) {
     let cluster = Arc::new(LocalCluster::start(3).await.expect("cluster"));
@@ -42,18 +42,7 @@ async fn classify_keeps_the_driver_error_and_triggers_a_refresh<F: Flavour>(test
     assert_eq!(err.sqlstate(), Some("25006"));
 
     // A connection held across a failover fails with a network error.
-    let failover: Interrupt = {
-        let cluster = cluster.clone();
-        Arc::new(move || {
-            let cluster = cluster.clone();
-            Box::pin(async move {
-                cluster
-                    .failover("instance-2", None)
-                    .await
-                    .expect("failover")
-            })
-        })
-    };
+    let failover = failover_to(&cluster, "instance-2");
     let err = pool
         .returned_pool_error(Role::Writer, "SELECT 1", Some(failover))
         .await;

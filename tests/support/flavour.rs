@@ -10,6 +10,15 @@ use aurora_pool::{BoxFuture, ClusterEvent, Config, Error, PoolStatus, Role, Topo
 /// What happens in the middle of a transaction or between a checkout and its query.
 pub type Interrupt = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
+/// An [`Interrupt`] that promotes `promoted` and leaves the old writer down.
+pub fn failover_to(cluster: &Arc<LocalCluster>, promoted: &'static str) -> Interrupt {
+    let cluster = cluster.clone();
+    Arc::new(move || {
+        let cluster = cluster.clone();
+        Box::pin(async move { cluster.failover(promoted, None).await.expect("failover") })
+    })
+}
+
 /// The id of the instance that serves the query.
 pub const INSTANCE_ID: &str = "SELECT pg_catalog.aurora_db_instance_identifier()";
 
