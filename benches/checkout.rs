@@ -17,11 +17,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use support::{Op, run, via_pool, warm};
 
 fn checkout(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime();
     let bench = rt.block_on(support::setup("bench"));
     let cases: [(&str, Op); 4] = [
         ("raw_pgpool_writer", {
@@ -41,27 +37,7 @@ fn checkout(c: &mut Criterion) {
             via_pool(move || a.reader())
         }),
     ];
-    rt.block_on(async {
-        for (_, op) in &cases {
-            warm(op).await;
-        }
-    });
-
-    let mut group = c.benchmark_group("checkout_select1");
-    group
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(30);
-    for tasks in [1usize, 64] {
-        for (name, op) in &cases {
-            group.bench_with_input(BenchmarkId::new(*name, tasks), &tasks, |b, &tasks| {
-                b.to_async(&rt).iter_custom(|iters| {
-                    let op = op.clone();
-                    async move { run(&op, tasks, iters).await }
-                })
-            });
-        }
-    }
-    group.finish();
+    checkout_group(c, &rt, "checkout_select1", &cases);
 
     let mut group = c.benchmark_group("routing_decision");
     group.bench_function("writer", |b| b.iter(|| black_box(bench.aurora.writer())));
@@ -76,6 +52,35 @@ fn checkout(c: &mut Criterion) {
     #[cfg(feature = "deadpool")]
     deadpool_checkout(c, &rt, &cluster);
     drop(cluster);
+}
+
+/// Measures each case at 1 and 64 tasks, every connection opened beforehand.
+fn checkout_group(
+    c: &mut Criterion,
+    rt: &tokio::runtime::Runtime,
+    name: &str,
+    cases: &[(&str, Op)],
+) {
+    rt.block_on(async {
+        for (_, op) in cases {
+            warm(op).await;
+        }
+    });
+    let mut group = c.benchmark_group(name);
+    group
+        .measurement_time(Duration::from_secs(4))
+        .sample_size(30);
+    for tasks in [1usize, 64] {
+        for (name, op) in cases {
+            group.bench_with_input(BenchmarkId::new(*name, tasks), &tasks, |b, &tasks| {
+                b.to_async(rt).iter_custom(|iters| {
+                    let op = op.clone();
+                    async move { run(&op, tasks, iters).await }
+                })
+            });
+        }
+    }
+    group.finish();
 }
 
 /// The deadpool flavour against a raw `deadpool_postgres::Pool` on the same instance.
@@ -109,26 +114,7 @@ fn deadpool_checkout(
             })
         }),
     ];
-    rt.block_on(async {
-        for (_, op) in &cases {
-            warm(op).await;
-        }
-    });
-    let mut group = c.benchmark_group("checkout_select1_deadpool");
-    group
-        .measurement_time(Duration::from_secs(4))
-        .sample_size(30);
-    for tasks in [1usize, 64] {
-        for (name, op) in &cases {
-            group.bench_with_input(BenchmarkId::new(*name, tasks), &tasks, |b, &tasks| {
-                b.to_async(rt).iter_custom(|iters| {
-                    let op = op.clone();
-                    async move { run(&op, tasks, iters).await }
-                })
-            });
-        }
-    }
-    group.finish();
+    checkout_group(c, rt, "checkout_select1_deadpool", &cases);
     rt.block_on(aurora.close());
 }
 

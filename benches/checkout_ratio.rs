@@ -20,11 +20,7 @@ const OPS_PER_ROUND: u64 = 2_000;
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime();
     rt.block_on(async {
         let bench = support::setup("bench-ratio").await;
         let (aurora, raw_writer, raw_reader) = (

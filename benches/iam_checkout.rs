@@ -23,11 +23,7 @@ use support::{MAX_CONNECTIONS, Op, via_pool};
 const IAM_HOST: &str = "orders.cluster-abc123.us-east-1.rds.amazonaws.com";
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime();
     rt.block_on(async {
         let bench = support::setup("bench-iam-raw").await;
         let cluster = &bench.cluster;

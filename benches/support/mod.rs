@@ -18,6 +18,15 @@ pub const MAX_CONNECTIONS: u32 = 64;
 /// One checkout + `SELECT 1` + release.
 pub type Op = Arc<dyn Fn() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send + Sync>;
 
+/// The runtime every benchmark runs on: as many workers as the machine's 2 cores.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
 /// The pools under comparison.
 pub struct Bench {
     /// Keeps the servers up as long as the pools.
