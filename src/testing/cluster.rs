@@ -140,13 +140,34 @@ impl LocalClusterBuilder {
 
     /// Creates and starts the cluster: returns once every replica streams from
     /// the primary and the database is visible on every instance.
+    ///
+    /// The instances' ports are picked free but bound only when PostgreSQL starts; when
+    /// another socket takes one meanwhile, the start is tried again on new ports (at most
+    /// 3 times).
     pub async fn start(self) -> Result<LocalCluster, TestingError> {
-        let inner = tokio::task::spawn_blocking(move || Inner::start(self))
-            .await
-            .map_err(|e| join_error("starting the local cluster", e))??;
-        Ok(LocalCluster { inner })
+        let mut attempt = 1;
+        loop {
+            let cfg = self.clone();
+            let started = tokio::task::spawn_blocking(move || Inner::start(cfg))
+                .await
+                .map_err(|e| join_error("starting the local cluster", e))?;
+            match started {
+                Ok(inner) => return Ok(LocalCluster { inner }),
+                Err(err)
+                    if attempt < START_ATTEMPTS
+                        && err.message().contains("Address already in use") =>
+                {
+                    tracing::info!(target: TARGET, attempt, "a port was taken meanwhile; starting again");
+                    attempt += 1;
+                }
+                Err(err) => return Err(err),
+            }
+        }
     }
 }
+
+/// How many times [`LocalClusterBuilder::start`] tries when a picked port is taken.
+const START_ATTEMPTS: u32 = 3;
 
 /// One PostgreSQL instance of the cluster.
 #[derive(Debug)]
