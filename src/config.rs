@@ -37,6 +37,10 @@ const DRIVER_PARAMETERS: &[&str] = &[
     "options",
 ];
 
+/// The longest duration any setting accepts: far beyond any sensible wait, and far enough
+/// from `Duration::MAX` that no deadline computed from it can overflow.
+pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
+
 const SSL_MODES: &[&str] = &[
     "disable",
     "allow",
@@ -273,13 +277,13 @@ pub struct Config {
     /// (`failure_detection_enabled`, default true).
     pub failure_detection_enabled: bool,
     /// Grace period before an instance's first health probe (`failure_detection_time_ms`,
-    /// default 30000).
+    /// default 0).
     pub failure_detection_time: Duration,
     /// Time between health probes of one instance (`failure_detection_interval_ms`, default
-    /// 5000).
+    /// 500). A probe gets twice this (at least 500 ms, at most `connect_timeout`) to answer.
     pub failure_detection_interval: Duration,
-    /// Failed probes in a row that declare an instance dead (`failure_detection_count`,
-    /// default 3).
+    /// Probes in a row without an answer that declare an instance dead
+    /// (`failure_detection_count`, default 2). A refused connection declares it dead at once.
     pub failure_detection_count: u32,
     /// Writer pool size (`writer_max_connections`, `writer_min_connections`).
     pub writer: PoolSizing,
@@ -370,9 +374,9 @@ impl Config {
             failover_timeout: Duration::from_millis(300_000),
             cluster_topology_high_refresh_rate: Duration::from_millis(100),
             failure_detection_enabled: true,
-            failure_detection_time: Duration::from_millis(30_000),
-            failure_detection_interval: Duration::from_millis(5_000),
-            failure_detection_count: 3,
+            failure_detection_time: Duration::ZERO,
+            failure_detection_interval: Duration::from_millis(500),
+            failure_detection_count: 2,
             writer: PoolSizing::default(),
             reader: PoolSizing::default(),
             acquire_timeout: Duration::from_secs(30),
@@ -514,6 +518,30 @@ impl Config {
         Ok(true)
     }
 
+    /// Every duration setting with its parameter name.
+    fn durations(&self) -> [(&'static str, Duration); 9] {
+        [
+            (
+                "cluster_topology_refresh_rate_ms",
+                self.cluster_topology_refresh_rate,
+            ),
+            (
+                "cluster_topology_high_refresh_rate_ms",
+                self.cluster_topology_high_refresh_rate,
+            ),
+            ("failover_timeout_ms", self.failover_timeout),
+            ("failure_detection_time_ms", self.failure_detection_time),
+            (
+                "failure_detection_interval_ms",
+                self.failure_detection_interval,
+            ),
+            ("acquire_timeout_ms", self.acquire_timeout),
+            ("idle_timeout_ms", self.idle_timeout.unwrap_or_default()),
+            ("max_lifetime_ms", self.max_lifetime.unwrap_or_default()),
+            ("connect_timeout", self.connect_timeout),
+        ]
+    }
+
     /// Checks the values against each other. Called by [`Config::from_url`], [`Builder`] and
     /// when a pool is created.
     pub fn validate(&self) -> Result<()> {
@@ -563,6 +591,17 @@ impl Config {
                 "failure_detection_count",
                 "must be at least 1",
             ));
+        }
+        for (parameter, value) in self.durations() {
+            if value > MAX_DURATION {
+                return Err(Error::config(
+                    parameter,
+                    format!(
+                        "{value:?} is longer than the longest wait the pool accepts ({} ms, 24 h)",
+                        MAX_DURATION.as_millis()
+                    ),
+                ));
+            }
         }
         if self.acquire_timeout.is_zero() {
             return Err(Error::config(

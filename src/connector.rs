@@ -44,6 +44,12 @@ pub(crate) trait AdminConnection: Send {
     /// connection stays usable. A broken connection yields a connect error.
     fn query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<TextRow>>>;
 
+    /// Resolves when the server ends the connection (FIN, RST, or a FATAL message such as
+    /// 57P01) while it is idle, without sending anything: how a crash is seen at once
+    /// instead of at the next query. Cancel-safe: dropping the future leaves the connection
+    /// usable.
+    fn closed(&mut self) -> BoxFuture<'_, ()>;
+
     /// Closes the connection politely (Terminate message).
     fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
 }

@@ -21,6 +21,8 @@ struct Inner {
     message: String,
     sqlstate: Option<String>,
     source: Option<BoxError>,
+    /// The server answered but the session could not start (a TLS handshake it broke off).
+    busy: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -85,10 +87,28 @@ impl ErrorClass {
 
     /// Whether this failure means the instance should be considered gone or demoted, so
     /// that the topology must be re-read.
+    ///
+    /// [`ReadOnly`](ErrorClass::ReadOnly) counts only on a connection to the writer: a write
+    /// sent to a reader, or inside a `READ ONLY` transaction, is the caller's mistake, and
+    /// the crate's own role-aware paths return it as the driver's error.
     pub fn triggers_failover(self) -> bool {
         matches!(self, ErrorClass::Network | ErrorClass::ReadOnly)
     }
+
+    /// [`triggers_failover`](ErrorClass::triggers_failover) for a connection taken for
+    /// `role`: `25006` means a demoted writer only when the connection was the writer's.
+    pub(crate) fn fails_over_for(self, role: crate::topology::Role) -> bool {
+        match self {
+            ErrorClass::Network => true,
+            ErrorClass::ReadOnly => role == crate::topology::Role::Writer,
+            _ => false,
+        }
+    }
 }
+
+/// SQLSTATEs of an instance that is alive but refuses new sessions for now: too many
+/// connections (53300), out of resources (53000, 53200), starting up (57P03).
+const BUSY_SQLSTATES: [&str; 4] = ["53300", "53000", "53200", "57P03"];
 
 impl Error {
     fn new(kind: Kind, message: impl Into<String>) -> Self {
@@ -97,6 +117,7 @@ impl Error {
             message: message.into(),
             sqlstate: None,
             source: None,
+            busy: false,
         }))
     }
 
@@ -182,6 +203,25 @@ impl Error {
     pub fn with_source(mut self, source: impl Into<BoxError>) -> Self {
         self.0.source = Some(source.into());
         self
+    }
+
+    /// Marks a connect failure after the server answered (a broken-off TLS handshake): the
+    /// instance is alive, only busy.
+    pub(crate) fn handshake_failed(mut self) -> Self {
+        self.0.busy = true;
+        self
+    }
+
+    /// The instance answered but would not start a session now: full (53300), out of
+    /// resources, starting up (57P03) or a broken-off TLS handshake. Alive, not dead: never
+    /// a reason to fail over.
+    pub(crate) fn is_busy(&self) -> bool {
+        self.0.busy
+            || self
+                .0
+                .sqlstate
+                .as_deref()
+                .is_some_and(|s| BUSY_SQLSTATES.contains(&s))
     }
 
     /// Attaches the SQLSTATE the server reported.

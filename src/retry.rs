@@ -66,7 +66,9 @@ impl RetryPolicy {
     }
 
     pub(crate) fn time_limit(&self, failover_timeout: Duration) -> Duration {
-        self.timeout.unwrap_or(failover_timeout)
+        self.timeout
+            .unwrap_or(failover_timeout)
+            .min(crate::config::MAX_DURATION)
     }
 
     /// The pause after failed attempt number `attempt` (1-based).

@@ -33,11 +33,13 @@ async fn classify_keeps_the_driver_error_and_triggers_a_refresh<F: Flavour>(test
         "the driver's error is the source"
     );
 
-    // A write that reaches a replica is refused as read-only: a failover-class error.
+    // A write that reaches a replica is refused as read-only: the caller's mistake, returned
+    // as the driver's error (the pool re-checks the writer all the same).
     let err = pool
         .returned_pool_error(Role::Reader, "CREATE TABLE t (x int)", None)
         .await;
-    assert!(err.is_failover(), "{err:?}");
+    assert!(!err.is_failover() && !err.is_retryable(), "{err:?}");
+    assert!(err.is_driver(), "{err:?}");
     assert_eq!(err.class(), ErrorClass::ReadOnly);
     assert_eq!(err.sqlstate(), Some("25006"));
 

@@ -20,7 +20,7 @@ use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
 use crate::pool::core::Backend;
 use crate::pool::login;
-use crate::topology::Instance;
+use crate::topology::{Instance, Role};
 
 /// The longest pause between two maintenance rounds of an instance pool.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
@@ -144,7 +144,12 @@ impl Backend for DeadpoolBackend {
             },
             queue_mode: QueueMode::Fifo,
         };
-        let pool = Pool::builder(self.manager(instance.address(), None))
+        let manager = self.manager(instance.address(), None);
+        let manager = match instance.role() {
+            Role::Writer => manager.confirming_writer(),
+            Role::Reader => manager,
+        };
+        let pool = Pool::builder(manager)
             .config(config)
             .runtime(Runtime::Tokio1)
             .build()
@@ -178,6 +183,10 @@ impl Backend for DeadpoolBackend {
         pool.manager().close();
         pool.close();
         Box::pin(async {})
+    }
+
+    fn is_closed(pool: &Pool) -> bool {
+        pool.is_closed()
     }
 
     fn size_and_idle(pool: &Pool) -> (u32, u32) {
@@ -299,6 +308,9 @@ impl Connector for AdminConnector {
     }
 }
 
+/// How often an idle admin connection looks whether its connection task ended.
+const CLOSED_CHECK: Duration = Duration::from_millis(20);
+
 struct AdminClient(deadpool_postgres::ClientWrapper);
 
 impl AdminConnection for AdminClient {
@@ -320,6 +332,16 @@ impl AdminConnection for AdminClient {
                     _ => None,
                 })
                 .collect())
+        })
+    }
+
+    fn closed(&mut self) -> BoxFuture<'_, ()> {
+        // tokio-postgres reads the socket in its connection task, which ends (and marks the
+        // client closed) as soon as the server goes away; looking costs no traffic.
+        Box::pin(async move {
+            while !self.0.is_closed() {
+                tokio::time::sleep(CLOSED_CHECK).await;
+            }
         })
     }
 

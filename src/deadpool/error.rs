@@ -24,7 +24,14 @@ pub(crate) fn from_connect(err: tokio_postgres::Error, context: &str) -> Error {
     if err.code().is_some() {
         return from_pg(err, context);
     }
-    Error::connect(format!("{context} failed")).with_source(err)
+    // tokio-postgres keeps its error kinds private; its TLS failures say so.
+    let handshake = err.to_string().contains("TLS");
+    let wrapped = Error::connect(format!("{context} failed")).with_source(err);
+    if handshake {
+        wrapped.handshake_failed()
+    } else {
+        wrapped
+    }
 }
 
 /// Wraps a pool error.

@@ -38,6 +38,8 @@ pub struct Manager {
     tasks: Mutex<Vec<AbortHandle>>,
     /// Set when the pool closes; dropped with it. The pool's maintenance task watches it.
     closed: tokio::sync::watch::Sender<bool>,
+    /// A writer pool's new connections check that their instance takes writes.
+    confirm_writer: bool,
 }
 
 impl Manager {
@@ -58,7 +60,16 @@ impl Manager {
             max_lifetime,
             tasks: Mutex::new(Vec::new()),
             closed: tokio::sync::watch::channel(false).0,
+            confirm_writer: false,
         }
+    }
+
+    /// Makes every new connection check that its instance is the writer (one round trip
+    /// per connection, none per checkout): a demoted writer's connection is refused as a
+    /// failover instead of letting writes fail with 25006.
+    pub(super) fn confirming_writer(mut self) -> Manager {
+        self.confirm_writer = true;
+        self
     }
 
     /// Resolves when the pool is closed or dropped.
@@ -135,18 +146,44 @@ impl fmt::Debug for Manager {
     }
 }
 
+/// Whether an instance is a replica (`t`) or the writer (`f`).
+const WRITER_CHECK: &str = "SELECT pg_catalog.pg_is_in_recovery()";
+
 impl managed::Manager for Manager {
     type Type = ClientWrapper;
     type Error = Error;
 
     async fn create(&self) -> Result<ClientWrapper> {
-        login::connect_with_login(
+        let client = login::connect_with_login(
             self.provider.as_ref(),
             &self.target,
             self.connect_timeout,
             |credentials| Box::pin(self.connect_once(credentials)),
         )
-        .await
+        .await?;
+        if self.confirm_writer {
+            let context = format!(
+                "confirming {}:{} is the writer",
+                self.target.host, self.target.port
+            );
+            let rows =
+                tokio::time::timeout(self.connect_timeout, client.simple_query(WRITER_CHECK))
+                    .await
+                    .map_err(|_| {
+                        Error::connect(format!("{context} took longer than connect_timeout"))
+                    })?
+                    .map_err(|err| from_pg(err, &context))?;
+            let read_only = rows.iter().any(|m| {
+                matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))
+            });
+            if read_only {
+                return Err(Error::connect(format!(
+                    "{}:{} is read-only: it is no longer the writer",
+                    self.target.host, self.target.port
+                )));
+            }
+        }
+        Ok(client)
     }
 
     async fn recycle(&self, client: &mut ClientWrapper, metrics: &Metrics) -> RecycleResult<Error> {

@@ -189,12 +189,18 @@ impl AuroraPool {
             + Send,
         T: Send,
     {
-        let mut attempt = DeadpoolAttempt { pool: self, work };
+        let mut attempt = DeadpoolAttempt {
+            pool: self,
+            role,
+            work,
+        };
         self.core.retry(policy, role, kind, &mut attempt).await
     }
 
     /// Wraps an error from a query on one of this pool's connections; a failover-class error
-    /// ([`Error::is_failover`]) makes the monitor re-read the topology at once.
+    /// ([`Error::is_failover`]) makes the monitor re-read the topology at once. A read-only
+    /// refusal (`25006`) makes it re-check the writer but stays the driver's error, as in
+    /// the sqlx flavour.
     pub fn classify(&self, err: tokio_postgres::Error) -> Error {
         self.core.classify(error::from_pg(err, "the statement"))
     }
@@ -233,6 +239,7 @@ impl AuroraPool {
 /// One attempt of the caller's work on a deadpool connection.
 struct DeadpoolAttempt<'p, F> {
     pool: &'p AuroraPool,
+    role: Role,
     work: &'p mut F,
 }
 
@@ -246,9 +253,12 @@ where
         T: 'a,
     {
         Box::pin(async move {
-            (self.work)(client)
-                .await
-                .map_err(|err| self.pool.classify(err))
+            let role = self.role;
+            (self.work)(client).await.map_err(|err| {
+                self.pool
+                    .core
+                    .classify_for(role, error::from_pg(err, "the statement"))
+            })
         })
     }
 }

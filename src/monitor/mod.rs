@@ -14,9 +14,9 @@ mod probe;
 mod run;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -61,6 +61,12 @@ impl MonitorSettings {
     }
 }
 
+/// The pause before restarting a background task that panicked for the `restarts`-th time:
+/// 100 ms doubling, at most 10 s.
+pub(crate) fn restart_pause(restarts: u32) -> Duration {
+    run::backoff(restarts)
+}
+
 /// How long the monitor keeps the high refresh rate after finding a new writer.
 const HIGH_RATE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -77,6 +83,9 @@ struct MonitorState {
     failing_over_now: AtomicBool,
     registrations: Mutex<Vec<Weak<Registration>>>,
     refresh_now: Notify,
+    /// When a forced refresh was last let through, in ms since `started` (+1, 0 = never).
+    last_forced_refresh: AtomicU64,
+    started: Instant,
     settings: MonitorSettings,
 }
 
@@ -165,9 +174,27 @@ impl ClusterHandle {
     }
 
     /// Asks the monitor to read the topology now instead of at its next tick. Requests
-    /// coalesce: many callers cause one read.
+    /// coalesce (many callers cause one read) and are rate-limited to one per
+    /// `cluster_topology_high_refresh_rate_ms`: a storm of failing queries must not become a
+    /// storm of catalog reads.
     pub(crate) fn request_refresh(&self) {
-        self.state.refresh_now.notify_one();
+        let state = &self.state;
+        let now = u64::try_from(state.started.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let min_gap =
+            u64::try_from(state.settings.high_refresh_rate.as_millis()).unwrap_or(u64::MAX);
+        let last = state.last_forced_refresh.load(Ordering::Relaxed);
+        if last != 0 && now.saturating_sub(last) < min_gap {
+            return;
+        }
+        if state
+            .last_forced_refresh
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+        {
+            state.refresh_now.notify_one();
+        }
     }
 }
 
@@ -245,6 +272,8 @@ pub(crate) fn join(
             failing_over_now: AtomicBool::new(false),
             registrations: Mutex::new(vec![Arc::downgrade(registration)]),
             refresh_now: Notify::new(),
+            last_forced_refresh: AtomicU64::new(0),
+            started: Instant::now(),
             settings,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -45,6 +45,9 @@ pub(super) enum ProbeOutcome {
     Unreachable { definitive: bool, error: String },
     /// The instance answered but refused the login: a credentials problem, not a dead host.
     LoginRejected { error: String },
+    /// The instance answered but would not start a session now (53300 too many connections,
+    /// 57P03 starting up, a broken-off TLS handshake): alive, busy.
+    Busy { error: String },
 }
 
 /// What a probe task does next.
@@ -74,14 +77,33 @@ impl ProbePlan {
     }
 }
 
-/// Bound on one probe: half the interval, at least one second, at most the connect timeout.
-fn probe_timeout(interval: Duration, connect_timeout: Duration) -> Duration {
-    (interval / 2)
-        .max(Duration::from_secs(1))
-        .min(connect_timeout.max(Duration::from_secs(1)))
+/// Bound on one probe: twice the interval, at least half a second, at most the connect
+/// timeout. A silent instance is declared dead `failure_detection_count` timeouts after its
+/// last answer (the probes after a timeout run at once).
+pub(crate) fn probe_timeout(interval: Duration, connect_timeout: Duration) -> Duration {
+    (interval * 2)
+        .max(MIN_PROBE_TIMEOUT)
+        .min(connect_timeout.max(MIN_PROBE_TIMEOUT))
+}
+
+/// No probe is given less than this to answer: a fresh connection needs a TCP, TLS and
+/// SCRAM exchange, and a loaded but healthy instance must not be declared dead.
+const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+/// Each pause between probes is the interval stretched or shrunk by up to this fraction, and
+/// a probe task starts at a random point of its first interval, so that many processes do
+/// not probe an instance in lockstep.
+const JITTER: f64 = 0.1;
+
+fn jittered(interval: Duration) -> Duration {
+    interval.mul_f64(1.0 - JITTER + 2.0 * JITTER * fastrand::f64())
 }
 
 /// Probes `instance` at `address` until the plan channel closes (the monitor stopped).
+///
+/// Between probes it watches its connection: when the server ends it (a crash sends RST or
+/// FIN), it probes at once instead of at the next interval. A probe that timed out is
+/// followed at once by another on a new connection.
 pub(super) async fn run(
     state: Arc<MonitorState>,
     instance: String,
@@ -91,6 +113,15 @@ pub(super) async fn run(
 ) {
     let started = Instant::now();
     let mut connection: Option<Box<dyn AdminConnection>> = None;
+    // A random start spreads the probes of many processes over the interval.
+    let first = plan.borrow().routine.map(|(interval, _)| interval);
+    if let Some(interval) = first.filter(|_| plan.borrow().fast.is_none()) {
+        let offset = interval.mul_f64(fastrand::f64());
+        tokio::select! {
+            _ = tokio::time::sleep(offset) => {}
+            _ = plan.changed() => {}
+        }
+    }
     loop {
         let step = plan.borrow_and_update().step(&instance, started.elapsed());
         let pause = match step {
@@ -99,6 +130,13 @@ pub(super) async fn run(
             Step::Probe(interval) => {
                 let timeout = probe_timeout(interval, state.settings.connect_timeout);
                 let outcome = probe_once(&state, &address, &mut connection, timeout).await;
+                let timed_out = matches!(
+                    outcome,
+                    ProbeOutcome::Unreachable {
+                        definitive: false,
+                        ..
+                    }
+                );
                 let report = ProbeReport {
                     instance: instance.clone(),
                     at: Instant::now(),
@@ -107,15 +145,37 @@ pub(super) async fn run(
                 if reports.send(report).await.is_err() {
                     break;
                 }
-                Some(interval)
+                // A silent instance gets its next probe at once: the verdict should not
+                // wait an interval more.
+                Some(if timed_out {
+                    Duration::ZERO
+                } else {
+                    jittered(interval)
+                })
+            }
+        };
+        let closed = async {
+            match connection.as_mut() {
+                Some(conn) => conn.closed().await,
+                None => std::future::pending().await,
             }
         };
         let changed = match pause {
             Some(pause) => tokio::select! {
                 _ = tokio::time::sleep(pause) => Ok(()),
+                _ = closed => {
+                    connection = None;
+                    Ok(())
+                }
                 changed = plan.changed() => changed,
             },
-            None => plan.changed().await,
+            None => tokio::select! {
+                changed = plan.changed() => changed,
+                _ = closed => {
+                    connection = None;
+                    Ok(())
+                }
+            },
         };
         if changed.is_err() {
             break;
@@ -179,6 +239,12 @@ async fn probe_once(
         Ok(Err(err)) if err.class() == ErrorClass::Login => {
             *connection = None;
             ProbeOutcome::LoginRejected {
+                error: err.to_string(),
+            }
+        }
+        Ok(Err(err)) if err.is_busy() => {
+            *connection = None;
+            ProbeOutcome::Busy {
                 error: err.to_string(),
             }
         }
@@ -256,15 +322,23 @@ mod tests {
     fn probe_timeouts_are_bounded() {
         assert_eq!(
             probe_timeout(Duration::from_millis(100), Duration::from_secs(10)),
-            Duration::from_secs(1)
+            Duration::from_millis(500)
         );
         assert_eq!(
-            probe_timeout(Duration::from_secs(5), Duration::from_secs(10)),
-            Duration::from_millis(2500)
+            probe_timeout(Duration::from_millis(500), Duration::from_secs(10)),
+            Duration::from_secs(1)
         );
         assert_eq!(
             probe_timeout(Duration::from_secs(60), Duration::from_secs(10)),
             Duration::from_secs(10)
         );
+    }
+
+    #[test]
+    fn jitter_stays_within_a_tenth() {
+        for _ in 0..1000 {
+            let pause = jittered(Duration::from_millis(1000));
+            assert!(pause >= Duration::from_millis(900) && pause <= Duration::from_millis(1100));
+        }
     }
 }

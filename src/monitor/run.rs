@@ -29,6 +29,10 @@ pub(super) async fn supervise(state: Arc<MonitorState>, mut shutdown: watch::Rec
             Ok(()) => break,
             Err(err) if err.is_panic() => {
                 restarts += 1;
+                // The panicked run may have been searching for a writer: checkouts must not
+                // wait on a search nobody runs. The new run starts a search of its own if
+                // the writer is still missing.
+                state.set_failing_over(false);
                 let delay = backoff(restarts);
                 tracing::error!(
                     target: "aurora_pool",
@@ -76,6 +80,8 @@ struct Monitoring {
 struct Health {
     /// When the current run of failed probes began.
     failing_since: Option<Instant>,
+    /// Failed probes in a row.
+    failures: u32,
     dead: bool,
     /// The role the last successful probe saw.
     writer: Option<bool>,
@@ -162,12 +168,31 @@ impl Monitor {
         } else {
             settings.refresh_rate
         };
+        let closed = async {
+            match self.monitoring.as_mut() {
+                Some(m) => m.connection.closed().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             _ = tokio::time::sleep_until((self.last_poll + delay).into()) => {}
             _ = self.state.refresh_now.notified() => {}
             Some(report) = self.reports.recv() => {
                 self.on_report(report);
                 return;
+            }
+            _ = closed => {
+                // The server ended the monitoring connection: a crash (RST or FIN) or a
+                // shutdown (57P01). Read the topology anew at once; the instance's probe,
+                // which watches its own connection, gives the verdict on the instance.
+                if let Some(m) = self.monitoring.take() {
+                    tracing::info!(
+                        target: "aurora_pool",
+                        cluster_id = %self.state.cluster_id,
+                        instance = %m.instance,
+                        "monitoring connection closed by the server"
+                    );
+                }
             }
         }
         self.poll().await;
@@ -179,7 +204,30 @@ impl Monitor {
         };
         let started = Instant::now();
         self.last_poll = started;
-        match self.read_topology(&registration).await {
+        // The read may take up to connect_timeout on a silent instance: the probes' reports
+        // are taken in meanwhile, so that a verdict on the writer never waits for it.
+        let mut monitoring = self.monitoring.take();
+        let state = self.state.clone();
+        let result = {
+            let read = read_topology(&state, &registration, &mut monitoring);
+            tokio::pin!(read);
+            loop {
+                tokio::select! {
+                    result = &mut read => break result,
+                    Some(report) = self.reports.recv() => self.on_report(report),
+                }
+            }
+        };
+        if self.panic_since.is_some() {
+            // A probe found the writer gone meanwhile: panic mode takes over, and what the
+            // old connection read is stale.
+            if let Some(old) = monitoring {
+                old.connection.close().await;
+            }
+            return;
+        }
+        self.monitoring = monitoring;
+        match result {
             Ok(topology) => {
                 self.failures = 0;
                 let writer = topology.writer().id().to_owned();
@@ -199,10 +247,10 @@ impl Monitor {
             Err(err) => {
                 self.failures += 1;
                 // A refused login is a credentials problem: the instances are fine, and a
-                // failover would not help.
+                // failover would not help. A busy instance is alive.
                 let lost =
                     err.class() == ErrorClass::Network || err.is_timeout() || err.is_topology();
-                if lost && err.class() != ErrorClass::Login {
+                if lost && err.class() != ErrorClass::Login && !err.is_busy() {
                     self.enter_panic(&format!("topology refresh failed: {err}"));
                 } else {
                     tracing::warn!(
@@ -213,39 +261,6 @@ impl Monitor {
                         "topology refresh failed"
                     );
                 }
-            }
-        }
-    }
-
-    /// Reads the topology on the monitoring connection, opening one (writer first) if needed.
-    async fn read_topology(&mut self, registration: &Registration) -> Result<Topology> {
-        if self.monitoring.is_none() {
-            self.monitoring = Some(connect_writer_first(&self.state, registration).await?);
-        }
-        let Some(monitoring) = self.monitoring.as_mut() else {
-            return Err(Error::topology("no monitoring connection"));
-        };
-        let limit = self.state.settings.connect_timeout;
-        match tokio::time::timeout(
-            limit,
-            query_topology(monitoring.connection.as_mut(), &registration.source),
-        )
-        .await
-        {
-            Ok(Ok(topology)) => Ok(topology),
-            Ok(Err(err)) => {
-                // A broken connection, or a server shutting it down (57P01-57P03).
-                if err.class() == ErrorClass::Network {
-                    self.monitoring = None;
-                }
-                Err(err)
-            }
-            Err(_) => {
-                // A connection that stopped answering is dropped, never reused.
-                self.monitoring = None;
-                Err(Error::timeout(format!(
-                    "the topology query took longer than {limit:?}"
-                )))
             }
         }
     }
@@ -281,6 +296,7 @@ impl Monitor {
         match report.outcome {
             ProbeOutcome::Reachable { writer } => {
                 health.failing_since = None;
+                health.failures = 0;
                 health.login_rejected = false;
                 health.writer = Some(writer);
                 if health.dead {
@@ -302,11 +318,25 @@ impl Monitor {
                     }
                 }
             }
+            ProbeOutcome::Busy { error } => {
+                // Alive: full, starting up, or mid-handshake. Never a reason to fail over;
+                // the role is unknown until it answers.
+                health.failing_since = None;
+                health.failures = 0;
+                tracing::debug!(
+                    target: "aurora_pool",
+                    cluster_id = %self.state.cluster_id,
+                    instance = %report.instance,
+                    error = %error,
+                    "instance busy"
+                );
+            }
             ProbeOutcome::LoginRejected { error } => {
                 // Alive, but the credentials are wrong (or rotating): not a reason to
                 // declare the instance dead, and no role is known.
                 health.writer = None;
                 health.failing_since = None;
+                health.failures = 0;
                 if !std::mem::replace(&mut health.login_rejected, true) {
                     tracing::error!(
                         target: "aurora_pool",
@@ -320,9 +350,10 @@ impl Monitor {
             ProbeOutcome::Unreachable { definitive, error } => {
                 health.writer = None;
                 let since = *health.failing_since.get_or_insert(report.at);
-                let limit = settings.failure_detection_interval
-                    * settings.failure_detection_count.saturating_sub(1);
-                if !health.dead && (definitive || report.at.duration_since(since) >= limit) {
+                health.failures = health.failures.saturating_add(1);
+                if !health.dead
+                    && (definitive || health.failures >= settings.failure_detection_count)
+                {
                     health.dead = true;
                     health_changed = true;
                     tracing::warn!(
@@ -539,6 +570,43 @@ impl Monitor {
         }
         if let Some(m) = self.monitoring.take() {
             let _ = tokio::time::timeout(Duration::from_secs(1), m.connection.close()).await;
+        }
+    }
+}
+
+/// Reads the topology on the monitoring connection, opening one (writer first) if needed.
+async fn read_topology(
+    state: &MonitorState,
+    registration: &Registration,
+    monitoring: &mut Option<Monitoring>,
+) -> Result<Topology> {
+    if monitoring.is_none() {
+        *monitoring = Some(connect_writer_first(state, registration).await?);
+    }
+    let Some(current) = monitoring.as_mut() else {
+        return Err(Error::topology("no monitoring connection"));
+    };
+    let limit = state.settings.connect_timeout;
+    match tokio::time::timeout(
+        limit,
+        query_topology(current.connection.as_mut(), &registration.source),
+    )
+    .await
+    {
+        Ok(Ok(topology)) => Ok(topology),
+        Ok(Err(err)) => {
+            // A broken connection, or a server shutting it down (57P01-57P03).
+            if err.class() == ErrorClass::Network {
+                *monitoring = None;
+            }
+            Err(err)
+        }
+        Err(_) => {
+            // A connection that stopped answering is dropped, never reused.
+            *monitoring = None;
+            Err(Error::timeout(format!(
+                "the topology query took longer than {limit:?}"
+            )))
         }
     }
 }

@@ -18,7 +18,7 @@ use super::status::{InstanceStatus, PoolStatus};
 use crate::auth::{CredentialProvider, Credentials, LoginFailure};
 use crate::config::{Config, PoolSizing};
 use crate::connector::{BoxFuture, Connector, Purpose};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
 use crate::retry::RetryPolicy;
 use crate::select::Selector;
@@ -53,6 +53,9 @@ pub(crate) trait Backend: Send + Sync + 'static {
 
     /// Closes a pool: idle connections at once, checked-out ones when they are returned.
     fn close(pool: Self::Pool) -> BoxFuture<'static, ()>;
+
+    /// Whether the pool was closed (by the core, or by a user holding a handed-out pool).
+    fn is_closed(pool: &Self::Pool) -> bool;
 
     /// Connections currently open, and how many of them are idle.
     fn size_and_idle(pool: &Self::Pool) -> (u32, u32);
@@ -90,10 +93,6 @@ pub(crate) trait Retried<C, T>: Send {
         T: 'a;
 }
 
-/// A checkout slower than this asks the monitor to re-read the topology: the instance may
-/// be gone while the driver keeps retrying its connect.
-const SLOW_CHECKOUT: Duration = Duration::from_secs(1);
-
 /// How a checkout that had to wait ended.
 enum Waited<C> {
     Done(Result<C>),
@@ -112,6 +111,10 @@ const PREFILL_JITTER: Duration = Duration::from_millis(100);
 
 /// Rounds of connects a new pool makes to fill up to its minimum.
 const PREFILL_ROUNDS: u32 = 6;
+
+/// How long the pool of a reader that is still up keeps serving the handles taken before
+/// the routing moved on (a promoted reader, a reader leaving the read scope).
+const RETIRED_READER_GRACE: Duration = Duration::from_secs(10);
 
 /// Pause between checkout attempts that failed for a failover-class reason.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -337,13 +340,33 @@ impl<B: Backend> PoolCore<B> {
             backend,
             cluster: ArcSwapOption::from(Some(cluster)),
             _registration: registration,
-            reconciler: tokio::spawn(reconcile_on_updates(weak.clone(), updates, scope.clone())),
+            reconciler: {
+                let (weak, scope) = (weak.clone(), scope.clone());
+                let mut first = Some(updates);
+                tokio::spawn(supervise(
+                    "reconciler",
+                    config.cluster_id.clone(),
+                    move || {
+                        // A restart subscribes anew and applies whatever it missed.
+                        let updates = first.take().or_else(|| {
+                            let core = weak.upgrade()?;
+                            let mut updates = core.cluster.load().as_ref()?.subscribe();
+                            updates.mark_changed();
+                            Some(updates)
+                        })?;
+                        Some(reconcile_on_updates(weak.clone(), updates, scope.clone()))
+                    },
+                ))
+            },
             scope,
-            renewer: tokio::spawn(if B::CREDENTIALS_PER_CONNECT {
-                Box::pin(async {}) as BoxFuture<'static, ()>
-            } else {
-                Box::pin(renew_credentials(weak.clone()))
-            }),
+            renewer: {
+                let weak = weak.clone();
+                tokio::spawn(supervise(
+                    "credential renewer",
+                    config.cluster_id.clone(),
+                    move || (!B::CREDENTIALS_PER_CONNECT).then(|| renew_credentials(weak.clone())),
+                ))
+            },
             provider,
             last_forced_renewal: std::sync::atomic::AtomicU64::new(0),
             started: Instant::now(),
@@ -417,6 +440,15 @@ impl<B: Backend> PoolCore<B> {
     /// connection is on.
     pub(crate) async fn checkout(&self, role: Role) -> Result<(B::Connection, Arc<Instance>)> {
         let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
+        self.checkout_until(role, deadline).await
+    }
+
+    /// [`checkout`](PoolCore::checkout) that gives up at `deadline`.
+    async fn checkout_until(
+        &self,
+        role: Role,
+        deadline: tokio::time::Instant,
+    ) -> Result<(B::Connection, Arc<Instance>)> {
         let mut routing = self.routing_version.subscribe();
         let mut last_error: Option<Error> = None;
         // Instances whose refused credentials were renewed once already: each instance pool
@@ -440,8 +472,12 @@ impl<B: Backend> PoolCore<B> {
             };
             routing.borrow_and_update();
             let Some(slot) = slot else {
-                // Wait for the routing (or the failover state) to change.
-                let mut failing_over = cluster.map(|c| c.failing_over());
+                // Wait for the routing (or, for a writer checkout, the failover state) to
+                // change. A reader checkout with no reader waits on the routing alone: the
+                // failover state may be settled already, and waiting on it would spin.
+                let mut failing_over = cluster
+                    .filter(|_| waiting_for_writer)
+                    .map(|c| c.failing_over());
                 let failover_ended = async {
                     match failing_over.as_mut() {
                         Some(f) => {
@@ -479,8 +515,17 @@ impl<B: Backend> PoolCore<B> {
             match outcome {
                 None => continue, // a new routing table: take the pool anew
                 Some(Ok(connection)) => return Ok((connection, slot.instance)),
-                // Retired by a routing change that may not have reached us yet.
-                Some(Err(err)) if err.is_closed() => last_error = Some(err),
+                // Retired by a routing change that may not have reached us yet, or closed by
+                // its user: a routing that still holds it gets a new pool for the instance.
+                Some(Err(err)) if err.is_closed() => {
+                    if !self.replace_closed_pool(&slot) {
+                        tokio::select! {
+                            _ = routing.changed() => {}
+                            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                        }
+                    }
+                    last_error = Some(err);
+                }
                 Some(Err(err))
                     if err.is_login_rejected()
                         && !B::CREDENTIALS_PER_CONNECT
@@ -492,7 +537,7 @@ impl<B: Backend> PoolCore<B> {
                     }
                     last_error = Some(err);
                 }
-                Some(Err(err)) if err.class().triggers_failover() => {
+                Some(Err(err)) if err.class().fails_over_for(role) && !err.is_busy() => {
                     self.request_refresh();
                     last_error = Some(err);
                     tokio::select! {
@@ -508,33 +553,85 @@ impl<B: Backend> PoolCore<B> {
         }
     }
 
-    /// Waits for a checkout that could not be served at once. A slow one asks the monitor to
-    /// re-read the topology (the instance may be gone while the driver keeps connecting).
+    /// Waits for a checkout that could not be served at once. A busy pool is no topology
+    /// signal: the probes watch the instance, so waiting here asks the monitor nothing.
     async fn wait_for(
         &self,
         mut acquire: std::pin::Pin<&mut BoxFuture<'static, Result<B::Connection>>>,
         routing: &mut watch::Receiver<u64>,
         deadline: tokio::time::Instant,
     ) -> Waited<B::Connection> {
-        // One timer: first the slow-checkout nudge, then the failover deadline.
-        let nudge_at = (tokio::time::Instant::now() + SLOW_CHECKOUT).min(deadline);
-        let timer = tokio::time::sleep_until(nudge_at);
-        tokio::pin!(timer);
-        let mut nudged = false;
-        loop {
-            tokio::select! {
-                result = &mut acquire => return Waited::Done(result),
-                _ = routing.changed() => return Waited::RoutingChanged,
-                _ = &mut timer => {
-                    if nudged || tokio::time::Instant::now() >= deadline {
-                        return Waited::TimedOut;
-                    }
-                    nudged = true;
-                    self.request_refresh();
-                    timer.as_mut().reset(deadline);
-                }
-            }
+        tokio::select! {
+            result = &mut acquire => Waited::Done(result),
+            _ = routing.changed() => Waited::RoutingChanged,
+            _ = tokio::time::sleep_until(deadline) => Waited::TimedOut,
         }
+    }
+
+    /// `slot`'s pool was found closed while the routing table still routes to it (its user
+    /// closed a handed-out pool): puts a new pool for the same instance in its place.
+    /// Returns whether it did; `false` when the routing moved on meanwhile.
+    fn replace_closed_pool(&self, slot: &Slot<B::Pool>) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let table = self.routing.load_full();
+        let still_routed = table
+            .slots()
+            .any(|s| Arc::ptr_eq(&s.instance, &slot.instance) && B::is_closed(&s.pool));
+        if !still_routed {
+            return false;
+        }
+        let sizing = match slot.instance.role() {
+            Role::Writer => self.config.writer,
+            Role::Reader => self.config.reader,
+        };
+        let pool = match self
+            .backend
+            .open(&slot.instance, sizing, &slot.login.current())
+        {
+            Ok(pool) => pool,
+            Err(err) => {
+                tracing::warn!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    instance = slot.instance.id(),
+                    error = %err,
+                    "a closed instance pool could not be replaced"
+                );
+                return false;
+            }
+        };
+        let replace = |s: &Slot<B::Pool>| {
+            if Arc::ptr_eq(&s.instance, &slot.instance) {
+                Slot {
+                    instance: s.instance.clone(),
+                    pool: pool.clone(),
+                    login: s.login.clone(),
+                }
+            } else {
+                s.clone()
+            }
+        };
+        let next = RoutingTable {
+            topology: table.topology.clone(),
+            writer: replace(&table.writer),
+            readers: table.readers.iter().map(replace).collect(),
+            reads_may_use_writer: table.reads_may_use_writer,
+        };
+        let swapped = self.routing.compare_and_swap(&table, Arc::new(next));
+        if !Arc::ptr_eq(&swapped, &table) {
+            // Another checkout replaced it first, or the routing changed.
+            tokio::spawn(B::close(pool));
+            return true;
+        }
+        tracing::warn!(
+            target: "aurora_pool",
+            cluster_id = %self.config.cluster_id,
+            instance = slot.instance.id(),
+            "an instance pool was closed by its user while still routed to; replaced it"
+        );
+        true
     }
 
     fn failover_failed(&self, role: Role, cause: Option<Error>) -> Error {
@@ -550,7 +647,8 @@ impl<B: Backend> PoolCore<B> {
 
     /// Runs `work` on a checkout for `role`, again on a fresh checkout when it fails because
     /// of a failover ([`Error::is_retryable`]) or its instance is declared lost while it runs,
-    /// within the policy's attempts and time limit.
+    /// within the policy's attempts and time limit. The time limit bounds the whole call,
+    /// checkouts included.
     pub(crate) async fn retry<T: Send>(
         &self,
         policy: RetryPolicy,
@@ -560,26 +658,47 @@ impl<B: Backend> PoolCore<B> {
     ) -> Result<T> {
         let started = Instant::now();
         let limit = policy.time_limit(self.config.failover_timeout);
+        let deadline = tokio::time::Instant::now() + limit;
+        let gave_up = |attempt: u32, cause: Option<Error>| {
+            let err = Error::failover_failed(format!(
+                "gave up after {attempt} attempts in {:?} (the retry policy's time limit, {limit:?})",
+                started.elapsed()
+            ));
+            match cause {
+                Some(cause) => err.with_source(cause),
+                None => err,
+            }
+        };
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (mut connection, instance) = self.checkout(role).await?;
+            let (mut connection, instance) = self.checkout_until(role, deadline).await?;
             let outcome = tokio::select! {
-                result = self.attempt(kind, &mut connection, work) => result,
+                result = self.attempt(role, kind, &mut connection, work) => Some(result),
                 _ = self.instance_lost(&instance, role) => {
                     let lost = Error::failover(format!(
                         "instance {} was declared unreachable (or lost its role) while the work was running",
                         instance.id()
                     ));
-                    Err(match kind {
+                    Some(Err(match kind {
                         Attempt::Plain => lost,
                         Attempt::Transaction => lost.in_transaction(),
-                    })
+                    }))
                 }
+                _ = tokio::time::sleep_until(deadline) => None,
             };
             let err = match outcome {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
+                Some(Ok(value)) => return Ok(value),
+                Some(Err(err)) => err,
+                None => {
+                    // Cut off mid-work: the connection's state is unknown.
+                    B::discard(connection);
+                    let cut = gave_up(attempt, None);
+                    return Err(match kind {
+                        Attempt::Plain => cut,
+                        Attempt::Transaction => cut.into_failover().in_transaction(),
+                    });
+                }
             };
             if !err.is_retryable() {
                 return Err(err);
@@ -589,12 +708,8 @@ impl<B: Backend> PoolCore<B> {
             if attempt >= policy.attempts() {
                 return Err(err);
             }
-            if started.elapsed() >= limit {
-                return Err(Error::failover_failed(format!(
-                    "gave up after {attempt} attempts in {:?} (failover_timeout)",
-                    started.elapsed()
-                ))
-                .with_source(err));
+            if tokio::time::Instant::now() >= deadline {
+                return Err(gave_up(attempt, Some(err)));
             }
             tracing::debug!(
                 target: "aurora_pool",
@@ -604,13 +719,14 @@ impl<B: Backend> PoolCore<B> {
                 error = %err,
                 "retrying after a failover"
             );
-            tokio::time::sleep(RetryPolicy::pause(attempt)).await;
+            tokio::time::sleep(RetryPolicy::pause(attempt).min(limit)).await;
         }
     }
 
     /// One attempt of `work`, in a transaction for [`Attempt::Transaction`].
     async fn attempt<T: Send>(
         &self,
+        role: Role,
         kind: Attempt,
         connection: &mut B::Connection,
         work: &mut impl Retried<B::Connection, T>,
@@ -620,7 +736,7 @@ impl<B: Backend> PoolCore<B> {
         }
         B::execute(connection, "BEGIN")
             .await
-            .map_err(|err| self.classify(err))?;
+            .map_err(|err| self.classify_for(role, err))?;
         let value = match work.attempt(connection).await {
             Ok(value) => value,
             Err(err) => {
@@ -639,14 +755,27 @@ impl<B: Backend> PoolCore<B> {
         };
         B::execute(connection, "COMMIT")
             .await
-            .map_err(|err| self.classify(err).in_transaction())?;
+            .map_err(|err| self.classify_for(role, err).in_transaction())?;
         Ok(value)
     }
 
-    /// An error seen on one of the pool's connections: a failover-class one makes the
-    /// monitor re-read the topology at once and becomes [`Error::is_failover`].
+    /// An error seen on a connection the caller took from a handed-out pool, whose role the
+    /// crate does not know: a lost connection makes the monitor re-read the topology at once
+    /// and becomes [`Error::is_failover`]. A read-only refusal (25006) also makes it re-check
+    /// the writer, but stays the driver's error: on a reader it is the caller's mistake.
     pub(crate) fn classify(&self, err: Error) -> Error {
-        if err.class().triggers_failover() {
+        if err.class() == ErrorClass::ReadOnly {
+            self.request_refresh();
+            return err;
+        }
+        self.classify_for(Role::Reader, err)
+    }
+
+    /// An error seen on a connection taken for `role`: a failover-class one (a lost
+    /// connection; a read-only refusal on the writer) makes the monitor re-read the topology
+    /// at once and becomes [`Error::is_failover`].
+    pub(crate) fn classify_for(&self, role: Role, err: Error) -> Error {
+        if err.class().fails_over_for(role) {
             self.request_refresh();
             return err.into_failover();
         }
@@ -700,7 +829,7 @@ impl<B: Backend> PoolCore<B> {
         let failure = LoginFailure::new(&target, &rejected, 1, Duration::ZERO);
         let renewed = tokio::time::timeout(
             self.config.connect_timeout,
-            self.provider.login_rejected(failure),
+            login::unwind_safe(self.provider.login_rejected(failure)),
         )
         .await;
         match renewed {
@@ -853,7 +982,17 @@ impl<B: Backend> PoolCore<B> {
             if gone {
                 B::abort(&pool);
             }
-            tokio::spawn(B::close(pool));
+            if !gone && instance.role() == Role::Reader {
+                // A reader promoted (or moved out of the read scope) still serves reads: the
+                // checkouts of a handed-out pool in flight finish there instead of failing
+                // with `PoolClosed`. A writer's pool closes at once: no write may reach it.
+                tokio::spawn(async move {
+                    tokio::time::sleep(RETIRED_READER_GRACE).await;
+                    B::close(pool).await;
+                });
+            } else {
+                tokio::spawn(B::close(pool));
+            }
         }
     }
 
@@ -883,6 +1022,44 @@ impl<B: Backend> Drop for PoolCore<B> {
     fn drop(&mut self) {
         self.reconciler.abort();
         self.renewer.abort();
+    }
+}
+
+/// Runs the task `start` makes, and a new one (after a pause) whenever it panics, until it
+/// ends by itself or `start` has nothing to run (the pool is gone). Aborting the supervisor
+/// aborts the task.
+async fn supervise<F, Fut>(task: &'static str, cluster_id: String, mut start: F)
+where
+    F: FnMut() -> Option<Fut>,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    /// Aborts the supervised task when the supervisor itself is aborted.
+    struct AbortOnDrop(tokio::task::AbortHandle);
+    impl Drop for AbortOnDrop {
+        fn drop(&mut self) {
+            self.0.abort();
+        }
+    }
+    let mut restarts: u32 = 0;
+    while let Some(future) = start() {
+        let running = tokio::spawn(future);
+        let _guard = AbortOnDrop(running.abort_handle());
+        match running.await {
+            Err(err) if err.is_panic() => {
+                restarts = restarts.saturating_add(1);
+                let pause = monitor::restart_pause(restarts);
+                tracing::error!(
+                    target: "aurora_pool",
+                    cluster_id = %cluster_id,
+                    task,
+                    restarts,
+                    pause_ms = pause.as_millis() as u64,
+                    "pool task panicked; restarting"
+                );
+                tokio::time::sleep(pause).await;
+            }
+            _ => return,
+        }
     }
 }
 

@@ -65,7 +65,10 @@ impl SlotLogin {
     /// refusal of cached credentials.
     pub(crate) fn store(&self, credentials: Credentials) {
         let renew_at = match credentials.lifetime() {
-            Some(lifetime) => millis_since_epoch(Instant::now() + lifetime.max(MIN_LIFETIME)),
+            // A provider may claim any lifetime; a day bounds it (and the sum below).
+            Some(lifetime) => millis_since_epoch(
+                Instant::now() + lifetime.clamp(MIN_LIFETIME, crate::config::MAX_DURATION),
+            ),
             None => NEVER,
         };
         self.current.store(Arc::new(credentials.from_cache(true)));
@@ -125,7 +128,7 @@ pub(crate) async fn fetch(
     target: &ConnectTarget,
     timeout: Duration,
 ) -> Result<Credentials> {
-    tokio::time::timeout(timeout, provider.credentials(target))
+    tokio::time::timeout(timeout, unwind_safe(provider.credentials(target)))
         .await
         .unwrap_or_else(|_| {
             Err(Error::credentials(format!(
@@ -174,4 +177,21 @@ pub(crate) async fn connect_with_login<'c, C>(
             None => return Err(err),
         }
     }
+}
+
+/// Runs a credential provider's future, turning a panic inside it into an error: a user's
+/// provider must not take down the task that asked it (the monitor, the renewer).
+pub(crate) async fn unwind_safe<T>(
+    future: impl std::future::Future<Output = Result<T>>,
+) -> Result<T> {
+    let mut future = std::pin::pin!(future);
+    std::future::poll_fn(|cx| {
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| future.as_mut().poll(cx))) {
+            Ok(poll) => poll,
+            Err(_) => {
+                std::task::Poll::Ready(Err(Error::credentials("the credential provider panicked")))
+            }
+        }
+    })
+    .await
 }

@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgSslMode};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, ValueRef};
 
 use super::core::{Attempt, Backend, PoolCore, Retried};
@@ -210,15 +210,22 @@ impl AuroraPool {
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
         T: Send,
     {
-        let mut attempt = SqlxAttempt { pool: self, work };
+        let mut attempt = SqlxAttempt {
+            pool: self,
+            role,
+            work,
+        };
         self.core.retry(policy, role, kind, &mut attempt).await
     }
 
     /// Wraps an error from a query run on one of this pool's connections, and reacts to it:
-    /// a lost connection, a server shutting down, a write refused as read-only (`25006`),
-    /// or a checkout from a pool retired by a writer change is a failover
-    /// ([`Error::is_failover`]) and makes the monitor re-read the topology at once. Any
-    /// other error keeps its kind; the SQLSTATE and the sqlx error (as `source()`) are kept.
+    /// a lost connection, a server shutting down, or a checkout from a pool retired by a
+    /// writer change is a failover ([`Error::is_failover`]) and makes the monitor re-read
+    /// the topology at once. A write refused as read-only (`25006`) makes the monitor
+    /// re-check the writer too, but is returned as the driver's error: this call cannot
+    /// tell a demoted writer from a write sent to a reader (the retry helpers, which know
+    /// the role, retry it on the writer). Any other error keeps its kind; the SQLSTATE and
+    /// the sqlx error (as `source()`) are kept.
     ///
     /// ```no_run
     /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
@@ -235,6 +242,11 @@ impl AuroraPool {
     /// # Ok(()) }
     /// ```
     pub fn classify(&self, err: sqlx::Error) -> Error {
+        self.classify_as(None, err)
+    }
+
+    /// [`classify`](AuroraPool::classify) for a connection taken for `role`, when known.
+    fn classify_as(&self, role: Option<Role>, err: sqlx::Error) -> Error {
         let retired_pool = matches!(err, sqlx::Error::PoolClosed) && !self.is_closed();
         let err = from_sqlx(err, "the statement");
         if err.is_login_rejected() {
@@ -244,7 +256,10 @@ impl AuroraPool {
             self.core.request_refresh();
             return err.into_failover();
         }
-        self.core.classify(err)
+        match role {
+            Some(role) => self.core.classify_for(role, err),
+            None => self.core.classify(err),
+        }
     }
 
     /// Cluster events (writer changes, instances down and up, new topologies) from the
@@ -333,10 +348,10 @@ pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
         sqlx::Error::Database(_) => Error::driver(format!("{context} failed")),
         sqlx::Error::PoolTimedOut => Error::timeout(format!("{context} timed out")),
         sqlx::Error::PoolClosed => Error::closed(),
-        sqlx::Error::Io(_)
-        | sqlx::Error::Tls(_)
-        | sqlx::Error::Protocol(_)
-        | sqlx::Error::WorkerCrashed => Error::connect(format!("{context} failed")),
+        sqlx::Error::Tls(_) => Error::connect(format!("{context} failed")).handshake_failed(),
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
+            Error::connect(format!("{context} failed"))
+        }
         _ => Error::driver(format!("{context} failed")),
     };
     wrapped.with_sqlstate(sqlstate).with_source(err)
@@ -365,13 +380,32 @@ impl Backend for SqlxBackend {
         sizing: PoolSizing,
         credentials: &Credentials,
     ) -> Result<PgPool> {
-        Ok(PgPoolOptions::new()
+        let options = PgPoolOptions::new()
             .max_connections(sizing.max_connections)
             .min_connections(sizing.min_connections)
             .acquire_timeout(self.acquire_timeout)
             .idle_timeout(self.idle_timeout)
-            .max_lifetime(self.max_lifetime)
-            .connect_lazy_with(options_for(&self.base, instance.address(), credentials)))
+            .max_lifetime(self.max_lifetime);
+        let options = match instance.role() {
+            // One round trip per new connection, none per checkout: a demoted writer's
+            // connection is refused (sqlx closes it and connects again, by then to the
+            // address the routing gave the pool) instead of letting writes fail with 25006.
+            Role::Writer => options.after_connect(|conn, _| {
+                Box::pin(async move {
+                    let row = sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()")
+                        .fetch_one(&mut *conn)
+                        .await?;
+                    if row.try_get::<bool, _>(0)? {
+                        return Err(sqlx::Error::Protocol(
+                            "the instance is read-only: it is no longer the writer".into(),
+                        ));
+                    }
+                    Ok(())
+                })
+            }),
+            Role::Reader => options,
+        };
+        Ok(options.connect_lazy_with(options_for(&self.base, instance.address(), credentials)))
     }
 
     fn set_credentials(&self, pool: &PgPool, instance: &Instance, credentials: &Credentials) {
@@ -380,6 +414,10 @@ impl Backend for SqlxBackend {
 
     fn close(pool: PgPool) -> BoxFuture<'static, ()> {
         Box::pin(async move { pool.close().await })
+    }
+
+    fn is_closed(pool: &PgPool) -> bool {
+        pool.is_closed()
     }
 
     fn size_and_idle(pool: &PgPool) -> (u32, u32) {
@@ -421,6 +459,7 @@ impl Backend for SqlxBackend {
 /// One attempt of the caller's work on a sqlx connection.
 struct SqlxAttempt<'p, F> {
     pool: &'p AuroraPool,
+    role: Role,
     work: &'p mut F,
 }
 
@@ -434,9 +473,10 @@ where
         T: 'a,
     {
         Box::pin(async move {
+            let role = self.role;
             (self.work)(conn)
                 .await
-                .map_err(|err| self.pool.classify(err))
+                .map_err(|err| self.pool.classify_as(Some(role), err))
         })
     }
 }
@@ -467,14 +507,17 @@ impl Connector for SqlxConnector {
                     .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
                 let (address, timeout) = (address.clone(), self.connect_timeout);
                 Box::pin(async move {
-                    match tokio::time::timeout(timeout, PgConnection::connect_with(&options)).await
-                    {
-                        Ok(Ok(conn)) => Ok(Box::new(SqlxAdmin(conn)) as Box<dyn AdminConnection>),
-                        Ok(Err(err)) => {
-                            Err(Error::connect(format!("connecting to {address} failed"))
-                                .with_sqlstate(sqlstate_of(&err))
-                                .with_source(err))
-                        }
+                    let connect = async {
+                        // A plain connect first: it reports a refused connection at once,
+                        // where a pool's connect retries it until its timeout, and a dead
+                        // instance must be told from a slow one.
+                        let probe = PgConnection::connect_with(&options).await?;
+                        let _ = probe.close().await;
+                        SqlxAdmin::watched(options, timeout).await
+                    };
+                    match tokio::time::timeout(timeout, connect).await {
+                        Ok(Ok(conn)) => Ok(Box::new(conn) as Box<dyn AdminConnection>),
+                        Ok(Err(err)) => Err(admin_connect_error(&address, err)),
                         Err(_) => Err(Error::timeout(format!(
                             "connecting to {address} took longer than connect_timeout ({timeout:?})"
                         ))),
@@ -492,13 +535,63 @@ impl Connector for SqlxConnector {
     }
 }
 
-struct SqlxAdmin(PgConnection);
+/// A failed connect of the crate's own: the server's refusal keeps its SQLSTATE, a broken-off
+/// TLS handshake marks the instance busy rather than gone.
+fn admin_connect_error(address: &HostPort, err: sqlx::Error) -> Error {
+    let handshake = matches!(err, sqlx::Error::Tls(_));
+    let wrapped = Error::connect(format!("connecting to {address} failed"))
+        .with_sqlstate(sqlstate_of(&err))
+        .with_source(err);
+    if handshake {
+        wrapped.handshake_failed()
+    } else {
+        wrapped
+    }
+}
+
+/// The crate's own connection. It is a `PgListener` (over a pool of one connection that
+/// never reconnects by itself) because that is the one sqlx API that reads the socket of
+/// an idle connection: its `try_recv` returns the moment the server goes away, which is
+/// how a crashed instance is seen at once.
+struct SqlxAdmin {
+    listener: PgListener,
+    pool: PgPool,
+}
+
+impl SqlxAdmin {
+    async fn watched(options: PgConnectOptions, timeout: Duration) -> sqlx::Result<SqlxAdmin> {
+        let pool = PgPoolOptions::new()
+            .max_connections(1)
+            .min_connections(0)
+            .acquire_timeout(timeout)
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_lazy_with(options);
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.ignore_pool_close_event(true);
+        listener.eager_reconnect(false);
+        Ok(SqlxAdmin { listener, pool })
+    }
+}
 
 impl AdminConnection for SqlxAdmin {
+    fn closed(&mut self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                match self.listener.try_recv().await {
+                    // No channel is listened to; nothing else arrives on an idle connection.
+                    Ok(Some(_)) => continue,
+                    Ok(None) | Err(_) => return,
+                }
+            }
+        })
+    }
+
     fn query<'a>(&'a mut self, sql: &'a str) -> BoxFuture<'a, Result<Vec<TextRow>>> {
         Box::pin(async move {
             let rows = sqlx::raw_sql(AssertSqlSafe(sql))
-                .fetch_all(&mut self.0)
+                .fetch_all(&mut self.listener)
                 .await
                 .map_err(|err| from_sqlx(err, "topology query"))?;
             rows.iter()
@@ -523,7 +616,9 @@ impl AdminConnection for SqlxAdmin {
 
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
         Box::pin(async move {
-            let _ = self.0.close().await;
+            let SqlxAdmin { listener, pool } = *self;
+            drop(listener);
+            pool.close().await;
         })
     }
 }

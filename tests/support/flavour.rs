@@ -56,6 +56,15 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
         sql: &'static str,
     ) -> impl Future<Output = Result<String, String>> + Send;
     fn handle_is_closed(handle: &Self::Handle) -> bool;
+    /// Closes a handed-out pool, as its user may.
+    fn close_handle(handle: &Self::Handle) -> impl Future<Output = ()> + Send;
+    /// Runs `sql` with the retry helper `run_with` for `role` under `policy`.
+    fn run_with_policy(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
     /// Runs `sql` on a writer checkout.
     fn execute(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
     /// Runs `sql` with the retry helper `run` on the writer.
@@ -147,6 +156,20 @@ impl Flavour for aurora_pool::AuroraPool {
     }
     fn handle_is_closed(handle: &Self::Handle) -> bool {
         handle.is_closed()
+    }
+    async fn close_handle(handle: &Self::Handle) {
+        handle.close().await
+    }
+    async fn run_with_policy(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+    ) -> aurora_pool::Result<()> {
+        self.run_with(policy, role, move |conn| {
+            Box::pin(async move { sqlx::query(sql).execute(conn).await.map(|_| ()) })
+        })
+        .await
     }
     async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
         let mut conn = self.acquire(Role::Writer).await?;
@@ -268,6 +291,20 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
     }
     fn handle_is_closed(handle: &Self::Handle) -> bool {
         handle.is_closed()
+    }
+    async fn close_handle(handle: &Self::Handle) {
+        handle.close()
+    }
+    async fn run_with_policy(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+    ) -> aurora_pool::Result<()> {
+        self.run_with(policy, role, move |client| {
+            Box::pin(client.batch_execute(sql))
+        })
+        .await
     }
     async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
         let client = self.acquire(Role::Writer).await?;

@@ -1,0 +1,349 @@
+//! Failover with the DEFAULT settings, the way a new user runs the pool: a crashed writer, a
+//! silent (black-holed) writer, a saturated writer, writes sent to a reader, a handed-out
+//! pool closed by its user, the retry policy's time limit and a strict-reader wait.
+//!
+//! Every bound below is a liveness bound, far above the figures in BENCHMARKS.md: it fails
+//! when the pool does not move at all with the defaults (as it did with a 30 s poll and a
+//! 30 s probe grace period), not when it is a little slow on a loaded machine.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{RetryPolicy, Role};
+use support::flavour::{Flavour, connect, flavour_tests};
+use support::{eventually, unique_cluster_id};
+
+/// An INSERT that names the instance that took it.
+const WRITE: &str =
+    "INSERT INTO defaults_t VALUES (1) RETURNING pg_catalog.aurora_db_instance_identifier()";
+
+/// Starts a write through a fresh `writer()` handle every 20 ms, each in its own task (as
+/// concurrent requests of a service: one write hung on a dead socket does not hold up the
+/// next), until one lands on `target` or `limit` passes; returns how long after `from`
+/// that write landed.
+async fn first_write_on<F: Flavour>(
+    pool: &F,
+    target: &'static str,
+    from: Instant,
+    limit: Duration,
+) -> Option<Duration> {
+    let deadline = from + limit;
+    let (landed, mut first) = tokio::sync::mpsc::channel::<Duration>(1);
+    let mut writes = tokio::task::JoinSet::new();
+    while Instant::now() < deadline {
+        let handle = pool.handle(Role::Writer);
+        let landed = landed.clone();
+        writes.spawn(async move {
+            let write =
+                tokio::time::timeout(Duration::from_secs(5), F::handle_text(&handle, WRITE));
+            if let Ok(Ok(id)) = write.await
+                && id == target
+            {
+                let _ = landed.try_send(from.elapsed());
+            }
+        });
+        tokio::select! {
+            Some(after) = first.recv() => return Some(after),
+            _ = tokio::time::sleep(Duration::from_millis(20)) => {}
+        }
+    }
+    None
+}
+
+async fn writes_follow_a_crashed_writer_with_defaults<F: Flavour>(test: &str) {
+    let cluster = std::sync::Arc::new(LocalCluster::start(3).await.expect("cluster"));
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("CREATE TABLE defaults_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "defaults_t").await;
+    // Early in the pool's life, as the report that found the 30 s grace period did.
+    let crashed = Instant::now();
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let promoted = Instant::now();
+    let after = first_write_on(&pool, "instance-2", crashed, Duration::from_secs(15)).await;
+    assert!(
+        after.is_some(),
+        "no write reached the new writer within 15 s of the crash with default settings: {}",
+        pool.topology()
+    );
+    eprintln!(
+        "{test}: first write on the new writer {:?} after the crash (failover() returned after {:?})",
+        after.unwrap_or_default(),
+        promoted - crashed
+    );
+    // No write goes to the old writer once the pool moved: every later write lands on
+    // instance-2.
+    for _ in 0..20 {
+        let id = F::handle_text(&pool.handle(Role::Writer), WRITE)
+            .await
+            .expect("write after the failover");
+        assert_eq!(id, "instance-2");
+    }
+    pool.close().await;
+}
+
+async fn a_silent_writer_is_declared_dead_with_defaults<F: Flavour>(test: &str) {
+    support::trace();
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("SELECT 1").await.expect("writer");
+    assert!(cluster.blackhole("instance-1", true));
+    let silenced = Instant::now();
+    let declared = eventually(Duration::from_secs(10), || async {
+        pool.topology()
+            .instance("instance-1")
+            .is_some_and(|i| !i.is_available())
+    })
+    .await;
+    assert!(
+        declared,
+        "a black-holed writer was not declared unreachable within 10 s with default settings: {}",
+        pool.topology()
+    );
+    eprintln!(
+        "{test}: silent writer declared unreachable after {:?}",
+        silenced.elapsed()
+    );
+    cluster.blackhole("instance-1", false);
+    pool.close().await;
+}
+
+async fn writes_follow_a_black_holed_writer_with_defaults<F: Flavour>(test: &str) {
+    support::trace();
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("CREATE TABLE defaults_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "defaults_t").await;
+    assert!(cluster.blackhole("instance-1", true));
+    // The promotion right behind the silence; the old writer's crash is invisible behind
+    // the black hole.
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let promoted = Instant::now();
+    let after = first_write_on(&pool, "instance-2", promoted, Duration::from_secs(15)).await;
+    assert!(
+        after.is_some(),
+        "no write reached the new writer within 15 s of the promotion with default settings: {}",
+        pool.topology()
+    );
+    eprintln!(
+        "{test}: first write on the new writer {:?} after the promotion",
+        after.unwrap_or_default()
+    );
+    pool.close().await;
+}
+
+async fn a_saturated_writer_is_busy_not_dead<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    // A role the connection limit applies to (it does not apply to superusers).
+    let role = "busy_app";
+    let setup = format!(
+        "CREATE ROLE {role} LOGIN PASSWORD 'busy-secret'; \
+         CREATE TABLE busy_t (n int); GRANT ALL ON busy_t TO {role};"
+    );
+    cluster
+        .psql("instance-1", cluster.database(), &setup)
+        .await
+        .expect("setup");
+    support::replicated(&cluster, "busy_t").await;
+    let url = format!(
+        "postgres://{role}:busy-secret@{}/{}?instance_endpoints={}&cluster_id={}&writer_min_connections=2",
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id(test)
+    );
+    let pool = F::connect_with(aurora_pool::Config::from_url(&url).expect("config"))
+        .await
+        .expect("connect");
+    // Two pooled connections to the writer, held open by the pool.
+    let held = (
+        pool.hold(Role::Writer).await.expect("first"),
+        pool.hold(Role::Writer).await.expect("second"),
+    );
+    drop(held);
+    let own = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{role}' \
+         AND application_name NOT LIKE 'aurora-pool-%'"
+    );
+    let pooled: u32 = cluster
+        .psql("instance-1", "postgres", &own)
+        .await
+        .expect("count")
+        .trim()
+        .parse()
+        .expect("a count");
+    assert!(pooled >= 2, "{pooled} pooled connections");
+    // The role is full: every new connection is refused with 53300. Then the pool's own
+    // monitoring and probe connections are cut and must reconnect into the refusal.
+    let limit = format!("ALTER ROLE {role} CONNECTION LIMIT {pooled}");
+    cluster
+        .psql("instance-1", "postgres", &limit)
+        .await
+        .expect("limit");
+    let cut = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '{role}' \
+         AND application_name LIKE 'aurora-pool-%'"
+    );
+    cluster
+        .psql("instance-1", "postgres", &cut)
+        .await
+        .expect("cut");
+    let started = Instant::now();
+    let mut served = 0;
+    while started.elapsed() < Duration::from_secs(4) {
+        let written = tokio::time::timeout(
+            Duration::from_secs(3),
+            pool.execute("INSERT INTO busy_t VALUES (1)"),
+        )
+        .await;
+        match written {
+            Ok(Ok(())) => served += 1,
+            other => panic!(
+                "a checkout stalled or failed on a saturated but healthy writer after {served} writes: {other:?}; {}",
+                pool.topology()
+            ),
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        pool.topology()
+            .instance("instance-1")
+            .is_some_and(|i| i.is_available()),
+        "a full writer was declared unreachable: {}",
+        pool.topology()
+    );
+    assert_eq!(pool.topology().writer().id(), "instance-1");
+    eprintln!("{test}: {served} writes on a saturated writer");
+    pool.close().await;
+}
+
+async fn a_write_on_a_reader_is_the_callers_error<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(20),
+        pool.run_with_policy(
+            RetryPolicy::new(),
+            Role::Reader,
+            "CREATE TABLE on_reader (n int)",
+        ),
+    )
+    .await
+    .expect("a write on a reader is returned at once, not retried");
+    let err = outcome.expect_err("a reader refuses writes");
+    assert_eq!(err.sqlstate(), Some("25006"), "{err:?}");
+    assert!(
+        !err.is_failover() && !err.is_retryable(),
+        "a write on a reader is no failover: {err:?}"
+    );
+    assert!(err.is_driver(), "{err:?}");
+    assert_eq!(pool.topology().writer().id(), "instance-1");
+    pool.close().await;
+}
+
+async fn a_handed_out_pool_closed_by_its_user_is_replaced<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("SELECT 1").await.expect("writer");
+    let handle = pool.handle(Role::Writer);
+    F::close_handle(&handle).await;
+    assert!(F::handle_is_closed(&handle));
+    let served = tokio::time::timeout(Duration::from_secs(10), pool.execute("SELECT 1")).await;
+    assert!(
+        matches!(served, Ok(Ok(()))),
+        "checkouts after a user closed the writer's pool: {served:?}"
+    );
+    assert!(!F::handle_is_closed(&pool.handle(Role::Writer)));
+    pool.close().await;
+}
+
+async fn the_retry_time_limit_bounds_the_whole_call<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(
+        Duration::from_secs(4),
+        pool.run_with_policy(
+            RetryPolicy::new().timeout(Duration::from_secs(1)),
+            Role::Writer,
+            "SELECT pg_sleep(6)",
+        ),
+    )
+    .await
+    .expect("RetryPolicy::timeout(1 s) did not end a 6 s call within 4 s");
+    let err = outcome.expect_err("cut off by the time limit");
+    assert!(err.is_failover_failed(), "{err:?}");
+    eprintln!("{test}: cut off after {:?}", started.elapsed());
+    pool.close().await;
+}
+
+flavour_tests!(
+    writes_follow_a_crashed_writer_with_defaults,
+    a_silent_writer_is_declared_dead_with_defaults,
+    writes_follow_a_black_holed_writer_with_defaults,
+    a_saturated_writer_is_busy_not_dead,
+    a_write_on_a_reader_is_the_callers_error,
+    a_handed_out_pool_closed_by_its_user_is_replaced,
+    the_retry_time_limit_bounds_the_whole_call,
+);
+
+/// CPU time of the calling thread, from `/proc/thread-self/stat` (Linux).
+fn thread_cpu() -> Duration {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("thread stat");
+    // Fields after the command name (which may hold spaces): utime is the 12th, stime the
+    // 13th, in clock ticks (100 per second on Linux).
+    let after = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<u64> = after
+        .split_whitespace()
+        .map(|f| f.parse().unwrap_or(0))
+        .collect();
+    Duration::from_millis((fields[11] + fields[12]) * 10)
+}
+
+/// A strict-reader checkout with no reader waits for the routing without spinning: on a
+/// current-thread runtime every task of the pool runs on this thread, so its CPU time is
+/// the pool's.
+async fn a_reader_wait_does_not_spin<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    let pool = connect::<F>(
+        &cluster,
+        test,
+        "failover_mode=strict_reader&failover_timeout_ms=1500",
+    )
+    .await;
+    let (cpu, wall) = (thread_cpu(), Instant::now());
+    let err = pool
+        .instance_id(Role::Reader)
+        .await
+        .expect_err("no reader exists");
+    let (cpu, wall) = (thread_cpu() - cpu, wall.elapsed());
+    assert!(err.is_failover_failed() || err.is_no_reader(), "{err:?}");
+    assert!(
+        cpu < wall / 3,
+        "waiting {wall:?} for a reader burned {cpu:?} of CPU"
+    );
+    pool.close().await;
+}
+
+#[tokio::test]
+async fn sqlx_reader_wait_does_not_spin() {
+    a_reader_wait_does_not_spin::<aurora_pool::AuroraPool>("sqlx-reader-wait-spin").await;
+}
+
+#[cfg(feature = "deadpool")]
+#[tokio::test]
+async fn deadpool_reader_wait_does_not_spin() {
+    a_reader_wait_does_not_spin::<aurora_pool::deadpool::AuroraPool>("deadpool-reader-wait-spin")
+        .await;
+}
