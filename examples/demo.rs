@@ -1,7 +1,12 @@
 //! The demo: starts a local 3-instance Aurora-like cluster, routes writes and reads through
-//! `AuroraPool`, shows which instance served each, and prints the topology.
+//! `AuroraPool`, shows which instance served each, prints the topology, then crashes the
+//! writer and shows when writes resumed on the new one, with the default settings.
 //!
 //! Run it with `./scripts/demo.sh` (or `cargo run --example demo --features testing`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{AuroraPool, ReaderSelection};
@@ -79,7 +84,74 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
+    failover(&cluster, &pool).await?;
+
     pool.close().await;
     println!("\nDone; the local cluster is stopped and removed.");
+    Ok(())
+}
+
+/// Crashes the writer while a write goes out every 20 ms, as Aurora does in a failover
+/// (the writer dies, a replica is promoted), and prints when writes resumed.
+async fn failover(
+    cluster: &LocalCluster,
+    pool: &AuroraPool,
+) -> Result<(), Box<dyn std::error::Error>> {
+    println!(
+        "\nCrashing the writer (instance-1) and promoting instance-2, writing every 20 ms ..."
+    );
+    let origin = Instant::now();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (landed, mut first) = tokio::sync::mpsc::channel::<(Duration, String)>(64);
+    let writes = {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                // Each write in its own task, as concurrent requests of a service.
+                let (writer, landed) = (pool.writer(), landed.clone());
+                tokio::spawn(async move {
+                    let write = sqlx::query_scalar::<_, String>(
+                        "INSERT INTO orders (item) VALUES ('failover') RETURNING pg_catalog.aurora_db_instance_identifier()",
+                    )
+                    .fetch_one(&writer);
+                    if let Ok(Ok(served_by)) =
+                        tokio::time::timeout(Duration::from_secs(5), write).await
+                    {
+                        let _ = landed.try_send((origin.elapsed(), served_by));
+                    }
+                });
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let crashed = origin.elapsed();
+    cluster.failover("instance-2", None).await?;
+    let promoted = origin.elapsed();
+    let mut last_on_old = None;
+    let resumed = loop {
+        match tokio::time::timeout(Duration::from_secs(15), first.recv()).await {
+            Ok(Some((at, served_by))) if served_by == "instance-2" => break Some(at),
+            Ok(Some((at, _))) => last_on_old = Some(at),
+            _ => break None,
+        }
+    };
+    stop.store(true, Ordering::Relaxed);
+    writes.await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    if let Some(at) = last_on_old {
+        println!("  last write on instance-1        {:>7.0} ms", ms(at));
+    }
+    println!("  writer crashed                  {:>7.0} ms", ms(crashed));
+    println!("  instance-2 promoted (by)        {:>7.0} ms", ms(promoted));
+    match resumed {
+        Some(at) => println!(
+            "  first write on instance-2       {:>7.0} ms  ({:.0} ms after the crash, default settings)",
+            ms(at),
+            ms(at.saturating_sub(crashed))
+        ),
+        None => println!("  no write reached instance-2 within 15 s"),
+    }
+    println!("  topology now: {}", pool.topology());
     Ok(())
 }

@@ -1016,7 +1016,7 @@ mod tests {
                 c.failure_detection_interval,
                 c.failure_detection_count
             ),
-            (Duration::from_secs(30), Duration::from_secs(5), 3)
+            (Duration::ZERO, Duration::from_millis(500), 2)
         );
         let ro =
             Config::from_url("postgres://app@db.cluster-ro-abc123.us-east-1.rds.amazonaws.com/app")

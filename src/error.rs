@@ -299,10 +299,11 @@ impl Error {
         self.0.kind == Kind::FailoverFailed
     }
 
-    /// Whether retrying on a fresh checkout can succeed: a failover or an unknown
-    /// transaction state.
+    /// Whether running the statement again on a fresh checkout is safe and can succeed: a
+    /// failover that did not leave a transaction's outcome open. An unknown transaction
+    /// state is never retryable: the transaction may have committed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self.0.kind, Kind::Failover | Kind::TransactionStateUnknown)
+        self.0.kind == Kind::Failover
     }
 
     /// The class of the underlying driver failure, from the SQLSTATE when there is one.

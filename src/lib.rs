@@ -42,7 +42,7 @@ pub use error::{Error, ErrorClass, Result};
 pub use monitor::ClusterEvent;
 #[cfg(feature = "sqlx")]
 pub use pool::AuroraPool;
-pub use pool::{InstanceStatus, PoolStatus};
+pub use pool::{InstanceStatus, IsolationLevel, PoolStatus, TransactionOptions};
 pub use retry::RetryPolicy;
 pub use select::ReaderSelection;
 pub use topology::{Dialect, Instance, Role, Topology};

@@ -26,6 +26,23 @@ async fn malformed_urls_and_parameters_fail_before_connecting() {
         ),
         ("mysql://app@127.0.0.1/app", "url"),
         ("postgres:///app", "url"),
+        // Durations that would overflow a deadline are refused, naming the parameter.
+        (
+            "postgres://app@127.0.0.1:1/app?connect_timeout=18446744073709551615",
+            "connect_timeout",
+        ),
+        (
+            "postgres://app@127.0.0.1:1/app?failover_timeout_ms=18446744073709551615",
+            "failover_timeout_ms",
+        ),
+        (
+            "postgres://app@127.0.0.1:1/app?failure_detection_interval_ms=86400001",
+            "failure_detection_interval_ms",
+        ),
+        (
+            "postgres://app@127.0.0.1:1/app?max_lifetime_ms=18446744073709551615",
+            "max_lifetime_ms",
+        ),
     ];
     for (url, parameter) in cases {
         let err = AuroraPool::connect(url).await.expect_err(url);

@@ -288,7 +288,117 @@ async fn the_retry_time_limit_bounds_the_whole_call<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// What one write or read started at `at` came back with.
+type Outcome = (Instant, Result<String, String>);
+
+/// Runs `sql` through a fresh handle for `role` every 20 ms, each in its own task bounded
+/// by 5 s, until `stop` is set; returns every outcome.
+fn keep_running<F: Flavour>(
+    pool: &F,
+    role: Role,
+    sql: &'static str,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> tokio::task::JoinHandle<Vec<Outcome>> {
+    let pool = pool.clone();
+    tokio::spawn(async move {
+        let outcomes = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut tasks = tokio::task::JoinSet::new();
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let (handle, outcomes, at) = (pool.handle(role), outcomes.clone(), Instant::now());
+            tasks.spawn(async move {
+                let result = match tokio::time::timeout(
+                    Duration::from_secs(5),
+                    F::handle_text(&handle, sql),
+                )
+                .await
+                {
+                    Ok(result) => result,
+                    Err(_) => Err("no answer within 5 s".to_owned()),
+                };
+                outcomes.lock().expect("outcomes").push((at, result));
+            });
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        while tasks.join_next().await.is_some() {}
+        std::mem::take(&mut *outcomes.lock().expect("outcomes"))
+    })
+}
+
+async fn no_write_reaches_a_demoted_writer<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("CREATE TABLE defaults_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "defaults_t").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writes = keep_running(&pool, Role::Writer, WRITE, stop.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The old writer stops cleanly and comes back as a replica of the new one.
+    cluster.switchover("instance-2").await.expect("switchover");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = writes.await.expect("writes");
+    let recovered = outcomes
+        .iter()
+        .filter(|(_, r)| r.as_deref() == Ok("instance-2"))
+        .map(|(at, _)| *at)
+        .min()
+        .expect("writes reached the new writer");
+    let late: Vec<&Outcome> = outcomes.iter().filter(|(at, _)| *at > recovered).collect();
+    let wrong: Vec<&&Outcome> = late
+        .iter()
+        .filter(|(_, r)| match r {
+            Ok(id) => id != "instance-2",
+            Err(err) => err.contains("read-only"),
+        })
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} writes started after the first write on the new writer went to the old one or failed read-only: {wrong:?}",
+        wrong.len(),
+        late.len()
+    );
+    assert!(
+        late.len() > 50,
+        "{} writes after the switchover",
+        late.len()
+    );
+    pool.close().await;
+}
+
+async fn a_writer_failure_costs_reads_nothing<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reads = keep_running(
+        &pool,
+        Role::Reader,
+        support::flavour::INSTANCE_ID,
+        stop.clone(),
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(cluster.blackhole("instance-1", true));
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let outcomes = reads.await.expect("reads");
+    let failed: Vec<&Outcome> = outcomes.iter().filter(|(_, r)| r.is_err()).collect();
+    assert!(
+        failed.is_empty(),
+        "{} of {} reads failed across a writer failure: {failed:?}",
+        failed.len(),
+        outcomes.len()
+    );
+    pool.close().await;
+}
+
 flavour_tests!(
+    no_write_reaches_a_demoted_writer,
+    a_writer_failure_costs_reads_nothing,
     writes_follow_a_crashed_writer_with_defaults,
     a_silent_writer_is_declared_dead_with_defaults,
     writes_follow_a_black_holed_writer_with_defaults,

@@ -174,6 +174,14 @@ async fn a_wrong_token_is_a_login_error_not_an_endless_retry<F: Flavour>(test: &
         .expect("config");
     let pool = F::connect_with(config).await.expect("connect");
     pool.fresh_login(Role::Writer).await.expect("login");
+    // The pool's own probe has logged in (probes start at a random point of their first
+    // interval): only the checkout's refused login is counted below.
+    let probe = format!("aurora-pool-probe:{}", unique_cluster_id(test));
+    let probing = support::eventually(Duration::from_secs(10), || async {
+        support::connections_named(&cluster, "instance-1", &probe).await >= 1
+    })
+    .await;
+    assert!(probing, "the probe never logged in");
 
     // The database stops accepting the token (a revoked grant, a wrong policy).
     set_password(&cluster, "not-the-token").await;

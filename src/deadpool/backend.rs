@@ -204,12 +204,46 @@ impl Backend for DeadpoolBackend {
         drop(Object::take(connection));
     }
 
-    fn execute<'c>(connection: &'c mut Object, sql: &'static str) -> BoxFuture<'c, Result<()>> {
+    fn begin(connection: &mut Object, statement: String) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
             connection
-                .batch_execute(sql)
+                .batch_execute(&statement)
                 .await
-                .map_err(|err| from_pg(err, sql))
+                .map_err(|err| from_pg(err, "BEGIN"))
+        })
+    }
+
+    fn commit(connection: &mut Object) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            connection
+                .batch_execute("COMMIT")
+                .await
+                .map_err(|err| from_pg(err, "COMMIT"))
+        })
+    }
+
+    fn rollback(connection: &mut Object) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            connection
+                .batch_execute("ROLLBACK")
+                .await
+                .map_err(|err| from_pg(err, "ROLLBACK"))
+        })
+    }
+
+    fn query_value(connection: &mut Object, sql: String) -> BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(async move {
+            let messages = connection
+                .simple_query(&sql)
+                .await
+                .map_err(|err| from_pg(err, "a query of the pool's"))?;
+            Ok(messages
+                .into_iter()
+                .find_map(|message| match message {
+                    SimpleQueryMessage::Row(row) => Some(row.get(0).map(str::to_owned)),
+                    _ => None,
+                })
+                .flatten())
         })
     }
 

@@ -51,6 +51,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::monitor::ClusterEvent;
 use crate::pool::PoolStatus;
+use crate::pool::TransactionOptions;
 use crate::pool::core::{Attempt, PoolCore, Retried};
 use crate::pool::scope::ScopeSource;
 use crate::retry::RetryPolicy;
@@ -153,27 +154,41 @@ impl AuroraPool {
         self.retried(policy, role, Attempt::Plain, &mut work).await
     }
 
-    /// Runs `work` in a transaction on the writer, retrying the whole transaction after a
-    /// failover; as the sqlx flavour's `transaction` (a connection lost inside it is
-    /// [`Error::is_transaction_state_unknown`]).
+    /// Runs `work` in a transaction on the writer, as the sqlx flavour's
+    /// [`transaction`](crate::AuroraPool::transaction): run again only when known not to have
+    /// committed (a `COMMIT` whose answer was lost is looked up with `txid_status`), the
+    /// caller's own error returned unchanged, and the connection closed if the future is
+    /// dropped inside the transaction. `work` gets the client, not a tokio-postgres
+    /// `Transaction`: a savepoint inside it is `SAVEPOINT` / `RELEASE SAVEPOINT` by hand.
     pub async fn transaction<T, F>(&self, work: F) -> Result<T>
     where
         F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
             + Send,
         T: Send,
     {
-        self.transaction_with(RetryPolicy::new(), work).await
+        self.transaction_with(TransactionOptions::new(), work).await
     }
 
-    /// [`transaction`](AuroraPool::transaction) with an explicit [`RetryPolicy`].
-    pub async fn transaction_with<T, F>(&self, policy: RetryPolicy, mut work: F) -> Result<T>
+    /// [`transaction`](AuroraPool::transaction) with a [`RetryPolicy`] or
+    /// [`TransactionOptions`].
+    pub async fn transaction_with<T, F>(
+        &self,
+        options: impl Into<TransactionOptions>,
+        mut work: F,
+    ) -> Result<T>
     where
         F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
             + Send,
         T: Send,
     {
-        self.retried(policy, Role::Writer, Attempt::Transaction, &mut work)
-            .await
+        let options = options.into();
+        self.retried(
+            options.retry_policy(),
+            Role::Writer,
+            Attempt::Transaction(options),
+            &mut work,
+        )
+        .await
     }
 
     /// The retry loop behind `run` and `transaction`.
@@ -191,7 +206,7 @@ impl AuroraPool {
     {
         let mut attempt = DeadpoolAttempt {
             pool: self,
-            role,
+            role: kind.classified_as(role),
             work,
         };
         self.core.retry(policy, role, kind, &mut attempt).await

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, PoisonError, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use tokio::task::JoinHandle;
 use super::login::{self, SlotLogin};
 use super::scope::{ReadScope, ScopeSource};
 use super::status::{InstanceStatus, PoolStatus};
+use super::transaction::{self, Phase, Status, TransactionOptions};
 use crate::auth::{CredentialProvider, Credentials, LoginFailure};
 use crate::config::{Config, PoolSizing};
 use crate::connector::{BoxFuture, Connector, Purpose};
@@ -70,11 +71,22 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// unknown).
     fn discard(connection: Self::Connection);
 
-    /// Runs one statement of the simple query protocol (`BEGIN`, `COMMIT`, `ROLLBACK`).
-    fn execute<'c>(
-        connection: &'c mut Self::Connection,
-        sql: &'static str,
-    ) -> BoxFuture<'c, Result<()>>;
+    /// Opens a transaction with `statement` (`BEGIN` and its options) the way the driver
+    /// tracks it: a nested begin inside the work then becomes a savepoint.
+    fn begin(connection: &mut Self::Connection, statement: String) -> BoxFuture<'_, Result<()>>;
+
+    /// Commits the transaction `begin` opened.
+    fn commit(connection: &mut Self::Connection) -> BoxFuture<'_, Result<()>>;
+
+    /// Rolls back the transaction `begin` opened.
+    fn rollback(connection: &mut Self::Connection) -> BoxFuture<'_, Result<()>>;
+
+    /// Runs one query of the simple protocol and returns the first column of its first row
+    /// as text (`None` for NULL or no row).
+    fn query_value(
+        connection: &mut Self::Connection,
+        sql: String,
+    ) -> BoxFuture<'_, Result<Option<String>>>;
 }
 
 /// What one attempt of retried work is.
@@ -83,7 +95,56 @@ pub(crate) enum Attempt {
     /// The work as it is.
     Plain,
     /// The work between `BEGIN` and `COMMIT`.
-    Transaction,
+    Transaction(TransactionOptions),
+}
+
+impl Attempt {
+    /// The role the work's errors are classified for: a `READ ONLY` transaction refuses
+    /// writes like a reader (25006 is then the caller's mistake, not a demoted writer).
+    pub(crate) fn classified_as(self, role: Role) -> Role {
+        match self {
+            Attempt::Transaction(options) if options.is_read_only() => Role::Reader,
+            _ => role,
+        }
+    }
+}
+
+/// A checked-out connection that is closed, not returned to its pool, unless the attempt
+/// that used it ended cleanly: dropping a retried call at any await (a client gone, a
+/// timeout) never hands the next borrower a connection inside a transaction or mid-query.
+struct Held<B: Backend> {
+    connection: Option<B::Connection>,
+}
+
+impl<B: Backend> Held<B> {
+    fn new(connection: B::Connection) -> Held<B> {
+        Held {
+            connection: Some(connection),
+        }
+    }
+
+    fn get(&mut self) -> Option<&mut B::Connection> {
+        self.connection.as_mut()
+    }
+
+    /// Returns the connection to its pool.
+    fn release(mut self) {
+        drop(self.connection.take());
+    }
+}
+
+impl<B: Backend> Drop for Held<B> {
+    fn drop(&mut self) {
+        if let Some(connection) = self.connection.take() {
+            B::discard(connection);
+        }
+    }
+}
+
+/// How one attempt ended, and whether its connection may go back to the pool.
+struct Ended<T> {
+    result: Result<T>,
+    reusable: bool,
 }
 
 /// One attempt of a caller's work on a checked-out connection, its errors classified.
@@ -115,6 +176,19 @@ const PREFILL_ROUNDS: u32 = 6;
 /// How long the pool of a reader that is still up keeps serving the handles taken before
 /// the routing moved on (a promoted reader, a reader leaving the read scope).
 const RETIRED_READER_GRACE: Duration = Duration::from_secs(10);
+
+/// Longest wait for a `ROLLBACK` after the work failed; a connection that does not roll
+/// back in time is closed instead.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(5);
+
+/// What became of a transaction whose COMMIT was lost.
+enum Resolved {
+    Committed,
+    /// Rolled back: the error says why it may run again.
+    Aborted(Error),
+    /// Not known: never run again.
+    Unknown(Error),
+}
 
 /// Pause between checkout attempts that failed for a failover-class reason.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -225,7 +299,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
             Ok(slots) => slots,
             Err(err) => {
                 for pool in opened {
-                    tokio::spawn(B::close(pool));
+                    tokio::spawn(close_bounded::<B>(pool));
                 }
                 return Err(err);
             }
@@ -622,7 +696,7 @@ impl<B: Backend> PoolCore<B> {
         let swapped = self.routing.compare_and_swap(&table, Arc::new(next));
         if !Arc::ptr_eq(&swapped, &table) {
             // Another checkout replaced it first, or the routing changed.
-            tokio::spawn(B::close(pool));
+            tokio::spawn(close_bounded::<B>(pool));
             return true;
         }
         tracing::warn!(
@@ -648,7 +722,8 @@ impl<B: Backend> PoolCore<B> {
     /// Runs `work` on a checkout for `role`, again on a fresh checkout when it fails because
     /// of a failover ([`Error::is_retryable`]) or its instance is declared lost while it runs,
     /// within the policy's attempts and time limit. The time limit bounds the whole call,
-    /// checkouts included.
+    /// checkouts included. A transaction is run again only when it is known not to have
+    /// committed.
     pub(crate) async fn retry<T: Send>(
         &self,
         policy: RetryPolicy,
@@ -656,6 +731,10 @@ impl<B: Backend> PoolCore<B> {
         kind: Attempt,
         work: &mut impl Retried<B::Connection, T>,
     ) -> Result<T> {
+        let policy = match kind {
+            Attempt::Plain => policy,
+            Attempt::Transaction(options) => options.retry_policy(),
+        };
         let started = Instant::now();
         let limit = policy.time_limit(self.config.failover_timeout);
         let deadline = tokio::time::Instant::now() + limit;
@@ -672,39 +751,81 @@ impl<B: Backend> PoolCore<B> {
         let mut attempt = 0u32;
         loop {
             attempt += 1;
-            let (mut connection, instance) = self.checkout_until(role, deadline).await?;
-            let outcome = tokio::select! {
-                result = self.attempt(role, kind, &mut connection, work) => Some(result),
-                _ = self.instance_lost(&instance, role) => {
-                    let lost = Error::failover(format!(
-                        "instance {} was declared unreachable (or lost its role) while the work was running",
-                        instance.id()
-                    ));
-                    Some(Err(match kind {
-                        Attempt::Plain => lost,
-                        Attempt::Transaction => lost.in_transaction(),
-                    }))
-                }
-                _ = tokio::time::sleep_until(deadline) => None,
+            let (connection, instance) = self.checkout_until(role, deadline).await?;
+            let mut held = Held::<B>::new(connection);
+            let phase = std::sync::Mutex::new(Phase::Work);
+            // The work's value once COMMIT is on its way: a lost COMMIT that turns out
+            // committed returns it.
+            let value = std::sync::Mutex::new(None);
+            let outcome = match held.get() {
+                Some(connection) => tokio::select! {
+                    ended = self.attempt(role, kind, connection, work, &phase, &value) => Some(ended),
+                    _ = self.instance_lost(&instance, role) => {
+                        Some(Ended {
+                            result: Err(Error::failover(format!(
+                                "instance {} was declared unreachable (or lost its role) while the work was running",
+                                instance.id()
+                            ))),
+                            reusable: false,
+                        })
+                    }
+                    _ = tokio::time::sleep_until(deadline) => None,
+                },
+                None => None,
             };
-            let err = match outcome {
-                Some(Ok(value)) => return Ok(value),
-                Some(Err(err)) => err,
-                None => {
-                    // Cut off mid-work: the connection's state is unknown.
-                    B::discard(connection);
-                    let cut = gave_up(attempt, None);
-                    return Err(match kind {
-                        Attempt::Plain => cut,
-                        Attempt::Transaction => cut.into_failover().in_transaction(),
-                    });
-                }
+            let phase = *phase.lock().unwrap_or_else(PoisonError::into_inner);
+            let committed_value = value.lock().unwrap_or_else(PoisonError::into_inner).take();
+            let Some(ended) = outcome else {
+                // Cut off by the time limit: its connection is closed (the server rolls back
+                // unless COMMIT was already sent).
+                drop(held);
+                let cut = gave_up(attempt, None);
+                return Err(match phase {
+                    Phase::Work => cut,
+                    Phase::Committing(None) => cut,
+                    Phase::Committing(Some(xid)) => transaction::unknown(
+                        xid,
+                        "the retry policy's time limit passed before it could be asked",
+                        Some(cut),
+                    ),
+                });
             };
-            if !err.is_retryable() {
+            if ended.reusable {
+                held.release();
+            } else {
+                drop(held);
+            }
+            let err = match ended.result {
+                Ok(value) => return Ok(value),
+                Err(err) => err,
+            };
+            let err = match phase {
+                // The connection went during COMMIT: find out what happened before anything
+                // is run again.
+                Phase::Committing(xid)
+                    if err.is_failover() || err.is_transaction_state_unknown() =>
+                {
+                    match self.resolve_commit(xid, deadline, err).await {
+                        Resolved::Committed => match committed_value {
+                            Some(value) => return Ok(value),
+                            None => {
+                                return Err(Error::failover(
+                                    "the transaction committed but its value was not kept",
+                                )
+                                .in_transaction());
+                            }
+                        },
+                        Resolved::Aborted(err) => err,
+                        Resolved::Unknown(err) => return Err(err),
+                    }
+                }
+                _ => err,
+            };
+            let conflict =
+                matches!(kind, Attempt::Transaction(options) if options.retries_conflict(&err));
+            if !err.is_retryable() && !conflict {
                 return Err(err);
             }
-            // Its state is unknown: never give it back to the pool.
-            B::discard(connection);
             if attempt >= policy.attempts() {
                 return Err(err);
             }
@@ -723,40 +844,176 @@ impl<B: Backend> PoolCore<B> {
         }
     }
 
-    /// One attempt of `work`, in a transaction for [`Attempt::Transaction`].
+    /// Finds out on the writer whether the transaction whose COMMIT was lost committed.
+    async fn resolve_commit(
+        &self,
+        xid: Option<u64>,
+        deadline: tokio::time::Instant,
+        lost: Error,
+    ) -> Resolved {
+        let Some(xid) = xid else {
+            // It wrote nothing: running it again changes nothing that was not changed.
+            return Resolved::Aborted(lost);
+        };
+        let mut last = lost;
+        loop {
+            if tokio::time::Instant::now() >= deadline {
+                return Resolved::Unknown(transaction::unknown(
+                    xid,
+                    "no writer answered within the retry policy's time limit",
+                    Some(last),
+                ));
+            }
+            let asked = async {
+                let (connection, _) = self.checkout_until(Role::Writer, deadline).await?;
+                let mut held = Held::<B>::new(connection);
+                let Some(connection) = held.get() else {
+                    return Err(Error::closed());
+                };
+                let status = B::query_value(connection, transaction::status_query(xid)).await;
+                if status.is_ok() {
+                    held.release();
+                }
+                status
+            };
+            let status = match asked.await {
+                Ok(status) => Status::parse(status.as_deref()),
+                Err(err) if err.is_failover() || err.is_connect() || err.is_timeout() => {
+                    last = err;
+                    tokio::time::sleep(RETRY_PAUSE).await;
+                    continue;
+                }
+                // 22023: "transaction ID is in the future": this writer never saw it.
+                Err(err) if err.sqlstate() == Some("22023") => Status::Unknown,
+                Err(err) => {
+                    return Resolved::Unknown(transaction::unknown(
+                        xid,
+                        "asking the writer failed",
+                        Some(err),
+                    ));
+                }
+            };
+            tracing::info!(
+                target: "aurora_pool",
+                cluster_id = %self.config.cluster_id,
+                xid,
+                status = ?status,
+                "outcome of a transaction whose COMMIT was lost"
+            );
+            match status {
+                Status::Committed => return Resolved::Committed,
+                Status::Aborted => {
+                    return Resolved::Aborted(
+                        Error::failover(format!(
+                            "the connection was lost during COMMIT of transaction {xid}, which the server rolled back"
+                        ))
+                        .with_source(last),
+                    );
+                }
+                Status::InProgress => tokio::time::sleep(transaction::IN_PROGRESS_PAUSE).await,
+                Status::Unknown => {
+                    return Resolved::Unknown(transaction::unknown(
+                        xid,
+                        "the writer does not know it (too old, or lost with the old writer)",
+                        Some(last),
+                    ));
+                }
+            }
+        }
+    }
+
+    /// One attempt of `work`, in a transaction for [`Attempt::Transaction`]. `phase` tells
+    /// whether COMMIT was sent, and `value` keeps the work's value once it was.
     async fn attempt<T: Send>(
         &self,
         role: Role,
         kind: Attempt,
         connection: &mut B::Connection,
         work: &mut impl Retried<B::Connection, T>,
-    ) -> Result<T> {
-        if kind == Attempt::Plain {
-            return work.attempt(connection).await;
+        phase: &std::sync::Mutex<Phase>,
+        value: &std::sync::Mutex<Option<T>>,
+    ) -> Ended<T> {
+        let options = match kind {
+            Attempt::Plain => {
+                let result = work.attempt(connection).await;
+                // A lost connection is closed; one the server answered with an error is fine.
+                let reusable = !result.as_ref().is_err_and(Error::is_failover);
+                return Ended { result, reusable };
+            }
+            Attempt::Transaction(options) => options,
+        };
+        let role = kind.classified_as(role);
+        if let Err(err) = B::begin(connection, options.begin_statement()).await {
+            return Ended {
+                result: Err(self.classify_for(role, err)),
+                reusable: false,
+            };
         }
-        B::execute(connection, "BEGIN")
-            .await
-            .map_err(|err| self.classify_for(role, err))?;
-        let value = match work.attempt(connection).await {
-            Ok(value) => value,
+        let done = match work.attempt(connection).await {
+            Ok(done) => done,
             Err(err) => {
-                if !err.is_retryable() {
-                    // A connection that cannot roll back is discarded by the caller.
-                    let rollback = B::execute(connection, "ROLLBACK");
-                    if !matches!(
-                        tokio::time::timeout(Duration::from_secs(5), rollback).await,
-                        Ok(Ok(()))
-                    ) {
-                        return Err(err.into_failover().in_transaction());
-                    }
+                // Lost before COMMIT was sent: the server rolls back; the connection goes.
+                if err.is_failover() {
+                    return Ended {
+                        result: Err(err),
+                        reusable: false,
+                    };
                 }
-                return Err(err.in_transaction());
+                // The caller's own error comes back unchanged, rolled back or not: a
+                // connection that cannot roll back is closed, which rolls back too.
+                let rollback = tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await;
+                return Ended {
+                    result: Err(err),
+                    reusable: matches!(rollback, Ok(Ok(()))),
+                };
             }
         };
-        B::execute(connection, "COMMIT")
-            .await
-            .map_err(|err| self.classify_for(role, err).in_transaction())?;
-        Ok(value)
+        let xid = match B::query_value(connection, transaction::TRANSACTION_ID.to_owned()).await {
+            Ok(text) => transaction::parse_xid(text.as_deref()),
+            Err(err) => Err(self.classify_for(role, err)),
+        };
+        let xid = match xid {
+            Ok(xid) => xid,
+            Err(err) => {
+                // Still before COMMIT: a lost connection rolled back; an error the server
+                // sent (an aborted transaction) is rolled back here.
+                let reusable = !err.is_failover()
+                    && matches!(
+                        tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await,
+                        Ok(Ok(()))
+                    );
+                return Ended {
+                    result: Err(err),
+                    reusable,
+                };
+            }
+        };
+        *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(xid);
+        *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(done);
+        match B::commit(connection).await {
+            Ok(()) => {
+                let done = value.lock().unwrap_or_else(PoisonError::into_inner).take();
+                match done {
+                    Some(done) => Ended {
+                        result: Ok(done),
+                        reusable: true,
+                    },
+                    None => Ended {
+                        result: Err(
+                            Error::failover("the committed value was taken").in_transaction()
+                        ),
+                        reusable: false,
+                    },
+                }
+            }
+            // A failed COMMIT the server answered (a serialization failure, a deferred
+            // constraint) rolled back; the driver's bookkeeping may not know, so the
+            // connection goes either way.
+            Err(err) => Ended {
+                result: Err(self.classify_for(role, err)),
+                reusable: false,
+            },
+        }
     }
 
     /// An error seen on a connection the caller took from a handed-out pool, whose role the
@@ -988,10 +1245,10 @@ impl<B: Backend> PoolCore<B> {
                 // with `PoolClosed`. A writer's pool closes at once: no write may reach it.
                 tokio::spawn(async move {
                     tokio::time::sleep(RETIRED_READER_GRACE).await;
-                    B::close(pool).await;
+                    close_bounded::<B>(pool).await;
                 });
             } else {
-                tokio::spawn(B::close(pool));
+                tokio::spawn(close_bounded::<B>(pool));
             }
         }
     }
@@ -1010,7 +1267,7 @@ impl<B: Backend> PoolCore<B> {
         let cluster_id = self.config.cluster_id.clone();
         async move {
             for slot in table.slots() {
-                B::close(slot.pool.clone()).await;
+                close_bounded::<B>(slot.pool.clone()).await;
             }
             drop(cluster);
             tracing::info!(target: "aurora_pool", cluster_id = %cluster_id, "pool closed");
@@ -1023,6 +1280,17 @@ impl<B: Backend> Drop for PoolCore<B> {
         self.reconciler.abort();
         self.renewer.abort();
     }
+}
+
+/// How long closing an instance pool waits for its checked-out connections. A connection
+/// stuck on a silent host (sqlx pings every connection it takes back, without a timeout)
+/// would otherwise hold `close` forever; past this the pool is closed to new checkouts and
+/// the stuck connection is left to the operating system's TCP timeouts.
+const CLOSE_WAIT: Duration = Duration::from_secs(5);
+
+/// Closes `pool`, waiting at most [`CLOSE_WAIT`] for its checked-out connections.
+async fn close_bounded<B: Backend>(pool: B::Pool) {
+    let _ = tokio::time::timeout(CLOSE_WAIT, B::close(pool)).await;
 }
 
 /// Runs the task `start` makes, and a new one (after a pause) whenever it panics, until it

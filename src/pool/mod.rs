@@ -6,7 +6,9 @@ pub(crate) mod scope;
 #[cfg(feature = "sqlx")]
 mod sqlx;
 mod status;
+pub(crate) mod transaction;
 
 #[cfg(feature = "sqlx")]
 pub use self::sqlx::AuroraPool;
 pub use status::{InstanceStatus, PoolStatus};
+pub use transaction::{IsolationLevel, TransactionOptions};

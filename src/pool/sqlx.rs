@@ -8,13 +8,19 @@ use std::time::Duration;
 use tokio::sync::broadcast;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgSslMode};
-use sqlx::{AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, ValueRef};
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgListener, PgPoolOptions, PgSslMode, PgTransactionManager,
+};
+use sqlx::{
+    AssertSqlSafe, ConnectOptions, Connection, PgPool, Postgres, Row, SqlSafeStr, ValueRef,
+};
+use sqlx_core::transaction::TransactionManager;
 
 use super::core::{Attempt, Backend, PoolCore, Retried};
 use super::login;
 use super::scope::ScopeSource;
 use super::status::PoolStatus;
+use super::transaction::TransactionOptions;
 use crate::auth::{self, ConnectTarget, CredentialProvider, Credentials};
 use crate::config::{Builder, Config, PoolSizing};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
@@ -172,30 +178,68 @@ impl AuroraPool {
         self.attempts(policy, role, Attempt::Plain, &mut work).await
     }
 
-    /// Runs `work` in a transaction on the writer (`BEGIN`, `work`, `COMMIT`), retrying the
-    /// whole transaction after a failover until `failover_timeout_ms`.
+    /// Runs `work` in a transaction on the writer (`BEGIN`, `work`, `COMMIT`), running it
+    /// again after a failover only when the transaction is known not to have committed.
     ///
-    /// A connection lost inside the transaction (or during `COMMIT`) is an
-    /// [`Error::is_transaction_state_unknown`] failure: the server rolled the transaction
-    /// back, or, if the loss hit the `COMMIT`, it may have committed. Retrying is only safe
-    /// for work that can be repeated; use [`RetryPolicy::no_retry`] to decide yourself. Any
-    /// other error from `work` rolls the transaction back and is returned at once.
+    /// - A connection lost before `COMMIT` was sent: the server rolled back, and the work runs
+    ///   again on the new writer (until `failover_timeout_ms`).
+    /// - A connection lost during `COMMIT`: the transaction's id, read just before the
+    ///   `COMMIT`, is looked up on the writer (`txid_status`). Committed: the call returns the
+    ///   work's value. Rolled back: the work runs again. Not knowable:
+    ///   [`Error::is_transaction_state_unknown`], never run again.
+    /// - Any other error from `work` rolls the transaction back and comes back unchanged
+    ///   (also when the `ROLLBACK` itself fails: the connection is then closed, which rolls
+    ///   back too).
+    ///
+    /// The transaction is sqlx's own: a `conn.begin()` inside `work` makes a savepoint. If
+    /// the returned future is dropped at any await (a client gone, a timeout), the
+    /// connection is closed, never returned to the pool inside the transaction.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
+    /// let moved: u64 = pool
+    ///     .transaction(|conn| {
+    ///         Box::pin(async move {
+    ///             sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+    ///                 .execute(&mut *conn)
+    ///                 .await?;
+    ///             let done = sqlx::query("UPDATE accounts SET balance = balance + 10 WHERE id = 2")
+    ///                 .execute(&mut *conn)
+    ///                 .await?;
+    ///             Ok(done.rows_affected())
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = moved; Ok(()) }
+    /// ```
     pub async fn transaction<T, F>(&self, work: F) -> Result<T>
     where
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
         T: Send,
     {
-        self.transaction_with(RetryPolicy::new(), work).await
+        self.transaction_with(TransactionOptions::new(), work).await
     }
 
-    /// [`transaction`](AuroraPool::transaction) with an explicit [`RetryPolicy`].
-    pub async fn transaction_with<T, F>(&self, policy: RetryPolicy, mut work: F) -> Result<T>
+    /// [`transaction`](AuroraPool::transaction) with a [`RetryPolicy`] or
+    /// [`TransactionOptions`] (isolation level, `READ ONLY`, retried serialization
+    /// failures).
+    pub async fn transaction_with<T, F>(
+        &self,
+        options: impl Into<TransactionOptions>,
+        mut work: F,
+    ) -> Result<T>
     where
         F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
         T: Send,
     {
-        self.attempts(policy, Role::Writer, Attempt::Transaction, &mut work)
-            .await
+        let options = options.into();
+        self.attempts(
+            options.retry_policy(),
+            Role::Writer,
+            Attempt::Transaction(options),
+            &mut work,
+        )
+        .await
     }
 
     /// The retry loop behind `run` and `transaction`.
@@ -212,7 +256,7 @@ impl AuroraPool {
     {
         let mut attempt = SqlxAttempt {
             pool: self,
-            role,
+            role: kind.classified_as(role),
             work,
         };
         self.core.retry(policy, role, kind, &mut attempt).await
@@ -433,16 +477,53 @@ impl Backend for SqlxBackend {
         drop(connection.detach());
     }
 
-    fn execute<'c>(
-        connection: &'c mut PoolConnection<Postgres>,
-        sql: &'static str,
-    ) -> BoxFuture<'c, Result<()>> {
+    fn begin(
+        connection: &mut PoolConnection<Postgres>,
+        statement: String,
+    ) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            sqlx::raw_sql(sql)
-                .execute(&mut **connection)
+            // sqlx's own bookkeeping: a `begin()` inside the work sees a transaction open and
+            // makes a savepoint, and its commit releases that savepoint.
+            PgTransactionManager::begin(
+                &mut **connection,
+                Some(AssertSqlSafe(statement).into_sql_str()),
+            )
+            .await
+            .map_err(|err| from_sqlx(err, "BEGIN"))
+        })
+    }
+
+    fn commit(connection: &mut PoolConnection<Postgres>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            PgTransactionManager::commit(&mut **connection)
                 .await
-                .map(|_| ())
-                .map_err(|err| from_sqlx(err, sql))
+                .map_err(|err| from_sqlx(err, "COMMIT"))
+        })
+    }
+
+    fn rollback(connection: &mut PoolConnection<Postgres>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            PgTransactionManager::rollback(&mut **connection)
+                .await
+                .map_err(|err| from_sqlx(err, "ROLLBACK"))
+        })
+    }
+
+    fn query_value(
+        connection: &mut PoolConnection<Postgres>,
+        sql: String,
+    ) -> BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(async move {
+            let row = sqlx::raw_sql(AssertSqlSafe(sql))
+                .fetch_optional(&mut **connection)
+                .await
+                .map_err(|err| from_sqlx(err, "a query of the pool's"))?;
+            match row {
+                Some(row) => row
+                    .try_get::<Option<String>, _>(0)
+                    .map_err(|err| from_sqlx(err, "reading a query's value")),
+                None => Ok(None),
+            }
         })
     }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 use super::Flavour;
 use super::error::{TestingError, join_error};
 use super::process::{PgEnv, kill_pid, log_tail, postmaster_pid, process_alive, run};
-use super::proxy::Proxies;
+use super::proxy::{CutAt, Proxies};
 use super::sql;
 
 const TARGET: &str = "aurora_pool::testing";
@@ -506,9 +506,25 @@ impl LocalCluster {
     ) -> Result<(), TestingError> {
         let to = to.to_owned();
         self.blocking("failover", move |inner| {
-            inner.failover(&to, rejoin_old_writer_after)
+            inner.failover(&to, rejoin_old_writer_after, "immediate")
         })
         .await
+    }
+
+    /// A planned switchover to the replica `to`: the writer is stopped cleanly
+    /// (`pg_ctl stop -m fast`: its sessions get 57P01), `to` is promoted as in
+    /// [`failover`](Self::failover), and the old writer is rebuilt as a
+    /// replica of `to` and started at once. Returns when the old writer
+    /// streams from the new one, up again with the reader role: a client that
+    /// kept writing to it would now get `25006`.
+    pub async fn switchover(&self, to: &str) -> Result<(), TestingError> {
+        let old = self.writer_id();
+        let to = to.to_owned();
+        self.blocking("switchover", move |inner| {
+            inner.failover(&to, Some(Duration::ZERO), "fast")
+        })
+        .await?;
+        self.wait_rejoined(&old).await
     }
 
     /// Waits until the rejoin of `id` scheduled by [`failover`](Self::failover)
@@ -546,6 +562,18 @@ impl LocalCluster {
             tracing::warn!(target: TARGET, instance = %id, "blackhole: unknown instance");
         }
         ok
+    }
+
+    /// Arms a one-shot fault on instance `id`'s endpoint: the next connection that sends
+    /// `statement` as a simple query (`"COMMIT"`, `"ROLLBACK"`) is cut, either before the
+    /// statement reaches the server ([`CutAt::Request`]: the server sees its client vanish)
+    /// or after the server answered it ([`CutAt::Reply`]: the answer is lost). Returns false
+    /// (and does nothing) for an unknown id.
+    pub fn cut_at(&self, id: &str, statement: &str, at: CutAt) -> bool {
+        tracing::info!(target: TARGET, instance = %id, statement, ?at, "arming a connection cut");
+        lock(&self.inner.proxies)
+            .as_ref()
+            .is_some_and(|p| p.cut_at(id, statement, at))
     }
 
     /// Aims the cluster endpoint at `id` for new connections (e.g. keep it on
@@ -1327,10 +1355,12 @@ impl Inner {
 
     // ---- failover ----------------------------------------------------
 
+    /// Promotes `to` after stopping the writer with `pg_ctl stop -m stop_mode`.
     fn failover(
         self: &Arc<Self>,
         to: &str,
         rejoin_after: Option<Duration>,
+        stop_mode: &str,
     ) -> Result<(), TestingError> {
         let started = Instant::now();
         let old_id = lock(&self.writer).clone();
@@ -1377,7 +1407,7 @@ impl Inner {
                 }
             }
         }
-        self.stop(old, "immediate")?;
+        self.stop(old, stop_mode)?;
 
         self.pg_ctl(new, &["-w", "-t", "30", "promote"])
             .map_err(|e| self.with_log(new, e.context(format!("promoting {}", new.id))))?;

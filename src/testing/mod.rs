@@ -49,6 +49,7 @@ mod sql;
 pub use cluster::{LocalCluster, LocalClusterBuilder};
 pub use error::TestingError;
 pub use moto::MotoServer;
+pub use proxy::CutAt;
 #[cfg(feature = "custom-endpoint")]
 pub use rds::{CustomEndpointKind, RdsStub, StubFailure};
 

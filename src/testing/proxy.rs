@@ -22,10 +22,47 @@ use tokio::sync::oneshot;
 
 use super::error::TestingError;
 
+/// Where a connection is cut when it sends an armed statement.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CutAt {
+    /// The statement never reaches the server: the proxy swallows it and closes both sides,
+    /// so the server sees its client vanish (and rolls back an open transaction).
+    Request,
+    /// The statement reaches the server and runs; its answer never reaches the client, whose
+    /// connection is closed once the server answered (a reply lost on the network).
+    Reply,
+}
+
+/// A one-shot fault: the next connection through the proxy that sends `statement` as a
+/// simple query is cut `at`.
+#[derive(Debug, Clone)]
+struct Cut {
+    message: Vec<u8>,
+    at: CutAt,
+}
+
+impl Cut {
+    fn new(statement: &str, at: CutAt) -> Cut {
+        // A simple Query message: 'Q', its length (itself included), the text, a NUL.
+        let len = u32::try_from(statement.len() + 5).unwrap_or(u32::MAX);
+        let mut message = vec![b'Q'];
+        message.extend_from_slice(&len.to_be_bytes());
+        message.extend_from_slice(statement.as_bytes());
+        message.push(0);
+        Cut { message, at }
+    }
+
+    fn matches(&self, chunk: &[u8]) -> bool {
+        chunk.windows(self.message.len()).any(|w| w == self.message)
+    }
+}
+
 /// Where one instance's proxy forwards to, and whether it is black-holed.
 #[derive(Debug)]
 struct Target {
     upstream: SocketAddr,
+    /// The armed fault, taken by the first connection that sends its statement.
+    cut: Mutex<Option<Cut>>,
     blackholed: AtomicBool,
     /// Bumped each time black-holing is switched on; connections remember the
     /// epoch they started in and stay dead once it changes.
@@ -76,6 +113,7 @@ impl Proxies {
                 .map_err(|e| TestingError::new(format!("proxy local_addr: {e}")))?;
             let target = Arc::new(Target {
                 upstream: *upstream,
+                cut: Mutex::new(None),
                 blackholed: AtomicBool::new(false),
                 epoch: AtomicU64::new(0),
             });
@@ -149,6 +187,16 @@ impl Proxies {
             t.epoch.fetch_add(1, Ordering::SeqCst);
         }
         t.blackholed.store(on, Ordering::SeqCst);
+        true
+    }
+
+    /// Arms a one-shot cut of the next connection to `id` that sends `statement`; false if
+    /// the id is unknown.
+    pub(crate) fn cut_at(&self, id: &str, statement: &str, at: CutAt) -> bool {
+        let Some(t) = self.targets.get(id) else {
+            return false;
+        };
+        *t.cut.lock().unwrap_or_else(|e| e.into_inner()) = Some(Cut::new(statement, at));
         true
     }
 
@@ -243,6 +291,9 @@ async fn serve(client: TcpStream, target: Arc<Target>) {
     let (mut cr, mut cw) = client.into_split();
     let (mut ur, mut uw) = upstream.into_split();
 
+    // Set when an armed `CutAt::Reply` statement went upstream: the server's next answer is
+    // dropped and the client's connection closed.
+    let (reply_cut, mut reply_cut_rx) = tokio::sync::watch::channel(false);
     let t = target.clone();
     let client_to_upstream = async move {
         let mut buf = vec![0u8; 16384];
@@ -252,6 +303,21 @@ async fn serve(client: TcpStream, target: Arc<Target>) {
                 Ok(n) => {
                     if t.is_dead(epoch) {
                         continue;
+                    }
+                    let cut = {
+                        let mut armed = t.cut.lock().unwrap_or_else(|e| e.into_inner());
+                        match armed.as_ref() {
+                            Some(cut) if cut.matches(&buf[..n]) => armed.take(),
+                            _ => None,
+                        }
+                    };
+                    match cut.map(|c| c.at) {
+                        // Swallowed: closing both sides ends the server's session.
+                        Some(CutAt::Request) => return,
+                        Some(CutAt::Reply) => {
+                            let _ = reply_cut.send(true);
+                        }
+                        None => {}
                     }
                     if uw.write_all(&buf[..n]).await.is_err() && !t.is_dead(epoch) {
                         return;
@@ -264,7 +330,17 @@ async fn serve(client: TcpStream, target: Arc<Target>) {
     let upstream_to_client = async move {
         let mut buf = vec![0u8; 16384];
         loop {
-            match ur.read(&mut buf).await {
+            let read = tokio::select! {
+                read = ur.read(&mut buf) => read,
+                _ = reply_cut_rx.changed() => continue,
+            };
+            if *reply_cut_rx.borrow() {
+                // The server answered the cut statement (the flag is set before it is
+                // forwarded): drop the answer and close the client's side only.
+                let _ = cw.shutdown().await;
+                return;
+            }
+            match read {
                 Ok(0) | Err(_) => {
                     if !t.is_dead(epoch) {
                         // Propagate the server's close.

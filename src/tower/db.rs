@@ -109,16 +109,23 @@ mod axum_impls {
     }
 
     /// Failover errors ([`is_failover`](crate::Error::is_failover),
-    /// [`is_transaction_state_unknown`](crate::Error::is_transaction_state_unknown),
     /// [`is_failover_failed`](crate::Error::is_failover_failed)) become `503` with
-    /// `Retry-After: 1` and the [`FailoverResponse`] marker; anything else a bare `500`
-    /// that reveals nothing about the database.
+    /// `Retry-After: 1` and the [`FailoverResponse`] marker: nothing was applied, sending the
+    /// request again is safe. An unknown transaction outcome
+    /// ([`is_transaction_state_unknown`](crate::Error::is_transaction_state_unknown)) is
+    /// not: it becomes `500` with a body that says the outcome is unknown, no
+    /// `Retry-After`, and no marker, so the layer never turns it into a `503` that invites a
+    /// client to apply the request twice. Anything else is a bare `500` that reveals nothing
+    /// about the database.
     impl IntoResponse for crate::Error {
         fn into_response(self) -> Response {
-            if self.is_failover()
-                || self.is_transaction_state_unknown()
-                || self.is_failover_failed()
-            {
+            if self.is_transaction_state_unknown() {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "outcome unknown: the database connection was lost while committing; the change may or may not have been applied, check before sending it again",
+                )
+                    .into_response()
+            } else if self.is_failover() || self.is_failover_failed() {
                 let mut response = (
                     StatusCode::SERVICE_UNAVAILABLE,
                     [(RETRY_AFTER, "1")],

@@ -75,6 +75,19 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
         role: Role,
         sql: &'static str,
     ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
+    /// Runs `sql` in one `transaction_with(options)`, counting the runs of the work.
+    fn transaction_counted(
+        &self,
+        options: aurora_pool::TransactionOptions,
+        sql: &'static str,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` in a `transaction`, then waits `wait` inside it.
+    fn transaction_then_wait(
+        &self,
+        sql: &'static str,
+        wait: std::time::Duration,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
     /// Runs `sql` twice in one `transaction`.
     fn transaction(
         &self,
@@ -185,6 +198,32 @@ impl Flavour for aurora_pool::AuroraPool {
     async fn run_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
         self.run(role, |conn| {
             Box::pin(async move { sqlx::query_scalar(sql).fetch_one(conn).await })
+        })
+        .await
+    }
+    async fn transaction_counted(
+        &self,
+        options: aurora_pool::TransactionOptions,
+        sql: &'static str,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> aurora_pool::Result<()> {
+        self.transaction_with(options, move |conn| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { sqlx::query(sql).execute(&mut *conn).await.map(|_| ()) })
+        })
+        .await
+    }
+    async fn transaction_then_wait(
+        &self,
+        sql: &'static str,
+        wait: std::time::Duration,
+    ) -> aurora_pool::Result<()> {
+        self.transaction(move |conn| {
+            Box::pin(async move {
+                sqlx::query(sql).execute(&mut *conn).await?;
+                tokio::time::sleep(wait).await;
+                Ok(())
+            })
         })
         .await
     }
@@ -320,6 +359,32 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
     async fn run_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
         self.run(role, |client| {
             Box::pin(async move { client.query_one(sql, &[]).await.map(|row| row.get(0)) })
+        })
+        .await
+    }
+    async fn transaction_counted(
+        &self,
+        options: aurora_pool::TransactionOptions,
+        sql: &'static str,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> aurora_pool::Result<()> {
+        self.transaction_with(options, move |client| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(client.batch_execute(sql))
+        })
+        .await
+    }
+    async fn transaction_then_wait(
+        &self,
+        sql: &'static str,
+        wait: std::time::Duration,
+    ) -> aurora_pool::Result<()> {
+        self.transaction(move |client| {
+            Box::pin(async move {
+                client.batch_execute(sql).await?;
+                tokio::time::sleep(wait).await;
+                Ok(())
+            })
         })
         .await
     }

@@ -1,0 +1,266 @@
+//! Transactions that never lie, against both flavours and a real server: a cancelled
+//! transaction leaves no open transaction in the pool, a COMMIT whose answer was lost is
+//! resolved (never run twice), a COMMIT that never arrived is run again once, the caller's
+//! error comes back unchanged even when the ROLLBACK fails, and a nested `begin()` is a
+//! savepoint.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aurora_pool::TransactionOptions;
+use aurora_pool::testing::{CutAt, LocalCluster};
+use support::eventually;
+use support::flavour::{Flavour, connect, flavour_tests};
+
+/// Rows of `table` with `note`, counted on the writer directly (not through the pool).
+async fn rows(cluster: &LocalCluster, table: &str, note: &str) -> u32 {
+    let sql = format!("SELECT count(*) FROM {table} WHERE note = '{note}'");
+    cluster
+        .psql(&cluster.writer_id(), cluster.database(), &sql)
+        .await
+        .expect("count")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+async fn table(cluster: &LocalCluster, name: &str) {
+    let sql =
+        format!("CREATE TABLE {name} (note text PRIMARY KEY); GRANT ALL ON {name} TO PUBLIC;");
+    cluster
+        .psql("instance-1", cluster.database(), &sql)
+        .await
+        .expect("create table");
+}
+
+async fn a_cancelled_transaction_leaves_nothing_open<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_cancel").await;
+    // One connection: the next borrower gets the cancelled transaction's connection if it
+    // went back to the pool.
+    let pool = connect::<F>(&cluster, test, "writer_max_connections=1").await;
+    let cancelled = tokio::time::timeout(
+        Duration::from_secs(1),
+        pool.transaction_then_wait(
+            "INSERT INTO tx_cancel VALUES ('cancelled')",
+            Duration::from_secs(30),
+        ),
+    )
+    .await;
+    assert!(cancelled.is_err(), "the transaction was not cancelled");
+    let idle_in_transaction = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}' AND state LIKE 'idle in transaction%'",
+        cluster.user()
+    );
+    let closed = eventually(Duration::from_secs(5), || async {
+        cluster
+            .psql("instance-1", "postgres", &idle_in_transaction)
+            .await
+            .expect("pg_stat_activity")
+            .trim()
+            == "0"
+    })
+    .await;
+    assert!(closed, "a session of the pool sits idle in transaction");
+    pool.execute("INSERT INTO tx_cancel VALUES ('next')")
+        .await
+        .expect("the next borrower's write");
+    // Ending every session would roll back a write that ran inside the abandoned transaction.
+    pool.close().await;
+    assert_eq!(
+        rows(&cluster, "tx_cancel", "next").await,
+        1,
+        "the acknowledged write is gone"
+    );
+    assert_eq!(rows(&cluster, "tx_cancel", "cancelled").await, 0);
+}
+
+async fn a_commit_whose_answer_was_lost_is_not_run_twice<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    table(&cluster, "tx_lost_reply").await;
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    // The server commits; its answer never reaches the pool.
+    assert!(cluster.cut_at("instance-1", "COMMIT", CutAt::Reply));
+    pool.transaction_counted(
+        TransactionOptions::new(),
+        "INSERT INTO tx_lost_reply VALUES ('once')",
+        runs.clone(),
+    )
+    .await
+    .expect("a commit that happened is a success");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran again");
+    assert_eq!(rows(&cluster, "tx_lost_reply", "once").await, 1);
+    pool.close().await;
+}
+
+async fn a_commit_that_never_arrived_runs_again_once<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    // No primary key: a second run must show as a second row.
+    cluster
+        .psql(
+            "instance-1",
+            cluster.database(),
+            "CREATE TABLE tx_lost_commit (note text); GRANT ALL ON tx_lost_commit TO PUBLIC;",
+        )
+        .await
+        .expect("create");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    // The COMMIT is swallowed and the connection cut: the server rolls back.
+    assert!(cluster.cut_at("instance-1", "COMMIT", CutAt::Request));
+    pool.transaction_counted(
+        TransactionOptions::new(),
+        "INSERT INTO tx_lost_commit VALUES ('once')",
+        runs.clone(),
+    )
+    .await
+    .expect("rolled back, then run again");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(rows(&cluster, "tx_lost_commit", "once").await, 1);
+    pool.close().await;
+}
+
+async fn a_commit_killed_in_a_deferred_trigger_runs_again_once<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    // The first COMMIT runs a deferred trigger that ends its own session: the transaction
+    // aborts while the client waits for the COMMIT's answer.
+    let setup = "CREATE TABLE tx_trigger (note text); GRANT ALL ON tx_trigger TO PUBLIC; \
+        CREATE SEQUENCE tx_trigger_kills; GRANT ALL ON tx_trigger_kills TO PUBLIC; \
+        CREATE FUNCTION tx_trigger_kill() RETURNS trigger LANGUAGE plpgsql SECURITY DEFINER AS $$ \
+        BEGIN IF nextval('tx_trigger_kills') = 1 THEN PERFORM pg_terminate_backend(pg_backend_pid()); \
+        PERFORM pg_sleep(5); END IF; RETURN NULL; END $$; \
+        CREATE CONSTRAINT TRIGGER tx_trigger_kill AFTER INSERT ON tx_trigger \
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION tx_trigger_kill();";
+    cluster
+        .psql("instance-1", cluster.database(), setup)
+        .await
+        .expect("setup");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    pool.transaction_counted(
+        TransactionOptions::new(),
+        "INSERT INTO tx_trigger VALUES ('once')",
+        runs.clone(),
+    )
+    .await
+    .expect("aborted at COMMIT, then run again");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    assert_eq!(rows(&cluster, "tx_trigger", "once").await, 1);
+    pool.close().await;
+}
+
+async fn the_callers_error_comes_back_unchanged<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_user_error").await;
+    cluster
+        .psql(
+            "instance-1",
+            cluster.database(),
+            "INSERT INTO tx_user_error VALUES ('taken')",
+        )
+        .await
+        .expect("seed");
+    let pool = connect::<F>(&cluster, test, "").await;
+    for cut in [false, true] {
+        if cut {
+            // The ROLLBACK after the caller's error never reaches the server.
+            assert!(cluster.cut_at("instance-1", "ROLLBACK", CutAt::Request));
+        }
+        let runs = Arc::new(AtomicU32::new(0));
+        let err = pool
+            .transaction_counted(
+                TransactionOptions::new(),
+                "INSERT INTO tx_user_error VALUES ('taken')",
+                runs.clone(),
+            )
+            .await
+            .expect_err("a duplicate key");
+        assert_eq!(
+            err.sqlstate(),
+            Some("23505"),
+            "rollback cut: {cut}: {err:?}"
+        );
+        assert!(err.is_driver(), "rollback cut: {cut}: {err:?}");
+        assert!(!err.is_retryable() && !err.is_transaction_state_unknown());
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "rollback cut: {cut}");
+    }
+    // The pool still works after closing the connection that could not roll back.
+    pool.execute("INSERT INTO tx_user_error VALUES ('after')")
+        .await
+        .expect("a write after");
+    pool.close().await;
+}
+
+async fn a_read_only_transaction_refuses_writes_at_once<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_read_only").await;
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let err = tokio::time::timeout(
+        Duration::from_secs(20),
+        pool.transaction_counted(
+            TransactionOptions::new().read_only(true),
+            "INSERT INTO tx_read_only VALUES ('no')",
+            runs.clone(),
+        ),
+    )
+    .await
+    .expect("a write in a READ ONLY transaction is returned at once")
+    .expect_err("read only");
+    assert_eq!(err.sqlstate(), Some("25006"), "{err:?}");
+    assert!(!err.is_failover() && !err.is_retryable(), "{err:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(pool.topology().writer().id(), "instance-1");
+    pool.close().await;
+}
+
+flavour_tests!(
+    a_cancelled_transaction_leaves_nothing_open,
+    a_commit_whose_answer_was_lost_is_not_run_twice,
+    a_commit_that_never_arrived_runs_again_once,
+    a_commit_killed_in_a_deferred_trigger_runs_again_once,
+    the_callers_error_comes_back_unchanged,
+    a_read_only_transaction_refuses_writes_at_once,
+);
+
+/// sqlx only: the work gets sqlx's own transaction, so a `begin()` inside it is a
+/// savepoint whose commit commits nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nested_begin_is_a_savepoint() {
+    use sqlx::Connection;
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_nested").await;
+    let pool: aurora_pool::AuroraPool = connect(&cluster, "sqlx-nested-begin", "").await;
+    let outcome: aurora_pool::Result<()> = pool
+        .transaction(|conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO tx_nested VALUES ('outer')")
+                    .execute(&mut *conn)
+                    .await?;
+                let mut inner = conn.begin().await?;
+                sqlx::query("INSERT INTO tx_nested VALUES ('inner')")
+                    .execute(&mut *inner)
+                    .await?;
+                inner.commit().await?;
+                // The caller changes its mind after the nested commit.
+                Err(sqlx::Error::RowNotFound)
+            })
+        })
+        .await;
+    assert!(outcome.is_err());
+    assert_eq!(
+        rows(&cluster, "tx_nested", "outer").await,
+        0,
+        "committed early"
+    );
+    assert_eq!(
+        rows(&cluster, "tx_nested", "inner").await,
+        0,
+        "committed early"
+    );
+    pool.close().await;
+}
