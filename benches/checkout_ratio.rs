@@ -2,7 +2,8 @@
 //! and `AuroraPool` on the same instance, so that drift on a noisy machine hits both
 //! sides alike. Prints the median ratio per case (and the spread over rounds) as a table,
 //! for the `PgPool` handles (`writer()`, `reader()`) and for the failover-aware paths
-//! (`acquire`, `run`), whose extra cost this shows.
+//! (`acquire`, `run`), whose extra cost this shows, and for `transaction` against
+//! `PgPool::begin` / `commit`.
 //!
 //! `cargo bench --bench checkout_ratio --features testing` (add `deadpool` for the deadpool
 //! flavour against a raw `deadpool_postgres::Pool`).
@@ -17,6 +18,8 @@ use support::{Op, via_pool};
 
 const ROUNDS: usize = 15;
 const OPS_PER_ROUND: u64 = 2_000;
+/// Makes the transaction write (it gets an id) without a table.
+const ASSIGNS_XID: &str = "SELECT pg_catalog.txid_current()";
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
@@ -75,6 +78,43 @@ fn main() {
                 &aurora_op,
                 ROUNDS,
                 OPS_PER_ROUND,
+            )
+            .await;
+        }
+        // A writing transaction: `transaction` (sqlx's own BEGIN, the id read before COMMIT
+        // so that a lost COMMIT can be resolved) against `PgPool::begin` and `commit`.
+        if !only_deadpool {
+            let raw = raw_writer.clone();
+            let raw_tx: Op = Arc::new(move || {
+                let raw = raw.clone();
+                Box::pin(async move {
+                    let mut tx = raw.begin().await.expect("begin");
+                    sqlx::query(ASSIGNS_XID)
+                        .execute(&mut *tx)
+                        .await
+                        .expect("write");
+                    tx.commit().await.expect("commit");
+                })
+            });
+            let a = aurora.clone();
+            let aurora_tx: Op = Arc::new(move || {
+                let a = a.clone();
+                Box::pin(async move {
+                    a.transaction(|conn| {
+                        Box::pin(
+                            async move { sqlx::query(ASSIGNS_XID).execute(conn).await.map(|_| ()) },
+                        )
+                    })
+                    .await
+                    .expect("transaction");
+                })
+            });
+            support::compare(
+                "transaction(..) / PgPool::begin",
+                &raw_tx,
+                &aurora_tx,
+                ROUNDS,
+                OPS_PER_ROUND / 4,
             )
             .await;
         }

@@ -89,7 +89,6 @@ async fn writes_follow_a_crashed_writer_with_defaults<F: Flavour>(test: &str) {
 }
 
 async fn a_silent_writer_is_declared_dead_with_defaults<F: Flavour>(test: &str) {
-    support::trace();
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, "").await;
     pool.execute("SELECT 1").await.expect("writer");
@@ -115,7 +114,6 @@ async fn a_silent_writer_is_declared_dead_with_defaults<F: Flavour>(test: &str) 
 }
 
 async fn writes_follow_a_black_holed_writer_with_defaults<F: Flavour>(test: &str) {
-    support::trace();
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, "").await;
     pool.execute("CREATE TABLE defaults_t (n int)")
@@ -288,6 +286,19 @@ async fn the_retry_time_limit_bounds_the_whole_call<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// Opens the pool's connections for `role` before a measured window: on a loaded machine
+/// the first connects of a fresh pool can take seconds, and that is not what is measured.
+async fn warm_up<F: Flavour>(pool: &F, role: Role) {
+    let mut reads = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let handle = pool.handle(role);
+        reads.spawn(async move { F::handle_text(&handle, "SELECT 'warm'").await });
+    }
+    while let Some(read) = reads.join_next().await {
+        read.expect("warm-up task").expect("warm-up read");
+    }
+}
+
 /// What one write or read started at `at` came back with.
 type Outcome = (Instant, Result<String, String>);
 
@@ -331,6 +342,7 @@ async fn no_write_reaches_a_demoted_writer<F: Flavour>(test: &str) {
         .await
         .expect("create");
     support::replicated(&cluster, "defaults_t").await;
+    warm_up(&pool, Role::Writer).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writes = keep_running(&pool, Role::Writer, WRITE, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -370,6 +382,7 @@ async fn no_write_reaches_a_demoted_writer<F: Flavour>(test: &str) {
 async fn a_writer_failure_costs_reads_nothing<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, "").await;
+    warm_up(&pool, Role::Reader).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reads = keep_running(
         &pool,

@@ -18,7 +18,7 @@ use crate::config::{Config, PoolSizing};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
-use crate::pool::core::Backend;
+use crate::pool::backend::Backend;
 use crate::pool::login;
 use crate::topology::{Instance, Role};
 

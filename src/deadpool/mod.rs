@@ -52,7 +52,9 @@ use crate::error::{Error, Result};
 use crate::monitor::ClusterEvent;
 use crate::pool::PoolStatus;
 use crate::pool::TransactionOptions;
-use crate::pool::core::{Attempt, PoolCore, Retried};
+use crate::pool::attempts;
+use crate::pool::backend::{Attempt, Retried};
+use crate::pool::core::PoolCore;
 use crate::pool::scope::ScopeSource;
 use crate::retry::RetryPolicy;
 use crate::topology::{Role, Topology};
@@ -209,7 +211,7 @@ impl AuroraPool {
             role: kind.classified_as(role),
             work,
         };
-        self.core.retry(policy, role, kind, &mut attempt).await
+        attempts::retry(&self.core, policy, role, kind, &mut attempt).await
     }
 
     /// Wraps an error from a query on one of this pool's connections; a failover-class error

@@ -87,7 +87,14 @@ struct Health {
     writer: Option<bool>,
     /// The last probe's login was refused.
     login_rejected: bool,
+    /// When the instance left the topology. A dead instance's verdict is kept for a while
+    /// after it left: a catalog read mid-failover can drop the old writer's row and the
+    /// next one bring it back, and it must not come back as a healthy reader.
+    departed: Option<Instant>,
 }
+
+/// How long the verdict on a dead instance outlives its leaving the topology.
+const DEPARTED_DEAD_KEPT: Duration = Duration::from_secs(300);
 
 struct Probe {
     address: HostPort,
@@ -487,6 +494,15 @@ impl Monitor {
             h.dead = false;
             h.failing_since = None;
         }
+        // The old writer gets no reader pool until a probe finds it answering as a reader:
+        // it may be dead but not yet declared so (a black hole takes seconds), and reads
+        // sent there would hang.
+        if old_writer != candidate {
+            let old = self.health.entry(old_writer.clone()).or_default();
+            if old.writer != Some(false) {
+                old.dead = true;
+            }
+        }
         self.publish(topology.with_writer(candidate));
         self.state.set_failing_over(false);
         self.update_plan();
@@ -532,7 +548,15 @@ impl Monitor {
             }
             keep
         });
-        self.health.retain(|id, _| wanted.contains_key(id.as_str()));
+        let now = Instant::now();
+        self.health.retain(|id, health| {
+            if wanted.contains_key(id.as_str()) {
+                health.departed = None;
+                return true;
+            }
+            let departed = *health.departed.get_or_insert(now);
+            health.dead && now.duration_since(departed) < DEPARTED_DEAD_KEPT
+        });
         for (id, instance) in wanted {
             if self.probes.contains_key(id) {
                 continue;

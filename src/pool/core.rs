@@ -1,10 +1,10 @@
-//! The driver-independent pool machinery: discovery, the routing table and the reconciler
-//! that keeps it in line with the published topology.
+//! The driver-independent pool: discovery, the checkout that rides through a failover,
+//! credentials per instance pool, and applying a new topology to the routing table.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, PoisonError, Weak};
+use std::sync::{Arc, Weak};
 use std::task::Poll;
 use std::time::{Duration, Instant};
 
@@ -12,147 +12,21 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::login::{self, SlotLogin};
-use super::scope::{ReadScope, ScopeSource};
+use super::backend::Backend;
+use super::login;
+use super::routing::{RoutingTable, Slot};
+use super::scope::ScopeSource;
 use super::status::{InstanceStatus, PoolStatus};
-use super::transaction::{self, Phase, Status, TransactionOptions};
-use crate::auth::{CredentialProvider, Credentials, LoginFailure};
-use crate::config::{Config, PoolSizing};
+use super::tasks::{
+    close_bounded, fetch_credentials, reconcile_on_updates, renew_credentials, supervise,
+};
+use crate::auth::{CredentialProvider, LoginFailure};
+use crate::config::Config;
 use crate::connector::{BoxFuture, Connector, Purpose};
 use crate::error::{Error, ErrorClass, Result};
 use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
-use crate::retry::RetryPolicy;
 use crate::select::Selector;
 use crate::topology::{self, Instance, Role, Topology};
-
-/// What a driver backend provides: a pool per instance.
-pub(crate) trait Backend: Send + Sync + 'static {
-    /// The driver's pool handle (cheap to clone).
-    type Pool: Clone + Send + Sync + 'static;
-
-    /// Whether the backend asks the credential provider on every connect itself; then the
-    /// core neither fetches credentials for new pools nor renews them.
-    const CREDENTIALS_PER_CONNECT: bool = false;
-
-    /// Creates a pool to `instance` that opens connections lazily, logging in with
-    /// `credentials`.
-    fn open(
-        &self,
-        instance: &Instance,
-        sizing: PoolSizing,
-        credentials: &Credentials,
-    ) -> Result<Self::Pool>;
-
-    /// Makes the pool's future connections log in with `credentials`; open connections stay.
-    fn set_credentials(&self, pool: &Self::Pool, instance: &Instance, credentials: &Credentials);
-
-    /// Ends the pool's connections at once, checked-out ones included: their instance is
-    /// gone. Backends that cannot reach the socket leave them to `close`.
-    fn abort(pool: &Self::Pool) {
-        let _ = pool;
-    }
-
-    /// Closes a pool: idle connections at once, checked-out ones when they are returned.
-    fn close(pool: Self::Pool) -> BoxFuture<'static, ()>;
-
-    /// Whether the pool was closed (by the core, or by a user holding a handed-out pool).
-    fn is_closed(pool: &Self::Pool) -> bool;
-
-    /// Connections currently open, and how many of them are idle.
-    fn size_and_idle(pool: &Self::Pool) -> (u32, u32);
-
-    /// A checked-out connection.
-    type Connection: Send + 'static;
-
-    /// Checks out a connection; a pool closed meanwhile yields [`Error::is_closed`].
-    fn acquire(pool: &Self::Pool) -> BoxFuture<'static, Result<Self::Connection>>;
-
-    /// Closes a checked-out connection instead of returning it to its pool (its state is
-    /// unknown).
-    fn discard(connection: Self::Connection);
-
-    /// Opens a transaction with `statement` (`BEGIN` and its options) the way the driver
-    /// tracks it: a nested begin inside the work then becomes a savepoint.
-    fn begin(connection: &mut Self::Connection, statement: String) -> BoxFuture<'_, Result<()>>;
-
-    /// Commits the transaction `begin` opened.
-    fn commit(connection: &mut Self::Connection) -> BoxFuture<'_, Result<()>>;
-
-    /// Rolls back the transaction `begin` opened.
-    fn rollback(connection: &mut Self::Connection) -> BoxFuture<'_, Result<()>>;
-
-    /// Runs one query of the simple protocol and returns the first column of its first row
-    /// as text (`None` for NULL or no row).
-    fn query_value(
-        connection: &mut Self::Connection,
-        sql: String,
-    ) -> BoxFuture<'_, Result<Option<String>>>;
-}
-
-/// What one attempt of retried work is.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Attempt {
-    /// The work as it is.
-    Plain,
-    /// The work between `BEGIN` and `COMMIT`.
-    Transaction(TransactionOptions),
-}
-
-impl Attempt {
-    /// The role the work's errors are classified for: a `READ ONLY` transaction refuses
-    /// writes like a reader (25006 is then the caller's mistake, not a demoted writer).
-    pub(crate) fn classified_as(self, role: Role) -> Role {
-        match self {
-            Attempt::Transaction(options) if options.is_read_only() => Role::Reader,
-            _ => role,
-        }
-    }
-}
-
-/// A checked-out connection that is closed, not returned to its pool, unless the attempt
-/// that used it ended cleanly: dropping a retried call at any await (a client gone, a
-/// timeout) never hands the next borrower a connection inside a transaction or mid-query.
-struct Held<B: Backend> {
-    connection: Option<B::Connection>,
-}
-
-impl<B: Backend> Held<B> {
-    fn new(connection: B::Connection) -> Held<B> {
-        Held {
-            connection: Some(connection),
-        }
-    }
-
-    fn get(&mut self) -> Option<&mut B::Connection> {
-        self.connection.as_mut()
-    }
-
-    /// Returns the connection to its pool.
-    fn release(mut self) {
-        drop(self.connection.take());
-    }
-}
-
-impl<B: Backend> Drop for Held<B> {
-    fn drop(&mut self) {
-        if let Some(connection) = self.connection.take() {
-            B::discard(connection);
-        }
-    }
-}
-
-/// How one attempt ended, and whether its connection may go back to the pool.
-struct Ended<T> {
-    result: Result<T>,
-    reusable: bool,
-}
-
-/// One attempt of a caller's work on a checked-out connection, its errors classified.
-pub(crate) trait Retried<C, T>: Send {
-    fn attempt<'a>(&'a mut self, connection: &'a mut C) -> BoxFuture<'a, Result<T>>
-    where
-        T: 'a;
-}
 
 /// How a checkout that had to wait ended.
 enum Waited<C> {
@@ -163,166 +37,12 @@ enum Waited<C> {
     TimedOut,
 }
 
-/// Connections a new pool opens at once while filling up to its minimum.
-const PREFILL_CONCURRENCY: usize = 4;
-
-/// New pools wait up to this long (at random) before filling up, so that many processes
-/// reacting to one failover do not reach the new writer all at the same moment.
-const PREFILL_JITTER: Duration = Duration::from_millis(100);
-
-/// Rounds of connects a new pool makes to fill up to its minimum.
-const PREFILL_ROUNDS: u32 = 6;
-
 /// How long the pool of a reader that is still up keeps serving the handles taken before
 /// the routing moved on (a promoted reader, a reader leaving the read scope).
 const RETIRED_READER_GRACE: Duration = Duration::from_secs(10);
 
-/// Longest wait for a `ROLLBACK` after the work failed; a connection that does not roll
-/// back in time is closed instead.
-const ROLLBACK_WAIT: Duration = Duration::from_secs(5);
-
-/// What became of a transaction whose COMMIT was lost.
-enum Resolved {
-    Committed,
-    /// Rolled back: the error says why it may run again.
-    Aborted(Error),
-    /// Not known: never run again.
-    Unknown(Error),
-}
-
 /// Pause between checkout attempts that failed for a failover-class reason.
-const RETRY_PAUSE: Duration = Duration::from_millis(50);
-
-/// A pool to one instance in one role.
-#[derive(Clone)]
-pub(crate) struct Slot<P> {
-    pub(crate) instance: Arc<Instance>,
-    pub(crate) pool: P,
-    pub(crate) login: Arc<SlotLogin>,
-}
-
-/// Pools a routing change no longer uses, with the instance each served.
-type Retired<P> = Vec<(Arc<Instance>, P)>;
-
-/// Which pool serves which role; swapped atomically, read without locks at checkout.
-pub(crate) struct RoutingTable<P> {
-    pub(crate) topology: Arc<Topology>,
-    pub(crate) writer: Slot<P>,
-    pub(crate) readers: Vec<Slot<P>>,
-    /// Whether reads with no reader available may use the writer.
-    reads_may_use_writer: bool,
-}
-
-impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
-    /// The instances of `topology` that need a new pool: those not already in `previous`
-    /// with the same role and address.
-    fn new_placements<'t>(
-        previous: Option<&RoutingTable<P>>,
-        topology: &'t Topology,
-        scope: &ReadScope,
-    ) -> Vec<&'t Instance> {
-        let routed = std::iter::once(topology.writer()).chain(Self::readers_in(topology, scope));
-        routed
-            .filter(|instance| {
-                previous.is_none_or(|t| !t.slots().any(|s| s.instance.same_placement(instance)))
-            })
-            .collect()
-    }
-
-    /// Builds the table for `topology`, reusing the pools of `previous` whose instance keeps
-    /// its role and address; new pools log in with the `fresh` credentials fetched for their
-    /// instance id. Returns the pools no longer used.
-    /// The readers that get a pool: reachable ones inside the read scope.
-    fn readers_in<'t>(
-        topology: &'t Topology,
-        scope: &ReadScope,
-    ) -> impl Iterator<Item = &'t Instance> {
-        topology
-            .readers()
-            .filter(move |r| r.is_available() && scope.allows(r.id()))
-    }
-
-    fn build<B: Backend<Pool = P>>(
-        previous: Option<&RoutingTable<P>>,
-        topology: &Arc<Topology>,
-        scope: &ReadScope,
-        backend: &B,
-        config: &Config,
-        mut fresh: HashMap<String, Credentials>,
-    ) -> Result<(RoutingTable<P>, Retired<P>)> {
-        let mut old: Vec<&Slot<P>> = previous
-            .map(|t| std::iter::once(&t.writer).chain(&t.readers).collect())
-            .unwrap_or_default();
-        let mut opened: Vec<P> = Vec::new();
-        let mut take = |instance: &Instance, sizing: PoolSizing| -> Result<Slot<P>> {
-            let (pool, login) = match old.iter().position(|s| s.instance.same_placement(instance)) {
-                Some(i) => {
-                    let slot = old.swap_remove(i);
-                    (slot.pool.clone(), slot.login.clone())
-                }
-                None => {
-                    let login = SlotLogin::new(fresh.remove(instance.id()));
-                    tracing::debug!(
-                        target: "aurora_pool",
-                        instance = instance.id(),
-                        role = %instance.role(),
-                        address = %instance.address(),
-                        "opening instance pool"
-                    );
-                    let pool = backend.open(instance, sizing, &login.current())?;
-                    opened.push(pool.clone());
-                    if sizing.min_connections > 0 {
-                        tokio::spawn(prefill::<B>(
-                            pool.clone(),
-                            sizing.min_connections,
-                            instance.id().to_owned(),
-                        ));
-                    }
-                    (pool, Arc::new(login))
-                }
-            };
-            Ok(Slot {
-                instance: Arc::new(instance.clone()),
-                pool,
-                login,
-            })
-        };
-        // Unreachable readers, and those outside the scope, get no pool: their connections
-        // are closed.
-        let slots = take(topology.writer(), config.writer).and_then(|writer| {
-            let readers = Self::readers_in(topology, scope)
-                .map(|r| take(r, config.reader))
-                .collect::<Result<Vec<_>>>()?;
-            Ok((writer, readers))
-        });
-        let (writer, readers) = match slots {
-            Ok(slots) => slots,
-            Err(err) => {
-                for pool in opened {
-                    tokio::spawn(close_bounded::<B>(pool));
-                }
-                return Err(err);
-            }
-        };
-        let retired = old
-            .into_iter()
-            .map(|s| (s.instance.clone(), s.pool.clone()))
-            .collect();
-        Ok((
-            RoutingTable {
-                topology: topology.clone(),
-                writer,
-                readers,
-                reads_may_use_writer: scope.reads_may_use_writer(topology),
-            },
-            retired,
-        ))
-    }
-
-    fn slots(&self) -> impl Iterator<Item = &Slot<P>> {
-        std::iter::once(&self.writer).chain(&self.readers)
-    }
-}
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
 /// The state behind every clone of a pool.
 pub(crate) struct PoolCore<B: Backend> {
@@ -518,7 +238,7 @@ impl<B: Backend> PoolCore<B> {
     }
 
     /// [`checkout`](PoolCore::checkout) that gives up at `deadline`.
-    async fn checkout_until(
+    pub(crate) async fn checkout_until(
         &self,
         role: Role,
         deadline: tokio::time::Instant,
@@ -719,303 +439,6 @@ impl<B: Backend> PoolCore<B> {
         }
     }
 
-    /// Runs `work` on a checkout for `role`, again on a fresh checkout when it fails because
-    /// of a failover ([`Error::is_retryable`]) or its instance is declared lost while it runs,
-    /// within the policy's attempts and time limit. The time limit bounds the whole call,
-    /// checkouts included. A transaction is run again only when it is known not to have
-    /// committed.
-    pub(crate) async fn retry<T: Send>(
-        &self,
-        policy: RetryPolicy,
-        role: Role,
-        kind: Attempt,
-        work: &mut impl Retried<B::Connection, T>,
-    ) -> Result<T> {
-        let policy = match kind {
-            Attempt::Plain => policy,
-            Attempt::Transaction(options) => options.retry_policy(),
-        };
-        let started = Instant::now();
-        let limit = policy.time_limit(self.config.failover_timeout);
-        let deadline = tokio::time::Instant::now() + limit;
-        let gave_up = |attempt: u32, cause: Option<Error>| {
-            let err = Error::failover_failed(format!(
-                "gave up after {attempt} attempts in {:?} (the retry policy's time limit, {limit:?})",
-                started.elapsed()
-            ));
-            match cause {
-                Some(cause) => err.with_source(cause),
-                None => err,
-            }
-        };
-        let mut attempt = 0u32;
-        loop {
-            attempt += 1;
-            let (connection, instance) = self.checkout_until(role, deadline).await?;
-            let mut held = Held::<B>::new(connection);
-            let phase = std::sync::Mutex::new(Phase::Work);
-            // The work's value once COMMIT is on its way: a lost COMMIT that turns out
-            // committed returns it.
-            let value = std::sync::Mutex::new(None);
-            let outcome = match held.get() {
-                Some(connection) => tokio::select! {
-                    ended = self.attempt(role, kind, connection, work, &phase, &value) => Some(ended),
-                    _ = self.instance_lost(&instance, role) => {
-                        Some(Ended {
-                            result: Err(Error::failover(format!(
-                                "instance {} was declared unreachable (or lost its role) while the work was running",
-                                instance.id()
-                            ))),
-                            reusable: false,
-                        })
-                    }
-                    _ = tokio::time::sleep_until(deadline) => None,
-                },
-                None => None,
-            };
-            let phase = *phase.lock().unwrap_or_else(PoisonError::into_inner);
-            let committed_value = value.lock().unwrap_or_else(PoisonError::into_inner).take();
-            let Some(ended) = outcome else {
-                // Cut off by the time limit: its connection is closed (the server rolls back
-                // unless COMMIT was already sent).
-                drop(held);
-                let cut = gave_up(attempt, None);
-                return Err(match phase {
-                    Phase::Work => cut,
-                    Phase::Committing(None) => cut,
-                    Phase::Committing(Some(xid)) => transaction::unknown(
-                        xid,
-                        "the retry policy's time limit passed before it could be asked",
-                        Some(cut),
-                    ),
-                });
-            };
-            if ended.reusable {
-                held.release();
-            } else {
-                drop(held);
-            }
-            let err = match ended.result {
-                Ok(value) => return Ok(value),
-                Err(err) => err,
-            };
-            let err = match phase {
-                // The connection went during COMMIT: find out what happened before anything
-                // is run again.
-                Phase::Committing(xid)
-                    if err.is_failover() || err.is_transaction_state_unknown() =>
-                {
-                    match self.resolve_commit(xid, deadline, err).await {
-                        Resolved::Committed => match committed_value {
-                            Some(value) => return Ok(value),
-                            None => {
-                                return Err(Error::failover(
-                                    "the transaction committed but its value was not kept",
-                                )
-                                .in_transaction());
-                            }
-                        },
-                        Resolved::Aborted(err) => err,
-                        Resolved::Unknown(err) => return Err(err),
-                    }
-                }
-                _ => err,
-            };
-            let conflict =
-                matches!(kind, Attempt::Transaction(options) if options.retries_conflict(&err));
-            if !err.is_retryable() && !conflict {
-                return Err(err);
-            }
-            if attempt >= policy.attempts() {
-                return Err(err);
-            }
-            if tokio::time::Instant::now() >= deadline {
-                return Err(gave_up(attempt, Some(err)));
-            }
-            tracing::debug!(
-                target: "aurora_pool",
-                cluster_id = %self.config.cluster_id,
-                attempt,
-                instance = instance.id(),
-                error = %err,
-                "retrying after a failover"
-            );
-            tokio::time::sleep(RetryPolicy::pause(attempt).min(limit)).await;
-        }
-    }
-
-    /// Finds out on the writer whether the transaction whose COMMIT was lost committed.
-    async fn resolve_commit(
-        &self,
-        xid: Option<u64>,
-        deadline: tokio::time::Instant,
-        lost: Error,
-    ) -> Resolved {
-        let Some(xid) = xid else {
-            // It wrote nothing: running it again changes nothing that was not changed.
-            return Resolved::Aborted(lost);
-        };
-        let mut last = lost;
-        loop {
-            if tokio::time::Instant::now() >= deadline {
-                return Resolved::Unknown(transaction::unknown(
-                    xid,
-                    "no writer answered within the retry policy's time limit",
-                    Some(last),
-                ));
-            }
-            let asked = async {
-                let (connection, _) = self.checkout_until(Role::Writer, deadline).await?;
-                let mut held = Held::<B>::new(connection);
-                let Some(connection) = held.get() else {
-                    return Err(Error::closed());
-                };
-                let status = B::query_value(connection, transaction::status_query(xid)).await;
-                if status.is_ok() {
-                    held.release();
-                }
-                status
-            };
-            let status = match asked.await {
-                Ok(status) => Status::parse(status.as_deref()),
-                Err(err) if err.is_failover() || err.is_connect() || err.is_timeout() => {
-                    last = err;
-                    tokio::time::sleep(RETRY_PAUSE).await;
-                    continue;
-                }
-                // 22023: "transaction ID is in the future": this writer never saw it.
-                Err(err) if err.sqlstate() == Some("22023") => Status::Unknown,
-                Err(err) => {
-                    return Resolved::Unknown(transaction::unknown(
-                        xid,
-                        "asking the writer failed",
-                        Some(err),
-                    ));
-                }
-            };
-            tracing::info!(
-                target: "aurora_pool",
-                cluster_id = %self.config.cluster_id,
-                xid,
-                status = ?status,
-                "outcome of a transaction whose COMMIT was lost"
-            );
-            match status {
-                Status::Committed => return Resolved::Committed,
-                Status::Aborted => {
-                    return Resolved::Aborted(
-                        Error::failover(format!(
-                            "the connection was lost during COMMIT of transaction {xid}, which the server rolled back"
-                        ))
-                        .with_source(last),
-                    );
-                }
-                Status::InProgress => tokio::time::sleep(transaction::IN_PROGRESS_PAUSE).await,
-                Status::Unknown => {
-                    return Resolved::Unknown(transaction::unknown(
-                        xid,
-                        "the writer does not know it (too old, or lost with the old writer)",
-                        Some(last),
-                    ));
-                }
-            }
-        }
-    }
-
-    /// One attempt of `work`, in a transaction for [`Attempt::Transaction`]. `phase` tells
-    /// whether COMMIT was sent, and `value` keeps the work's value once it was.
-    async fn attempt<T: Send>(
-        &self,
-        role: Role,
-        kind: Attempt,
-        connection: &mut B::Connection,
-        work: &mut impl Retried<B::Connection, T>,
-        phase: &std::sync::Mutex<Phase>,
-        value: &std::sync::Mutex<Option<T>>,
-    ) -> Ended<T> {
-        let options = match kind {
-            Attempt::Plain => {
-                let result = work.attempt(connection).await;
-                // A lost connection is closed; one the server answered with an error is fine.
-                let reusable = !result.as_ref().is_err_and(Error::is_failover);
-                return Ended { result, reusable };
-            }
-            Attempt::Transaction(options) => options,
-        };
-        let role = kind.classified_as(role);
-        if let Err(err) = B::begin(connection, options.begin_statement()).await {
-            return Ended {
-                result: Err(self.classify_for(role, err)),
-                reusable: false,
-            };
-        }
-        let done = match work.attempt(connection).await {
-            Ok(done) => done,
-            Err(err) => {
-                // Lost before COMMIT was sent: the server rolls back; the connection goes.
-                if err.is_failover() {
-                    return Ended {
-                        result: Err(err),
-                        reusable: false,
-                    };
-                }
-                // The caller's own error comes back unchanged, rolled back or not: a
-                // connection that cannot roll back is closed, which rolls back too.
-                let rollback = tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await;
-                return Ended {
-                    result: Err(err),
-                    reusable: matches!(rollback, Ok(Ok(()))),
-                };
-            }
-        };
-        let xid = match B::query_value(connection, transaction::TRANSACTION_ID.to_owned()).await {
-            Ok(text) => transaction::parse_xid(text.as_deref()),
-            Err(err) => Err(self.classify_for(role, err)),
-        };
-        let xid = match xid {
-            Ok(xid) => xid,
-            Err(err) => {
-                // Still before COMMIT: a lost connection rolled back; an error the server
-                // sent (an aborted transaction) is rolled back here.
-                let reusable = !err.is_failover()
-                    && matches!(
-                        tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await,
-                        Ok(Ok(()))
-                    );
-                return Ended {
-                    result: Err(err),
-                    reusable,
-                };
-            }
-        };
-        *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(xid);
-        *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(done);
-        match B::commit(connection).await {
-            Ok(()) => {
-                let done = value.lock().unwrap_or_else(PoisonError::into_inner).take();
-                match done {
-                    Some(done) => Ended {
-                        result: Ok(done),
-                        reusable: true,
-                    },
-                    None => Ended {
-                        result: Err(
-                            Error::failover("the committed value was taken").in_transaction()
-                        ),
-                        reusable: false,
-                    },
-                }
-            }
-            // A failed COMMIT the server answered (a serialization failure, a deferred
-            // constraint) rolled back; the driver's bookkeeping may not know, so the
-            // connection goes either way.
-            Err(err) => Ended {
-                result: Err(self.classify_for(role, err)),
-                reusable: false,
-            },
-        }
-    }
-
     /// An error seen on a connection the caller took from a handed-out pool, whose role the
     /// crate does not know: a lost connection makes the monitor re-read the topology at once
     /// and becomes [`Error::is_failover`]. A read-only refusal (25006) also makes it re-check
@@ -1055,7 +478,7 @@ impl<B: Backend> PoolCore<B> {
     }
 
     /// Fetches new credentials for `slot`'s pool (its current ones are due).
-    async fn renew(&self, slot: &Slot<B::Pool>) {
+    pub(crate) async fn renew(&self, slot: &Slot<B::Pool>) {
         let target = login::target(&slot.instance, self.config.user());
         let seen = slot.login.current();
         match login::fetch(self.provider.as_ref(), &target, self.config.connect_timeout).await {
@@ -1180,7 +603,7 @@ impl<B: Backend> PoolCore<B> {
 
     /// Applies a new topology: new pools for new placements (with credentials fetched
     /// first), old ones closed.
-    async fn reconcile(&self, topology: &Arc<Topology>, scope_changed: bool) {
+    pub(crate) async fn reconcile(&self, topology: &Arc<Topology>, scope_changed: bool) {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
@@ -1257,6 +680,16 @@ impl<B: Backend> PoolCore<B> {
         self.closed.load(Ordering::Acquire)
     }
 
+    /// The routing table checkouts read now.
+    pub(crate) fn routing_table(&self) -> Arc<RoutingTable<B::Pool>> {
+        self.routing.load_full()
+    }
+
+    /// A receiver that sees every new routing table (by topology version).
+    pub(crate) fn routing_changes(&self) -> watch::Receiver<u64> {
+        self.routing_version.subscribe()
+    }
+
     /// Closes every pool and leaves the cluster monitor.
     pub(crate) fn close(&self) -> impl Future<Output = ()> + Send + 'static {
         self.closed.store(true, Ordering::Release);
@@ -1279,200 +712,5 @@ impl<B: Backend> Drop for PoolCore<B> {
     fn drop(&mut self) {
         self.reconciler.abort();
         self.renewer.abort();
-    }
-}
-
-/// How long closing an instance pool waits for its checked-out connections. A connection
-/// stuck on a silent host (sqlx pings every connection it takes back, without a timeout)
-/// would otherwise hold `close` forever; past this the pool is closed to new checkouts and
-/// the stuck connection is left to the operating system's TCP timeouts.
-const CLOSE_WAIT: Duration = Duration::from_secs(5);
-
-/// Closes `pool`, waiting at most [`CLOSE_WAIT`] for its checked-out connections.
-async fn close_bounded<B: Backend>(pool: B::Pool) {
-    let _ = tokio::time::timeout(CLOSE_WAIT, B::close(pool)).await;
-}
-
-/// Runs the task `start` makes, and a new one (after a pause) whenever it panics, until it
-/// ends by itself or `start` has nothing to run (the pool is gone). Aborting the supervisor
-/// aborts the task.
-async fn supervise<F, Fut>(task: &'static str, cluster_id: String, mut start: F)
-where
-    F: FnMut() -> Option<Fut>,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    /// Aborts the supervised task when the supervisor itself is aborted.
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let mut restarts: u32 = 0;
-    while let Some(future) = start() {
-        let running = tokio::spawn(future);
-        let _guard = AbortOnDrop(running.abort_handle());
-        match running.await {
-            Err(err) if err.is_panic() => {
-                restarts = restarts.saturating_add(1);
-                let pause = monitor::restart_pause(restarts);
-                tracing::error!(
-                    target: "aurora_pool",
-                    cluster_id = %cluster_id,
-                    task,
-                    restarts,
-                    pause_ms = pause.as_millis() as u64,
-                    "pool task panicked; restarting"
-                );
-                tokio::time::sleep(pause).await;
-            }
-            _ => return,
-        }
-    }
-}
-
-async fn reconcile_on_updates<B: Backend>(
-    core: Weak<PoolCore<B>>,
-    mut updates: watch::Receiver<Arc<Topology>>,
-    mut scope: ScopeSource,
-) {
-    loop {
-        let scope_changed = tokio::select! {
-            changed = updates.changed() => {
-                if changed.is_err() {
-                    break;
-                }
-                false
-            }
-            _ = scope.changed() => true,
-        };
-        let topology = updates.borrow_and_update().clone();
-        let Some(core) = core.upgrade() else { break };
-        core.reconcile(&topology, scope_changed).await;
-    }
-}
-
-/// Fetches credentials for each of `instances` at once, each bounded by the connect timeout.
-/// An instance whose fetch fails is left out: its pool opens with none and renews them soon.
-async fn fetch_credentials(
-    provider: &Arc<dyn CredentialProvider>,
-    config: &Config,
-    instances: Vec<&Instance>,
-) -> HashMap<String, Credentials> {
-    let mut fetches = tokio::task::JoinSet::new();
-    for instance in instances {
-        let target = login::target(instance, config.user());
-        let (provider, id, timeout) = (
-            provider.clone(),
-            instance.id().to_owned(),
-            config.connect_timeout,
-        );
-        fetches.spawn(async move { (id, login::fetch(provider.as_ref(), &target, timeout).await) });
-    }
-    let mut fresh = HashMap::new();
-    while let Some(joined) = fetches.join_next().await {
-        let Ok((id, result)) = joined else { continue };
-        match result {
-            Ok(credentials) => {
-                fresh.insert(id, credentials);
-            }
-            Err(err) => tracing::warn!(
-                target: "aurora_pool",
-                cluster_id = %config.cluster_id,
-                instance = id,
-                error = %err,
-                "no credentials for a new instance pool; retrying shortly"
-            ),
-        }
-    }
-    fresh
-}
-
-/// Renews each pool's credentials when they are due, for as long as the pool lives.
-async fn renew_credentials<B: Backend>(core: Weak<PoolCore<B>>) {
-    loop {
-        let (due, mut routing) = {
-            let Some(core) = core.upgrade() else { return };
-            let table = core.routing.load_full();
-            let due = table.slots().filter_map(|s| s.login.renew_at()).min();
-            (due, core.routing_version.subscribe())
-        };
-        let wake = async {
-            match due {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            _ = wake => {}
-            changed = routing.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                continue;
-            }
-        }
-        let Some(core) = core.upgrade() else { return };
-        let table = core.routing.load_full();
-        let now = Instant::now();
-        for slot in table.slots().filter(|s| s.login.is_due(now)) {
-            core.renew(slot).await;
-        }
-    }
-}
-
-/// Opens `min` connections in a new pool (at most [`PREFILL_CONCURRENCY`] at a time, after a
-/// random delay) and returns them to it idle. Failed connects are retried with backoff
-/// ([`PREFILL_ROUNDS`] rounds at most: a new writer may refuse connections for a moment);
-/// a pool closed meanwhile ends it.
-async fn prefill<B: Backend>(pool: B::Pool, min: u32, instance: String) {
-    tokio::time::sleep(PREFILL_JITTER.mul_f64(fastrand::f64())).await;
-    let started = Instant::now();
-    let mut held = Vec::with_capacity(min as usize);
-    let mut failed = None;
-    let mut pause = RETRY_PAUSE;
-    for round in 1..=PREFILL_ROUNDS {
-        let batch = (min as usize - held.len()).min(PREFILL_CONCURRENCY);
-        let mut opening = tokio::task::JoinSet::new();
-        for _ in 0..batch {
-            opening.spawn(B::acquire(&pool));
-        }
-        let mut closed = false;
-        while let Some(result) = opening.join_next().await {
-            match result {
-                Ok(Ok(connection)) => held.push(connection),
-                Ok(Err(err)) => {
-                    closed |= err.is_closed();
-                    failed = Some(err.to_string());
-                }
-                Err(err) => failed = Some(err.to_string()),
-            }
-        }
-        if held.len() >= min as usize || closed {
-            break;
-        }
-        if failed.is_some() && round < PREFILL_ROUNDS {
-            tokio::time::sleep(pause).await;
-            pause = (pause * 2).min(Duration::from_secs(2));
-        }
-    }
-    let opened = held.len();
-    drop(held);
-    if opened >= min as usize {
-        tracing::info!(
-            target: "aurora_pool",
-            instance,
-            connections = opened,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "pool filled to its minimum"
-        );
-    } else {
-        tracing::warn!(
-            target: "aurora_pool",
-            instance,
-            connections = opened,
-            error = failed.unwrap_or_default(),
-            "filling the pool to its minimum stopped"
-        );
     }
 }

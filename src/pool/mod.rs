@@ -1,11 +1,15 @@
 //! The pool: routing by role over per-instance pools of a driver backend.
 
+pub(crate) mod attempts;
+pub(crate) mod backend;
 pub(crate) mod core;
 pub(crate) mod login;
+pub(crate) mod routing;
 pub(crate) mod scope;
 #[cfg(feature = "sqlx")]
 mod sqlx;
 mod status;
+pub(crate) mod tasks;
 pub(crate) mod transaction;
 
 #[cfg(feature = "sqlx")]

@@ -16,7 +16,9 @@ use sqlx::{
 };
 use sqlx_core::transaction::TransactionManager;
 
-use super::core::{Attempt, Backend, PoolCore, Retried};
+use super::attempts;
+use super::backend::{Attempt, Backend, Retried};
+use super::core::PoolCore;
 use super::login;
 use super::scope::ScopeSource;
 use super::status::PoolStatus;
@@ -259,7 +261,7 @@ impl AuroraPool {
             role: kind.classified_as(role),
             work,
         };
-        self.core.retry(policy, role, kind, &mut attempt).await
+        attempts::retry(&self.core, policy, role, kind, &mut attempt).await
     }
 
     /// Wraps an error from a query run on one of this pool's connections, and reacts to it:

@@ -1,0 +1,319 @@
+//! Retried work: the loop behind `run` and `transaction`, one attempt of each, and the
+//! resolution of a transaction whose `COMMIT` answer was lost. It sits above the checkout
+//! (it only asks the core for connections and for the fate of instances).
+
+use std::sync::PoisonError;
+use std::time::{Duration, Instant};
+
+use super::backend::{Attempt, Backend, Ended, Held, Retried};
+use super::core::{PoolCore, RETRY_PAUSE};
+use super::transaction::{self, Phase, Status};
+use crate::error::{Error, Result};
+use crate::retry::RetryPolicy;
+use crate::topology::Role;
+
+/// Longest wait for a `ROLLBACK` after the work failed; a connection that does not roll
+/// back in time is closed instead.
+const ROLLBACK_WAIT: Duration = Duration::from_secs(5);
+
+/// What became of a transaction whose COMMIT was lost.
+enum Resolved {
+    Committed,
+    /// Rolled back: the error says why it may run again.
+    Aborted(Error),
+    /// Not known: never run again.
+    Unknown(Error),
+}
+
+/// Runs `work` on a checkout for `role`, again on a fresh checkout when it fails because
+/// of a failover ([`Error::is_retryable`]) or its instance is declared lost while it runs,
+/// within the policy's attempts and time limit. The time limit bounds the whole call,
+/// checkouts included. A transaction is run again only when it is known not to have
+/// committed.
+pub(crate) async fn retry<B: Backend, T: Send>(
+    core: &PoolCore<B>,
+    policy: RetryPolicy,
+    role: Role,
+    kind: Attempt,
+    work: &mut impl Retried<B::Connection, T>,
+) -> Result<T> {
+    let policy = match kind {
+        Attempt::Plain => policy,
+        Attempt::Transaction(options) => options.retry_policy(),
+    };
+    let started = Instant::now();
+    let limit = policy.time_limit(core.config().failover_timeout);
+    let deadline = tokio::time::Instant::now() + limit;
+    let gave_up = |attempt: u32, cause: Option<Error>| {
+        let err = Error::failover_failed(format!(
+            "gave up after {attempt} attempts in {:?} (the retry policy's time limit, {limit:?})",
+            started.elapsed()
+        ));
+        match cause {
+            Some(cause) => err.with_source(cause),
+            None => err,
+        }
+    };
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        let (connection, instance) = core.checkout_until(role, deadline).await?;
+        let mut held = Held::<B>::new(connection);
+        let phase = std::sync::Mutex::new(Phase::Work);
+        // The work's value once COMMIT is on its way: a lost COMMIT that turns out
+        // committed returns it.
+        let value = std::sync::Mutex::new(None);
+        let outcome = match held.get() {
+            Some(connection) => tokio::select! {
+                ended = attempt_once(core, role, kind, connection, work, &phase, &value) => Some(ended),
+                _ = core.instance_lost(&instance, role) => {
+                    Some(Ended {
+                        result: Err(Error::failover(format!(
+                            "instance {} was declared unreachable (or lost its role) while the work was running",
+                            instance.id()
+                        ))),
+                        reusable: false,
+                    })
+                }
+                _ = tokio::time::sleep_until(deadline) => None,
+            },
+            None => None,
+        };
+        let phase = *phase.lock().unwrap_or_else(PoisonError::into_inner);
+        let committed_value = value.lock().unwrap_or_else(PoisonError::into_inner).take();
+        let Some(ended) = outcome else {
+            // Cut off by the time limit: its connection is closed (the server rolls back
+            // unless COMMIT was already sent).
+            drop(held);
+            let cut = gave_up(attempt, None);
+            return Err(match phase {
+                Phase::Work => cut,
+                Phase::Committing(None) => cut,
+                Phase::Committing(Some(xid)) => transaction::unknown(
+                    xid,
+                    "the retry policy's time limit passed before it could be asked",
+                    Some(cut),
+                ),
+            });
+        };
+        if ended.reusable {
+            held.release();
+        } else {
+            drop(held);
+        }
+        let err = match ended.result {
+            Ok(value) => return Ok(value),
+            Err(err) => err,
+        };
+        let err = match phase {
+            // The connection went during COMMIT: find out what happened before anything
+            // is run again.
+            Phase::Committing(xid) if err.is_failover() || err.is_transaction_state_unknown() => {
+                match resolve_commit(core, xid, deadline, err).await {
+                    Resolved::Committed => match committed_value {
+                        Some(value) => return Ok(value),
+                        None => {
+                            return Err(Error::failover(
+                                "the transaction committed but its value was not kept",
+                            )
+                            .in_transaction());
+                        }
+                    },
+                    Resolved::Aborted(err) => err,
+                    Resolved::Unknown(err) => return Err(err),
+                }
+            }
+            _ => err,
+        };
+        let conflict =
+            matches!(kind, Attempt::Transaction(options) if options.retries_conflict(&err));
+        if !err.is_retryable() && !conflict {
+            return Err(err);
+        }
+        if attempt >= policy.attempts() {
+            return Err(err);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return Err(gave_up(attempt, Some(err)));
+        }
+        tracing::debug!(
+            target: "aurora_pool",
+            cluster_id = %core.config().cluster_id,
+            attempt,
+            instance = instance.id(),
+            error = %err,
+            "retrying after a failover"
+        );
+        tokio::time::sleep(RetryPolicy::pause(attempt).min(limit)).await;
+    }
+}
+
+/// Finds out on the writer whether the transaction whose COMMIT was lost committed.
+async fn resolve_commit<B: Backend>(
+    core: &PoolCore<B>,
+    xid: Option<u64>,
+    deadline: tokio::time::Instant,
+    lost: Error,
+) -> Resolved {
+    let Some(xid) = xid else {
+        // It wrote nothing: running it again changes nothing that was not changed.
+        return Resolved::Aborted(lost);
+    };
+    let mut last = lost;
+    loop {
+        if tokio::time::Instant::now() >= deadline {
+            return Resolved::Unknown(transaction::unknown(
+                xid,
+                "no writer answered within the retry policy's time limit",
+                Some(last),
+            ));
+        }
+        let asked = async {
+            let (connection, _) = core.checkout_until(Role::Writer, deadline).await?;
+            let mut held = Held::<B>::new(connection);
+            let Some(connection) = held.get() else {
+                return Err(Error::closed());
+            };
+            let status = B::query_value(connection, transaction::status_query(xid)).await;
+            if status.is_ok() {
+                held.release();
+            }
+            status
+        };
+        let status = match asked.await {
+            Ok(status) => Status::parse(status.as_deref()),
+            Err(err) if err.is_failover() || err.is_connect() || err.is_timeout() => {
+                last = err;
+                tokio::time::sleep(RETRY_PAUSE).await;
+                continue;
+            }
+            // 22023: "transaction ID is in the future": this writer never saw it.
+            Err(err) if err.sqlstate() == Some("22023") => Status::Unknown,
+            Err(err) => {
+                return Resolved::Unknown(transaction::unknown(
+                    xid,
+                    "asking the writer failed",
+                    Some(err),
+                ));
+            }
+        };
+        tracing::info!(
+            target: "aurora_pool",
+            cluster_id = %core.config().cluster_id,
+            xid,
+            status = ?status,
+            "outcome of a transaction whose COMMIT was lost"
+        );
+        match status {
+            Status::Committed => return Resolved::Committed,
+            Status::Aborted => {
+                return Resolved::Aborted(
+                    Error::failover(format!(
+                        "the connection was lost during COMMIT of transaction {xid}, which the server rolled back"
+                    ))
+                    .with_source(last),
+                );
+            }
+            Status::InProgress => tokio::time::sleep(transaction::IN_PROGRESS_PAUSE).await,
+            Status::Unknown => {
+                return Resolved::Unknown(transaction::unknown(
+                    xid,
+                    "the writer does not know it (too old, or lost with the old writer)",
+                    Some(last),
+                ));
+            }
+        }
+    }
+}
+
+/// One attempt of `work`, in a transaction for [`Attempt::Transaction`]. `phase` tells
+/// whether COMMIT was sent, and `value` keeps the work's value once it was.
+async fn attempt_once<B: Backend, T: Send>(
+    core: &PoolCore<B>,
+    role: Role,
+    kind: Attempt,
+    connection: &mut B::Connection,
+    work: &mut impl Retried<B::Connection, T>,
+    phase: &std::sync::Mutex<Phase>,
+    value: &std::sync::Mutex<Option<T>>,
+) -> Ended<T> {
+    let options = match kind {
+        Attempt::Plain => {
+            let result = work.attempt(connection).await;
+            // A lost connection is closed; one the server answered with an error is fine.
+            let reusable = !result.as_ref().is_err_and(Error::is_failover);
+            return Ended { result, reusable };
+        }
+        Attempt::Transaction(options) => options,
+    };
+    let role = kind.classified_as(role);
+    if let Err(err) = B::begin(connection, options.begin_statement()).await {
+        return Ended {
+            result: Err(core.classify_for(role, err)),
+            reusable: false,
+        };
+    }
+    let done = match work.attempt(connection).await {
+        Ok(done) => done,
+        Err(err) => {
+            // Lost before COMMIT was sent: the server rolls back; the connection goes.
+            if err.is_failover() {
+                return Ended {
+                    result: Err(err),
+                    reusable: false,
+                };
+            }
+            // The caller's own error comes back unchanged, rolled back or not: a
+            // connection that cannot roll back is closed, which rolls back too.
+            let rollback = tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await;
+            return Ended {
+                result: Err(err),
+                reusable: matches!(rollback, Ok(Ok(()))),
+            };
+        }
+    };
+    let xid = match B::query_value(connection, transaction::TRANSACTION_ID.to_owned()).await {
+        Ok(text) => transaction::parse_xid(text.as_deref()),
+        Err(err) => Err(core.classify_for(role, err)),
+    };
+    let xid = match xid {
+        Ok(xid) => xid,
+        Err(err) => {
+            // Still before COMMIT: a lost connection rolled back; an error the server
+            // sent (an aborted transaction) is rolled back here.
+            let reusable = !err.is_failover()
+                && matches!(
+                    tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await,
+                    Ok(Ok(()))
+                );
+            return Ended {
+                result: Err(err),
+                reusable,
+            };
+        }
+    };
+    *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(xid);
+    *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(done);
+    match B::commit(connection).await {
+        Ok(()) => {
+            let done = value.lock().unwrap_or_else(PoisonError::into_inner).take();
+            match done {
+                Some(done) => Ended {
+                    result: Ok(done),
+                    reusable: true,
+                },
+                None => Ended {
+                    result: Err(Error::failover("the committed value was taken").in_transaction()),
+                    reusable: false,
+                },
+            }
+        }
+        // A failed COMMIT the server answered (a serialization failure, a deferred
+        // constraint) rolled back; the driver's bookkeeping may not know, so the
+        // connection goes either way.
+        Err(err) => Ended {
+            result: Err(core.classify_for(role, err)),
+            reusable: false,
+        },
+    }
+}
