@@ -409,7 +409,60 @@ async fn a_writer_failure_costs_reads_nothing<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+async fn two_writers_get_one_verdict<F: Flavour>(test: &str) {
+    let cluster = std::sync::Arc::new(LocalCluster::start(2).await.expect("cluster"));
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("CREATE TABLE defaults_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "defaults_t").await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let moved = first_write_on(&pool, "instance-2", Instant::now(), Duration::from_secs(15)).await;
+    assert!(
+        moved.is_some(),
+        "no failover to instance-2: {}",
+        pool.topology()
+    );
+    let mut events = pool.events();
+    // The old writer starts again as a second primary, its catalog still naming itself.
+    cluster
+        .start_instance("instance-1")
+        .await
+        .expect("start the old writer");
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(5) {
+        let topology = pool.topology();
+        assert_eq!(topology.writer().id(), "instance-2", "{topology}");
+        let write = F::handle_text(&pool.handle(Role::Writer), WRITE)
+            .await
+            .expect("a write while two instances claim the writer role");
+        assert_eq!(write, "instance-2");
+        let read = F::handle_text(&pool.handle(Role::Reader), support::flavour::INSTANCE_ID)
+            .await
+            .expect("a read");
+        assert_eq!(read, "instance-2", "a read reached the second primary");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let changes: Vec<_> = support::drain_events(&mut events)
+        .into_iter()
+        .filter(|e| matches!(e, aurora_pool::ClusterEvent::WriterChanged { .. }))
+        .collect();
+    assert!(changes.is_empty(), "the writer flapped: {changes:?}");
+    assert!(
+        pool.topology()
+            .instance("instance-1")
+            .is_some_and(|i| !i.is_available()),
+        "the second primary serves reads: {}",
+        pool.topology()
+    );
+    pool.close().await;
+}
+
 flavour_tests!(
+    two_writers_get_one_verdict,
     no_write_reaches_a_demoted_writer,
     a_writer_failure_costs_reads_nothing,
     writes_follow_a_crashed_writer_with_defaults,

@@ -9,6 +9,7 @@
 //! probed at `cluster_topology_high_refresh_rate` until one confirms it is the writer, the
 //! new topology is published, and the high rate is kept for 30 s.
 
+mod confirm;
 mod events;
 mod probe;
 mod run;

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use super::confirm;
 use super::probe::{self, ProbeOutcome, ProbePlan, ProbeReport};
 use super::{HIGH_RATE_WINDOW, MonitorState, Registration};
 use crate::connector::{AdminConnection, Purpose};
 use crate::endpoint::HostPort;
 use crate::error::{Error, ErrorClass, Result};
-use crate::topology::{Instance, Topology, confirm_writer, query_topology};
+use crate::topology::{Instance, Topology, query_topology};
 
 /// Probe reports waiting for the monitor; probes wait when it is full.
 const REPORT_CAPACITY: usize = 256;
@@ -114,6 +115,11 @@ struct Monitor {
     last_poll: Instant,
     failures: u32,
     health: BTreeMap<String, Health>,
+    /// Instances whose claim to the writer role lost a verdict, until they answer as
+    /// readers.
+    rejected: BTreeSet<String>,
+    /// Another instance claims the writer role while the writer answers as one: judge.
+    verdict_due: Option<String>,
     probes: BTreeMap<String, Probe>,
     plan: watch::Sender<ProbePlan>,
     reports: mpsc::Receiver<ProbeReport>,
@@ -142,6 +148,8 @@ impl Monitor {
             last_poll: Instant::now(),
             failures: 0,
             health: BTreeMap::new(),
+            rejected: BTreeSet::new(),
+            verdict_due: None,
             probes: BTreeMap::new(),
             plan: watch::channel(plan).0,
             reports,
@@ -160,6 +168,11 @@ impl Monitor {
 
     /// Waits for the next poll (or a probe report, or a refresh request), then polls.
     async fn normal_step(&mut self) {
+        if let Some(claimant) = self.verdict_due.take() {
+            let current = self.state.current().writer().id().to_owned();
+            self.judge(vec![current, claimant]).await;
+            return;
+        }
         if std::mem::take(&mut self.poll_now) {
             self.poll().await;
             return;
@@ -277,12 +290,14 @@ impl Monitor {
         self.state.publish(topology.with_unavailable(&self.dead()))
     }
 
-    /// The instances the probes declared dead.
+    /// The instances the probes declared dead, and those whose claim to the writer role
+    /// was rejected (a second primary serves no reads).
     fn dead(&self) -> BTreeSet<String> {
         self.health
             .iter()
             .filter(|(_, h)| h.dead)
             .map(|(id, _)| id.clone())
+            .chain(self.rejected.iter().cloned())
             .collect()
     }
 
@@ -297,6 +312,12 @@ impl Monitor {
         let settings = &self.state.settings;
         let current = self.state.current();
         let is_writer = current.writer().id() == report.instance;
+        // Whether the current writer answers as the writer: then another claimant is judged,
+        // not followed blindly.
+        let current_is_writer = self
+            .health
+            .get(current.writer().id())
+            .is_some_and(|h| h.writer == Some(true) && !h.dead);
         let health = self.health.entry(report.instance.clone()).or_default();
         let mut health_changed = false;
         let mut panic_reason = None;
@@ -306,7 +327,9 @@ impl Monitor {
                 health.failures = 0;
                 health.login_rejected = false;
                 health.writer = Some(writer);
-                if health.dead {
+                // An instance back as a second writer is no usable reader: it stays out of
+                // the routing until judged (or until it answers as a reader).
+                if health.dead && !(writer && !is_writer) {
                     health.dead = false;
                     health_changed = true;
                     tracing::info!(
@@ -316,8 +339,17 @@ impl Monitor {
                         "instance reachable again"
                     );
                 }
+                if !writer && self.rejected.remove(&report.instance) {
+                    // A rejected claimant answers as a reader now: it may serve reads.
+                    health_changed = true;
+                }
                 if self.panic_since.is_none() {
-                    if writer && !is_writer {
+                    if writer && !is_writer && self.rejected.contains(&report.instance) {
+                        // Judged already: its claim lost.
+                    } else if writer && !is_writer && current_is_writer {
+                        // Two instances claim the writer role: one verdict, no failover.
+                        self.verdict_due = Some(report.instance.clone());
+                    } else if writer && !is_writer {
                         panic_reason =
                             Some(format!("{} reports itself as the writer", report.instance));
                     } else if !writer && is_writer {
@@ -413,7 +445,7 @@ impl Monitor {
     }
 
     /// One round of panic mode: take in probe reports, and try to confirm a writer
-    /// candidate.
+    /// candidate. Two or more candidates get one verdict (see [`Monitor::judge`]).
     async fn panic_step(&mut self) {
         let high_rate = self.state.settings.high_refresh_rate;
         tokio::select! {
@@ -426,74 +458,96 @@ impl Monitor {
         let candidates: Vec<String> = self
             .health
             .iter()
-            .filter(|(_, h)| h.writer == Some(true))
+            .filter(|(id, h)| h.writer == Some(true) && !self.rejected.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
-        for candidate in candidates {
-            if self.try_confirm_writer(&candidate).await {
-                return;
-            }
+        if !candidates.is_empty() {
+            self.judge(candidates).await;
         }
     }
 
-    /// Connects to `candidate`, confirms it is the writer, reads the topology through it and
-    /// leaves panic mode. Returns whether it did.
-    async fn try_confirm_writer(&mut self, candidate: &str) -> bool {
-        let Some(registration) = self.state.registration() else {
-            return false;
-        };
-        let Some(address) = self.probes.get(candidate).map(|p| p.address.clone()) else {
-            return false;
-        };
-        let limit = self.state.settings.connect_timeout;
-        let attempt = async {
-            let mut connection = registration
-                .connector
-                .connect(&address, Purpose::Monitor)
-                .await?;
-            let dialect = registration.source.dialect;
-            if !confirm_writer(connection.as_mut(), dialect).await? {
-                connection.close().await;
-                return Ok(None);
-            }
-            let topology = query_topology(connection.as_mut(), &registration.source).await?;
-            Ok::<_, Error>(Some((connection, topology)))
-        };
-        let outcome = tokio::time::timeout(limit, attempt).await;
-        let (connection, topology) = match outcome {
-            Ok(Ok(Some(found))) => found,
-            other => {
-                let why = match other {
-                    Ok(Ok(None)) => "it is not the writer".to_owned(),
-                    Ok(Err(err)) => err.to_string(),
-                    _ => format!("no answer within {limit:?}"),
-                };
-                tracing::debug!(
-                    target: "aurora_pool",
-                    cluster_id = %self.state.cluster_id,
-                    candidate,
-                    why,
-                    "writer candidate not confirmed"
-                );
-                if let Some(h) = self.health.get_mut(candidate) {
-                    h.writer = None;
+    /// Confirms each of `claimants` as a writer and reads the topology from its catalog, then
+    /// adopts one: the one whose catalog has the newest writer row (Aurora's rule for two
+    /// writer rows), the current writer on a tie, else the smallest id. The others are
+    /// rejected: unavailable, and their claim ignored, until they answer as readers. One
+    /// verdict per claim, never a flap between them. Returns whether a writer was adopted.
+    async fn judge(&mut self, claimants: Vec<String>) -> bool {
+        let current = self.state.current().writer().id().to_owned();
+        let mut confirmed = Vec::new();
+        for claimant in claimants {
+            let Some(address) = self.probes.get(&claimant).map(|p| p.address.clone()) else {
+                continue;
+            };
+            match confirm::candidate(&self.state, &address).await {
+                Ok((connection, topology)) => confirmed.push((claimant, connection, topology)),
+                Err(why) => {
+                    tracing::debug!(
+                        target: "aurora_pool",
+                        cluster_id = %self.state.cluster_id,
+                        candidate = claimant,
+                        why,
+                        "writer candidate not confirmed"
+                    );
+                    if let Some(h) = self.health.get_mut(&claimant) {
+                        h.writer = None;
+                    }
                 }
-                return false;
             }
+        }
+        let best = confirmed
+            .iter()
+            .enumerate()
+            .max_by(|(_, a), (_, b)| {
+                a.2.writer_since()
+                    .cmp(&b.2.writer_since())
+                    .then_with(|| (a.0 == current).cmp(&(b.0 == current)))
+                    .then_with(|| b.0.cmp(&a.0))
+            })
+            .map(|(i, _)| i);
+        let Some(best) = best else {
+            return false;
         };
+        let (winner, connection, topology) = confirmed.swap_remove(best);
+        for (loser, connection, _) in confirmed {
+            connection.close().await;
+            tracing::warn!(
+                target: "aurora_pool",
+                cluster_id = %self.state.cluster_id,
+                winner,
+                rejected = loser,
+                "two instances claim the writer role: the one with the newer writer row in its catalog wins"
+            );
+            if let Some(h) = self.health.get_mut(&loser) {
+                h.writer = None;
+            }
+            self.rejected.insert(loser);
+        }
+        self.adopt_writer(&winner, connection, topology);
+        true
+    }
+
+    /// Makes `candidate`, confirmed as the writer through `connection`, the writer of the
+    /// published topology and leaves panic mode.
+    fn adopt_writer(
+        &mut self,
+        candidate: &str,
+        connection: Box<dyn AdminConnection>,
+        topology: Topology,
+    ) {
         let elapsed = self.panic_since.map(|t| t.elapsed()).unwrap_or_default();
         let old_writer = self.state.current().writer().id().to_owned();
         self.monitoring = Some(Monitoring {
             instance: candidate.to_owned(),
             connection,
         });
-        self.panic_since = None;
+        let was_failing_over = self.panic_since.take().is_some();
         self.failures = 0;
         self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
         if let Some(h) = self.health.get_mut(candidate) {
             h.dead = false;
             h.failing_since = None;
         }
+        self.rejected.remove(candidate);
         // The old writer gets no reader pool until a probe finds it answering as a reader:
         // it may be dead but not yet declared so (a black hole takes seconds), and reads
         // sent there would hang.
@@ -506,15 +560,16 @@ impl Monitor {
         self.publish(topology.with_writer(candidate));
         self.state.set_failing_over(false);
         self.update_plan();
-        tracing::info!(
-            target: "aurora_pool",
-            cluster_id = %self.state.cluster_id,
-            old_writer,
-            new_writer = candidate,
-            elapsed_ms = elapsed.as_millis() as u64,
-            "failover finished: writer confirmed"
-        );
-        true
+        if was_failing_over || old_writer != candidate {
+            tracing::info!(
+                target: "aurora_pool",
+                cluster_id = %self.state.cluster_id,
+                old_writer,
+                new_writer = candidate,
+                elapsed_ms = elapsed.as_millis() as u64,
+                "failover finished: writer confirmed"
+            );
+        }
     }
 
     /// Tells the probes how to run now.

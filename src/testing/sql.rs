@@ -51,7 +51,11 @@ CREATE TABLE aurora_emul.instances (
   server_id text PRIMARY KEY,
   is_writer boolean NOT NULL,
   resource_id text NOT NULL,
-  proxy_port integer NOT NULL
+  proxy_port integer NOT NULL,
+  -- When the instance became the writer (set on promotion): the writer row's
+  -- LAST_UPDATE_TIMESTAMP, so that of two instances claiming the writer role the one
+  -- promoted last has the newer row, as on Aurora.
+  writer_since timestamp with time zone
 );
 GRANT USAGE ON SCHEMA aurora_emul TO PUBLIC;
 GRANT SELECT ON aurora_emul.instances TO PUBLIC;
@@ -73,7 +77,10 @@ CREATE FUNCTION pg_catalog.aurora_replica_status()
                 THEN 'MASTER_SESSION_ID' ELSE 'aurora-emul-session-' || i.server_id END,
            0::double precision,
            0::double precision,
-           CASE WHEN i.server_id = me.id THEN now() ELSE now() - interval '10 milliseconds' END
+           CASE WHEN (CASE WHEN i.server_id = me.id THEN NOT pg_is_in_recovery() ELSE i.is_writer END)
+                THEN COALESCE(i.writer_since, now())
+                WHEN i.server_id = me.id THEN now()
+                ELSE now() - interval '10 milliseconds' END
     FROM aurora_emul.instances i,
          (SELECT current_setting('aurora_emul.instance_id') AS id) me
     ORDER BY i.server_id
@@ -131,16 +138,17 @@ pub(crate) fn catalog(flavour: Flavour, members: &[Member<'_>]) -> String {
     };
     sql.push_str(PG_SETTINGS_VIEW);
     sql.push_str(MEMBER_TABLE);
-    sql.push_str("INSERT INTO aurora_emul.instances (server_id, is_writer, resource_id, proxy_port) VALUES\n");
+    sql.push_str("INSERT INTO aurora_emul.instances (server_id, is_writer, resource_id, proxy_port, writer_since) VALUES\n");
     let rows: Vec<String> = members
         .iter()
         .map(|m| {
             format!(
-                "  ({}, {}, {}, {})",
+                "  ({}, {}, {}, {}, {})",
                 literal(m.server_id),
                 m.is_writer,
                 literal(m.resource_id),
-                m.proxy_port
+                m.proxy_port,
+                if m.is_writer { "now()" } else { "NULL" }
             )
         })
         .collect();
@@ -176,7 +184,8 @@ pub(crate) fn create_role_and_database(user: &str, password: &str, database: &st
 /// Marks `writer` as the only writer in the member table.
 pub(crate) fn set_writer(writer: &str) -> String {
     format!(
-        "UPDATE aurora_emul.instances SET is_writer = (server_id = {});\n",
+        "UPDATE aurora_emul.instances SET is_writer = (server_id = {0}), \
+         writer_since = CASE WHEN server_id = {0} THEN now() ELSE writer_since END;\n",
         literal(writer)
     )
 }

@@ -225,9 +225,14 @@ pub(crate) async fn query_topology(
     source: &TopologySource,
 ) -> Result<Topology> {
     let dialect = source.dialect;
+    let mut writer_since = None;
     let instances = match dialect {
         Dialect::AuroraPg => {
             let rows = aurora_rows(&conn.query(AURORA_TOPOLOGY).await?)?;
+            writer_since = rows
+                .iter()
+                .find(|r| r.is_writer)
+                .and_then(|r| r.last_update);
             rows.into_iter()
                 .map(|row| {
                     Ok(Instance {
@@ -277,7 +282,7 @@ pub(crate) async fn query_topology(
             }]
         }
     };
-    Topology::new(dialect, instances)
+    Ok(Topology::new(dialect, instances)?.with_writer_since(writer_since))
 }
 
 async fn multi_az_instances(

@@ -99,6 +99,10 @@ pub struct Topology {
     dialect: Dialect,
     /// Sorted by id; the writer is among them.
     instances: Vec<Instance>,
+    /// The writer row's `LAST_UPDATE_TIMESTAMP` in the catalog it was read from
+    /// (microseconds since the epoch; Aurora only): of two instances claiming the writer
+    /// role, the one whose catalog has the newer writer row wins.
+    writer_since: Option<i64>,
 }
 
 impl Topology {
@@ -115,7 +119,19 @@ impl Topology {
             version: 0,
             dialect,
             instances,
+            writer_since: None,
         })
+    }
+
+    pub(crate) fn with_writer_since(mut self, writer_since: Option<i64>) -> Topology {
+        self.writer_since = writer_since;
+        self
+    }
+
+    /// See the field: when the writer of the catalog this was read from became (or last
+    /// showed itself as) the writer.
+    pub(crate) fn writer_since(&self) -> Option<i64> {
+        self.writer_since
     }
 
     pub(crate) fn with_version(mut self, version: u64) -> Topology {

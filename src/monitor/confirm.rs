@@ -1,0 +1,40 @@
+//! Confirming a writer candidate: a connection of the monitor's own that checks the
+//! instance is the writer (its catalog and `pg_is_in_recovery()`) and reads the topology
+//! from its catalog.
+
+use super::MonitorState;
+use crate::connector::{AdminConnection, Purpose};
+use crate::endpoint::HostPort;
+use crate::error::Error;
+use crate::topology::{Topology, confirm_writer, query_topology};
+
+/// Connects to the candidate at `address`, confirms it is the writer and reads the
+/// topology through it, within `connect_timeout`. `Err` says why it is not confirmed.
+pub(super) async fn candidate(
+    state: &MonitorState,
+    address: &HostPort,
+) -> Result<(Box<dyn AdminConnection>, Topology), String> {
+    let Some(registration) = state.registration() else {
+        return Err("every pool is gone".to_owned());
+    };
+    let limit = state.settings.connect_timeout;
+    let attempt = async {
+        let mut connection = registration
+            .connector
+            .connect(address, Purpose::Monitor)
+            .await?;
+        let dialect = registration.source.dialect;
+        if !confirm_writer(connection.as_mut(), dialect).await? {
+            connection.close().await;
+            return Ok(None);
+        }
+        let topology = query_topology(connection.as_mut(), &registration.source).await?;
+        Ok::<_, Error>(Some((connection, topology)))
+    };
+    match tokio::time::timeout(limit, attempt).await {
+        Ok(Ok(Some(found))) => Ok(found),
+        Ok(Ok(None)) => Err("it is not the writer".to_owned()),
+        Ok(Err(err)) => Err(err.to_string()),
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
