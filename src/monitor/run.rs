@@ -329,7 +329,8 @@ impl Monitor {
                 health.writer = Some(writer);
                 // An instance back as a second writer is no usable reader: it stays out of
                 // the routing until judged (or until it answers as a reader).
-                if health.dead && !(writer && !is_writer) {
+                let second_writer = writer && !is_writer;
+                if health.dead && !second_writer {
                     health.dead = false;
                     health_changed = true;
                     tracing::info!(
