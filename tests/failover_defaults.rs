@@ -52,6 +52,21 @@ async fn first_write_on<F: Flavour>(
     None
 }
 
+/// Asserts that a write through `writer()` lands on the promoted instance-2 within 15 s of
+/// `from` (`moment` names it), and prints how long it took.
+async fn expect_write_on_new_writer<F: Flavour>(test: &str, pool: &F, from: Instant, moment: &str) {
+    let after = first_write_on(pool, "instance-2", from, Duration::from_secs(15)).await;
+    assert!(
+        after.is_some(),
+        "no write reached the new writer within 15 s of {moment} with default settings: {}",
+        pool.topology()
+    );
+    eprintln!(
+        "{test}: first write on the new writer {:?} after {moment}",
+        after.unwrap_or_default()
+    );
+}
+
 async fn writes_follow_a_crashed_writer_with_defaults<F: Flavour>(test: &str) {
     let cluster = std::sync::Arc::new(LocalCluster::start(3).await.expect("cluster"));
     let pool = connect::<F>(&cluster, test, "").await;
@@ -65,18 +80,8 @@ async fn writes_follow_a_crashed_writer_with_defaults<F: Flavour>(test: &str) {
         .failover("instance-2", None)
         .await
         .expect("failover");
-    let promoted = Instant::now();
-    let after = first_write_on(&pool, "instance-2", crashed, Duration::from_secs(15)).await;
-    assert!(
-        after.is_some(),
-        "no write reached the new writer within 15 s of the crash with default settings: {}",
-        pool.topology()
-    );
-    eprintln!(
-        "{test}: first write on the new writer {:?} after the crash (failover() returned after {:?})",
-        after.unwrap_or_default(),
-        promoted - crashed
-    );
+    eprintln!("{test}: failover() returned after {:?}", crashed.elapsed());
+    expect_write_on_new_writer(test, &pool, crashed, "the crash").await;
     // No write goes to the old writer once the pool moved: every later write lands on
     // instance-2.
     for _ in 0..20 {
@@ -127,17 +132,7 @@ async fn writes_follow_a_black_holed_writer_with_defaults<F: Flavour>(test: &str
         .failover("instance-2", None)
         .await
         .expect("failover");
-    let promoted = Instant::now();
-    let after = first_write_on(&pool, "instance-2", promoted, Duration::from_secs(15)).await;
-    assert!(
-        after.is_some(),
-        "no write reached the new writer within 15 s of the promotion with default settings: {}",
-        pool.topology()
-    );
-    eprintln!(
-        "{test}: first write on the new writer {:?} after the promotion",
-        after.unwrap_or_default()
-    );
+    expect_write_on_new_writer(test, &pool, Instant::now(), "the promotion").await;
     pool.close().await;
 }
 
