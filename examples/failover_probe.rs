@@ -151,14 +151,18 @@ async fn aurora_attempt(pool: AuroraPool, role: Role) -> Result<String, String> 
 }
 
 async fn plain_attempt(pool: PgPool) -> Result<String, String> {
-    sqlx::query_scalar::<_, String>(WRITE_SQL)
-        .fetch_one(&pool)
-        .await
-        .map(|_| "the cluster endpoint".to_owned())
-        .map_err(|err| match err.as_database_error().and_then(|e| e.code()) {
-            Some(code) => format!("database error {code}"),
-            None => "connection error".to_owned(),
-        })
+    // A query in flight when the host is black-holed never returns: bound it, as a service
+    // would, so that the loop goes on.
+    let write = sqlx::query_scalar::<_, String>(WRITE_SQL).fetch_one(&pool);
+    match tokio::time::timeout(Duration::from_secs(2), write).await {
+        Err(_) => Err("no answer within 2 s".to_owned()),
+        Ok(result) => result
+            .map(|_| "the cluster endpoint".to_owned())
+            .map_err(|err| match err.as_database_error().and_then(|e| e.code()) {
+                Some(code) => format!("database error {code}"),
+                None => "connection error".to_owned(),
+            }),
+    }
 }
 
 #[tokio::main]

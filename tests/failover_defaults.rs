@@ -32,12 +32,26 @@ async fn first_write_on<F: Flavour>(
     let deadline = from + limit;
     let (landed, mut first) = tokio::sync::mpsc::channel::<Duration>(1);
     let mut writes = tokio::task::JoinSet::new();
+    let mut n = 0u64;
     while Instant::now() < deadline {
-        let handle = pool.handle(Role::Writer);
+        n += 1;
         let landed = landed.clone();
+        // Half through `writer()` handles, half through the retry helper, whose failed
+        // attempts make the monitor re-read the topology (on a writer that may hang).
+        let write: std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>> =
+            if n % 2 == 0 {
+                let handle = pool.handle(Role::Writer);
+                Box::pin(async move { F::handle_text(&handle, WRITE).await })
+            } else {
+                let pool = pool.clone();
+                Box::pin(async move {
+                    pool.run_text(Role::Writer, WRITE)
+                        .await
+                        .map_err(|err| err.to_string())
+                })
+            };
         writes.spawn(async move {
-            let write =
-                tokio::time::timeout(Duration::from_secs(5), F::handle_text(&handle, WRITE));
+            let write = tokio::time::timeout(Duration::from_secs(5), write);
             if let Ok(Ok(id)) = write.await
                 && id == target
             {

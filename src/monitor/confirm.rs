@@ -2,6 +2,8 @@
 //! instance is the writer (its catalog and `pg_is_in_recovery()`) and reads the topology
 //! from its catalog.
 
+use std::time::Duration;
+
 use super::MonitorState;
 use crate::connector::{AdminConnection, Purpose};
 use crate::endpoint::HostPort;
@@ -9,15 +11,15 @@ use crate::error::Error;
 use crate::topology::{Topology, confirm_writer, query_topology};
 
 /// Connects to the candidate at `address`, confirms it is the writer and reads the
-/// topology through it, within `connect_timeout`. `Err` says why it is not confirmed.
+/// topology through it, within `limit`. `Err` says why it is not confirmed.
 pub(super) async fn candidate(
     state: &MonitorState,
     address: &HostPort,
+    limit: Duration,
 ) -> Result<(Box<dyn AdminConnection>, Topology), String> {
     let Some(registration) = state.registration() else {
         return Err("every pool is gone".to_owned());
     };
-    let limit = state.settings.connect_timeout;
     let attempt = async {
         let mut connection = registration
             .connector

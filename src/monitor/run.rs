@@ -233,14 +233,24 @@ impl Monitor {
             tokio::pin!(read);
             loop {
                 tokio::select! {
-                    result = &mut read => break result,
-                    Some(report) = self.reports.recv() => self.on_report(report),
+                    result = &mut read => break Some(result),
+                    Some(report) = self.reports.recv() => {
+                        self.on_report(report);
+                        // A probe found the writer gone: the search starts now, not when a
+                        // read hung on that writer gives up.
+                        if self.panic_since.is_some() {
+                            break None;
+                        }
+                    }
                 }
             }
         };
+        let Some(result) = result else {
+            // What the old connection was reading is stale; it may hang: dropped unread.
+            drop(monitoring);
+            return;
+        };
         if self.panic_since.is_some() {
-            // A probe found the writer gone meanwhile: panic mode takes over, and what the
-            // old connection read is stale.
             if let Some(old) = monitoring {
                 old.connection.close().await;
             }
@@ -474,13 +484,43 @@ impl Monitor {
     /// verdict per claim, never a flap between them. Returns whether a writer was adopted.
     async fn judge(&mut self, claimants: Vec<String>) -> bool {
         let current = self.state.current().writer().id().to_owned();
-        let mut confirmed = Vec::new();
+        // All at once, each bounded like a probe: a claimant that went silent (the old
+        // writer behind a black hole) must not hold up the verdict on the others.
+        let settings = &self.state.settings;
+        let limit = probe::probe_timeout(
+            settings.failure_detection_interval,
+            settings.connect_timeout,
+        );
+        let mut confirming = tokio::task::JoinSet::new();
         for claimant in claimants {
             let Some(address) = self.probes.get(&claimant).map(|p| p.address.clone()) else {
                 continue;
             };
-            match confirm::candidate(&self.state, &address).await {
-                Ok((connection, topology)) => confirmed.push((claimant, connection, topology)),
+            let state = self.state.clone();
+            confirming.spawn(async move {
+                let outcome = confirm::candidate(&state, &address, limit).await;
+                (claimant, outcome)
+            });
+        }
+        // A claimant whose catalog has a newer writer row than the one the pool follows wins
+        // at once: the others (the old writer among them, perhaps silent) are not waited for.
+        let following_since = self.state.current().writer_since();
+        let mut confirmed = Vec::new();
+        while let Some(joined) = confirming.join_next().await {
+            let Ok((claimant, outcome)) = joined else {
+                continue;
+            };
+            match outcome {
+                Ok((connection, topology)) => {
+                    let newer = claimant != current
+                        && topology.writer_since().is_some()
+                        && topology.writer_since() > following_since;
+                    confirmed.push((claimant, connection, topology));
+                    if newer {
+                        confirming.abort_all();
+                        break;
+                    }
+                }
                 Err(why) => {
                     tracing::debug!(
                         target: "aurora_pool",
