@@ -39,7 +39,7 @@ async fn first_write_on<F: Flavour>(
         // Half through `writer()` handles, half through the retry helper, whose failed
         // attempts make the monitor re-read the topology (on a writer that may hang).
         let write: std::pin::Pin<Box<dyn Future<Output = Result<String, String>> + Send>> =
-            if n % 2 == 0 {
+            if n.is_multiple_of(2) {
                 let handle = pool.handle(Role::Writer);
                 Box::pin(async move { F::handle_text(&handle, WRITE).await })
             } else {
