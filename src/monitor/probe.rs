@@ -42,7 +42,15 @@ pub(super) enum ProbeOutcome {
     Reachable { writer: bool },
     /// Not reachable. `definitive` when the host actively refused or closed the connection
     /// (a crash or restart), as opposed to a timeout (a silent failure).
-    Unreachable { definitive: bool, error: String },
+    Unreachable {
+        definitive: bool,
+        /// No answer within the probe's time: the next probe runs at once.
+        timed_out: bool,
+        error: String,
+    },
+    /// The probe could not ask (no credentials from the provider, every pool gone, a query
+    /// error that is not about the connection): it says nothing about the instance.
+    Unknown { error: String },
     /// The instance answered but refused the login: a credentials problem, not a dead host.
     LoginRejected { error: String },
     /// The instance answered but would not start a session now (53300 too many connections,
@@ -133,7 +141,7 @@ pub(super) async fn run(
                 let timed_out = matches!(
                     outcome,
                     ProbeOutcome::Unreachable {
-                        definitive: false,
+                        timed_out: true,
                         ..
                     }
                 );
@@ -248,10 +256,23 @@ async fn probe_once(
                 error: err.to_string(),
             }
         }
+        Ok(Err(err))
+            if err.is_credentials()
+                || err.is_closed()
+                || !(err.class() == ErrorClass::Network
+                    || err.is_connect()
+                    || err.is_timeout()) =>
+        {
+            *connection = None;
+            ProbeOutcome::Unknown {
+                error: err.to_string(),
+            }
+        }
         Ok(Err(err)) => {
             *connection = None;
             ProbeOutcome::Unreachable {
                 definitive: err.is_connect() && !err.is_timeout(),
+                timed_out: err.is_timeout(),
                 error: err.to_string(),
             }
         }
@@ -260,6 +281,7 @@ async fn probe_once(
             *connection = None;
             ProbeOutcome::Unreachable {
                 definitive: false,
+                timed_out: true,
                 error: format!("no answer within {timeout:?}"),
             }
         }

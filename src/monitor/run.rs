@@ -252,7 +252,7 @@ impl Monitor {
         };
         if self.panic_since.is_some() {
             if let Some(old) = monitoring {
-                old.connection.close().await;
+                tokio::spawn(old.connection.close());
             }
             return;
         }
@@ -271,7 +271,7 @@ impl Monitor {
                 );
                 // Keep the monitoring connection on the writer: it sees changes first.
                 if let Some(old) = self.monitoring.take_if(|m| m.instance != writer) {
-                    old.connection.close().await;
+                    tokio::spawn(old.connection.close());
                 }
             }
             Err(err) => {
@@ -368,6 +368,17 @@ impl Monitor {
                     }
                 }
             }
+            ProbeOutcome::Unknown { error } => {
+                // The probe could not ask (no credentials, the pool going away): nothing is
+                // learned about the instance.
+                tracing::debug!(
+                    target: "aurora_pool",
+                    cluster_id = %self.state.cluster_id,
+                    instance = %report.instance,
+                    error = %error,
+                    "health probe could not run"
+                );
+            }
             ProbeOutcome::Busy { error } => {
                 // Alive: full, starting up, or mid-handshake. Never a reason to fail over;
                 // the role is unknown until it answers.
@@ -397,7 +408,9 @@ impl Monitor {
                     );
                 }
             }
-            ProbeOutcome::Unreachable { definitive, error } => {
+            ProbeOutcome::Unreachable {
+                definitive, error, ..
+            } => {
                 health.writer = None;
                 let since = *health.failing_since.get_or_insert(report.at);
                 health.failures = health.failures.saturating_add(1);
@@ -440,6 +453,9 @@ impl Monitor {
         // last said about the old writer is stale: it becomes a candidate again only by
         // answering as the writer (re-elected).
         self.monitoring = None;
+        // An earlier verdict does not hold when the writer it kept is gone: a claimant it
+        // rejected may be the writer now.
+        self.rejected.clear();
         let old_writer = self.state.current().writer().id().to_owned();
         if let Some(health) = self.health.get_mut(&old_writer) {
             health.writer = None;
@@ -492,6 +508,7 @@ impl Monitor {
             settings.connect_timeout,
         );
         let mut confirming = tokio::task::JoinSet::new();
+        let current_claims = self.panic_since.is_none() && claimants.contains(&current);
         for claimant in claimants {
             let Some(address) = self.probes.get(&claimant).map(|p| p.address.clone()) else {
                 continue;
@@ -506,6 +523,7 @@ impl Monitor {
         // at once: the others (the old writer among them, perhaps silent) are not waited for.
         let following_since = self.state.current().writer_since();
         let mut confirmed = Vec::new();
+        let mut newer_claimant = false;
         while let Some(joined) = confirming.join_next().await {
             let Ok((claimant, outcome)) = joined else {
                 continue;
@@ -517,6 +535,7 @@ impl Monitor {
                         && topology.writer_since() > following_since;
                     confirmed.push((claimant, connection, topology));
                     if newer {
+                        newer_claimant = true;
                         confirming.abort_all();
                         break;
                     }
@@ -535,6 +554,15 @@ impl Monitor {
                 }
             }
         }
+        // Outside panic mode the writer the pool follows keeps its role unless it answers
+        // as the loser or a newer writer row shows up: a writer that is merely slow to take
+        // a new session (loaded, full) does not lose the verdict by not showing up.
+        if current_claims && !newer_claimant && !confirmed.iter().any(|(id, _, _)| *id == current) {
+            for (_, connection, _) in confirmed {
+                tokio::spawn(connection.close());
+            }
+            return false;
+        }
         let best = confirmed
             .iter()
             .enumerate()
@@ -550,7 +578,8 @@ impl Monitor {
         };
         let (winner, connection, topology) = confirmed.swap_remove(best);
         for (loser, connection, _) in confirmed {
-            connection.close().await;
+            // Not awaited: a connection that goes silent must not hold the monitor.
+            tokio::spawn(connection.close());
             tracing::warn!(
                 target: "aurora_pool",
                 cluster_id = %self.state.cluster_id,

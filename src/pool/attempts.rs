@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 use super::backend::{Attempt, Backend, Ended, Held, Retried};
 use super::core::{PoolCore, RETRY_PAUSE};
 use super::transaction::{self, Phase, Status};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 use crate::retry::RetryPolicy;
-use crate::topology::Role;
+use crate::topology::{Dialect, Instance, Role};
 
 /// Longest wait for a `ROLLBACK` after the work failed; a connection that does not roll
 /// back in time is closed instead.
@@ -109,7 +109,7 @@ pub(crate) async fn retry<B: Backend, T: Send>(
             // The connection went during COMMIT: find out what happened before anything
             // is run again.
             Phase::Committing(xid) if err.is_failover() || err.is_transaction_state_unknown() => {
-                match resolve_commit(core, xid, deadline, err).await {
+                match resolve_commit(core, &instance, xid, deadline, err).await {
                     Resolved::Committed => match committed_value {
                         Some(value) => return Ok(value),
                         None => {
@@ -151,6 +151,7 @@ pub(crate) async fn retry<B: Backend, T: Send>(
 /// Finds out on the writer whether the transaction whose COMMIT was lost committed.
 async fn resolve_commit<B: Backend>(
     core: &PoolCore<B>,
+    committed_on: &Instance,
     xid: Option<u64>,
     deadline: tokio::time::Instant,
     lost: Error,
@@ -169,7 +170,18 @@ async fn resolve_commit<B: Backend>(
             ));
         }
         let asked = async {
-            let (connection, _) = core.checkout_until(Role::Writer, deadline).await?;
+            let (connection, writer) = core.checkout_until(Role::Writer, deadline).await?;
+            // Only a writer that shares the transaction id space with the one that committed
+            // can answer: Aurora's shared storage, or the same instance. A promoted replica
+            // of a plain PostgreSQL or Multi-AZ cluster hands out ids the lost writer used.
+            let shared_storage = core.topology().dialect() == Dialect::AuroraPg;
+            if !shared_storage && writer.id() != committed_on.id() {
+                return Ok(Err(format!(
+                    "the writer changed from {} to {}, which does not share storage with it",
+                    committed_on.id(),
+                    writer.id()
+                )));
+            }
             let mut held = Held::<B>::new(connection);
             let Some(connection) = held.get() else {
                 return Err(Error::closed());
@@ -178,11 +190,32 @@ async fn resolve_commit<B: Backend>(
             if status.is_ok() {
                 held.release();
             }
-            status
+            status.map(Ok)
         };
-        let status = match asked.await {
+        // Each question bounded: the writer asked may be the silent one.
+        let bound = (tokio::time::Instant::now() + core.config().connect_timeout).min(deadline);
+        let asked = match tokio::time::timeout_at(bound, asked).await {
+            Ok(asked) => asked,
+            Err(_) => Err(Error::timeout(
+                "asking the writer what became of the transaction took too long",
+            )),
+        };
+        let asked = match asked {
+            Ok(Err(why)) => {
+                return Resolved::Unknown(transaction::unknown(xid, &why, Some(last)));
+            }
+            Ok(Ok(status)) => Ok(status),
+            Err(err) => Err(err),
+        };
+        let status = match asked {
             Ok(status) => Status::parse(status.as_deref()),
-            Err(err) if err.is_failover() || err.is_connect() || err.is_timeout() => {
+            Err(err)
+                if err.is_failover()
+                    || err.is_connect()
+                    || err.is_timeout()
+                    || err.is_busy()
+                    || err.class() == ErrorClass::Network =>
+            {
                 last = err;
                 tokio::time::sleep(RETRY_PAUSE).await;
                 continue;

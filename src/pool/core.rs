@@ -331,7 +331,16 @@ impl<B: Backend> PoolCore<B> {
                     }
                     last_error = Some(err);
                 }
-                Some(Err(err)) if err.class().fails_over_for(role) && !err.is_busy() => {
+                // Full or starting up: alive; wait a moment and ask again (no topology
+                // signal), until the deadline.
+                Some(Err(err)) if err.is_busy() => {
+                    last_error = Some(err);
+                    tokio::select! {
+                        _ = routing.changed() => {}
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
+                }
+                Some(Err(err)) if err.class().fails_over_for(role) => {
                     self.request_refresh();
                     last_error = Some(err);
                     tokio::select! {

@@ -618,6 +618,9 @@ impl Connector for SqlxConnector {
     }
 }
 
+/// How long closing one of the crate's own connections may take.
+const ADMIN_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
 /// A failed connect of the crate's own: the server's refusal keeps its SQLSTATE, a broken-off
 /// TLS handshake marks the instance busy rather than gone.
 fn admin_connect_error(address: &HostPort, err: sqlx::Error) -> Error {
@@ -701,7 +704,9 @@ impl AdminConnection for SqlxAdmin {
         Box::pin(async move {
             let SqlxAdmin { listener, pool } = *self;
             drop(listener);
-            pool.close().await;
+            // sqlx pings the connection it takes back, without a timeout: on a silent host
+            // that would never end.
+            let _ = tokio::time::timeout(ADMIN_CLOSE_WAIT, pool.close()).await;
         })
     }
 }
