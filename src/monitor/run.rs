@@ -767,7 +767,7 @@ async fn connect_writer_first(
     let topology = state.current();
     let writer = topology.writer();
     let others = topology.readers().filter(|r| r.is_available());
-    let mut last_error = None;
+    let mut writer_error = None;
     for instance in std::iter::once(writer).chain(others) {
         match registration
             .connector
@@ -787,10 +787,16 @@ async fn connect_writer_first(
                     connection,
                 });
             }
-            Err(err) => last_error = Some(err),
+            // The writer's own answer decides what the failure means (a full or starting
+            // writer is busy, not lost), whatever the readers said after it.
+            Err(err) => {
+                if writer_error.is_none() {
+                    writer_error = Some(err);
+                }
+            }
         }
     }
-    Err(last_error.unwrap_or_else(|| Error::topology("the topology lists no instance")))
+    Err(writer_error.unwrap_or_else(|| Error::topology("the topology lists no instance")))
 }
 
 impl Drop for Monitor {
