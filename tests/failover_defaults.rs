@@ -460,10 +460,12 @@ async fn two_writers_get_one_verdict<F: Flavour>(test: &str) {
         .filter(|e| matches!(e, aurora_pool::ClusterEvent::WriterChanged { .. }))
         .collect();
     assert!(changes.is_empty(), "the writer flapped: {changes:?}");
+    // Routed nowhere: listed as unavailable, or not listed (a catalog read in the middle of
+    // the failover drops the old writer's row).
     assert!(
         pool.topology()
             .instance("instance-1")
-            .is_some_and(|i| !i.is_available()),
+            .is_none_or(|i| !i.is_available()),
         "the second primary serves reads: {}",
         pool.topology()
     );

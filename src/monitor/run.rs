@@ -120,6 +120,8 @@ struct Monitor {
     rejected: BTreeSet<String>,
     /// Another instance claims the writer role while the writer answers as one: judge.
     verdict_due: Option<String>,
+    /// When the last such verdict was made.
+    last_verdict: Option<Instant>,
     probes: BTreeMap<String, Probe>,
     plan: watch::Sender<ProbePlan>,
     reports: mpsc::Receiver<ProbeReport>,
@@ -150,6 +152,7 @@ impl Monitor {
             health: BTreeMap::new(),
             rejected: BTreeSet::new(),
             verdict_due: None,
+            last_verdict: None,
             probes: BTreeMap::new(),
             plan: watch::channel(plan).0,
             reports,
@@ -168,8 +171,14 @@ impl Monitor {
 
     /// Waits for the next poll (or a probe report, or a refresh request), then polls.
     async fn normal_step(&mut self) {
-        if let Some(claimant) = self.verdict_due.take() {
+        // At most one verdict per probe interval: a claimant reports every interval, and
+        // judging at each report would starve the topology polls.
+        let judged_lately = self
+            .last_verdict
+            .is_some_and(|at| at.elapsed() < self.state.settings.failure_detection_interval);
+        if !judged_lately && let Some(claimant) = self.verdict_due.take() {
             let current = self.state.current().writer().id().to_owned();
+            self.last_verdict = Some(Instant::now());
             self.judge(vec![current, claimant]).await;
             return;
         }
