@@ -634,26 +634,45 @@ impl<B: Backend> PoolCore<B> {
         if self.closed.load(Ordering::Acquire) {
             return;
         }
-        let (table, retired) = match RoutingTable::build(
-            Some(&previous),
-            topology,
-            &scope,
-            &self.backend,
-            &self.config,
-            fresh,
-        ) {
-            Ok(built) => built,
-            Err(err) => {
-                tracing::error!(
-                    target: "aurora_pool",
-                    cluster_id = %self.config.cluster_id,
-                    error = %err,
-                    "routing not updated: an instance pool could not be created"
-                );
-                return;
+        let mut fresh = fresh;
+        let mut previous = previous;
+        let retired = loop {
+            let (table, retired) = match RoutingTable::build(
+                Some(&previous),
+                topology,
+                &scope,
+                &self.backend,
+                &self.config,
+                std::mem::take(&mut fresh),
+            ) {
+                Ok(built) => built,
+                Err(err) => {
+                    tracing::error!(
+                        target: "aurora_pool",
+                        cluster_id = %self.config.cluster_id,
+                        error = %err,
+                        "routing not updated: an instance pool could not be created"
+                    );
+                    return;
+                }
+            };
+            let table = Arc::new(table);
+            let stored = self.routing.compare_and_swap(&previous, table.clone());
+            if Arc::ptr_eq(&stored, &previous) {
+                break retired;
             }
+            // A closed pool was replaced while the credentials were fetched: the pools this
+            // build opened are routed nowhere; close them and build on what is routed now.
+            for slot in table.slots() {
+                if !previous
+                    .slots()
+                    .any(|p| p.instance.same_placement(&slot.instance))
+                {
+                    tokio::spawn(close_bounded::<B>(slot.pool.clone()));
+                }
+            }
+            previous = self.routing.load_full();
         };
-        self.routing.store(Arc::new(table));
         self.routing_version.send_replace(topology.version());
         tracing::info!(
             target: "aurora_pool",
