@@ -28,6 +28,8 @@ mod retry;
 #[cfg(feature = "secrets-manager")]
 pub mod secrets_manager;
 mod select;
+mod supervise;
+mod throttle;
 pub mod topology;
 
 #[cfg(feature = "testing")]

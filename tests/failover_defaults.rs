@@ -19,6 +19,14 @@ use support::{eventually, unique_cluster_id};
 const WRITE: &str =
     "INSERT INTO defaults_t VALUES (1) RETURNING pg_catalog.aurora_db_instance_identifier()";
 
+/// Creates the table [`WRITE`] writes to, on every instance before a failover can lose it.
+async fn create_table<F: Flavour>(cluster: &LocalCluster, pool: &F) {
+    pool.execute("CREATE TABLE defaults_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(cluster, "defaults_t").await;
+}
+
 /// Starts a write through a fresh `writer()` handle every 20 ms, each in its own task (as
 /// concurrent requests of a service: one write hung on a dead socket does not hold up the
 /// next), until one lands on `target` or `limit` passes; returns how long after `from`
@@ -84,10 +92,7 @@ async fn expect_write_on_new_writer<F: Flavour>(test: &str, pool: &F, from: Inst
 async fn writes_follow_a_crashed_writer_with_defaults<F: Flavour>(test: &str) {
     let cluster = std::sync::Arc::new(LocalCluster::start(3).await.expect("cluster"));
     let pool = connect::<F>(&cluster, test, "").await;
-    pool.execute("CREATE TABLE defaults_t (n int)")
-        .await
-        .expect("create");
-    support::replicated(&cluster, "defaults_t").await;
+    create_table(&cluster, &pool).await;
     // Early in the pool's life, as the report that found the 30 s grace period did.
     let crashed = Instant::now();
     cluster
@@ -135,10 +140,7 @@ async fn a_silent_writer_is_declared_dead_with_defaults<F: Flavour>(test: &str) 
 async fn writes_follow_a_black_holed_writer_with_defaults<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, "").await;
-    pool.execute("CREATE TABLE defaults_t (n int)")
-        .await
-        .expect("create");
-    support::replicated(&cluster, "defaults_t").await;
+    create_table(&cluster, &pool).await;
     assert!(cluster.blackhole("instance-1", true));
     // The promotion right behind the silence; the old writer's crash is invisible behind
     // the black hole.
@@ -347,10 +349,7 @@ fn keep_running<F: Flavour>(
 async fn no_write_reaches_a_demoted_writer<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, "").await;
-    pool.execute("CREATE TABLE defaults_t (n int)")
-        .await
-        .expect("create");
-    support::replicated(&cluster, "defaults_t").await;
+    create_table(&cluster, &pool).await;
     warm_up(&pool, Role::Writer).await;
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let writes = keep_running(&pool, Role::Writer, WRITE, stop.clone());
@@ -421,10 +420,7 @@ async fn a_writer_failure_costs_reads_nothing<F: Flavour>(test: &str) {
 async fn two_writers_get_one_verdict<F: Flavour>(test: &str) {
     let cluster = std::sync::Arc::new(LocalCluster::start(2).await.expect("cluster"));
     let pool = connect::<F>(&cluster, test, "").await;
-    pool.execute("CREATE TABLE defaults_t (n int)")
-        .await
-        .expect("create");
-    support::replicated(&cluster, "defaults_t").await;
+    create_table(&cluster, &pool).await;
     cluster
         .failover("instance-2", None)
         .await

@@ -205,30 +205,15 @@ impl Backend for DeadpoolBackend {
     }
 
     fn begin(connection: &mut Object, statement: String) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            connection
-                .batch_execute(&statement)
-                .await
-                .map_err(|err| from_pg(err, "BEGIN"))
-        })
+        Box::pin(async move { statement_on(connection, &statement, "BEGIN").await })
     }
 
     fn commit(connection: &mut Object) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            connection
-                .batch_execute("COMMIT")
-                .await
-                .map_err(|err| from_pg(err, "COMMIT"))
-        })
+        Box::pin(statement_on(connection, "COMMIT", "COMMIT"))
     }
 
     fn rollback(connection: &mut Object) -> BoxFuture<'_, Result<()>> {
-        Box::pin(async move {
-            connection
-                .batch_execute("ROLLBACK")
-                .await
-                .map_err(|err| from_pg(err, "ROLLBACK"))
-        })
+        Box::pin(statement_on(connection, "ROLLBACK", "ROLLBACK"))
     }
 
     fn query_value(connection: &mut Object, sql: String) -> BoxFuture<'_, Result<Option<String>>> {
@@ -255,6 +240,14 @@ impl Backend for DeadpoolBackend {
                 .map_err(|err| from_pool(err, "checking out a connection"))
         })
     }
+}
+
+/// Runs one transaction-control statement; `context` names it in the error.
+async fn statement_on(connection: &Object, sql: &str, context: &str) -> Result<()> {
+    connection
+        .batch_execute(sql)
+        .await
+        .map_err(|err| from_pg(err, context))
 }
 
 /// What deadpool leaves out: closes connections idle past `idle_timeout` (beyond `min`) or

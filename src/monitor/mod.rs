@@ -15,9 +15,9 @@ mod probe;
 mod run;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -26,6 +26,7 @@ pub use events::ClusterEvent;
 use crate::config::Config;
 use crate::connector::Connector;
 use crate::error::{Error, Result};
+use crate::throttle::Throttle;
 use crate::topology::{Topology, TopologySource};
 
 /// What a pool brings to the monitor: how to connect (its credentials) and how to read and
@@ -62,12 +63,6 @@ impl MonitorSettings {
     }
 }
 
-/// The pause before restarting a background task that panicked for the `restarts`-th time:
-/// 100 ms doubling, at most 10 s.
-pub(crate) fn restart_pause(restarts: u32) -> Duration {
-    run::backoff(restarts)
-}
-
 /// How long the monitor keeps the high refresh rate after finding a new writer.
 const HIGH_RATE_WINDOW: Duration = Duration::from_secs(30);
 
@@ -84,9 +79,8 @@ struct MonitorState {
     failing_over_now: AtomicBool,
     registrations: Mutex<Vec<Weak<Registration>>>,
     refresh_now: Notify,
-    /// When a forced refresh was last let through, in ms since `started` (+1, 0 = never).
-    last_forced_refresh: AtomicU64,
-    started: Instant,
+    /// Forced refreshes let through, at most one per high refresh rate.
+    forced_refresh: Throttle,
     settings: MonitorSettings,
 }
 
@@ -180,20 +174,7 @@ impl ClusterHandle {
     /// storm of catalog reads.
     pub(crate) fn request_refresh(&self) {
         let state = &self.state;
-        let now = u64::try_from(state.started.elapsed().as_millis())
-            .unwrap_or(u64::MAX)
-            .saturating_add(1);
-        let min_gap =
-            u64::try_from(state.settings.high_refresh_rate.as_millis()).unwrap_or(u64::MAX);
-        let last = state.last_forced_refresh.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < min_gap {
-            return;
-        }
-        if state
-            .last_forced_refresh
-            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
+        if state.forced_refresh.pass(state.settings.high_refresh_rate) {
             state.refresh_now.notify_one();
         }
     }
@@ -273,8 +254,7 @@ pub(crate) fn join(
             failing_over_now: AtomicBool::new(false),
             registrations: Mutex::new(vec![Arc::downgrade(registration)]),
             refresh_now: Notify::new(),
-            last_forced_refresh: AtomicU64::new(0),
-            started: Instant::now(),
+            forced_refresh: Throttle::new(),
             settings,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);

@@ -13,6 +13,7 @@ use super::{HIGH_RATE_WINDOW, MonitorState, Registration};
 use crate::connector::{AdminConnection, Purpose};
 use crate::endpoint::HostPort;
 use crate::error::{Error, ErrorClass, Result};
+use crate::supervise;
 use crate::topology::{Instance, Topology, query_topology};
 
 /// Probe reports waiting for the monitor; probes wait when it is full.
@@ -22,41 +23,29 @@ const REPORT_CAPACITY: usize = 256;
 const DEAD_RECHECK: Duration = Duration::from_secs(1);
 
 /// Runs the monitor and restarts it (with backoff) if it panics.
-pub(super) async fn supervise(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
-    let mut restarts: u32 = 0;
-    loop {
-        let run = tokio::spawn(run(state.clone(), shutdown.clone()));
-        match run.await {
-            Ok(()) => break,
-            Err(err) if err.is_panic() => {
-                restarts += 1;
-                // The panicked run may have been searching for a writer: checkouts must not
-                // wait on a search nobody runs. The new run starts a search of its own if
-                // the writer is still missing.
-                state.set_failing_over(false);
-                let delay = backoff(restarts);
-                tracing::error!(
-                    target: "aurora_pool",
-                    cluster_id = %state.cluster_id,
-                    restarts,
-                    delay_ms = delay.as_millis() as u64,
-                    "cluster monitor panicked; restarting"
-                );
-                tokio::select! {
-                    _ = shutdown.changed() => break,
-                    _ = tokio::time::sleep(delay) => {}
-                }
+pub(super) async fn supervise(state: Arc<MonitorState>, shutdown: watch::Receiver<bool>) {
+    let mut stopped = shutdown.clone();
+    let (runs, start_with) = (state.clone(), shutdown);
+    supervise::supervise(
+        "cluster monitor",
+        state.cluster_id.clone(),
+        move || {
+            if *start_with.borrow() {
+                return None;
             }
-            Err(_) => break,
-        }
-    }
+            // A run that panicked may have been searching for a writer: checkouts must not
+            // wait on a search nobody runs. The new run starts a search of its own if the
+            // writer is still missing.
+            runs.set_failing_over(false);
+            Some(run(runs.clone(), start_with.clone()))
+        },
+        async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        },
+    )
+    .await;
     state.set_failing_over(false);
     tracing::info!(target: "aurora_pool", cluster_id = %state.cluster_id, "cluster monitor stopped");
-}
-
-/// 100 ms doubling per failure, at most 10 s.
-pub(super) fn backoff(failures: u32) -> Duration {
-    (Duration::from_millis(100) * 2u32.pow(failures.min(7))).min(Duration::from_secs(10))
 }
 
 async fn run(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
@@ -188,7 +177,7 @@ impl Monitor {
         }
         let settings = &self.state.settings;
         let delay = if self.failures > 0 {
-            backoff(self.failures).min(settings.refresh_rate)
+            supervise::backoff(self.failures).min(settings.refresh_rate)
         } else if self
             .high_rate_until
             .is_some_and(|until| Instant::now() < until)
@@ -813,17 +802,5 @@ impl Drop for Monitor {
         for probe in self.probes.values() {
             probe.task.abort();
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_and_is_capped() {
-        assert_eq!(backoff(0), Duration::from_millis(100));
-        assert_eq!(backoff(3), Duration::from_millis(800));
-        assert_eq!(backoff(50), Duration::from_secs(10));
     }
 }

@@ -37,10 +37,6 @@ pub(crate) async fn retry<B: Backend, T: Send>(
     kind: Attempt,
     work: &mut impl Retried<B::Connection, T>,
 ) -> Result<T> {
-    let policy = match kind {
-        Attempt::Plain => policy,
-        Attempt::Transaction(options) => options.retry_policy(),
-    };
     let started = Instant::now();
     let limit = policy.time_limit(core.config().failover_timeout);
     let deadline = tokio::time::Instant::now() + limit;
@@ -194,21 +190,16 @@ async fn resolve_commit<B: Backend>(
         };
         // Each question bounded: the writer asked may be the silent one.
         let bound = (tokio::time::Instant::now() + core.config().connect_timeout).min(deadline);
-        let asked = match tokio::time::timeout_at(bound, asked).await {
-            Ok(asked) => asked,
-            Err(_) => Err(Error::timeout(
-                "asking the writer what became of the transaction took too long",
-            )),
-        };
-        let asked = match asked {
-            Ok(Err(why)) => {
-                return Resolved::Unknown(transaction::unknown(xid, &why, Some(last)));
-            }
-            Ok(Ok(status)) => Ok(status),
-            Err(err) => Err(err),
-        };
+        let asked = tokio::time::timeout_at(bound, asked)
+            .await
+            .unwrap_or_else(|_| {
+                Err(Error::timeout(
+                    "asking the writer what became of the transaction took too long",
+                ))
+            });
         let status = match asked {
-            Ok(status) => Status::parse(status.as_deref()),
+            Ok(Ok(status)) => Status::parse(status.as_deref()),
+            Ok(Err(why)) => return Resolved::Unknown(transaction::unknown(xid, &why, Some(last))),
             Err(err)
                 if err.is_failover()
                     || err.is_connect()

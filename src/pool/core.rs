@@ -17,15 +17,15 @@ use super::login;
 use super::routing::{RoutingTable, Slot};
 use super::scope::ScopeSource;
 use super::status::{InstanceStatus, PoolStatus};
-use super::tasks::{
-    close_bounded, fetch_credentials, reconcile_on_updates, renew_credentials, supervise,
-};
+use super::tasks::{close_bounded, fetch_credentials, reconcile_on_updates, renew_credentials};
 use crate::auth::{CredentialProvider, LoginFailure};
 use crate::config::Config;
 use crate::connector::{BoxFuture, Connector, Purpose};
 use crate::error::{Error, ErrorClass, Result};
 use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
 use crate::select::Selector;
+use crate::supervise::supervise;
+use crate::throttle::Throttle;
 use crate::topology::{self, Instance, Role, Topology};
 
 /// How a checkout that had to wait ended.
@@ -40,6 +40,9 @@ enum Waited<C> {
 /// How long the pool of a reader that is still up keeps serving the handles taken before
 /// the routing moved on (a promoted reader, a reader leaving the read scope).
 const RETIRED_READER_GRACE: Duration = Duration::from_secs(10);
+
+/// At most one forced renewal of every pool's credentials in this long.
+const FORCED_RENEWAL_GAP: Duration = Duration::from_secs(1);
 
 /// Pause between checkout attempts that failed for a failover-class reason.
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
@@ -58,9 +61,8 @@ pub(crate) struct PoolCore<B: Backend> {
     provider: Arc<dyn CredentialProvider>,
     reconciler: JoinHandle<()>,
     renewer: JoinHandle<()>,
-    /// When a refused login last made every pool renew its credentials (ms since start).
-    last_forced_renewal: std::sync::atomic::AtomicU64,
-    started: Instant,
+    /// Refused logins that make every pool renew its credentials, at most one a second.
+    forced_renewal: Throttle,
     /// The topology version the routing table follows; checkouts wait on it.
     routing_version: watch::Sender<u64>,
     closed: AtomicBool,
@@ -150,6 +152,7 @@ impl<B: Backend> PoolCore<B> {
                         })?;
                         Some(reconcile_on_updates(weak.clone(), updates, scope.clone()))
                     },
+                    std::future::pending(),
                 ))
             },
             scope,
@@ -159,11 +162,11 @@ impl<B: Backend> PoolCore<B> {
                     "credential renewer",
                     config.cluster_id.clone(),
                     move || (!B::CREDENTIALS_PER_CONNECT).then(|| renew_credentials(weak.clone())),
+                    std::future::pending(),
                 ))
             },
             provider,
-            last_forced_renewal: std::sync::atomic::AtomicU64::new(0),
-            started: Instant::now(),
+            forced_renewal: Throttle::new(),
             routing_version: watch::channel(topology.version()).0,
             closed: AtomicBool::new(false),
             config,
@@ -405,23 +408,7 @@ impl<B: Backend> PoolCore<B> {
                 return false;
             }
         };
-        let replace = |s: &Slot<B::Pool>| {
-            if Arc::ptr_eq(&s.instance, &slot.instance) {
-                Slot {
-                    instance: s.instance.clone(),
-                    pool: pool.clone(),
-                    login: s.login.clone(),
-                }
-            } else {
-                s.clone()
-            }
-        };
-        let next = RoutingTable {
-            topology: table.topology.clone(),
-            writer: replace(&table.writer),
-            readers: table.readers.iter().map(replace).collect(),
-            reads_may_use_writer: table.reads_may_use_writer,
-        };
+        let next = table.with_pool(&slot.instance, pool.clone());
         let swapped = self.routing.compare_and_swap(&table, Arc::new(next));
         if !Arc::ptr_eq(&swapped, &table) {
             // Another checkout replaced it first, or the routing changed.
@@ -548,13 +535,9 @@ impl<B: Backend> PoolCore<B> {
     /// A login was refused on a connection the caller took from one of the pools: every
     /// pool asks for new credentials (at most once a second).
     pub(crate) fn login_rejected_somewhere(self: &Arc<Self>) {
-        let now = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
-        let last = self.last_forced_renewal.load(Ordering::Relaxed);
-        if last != 0 && now.saturating_sub(last) < 1000 {
+        if !self.forced_renewal.pass(FORCED_RENEWAL_GAP) {
             return;
         }
-        self.last_forced_renewal
-            .store(now.max(1), Ordering::Relaxed);
         let core = Arc::downgrade(self);
         tokio::spawn(async move {
             let Some(core) = core.upgrade() else { return };

@@ -139,6 +139,28 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         ))
     }
 
+    /// The same table with `pool` serving `instance` (the very `Arc` of a slot) instead of
+    /// the pool it had.
+    pub(crate) fn with_pool(&self, instance: &Arc<Instance>, pool: P) -> RoutingTable<P> {
+        let replace = |slot: &Slot<P>| {
+            if Arc::ptr_eq(&slot.instance, instance) {
+                Slot {
+                    instance: slot.instance.clone(),
+                    pool: pool.clone(),
+                    login: slot.login.clone(),
+                }
+            } else {
+                slot.clone()
+            }
+        };
+        RoutingTable {
+            topology: self.topology.clone(),
+            writer: replace(&self.writer),
+            readers: self.readers.iter().map(replace).collect(),
+            reads_may_use_writer: self.reads_may_use_writer,
+        }
+    }
+
     pub(crate) fn slots(&self) -> impl Iterator<Item = &Slot<P>> {
         std::iter::once(&self.writer).chain(&self.readers)
     }

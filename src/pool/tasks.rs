@@ -2,7 +2,6 @@
 //! new pools and closing old ones with a bound.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -14,7 +13,6 @@ use super::login;
 use super::scope::ScopeSource;
 use crate::auth::{CredentialProvider, Credentials};
 use crate::config::Config;
-use crate::monitor;
 use crate::topology::{Instance, Topology};
 
 /// Connections a new pool opens at once while filling up to its minimum.
@@ -36,44 +34,6 @@ const CLOSE_WAIT: Duration = Duration::from_secs(5);
 /// Closes `pool`, waiting at most [`CLOSE_WAIT`] for its checked-out connections.
 pub(crate) async fn close_bounded<B: Backend>(pool: B::Pool) {
     let _ = tokio::time::timeout(CLOSE_WAIT, B::close(pool)).await;
-}
-
-/// Runs the task `start` makes, and a new one (after a pause) whenever it panics, until it
-/// ends by itself or `start` has nothing to run (the pool is gone). Aborting the supervisor
-/// aborts the task.
-pub(crate) async fn supervise<F, Fut>(task: &'static str, cluster_id: String, mut start: F)
-where
-    F: FnMut() -> Option<Fut>,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    /// Aborts the supervised task when the supervisor itself is aborted.
-    struct AbortOnDrop(tokio::task::AbortHandle);
-    impl Drop for AbortOnDrop {
-        fn drop(&mut self) {
-            self.0.abort();
-        }
-    }
-    let mut restarts: u32 = 0;
-    while let Some(future) = start() {
-        let running = tokio::spawn(future);
-        let _guard = AbortOnDrop(running.abort_handle());
-        match running.await {
-            Err(err) if err.is_panic() => {
-                restarts = restarts.saturating_add(1);
-                let pause = monitor::restart_pause(restarts);
-                tracing::error!(
-                    target: "aurora_pool",
-                    cluster_id = %cluster_id,
-                    task,
-                    restarts,
-                    pause_ms = pause.as_millis() as u64,
-                    "pool task panicked; restarting"
-                );
-                tokio::time::sleep(pause).await;
-            }
-            _ => return,
-        }
-    }
 }
 
 pub(crate) async fn reconcile_on_updates<B: Backend>(
