@@ -259,6 +259,11 @@ impl Monitor {
             Ok(topology) => {
                 self.failures = 0;
                 let writer = topology.writer().id().to_owned();
+                // A failover the catalog shows first (the monitoring connection closed and
+                // the reconnect found the promoted instance) is followed like one the probes
+                // found.
+                let old_writer = self.state.current().writer().id().to_owned();
+                self.writer_changed(&old_writer, &writer);
                 let changed = self.publish(topology);
                 tracing::debug!(
                     target: "aurora_pool",
@@ -594,6 +599,21 @@ impl Monitor {
         true
     }
 
+    /// What follows any change of writer, however it was found: the topology is read at the
+    /// high rate for a while (the catalog settles: the old writer's row comes back as a
+    /// reader's), and the old writer gets no reader pool until a probe finds it answering
+    /// as a reader (it may be dead but not yet declared so, and reads sent there would hang).
+    fn writer_changed(&mut self, old_writer: &str, new_writer: &str) {
+        if old_writer == new_writer {
+            return;
+        }
+        self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
+        let old = self.health.entry(old_writer.to_owned()).or_default();
+        if old.writer != Some(false) {
+            old.dead = true;
+        }
+    }
+
     /// Makes `candidate`, confirmed as the writer through `connection`, the writer of the
     /// published topology and leaves panic mode.
     fn adopt_writer(
@@ -610,21 +630,13 @@ impl Monitor {
         });
         let was_failing_over = self.panic_since.take().is_some();
         self.failures = 0;
-        self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
         if let Some(h) = self.health.get_mut(candidate) {
             h.dead = false;
             h.failing_since = None;
         }
         self.rejected.remove(candidate);
-        // The old writer gets no reader pool until a probe finds it answering as a reader:
-        // it may be dead but not yet declared so (a black hole takes seconds), and reads
-        // sent there would hang.
-        if old_writer != candidate {
-            let old = self.health.entry(old_writer.clone()).or_default();
-            if old.writer != Some(false) {
-                old.dead = true;
-            }
-        }
+        self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
+        self.writer_changed(&old_writer, candidate);
         self.publish(topology.with_writer(candidate));
         self.state.set_failing_over(false);
         self.update_plan();
