@@ -1,7 +1,8 @@
 //! The checkout ratio, measured interleaved: rounds alternate between a raw `sqlx::PgPool`
 //! and `AuroraPool` on the same instance, so that drift on a noisy machine hits both
 //! sides alike. Prints the median ratio per case (and the spread over rounds) as a table,
-//! for the `PgPool` handles (`writer()`, `reader()`) and for the failover-aware paths
+//! for the `PgPool` handles (`writer()`, `reader()`, taken per operation or kept, and
+//! `&AuroraPool` as an executor) and for the failover-aware paths
 //! (`acquire`, `run`), whose extra cost this shows, and for `transaction` against
 //! `PgPool::begin` / `commit`.
 //!
@@ -41,6 +42,24 @@ fn main() {
             ("reader()", raw_reader.clone(), {
                 let a = aurora.clone();
                 via_pool(move || a.reader())
+            }),
+            // Taken once and kept, as an application keeps it in its state.
+            ("kept writer()", raw_writer.clone(), {
+                let kept = aurora.writer();
+                via_pool(move || kept.clone())
+            }),
+            ("kept reader()", raw_reader.clone(), {
+                let kept = aurora.reader();
+                via_pool(move || kept.clone())
+            }),
+            ("&AuroraPool as executor", raw_writer.clone(), {
+                let a = aurora.clone();
+                Arc::new(move || {
+                    let a = a.clone();
+                    Box::pin(async move {
+                        sqlx::query("SELECT 1").execute(&a).await.expect("SELECT 1");
+                    })
+                })
             }),
             ("acquire(Role::Writer)", raw_writer.clone(), {
                 let a = aurora.clone();

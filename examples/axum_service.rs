@@ -17,10 +17,12 @@ use std::time::Duration;
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::tower::{AuroraLayer, Db};
 use aurora_pool::{AuroraPool, Role};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::post;
 use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
+use sqlx::PgPool;
 
 /// A new item, as posted.
 #[derive(Debug, Deserialize)]
@@ -38,19 +40,43 @@ pub struct Item {
     pub name: String,
 }
 
+/// What the handlers that do not go through the layer keep: the writer's pool, taken once
+/// at startup, as a service written for a plain `PgPool` keeps it. It follows the writer
+/// across failovers.
+#[derive(Clone)]
+pub struct AppState {
+    /// The writer's pool.
+    pub events: PgPool,
+}
+
 /// The service's routes behind the layer.
 pub fn app(pool: AuroraPool) -> Router {
+    let state = AppState {
+        events: pool.writer(),
+    };
     Router::new()
         .route("/items", post(create).get(list))
+        .route("/events", post(record_event))
+        .with_state(state)
         .layer(AuroraLayer::new(pool).failover_to_503(Duration::from_secs(1)))
+}
+
+/// Records an event through the pool kept in the state; answers with its id.
+async fn record_event(State(state): State<AppState>) -> Result<String, StatusCode> {
+    let id: i64 = sqlx::query_scalar("INSERT INTO events DEFAULT VALUES RETURNING id")
+        .fetch_one(&state.events)
+        .await
+        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+    Ok(id.to_string())
 }
 
 /// Creates the table the service uses.
 pub async fn prepare(pool: &AuroraPool) -> aurora_pool::Result<()> {
     pool.run(Role::Writer, |conn| {
         Box::pin(async move {
-            sqlx::query(
-                "CREATE TABLE IF NOT EXISTS items (id bigserial PRIMARY KEY, name text NOT NULL)",
+            sqlx::raw_sql(
+                "CREATE TABLE IF NOT EXISTS items (id bigserial PRIMARY KEY, name text NOT NULL); \
+                 CREATE TABLE IF NOT EXISTS events (id bigserial PRIMARY KEY)",
             )
             .execute(conn)
             .await

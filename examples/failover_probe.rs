@@ -150,6 +150,19 @@ async fn aurora_attempt(pool: AuroraPool, role: Role) -> Result<String, String> 
     })
 }
 
+/// A write through a `writer()` handle taken before the fault and kept, bounded as a service
+/// would bound it.
+async fn kept_attempt(handle: PgPool) -> Result<String, String> {
+    let write = sqlx::query_scalar::<_, String>(AURORA_WRITE_SQL).fetch_one(&handle);
+    match tokio::time::timeout(Duration::from_secs(2), write).await {
+        Err(_) => Err("no answer within 2 s".to_owned()),
+        Ok(result) => result.map_err(|err| match err.as_database_error().and_then(|e| e.code()) {
+            Some(code) => format!("database error {code}"),
+            None => err.to_string(),
+        }),
+    }
+}
+
 async fn plain_attempt(pool: PgPool) -> Result<String, String> {
     // A query in flight when the host is black-holed never returns: bound it, as a service
     // would, so that the loop goes on.
@@ -227,6 +240,8 @@ struct Measurement {
     aurora: Duration,
     plain: Option<Duration>,
     after_promotion: Duration,
+    /// Through a `writer()` handle taken before the fault.
+    kept: Option<Duration>,
 }
 
 /// The faults measured locally, each with the pool's settings: defaults first (what a new
@@ -263,17 +278,19 @@ async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
         "\nmedian of {RUNS} runs, time from the fault to the first successful write on the new writer:"
     );
     println!(
-        "| scenario | AuroraPool | of which after the promotion finished | plain PgPool, stale DNS |"
+        "| scenario | AuroraPool (`run`) | of which after the promotion finished | `writer()` kept from startup | plain PgPool, stale DNS |"
     );
-    println!("|---|---|---|---|");
+    println!("|---|---|---|---|---|");
     for ((name, _, _), runs) in SCENARIOS.iter().zip(measured) {
         let plain: Vec<_> = runs.iter().filter_map(|m| m.plain).collect();
+        let kept: Vec<_> = runs.iter().filter_map(|m| m.kept).collect();
         println!(
-            "| {name} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} |",
             show(Some(median(runs.iter().map(|m| m.aurora).collect()))),
             show(Some(median(
                 runs.iter().map(|m| m.after_promotion).collect()
             ))),
+            show((kept.len() == runs.len()).then(|| median(kept))),
             show((plain.len() == runs.len()).then(|| median(plain))),
         );
     }
@@ -304,6 +321,10 @@ async fn scenario(
     let p = pool.clone();
     let writes = spawn_loop("aurora", origin, stop.clone(), false, move || {
         aurora_attempt(p.clone(), Role::Writer)
+    });
+    let kept = pool.writer();
+    let kept_writes = spawn_loop("kept", origin, stop.clone(), false, move || {
+        kept_attempt(kept.clone())
     });
     let q = plain.clone();
     let plain_writes = spawn_loop("plain", origin, stop.clone(), false, move || {
@@ -336,7 +357,8 @@ async fn scenario(
     let promoted = promoted_at.await?;
     tokio::time::sleep(DNS_DELAY.saturating_sub(origin.elapsed() - fault)).await;
     stop.store(true, Ordering::Relaxed);
-    let (writes, plain_writes) = (writes.await?, plain_writes.await?);
+    let (writes, plain_writes, kept_writes) =
+        (writes.await?, plain_writes.await?, kept_writes.await?);
     let recovered = writes
         .first_success_after(fault, Some("instance-2"))
         .ok_or("AuroraPool never wrote to the new writer")?;
@@ -348,5 +370,8 @@ async fn scenario(
             .first_success_after(fault + Duration::from_millis(50), None)
             .map(|t| t - fault),
         after_promotion: recovered.saturating_sub(promoted),
+        kept: kept_writes
+            .first_success_after(fault, Some("instance-2"))
+            .map(|t| t - fault),
     })
 }

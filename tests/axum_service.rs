@@ -185,6 +185,23 @@ async fn the_service_rides_through_a_failover_over_http() {
     );
     assert_eq!(pool.topology().writer().id(), "instance-2");
 
+    // The handler whose state kept the writer's pool from startup writes on the new writer.
+    let mut recorded = 0;
+    for _ in 0..50 {
+        if send(addr, "POST", "/events", None, None).await.status == 200 {
+            recorded += 1;
+            if recorded == 5 {
+                break;
+            }
+        } else {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_eq!(
+        recorded, 5,
+        "the pool kept in the app state did not survive the failover"
+    );
+
     // Reads without a session go to the readers and see the items too (eventually: a
     // reader the local failover had to rebuild may still be coming back).
     let mut status = 0;

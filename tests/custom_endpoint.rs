@@ -56,11 +56,7 @@ async fn pool_on<F: Flavour>(
 
 /// The instances 40 reads landed on.
 async fn readers_used<F: Flavour>(pool: &F) -> BTreeSet<String> {
-    let mut seen = BTreeSet::new();
-    for _ in 0..40 {
-        seen.insert(F::served_by(&pool.try_reader().expect("a reader")).await);
-    }
-    seen
+    F::spread_of(&pool.try_reader().expect("a reader"), 40).await
 }
 
 fn set(ids: &[&str]) -> BTreeSet<String> {

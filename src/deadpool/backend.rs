@@ -1,5 +1,5 @@
-//! The deadpool backend of the pool core: an instance pool per (instance, role), and the
-//! crate's own connections over tokio-postgres.
+//! The deadpool backend of the pool core: pools that follow their targets, and the crate's
+//! own connections over tokio-postgres.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,17 +10,18 @@ use tokio_postgres::SimpleQueryMessage;
 use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{from_pg, from_pool};
-use super::manager::Manager;
+use super::manager::{Manager, connect_client};
 use super::tls;
 use super::{Object, Pool};
-use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
+use crate::auth::{ConnectTarget, CredentialProvider};
 use crate::config::{Config, PoolSizing};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
-use crate::pool::backend::Backend;
+use crate::pool::backend::{Backend, Follows};
 use crate::pool::login;
-use crate::topology::{Instance, Role};
+use crate::pool::targets::Targets;
+use crate::topology::Role;
 
 /// The longest pause between two maintenance rounds of an instance pool.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
@@ -75,7 +76,7 @@ impl DeadpoolBackend {
         if let Some(name) = parameter("application_name") {
             base.application_name(&name);
         }
-        if let Some(options) = parameter("options") {
+        if let Some(options) = server_options(url, config.user())? {
             base.options(&options);
         }
         let root_cert = ["sslrootcert", "ssl-root-cert", "ssl-ca"]
@@ -111,21 +112,53 @@ impl DeadpoolBackend {
         }
     }
 
-    fn manager(&self, address: &HostPort, application_name: Option<&str>) -> Manager {
-        let mut base = self.base.clone();
-        base.host(&address.host).port(address.port);
-        if let Some(name) = application_name {
-            base.application_name(name);
-        }
+    fn manager(&self, targets: Arc<Targets>) -> Manager {
         Manager::new(
-            base,
+            self.base.clone(),
             self.tls.clone(),
             self.provider.clone(),
-            ConnectTarget::new(address.host.clone(), address.port, self.user.clone()),
+            self.user.clone(),
+            targets,
             self.connect_timeout,
             self.max_lifetime,
         )
     }
+}
+
+/// The server options of the URL (`options=-c a=b` and sqlx's `options[a]=b`) as one
+/// libpq `options` string; refuses what the deadpool flavour cannot honour rather than
+/// dropping it (a tenant's `search_path` silently lost runs its queries in another schema).
+fn server_options(url: &url::Url, url_user: &str) -> Result<Option<String>> {
+    let mut options: Vec<String> = Vec::new();
+    for (key, value) in url.query_pairs() {
+        if key == "options" {
+            options.push(value.into_owned());
+        } else if let Some(name) = key
+            .strip_prefix("options[")
+            .and_then(|k| k.strip_suffix(']'))
+        {
+            if name.is_empty()
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "._".contains(c))
+            {
+                return Err(Error::config(
+                    "options",
+                    format!("`{key}` does not name a server setting"),
+                ));
+            }
+            // libpq's `options` separates settings by spaces; a space inside a value is
+            // escaped with a backslash.
+            let value = value.replace('\\', "\\\\").replace(' ', "\\ ");
+            options.push(format!("-c {name}={value}"));
+        } else if key == "user" && value != url_user {
+            return Err(Error::config(
+                "user",
+                "the deadpool flavour takes the user from the URL (`postgres://user@host/db`); give it there, not as `?user=`",
+            ));
+        }
+    }
+    Ok((!options.is_empty()).then(|| options.join(" ")))
 }
 
 impl Backend for DeadpoolBackend {
@@ -133,7 +166,13 @@ impl Backend for DeadpoolBackend {
 
     type Pool = Pool;
 
-    fn open(&self, instance: &Instance, sizing: PoolSizing, _: &Credentials) -> Result<Pool> {
+    fn open(
+        &self,
+        role: Role,
+        _: Follows,
+        sizing: PoolSizing,
+        targets: Arc<Targets>,
+    ) -> Result<Pool> {
         let config = PoolConfig {
             max_size: sizing.max_connections as usize,
             timeouts: Timeouts {
@@ -144,8 +183,8 @@ impl Backend for DeadpoolBackend {
             },
             queue_mode: QueueMode::Fifo,
         };
-        let manager = self.manager(instance.address(), None);
-        let manager = match instance.role() {
+        let manager = self.manager(targets);
+        let manager = match role {
             Role::Writer => manager.confirming_writer(),
             Role::Reader => manager,
         };
@@ -170,12 +209,15 @@ impl Backend for DeadpoolBackend {
         Ok(pool)
     }
 
-    fn set_credentials(&self, _: &Pool, _: &Instance, _: &Credentials) {
-        // Every connect asks the provider.
+    fn retarget(&self, pool: &Pool, _: &Targets) {
+        // Every connect reads the targets and asks the provider; idle connections to an
+        // instance the pool left go now rather than at their next checkout.
+        let targets = &pool.manager().targets;
+        pool.retain(|_, metrics| !targets.is_stale(metrics.created));
     }
 
     fn abort(pool: &Pool) {
-        pool.manager().abort_connections();
+        pool.manager().abort_stale();
     }
 
     fn close(pool: Pool) -> BoxFuture<'static, ()> {
@@ -315,19 +357,20 @@ impl Connector for AdminConnector {
             base.host(&address.host)
                 .port(address.port)
                 .application_name(purpose.application_name(&self.cluster_id));
-            let manager = Manager::new(
-                base,
-                self.tls.clone(),
-                self.provider.clone(),
-                ConnectTarget::new(address.host.clone(), address.port, self.user.clone()),
-                self.connect_timeout,
-                None,
-            );
-            let client = login::connect_with_login(
+            let context = format!("connecting to {address}");
+            let (client, _) = login::connect_with_login(
                 self.provider.as_ref(),
                 &ConnectTarget::new(address.host.clone(), address.port, self.user.clone()),
                 self.connect_timeout,
-                |credentials| Box::pin(manager.connect_once(credentials)),
+                |credentials| {
+                    Box::pin(connect_client(
+                        base.clone(),
+                        self.tls.clone(),
+                        self.connect_timeout,
+                        &context,
+                        credentials,
+                    ))
+                },
             )
             .await?;
             Ok(Box::new(AdminClient(client)) as Box<dyn AdminConnection>)
@@ -375,5 +418,43 @@ impl AdminConnection for AdminClient {
     fn close(self: Box<Self>) -> BoxFuture<'static, ()> {
         // Dropping the client sends Terminate and ends its connection task.
         Box::pin(async move { drop(self) })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn options_of(url: &str) -> Result<Option<String>> {
+        let url = url::Url::parse(url).expect("url");
+        server_options(&url, url.username())
+    }
+
+    #[test]
+    fn bracketed_options_become_server_settings() {
+        assert_eq!(
+            options_of(
+                "postgres://app@h/db?options[search_path]=tenant_a&options[statement_timeout]=5s"
+            )
+            .expect("options")
+            .as_deref(),
+            Some("-c search_path=tenant_a -c statement_timeout=5s")
+        );
+        assert_eq!(
+            options_of("postgres://app@h/db?options=-c%20geqo=off&options[application_name]=a%20b")
+                .expect("options")
+                .as_deref(),
+            Some(r"-c geqo=off -c application_name=a\ b")
+        );
+        assert_eq!(options_of("postgres://app@h/db").expect("none"), None);
+    }
+
+    #[test]
+    fn what_cannot_be_honoured_is_refused_by_name() {
+        let err = options_of("postgres://app@h/db?options[]=x").expect_err("empty name");
+        assert!(err.to_string().contains("options"), "{err}");
+        let err = options_of("postgres://app@h/db?user=other").expect_err("second user");
+        assert!(err.to_string().contains("user"), "{err}");
+        assert!(options_of("postgres://app@h/db?user=app").is_ok());
     }
 }

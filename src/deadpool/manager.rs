@@ -1,6 +1,7 @@
-//! The deadpool manager of one instance: tokio-postgres connections that ask the credential
-//! provider on every connect, with TLS, TCP keepalives and `tcp_user_timeout`, and whose
-//! connection tasks can be aborted at once when the instance is declared dead.
+//! The deadpool manager of one pool: tokio-postgres connections to the instances its targets
+//! name, asking the credential provider on every connect, with TLS, TCP keepalives and
+//! `tcp_user_timeout`, and whose connection tasks can be aborted at once when their instance
+//! is declared dead.
 
 use std::fmt;
 use std::sync::{Arc, Mutex};
@@ -15,6 +16,7 @@ use super::error::{from_connect, from_pg};
 use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
 use crate::error::{Error, Result};
 use crate::pool::login;
+use crate::pool::targets::{Route, Targets};
 
 /// Without an answer for this long, TCP gives up on a connection (`tcp_user_timeout`).
 const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
@@ -25,29 +27,76 @@ const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
 /// TCP keepalive probes start after this much silence.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 
-/// The connections of one instance pool.
+/// The connections of one pool: to the instance (or instances, in turn) its [`Targets`] name
+/// now. A pool that follows its role is pointed at another instance instead of replaced;
+/// connections opened before a change that dropped their instance are stale and are closed
+/// at checkout instead of handed out.
 pub struct Manager {
     pub(super) base: tokio_postgres::Config,
     pub(super) tls: MakeRustlsConnect,
     pub(super) provider: Arc<dyn CredentialProvider>,
-    pub(super) target: ConnectTarget,
+    pub(super) user: String,
+    pub(super) targets: Arc<Targets>,
     pub(super) connect_timeout: Duration,
     pub(super) max_lifetime: Option<Duration>,
-    /// The connection tasks of every connection this manager opened (finished ones are
-    /// pruned as new ones come).
-    tasks: Mutex<Vec<AbortHandle>>,
+    /// The connection tasks of every connection this manager opened, with when each was
+    /// opened (finished ones are pruned as new ones come).
+    tasks: Mutex<Vec<(Instant, AbortHandle)>>,
     /// Set when the pool closes; dropped with it. The pool's maintenance task watches it.
     closed: tokio::sync::watch::Sender<bool>,
     /// A writer pool's new connections check that their instance takes writes.
     confirm_writer: bool,
 }
 
+/// Opens one tokio-postgres connection to the host and port set in `config`, with TLS, TCP
+/// keepalives and `tcp_user_timeout`, logging in with `credentials`.
+pub(super) async fn connect_client(
+    mut config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
+    connect_timeout: Duration,
+    context: &str,
+    credentials: Arc<Credentials>,
+) -> Result<(ClientWrapper, AbortHandle)> {
+    if let Some(user) = credentials.user() {
+        config.user(user);
+    }
+    if let Some(password) = credentials.password() {
+        config.password(password);
+    }
+    config
+        .connect_timeout(connect_timeout)
+        .tcp_user_timeout(TCP_USER_TIMEOUT)
+        .keepalives(true)
+        .keepalives_idle(KEEPALIVE_IDLE);
+    let (client, connection) = tokio::time::timeout(connect_timeout, config.connect(tls))
+        .await
+        .map_err(|_| {
+            // The instance did not accept a connection in time: as unreachable as a refused
+            // one, so checkouts treat it like a failover.
+            Error::connect(format!(
+                "{context} took longer than connect_timeout ({connect_timeout:?})"
+            ))
+        })?
+        .map_err(|err| from_connect(err, context))?;
+    let task = tokio::spawn(async move {
+        // The error is the client's to report, on its next query.
+        let _ = connection.await;
+    });
+    let abort = task.abort_handle();
+    Ok((ClientWrapper::new(client, task), abort))
+}
+
+/// How many times a new connection is opened again because its pool moved to another
+/// instance while it was being opened.
+const MOVED_WHILE_CONNECTING: usize = 3;
+
 impl Manager {
     pub(super) fn new(
         base: tokio_postgres::Config,
         tls: MakeRustlsConnect,
         provider: Arc<dyn CredentialProvider>,
-        target: ConnectTarget,
+        user: String,
+        targets: Arc<Targets>,
         connect_timeout: Duration,
         max_lifetime: Option<Duration>,
     ) -> Manager {
@@ -55,7 +104,8 @@ impl Manager {
             base,
             tls,
             provider,
-            target,
+            user,
+            targets,
             connect_timeout,
             max_lifetime,
             tasks: Mutex::new(Vec::new()),
@@ -85,61 +135,54 @@ impl Manager {
         self.closed.send_replace(true);
     }
 
-    /// Ends every connection at once: queries in flight fail with a closed connection
-    /// instead of waiting on a dead host.
-    pub(super) fn abort_connections(&self) {
-        let tasks = std::mem::take(&mut *self.tasks.lock().unwrap_or_else(|e| e.into_inner()));
-        for task in tasks {
-            task.abort();
-        }
+    /// Ends every stale connection at once (every connection, once the targets are empty):
+    /// queries in flight fail with a closed connection instead of waiting on a dead host.
+    pub(super) fn abort_stale(&self) {
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|(opened, task)| {
+            if self.targets.is_stale(*opened) {
+                task.abort();
+                false
+            } else {
+                !task.is_finished()
+            }
+        });
     }
 
-    pub(super) async fn connect_once(
-        &self,
-        credentials: Arc<Credentials>,
-    ) -> Result<ClientWrapper> {
+    /// Opens a connection to the next target, logging in with the provider's credentials.
+    async fn open_to(&self, route: &Route) -> Result<ClientWrapper> {
+        let address = route.instance.address();
         let mut config = self.base.clone();
-        if let Some(user) = credentials.user() {
-            config.user(user);
-        }
-        if let Some(password) = credentials.password() {
-            config.password(password);
-        }
-        config
-            .connect_timeout(self.connect_timeout)
-            .tcp_user_timeout(TCP_USER_TIMEOUT)
-            .keepalives(true)
-            .keepalives_idle(KEEPALIVE_IDLE);
-        let context = format!("connecting to {}:{}", self.target.host, self.target.port);
-        let (client, connection) =
-            tokio::time::timeout(self.connect_timeout, config.connect(self.tls.clone()))
-                .await
-                .map_err(|_| {
-                    // The instance did not accept a connection in time: as unreachable as a
-                    // refused one, so checkouts treat it like a failover.
-                    Error::connect(format!(
-                        "{context} took longer than connect_timeout ({:?})",
-                        self.connect_timeout
-                    ))
-                })?
-                .map_err(|err| from_connect(err, &context))?;
-        let task = tokio::spawn(async move {
-            // The error is the client's to report, on its next query.
-            let _ = connection.await;
-        });
-        {
-            let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-            tasks.retain(|t| !t.is_finished());
-            tasks.push(task.abort_handle());
-        }
-        Ok(ClientWrapper::new(client, task))
+        config.host(&address.host).port(address.port);
+        let target = ConnectTarget::new(address.host.clone(), address.port, self.user.clone());
+        let context = format!("connecting to {address}");
+        let opened = Instant::now();
+        let (client, task) = login::connect_with_login(
+            self.provider.as_ref(),
+            &target,
+            self.connect_timeout,
+            |credentials| {
+                Box::pin(connect_client(
+                    config.clone(),
+                    self.tls.clone(),
+                    self.connect_timeout,
+                    &context,
+                    credentials,
+                ))
+            },
+        )
+        .await?;
+        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
+        tasks.retain(|(_, t)| !t.is_finished());
+        tasks.push((opened, task));
+        Ok(client)
     }
 }
 
 impl fmt::Debug for Manager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Manager")
-            .field("target", &self.target)
+            .field("user", &self.user)
             .field("connect_timeout", &self.connect_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .finish_non_exhaustive()
@@ -149,44 +192,61 @@ impl fmt::Debug for Manager {
 /// Whether an instance is a replica (`t`) or the writer (`f`).
 const WRITER_CHECK: &str = "SELECT pg_catalog.pg_is_in_recovery()";
 
+/// Refuses a new connection of a writer pool whose instance is read-only.
+async fn confirm_writer(client: &ClientWrapper, route: &Route, timeout: Duration) -> Result<()> {
+    let address = route.instance.address();
+    let context = format!("confirming {address} is the writer");
+    let rows = tokio::time::timeout(timeout, client.simple_query(WRITER_CHECK))
+        .await
+        .map_err(|_| Error::connect(format!("{context} took longer than connect_timeout")))?
+        .map_err(|err| from_pg(err, &context))?;
+    let read_only = rows.iter().any(
+        |m| matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t")),
+    );
+    if read_only {
+        return Err(Error::connect(format!(
+            "{address} is read-only: it is no longer the writer"
+        )));
+    }
+    Ok(())
+}
+
 impl managed::Manager for Manager {
     type Type = ClientWrapper;
     type Error = Error;
 
     async fn create(&self) -> Result<ClientWrapper> {
-        let client = login::connect_with_login(
-            self.provider.as_ref(),
-            &self.target,
-            self.connect_timeout,
-            |credentials| Box::pin(self.connect_once(credentials)),
-        )
-        .await?;
-        if self.confirm_writer {
-            let context = format!(
-                "confirming {}:{} is the writer",
-                self.target.host, self.target.port
-            );
-            let rows =
-                tokio::time::timeout(self.connect_timeout, client.simple_query(WRITER_CHECK))
-                    .await
-                    .map_err(|_| {
-                        Error::connect(format!("{context} took longer than connect_timeout"))
-                    })?
-                    .map_err(|err| from_pg(err, &context))?;
-            let read_only = rows.iter().any(|m| {
-                matches!(m, tokio_postgres::SimpleQueryMessage::Row(row) if row.get(0) == Some("t"))
-            });
-            if read_only {
-                return Err(Error::connect(format!(
-                    "{}:{} is read-only: it is no longer the writer",
-                    self.target.host, self.target.port
-                )));
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let generation = self.targets.generation();
+            let route = self.targets.next().ok_or_else(|| {
+                Error::no_reader(
+                    "no reachable reader may serve reads now, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
+                )
+            })?;
+            let client = self.open_to(&route).await?;
+            // Pointed elsewhere while connecting: this connection went to an instance the
+            // pool left.
+            if self.targets.generation() != generation
+                && !self.targets.contains(&route)
+                && attempt < MOVED_WHILE_CONNECTING
+            {
+                continue;
             }
+            if self.confirm_writer {
+                confirm_writer(&client, &route, self.connect_timeout).await?;
+            }
+            return Ok(client);
         }
-        Ok(client)
     }
 
     async fn recycle(&self, client: &mut ClientWrapper, metrics: &Metrics) -> RecycleResult<Error> {
+        if self.targets.is_stale(metrics.created) {
+            return Err(RecycleError::message(
+                "the connection was opened before its pool moved to another instance",
+            ));
+        }
         if client.is_closed() {
             return Err(RecycleError::message("the connection is closed"));
         }

@@ -93,22 +93,26 @@ impl AuroraPool {
         Ok(AuroraPool { core })
     }
 
-    /// The pool of the current writer instance. Take it per unit of work: after a writer
-    /// change the old writer's pool is closed.
+    /// The writer's pool, to keep for as long as the process runs: it follows the writer
+    /// across failovers (new connections go to the new writer, connections to the old one
+    /// are closed at checkout), and is closed only by [`close`](AuroraPool::close).
     pub fn writer(&self) -> Pool {
         self.core.writer()
     }
 
-    /// The pool of a reader chosen by `reader_host_selector_strategy`; the writer's when no
-    /// reader is reachable (use [`try_reader`](AuroraPool::try_reader) for a strict choice).
+    /// The readers' pool, to keep for as long as the process runs: each new connection goes
+    /// to the next reachable reader in turn (the writer while no reader can serve and
+    /// `failover_mode` allows it); connections to a reader that left are closed at
+    /// checkout. With `strict_reader` and no reader, a checkout fails with
+    /// [`Error::is_no_reader`].
     pub fn reader(&self) -> Pool {
-        self.core.reader().unwrap_or_else(|| self.core.writer())
+        self.core.reads()
     }
 
-    /// Like [`reader`](AuroraPool::reader), but fails ([`Error::is_no_reader`]) when no reader
-    /// may serve the read.
+    /// Like [`reader`](AuroraPool::reader), but fails ([`Error::is_no_reader`]) at once when
+    /// no instance may serve reads now.
     pub fn try_reader(&self) -> Result<Pool> {
-        self.core.pool_for(Role::Reader)
+        self.core.try_reads()
     }
 
     /// Checks out one connection for `role`, waiting out a failover (up to

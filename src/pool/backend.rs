@@ -1,14 +1,26 @@
-//! The seam between the pool machinery and a driver: what a backend provides (a pool per
-//! instance, checkouts, transactions), and what one attempt of retried work is.
+//! The seam between the pool machinery and a driver: what a backend provides (pools that
+//! follow their targets, checkouts, transactions), and what one attempt of retried work is.
 
+use std::sync::Arc;
+
+use super::targets::Targets;
 use super::transaction::TransactionOptions;
-use crate::auth::Credentials;
 use crate::config::PoolSizing;
 use crate::connector::BoxFuture;
 use crate::error::Result;
-use crate::topology::{Instance, Role};
+use crate::topology::Role;
 
-/// What a driver backend provides: a pool per instance.
+/// Whether a pool follows its role or serves one instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Follows {
+    /// One instance; the pool is closed when the instance leaves its role.
+    Instance,
+    /// A role: the pool is pointed at the role's instances as they change, and its
+    /// connections to an instance it left are closed at checkout and on return.
+    Role,
+}
+
+/// What a driver backend provides: pools that connect where their targets say.
 pub(crate) trait Backend: Send + Sync + 'static {
     /// The driver's pool handle (cheap to clone).
     type Pool: Clone + Send + Sync + 'static;
@@ -17,20 +29,22 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// core neither fetches credentials for new pools nor renews them.
     const CREDENTIALS_PER_CONNECT: bool = false;
 
-    /// Creates a pool to `instance` that opens connections lazily, logging in with
-    /// `credentials`.
+    /// Creates a pool serving `role` that opens connections lazily to the instances of
+    /// `targets`, in turn, logging in with each route's credentials.
     fn open(
         &self,
-        instance: &Instance,
+        role: Role,
+        follows: Follows,
         sizing: PoolSizing,
-        credentials: &Credentials,
+        targets: Arc<Targets>,
     ) -> Result<Self::Pool>;
 
-    /// Makes the pool's future connections log in with `credentials`; open connections stay.
-    fn set_credentials(&self, pool: &Self::Pool, instance: &Instance, credentials: &Credentials);
+    /// `targets` changed (another instance, renewed credentials): the pool's future
+    /// connections follow them, and its idle stale connections go where the driver allows.
+    fn retarget(&self, pool: &Self::Pool, targets: &Targets);
 
-    /// Ends the pool's connections at once, checked-out ones included: their instance is
-    /// gone. Backends that cannot reach the socket leave them to `close`.
+    /// Ends the pool's stale connections at once, checked-out ones included: their instance
+    /// is gone. Backends that cannot reach the socket leave them to checkout and return.
     fn abort(pool: &Self::Pool) {
         let _ = pool;
     }

@@ -12,7 +12,7 @@ use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
 
-use super::backend::Backend;
+use super::backend::{Backend, Follows};
 use super::login;
 use super::routing::{RoutingTable, Slot};
 use super::scope::ScopeSource;
@@ -128,8 +128,8 @@ impl<B: Backend> PoolCore<B> {
             )
             .await
         };
-        let (table, _) =
-            RoutingTable::build(None, &topology, &read_scope, &backend, &config, fresh)?;
+        let table =
+            RoutingTable::build(None, &topology, &read_scope, &backend, &config, fresh)?.table;
         let core = Arc::new_cyclic(|weak: &Weak<Self>| PoolCore {
             selector: Selector::new(config.reader_host_selector_strategy),
             routing: ArcSwap::from_pointee(table),
@@ -185,15 +185,41 @@ impl<B: Backend> PoolCore<B> {
         &self.config
     }
 
-    /// The writer's pool.
+    /// The writer's pool: it follows the writer for the life of this pool.
     pub(crate) fn writer(&self) -> B::Pool {
-        self.routing.load().writer.pool.clone()
+        let table = self.routing.load();
+        if B::is_closed(&table.writer.pool) && self.replace_closed_pool(&table.writer) {
+            return self.routing.load().writer.pool.clone();
+        }
+        table.writer.pool.clone()
     }
 
-    /// A reachable reader's pool chosen by the strategy; `None` when there is none.
-    pub(crate) fn reader(&self) -> Option<B::Pool> {
+    /// The shared reader pool: it spreads its connections over the reachable readers (the
+    /// writer when reads may use it and no reader can) for the life of this pool.
+    pub(crate) fn reads(&self) -> B::Pool {
         let table = self.routing.load();
-        self.pick_reader(&table).map(|slot| slot.pool.clone())
+        if B::is_closed(&table.reads.pool) && self.replace_closed_reads(&table) {
+            return self.routing.load().reads.pool.clone();
+        }
+        table.reads.pool.clone()
+    }
+
+    /// [`reads`](PoolCore::reads), or an error when no instance may serve reads now.
+    pub(crate) fn try_reads(&self) -> Result<B::Pool> {
+        if self.is_closed() {
+            return Err(Error::closed());
+        }
+        if self.routing.load().reads.targets.routes().is_empty() {
+            return Err(self.no_reader());
+        }
+        Ok(self.reads())
+    }
+
+    fn no_reader(&self) -> Error {
+        Error::no_reader(format!(
+            "cluster `{}` has no reachable reader that reads may use, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
+            self.config.cluster_id
+        ))
     }
 
     fn pick_reader<'t>(&self, table: &'t RoutingTable<B::Pool>) -> Option<&'t Slot<B::Pool>> {
@@ -207,12 +233,6 @@ impl<B: Backend> PoolCore<B> {
         table.readers.get(index)
     }
 
-    /// The pool for `role` right now, falling back from reader to writer when the
-    /// failover mode allows it.
-    pub(crate) fn pool_for(&self, role: Role) -> Result<B::Pool> {
-        self.slot_for(role).map(|slot| slot.pool)
-    }
-
     fn slot_for(&self, role: Role) -> Result<Slot<B::Pool>> {
         if self.closed.load(Ordering::Acquire) {
             return Err(Error::closed());
@@ -223,10 +243,7 @@ impl<B: Backend> PoolCore<B> {
             Role::Reader => match self.pick_reader(&table) {
                 Some(slot) => Ok(slot.clone()),
                 None if table.reads_may_use_writer => Ok(table.writer.clone()),
-                None => Err(Error::no_reader(format!(
-                    "cluster `{}` has no reachable reader that reads may use, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
-                    self.config.cluster_id
-                ))),
+                None => Err(self.no_reader()),
             },
         }
     }
@@ -388,26 +405,28 @@ impl<B: Backend> PoolCore<B> {
         if !still_routed {
             return false;
         }
-        let sizing = match slot.instance.role() {
-            Role::Writer => self.config.writer,
-            Role::Reader => self.config.reader,
+        let (sizing, follows) = if Arc::ptr_eq(&table.writer.instance, &slot.instance) {
+            (self.config.writer, Follows::Role)
+        } else {
+            (self.config.reader, Follows::Instance)
         };
-        let pool = match self
-            .backend
-            .open(&slot.instance, sizing, &slot.login.current())
-        {
-            Ok(pool) => pool,
-            Err(err) => {
-                tracing::warn!(
-                    target: "aurora_pool",
-                    cluster_id = %self.config.cluster_id,
-                    instance = slot.instance.id(),
-                    error = %err,
-                    "a closed instance pool could not be replaced"
-                );
-                return false;
-            }
-        };
+        let pool =
+            match self
+                .backend
+                .open(slot.instance.role(), follows, sizing, slot.targets.clone())
+            {
+                Ok(pool) => pool,
+                Err(err) => {
+                    tracing::warn!(
+                        target: "aurora_pool",
+                        cluster_id = %self.config.cluster_id,
+                        instance = slot.instance.id(),
+                        error = %err,
+                        "a closed instance pool could not be replaced"
+                    );
+                    return false;
+                }
+            };
         let next = table.with_pool(&slot.instance, pool.clone());
         let swapped = self.routing.compare_and_swap(&table, Arc::new(next));
         if !Arc::ptr_eq(&swapped, &table) {
@@ -420,6 +439,43 @@ impl<B: Backend> PoolCore<B> {
             cluster_id = %self.config.cluster_id,
             instance = slot.instance.id(),
             "an instance pool was closed by its user while still routed to; replaced it"
+        );
+        true
+    }
+
+    /// The shared reader pool was found closed (its user closed a handed-out pool): puts a
+    /// new one in its place. Returns whether it did.
+    fn replace_closed_reads(&self, table: &Arc<RoutingTable<B::Pool>>) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let pool = match self.backend.open(
+            Role::Reader,
+            Follows::Role,
+            self.config.reader,
+            table.reads.targets.clone(),
+        ) {
+            Ok(pool) => pool,
+            Err(err) => {
+                tracing::warn!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    error = %err,
+                    "the closed reader pool could not be replaced"
+                );
+                return false;
+            }
+        };
+        let next = Arc::new(table.with_reads(pool.clone()));
+        let swapped = self.routing.compare_and_swap(table, next);
+        if !Arc::ptr_eq(&swapped, table) {
+            tokio::spawn(close_bounded::<B>(pool));
+            return true;
+        }
+        tracing::warn!(
+            target: "aurora_pool",
+            cluster_id = %self.config.cluster_id,
+            "the reader pool was closed by its user while in use; replaced it"
         );
         true
     }
@@ -479,10 +535,8 @@ impl<B: Backend> PoolCore<B> {
         let seen = slot.login.current();
         match login::fetch(self.provider.as_ref(), &target, self.config.connect_timeout).await {
             Ok(credentials) => {
-                slot.login.replace(&seen, credentials, |credentials| {
-                    self.backend
-                        .set_credentials(&slot.pool, &slot.instance, credentials)
-                });
+                slot.login
+                    .replace(&seen, credentials, || self.credentials_renewed(slot));
             }
             Err(err) => {
                 slot.login.retry_soon();
@@ -495,6 +549,15 @@ impl<B: Backend> PoolCore<B> {
                 );
             }
         }
+    }
+
+    /// `slot`'s credentials were renewed: the pools that connect to its instance use them
+    /// from their next connection.
+    fn credentials_renewed(&self, slot: &Slot<B::Pool>) {
+        self.backend.retarget(&slot.pool, &slot.targets);
+        let table = self.routing.load();
+        self.backend
+            .retarget(&table.reads.pool, &table.reads.targets);
     }
 
     /// A login with `slot`'s credentials was refused: asks the provider for new ones.
@@ -511,10 +574,8 @@ impl<B: Backend> PoolCore<B> {
         match renewed {
             Ok(Ok(Some(credentials))) => {
                 // Replaced meanwhile by a concurrent renewal: retry with those.
-                slot.login.replace(&rejected, credentials, |credentials| {
-                    self.backend
-                        .set_credentials(&slot.pool, &slot.instance, credentials)
-                });
+                slot.login
+                    .replace(&rejected, credentials, || self.credentials_renewed(slot));
                 true
             }
             Ok(Ok(None)) => false,
@@ -619,8 +680,8 @@ impl<B: Backend> PoolCore<B> {
         }
         let mut fresh = fresh;
         let mut previous = previous;
-        let retired = loop {
-            let (table, retired) = match RoutingTable::build(
+        let (retired, writer_left) = loop {
+            let built = match RoutingTable::build(
                 Some(&previous),
                 topology,
                 &scope,
@@ -639,20 +700,15 @@ impl<B: Backend> PoolCore<B> {
                     return;
                 }
             };
-            let table = Arc::new(table);
+            let table = Arc::new(built.table);
             let stored = self.routing.compare_and_swap(&previous, table.clone());
             if Arc::ptr_eq(&stored, &previous) {
-                break retired;
+                break (built.retired, built.writer_left);
             }
             // A closed pool was replaced while the credentials were fetched: the pools this
             // build opened are routed nowhere; close them and build on what is routed now.
-            for slot in table.slots() {
-                if !previous
-                    .slots()
-                    .any(|p| p.instance.same_placement(&slot.instance))
-                {
-                    tokio::spawn(close_bounded::<B>(slot.pool.clone()));
-                }
+            for pool in built.opened {
+                tokio::spawn(close_bounded::<B>(pool));
             }
             previous = self.routing.load_full();
         };
@@ -664,19 +720,29 @@ impl<B: Backend> PoolCore<B> {
             writer = topology.writer().id(),
             readers = topology.readers().count(),
             retired_pools = retired.len(),
+            writer_moved = writer_left.is_some(),
             "routing updated"
         );
-        for (instance, pool) in retired {
-            let gone = topology
+        let is_gone = |instance: &Instance| {
+            topology
                 .instance(instance.id())
-                .is_none_or(|now| !now.is_available());
+                .is_none_or(|now| !now.is_available())
+        };
+        if writer_left.as_deref().is_some_and(is_gone) {
+            // The writer's pool follows the new writer; what it still has on the dead one
+            // ends now instead of waiting on a host that never answers.
+            B::abort(&self.routing.load().writer.pool);
+        }
+        for (instance, pool, targets) in retired {
+            let gone = is_gone(&instance);
             if gone {
+                targets.set(Vec::new());
                 B::abort(&pool);
             }
             if !gone && instance.role() == Role::Reader {
                 // A reader promoted (or moved out of the read scope) still serves reads: the
                 // checkouts of a handed-out pool in flight finish there instead of failing
-                // with `PoolClosed`. A writer's pool closes at once: no write may reach it.
+                // with `PoolClosed`.
                 tokio::spawn(async move {
                     tokio::time::sleep(RETIRED_READER_GRACE).await;
                     close_bounded::<B>(pool).await;
@@ -710,8 +776,8 @@ impl<B: Backend> PoolCore<B> {
         let cluster = self.cluster.swap(None);
         let cluster_id = self.config.cluster_id.clone();
         async move {
-            for slot in table.slots() {
-                close_bounded::<B>(slot.pool.clone()).await;
+            for pool in table.slots().map(|s| &s.pool).chain([&table.reads.pool]) {
+                close_bounded::<B>(pool.clone()).await;
             }
             drop(cluster);
             tracing::info!(target: "aurora_pool", cluster_id = %cluster_id, "pool closed");

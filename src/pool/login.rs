@@ -75,14 +75,14 @@ impl SlotLogin {
         self.renew_at.store(renew_at, Ordering::Release);
     }
 
-    /// Replaces the credentials read as `seen` with `renewed`, applying them first (`apply`
-    /// sets the pool's connect options), unless they were replaced meanwhile: a renewal whose
-    /// fetch began earlier must not undo a newer one. Returns whether it replaced them.
+    /// Replaces the credentials read as `seen` with `renewed`, then `apply`s them (points
+    /// the pools at them), unless they were replaced meanwhile: a renewal whose fetch began
+    /// earlier must not undo a newer one. Returns whether it replaced them.
     pub(crate) fn replace(
         &self,
         seen: &Arc<Credentials>,
         renewed: Credentials,
-        apply: impl FnOnce(&Credentials),
+        apply: impl FnOnce(),
     ) -> bool {
         let _one_at_a_time = self
             .replacing
@@ -91,8 +91,8 @@ impl SlotLogin {
         if !Arc::ptr_eq(&self.current.load(), seen) {
             return false;
         }
-        apply(&renewed);
         self.store(renewed);
+        apply();
         true
     }
 

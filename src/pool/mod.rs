@@ -3,12 +3,15 @@
 pub(crate) mod attempts;
 pub(crate) mod backend;
 pub(crate) mod core;
+#[cfg(feature = "sqlx")]
+mod executor;
 pub(crate) mod login;
 pub(crate) mod routing;
 pub(crate) mod scope;
 #[cfg(feature = "sqlx")]
 mod sqlx;
 mod status;
+pub(crate) mod targets;
 pub(crate) mod tasks;
 pub(crate) mod transaction;
 

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use tokio::sync::broadcast;
@@ -17,11 +17,12 @@ use sqlx::{
 use sqlx_core::transaction::TransactionManager;
 
 use super::attempts;
-use super::backend::{Attempt, Backend, Retried};
+use super::backend::{Attempt, Backend, Follows, Retried};
 use super::core::PoolCore;
 use super::login;
 use super::scope::ScopeSource;
 use super::status::PoolStatus;
+use super::targets::Targets;
 use super::transaction::TransactionOptions;
 use crate::auth::{self, ConnectTarget, CredentialProvider, Credentials};
 use crate::config::{Builder, Config, PoolSizing};
@@ -30,7 +31,7 @@ use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
 use crate::monitor::ClusterEvent;
 use crate::retry::RetryPolicy;
-use crate::topology::{Instance, Role, Topology};
+use crate::topology::{Role, Topology};
 
 /// A cluster-aware pool for Aurora PostgreSQL, RDS PostgreSQL and PostgreSQL with replicas,
 /// handing out [`sqlx::PgPool`]s per role.
@@ -82,10 +83,11 @@ impl AuroraPool {
             user: config.user().to_owned(),
         });
         let backend = SqlxBackend {
-            base,
+            base: Arc::new(base),
             acquire_timeout: config.acquire_timeout,
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
+            ping_limit: config.connect_timeout,
         };
         let scope = ScopeSource::new(&config).await?;
         let core = PoolCore::start(config, backend, connector, provider, scope).await?;
@@ -97,30 +99,67 @@ impl AuroraPool {
         Builder::new()
     }
 
-    /// The pool of the current writer instance.
+    /// The writer's pool, to keep for as long as the process runs.
     ///
-    /// Call it per unit of work rather than keeping the handle: after a writer change the
-    /// old writer's pool is closed, and checkouts from a kept handle fail with
-    /// `PoolClosed` instead of reaching the old writer.
+    /// The same pool follows the writer across failovers: once the pool learns of a new
+    /// writer, its new connections go there, the connections it still has to the old
+    /// writer are closed at checkout and on return (never handed out again), and it never
+    /// fails with `PoolClosed` unless this `AuroraPool` was closed. Store it in your
+    /// application state, or hand it to a library that takes a `PgPool`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// #[derive(Clone)]
+    /// struct AppState {
+    ///     db: sqlx::PgPool,
+    /// }
+    ///
+    /// let pool = aurora_pool::AuroraPool::connect("postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app").await?;
+    /// let state = AppState { db: pool.writer() };
+    /// // ... hours and failovers later:
+    /// sqlx::query("INSERT INTO audit (event) VALUES ('still here')").execute(&state.db).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A checkout that was already connecting to the old writer when it failed finishes
+    /// (or fails) inside sqlx before it moves; [`acquire`](AuroraPool::acquire),
+    /// [`run`](AuroraPool::run) and [`transaction`](AuroraPool::transaction) move at once.
     pub fn writer(&self) -> PgPool {
-        self.core.writer()
+        PgPool::clone(&self.core.writer())
     }
 
-    /// The pool of a reader instance chosen by `reader_host_selector_strategy`.
+    /// The readers' pool, to keep for as long as the process runs.
     ///
-    /// When the cluster has no reachable reader this returns the writer's pool, whatever
-    /// `failover_mode` says, because it cannot fail; use
-    /// [`try_reader`](AuroraPool::try_reader) or [`acquire`](AuroraPool::acquire) for a strict
-    /// choice.
+    /// It spreads its connections over the reachable readers in turn, follows them as they
+    /// come and go (a reader's connections are closed at checkout and on return once it is
+    /// down, promoted or out of the read scope), and uses the writer while no reader can
+    /// serve and `failover_mode` lets reads use it. With `strict_reader` and no reader, its
+    /// checkouts wait (up to `acquire_timeout_ms`) for one; use
+    /// [`try_reader`](AuroraPool::try_reader) to fail at once instead.
+    ///
+    /// Its connections are its own: [`acquire`](AuroraPool::acquire) and
+    /// [`run`](AuroraPool::run) with [`Role::Reader`] use one pool per reader (balanced by
+    /// `reader_host_selector_strategy`, and abandoned at once when their reader is declared
+    /// dead).
     pub fn reader(&self) -> PgPool {
-        self.core.reader().unwrap_or_else(|| self.core.writer())
+        PgPool::clone(&self.core.reads())
     }
 
-    /// Like [`reader`](AuroraPool::reader), but with no reachable reader it fails
-    /// ([`Error::is_no_reader`]) when `failover_mode` is `strict_reader` (and
-    /// [`Error::is_closed`] when the pool is closed).
+    /// Like [`reader`](AuroraPool::reader), but fails ([`Error::is_no_reader`]) when no
+    /// instance may serve reads now (no reachable reader, and `failover_mode` is
+    /// `strict_reader`), and [`Error::is_closed`] when the pool is closed.
     pub fn try_reader(&self) -> Result<PgPool> {
-        self.core.pool_for(Role::Reader)
+        self.core.try_reads().map(|pool| PgPool::clone(&pool))
+    }
+
+    /// Opens a plain sqlx transaction on the writer, as `PgPool::begin` does: the
+    /// one-line switch from `PgPool` keeps compiling. It is sqlx's transaction, with no
+    /// failover handling; [`transaction`](AuroraPool::transaction) runs work in a
+    /// transaction that is retried only when it is known not to have committed.
+    pub async fn begin(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.writer().begin().await
     }
 
     /// Checks out one connection for `role`.
@@ -411,62 +450,154 @@ fn sqlstate_of(err: &sqlx::Error) -> Option<String> {
 }
 
 pub(crate) struct SqlxBackend {
-    base: PgConnectOptions,
+    base: Arc<PgConnectOptions>,
     acquire_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
+    /// How long an idle connection may take to answer the test before its checkout.
+    ping_limit: Duration,
+}
+
+impl SqlxBackend {
+    /// Where the pool's next connection goes: the current route, with its credentials. A
+    /// pool with no route (strict reads, no reader) points at the writer, whose connections
+    /// its connect hook refuses.
+    fn connect_options(&self, targets: &Targets) -> PgConnectOptions {
+        match targets.current().or_else(|| targets.parked()) {
+            Some(route) => {
+                options_for(&self.base, route.instance.address(), &route.login.current())
+            }
+            None => (*self.base).clone(),
+        }
+    }
+}
+
+/// Why the shared reader pool refuses a connection while it has no reader to serve.
+const NO_READER: &str = "no reachable reader may serve reads now, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)";
+
+/// Whether a new writer-pool connection's instance is read-only.
+async fn is_read_only(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    let row = sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()")
+        .fetch_one(&mut *conn)
+        .await?;
+    row.try_get::<bool, _>(0)
 }
 
 impl Backend for SqlxBackend {
-    type Pool = PgPool;
+    // In an `Arc` of the crate's own: a pool that spreads its connections over several
+    // instances points itself at the next one after each connect, through a `Weak` of this
+    // `Arc` (a `PgPool` inside its own hook would never be freed).
+    type Pool = Arc<PgPool>;
 
     fn open(
         &self,
-        instance: &Instance,
+        role: Role,
+        follows: Follows,
         sizing: PoolSizing,
-        credentials: &Credentials,
-    ) -> Result<PgPool> {
-        let options = PgPoolOptions::new()
+        targets: Arc<Targets>,
+    ) -> Result<Arc<PgPool>> {
+        let mut options = PgPoolOptions::new()
             .max_connections(sizing.max_connections)
             .min_connections(sizing.min_connections)
             .acquire_timeout(self.acquire_timeout)
             .idle_timeout(self.idle_timeout)
             .max_lifetime(self.max_lifetime);
-        let options = match instance.role() {
-            // One round trip per new connection, none per checkout: a demoted writer's
-            // connection is refused (sqlx closes it and connects again, by then to the
-            // address the routing gave the pool) instead of letting writes fail with 25006.
-            Role::Writer => options.after_connect(|conn, _| {
+        let confirm_writer = role == Role::Writer;
+        let rotates = role == Role::Reader && follows == Follows::Role;
+        let itself: Arc<OnceLock<Weak<PgPool>>> = Arc::new(OnceLock::new());
+        if confirm_writer || rotates {
+            let (targets, itself, base) = (targets.clone(), itself.clone(), self.base.clone());
+            options = options.after_connect(move |conn, _| {
+                let (targets, itself, base) = (targets.clone(), itself.clone(), base.clone());
                 Box::pin(async move {
-                    let row = sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()")
-                        .fetch_one(&mut *conn)
-                        .await?;
-                    if row.try_get::<bool, _>(0)? {
+                    if rotates {
+                        // sqlx has no hook before a connect, and reads the pool's connect
+                        // options at each one: pointing them at the next instance now sends
+                        // the pool's next connection there.
+                        if let (Some(pool), Some(route)) = (
+                            itself.get().and_then(Weak::upgrade),
+                            targets.next().or_else(|| targets.parked()),
+                        ) {
+                            pool.set_connect_options(options_for(
+                                &base,
+                                route.instance.address(),
+                                &route.login.current(),
+                            ));
+                        }
+                        let routes = targets.routes();
+                        if routes.is_empty() {
+                            return Err(sqlx::Error::Protocol(NO_READER.into()));
+                        }
+                        // A connect that began before the routes changed (to the writer the
+                        // pool was parked on, or to a reader promoted since) may end after:
+                        // while only readers serve reads, one round trip per new connection
+                        // keeps the writer out.
+                        if routes.iter().all(|r| r.instance.role() == Role::Reader)
+                            && !is_read_only(conn).await?
+                        {
+                            return Err(sqlx::Error::Protocol(
+                                "the instance takes writes: reads go to readers now".into(),
+                            ));
+                        }
+                    }
+                    // One round trip per new connection, none per checkout: a demoted
+                    // writer's connection is refused (sqlx closes it and connects again, by
+                    // then to the address the pool follows) instead of letting writes fail
+                    // with 25006.
+                    if confirm_writer && is_read_only(conn).await? {
                         return Err(sqlx::Error::Protocol(
                             "the instance is read-only: it is no longer the writer".into(),
                         ));
                     }
                     Ok(())
                 })
-            }),
-            Role::Reader => options,
-        };
-        Ok(options.connect_lazy_with(options_for(&self.base, instance.address(), credentials)))
+            });
+        }
+        if follows == Follows::Role {
+            // The only hooks sqlx runs on an existing connection, at checkout and on return:
+            // a connection opened before the pool left its instance is closed there (sqlx
+            // has no way to close another task's idle connections). sqlx's own test before
+            // checkout would ping it first, without a time limit: on a silent old writer
+            // that never returns. The hook tests the connections it keeps instead, bounded.
+            let (fresh, ping_limit) = (targets.clone(), self.ping_limit);
+            options = options
+                .test_before_acquire(false)
+                .before_acquire(move |conn, meta| {
+                    let stale = fresh.is_stale_at_age(meta.age);
+                    Box::pin(async move {
+                        if stale {
+                            return Ok(false);
+                        }
+                        match tokio::time::timeout(ping_limit, conn.ping()).await {
+                            Ok(answered) => answered.map(|()| true),
+                            Err(_) => Err(sqlx::Error::Io(std::io::ErrorKind::TimedOut.into())),
+                        }
+                    })
+                });
+            let fresh = targets.clone();
+            options = options.after_release(move |_, meta| {
+                let keep = !fresh.is_stale_at_age(meta.age);
+                Box::pin(async move { Ok(keep) })
+            });
+        }
+        let pool = Arc::new(options.connect_lazy_with(self.connect_options(&targets)));
+        let _ = itself.set(Arc::downgrade(&pool));
+        Ok(pool)
     }
 
-    fn set_credentials(&self, pool: &PgPool, instance: &Instance, credentials: &Credentials) {
-        pool.set_connect_options(options_for(&self.base, instance.address(), credentials));
+    fn retarget(&self, pool: &Arc<PgPool>, targets: &Targets) {
+        pool.set_connect_options(self.connect_options(targets));
     }
 
-    fn close(pool: PgPool) -> BoxFuture<'static, ()> {
+    fn close(pool: Arc<PgPool>) -> BoxFuture<'static, ()> {
         Box::pin(async move { pool.close().await })
     }
 
-    fn is_closed(pool: &PgPool) -> bool {
+    fn is_closed(pool: &Arc<PgPool>) -> bool {
         pool.is_closed()
     }
 
-    fn size_and_idle(pool: &PgPool) -> (u32, u32) {
+    fn size_and_idle(pool: &Arc<PgPool>) -> (u32, u32) {
         (
             pool.size(),
             u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
@@ -529,7 +660,7 @@ impl Backend for SqlxBackend {
         })
     }
 
-    fn acquire(pool: &PgPool) -> BoxFuture<'static, Result<PoolConnection<Postgres>>> {
+    fn acquire(pool: &Arc<PgPool>) -> BoxFuture<'static, Result<PoolConnection<Postgres>>> {
         let acquire = pool.acquire();
         Box::pin(async move {
             acquire

@@ -44,6 +44,20 @@ pub struct Instance {
 }
 
 impl Instance {
+    /// An available instance with no catalog figures, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn for_test(id: &str, address: HostPort, role: Role) -> Instance {
+        Instance {
+            id: id.to_owned(),
+            name: id.to_owned(),
+            address,
+            role,
+            replica_lag_ms: None,
+            cpu: None,
+            available: true,
+        }
+    }
+
     /// The id the catalog reports (`SERVER_ID` on Aurora, the DBI resource id on Multi-AZ DB
     /// clusters, `host:port` for plain PostgreSQL).
     pub fn id(&self) -> &str {

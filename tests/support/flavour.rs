@@ -22,6 +22,10 @@ pub fn failover_to(cluster: &Arc<LocalCluster>, promoted: &'static str) -> Inter
 /// The id of the instance that serves the query.
 pub const INSTANCE_ID: &str = "SELECT pg_catalog.aurora_db_instance_identifier()";
 
+/// [`INSTANCE_ID`], holding the connection for 50 ms.
+pub const HELD_INSTANCE_ID: &str =
+    "SELECT pg_catalog.aurora_db_instance_identifier() FROM pg_catalog.pg_sleep(0.05)";
+
 /// What the scenarios need of a pool flavour.
 pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
     fn connect_with(config: Config) -> impl Future<Output = aurora_pool::Result<Self>> + Send;
@@ -34,7 +38,7 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
     /// A checked-out connection.
     type Held: Send;
     /// The pool of one instance, as `writer()` and `reader()` return it.
-    type Handle: Send + Sync;
+    type Handle: Clone + Send + Sync + 'static;
     /// Runs [`INSTANCE_ID`] on a checkout for `role` and closes that connection instead of
     /// returning it to the pool: with `*_max_connections=1` every call logs in anew, and
     /// `least_connections` sees it gone at once.
@@ -121,6 +125,30 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
             Self::handle_text(handle, INSTANCE_ID)
                 .await
                 .expect("instance id query")
+        }
+    }
+
+    /// The instances that serve `n` reads through `handle`, eight at a time, each holding
+    /// its connection a moment: a shared pool spreads its connections, not its checkouts,
+    /// so reads one after the other would all reuse one connection.
+    fn spread_of(
+        handle: &Self::Handle,
+        n: usize,
+    ) -> impl Future<Output = std::collections::BTreeSet<String>> + Send {
+        let handle = handle.clone();
+        async move {
+            let mut seen = std::collections::BTreeSet::new();
+            for _ in 0..n.div_ceil(8) {
+                let mut reads = tokio::task::JoinSet::new();
+                for _ in 0..8 {
+                    let handle = handle.clone();
+                    reads.spawn(async move { Self::handle_text(&handle, HELD_INSTANCE_ID).await });
+                }
+                while let Some(read) = reads.join_next().await {
+                    seen.insert(read.expect("read task").expect("instance id query"));
+                }
+            }
+            seen
         }
     }
 

@@ -1,0 +1,197 @@
+//! Where a pool's new connections go. A pool is opened once per role and lives as long as
+//! the `AuroraPool`: when its instance changes (a new writer, a reader gone) the pool is
+//! pointed at the new one instead of being replaced, so a handle taken at startup follows its
+//! role. Connections opened before a change that dropped an instance are stale: the backends
+//! close them at checkout and on return instead of handing them out again.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::time::Instant;
+
+use arc_swap::{ArcSwap, ArcSwapOption};
+
+use super::login::SlotLogin;
+use crate::topology::Instance;
+
+/// One instance a pool connects to, with the credentials it logs in with there.
+#[derive(Clone)]
+pub(crate) struct Route {
+    pub(crate) instance: Arc<Instance>,
+    pub(crate) login: Arc<SlotLogin>,
+}
+
+impl Route {
+    fn same_instance(&self, other: &Route) -> bool {
+        self.instance.id() == other.instance.id()
+            && self.instance.address() == other.instance.address()
+    }
+}
+
+/// The instances a pool's new connections go to, taken in turn.
+pub(crate) struct Targets {
+    routes: ArcSwap<Vec<Route>>,
+    next: AtomicUsize,
+    /// Bumped by every change of the routes.
+    generation: AtomicU64,
+    /// Connections opened before this many nanoseconds after `origin` are stale; 0 while
+    /// none is.
+    stale_before: AtomicU64,
+    origin: Instant,
+    /// Where a driver that must always have an address points a pool with no routes; its
+    /// connections there are refused at once.
+    parked: ArcSwapOption<Route>,
+}
+
+impl Targets {
+    pub(crate) fn new(routes: Vec<Route>) -> Arc<Targets> {
+        Arc::new(Targets {
+            routes: ArcSwap::from_pointee(routes),
+            next: AtomicUsize::new(0),
+            generation: AtomicU64::new(0),
+            stale_before: AtomicU64::new(0),
+            origin: Instant::now(),
+            parked: ArcSwapOption::empty(),
+        })
+    }
+
+    /// The pool of one instance.
+    pub(crate) fn single(route: Route) -> Arc<Targets> {
+        Targets::new(vec![route])
+    }
+
+    pub(crate) fn routes(&self) -> Arc<Vec<Route>> {
+        self.routes.load_full()
+    }
+
+    /// The route of the next new connection; `None` when the pool has nowhere to connect.
+    pub(crate) fn next(&self) -> Option<Route> {
+        let routes = self.routes.load();
+        if routes.is_empty() {
+            return None;
+        }
+        let turn = self.next.fetch_add(1, Ordering::Relaxed);
+        routes.get(turn % routes.len()).cloned()
+    }
+
+    /// The route new connections go to now, without taking a turn.
+    pub(crate) fn current(&self) -> Option<Route> {
+        let routes = self.routes.load();
+        if routes.is_empty() {
+            return None;
+        }
+        routes
+            .get(self.next.load(Ordering::Relaxed) % routes.len())
+            .cloned()
+    }
+
+    /// Where to point a pool that has no routes (see [`set_parked`](Targets::set_parked)).
+    pub(crate) fn parked(&self) -> Option<Route> {
+        self.parked.load_full().map(|route| Route::clone(&route))
+    }
+
+    /// Sets where a pool with no routes points its driver.
+    pub(crate) fn set_parked(&self, route: Route) {
+        self.parked.store(Some(Arc::new(route)));
+    }
+
+    /// Bumped by every change (the deadpool manager reopens a connection that raced one).
+    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// Whether `route` is still one of the routes.
+    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    pub(crate) fn contains(&self, route: &Route) -> bool {
+        self.routes.load().iter().any(|r| r.same_instance(route))
+    }
+
+    /// Replaces the routes. When an instance of the old routes is not among the new ones,
+    /// every connection opened until now becomes stale. Returns whether that happened.
+    pub(crate) fn set(&self, routes: Vec<Route>) -> bool {
+        let old = self.routes.swap(Arc::new(routes));
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let new = self.routes.load();
+        let dropped = old.iter().any(|o| !new.iter().any(|n| n.same_instance(o)));
+        if dropped {
+            // Marked after the routes changed: a connection that completes later may still
+            // have been opened to the old instance (its connect began before the change);
+            // the backends' writer check and their generation check catch those.
+            let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
+            self.stale_before.fetch_max(now.max(1), Ordering::AcqRel);
+        }
+        dropped
+    }
+
+    /// Whether a connection opened at `opened` must not be handed out again.
+    pub(crate) fn is_stale(&self, opened: Instant) -> bool {
+        let before = self.stale_before.load(Ordering::Acquire);
+        if before == 0 {
+            return false;
+        }
+        let at = u64::try_from(opened.saturating_duration_since(self.origin).as_nanos())
+            .unwrap_or(u64::MAX);
+        at < before
+    }
+
+    /// [`is_stale`](Targets::is_stale) for a connection `age` old.
+    pub(crate) fn is_stale_at_age(&self, age: std::time::Duration) -> bool {
+        if self.stale_before.load(Ordering::Acquire) == 0 {
+            return false;
+        }
+        match Instant::now().checked_sub(age) {
+            Some(opened) => self.is_stale(opened),
+            None => true,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::HostPort;
+    use crate::topology::Role;
+
+    fn route(id: &str, port: u16) -> Route {
+        Route {
+            instance: Arc::new(Instance::for_test(
+                id,
+                HostPort {
+                    host: "127.0.0.1".into(),
+                    port,
+                },
+                Role::Reader,
+            )),
+            login: Arc::new(SlotLogin::new(None)),
+        }
+    }
+
+    #[test]
+    fn routes_are_taken_in_turn() {
+        let targets = Targets::new(vec![route("a", 1), route("b", 2)]);
+        let ids: Vec<String> = (0..4)
+            .map(|_| targets.next().unwrap().instance.id().to_owned())
+            .collect();
+        assert_eq!(ids, ["a", "b", "a", "b"]);
+    }
+
+    #[test]
+    fn only_a_dropped_instance_makes_connections_stale() {
+        let targets = Targets::new(vec![route("a", 1)]);
+        let before = Instant::now();
+        assert!(!targets.set(vec![route("a", 1), route("b", 2)]));
+        assert!(!targets.is_stale(before));
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(targets.set(vec![route("b", 2)]));
+        assert!(targets.is_stale(before));
+        assert!(!targets.is_stale(Instant::now()));
+        assert!(targets.is_stale_at_age(std::time::Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_empty_pool_has_nowhere_to_connect() {
+        let targets = Targets::new(Vec::new());
+        assert!(targets.next().is_none());
+        assert!(targets.current().is_none());
+    }
+}
