@@ -164,7 +164,46 @@ async fn a_reader_handle_kept_from_startup_follows_a_reader_crash<F: Flavour>(te
     pool.close().await;
 }
 
+/// The writer role moves while the old writer stays up and writable (a replica promoted
+/// beside it; its catalog names it the newer writer): the connections the kept writer handle
+/// holds on the old writer still work, and must not take another write.
+async fn a_kept_writer_handle_leaves_a_writer_that_stays_up<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let writer = pool.handle(Role::Writer);
+    pool.execute("CREATE TABLE handles_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "handles_t").await;
+    // Several idle connections on instance-1, as a busy service keeps.
+    let served = F::spread_of(&writer, 16).await;
+    assert_eq!(served.into_iter().collect::<Vec<_>>(), ["instance-1"]);
+
+    cluster
+        .psql(
+            "instance-2",
+            cluster.database(),
+            "SELECT pg_catalog.pg_promote(true, 60); \
+             UPDATE aurora_emul.instances SET is_writer = (server_id = 'instance-2'), \
+             writer_since = CASE WHEN server_id = 'instance-2' THEN now() ELSE writer_since END",
+        )
+        .await
+        .expect("promote instance-2 beside the writer");
+    let moved = eventually(Duration::from_secs(15), || async {
+        pool.topology().writer().id() == "instance-2"
+    })
+    .await;
+    assert!(
+        moved,
+        "the pool never adopted instance-2: {}",
+        pool.topology()
+    );
+    all_writes_land_on::<F>(&writer, "instance-2", 20).await;
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_kept_writer_handle_leaves_a_writer_that_stays_up,
     handles_kept_from_startup_follow_a_crash_and_a_switchover,
     a_reader_handle_kept_from_startup_follows_a_reader_crash,
 );
