@@ -43,7 +43,7 @@ pub use custom_endpoint::settings::CustomEndpointSettings;
 pub use error::{Error, ErrorClass, Result};
 pub use monitor::ClusterEvent;
 #[cfg(feature = "sqlx")]
-pub use pool::AuroraPool;
+pub use pool::{AuroraPool, AuroraPoolOptions};
 pub use pool::{InstanceStatus, IsolationLevel, PoolStatus, TransactionOptions};
 pub use retry::RetryPolicy;
 pub use select::ReaderSelection;

@@ -1,10 +1,8 @@
-//! The pool: routing by role over per-instance pools of a driver backend.
+//! The pool: routing by role over the pools of a driver backend.
 
 pub(crate) mod attempts;
 pub(crate) mod backend;
 pub(crate) mod core;
-#[cfg(feature = "sqlx")]
-mod executor;
 pub(crate) mod login;
 pub(crate) mod routing;
 pub(crate) mod scope;
@@ -16,6 +14,6 @@ pub(crate) mod tasks;
 pub(crate) mod transaction;
 
 #[cfg(feature = "sqlx")]
-pub use self::sqlx::AuroraPool;
+pub use self::sqlx::{AuroraPool, AuroraPoolOptions};
 pub use status::{InstanceStatus, PoolStatus};
 pub use transaction::{IsolationLevel, TransactionOptions};

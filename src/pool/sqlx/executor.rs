@@ -10,7 +10,7 @@ use sqlx::{Acquire, Either, Execute, Executor, PgPool, Postgres, Transaction};
 
 use sqlx_core::sql_str::SqlStr;
 
-use super::sqlx::AuroraPool;
+use super::AuroraPool;
 
 // Each method takes the writer's pool once and hands the statement to it: the pool follows
 // the writer, and sqlx's own `&PgPool` executor holds its clone for as long as the stream

@@ -1,0 +1,361 @@
+//! The sqlx backend of the pool core: `PgPool`s that follow their targets, with the crate's
+//! checks run before the user's hooks.
+
+use std::str::FromStr;
+use std::sync::{Arc, OnceLock, Weak};
+use std::time::Duration;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::{
+    PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode, PgTransactionManager,
+};
+use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row, SqlSafeStr};
+use sqlx_core::transaction::TransactionManager;
+
+use super::options::{AuroraPoolOptions, MapConnectOptions};
+use crate::auth::Credentials;
+use crate::config::{Config, PoolSizing};
+use crate::connector::BoxFuture;
+use crate::endpoint::HostPort;
+use crate::error::{Error, Result};
+use crate::pool::backend::{Backend, Follows};
+use crate::pool::targets::Targets;
+use crate::topology::Role;
+
+/// The connect options every connection starts from: the driver part of the URL parsed by
+/// sqlx itself. Credentials come from the provider.
+pub(super) fn base_options(
+    config: &Config,
+    map: Option<&MapConnectOptions>,
+) -> Result<PgConnectOptions> {
+    let options = PgConnectOptions::from_str(config.driver_url().as_str()).map_err(|err| {
+        Error::config("url", "sqlx rejected the connection parameters").with_source(err)
+    })?;
+    let options = match map {
+        Some(map) => map(options),
+        None => options,
+    };
+    Ok(match config.ssl_mode() {
+        None if config.requires_tls() => options.ssl_mode(PgSslMode::Require),
+        _ => options,
+    })
+}
+
+pub(super) fn options_for(
+    base: &PgConnectOptions,
+    address: &HostPort,
+    credentials: &Credentials,
+) -> PgConnectOptions {
+    let mut options = base.clone().host(&address.host).port(address.port);
+    if let Some(user) = credentials.user() {
+        options = options.username(user);
+    }
+    if let Some(password) = credentials.password() {
+        options = options.password(password);
+    }
+    options
+}
+
+/// Wraps a sqlx error: server errors keep their SQLSTATE, broken connections and I/O are
+/// connect errors, pool timeouts are timeouts.
+pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
+    let sqlstate = sqlstate_of(&err);
+    let wrapped = match &err {
+        sqlx::Error::Database(_) => Error::driver(format!("{context} failed")),
+        sqlx::Error::PoolTimedOut => Error::timeout(format!("{context} timed out")),
+        sqlx::Error::PoolClosed => Error::closed(),
+        sqlx::Error::Tls(_) => Error::connect(format!("{context} failed")).handshake_failed(),
+        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
+            Error::connect(format!("{context} failed"))
+        }
+        _ => Error::driver(format!("{context} failed")),
+    };
+    wrapped.with_sqlstate(sqlstate).with_source(err)
+}
+
+/// The SQLSTATE of a server error.
+pub(super) fn sqlstate_of(err: &sqlx::Error) -> Option<String> {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .map(|code| code.into_owned())
+}
+
+pub(crate) struct SqlxBackend {
+    base: Arc<PgConnectOptions>,
+    acquire_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    max_lifetime: Option<Duration>,
+    /// How long an idle connection may take to answer the test before its checkout.
+    ping_limit: Duration,
+    /// The user's hooks, run after the crate's.
+    user: AuroraPoolOptions,
+}
+
+impl SqlxBackend {
+    pub(super) fn new(config: &Config, base: PgConnectOptions, user: AuroraPoolOptions) -> Self {
+        SqlxBackend {
+            base: Arc::new(base),
+            acquire_timeout: config.acquire_timeout,
+            idle_timeout: config.idle_timeout,
+            max_lifetime: config.max_lifetime,
+            ping_limit: config.connect_timeout,
+            user,
+        }
+    }
+
+    /// Where the pool's next connection goes: the current route, with its credentials. A
+    /// pool with no route (strict reads, no reader) points at the writer, whose connections
+    /// its connect hook refuses.
+    fn connect_options(&self, targets: &Targets) -> PgConnectOptions {
+        match targets.current().or_else(|| targets.parked()) {
+            Some(route) => {
+                options_for(&self.base, route.instance.address(), &route.login.current())
+            }
+            None => (*self.base).clone(),
+        }
+    }
+}
+
+/// Why the shared reader pool refuses a connection while it has no reader to serve.
+const NO_READER: &str = "no reachable reader may serve reads now, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)";
+
+/// Points a pool that spreads its connections at its next route. sqlx has no hook before a
+/// connect, and reads the pool's connect options at each one: pointing them at the next
+/// instance after a connect sends the pool's next connection there.
+fn rotate(itself: &OnceLock<Weak<PgPool>>, targets: &Targets, base: &PgConnectOptions) {
+    if let (Some(pool), Some(route)) = (
+        itself.get().and_then(Weak::upgrade),
+        targets.next().or_else(|| targets.parked()),
+    ) {
+        pool.set_connect_options(options_for(
+            base,
+            route.instance.address(),
+            &route.login.current(),
+        ));
+    }
+}
+
+/// Refuses a new connection of the readers' pool that has nothing to serve, or that reached
+/// the writer while only readers serve reads: a connect that began before the routes
+/// changed (to the writer the pool was parked on, or to a reader promoted since) may end
+/// after. One round trip per new connection.
+async fn check_reader(conn: &mut PgConnection, targets: &Targets) -> sqlx::Result<()> {
+    let routes = targets.routes();
+    if routes.is_empty() {
+        return Err(sqlx::Error::Protocol(NO_READER.into()));
+    }
+    if routes.iter().all(|r| r.instance.role() == Role::Reader) && !is_read_only(conn).await? {
+        return Err(sqlx::Error::Protocol(
+            "the instance takes writes: reads go to readers now".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a new writer-pool connection's instance is read-only.
+async fn is_read_only(conn: &mut PgConnection) -> sqlx::Result<bool> {
+    let row = sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()")
+        .fetch_one(&mut *conn)
+        .await?;
+    row.try_get::<bool, _>(0)
+}
+
+impl Backend for SqlxBackend {
+    // In an `Arc` of the crate's own: a pool that spreads its connections over several
+    // instances points itself at the next one after each connect, through a `Weak` of this
+    // `Arc` (a `PgPool` inside its own hook would never be freed).
+    type Pool = Arc<PgPool>;
+
+    fn open(
+        &self,
+        role: Role,
+        follows: Follows,
+        sizing: PoolSizing,
+        targets: Arc<Targets>,
+    ) -> Result<Arc<PgPool>> {
+        let mut options = PgPoolOptions::new()
+            .max_connections(sizing.max_connections)
+            .min_connections(sizing.min_connections)
+            .acquire_timeout(self.acquire_timeout)
+            .idle_timeout(self.idle_timeout)
+            .max_lifetime(self.max_lifetime);
+        let confirm_writer = role == Role::Writer;
+        let rotates = role == Role::Reader && follows == Follows::Role;
+        let itself: Arc<OnceLock<Weak<PgPool>>> = Arc::new(OnceLock::new());
+        let user_after_connect = self.user.after_connect.clone();
+        if confirm_writer || rotates || user_after_connect.is_some() {
+            let (targets, itself, base) = (targets.clone(), itself.clone(), self.base.clone());
+            options = options.after_connect(move |conn, meta| {
+                let (targets, itself, base) = (targets.clone(), itself.clone(), base.clone());
+                let user = user_after_connect.clone();
+                Box::pin(async move {
+                    if rotates {
+                        rotate(&itself, &targets, &base);
+                        check_reader(conn, &targets).await?;
+                    }
+                    // One round trip per new connection, none per checkout: a demoted
+                    // writer's connection is refused (sqlx closes it and connects again, by
+                    // then to the address the pool follows) instead of letting writes fail
+                    // with 25006.
+                    if confirm_writer && is_read_only(conn).await? {
+                        return Err(sqlx::Error::Protocol(
+                            "the instance is read-only: it is no longer the writer".into(),
+                        ));
+                    }
+                    match &user {
+                        Some(hook) => hook(conn, meta).await,
+                        None => Ok(()),
+                    }
+                })
+            });
+        }
+        let (user_before, user_after) = (
+            self.user.before_acquire.clone(),
+            self.user.after_release.clone(),
+        );
+        if follows == Follows::Role {
+            // The only hooks sqlx runs on an existing connection, at checkout and on return:
+            // a connection opened before the pool left its instance is closed there (sqlx
+            // has no way to close another task's idle connections). sqlx's own test before
+            // checkout would ping it first, without a time limit: on a silent old writer
+            // that never returns. The hook tests the connections it keeps instead, bounded.
+            let (fresh, ping_limit, test) = (
+                targets.clone(),
+                self.ping_limit,
+                self.user.test_before_acquire,
+            );
+            options = options
+                .test_before_acquire(false)
+                .before_acquire(move |conn, meta| {
+                    let stale = fresh.is_stale_at_age(meta.age);
+                    let user = user_before.clone();
+                    Box::pin(async move {
+                        if stale {
+                            return Ok(false);
+                        }
+                        if test {
+                            match tokio::time::timeout(ping_limit, conn.ping()).await {
+                                Ok(answered) => answered?,
+                                Err(_) => {
+                                    return Err(sqlx::Error::Io(
+                                        std::io::ErrorKind::TimedOut.into(),
+                                    ));
+                                }
+                            }
+                        }
+                        match &user {
+                            Some(hook) => hook(conn, meta).await,
+                            None => Ok(true),
+                        }
+                    })
+                });
+            let fresh = targets.clone();
+            options = options.after_release(move |conn, meta| {
+                let stale = fresh.is_stale_at_age(meta.age);
+                let user = user_after.clone();
+                Box::pin(async move {
+                    match &user {
+                        _ if stale => Ok(false),
+                        Some(hook) => hook(conn, meta).await,
+                        None => Ok(true),
+                    }
+                })
+            });
+        } else {
+            options = options.test_before_acquire(self.user.test_before_acquire);
+            if let Some(hook) = user_before {
+                options = options.before_acquire(move |conn, meta| hook(conn, meta));
+            }
+            if let Some(hook) = user_after {
+                options = options.after_release(move |conn, meta| hook(conn, meta));
+            }
+        }
+        let pool = Arc::new(options.connect_lazy_with(self.connect_options(&targets)));
+        let _ = itself.set(Arc::downgrade(&pool));
+        Ok(pool)
+    }
+
+    fn retarget(&self, pool: &Arc<PgPool>, targets: &Targets) {
+        pool.set_connect_options(self.connect_options(targets));
+    }
+
+    fn close(pool: Arc<PgPool>) -> BoxFuture<'static, ()> {
+        Box::pin(async move { pool.close().await })
+    }
+
+    fn is_closed(pool: &Arc<PgPool>) -> bool {
+        pool.is_closed()
+    }
+
+    fn size_and_idle(pool: &Arc<PgPool>) -> (u32, u32) {
+        (
+            pool.size(),
+            u32::try_from(pool.num_idle()).unwrap_or(u32::MAX),
+        )
+    }
+
+    type Connection = PoolConnection<Postgres>;
+
+    fn discard(connection: PoolConnection<Postgres>) {
+        drop(connection.detach());
+    }
+
+    fn begin(
+        connection: &mut PoolConnection<Postgres>,
+        statement: String,
+    ) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            // sqlx's own bookkeeping: a `begin()` inside the work sees a transaction open and
+            // makes a savepoint, and its commit releases that savepoint.
+            PgTransactionManager::begin(
+                &mut **connection,
+                Some(AssertSqlSafe(statement).into_sql_str()),
+            )
+            .await
+            .map_err(|err| from_sqlx(err, "BEGIN"))
+        })
+    }
+
+    fn commit(connection: &mut PoolConnection<Postgres>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            PgTransactionManager::commit(&mut **connection)
+                .await
+                .map_err(|err| from_sqlx(err, "COMMIT"))
+        })
+    }
+
+    fn rollback(connection: &mut PoolConnection<Postgres>) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            PgTransactionManager::rollback(&mut **connection)
+                .await
+                .map_err(|err| from_sqlx(err, "ROLLBACK"))
+        })
+    }
+
+    fn query_value(
+        connection: &mut PoolConnection<Postgres>,
+        sql: String,
+    ) -> BoxFuture<'_, Result<Option<String>>> {
+        Box::pin(async move {
+            let row = sqlx::raw_sql(AssertSqlSafe(sql))
+                .fetch_optional(&mut **connection)
+                .await
+                .map_err(|err| from_sqlx(err, "a query of the pool's"))?;
+            match row {
+                Some(row) => row
+                    .try_get::<Option<String>, _>(0)
+                    .map_err(|err| from_sqlx(err, "reading a query's value")),
+                None => Ok(None),
+            }
+        })
+    }
+
+    fn acquire(pool: &Arc<PgPool>) -> BoxFuture<'static, Result<PoolConnection<Postgres>>> {
+        let acquire = pool.acquire();
+        Box::pin(async move {
+            acquire
+                .await
+                .map_err(|err| from_sqlx(err, "checking out a connection"))
+        })
+    }
+}

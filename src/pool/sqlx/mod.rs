@@ -1,0 +1,448 @@
+//! The sqlx flavour: `AuroraPool` hands out `sqlx::PgPool`s that follow their role.
+
+mod admin;
+mod backend;
+mod executor;
+mod options;
+
+pub(crate) use backend::from_sqlx;
+pub use options::AuroraPoolOptions;
+
+use admin::SqlxConnector;
+use backend::SqlxBackend;
+
+use std::fmt;
+use std::sync::Arc;
+
+use sqlx::pool::PoolConnection;
+use sqlx::postgres::PgConnection;
+use sqlx::{PgPool, Postgres};
+use tokio::sync::broadcast;
+
+use super::attempts;
+use super::backend::{Attempt, Retried};
+use super::core::PoolCore;
+use super::scope::ScopeSource;
+use super::status::PoolStatus;
+use super::transaction::TransactionOptions;
+use crate::auth;
+use crate::config::{Builder, Config};
+use crate::connector::BoxFuture;
+use crate::error::{Error, Result};
+use crate::monitor::ClusterEvent;
+use crate::retry::RetryPolicy;
+use crate::topology::{Role, Topology};
+
+/// A cluster-aware pool for Aurora PostgreSQL, RDS PostgreSQL and PostgreSQL with replicas,
+/// handing out [`sqlx::PgPool`]s per role.
+///
+/// It discovers the cluster's instances through the URL's host, then connects only to
+/// instance endpoints: [`writer`](AuroraPool::writer) follows the current writer and
+/// [`reader`](AuroraPool::reader) spreads reads over the replicas. One monitor per
+/// `cluster_id` keeps the topology current for every pool in the process.
+///
+/// Cloning is cheap (an `Arc`), like `PgPool`. The monitor stops when the last pool of its
+/// `cluster_id` is dropped or closed.
+///
+/// ```no_run
+/// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+/// use aurora_pool::AuroraPool;
+///
+/// let pool = AuroraPool::connect(
+///     "postgres://app:secret@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app",
+/// )
+/// .await?;
+/// sqlx::query("INSERT INTO orders (id) VALUES ($1)").bind(7_i64).execute(&pool.writer()).await?;
+/// let rows = sqlx::query("SELECT id FROM orders").fetch_all(&pool.reader()).await?;
+/// # drop(rows);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct AuroraPool {
+    core: Arc<PoolCore<SqlxBackend>>,
+}
+
+impl AuroraPool {
+    /// Connects with a URL: discovers the topology and starts (or joins) the cluster
+    /// monitor. Fails on a bad URL, unreachable host, failed login or invalid topology.
+    pub async fn connect(url: &str) -> Result<AuroraPool> {
+        AuroraPool::connect_with(Config::from_url(url)?).await
+    }
+
+    /// Connects with a prepared [`Config`].
+    pub async fn connect_with(config: Config) -> Result<AuroraPool> {
+        AuroraPool::start(config, AuroraPoolOptions::new()).await
+    }
+
+    /// sqlx's own settings for every pool (hooks, connect options); finish with
+    /// [`AuroraPoolOptions::connect`].
+    pub fn options() -> AuroraPoolOptions {
+        AuroraPoolOptions::new()
+    }
+
+    async fn start(config: Config, options: AuroraPoolOptions) -> Result<AuroraPool> {
+        config.validate()?;
+        let base = backend::base_options(&config, options.connect_options.as_ref())?;
+        let provider = auth::provider_for(&config).await?;
+        let connector = Arc::new(SqlxConnector::new(&config, base.clone(), provider.clone()));
+        let backend = SqlxBackend::new(&config, base, options);
+        let scope = ScopeSource::new(&config).await?;
+        let core = PoolCore::start(config, backend, connector, provider, scope).await?;
+        Ok(AuroraPool { core })
+    }
+
+    /// A builder for settings made in code; finish it with [`Builder::connect`].
+    pub fn builder() -> Builder {
+        Builder::new()
+    }
+
+    /// The writer's pool, to keep for as long as the process runs.
+    ///
+    /// The same pool follows the writer across failovers: once the pool learns of a new
+    /// writer, its new connections go there, the connections it still has to the old
+    /// writer are closed at checkout and on return (never handed out again), and it never
+    /// fails with `PoolClosed` unless this `AuroraPool` was closed. Store it in your
+    /// application state, or hand it to a library that takes a `PgPool`.
+    ///
+    /// ```no_run
+    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+    /// #[derive(Clone)]
+    /// struct AppState {
+    ///     db: sqlx::PgPool,
+    /// }
+    ///
+    /// let pool = aurora_pool::AuroraPool::connect("postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app").await?;
+    /// let state = AppState { db: pool.writer() };
+    /// // ... hours and failovers later:
+    /// sqlx::query("INSERT INTO audit (event) VALUES ('still here')").execute(&state.db).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// A checkout that was already connecting to the old writer when it failed finishes
+    /// (or fails) inside sqlx before it moves; [`acquire`](AuroraPool::acquire),
+    /// [`run`](AuroraPool::run) and [`transaction`](AuroraPool::transaction) move at once.
+    pub fn writer(&self) -> PgPool {
+        PgPool::clone(&self.core.writer())
+    }
+
+    /// The readers' pool, to keep for as long as the process runs.
+    ///
+    /// It spreads its connections over the reachable readers in turn, follows them as they
+    /// come and go (a reader's connections are closed at checkout and on return once it is
+    /// down, promoted or out of the read scope), and uses the writer while no reader can
+    /// serve and `failover_mode` lets reads use it. With `strict_reader` and no reader, its
+    /// checkouts wait (up to `acquire_timeout_ms`) for one; use
+    /// [`try_reader`](AuroraPool::try_reader) to fail at once instead.
+    ///
+    /// Its connections are its own: [`acquire`](AuroraPool::acquire) and
+    /// [`run`](AuroraPool::run) with [`Role::Reader`] use one pool per reader (balanced by
+    /// `reader_host_selector_strategy`, and abandoned at once when their reader is declared
+    /// dead).
+    pub fn reader(&self) -> PgPool {
+        PgPool::clone(&self.core.reads())
+    }
+
+    /// Like [`reader`](AuroraPool::reader), but fails ([`Error::is_no_reader`]) when no
+    /// instance may serve reads now (no reachable reader, and `failover_mode` is
+    /// `strict_reader`), and [`Error::is_closed`] when the pool is closed.
+    pub fn try_reader(&self) -> Result<PgPool> {
+        self.core.try_reads().map(|pool| PgPool::clone(&pool))
+    }
+
+    /// Opens a plain sqlx transaction on the writer, as `PgPool::begin` does: the
+    /// one-line switch from `PgPool` keeps compiling. It is sqlx's transaction, with no
+    /// failover handling; [`transaction`](AuroraPool::transaction) runs work in a
+    /// transaction that is retried only when it is known not to have committed.
+    pub async fn begin(
+        &self,
+    ) -> std::result::Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
+        self.writer().begin().await
+    }
+
+    /// Checks out one connection for `role`.
+    ///
+    /// During a failover a writer checkout waits for the new writer (up to
+    /// `failover_timeout_ms`) instead of failing at once, and a reader checkout moves to
+    /// another reader when its instance goes down. When no instance of the role appears in
+    /// time the error is [`Error::is_failover_failed`].
+    pub async fn acquire(&self, role: Role) -> Result<PoolConnection<Postgres>> {
+        self.core
+            .checkout(role)
+            .await
+            .map(|(connection, _)| connection)
+    }
+
+    /// Runs idempotent `work` on a connection for `role`, retrying it on a fresh checkout
+    /// when it fails because of a failover ([`Error::is_retryable`]), until
+    /// `failover_timeout_ms`. Any other error is returned at once, wrapped without loss.
+    ///
+    /// `work` returns a boxed future (`Box::pin(async move { .. })`), like sqlx's pool hooks,
+    /// which keeps `run`'s future `Send` so it can be awaited in spawned tasks and axum
+    /// handlers. The future may borrow the connection; anything else it uses must be owned
+    /// (clone it in, as `work` may run several times).
+    ///
+    /// If the instance is declared unreachable while `work` runs (a black-holed host that
+    /// never answers), `work` is abandoned, its connection dropped, and the work retried
+    /// elsewhere, so a caller never hangs on a dead host.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
+    /// use aurora_pool::Role;
+    /// let id: i64 = pool
+    ///     .run(Role::Writer, |conn| {
+    ///         Box::pin(async move {
+    ///             sqlx::query_scalar("INSERT INTO jobs (state) VALUES ('new') RETURNING id")
+    ///                 .fetch_one(conn)
+    ///                 .await
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = id; Ok(()) }
+    /// ```
+    pub async fn run<T, F>(&self, role: Role, work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        self.run_with(RetryPolicy::new(), role, work).await
+    }
+
+    /// [`run`](AuroraPool::run) with an explicit [`RetryPolicy`].
+    pub async fn run_with<T, F>(&self, policy: RetryPolicy, role: Role, mut work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        self.attempts(policy, role, Attempt::Plain, &mut work).await
+    }
+
+    /// Runs `work` in a transaction on the writer (`BEGIN`, `work`, `COMMIT`), running it
+    /// again after a failover only when the transaction is known not to have committed.
+    ///
+    /// - A connection lost before `COMMIT` was sent: the server rolled back, and the work runs
+    ///   again on the new writer (until `failover_timeout_ms`).
+    /// - A connection lost during `COMMIT`: the transaction's id, read just before the
+    ///   `COMMIT`, is looked up on the writer (`txid_status`). Committed: the call returns the
+    ///   work's value. Rolled back: the work runs again. Not knowable:
+    ///   [`Error::is_transaction_state_unknown`], never run again.
+    /// - Any other error from `work` rolls the transaction back and comes back unchanged
+    ///   (also when the `ROLLBACK` itself fails: the connection is then closed, which rolls
+    ///   back too).
+    ///
+    /// The transaction is sqlx's own: a `conn.begin()` inside `work` makes a savepoint. If
+    /// the returned future is dropped at any await (a client gone, a timeout), the
+    /// connection is closed, never returned to the pool inside the transaction.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
+    /// let moved: u64 = pool
+    ///     .transaction(|conn| {
+    ///         Box::pin(async move {
+    ///             sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+    ///                 .execute(&mut *conn)
+    ///                 .await?;
+    ///             let done = sqlx::query("UPDATE accounts SET balance = balance + 10 WHERE id = 2")
+    ///                 .execute(&mut *conn)
+    ///                 .await?;
+    ///             Ok(done.rows_affected())
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = moved; Ok(()) }
+    /// ```
+    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        self.transaction_with(TransactionOptions::new(), work).await
+    }
+
+    /// [`transaction`](AuroraPool::transaction) with a [`RetryPolicy`] or
+    /// [`TransactionOptions`] (isolation level, `READ ONLY`, retried serialization
+    /// failures).
+    pub async fn transaction_with<T, F>(
+        &self,
+        options: impl Into<TransactionOptions>,
+        mut work: F,
+    ) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        let options = options.into();
+        self.attempts(
+            options.retry_policy(),
+            Role::Writer,
+            Attempt::Transaction(options),
+            &mut work,
+        )
+        .await
+    }
+
+    /// The retry loop behind `run` and `transaction`.
+    async fn attempts<T, F>(
+        &self,
+        policy: RetryPolicy,
+        role: Role,
+        kind: Attempt,
+        work: &mut F,
+    ) -> Result<T>
+    where
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        T: Send,
+    {
+        let mut attempt = SqlxAttempt {
+            pool: self,
+            role: kind.classified_as(role),
+            work,
+        };
+        attempts::retry(&self.core, policy, role, kind, &mut attempt).await
+    }
+
+    /// Wraps an error from a query run on one of this pool's connections, and reacts to it:
+    /// a lost connection, a server shutting down, or a checkout from a pool retired by a
+    /// writer change is a failover ([`Error::is_failover`]) and makes the monitor re-read
+    /// the topology at once. A write refused as read-only (`25006`) makes the monitor
+    /// re-check the writer too, but is returned as the driver's error: this call cannot
+    /// tell a demoted writer from a write sent to a reader (the retry helpers, which know
+    /// the role, retry it on the writer). Any other error keeps its kind; the SQLSTATE and
+    /// the sqlx error (as `source()`) are kept.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
+    /// let result = sqlx::query("UPDATE stock SET n = n - 1 WHERE id = 7")
+    ///     .execute(&pool.writer())
+    ///     .await;
+    /// if let Err(err) = result {
+    ///     let err = pool.classify(err);
+    ///     if err.is_failover() {
+    ///         // retry on a fresh checkout
+    ///     }
+    ///     return Err(err);
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn classify(&self, err: sqlx::Error) -> Error {
+        self.classify_as(None, err)
+    }
+
+    /// [`classify`](AuroraPool::classify) for a connection taken for `role`, when known.
+    fn classify_as(&self, role: Option<Role>, err: sqlx::Error) -> Error {
+        let retired_pool = matches!(err, sqlx::Error::PoolClosed) && !self.is_closed();
+        let err = from_sqlx(err, "the statement");
+        if err.is_login_rejected() {
+            self.core.login_rejected_somewhere();
+        }
+        if retired_pool {
+            self.core.request_refresh();
+            return err.into_failover();
+        }
+        match role {
+            Some(role) => self.core.classify_for(role, err),
+            None => self.core.classify(err),
+        }
+    }
+
+    /// Cluster events (writer changes, instances down and up, new topologies) from the
+    /// shared monitor. A receiver that falls more than 128 events behind is told how many
+    /// it missed.
+    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
+        self.core.events()
+    }
+
+    /// The topology the pool routes by.
+    pub fn topology(&self) -> Arc<Topology> {
+        self.core.topology()
+    }
+
+    /// Connections per instance.
+    pub fn status(&self) -> PoolStatus {
+        self.core.status()
+    }
+
+    /// The configuration the pool was built with.
+    pub fn config(&self) -> &Config {
+        self.core.config()
+    }
+
+    /// Whether [`close`](AuroraPool::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.core.is_closed()
+    }
+
+    /// Closes every instance pool (waiting, like `PgPool::close`, for checked-out
+    /// connections to come back) and leaves the cluster monitor. Later checkouts fail.
+    pub async fn close(&self) {
+        self.core.close().await;
+    }
+}
+
+impl fmt::Debug for AuroraPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuroraPool")
+            .field("cluster_id", &self.core.config().cluster_id)
+            .field("topology", &format_args!("{}", self.core.topology()))
+            .field("closed", &self.core.is_closed())
+            .finish()
+    }
+}
+
+impl Builder {
+    /// Builds the [`Config`] and connects an [`AuroraPool`] with it.
+    pub async fn connect(self) -> Result<AuroraPool> {
+        AuroraPool::connect_with(self.build()?).await
+    }
+}
+
+/// One attempt of the caller's work on a sqlx connection.
+struct SqlxAttempt<'p, F> {
+    pool: &'p AuroraPool,
+    role: Role,
+    work: &'p mut F,
+}
+
+impl<T, F> Retried<PoolConnection<Postgres>, T> for SqlxAttempt<'_, F>
+where
+    F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+    T: Send,
+{
+    fn attempt<'a>(&'a mut self, conn: &'a mut PoolConnection<Postgres>) -> BoxFuture<'a, Result<T>>
+    where
+        T: 'a,
+    {
+        Box::pin(async move {
+            let role = self.role;
+            (self.work)(conn)
+                .await
+                .map_err(|err| self.pool.classify_as(Some(role), err))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: T) {}
+
+    /// Compiles only if the futures can be awaited in spawned tasks; never called.
+    #[allow(dead_code)]
+    fn futures_are_send(pool: &AuroraPool) {
+        assert_send(pool.acquire(Role::Writer));
+        assert_send(pool.close());
+        assert_send(pool.run(Role::Reader, |conn| {
+            Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await })
+        }));
+        assert_send(pool.transaction(|conn| {
+            Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await.map(|_| ()) })
+        }));
+    }
+
+    #[test]
+    fn pool_is_cheap_to_share() {
+        fn shareable<T: Clone + Send + Sync + 'static>() {}
+        shareable::<AuroraPool>();
+    }
+}
