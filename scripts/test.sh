@@ -8,6 +8,12 @@ cargo clippy --all-targets --all-features -- -D warnings
 # The core must build without the sqlx backend.
 cargo clippy --no-default-features --features testing -- -D warnings
 # The deadpool flavour alone, without sqlx.
-cargo clippy --no-default-features --features deadpool -- -D warnings
+cargo clippy --no-default-features --features deadpool,tls-rustls-aws-lc-rs -- -D warnings
+# Both flavours with ring: no aws-lc anywhere in the graph.
+cargo clippy --no-default-features --features sqlx,deadpool,tls-rustls-ring -- -D warnings
+if cargo tree --no-default-features --features sqlx,deadpool,tls-rustls-ring -e normal -i aws-lc-rs >/dev/null 2>&1; then
+    echo "aws-lc-rs is in the graph of the ring features" >&2
+    exit 1
+fi
 cargo test --all-features
 RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --all-features

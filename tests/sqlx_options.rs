@@ -47,7 +47,11 @@ async fn hooks_and_connect_options_apply_to_every_pool() {
     assert_eq!(on_readers, expected);
     let on_a_reader = pool
         .run(Role::Reader, |conn| {
-            Box::pin(async move { sqlx::query_scalar::<_, String>(SETTINGS).fetch_one(conn).await })
+            Box::pin(async move {
+                sqlx::query_scalar::<_, String>(SETTINGS)
+                    .fetch_one(conn)
+                    .await
+            })
         })
         .await
         .expect("per-reader pool");

@@ -27,7 +27,7 @@ const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
 /// TCP keepalive probes start after this much silence.
 const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 
-/// The connections of one pool: to the instance (or instances, in turn) its [`Targets`] name
+/// The connections of one pool: to the instance (or instances, in turn) its targets name
 /// now. A pool that follows its role is pointed at another instance instead of replaced;
 /// connections opened before a change that dropped their instance are stale and are closed
 /// at checkout instead of handed out.

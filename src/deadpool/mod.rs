@@ -39,25 +39,21 @@ mod error;
 mod manager;
 mod tls;
 
-use std::fmt;
 use std::sync::Arc;
-
-use tokio::sync::broadcast;
 
 use self::backend::DeadpoolBackend;
 use crate::BoxFuture;
 use crate::auth;
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::monitor::ClusterEvent;
-use crate::pool::PoolStatus;
 use crate::pool::TransactionOptions;
 use crate::pool::attempts;
 use crate::pool::backend::{Attempt, Retried};
 use crate::pool::core::PoolCore;
+use crate::pool::facade::{facade_debug, shared_facade};
 use crate::pool::scope::ScopeSource;
 use crate::retry::RetryPolicy;
-use crate::topology::{Role, Topology};
+use crate::topology::Role;
 use deadpool_postgres::ClientWrapper;
 
 pub use self::manager::Manager;
@@ -93,33 +89,16 @@ impl AuroraPool {
         Ok(AuroraPool { core })
     }
 
-    /// The writer's pool, to keep for as long as the process runs: it follows the writer
-    /// across failovers (new connections go to the new writer, connections to the old one
-    /// are closed at checkout), and is closed only by [`close`](AuroraPool::close).
-    pub fn writer(&self) -> Pool {
-        self.core.writer()
-    }
-
-    /// The readers' pool, to keep for as long as the process runs: each new connection goes
-    /// to the next reachable reader in turn (the writer while no reader can serve and
-    /// `failover_mode` allows it); connections to a reader that left are closed at
-    /// checkout. With `strict_reader` and no reader, a checkout fails with
-    /// [`Error::is_no_reader`].
-    pub fn reader(&self) -> Pool {
-        self.core.reads()
-    }
-
-    /// Like [`reader`](AuroraPool::reader), but fails ([`Error::is_no_reader`]) at once when
-    /// no instance may serve reads now.
-    pub fn try_reader(&self) -> Result<Pool> {
-        self.core.try_reads()
-    }
-
-    /// Checks out one connection for `role`, waiting out a failover (up to
-    /// `failover_timeout_ms`) like the sqlx flavour's `acquire`.
-    pub async fn acquire(&self, role: Role) -> Result<Object> {
-        self.core.checkout(role).await.map(|(object, _)| object)
-    }
+    shared_facade!(
+        handle = Pool,
+        connection = Object,
+        to_handle = |pool: Pool| pool,
+        writer_docs = {
+            ///
+            /// Recycling refuses (closes) a connection opened before the pool left its
+            /// instance; each new connection confirms that its instance takes writes.
+        },
+    );
 
     /// Runs idempotent `work` on a connection for `role`, retrying it on a fresh checkout
     /// when it fails because of a failover ([`Error::is_retryable`]), until
@@ -225,36 +204,6 @@ impl AuroraPool {
     pub fn classify(&self, err: tokio_postgres::Error) -> Error {
         self.core.classify(error::from_pg(err, "the statement"))
     }
-
-    /// Cluster events from the shared monitor.
-    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
-        self.core.events()
-    }
-
-    /// The topology the pool routes by.
-    pub fn topology(&self) -> Arc<Topology> {
-        self.core.topology()
-    }
-
-    /// Connections per instance.
-    pub fn status(&self) -> PoolStatus {
-        self.core.status()
-    }
-
-    /// The configuration the pool was built with.
-    pub fn config(&self) -> &Config {
-        self.core.config()
-    }
-
-    /// Whether [`close`](AuroraPool::close) was called.
-    pub fn is_closed(&self) -> bool {
-        self.core.is_closed()
-    }
-
-    /// Closes every instance pool and leaves the cluster monitor.
-    pub async fn close(&self) {
-        self.core.close().await;
-    }
 }
 
 /// One attempt of the caller's work on a deadpool connection.
@@ -284,13 +233,4 @@ where
     }
 }
 
-impl fmt::Debug for AuroraPool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuroraPool")
-            .field("backend", &"deadpool")
-            .field("cluster_id", &self.core.config().cluster_id)
-            .field("topology", &format_args!("{}", self.core.topology()))
-            .field("closed", &self.core.is_closed())
-            .finish()
-    }
-}
+facade_debug!(AuroraPool, "deadpool");

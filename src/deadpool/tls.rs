@@ -13,6 +13,23 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 
 use crate::error::{Error, Result};
 
+/// The rustls crypto provider the `tls-rustls-*` feature chose (aws-lc-rs when both are on).
+#[cfg(feature = "tls-rustls-aws-lc-rs")]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::aws_lc_rs::default_provider()
+}
+
+/// The rustls crypto provider the `tls-rustls-*` feature chose.
+#[cfg(all(feature = "tls-rustls-ring", not(feature = "tls-rustls-aws-lc-rs")))]
+fn crypto_provider() -> rustls::crypto::CryptoProvider {
+    rustls::crypto::ring::default_provider()
+}
+
+#[cfg(not(any(feature = "tls-rustls-aws-lc-rs", feature = "tls-rustls-ring")))]
+compile_error!(
+    "the `deadpool` feature uses rustls: enable `tls-rustls-aws-lc-rs` (a default feature) or `tls-rustls-ring`"
+);
+
 /// The connector and tokio-postgres's mode for `sslmode` (default `prefer`, as libpq) and
 /// `sslrootcert`: `disable` never uses TLS; `prefer` and `require` encrypt without checking
 /// the certificate (as libpq); `verify-ca` checks that a CA of `sslrootcert` (or the Mozilla
@@ -21,7 +38,7 @@ pub(crate) fn connector(
     ssl_mode: Option<&str>,
     root_cert: Option<&str>,
 ) -> Result<(MakeRustlsConnect, SslMode)> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(crypto_provider());
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|err| Error::config("sslmode", "TLS cannot be set up").with_source(err))?;

@@ -3,6 +3,8 @@
 pub(crate) mod attempts;
 pub(crate) mod backend;
 pub(crate) mod core;
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+pub(crate) mod facade;
 pub(crate) mod login;
 pub(crate) mod routing;
 pub(crate) mod scope;

@@ -11,27 +11,24 @@ pub use options::AuroraPoolOptions;
 use admin::SqlxConnector;
 use backend::SqlxBackend;
 
-use std::fmt;
 use std::sync::Arc;
 
 use sqlx::pool::PoolConnection;
 use sqlx::postgres::PgConnection;
 use sqlx::{PgPool, Postgres};
-use tokio::sync::broadcast;
 
 use super::attempts;
 use super::backend::{Attempt, Retried};
 use super::core::PoolCore;
+use super::facade::{facade_debug, shared_facade};
 use super::scope::ScopeSource;
-use super::status::PoolStatus;
 use super::transaction::TransactionOptions;
 use crate::auth;
 use crate::config::{Builder, Config};
 use crate::connector::BoxFuture;
 use crate::error::{Error, Result};
-use crate::monitor::ClusterEvent;
 use crate::retry::RetryPolicy;
-use crate::topology::{Role, Topology};
+use crate::topology::Role;
 
 /// A cluster-aware pool for Aurora PostgreSQL, RDS PostgreSQL and PostgreSQL with replicas,
 /// handing out [`sqlx::PgPool`]s per role.
@@ -97,58 +94,31 @@ impl AuroraPool {
         Builder::new()
     }
 
-    /// The writer's pool, to keep for as long as the process runs.
-    ///
-    /// The same pool follows the writer across failovers: once the pool learns of a new
-    /// writer, its new connections go there, the connections it still has to the old
-    /// writer are closed at checkout and on return (never handed out again), and it never
-    /// fails with `PoolClosed` unless this `AuroraPool` was closed. Store it in your
-    /// application state, or hand it to a library that takes a `PgPool`.
-    ///
-    /// ```no_run
-    /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
-    /// #[derive(Clone)]
-    /// struct AppState {
-    ///     db: sqlx::PgPool,
-    /// }
-    ///
-    /// let pool = aurora_pool::AuroraPool::connect("postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app").await?;
-    /// let state = AppState { db: pool.writer() };
-    /// // ... hours and failovers later:
-    /// sqlx::query("INSERT INTO audit (event) VALUES ('still here')").execute(&state.db).await?;
-    /// # Ok(()) }
-    /// ```
-    ///
-    /// A checkout that was already connecting to the old writer when it failed finishes
-    /// (or fails) inside sqlx before it moves; [`acquire`](AuroraPool::acquire),
-    /// [`run`](AuroraPool::run) and [`transaction`](AuroraPool::transaction) move at once.
-    pub fn writer(&self) -> PgPool {
-        PgPool::clone(&self.core.writer())
-    }
-
-    /// The readers' pool, to keep for as long as the process runs.
-    ///
-    /// It spreads its connections over the reachable readers in turn, follows them as they
-    /// come and go (a reader's connections are closed at checkout and on return once it is
-    /// down, promoted or out of the read scope), and uses the writer while no reader can
-    /// serve and `failover_mode` lets reads use it. With `strict_reader` and no reader, its
-    /// checkouts wait (up to `acquire_timeout_ms`) for one; use
-    /// [`try_reader`](AuroraPool::try_reader) to fail at once instead.
-    ///
-    /// Its connections are its own: [`acquire`](AuroraPool::acquire) and
-    /// [`run`](AuroraPool::run) with [`Role::Reader`] use one pool per reader (balanced by
-    /// `reader_host_selector_strategy`, and abandoned at once when their reader is declared
-    /// dead).
-    pub fn reader(&self) -> PgPool {
-        PgPool::clone(&self.core.reads())
-    }
-
-    /// Like [`reader`](AuroraPool::reader), but fails ([`Error::is_no_reader`]) when no
-    /// instance may serve reads now (no reachable reader, and `failover_mode` is
-    /// `strict_reader`), and [`Error::is_closed`] when the pool is closed.
-    pub fn try_reader(&self) -> Result<PgPool> {
-        self.core.try_reads().map(|pool| PgPool::clone(&pool))
-    }
+    shared_facade!(
+        handle = PgPool,
+        connection = PoolConnection<Postgres>,
+        to_handle = |pool: Arc<PgPool>| PgPool::clone(&pool),
+        writer_docs = {
+            ///
+            /// ```no_run
+            /// # async fn f() -> Result<(), Box<dyn std::error::Error>> {
+            /// #[derive(Clone)]
+            /// struct AppState {
+            ///     db: sqlx::PgPool,
+            /// }
+            ///
+            /// let pool = aurora_pool::AuroraPool::connect("postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app").await?;
+            /// let state = AppState { db: pool.writer() };
+            /// // ... hours and failovers later:
+            /// sqlx::query("INSERT INTO audit (event) VALUES ('still here')").execute(&state.db).await?;
+            /// # Ok(()) }
+            /// ```
+            ///
+            /// A checkout that was already connecting to the old writer when it failed
+            /// finishes (or fails) inside sqlx before it moves; [`acquire`](Self::acquire),
+            /// [`run`](Self::run) and [`transaction`](Self::transaction) move at once.
+        },
+    );
 
     /// Opens a plain sqlx transaction on the writer, as `PgPool::begin` does: the
     /// one-line switch from `PgPool` keeps compiling. It is sqlx's transaction, with no
@@ -158,19 +128,6 @@ impl AuroraPool {
         &self,
     ) -> std::result::Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
         self.writer().begin().await
-    }
-
-    /// Checks out one connection for `role`.
-    ///
-    /// During a failover a writer checkout waits for the new writer (up to
-    /// `failover_timeout_ms`) instead of failing at once, and a reader checkout moves to
-    /// another reader when its instance goes down. When no instance of the role appears in
-    /// time the error is [`Error::is_failover_failed`].
-    pub async fn acquire(&self, role: Role) -> Result<PoolConnection<Postgres>> {
-        self.core
-            .checkout(role)
-            .await
-            .map(|(connection, _)| connection)
     }
 
     /// Runs idempotent `work` on a connection for `role`, retrying it on a fresh checkout
@@ -344,50 +301,9 @@ impl AuroraPool {
             None => self.core.classify(err),
         }
     }
-
-    /// Cluster events (writer changes, instances down and up, new topologies) from the
-    /// shared monitor. A receiver that falls more than 128 events behind is told how many
-    /// it missed.
-    pub fn events(&self) -> broadcast::Receiver<ClusterEvent> {
-        self.core.events()
-    }
-
-    /// The topology the pool routes by.
-    pub fn topology(&self) -> Arc<Topology> {
-        self.core.topology()
-    }
-
-    /// Connections per instance.
-    pub fn status(&self) -> PoolStatus {
-        self.core.status()
-    }
-
-    /// The configuration the pool was built with.
-    pub fn config(&self) -> &Config {
-        self.core.config()
-    }
-
-    /// Whether [`close`](AuroraPool::close) was called.
-    pub fn is_closed(&self) -> bool {
-        self.core.is_closed()
-    }
-
-    /// Closes every instance pool (waiting, like `PgPool::close`, for checked-out
-    /// connections to come back) and leaves the cluster monitor. Later checkouts fail.
-    pub async fn close(&self) {
-        self.core.close().await;
-    }
 }
 
-impl fmt::Debug for AuroraPool {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("AuroraPool")
-            .field("cluster_id", &self.core.config().cluster_id)
-            .field("topology", &format_args!("{}", self.core.topology()))
-            .field("closed", &self.core.is_closed())
-            .finish()
-    }
-}
+facade_debug!(AuroraPool, "sqlx");
 
 impl Builder {
     /// Builds the [`Config`] and connects an [`AuroraPool`] with it.

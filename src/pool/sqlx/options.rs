@@ -44,7 +44,7 @@ pub(crate) type MapConnectOptions = Arc<dyn Fn(PgConnectOptions) -> PgConnectOpt
 /// ```no_run
 /// # async fn f() -> aurora_pool::Result<()> {
 /// use aurora_pool::AuroraPoolOptions;
-/// use sqlx::Executor;
+/// use sqlx::{ConnectOptions, Executor};
 ///
 /// let pool = AuroraPoolOptions::new()
 ///     .after_connect(|conn, _meta| {
