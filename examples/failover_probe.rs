@@ -150,8 +150,8 @@ async fn aurora_attempt(pool: AuroraPool, role: Role) -> Result<String, String> 
     })
 }
 
-/// A write through a `writer()` handle taken before the fault and kept, bounded as a service
-/// would bound it.
+/// A write through a `writer()` handle (kept from before the fault, or taken for this
+/// write), bounded as a service would bound it.
 async fn kept_attempt(handle: PgPool) -> Result<String, String> {
     let write = sqlx::query_scalar::<_, String>(AURORA_WRITE_SQL).fetch_one(&handle);
     match tokio::time::timeout(Duration::from_secs(2), write).await {
@@ -242,6 +242,8 @@ struct Measurement {
     after_promotion: Duration,
     /// Through a `writer()` handle taken before the fault.
     kept: Option<Duration>,
+    /// Through a `writer()` handle taken for each write.
+    fresh: Option<Duration>,
 }
 
 /// The faults measured locally, each with the pool's settings: defaults first (what a new
@@ -278,19 +280,21 @@ async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
         "\nmedian of {RUNS} runs, time from the fault to the first successful write on the new writer:"
     );
     println!(
-        "| scenario | AuroraPool (`run`) | of which after the promotion finished | `writer()` kept from startup | plain PgPool, stale DNS |"
+        "| scenario | AuroraPool (`run`) | of which after the promotion finished | `writer()` kept from startup | `writer()` per write | plain PgPool, stale DNS |"
     );
-    println!("|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|");
     for ((name, _, _), runs) in SCENARIOS.iter().zip(measured) {
         let plain: Vec<_> = runs.iter().filter_map(|m| m.plain).collect();
         let kept: Vec<_> = runs.iter().filter_map(|m| m.kept).collect();
+        let fresh: Vec<_> = runs.iter().filter_map(|m| m.fresh).collect();
         println!(
-            "| {name} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} |",
             show(Some(median(runs.iter().map(|m| m.aurora).collect()))),
             show(Some(median(
                 runs.iter().map(|m| m.after_promotion).collect()
             ))),
             show((kept.len() == runs.len()).then(|| median(kept))),
+            show((fresh.len() == runs.len()).then(|| median(fresh))),
             show((plain.len() == runs.len()).then(|| median(plain))),
         );
     }
@@ -326,6 +330,10 @@ async fn scenario(
     let kept_writes = spawn_loop("kept", origin, stop.clone(), false, move || {
         kept_attempt(kept.clone())
     });
+    let p = pool.clone();
+    let fresh_writes = spawn_loop("fresh", origin, stop.clone(), false, move || {
+        kept_attempt(p.writer())
+    });
     let q = plain.clone();
     let plain_writes = spawn_loop("plain", origin, stop.clone(), false, move || {
         plain_attempt(q.clone())
@@ -357,8 +365,12 @@ async fn scenario(
     let promoted = promoted_at.await?;
     tokio::time::sleep(DNS_DELAY.saturating_sub(origin.elapsed() - fault)).await;
     stop.store(true, Ordering::Relaxed);
-    let (writes, plain_writes, kept_writes) =
-        (writes.await?, plain_writes.await?, kept_writes.await?);
+    let (writes, plain_writes, kept_writes, fresh_writes) = (
+        writes.await?,
+        plain_writes.await?,
+        kept_writes.await?,
+        fresh_writes.await?,
+    );
     let recovered = writes
         .first_success_after(fault, Some("instance-2"))
         .ok_or("AuroraPool never wrote to the new writer")?;
@@ -371,6 +383,9 @@ async fn scenario(
             .map(|t| t - fault),
         after_promotion: recovered.saturating_sub(promoted),
         kept: kept_writes
+            .first_success_after(fault, Some("instance-2"))
+            .map(|t| t - fault),
+        fresh: fresh_writes
             .first_success_after(fault, Some("instance-2"))
             .map(|t| t - fault),
     })

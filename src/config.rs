@@ -253,6 +253,10 @@ pub struct Config {
     /// How instance endpoints are spelled (`cluster_instance_host_pattern`). Derived from the
     /// URL for RDS host names.
     pub cluster_instance_host_pattern: Option<HostPattern>,
+    /// Allows a host pattern whose `?` is not followed by a dotted domain (`?`, `db-?`):
+    /// instance ids from the catalog then become bare host names, resolved through the
+    /// search domains (`allow_unqualified_host_pattern`, default false).
+    pub allow_unqualified_host_pattern: bool,
     /// Explicit addresses per instance id or name (`instance_endpoints=id=host:port,...`),
     /// for SSH/SSM tunnels and tests. They win over the host pattern.
     pub instance_endpoints: BTreeMap<String, HostPort>,
@@ -366,6 +370,7 @@ impl Config {
             port,
             cluster_id: "1".to_owned(),
             cluster_instance_host_pattern: None,
+            allow_unqualified_host_pattern: false,
             instance_endpoints: BTreeMap::new(),
             cluster_topology_refresh_rate: Duration::from_millis(30_000),
             dialect: None,
@@ -446,6 +451,9 @@ impl Config {
             "cluster_id" => self.cluster_id = value.to_owned(),
             "cluster_instance_host_pattern" => {
                 self.cluster_instance_host_pattern = Some(HostPattern::parse(value)?);
+            }
+            "allow_unqualified_host_pattern" => {
+                self.allow_unqualified_host_pattern = parse_bool(key, value)?;
             }
             "instance_endpoints" => {
                 for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
@@ -547,6 +555,19 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         if self.cluster_id.trim().is_empty() {
             return Err(Error::config("cluster_id", "must not be empty"));
+        }
+        if let Some(pattern) = &self.cluster_instance_host_pattern
+            && !pattern.is_qualified()
+            && !self.allow_unqualified_host_pattern
+        {
+            return Err(Error::config(
+                "cluster_instance_host_pattern",
+                format!(
+                    "`{pattern}` does not put the instance id inside a dotted domain (`?.db.example.com`): \
+                     ids from the catalog would become bare host names. \
+                     Set allow_unqualified_host_pattern=true if that is meant"
+                ),
+            ));
         }
         if self.cluster_topology_refresh_rate.is_zero() {
             return Err(Error::config(
@@ -725,6 +746,10 @@ impl fmt::Debug for Config {
                 "cluster_instance_host_pattern",
                 &self.cluster_instance_host_pattern,
             )
+            .field(
+                "allow_unqualified_host_pattern",
+                &self.allow_unqualified_host_pattern,
+            )
             .field("instance_endpoints", &self.instance_endpoints)
             .field(
                 "cluster_topology_refresh_rate",
@@ -894,6 +919,8 @@ impl Builder {
         cluster_topology_high_refresh_rate: Duration => |c, v| c.cluster_topology_high_refresh_rate = v;
         /// See [`Config::failure_detection_enabled`].
         failure_detection_enabled: bool => |c, v| c.failure_detection_enabled = v;
+        /// See [`Config::allow_unqualified_host_pattern`].
+        allow_unqualified_host_pattern: bool => |c, v| c.allow_unqualified_host_pattern = v;
         /// See [`Config::failure_detection_time`].
         failure_detection_time: Duration => |c, v| c.failure_detection_time = v;
         /// See [`Config::failure_detection_interval`].
@@ -1246,6 +1273,32 @@ mod tests {
         let err = Config::from_url("postgres://app@10.0.0.5/app?auth=iam").unwrap_err();
         assert_eq!(err.parameter(), Some("iam_region"), "{err}");
         Config::from_url("postgres://app@10.0.0.5/app?auth=iam&iam_region=us-east-1").unwrap();
+    }
+
+    #[test]
+    fn a_bare_host_pattern_needs_an_opt_in() {
+        let err =
+            Config::from_url("postgres://app@10.0.0.1/db?cluster_instance_host_pattern=db-%3F")
+                .expect_err("bare pattern");
+        assert_eq!(
+            err.parameter(),
+            Some("cluster_instance_host_pattern"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("allow_unqualified_host_pattern"),
+            "{err}"
+        );
+        let allowed = Config::from_url(
+            "postgres://app@10.0.0.1/db?cluster_instance_host_pattern=db-%3F&allow_unqualified_host_pattern=true",
+        )
+        .expect("parsed");
+        allowed.validate().expect("opted in");
+        let qualified = Config::from_url(
+            "postgres://app@10.0.0.1/db?cluster_instance_host_pattern=%3F.db.example.com",
+        )
+        .expect("parsed");
+        qualified.validate().expect("qualified");
     }
 
     #[cfg(not(feature = "iam"))]

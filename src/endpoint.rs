@@ -291,6 +291,12 @@ impl HostPattern {
         })
     }
 
+    /// Whether the `?` is followed by a dotted domain (`?.db.example.com`, `tunnel-?.local`):
+    /// an instance id then becomes a name inside that domain, never a bare host name.
+    pub fn is_qualified(&self) -> bool {
+        self.suffix.starts_with('.') && self.suffix.len() > 1
+    }
+
     /// The host of instance `instance_id`.
     pub fn host_for(&self, instance_id: &str) -> String {
         format!("{}{}{}", self.prefix, instance_id, self.suffix)
@@ -300,6 +306,13 @@ impl HostPattern {
     pub fn port(&self) -> Option<u16> {
         self.port
     }
+}
+
+/// Whether `name` is one DNS label as instance ids are (`[A-Za-z0-9-]{1,63}`): what a
+/// catalog row may put into a host pattern. A dot, `@`, `:` or `/` would let a row name any
+/// host, which then receives the application's credentials.
+pub(crate) fn is_dns_label(name: &str) -> bool {
+    (1..=63).contains(&name.len()) && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
 }
 
 impl fmt::Display for HostPattern {
@@ -509,6 +522,36 @@ mod tests {
         }
         let err = HostPattern::parse("?.cluster-xyz.us-east-1.rds.amazonaws.com").unwrap_err();
         assert!(err.to_string().contains("instance endpoints"), "{err}");
+    }
+
+    #[test]
+    fn only_one_dns_label_goes_into_a_pattern() {
+        for good in ["instance-1", "db-ABCDEFGHIJKLMNOP", "a", &"x".repeat(63)] {
+            assert!(is_dns_label(good), "{good}");
+        }
+        for bad in [
+            "",
+            "x.attacker.example",
+            "a@b",
+            "a:1",
+            "a/b",
+            "a b",
+            "ä",
+            &"x".repeat(64),
+        ] {
+            assert!(!is_dns_label(bad), "{bad}");
+        }
+        assert!(
+            HostPattern::parse("?.db.example.com")
+                .unwrap()
+                .is_qualified()
+        );
+        assert!(HostPattern::parse("tunnel-?.local").unwrap().is_qualified());
+        for bare in ["?", "db-?", "?-db", "?.:6432"] {
+            if let Ok(p) = HostPattern::parse(bare) {
+                assert!(!p.is_qualified(), "{bare}");
+            }
+        }
     }
 
     #[test]

@@ -190,7 +190,55 @@ async fn detects_rds_multi_az_and_plain_postgres<F: Flavour>(test: &str) {
     assert!(err.to_string().contains("standby"), "{err}");
 }
 
+/// A catalog row whose instance id is not one DNS label (here `x.attacker.example`, which
+/// the host pattern would turn into a host of that domain) is skipped, at discovery and at
+/// every poll: no pool, no probe, no connection, and the rest of the topology is used.
+async fn a_catalog_row_that_names_another_host_is_skipped<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    cluster
+        .psql(
+            "instance-1",
+            cluster.database(),
+            "INSERT INTO aurora_emul.instances VALUES ('x.attacker.example', false, '1000000099', 1, NULL)",
+        )
+        .await
+        .expect("a hostile row");
+    let id = unique_cluster_id(test);
+    let pool: F = connect(&url_with(
+        &cluster,
+        &format!(
+            "cluster_id={id}&cluster_instance_host_pattern={}&cluster_topology_refresh_rate_ms=200",
+            encode("?.db.example.com")
+        ),
+    ))
+    .await
+    .expect("connect: the hostile row is skipped, not fatal");
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let topology = pool.topology();
+    let ids: Vec<_> = topology
+        .instances()
+        .iter()
+        .map(|i| i.id().to_owned())
+        .collect();
+    assert_eq!(ids, ["instance-1", "instance-2"], "{topology}");
+    assert!(
+        pool.status()
+            .instances
+            .iter()
+            .all(|i| !i.address.contains("attacker")),
+        "{:?}",
+        pool.status()
+    );
+    let served = pool
+        .instance_id(Role::Writer)
+        .await
+        .expect("writes still work");
+    assert_eq!(served, "instance-1");
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_catalog_row_that_names_another_host_is_skipped,
     discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance,
     stale_cluster_dns_does_not_misroute_writes,
     detects_rds_multi_az_and_plain_postgres,

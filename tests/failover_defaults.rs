@@ -468,7 +468,64 @@ async fn two_writers_get_one_verdict<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// A reader added after the pool's last topology read is promoted when the writer crashes:
+/// panic mode reads the topology from the reader it knows (or through the URL's host),
+/// learns the new instance, and its probe finds the writer.
+async fn panic_mode_finds_a_writer_it_never_knew<F: Flavour>(test: &str) {
+    writer_it_never_knew::<F>(test, false).await;
+}
+
+/// The same with the known reader silent too: the topology comes through the URL's host
+/// (the cluster endpoint, which follows the new writer).
+async fn panic_mode_reads_the_topology_through_the_url_host<F: Flavour>(test: &str) {
+    writer_it_never_knew::<F>(test, true).await;
+}
+
+async fn writer_it_never_knew<F: Flavour>(test: &str, silence_the_reader: bool) {
+    let cluster = std::sync::Arc::new(
+        LocalCluster::builder()
+            .instances(2)
+            .spare_instances(1)
+            .start()
+            .await
+            .expect("cluster"),
+    );
+    let pool = connect::<F>(&cluster, test, "").await;
+    create_table(&cluster, &pool).await;
+    cluster
+        .add_instance("instance-3")
+        .await
+        .expect("add instance-3");
+    // The next poll is 30 s away with the defaults: the pool has not seen it.
+    assert!(
+        pool.topology().instance("instance-3").is_none(),
+        "{}",
+        pool.topology()
+    );
+    if silence_the_reader {
+        assert!(cluster.blackhole("instance-2", true));
+    }
+    let crashed = Instant::now();
+    cluster
+        .failover("instance-3", None)
+        .await
+        .expect("failover");
+    let after = first_write_on(&pool, "instance-3", crashed, Duration::from_secs(15)).await;
+    assert!(
+        after.is_some(),
+        "no write reached the instance the pool never knew within 15 s: {}",
+        pool.topology()
+    );
+    eprintln!(
+        "{test}: first write on the unknown new writer {:?} after the crash",
+        after.unwrap_or_default()
+    );
+    pool.close().await;
+}
+
 flavour_tests!(
+    panic_mode_finds_a_writer_it_never_knew,
+    panic_mode_reads_the_topology_through_the_url_host,
     two_writers_get_one_verdict,
     no_write_reaches_a_demoted_writer,
     a_writer_failure_costs_reads_nothing,

@@ -66,3 +66,42 @@ async fn hooks_and_connect_options_apply_to_every_pool() {
     assert!(checked_out.load(Ordering::Relaxed) > before);
     pool.close().await;
 }
+
+/// `&AuroraPool` is an `Acquire`: sqlx's migrator runs on the writer through it, as it runs
+/// on `&PgPool`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrations_run_through_the_pool() {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = aurora_pool::AuroraPool::connect_with(config(&cluster, "sqlx-migrate", ""))
+        .await
+        .expect("connect");
+    let dir = std::env::temp_dir().join(format!("aurora-pool-migrations-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    std::fs::write(
+        dir.join("1_orders.sql"),
+        "CREATE TABLE orders (id bigint PRIMARY KEY);",
+    )
+    .expect("migration");
+    let migrator = sqlx::migrate::Migrator::new(dir.as_path())
+        .await
+        .expect("migrator");
+    migrator
+        .run(&pool)
+        .await
+        .expect("migrations through &AuroraPool");
+    // Run twice: the second finds the first recorded, on the same (writer) database.
+    migrator.run(&pool).await.expect("again");
+    let applied: i64 = sqlx::query_scalar("SELECT count(*) FROM _sqlx_migrations")
+        .fetch_one(&pool)
+        .await
+        .expect("count");
+    assert_eq!(applied, 1);
+    let mut tx = pool.begin().await.expect("begin on the writer");
+    sqlx::query("INSERT INTO orders VALUES (1)")
+        .execute(&mut *tx)
+        .await
+        .expect("insert");
+    tx.commit().await.expect("commit");
+    let _ = std::fs::remove_dir_all(&dir);
+    pool.close().await;
+}

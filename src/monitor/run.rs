@@ -83,6 +83,16 @@ struct Health {
     departed: Option<Instant>,
 }
 
+/// In panic mode, at most one topology read from a reader (or the URL's host) this often.
+const PANIC_READ_EVERY: Duration = Duration::from_millis(500);
+
+/// What woke a panic-mode step.
+enum PanicWake {
+    Report(ProbeReport),
+    Read(Option<Topology>),
+    Tick,
+}
+
 /// How long the verdict on a dead instance outlives its leaving the topology.
 const DEPARTED_DEAD_KEPT: Duration = Duration::from_secs(300);
 
@@ -115,6 +125,11 @@ struct Monitor {
     plan: watch::Sender<ProbePlan>,
     reports: mpsc::Receiver<ProbeReport>,
     report_sender: mpsc::Sender<ProbeReport>,
+    /// In panic mode: a topology read from a reader (or through the URL's host) in flight.
+    panic_read: Option<JoinHandle<Option<Topology>>>,
+    /// When the last such read started, and how many there were.
+    panic_read_at: Option<Instant>,
+    panic_reads: usize,
 }
 
 impl Monitor {
@@ -146,6 +161,9 @@ impl Monitor {
             plan: watch::channel(plan).0,
             reports,
             report_sender,
+            panic_read: None,
+            panic_read_at: None,
+            panic_reads: 0,
         }
     }
 
@@ -478,9 +496,30 @@ impl Monitor {
     /// candidate. Two or more candidates get one verdict (see [`Monitor::judge`]).
     async fn panic_step(&mut self) {
         let high_rate = self.state.settings.high_refresh_rate;
-        tokio::select! {
-            Some(report) = self.reports.recv() => self.on_report(report),
-            _ = tokio::time::sleep(high_rate) => {}
+        self.start_panic_read();
+        let woke = {
+            let (reports, read) = (&mut self.reports, &mut self.panic_read);
+            let learned = async {
+                match read.as_mut() {
+                    Some(task) => task.await.ok().flatten(),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                Some(report) = reports.recv() => PanicWake::Report(report),
+                topology = learned => PanicWake::Read(topology),
+                _ = tokio::time::sleep(high_rate) => PanicWake::Tick,
+            }
+        };
+        match woke {
+            PanicWake::Report(report) => self.on_report(report),
+            PanicWake::Read(topology) => {
+                self.panic_read = None;
+                if let Some(topology) = topology {
+                    self.learn_instances(&topology);
+                }
+            }
+            PanicWake::Tick => {}
         }
         while let Ok(report) = self.reports.try_recv() {
             self.on_report(report);
@@ -494,6 +533,95 @@ impl Monitor {
         if !candidates.is_empty() {
             self.judge(candidates).await;
         }
+    }
+
+    /// In panic mode the probes only watch the instances the pool knows: a reader added
+    /// since the last poll and then promoted would never be found. So the topology is read,
+    /// at most every [`PANIC_READ_EVERY`], from a reachable reader (each in turn), or through
+    /// the URL's host when none answers; in a task, so that a silent host holds nothing up.
+    fn start_panic_read(&mut self) {
+        if self.panic_read.is_some()
+            || self
+                .panic_read_at
+                .is_some_and(|at| at.elapsed() < PANIC_READ_EVERY)
+        {
+            return;
+        }
+        let Some(registration) = self.state.registration() else {
+            return;
+        };
+        let current = self.state.current();
+        let readers: Vec<HostPort> = current
+            .readers()
+            .filter(|r| {
+                self.health
+                    .get(r.id())
+                    .is_some_and(|h| !h.dead && h.writer == Some(false))
+            })
+            .map(|r| r.address().clone())
+            .collect();
+        let turn = self.panic_reads;
+        self.panic_reads += 1;
+        // Every third read goes through the URL's host, and every read when no reader
+        // answers: the cluster endpoint follows the new writer in DNS, eventually.
+        let address = if readers.is_empty() || turn % 3 == 2 {
+            registration.source.seed.clone()
+        } else {
+            readers[turn % readers.len()].clone()
+        };
+        self.panic_read_at = Some(Instant::now());
+        let limit = self.state.settings.connect_timeout;
+        let cluster_id = self.state.cluster_id.clone();
+        self.panic_read = Some(tokio::spawn(async move {
+            let read = async {
+                let mut connection = registration
+                    .connector
+                    .connect(&address, Purpose::Monitor)
+                    .await
+                    .ok()?;
+                let topology = query_topology(connection.as_mut(), &registration.source).await;
+                connection.close().await;
+                match topology {
+                    Ok(topology) => Some(topology),
+                    Err(err) => {
+                        tracing::debug!(
+                            target: "aurora_pool",
+                            cluster_id = %cluster_id,
+                            address = %address,
+                            error = %err,
+                            "panic mode: reading the topology failed"
+                        );
+                        None
+                    }
+                }
+            };
+            tokio::time::timeout(limit, read).await.ok().flatten()
+        }));
+    }
+
+    /// Adds the instances of `read` the published topology lacks, as readers: their probes
+    /// start at the next step, and one that answers as the writer is judged like any
+    /// claimant.
+    fn learn_instances(&mut self, read: &Topology) {
+        let current = self.state.current();
+        let unknown: Vec<&Instance> = read
+            .instances()
+            .iter()
+            .filter(|i| current.instance(i.id()).is_none())
+            .collect();
+        if unknown.is_empty() {
+            return;
+        }
+        tracing::info!(
+            target: "aurora_pool",
+            cluster_id = %self.state.cluster_id,
+            instances = ?unknown.iter().map(|i| i.id()).collect::<Vec<_>>(),
+            "panic mode: instances the pool did not know, learned from a topology read"
+        );
+        let learned = current.with_readers(unknown.into_iter().cloned());
+        self.publish(learned);
+        self.sync_probes();
+        self.update_plan();
     }
 
     /// Confirms each of `claimants` as a writer and reads the topology from its catalog, then
@@ -629,6 +757,9 @@ impl Monitor {
             connection,
         });
         let was_failing_over = self.panic_since.take().is_some();
+        if let Some(read) = self.panic_read.take() {
+            read.abort();
+        }
         self.failures = 0;
         if let Some(h) = self.health.get_mut(candidate) {
             h.dead = false;
@@ -715,6 +846,9 @@ impl Monitor {
 
     /// Stops the probes (they close their connections) and closes the monitoring connection.
     async fn stop(mut self) {
+        if let Some(read) = self.panic_read.take() {
+            read.abort();
+        }
         // Closing the plan channel tells every probe to finish.
         let (closed, _) = watch::channel(self.plan.borrow().clone());
         drop(std::mem::replace(&mut self.plan, closed));
@@ -811,6 +945,9 @@ async fn connect_writer_first(
 
 impl Drop for Monitor {
     fn drop(&mut self) {
+        if let Some(read) = &self.panic_read {
+            read.abort();
+        }
         for probe in self.probes.values() {
             probe.task.abort();
         }

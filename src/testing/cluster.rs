@@ -50,6 +50,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Clone)]
 pub struct LocalClusterBuilder {
     instances: usize,
+    spares: usize,
     flavour: Flavour,
     user: String,
     password: String,
@@ -61,6 +62,7 @@ impl fmt::Debug for LocalClusterBuilder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LocalClusterBuilder")
             .field("instances", &self.instances)
+            .field("spares", &self.spares)
             .field("flavour", &self.flavour)
             .field("user", &self.user)
             .field("password", &"<redacted>")
@@ -74,6 +76,7 @@ impl Default for LocalClusterBuilder {
     fn default() -> Self {
         Self {
             instances: 3,
+            spares: 0,
             flavour: Flavour::Aurora,
             user: "app".into(),
             password: "app-password".into(),
@@ -84,6 +87,15 @@ impl Default for LocalClusterBuilder {
 }
 
 impl LocalClusterBuilder {
+    /// Instances reserved for [`LocalCluster::add_instance`]: `n` more ids after the
+    /// started ones, each with its instance endpoint (proxy) listening and named in
+    /// [`url`](LocalCluster::url)'s `instance_endpoints`, but no server and no row in the
+    /// emulated catalog until it is added.
+    pub fn spare_instances(mut self, n: usize) -> Self {
+        self.spares = n;
+        self
+    }
+
     /// Number of instances (at least 1): `instance-1` is the first writer,
     /// the others are streaming replicas.
     pub fn instances(mut self, n: usize) -> Self {
@@ -181,6 +193,8 @@ struct Instance {
     log: PathBuf,
     /// Numeric-looking id used by the RDS Multi-AZ emulation.
     resource_id: String,
+    /// False for a spare until [`LocalCluster::add_instance`] starts it.
+    added: AtomicBool,
 }
 
 /// The TLS material of a cluster started with [`LocalClusterBuilder::tls`],
@@ -296,9 +310,23 @@ impl LocalCluster {
         Self::builder().instances(instances).start().await
     }
 
-    /// All instance ids, `instance-1` first.
+    /// All instance ids, `instance-1` first (spares once added).
     pub fn instance_ids(&self) -> Vec<String> {
-        self.inner.instances.iter().map(|i| i.id.clone()).collect()
+        self.inner
+            .instances
+            .iter()
+            .filter(|i| i.added.load(Ordering::SeqCst))
+            .map(|i| i.id.clone())
+            .collect()
+    }
+
+    /// Starts the spare instance `id` (see [`LocalClusterBuilder::spare_instances`]) as a
+    /// streaming replica of the current writer and adds its row to the emulated catalog:
+    /// the cluster gains a reader that a pool started earlier has never seen.
+    pub async fn add_instance(&self, id: &str) -> Result<(), TestingError> {
+        let id = id.to_owned();
+        self.blocking("add_instance", move |inner| inner.add_instance(&id))
+            .await
     }
 
     /// The current writer as the cluster knows it (changed by
@@ -782,10 +810,10 @@ impl Inner {
         }
         let env = PgEnv::discover()?;
         let openssl = if cfg.tls { Some(find_openssl()?) } else { None };
-        let ids: Vec<String> = (1..=cfg.instances)
+        let ids: Vec<String> = (1..=cfg.instances + cfg.spares)
             .map(|i| format!("instance-{i}"))
             .collect();
-        let ports = free_ports(cfg.instances)?;
+        let ports = free_ports(cfg.instances + cfg.spares)?;
         let upstreams: Vec<(String, SocketAddr)> = ids
             .iter()
             .zip(&ports)
@@ -815,6 +843,7 @@ impl Inner {
                 data_dir: root.join(id),
                 log: root.join(format!("{id}.log")),
                 resource_id: (1_000_000_001 + n as u64).to_string(),
+                added: AtomicBool::new(n < cfg.instances),
             })
             .collect();
         let inner = Arc::new(Inner {
@@ -839,7 +868,7 @@ impl Inner {
         inner.generate_tls()?;
         inner.init_primary()?;
         let primary = &inner.instances[0];
-        let replicas = &inner.instances[1..];
+        let replicas = &inner.instances[1..cfg.instances];
         let results: Vec<Result<(), TestingError>> = std::thread::scope(|s| {
             let handles: Vec<_> = replicas
                 .iter()
@@ -1287,6 +1316,7 @@ impl Inner {
         let members: Vec<sql::Member<'_>> = self
             .instances
             .iter()
+            .filter(|i| i.added.load(Ordering::SeqCst))
             .enumerate()
             .map(|(n, i)| sql::Member {
                 server_id: &i.id,
@@ -1380,7 +1410,7 @@ impl Inner {
         let others: Vec<&Instance> = self
             .instances
             .iter()
-            .filter(|i| i.id != old.id && i.id != new.id)
+            .filter(|i| i.id != old.id && i.id != new.id && i.added.load(Ordering::SeqCst))
             .collect();
 
         // Let the replicas catch up so they can all follow the new timeline.
@@ -1482,6 +1512,37 @@ impl Inner {
                 .map_err(|e| TestingError::new(format!("spawning the rejoin thread: {e}")))?;
             lock(&self.threads).push(thread);
         }
+        Ok(())
+    }
+
+    fn add_instance(&self, id: &str) -> Result<(), TestingError> {
+        let inst = self.instance(id)?;
+        if inst.added.load(Ordering::SeqCst) {
+            return Err(TestingError::new(format!(
+                "`{id}` is already part of the cluster"
+            )));
+        }
+        let writer = lock(&self.writer).clone();
+        let primary = self.instance(&writer)?;
+        self.build_replica(inst, primary)?;
+        if self.flavour != Flavour::Plain {
+            let member = sql::Member {
+                server_id: &inst.id,
+                is_writer: false,
+                resource_id: &inst.resource_id,
+                proxy_port: inst.proxy_addr.port(),
+            };
+            let mut dbs = vec!["template1", "postgres"];
+            if !dbs.contains(&self.database.as_str()) {
+                dbs.push(&self.database);
+            }
+            for db in dbs {
+                self.psql(primary, db, &sql::add_member(&member))
+                    .map_err(|e| e.context("adding to the emulated member table"))?;
+            }
+        }
+        inst.added.store(true, Ordering::SeqCst);
+        tracing::info!(target: TARGET, instance = %id, primary = %primary.id, "instance added");
         Ok(())
     }
 

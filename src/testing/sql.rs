@@ -181,6 +181,17 @@ pub(crate) fn create_role_and_database(user: &str, password: &str, database: &st
     sql
 }
 
+/// Adds a reader's row to the member table.
+pub(crate) fn add_member(member: &Member<'_>) -> String {
+    format!(
+        "INSERT INTO aurora_emul.instances (server_id, is_writer, resource_id, proxy_port, writer_since) \
+         VALUES ({}, false, {}, {}, NULL);\n",
+        literal(member.server_id),
+        literal(member.resource_id),
+        member.proxy_port
+    )
+}
+
 /// Marks `writer` as the only writer in the member table.
 pub(crate) fn set_writer(writer: &str) -> String {
     format!(

@@ -233,23 +233,26 @@ pub(crate) async fn query_topology(
                 .iter()
                 .find(|r| r.is_writer)
                 .and_then(|r| r.last_update);
-            rows.into_iter()
-                .map(|row| {
-                    Ok(Instance {
-                        address: source.addressing.address(&row.id)?,
-                        name: row.id.clone(),
-                        id: row.id,
-                        role: if row.is_writer {
-                            Role::Writer
-                        } else {
-                            Role::Reader
-                        },
-                        replica_lag_ms: row.lag_ms,
-                        cpu: row.cpu,
-                        available: true,
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?
+            let mut instances = Vec::with_capacity(rows.len());
+            for row in rows {
+                let Some(address) = routable(source, &row.id, row.is_writer)? else {
+                    continue;
+                };
+                instances.push(Instance {
+                    address,
+                    name: row.id.clone(),
+                    id: row.id,
+                    role: if row.is_writer {
+                        Role::Writer
+                    } else {
+                        Role::Reader
+                    },
+                    replica_lag_ms: row.lag_ms,
+                    cpu: row.cpu,
+                    available: true,
+                });
+            }
+            instances
         }
         Dialect::RdsMultiAzPg => multi_az_instances(conn, source).await?,
         Dialect::RdsPg | Dialect::Pg => {
@@ -285,6 +288,20 @@ pub(crate) async fn query_topology(
     Ok(Topology::new(dialect, instances)?.with_writer_since(writer_since))
 }
 
+/// The address of the instance a catalog row names. A row that cannot be routed (a name
+/// that is not one DNS label) is logged and skipped, never connected to; the writer's row
+/// rejects the whole read (the previous topology stays).
+fn routable(source: &TopologySource, name: &str, is_writer: bool) -> Result<Option<HostPort>> {
+    match source.addressing.address(name) {
+        Ok(address) => Ok(Some(address)),
+        Err(err) if is_writer => Err(err),
+        Err(err) => {
+            tracing::warn!(target: "aurora_pool", error = %err, "topology row skipped");
+            Ok(None)
+        }
+    }
+}
+
 async fn multi_az_instances(
     conn: &mut dyn AdminConnection,
     source: &TopologySource,
@@ -306,10 +323,13 @@ async fn multi_az_instances(
             ));
         };
         let name = endpoint.split('.').next().unwrap_or(endpoint);
+        let Some(address) = routable(source, name, id == writer_id)? else {
+            continue;
+        };
         instances.push(Instance {
             id: id.to_owned(),
             name: name.to_owned(),
-            address: source.addressing.address(name)?,
+            address,
             role: if id == writer_id {
                 Role::Writer
             } else {

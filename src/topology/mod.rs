@@ -10,7 +10,7 @@ use std::fmt;
 pub use dialect::Dialect;
 pub(crate) use dialect::{IS_READER, TopologySource, confirm_writer, discover, query_topology};
 
-use crate::endpoint::{HostPattern, HostPort};
+use crate::endpoint::{HostPattern, HostPort, is_dns_label};
 use crate::error::{Error, Result};
 
 /// The role of an instance, or the role a caller asks for.
@@ -206,6 +206,20 @@ impl Topology {
         self
     }
 
+    /// The same topology with `added` among its readers (whatever role they had where they
+    /// were read: a claim to the writer role is for the probes to confirm).
+    pub(crate) fn with_readers(&self, added: impl IntoIterator<Item = Instance>) -> Topology {
+        let mut next = self.clone();
+        for mut instance in added {
+            if next.instance(&instance.id).is_none() {
+                instance.role = Role::Reader;
+                next.instances.push(instance);
+            }
+        }
+        next.instances.sort_by(|a, b| a.id.cmp(&b.id));
+        next
+    }
+
     /// The same topology with `writer` as the writer and every other instance a reader:
     /// used when the writer was confirmed directly and the catalog lags behind.
     pub(crate) fn with_writer(mut self, writer: &str) -> Topology {
@@ -249,6 +263,13 @@ impl Addressing {
     pub(crate) fn address(&self, name: &str) -> Result<HostPort> {
         if let Some(address) = self.overrides.get(name) {
             return Ok(address.clone());
+        }
+        if !is_dns_label(name) {
+            let shown: String = name.chars().take(64).collect();
+            return Err(Error::topology(format!(
+                "the catalog names an instance `{}` that is not one DNS label ([A-Za-z0-9-], at most 63 characters): it is not connected to",
+                shown.escape_debug()
+            )));
         }
         match &self.pattern {
             Some(pattern) => Ok(HostPort {
