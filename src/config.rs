@@ -314,6 +314,8 @@ pub struct Config {
     pub custom_endpoint: crate::custom_endpoint::CustomEndpointSettings,
     /// The URL with only the driver's own parameters left (it holds the password).
     driver_url: Url,
+    /// The URL's user, percent-decoded (`alice%40corp` is `alice@corp`).
+    user: String,
     password: Option<Password>,
     /// Whether `failover_mode` was chosen (else a custom endpoint's type decides it).
     failover_mode_chosen: bool,
@@ -393,6 +395,7 @@ impl Config {
             #[cfg(feature = "custom-endpoint")]
             custom_endpoint: crate::custom_endpoint::CustomEndpointSettings::default(),
             driver_url: parsed.clone(),
+            user: decode_user(parsed.username())?,
             password,
             failover_mode_chosen: false,
         };
@@ -664,9 +667,10 @@ impl Config {
         Ok(())
     }
 
-    /// The user name of the URL.
+    /// The user name of the URL, percent-decoded (`postgres://alice%40corp@host` logs in as
+    /// `alice@corp`, and IAM signs for `alice@corp`).
     pub fn user(&self) -> &str {
-        self.driver_url.username()
+        &self.user
     }
 
     /// Sets the password used for every connection.
@@ -809,6 +813,19 @@ fn parse_number<T: FromStr>(key: &str, value: &str) -> Result<T> {
             format!("`{value}` is not a valid non-negative integer"),
         )
     })
+}
+
+/// The URL's user name, percent-decoded; refused when the decoded bytes are not UTF-8.
+fn decode_user(raw: &str) -> Result<String> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|user| user.into_owned())
+        .map_err(|_| {
+            Error::config(
+                "url",
+                "the user name is not valid UTF-8 once percent-decoded",
+            )
+        })
 }
 
 fn parse_bool(key: &str, value: &str) -> Result<bool> {
@@ -1273,6 +1290,16 @@ mod tests {
         let err = Config::from_url("postgres://app@10.0.0.5/app?auth=iam").unwrap_err();
         assert_eq!(err.parameter(), Some("iam_region"), "{err}");
         Config::from_url("postgres://app@10.0.0.5/app?auth=iam&iam_region=us-east-1").unwrap();
+    }
+
+    #[test]
+    fn the_user_name_is_percent_decoded() {
+        let c = Config::from_url("postgres://alice%40corp@10.0.0.1/db").expect("config");
+        assert_eq!(c.user(), "alice@corp");
+        let c = Config::from_url("postgres://plain@10.0.0.1/db").expect("config");
+        assert_eq!(c.user(), "plain");
+        let err = Config::from_url("postgres://%FF@10.0.0.1/db").expect_err("not UTF-8");
+        assert_eq!(err.parameter(), Some("url"));
     }
 
     #[test]

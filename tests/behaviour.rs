@@ -257,6 +257,29 @@ async fn dropped_pools_leave_no_connections_and_no_tasks<F: Flavour>(test: &str)
     );
 }
 
+/// A pool on `cluster` whose URL has no password: `provider` gives the credentials.
+async fn with_provider<F: Flavour>(
+    cluster: &LocalCluster,
+    test: &str,
+    params: &str,
+    provider: impl CredentialProvider,
+) -> F {
+    let url = format!(
+        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}{params}",
+        cluster.user(),
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id(test)
+    );
+    let config = aurora_pool::Builder::new()
+        .url(url)
+        .credential_provider(provider)
+        .build()
+        .expect("config");
+    F::connect_with(config).await.expect("connect")
+}
+
 /// A vault of one password that the test rotates.
 #[derive(Debug, Clone)]
 struct Vault(Arc<Mutex<String>>);
@@ -276,20 +299,7 @@ impl CredentialProvider for Vault {
 async fn new_connections_use_rotated_credentials<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let vault = Vault(Arc::new(Mutex::new(cluster.password().to_owned())));
-    let url = format!(
-        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}&writer_max_connections=1",
-        cluster.user(),
-        cluster.cluster_endpoint(),
-        cluster.database(),
-        cluster.instance_endpoints_param(),
-        unique_cluster_id(test)
-    );
-    let config = aurora_pool::Builder::new()
-        .url(url)
-        .credential_provider(vault.clone())
-        .build()
-        .expect("config");
-    let pool = F::connect_with(config).await.expect("connect");
+    let pool: F = with_provider(&cluster, test, "&writer_max_connections=1", vault.clone()).await;
     pool.execute("SELECT 1").await.expect("first login");
     let sql = format!(
         "ALTER ROLE \"{}\" PASSWORD 'rotated-in-the-vault'",
@@ -314,7 +324,81 @@ async fn new_connections_use_rotated_credentials<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// A password vault that answers until told to hang (Secrets Manager or STS out).
+#[derive(Debug, Clone)]
+struct HangingVault {
+    password: String,
+    hang: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl CredentialProvider for HangingVault {
+    fn credentials<'a>(
+        &'a self,
+        _: &'a ConnectTarget,
+    ) -> BoxFuture<'a, aurora_pool::Result<Credentials>> {
+        let hang = self.hang.load(std::sync::atomic::Ordering::SeqCst);
+        let password = self.password.clone();
+        Box::pin(async move {
+            if hang {
+                std::future::pending::<()>().await;
+            }
+            Ok(Credentials::new(password).valid_for(Duration::from_millis(300)))
+        })
+    }
+}
+
+/// Credentials come due while the provider hangs: checkouts go on with the pooled
+/// connections and the cached credentials, never waiting on the provider.
+async fn a_hanging_provider_does_not_stall_checkouts<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let vault = HangingVault {
+        password: cluster.password().to_owned(),
+        hang: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let pool: F = with_provider(&cluster, test, "", vault.clone()).await;
+    pool.execute("SELECT 1").await.expect("first login");
+    vault.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    // Past the credentials' lifetime: every checkout now finds them due.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut slowest = Duration::ZERO;
+    for _ in 0..10 {
+        let started = std::time::Instant::now();
+        pool.execute("SELECT 1")
+            .await
+            .expect("a checkout with the provider hanging");
+        slowest = slowest.max(started.elapsed());
+    }
+    // A liveness bound: a checkout that waited on the provider would take connect_timeout
+    // (10 s).
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a checkout waited {slowest:?} on the hanging provider"
+    );
+    pool.close().await;
+}
+
+/// A user name that must be percent-encoded in the URL (`alice%40corp`) logs in as itself,
+/// in every flavour and in the crate's own connections.
+async fn a_percent_encoded_user_logs_in_as_itself<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::builder()
+        .instances(2)
+        .user("alice@corp")
+        .start()
+        .await
+        .expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let user = pool
+        .query_text(Role::Writer, "SELECT current_user::text")
+        .await
+        .expect("a login as alice@corp");
+    assert_eq!(user, "alice@corp");
+    assert_eq!(pool.config().user(), "alice@corp");
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_percent_encoded_user_logs_in_as_itself,
+    a_hanging_provider_does_not_stall_checkouts,
     reads_and_writes_go_to_their_roles,
     writes_continue_on_the_new_writer_after_a_crash,
     the_retry_helpers_ride_through_a_crash,

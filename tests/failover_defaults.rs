@@ -523,7 +523,28 @@ async fn writer_it_never_knew<F: Flavour>(test: &str, silence_the_reader: bool) 
     pool.close().await;
 }
 
+/// With the default settings a process holds one background connection per instance: the
+/// writer's probe also reads the topology for the monitor.
+async fn one_background_connection_per_instance<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("SELECT 1").await.expect("writer");
+    let cluster_id = pool.config().cluster_id.clone();
+    // Past the first poll and a few probe rounds.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for id in cluster.instance_ids() {
+        let mut background = 0;
+        for purpose in ["aurora-pool-monitor", "aurora-pool-probe"] {
+            background +=
+                support::connections_named(&cluster, &id, &format!("{purpose}:{cluster_id}")).await;
+        }
+        assert_eq!(background, 1, "background connections on {id}");
+    }
+    pool.close().await;
+}
+
 flavour_tests!(
+    one_background_connection_per_instance,
     panic_mode_finds_a_writer_it_never_knew,
     panic_mode_reads_the_topology_through_the_url_host,
     two_writers_get_one_verdict,

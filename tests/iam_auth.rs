@@ -197,8 +197,13 @@ async fn a_wrong_token_is_a_login_error_not_an_endless_retry<F: Flavour>(test: &
     );
     assert!(
         iam.tokens_generated() - before <= 1,
-        "the cached token was regenerated {} times",
-        iam.tokens_generated() - before
+        "the cached token was regenerated {} times; the crate's login events:\n{}",
+        iam.tokens_generated() - before,
+        support::captured_logs()
+            .lines()
+            .filter(|l| l.contains("aurora_pool") && (l.contains("login") || l.contains("probe")))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let shown = format!("{err} {err:?} {pool:?} {iam:?}");
     assert!(!shown.contains("X-Amz-Signature"), "{shown}");

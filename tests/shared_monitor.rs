@@ -13,10 +13,11 @@ fn monitor_name(cluster_id: &str) -> String {
     format!("aurora-pool-monitor:{cluster_id}")
 }
 
+/// Waits until the writer holds `expected` of the connections the monitor of `cluster_id`
+/// reads the topology on (its own, or the writer's probe's).
 async fn settles_at(cluster: &LocalCluster, cluster_id: &str, expected: usize) -> bool {
-    let name = monitor_name(cluster_id);
     eventually(Duration::from_secs(10), || async {
-        connections_named(cluster, "instance-1", &name).await == expected
+        support::monitor_connections(cluster, cluster_id).await == expected
     })
     .await
 }

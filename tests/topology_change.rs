@@ -57,11 +57,16 @@ async fn writes_follow_the_writer_after_a_topology_change<F: Flavour>(test: &str
 
 flavour_tests!(writes_follow_the_writer_after_a_topology_change);
 
-/// Frequent health-probe reports must not postpone the topology polls: the monitor's last
-/// query stays younger than a few refresh intervals.
+/// Frequent health-probe reports must not postpone the topology polls: a reader that joins
+/// shows up within a few refresh intervals.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn polls_keep_their_schedule_while_probes_report() {
-    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let cluster = LocalCluster::builder()
+        .instances(2)
+        .spare_instances(1)
+        .start()
+        .await
+        .expect("cluster");
     let pool = support::connect(
         &cluster,
         "poll-schedule",
@@ -69,27 +74,22 @@ async fn polls_keep_their_schedule_while_probes_report() {
          &failure_detection_interval_ms=50",
     )
     .await;
-    let monitor = format!(
-        "aurora-pool-monitor:{}",
-        support::unique_cluster_id("poll-schedule")
+    // Probes report every 50 ms; the topology is still read every 0.3 s: a reader that joins
+    // shows up within a few polls.
+    cluster
+        .add_instance("instance-3")
+        .await
+        .expect("add instance-3");
+    let added = std::time::Instant::now();
+    let seen = eventually(Duration::from_secs(3), || async {
+        pool.topology().instance("instance-3").is_some()
+    })
+    .await;
+    assert!(
+        seen,
+        "no poll saw the new reader within 3 s (every 0.3 s expected): {}",
+        pool.topology()
     );
-    let sql = format!(
-        "SELECT extract(epoch FROM clock_timestamp() - query_start) FROM pg_stat_activity \
-         WHERE application_name = '{monitor}'"
-    );
-    for _ in 0..3 {
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let age: f64 = cluster
-            .psql("instance-1", "postgres", &sql)
-            .await
-            .expect("pg_stat_activity")
-            .trim()
-            .parse()
-            .expect("the monitor's connection is on the writer");
-        assert!(
-            age < 1.5,
-            "the monitor last polled {age:.1} s ago (every 0.3 s expected)"
-        );
-    }
+    eprintln!("new reader seen {:?} after it joined", added.elapsed());
     pool.close().await;
 }

@@ -7,13 +7,19 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, oneshot, watch};
 
 use super::MonitorState;
 use crate::connector::{AdminConnection, Purpose, TextRow};
 use crate::endpoint::HostPort;
 use crate::error::{Error, ErrorClass, Result};
-use crate::topology::IS_READER;
+use crate::topology::{IS_READER, Topology, query_topology};
+
+/// The monitor's topology read, run by the writer's probe on its own connection between two
+/// probes: one background connection to the writer, not two.
+pub(super) struct TopologyRead {
+    pub(super) reply: oneshot::Sender<Result<Topology>>,
+}
 
 /// How the probes should run now; published by the monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -94,6 +100,9 @@ pub(crate) fn probe_timeout(interval: Duration, connect_timeout: Duration) -> Du
         .min(connect_timeout.max(MIN_PROBE_TIMEOUT))
 }
 
+/// A topology read on a probe's connection is given at least this long.
+const MIN_READ_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// No probe is given less than this to answer: a fresh connection needs a TCP, TLS and
 /// SCRAM exchange, and a loaded but healthy instance must not be declared dead.
 const MIN_PROBE_TIMEOUT: Duration = Duration::from_millis(500);
@@ -118,6 +127,7 @@ pub(super) async fn run(
     address: HostPort,
     mut plan: watch::Receiver<ProbePlan>,
     reports: mpsc::Sender<ProbeReport>,
+    mut reads: mpsc::Receiver<TopologyRead>,
 ) {
     let started = Instant::now();
     let mut connection: Option<Box<dyn AdminConnection>> = None;
@@ -162,35 +172,105 @@ pub(super) async fn run(
                 })
             }
         };
-        let closed = async {
-            match connection.as_mut() {
-                Some(conn) => conn.closed().await,
-                None => std::future::pending().await,
+        // Waits out the pause (or, idle, for a new plan), serving the monitor's topology
+        // reads meanwhile, and probes at once when the server ends the connection.
+        let until = pause.map(|pause| tokio::time::Instant::now() + pause);
+        let go_on = loop {
+            let closed = async {
+                match connection.as_mut() {
+                    Some(conn) => conn.closed().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let slept = async {
+                match until {
+                    Some(until) => tokio::time::sleep_until(until).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = slept => break true,
+                _ = closed => {
+                    connection = None;
+                    break true;
+                }
+                changed = plan.changed() => break changed.is_ok(),
+                Some(read) = reads.recv() => {
+                    let interval = plan
+                        .borrow()
+                        .routine
+                        .map_or(state.settings.failure_detection_interval, |(i, _)| i);
+                    // The catalog query is heavier than a probe's: a loaded writer gets more
+                    // time for it, and only then does the silence count as a probe's.
+                    let timeout = probe_timeout(interval, state.settings.connect_timeout)
+                        .max(MIN_READ_TIMEOUT)
+                        .min(state.settings.connect_timeout.max(MIN_PROBE_TIMEOUT));
+                    let answer = read_topology(&state, &address, &mut connection, timeout).await;
+                    let timed_out = answer.as_ref().is_err_and(Error::is_timeout);
+                    let _ = read.reply.send(answer);
+                    if timed_out {
+                        // As an unanswered probe: the verdict on a silent writer keeps its
+                        // schedule whether a probe or a read met the silence.
+                        let report = ProbeReport {
+                            instance: instance.clone(),
+                            at: Instant::now(),
+                            outcome: ProbeOutcome::Unreachable {
+                                definitive: false,
+                                timed_out: true,
+                                error: format!("no answer to a topology read within {timeout:?}"),
+                            },
+                        };
+                        break reports.send(report).await.is_ok();
+                    }
+                }
             }
         };
-        let changed = match pause {
-            Some(pause) => tokio::select! {
-                _ = tokio::time::sleep(pause) => Ok(()),
-                _ = closed => {
-                    connection = None;
-                    Ok(())
-                }
-                changed = plan.changed() => changed,
-            },
-            None => tokio::select! {
-                changed = plan.changed() => changed,
-                _ = closed => {
-                    connection = None;
-                    Ok(())
-                }
-            },
-        };
-        if changed.is_err() {
+        if !go_on {
             break;
         }
     }
     if let Some(connection) = connection.take() {
         let _ = tokio::time::timeout(Duration::from_secs(1), connection.close()).await;
+    }
+}
+
+/// Reads the topology on the probe's connection (opening one if needed) within `timeout`; a
+/// broken or silent connection is dropped.
+async fn read_topology(
+    state: &MonitorState,
+    address: &HostPort,
+    connection: &mut Option<Box<dyn AdminConnection>>,
+    timeout: Duration,
+) -> Result<Topology> {
+    let registration = state.registration().ok_or_else(Error::closed)?;
+    let read = async {
+        if connection.is_none() {
+            *connection = Some(
+                registration
+                    .connector
+                    .connect(address, Purpose::Probe)
+                    .await?,
+            );
+        }
+        match connection.as_mut() {
+            Some(conn) => query_topology(conn.as_mut(), &registration.source).await,
+            None => Err(Error::closed()),
+        }
+    };
+    match tokio::time::timeout(timeout, read).await {
+        Ok(Ok(topology)) => Ok(topology),
+        Ok(Err(err)) => {
+            if err.class() == ErrorClass::Network || err.is_connect() {
+                *connection = None;
+            }
+            Err(err)
+        }
+        Err(_) => {
+            *connection = None;
+            Err(Error::timeout(format!(
+                "the topology read on {address} took longer than {timeout:?}"
+            )))
+        }
     }
 }
 

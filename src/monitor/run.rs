@@ -99,6 +99,8 @@ const DEPARTED_DEAD_KEPT: Duration = Duration::from_secs(300);
 struct Probe {
     address: HostPort,
     task: JoinHandle<()>,
+    /// The monitor's topology reads, when this instance is the writer.
+    reads: mpsc::Sender<probe::TopologyRead>,
 }
 
 struct Monitor {
@@ -244,8 +246,21 @@ impl Monitor {
         // are taken in meanwhile, so that a verdict on the writer never waits for it.
         let mut monitoring = self.monitoring.take();
         let state = self.state.clone();
+        let through_probe = self.writer_probe_reads();
+        if through_probe.is_some()
+            && let Some(old) = monitoring.take()
+        {
+            // The writer's probe reads the topology now: one background connection to the
+            // writer, not two.
+            tokio::spawn(old.connection.close());
+        }
         let result = {
-            let read = read_topology(&state, &registration, &mut monitoring);
+            let read = async {
+                match through_probe {
+                    Some(reads) => read_through_probe(reads, &state).await,
+                    None => read_topology(&state, &registration, &mut monitoring).await,
+                }
+            };
             tokio::pin!(read);
             loop {
                 tokio::select! {
@@ -742,6 +757,19 @@ impl Monitor {
         }
     }
 
+    /// The writer's probe's read channel, when the probes run routinely (they then watch the
+    /// writer, and one of its connections serves both).
+    fn writer_probe_reads(&self) -> Option<mpsc::Sender<probe::TopologyRead>> {
+        if !self.state.settings.failure_detection_enabled {
+            return None;
+        }
+        let writer = self.state.current().writer().id().to_owned();
+        self.probes
+            .get(&writer)
+            .filter(|p| !p.task.is_finished())
+            .map(|p| p.reads.clone())
+    }
+
     /// Makes `candidate`, confirmed as the writer through `connection`, the writer of the
     /// published topology and leaves panic mode.
     fn adopt_writer(
@@ -752,10 +780,15 @@ impl Monitor {
     ) {
         let elapsed = self.panic_since.map(|t| t.elapsed()).unwrap_or_default();
         let old_writer = self.state.current().writer().id().to_owned();
-        self.monitoring = Some(Monitoring {
-            instance: candidate.to_owned(),
-            connection,
-        });
+        if self.state.settings.failure_detection_enabled && self.probes.contains_key(candidate) {
+            // Its probe serves the topology reads from now on.
+            tokio::spawn(connection.close());
+        } else {
+            self.monitoring = Some(Monitoring {
+                instance: candidate.to_owned(),
+                connection,
+            });
+        }
         let was_failing_over = self.panic_since.take().is_some();
         if let Some(read) = self.panic_read.take() {
             read.abort();
@@ -827,18 +860,21 @@ impl Monitor {
             if self.probes.contains_key(id) {
                 continue;
             }
+            let (reads, read_requests) = mpsc::channel(1);
             let task = tokio::spawn(probe::run(
                 self.state.clone(),
                 id.to_owned(),
                 instance.address().clone(),
                 self.plan.subscribe(),
                 self.report_sender.clone(),
+                read_requests,
             ));
             self.probes.insert(
                 id.to_owned(),
                 Probe {
                     address: instance.address().clone(),
                     task,
+                    reads,
                 },
             );
         }
@@ -902,6 +938,30 @@ async fn read_topology(
             )))
         }
     }
+}
+
+/// Reads the topology through the writer's probe, within twice `connect_timeout` (the probe
+/// may be in the middle of a probe first).
+async fn read_through_probe(
+    reads: mpsc::Sender<probe::TopologyRead>,
+    state: &MonitorState,
+) -> Result<Topology> {
+    let limit = state.settings.connect_timeout * 2;
+    let (reply, answer) = tokio::sync::oneshot::channel();
+    let read = async {
+        reads
+            .send(probe::TopologyRead { reply })
+            .await
+            .map_err(|_| Error::topology("the writer's probe stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::topology("the writer's probe dropped the read"))?
+    };
+    tokio::time::timeout(limit, read).await.map_err(|_| {
+        Error::timeout(format!(
+            "the writer's probe did not read the topology within {limit:?}"
+        ))
+    })?
 }
 
 async fn connect_writer_first(

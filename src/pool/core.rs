@@ -47,6 +47,15 @@ const FORCED_RENEWAL_GAP: Duration = Duration::from_secs(1);
 /// Pause between checkout attempts that failed for a failover-class reason.
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// A renewal claimed with [`SlotLogin::start_renewal`], released on drop.
+struct RenewalClaim(Arc<super::login::SlotLogin>);
+
+impl Drop for RenewalClaim {
+    fn drop(&mut self) {
+        self.0.renewal_done();
+    }
+}
+
 /// The state behind every clone of a pool.
 pub(crate) struct PoolCore<B: Backend> {
     config: Config,
@@ -66,6 +75,8 @@ pub(crate) struct PoolCore<B: Backend> {
     /// The topology version the routing table follows; checkouts wait on it.
     routing_version: watch::Sender<u64>,
     closed: AtomicBool,
+    /// This core, for the tasks it starts on the checkout path.
+    itself: Weak<PoolCore<B>>,
 }
 
 impl<B: Backend> PoolCore<B> {
@@ -169,6 +180,7 @@ impl<B: Backend> PoolCore<B> {
             forced_renewal: Throttle::new(),
             routing_version: watch::channel(topology.version()).0,
             closed: AtomicBool::new(false),
+            itself: weak.clone(),
             config,
         });
         tracing::info!(
@@ -311,7 +323,7 @@ impl<B: Backend> PoolCore<B> {
             };
             drop(cluster);
             if !B::CREDENTIALS_PER_CONNECT && slot.login.is_due(Instant::now()) {
-                self.renew(&slot).await;
+                self.renew_behind(&slot);
             }
             let acquire = B::acquire(&slot.pool);
             tokio::pin!(acquire);
@@ -527,6 +539,24 @@ impl<B: Backend> PoolCore<B> {
         if topology.wait_for(lost).await.is_err() {
             std::future::pending::<()>().await;
         }
+    }
+
+    /// Renews `slot`'s due credentials in a task of their own, one at a time: a checkout
+    /// never waits on the provider (an idle pooled connection needs no login, and a new one
+    /// logs in with the current credentials meanwhile; a refusal renews them on its own).
+    fn renew_behind(&self, slot: &Slot<B::Pool>) {
+        let Some(core) = self.itself.upgrade() else {
+            return;
+        };
+        if !slot.login.start_renewal() {
+            return;
+        }
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            // Released however the task ends (a panic, the runtime shutting down).
+            let _claim = RenewalClaim(slot.login.clone());
+            core.renew(&slot).await;
+        });
     }
 
     /// Fetches new credentials for `slot`'s pool (its current ones are due).

@@ -40,6 +40,8 @@ pub(crate) struct SlotLogin {
     renew_at: AtomicU64,
     /// Renewals replace the credentials one at a time (see [`SlotLogin::replace`]).
     replacing: Mutex<()>,
+    /// A renewal started by a checkout is running: the next checkouts do not start another.
+    renewing: std::sync::atomic::AtomicBool,
 }
 
 impl SlotLogin {
@@ -49,6 +51,7 @@ impl SlotLogin {
             current: ArcSwap::from_pointee(Credentials::none()),
             renew_at: AtomicU64::new(0),
             replacing: Mutex::new(()),
+            renewing: std::sync::atomic::AtomicBool::new(false),
         };
         match fetched {
             Some(credentials) => login.store(credentials),
@@ -109,6 +112,18 @@ impl SlotLogin {
             NEVER => None,
             ms => Some(epoch() + Duration::from_millis(ms)),
         }
+    }
+
+    /// Claims the renewal a checkout found due; `false` when one is running already.
+    pub(crate) fn start_renewal(&self) -> bool {
+        self.renewing
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// The renewal claimed by [`start_renewal`](SlotLogin::start_renewal) ended.
+    pub(crate) fn renewal_done(&self) {
+        self.renewing.store(false, Ordering::Release);
     }
 
     pub(crate) fn is_due(&self, now: Instant) -> bool {

@@ -110,26 +110,31 @@ pub async fn connect(cluster: &LocalCluster, test: &str, params: &str) -> aurora
     flavour::connect(cluster, test, params).await
 }
 
-/// The monitoring connections of `cluster_id` on every instance of `cluster`.
+/// The connections the monitor of `cluster_id` reads the topology on: its own, or the
+/// writer's probe, on the writer of `cluster`.
 pub async fn monitor_connections(cluster: &LocalCluster, cluster_id: &str) -> usize {
-    let monitor = format!("aurora-pool-monitor:{cluster_id}");
-    let mut monitors = 0;
-    for id in cluster.instance_ids() {
-        monitors += connections_named(cluster, &id, &monitor).await;
+    // With routine probing the writer's probe reads the topology: the monitor's connection
+    // to the writer is the probe's.
+    let writer = cluster.writer_id();
+    let mut connections = 0;
+    for purpose in ["aurora-pool-monitor", "aurora-pool-probe"] {
+        connections +=
+            connections_named(cluster, &writer, &format!("{purpose}:{cluster_id}")).await;
     }
-    monitors
+    connections
 }
 
-/// Ends the monitoring connection of `cluster_id` (wherever it is) and waits up to 10 s for
-/// the monitor to log in again; returns whether it did.
+/// Ends the monitor's connection to the writer (its own, or the writer's probe's) of
+/// `cluster_id` and waits up to 10 s for the monitor to log in again; returns whether it
+/// did.
 pub async fn monitor_logs_in_again(cluster: &LocalCluster, cluster_id: &str) -> bool {
-    let monitor = format!("aurora-pool-monitor:{cluster_id}");
     let terminate = format!(
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{monitor}'"
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+         WHERE application_name IN ('aurora-pool-monitor:{cluster_id}', 'aurora-pool-probe:{cluster_id}')"
     );
-    for id in cluster.instance_ids() {
-        let _ = cluster.psql(&id, "postgres", &terminate).await;
-    }
+    let _ = cluster
+        .psql(&cluster.writer_id(), "postgres", &terminate)
+        .await;
     eventually(Duration::from_secs(10), || async {
         monitor_connections(cluster, cluster_id).await == 1
     })
