@@ -62,4 +62,10 @@ pub(crate) trait Connector: Send + Sync + 'static {
         address: &'a HostPort,
         purpose: Purpose,
     ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>>;
+
+    /// Asks the credential provider for the credentials of `address` without connecting
+    /// (bounded by the connect timeout). A probe does this before its timed connect, so
+    /// that the time it measures is the instance's, not the provider's: a provider that
+    /// hangs or fails says nothing about the instance.
+    fn prepare<'a>(&'a self, address: &'a HostPort) -> BoxFuture<'a, Result<()>>;
 }

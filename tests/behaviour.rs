@@ -396,7 +396,51 @@ async fn a_percent_encoded_user_logs_in_as_itself<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// The provider hangs while the probes must log in again (their connections ended): the
+/// instances are not declared down, since nothing is known about them.
+async fn a_hanging_provider_declares_nothing_down<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let vault = HangingVault {
+        password: cluster.password().to_owned(),
+        hang: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+    };
+    let pool: F = with_provider(&cluster, test, "", vault.clone()).await;
+    let mut events = pool.events();
+    let probes = format!("aurora-pool-probe:{}", unique_cluster_id(test));
+    let connected = eventually(Duration::from_secs(10), || async {
+        support::connections_named(&cluster, "instance-1", &probes).await == 1
+    })
+    .await;
+    assert!(connected, "the probes never connected");
+    vault.hang.store(true, std::sync::atomic::Ordering::SeqCst);
+    let terminate = format!(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{probes}'"
+    );
+    for id in ["instance-1", "instance-2"] {
+        cluster
+            .psql(id, "postgres", &terminate)
+            .await
+            .expect("end the probes' sessions");
+    }
+    // Several probe intervals (0.5 s) and detection counts (2) later.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let topology = pool.topology();
+    assert!(
+        topology.instances().iter().all(|i| i.is_available()),
+        "an instance was declared down because the provider hung: {topology}"
+    );
+    let seen = support::drain_events(&mut events);
+    assert!(
+        !seen
+            .iter()
+            .any(|e| matches!(e, aurora_pool::ClusterEvent::InstanceDown { .. })),
+        "{seen:?}"
+    );
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_hanging_provider_declares_nothing_down,
     a_percent_encoded_user_logs_in_as_itself,
     a_hanging_provider_does_not_stall_checkouts,
     reads_and_writes_go_to_their_roles,

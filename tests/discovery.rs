@@ -237,7 +237,40 @@ async fn a_catalog_row_that_names_another_host_is_skipped<F: Flavour>(test: &str
     pool.close().await;
 }
 
+/// An Aurora detection query that fails for a reason that says nothing about the dialect (a
+/// full server, 53300) fails the connect with that error, instead of settling for plain
+/// `pg` (no readers, no failover) for the pool's whole life.
+async fn a_transient_error_in_dialect_detection_is_not_a_dialect<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    cluster
+        .psql(
+            "instance-1",
+            cluster.database(),
+            "CREATE OR REPLACE FUNCTION pg_catalog.aurora_replica_status() \
+             RETURNS TABLE(server_id text, session_id text, cpu double precision, \
+                           replica_lag_in_msec double precision, last_update_timestamp timestamp with time zone) \
+             LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'busy' USING ERRCODE = '53300'; END $$",
+        )
+        .await
+        .expect("a failing catalog function");
+    let id = unique_cluster_id(test);
+    let result: aurora_pool::Result<F> =
+        connect(&url_with(&cluster, &format!("cluster_id={id}"))).await;
+    match result {
+        Ok(pool) => panic!(
+            "connected with dialect {} and topology {}",
+            pool.topology().dialect(),
+            pool.topology()
+        ),
+        Err(err) => {
+            assert!(err.is_topology(), "{err}");
+            assert_eq!(err.sqlstate(), Some("53300"), "{err}");
+        }
+    }
+}
+
 flavour_tests!(
+    a_transient_error_in_dialect_detection_is_not_a_dialect,
     a_catalog_row_that_names_another_host_is_skipped,
     discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance,
     stale_cluster_dns_does_not_misroute_writes,

@@ -243,6 +243,10 @@ async fn read_topology(
     timeout: Duration,
 ) -> Result<Topology> {
     let registration = state.registration().ok_or_else(Error::closed)?;
+    if connection.is_none() {
+        // As for a probe: the provider's time is not the instance's.
+        credentials_ready(state, address).await?;
+    }
     let read = async {
         if connection.is_none() {
             *connection = Some(
@@ -274,6 +278,20 @@ async fn read_topology(
     }
 }
 
+/// Asks the provider for the instance's credentials before a timed connect (providers cache
+/// them): a provider that hangs or fails must not look like a silent instance.
+async fn credentials_ready(state: &MonitorState, address: &HostPort) -> Result<()> {
+    let registration = state.registration().ok_or_else(Error::closed)?;
+    let limit = state.settings.connect_timeout;
+    tokio::time::timeout(limit, registration.connector.prepare(address))
+        .await
+        .unwrap_or_else(|_| {
+            Err(Error::credentials(format!(
+                "the credential provider gave nothing for {address} within {limit:?}"
+            )))
+        })
+}
+
 /// Runs the probe query, connecting first when there is no connection.
 async fn ask_is_reader(
     state: &MonitorState,
@@ -301,6 +319,14 @@ async fn probe_once(
     connection: &mut Option<Box<dyn AdminConnection>>,
     timeout: Duration,
 ) -> ProbeOutcome {
+    if connection.is_none()
+        && let Err(err) = credentials_ready(state, address).await
+    {
+        // No credentials to log in with: nothing is known about the instance.
+        return ProbeOutcome::Unknown {
+            error: err.to_string(),
+        };
+    }
     let attempt = async {
         let reused = connection.is_some();
         match ask_is_reader(state, address, connection).await {

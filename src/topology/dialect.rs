@@ -115,13 +115,38 @@ const RDS_EXTENSIONS: &str = "SELECT (setting ~~ '%rds_tools%') AS rds_tools, (s
 pub(crate) const IS_READER: &str = "SELECT pg_catalog.pg_is_in_recovery()";
 const AURORA_AM_I_WRITER: &str = "SELECT SERVER_ID FROM pg_catalog.aurora_replica_status() WHERE SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' AND SERVER_ID OPERATOR(pg_catalog.=) pg_catalog.aurora_db_instance_identifier()";
 
-/// Runs a probe query; a statement the server rejects (missing function, missing setting)
-/// means "not this dialect", a broken connection is an error.
+/// The SQLSTATEs that mean "this server has no such function, table or schema": the answer
+/// "not this dialect". Any other error (a full server, a cancelled statement, a broken
+/// connection) says nothing about the dialect: discovery fails with it rather than settling
+/// on a lesser dialect for the pool's whole life.
+const NOT_THIS_DIALECT: [&str; 5] = [
+    "42883", // undefined_function
+    "42P01", // undefined_table
+    "3F000", // invalid_schema_name
+    "42704", // undefined_object
+    "42501", // insufficient_privilege: the catalog is not this user's to read
+];
+
+/// Runs a probe query; a statement the server rejects because what it names does not exist
+/// means "not this dialect", any other error is an error.
 async fn probe(conn: &mut dyn AdminConnection, sql: &str) -> Result<Option<Vec<TextRow>>> {
     match conn.query(sql).await {
         Ok(rows) => Ok(Some(rows)),
-        Err(err) if err.is_driver() => Ok(None),
-        Err(err) => Err(err),
+        Err(err)
+            if err
+                .sqlstate()
+                .is_some_and(|s| NOT_THIS_DIALECT.contains(&s)) =>
+        {
+            Ok(None)
+        }
+        Err(err) => {
+            let sqlstate = err.sqlstate().map(str::to_owned);
+            Err(Error::topology(format!(
+                "detecting the database dialect failed (`{sql}`); the pool does not settle for a lesser dialect"
+            ))
+            .with_sqlstate(sqlstate)
+            .with_source(err))
+        }
     }
 }
 

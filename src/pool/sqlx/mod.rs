@@ -259,9 +259,10 @@ impl AuroraPool {
     }
 
     /// Wraps an error from a query run on one of this pool's connections, and reacts to it:
-    /// a lost connection, a server shutting down, or a checkout from a pool retired by a
-    /// writer change is a failover ([`Error::is_failover`]) and makes the monitor re-read
-    /// the topology at once. A write refused as read-only (`25006`) makes the monitor
+    /// a lost connection or a server shutting down is a failover ([`Error::is_failover`])
+    /// and makes the monitor re-read the topology at once. `PoolClosed` is
+    /// [`Error::is_closed`], not a failover: the handles never retire, so it means the
+    /// handle (or this pool) was closed, and a retry on it would fail again. A write refused as read-only (`25006`) makes the monitor
     /// re-check the writer too, but is returned as the driver's error: this call cannot
     /// tell a demoted writer from a write sent to a reader (the retry helpers, which know
     /// the role, retry it on the writer). Any other error keeps its kind; the SQLSTATE and
@@ -287,14 +288,9 @@ impl AuroraPool {
 
     /// [`classify`](AuroraPool::classify) for a connection taken for `role`, when known.
     fn classify_as(&self, role: Option<Role>, err: sqlx::Error) -> Error {
-        let retired_pool = matches!(err, sqlx::Error::PoolClosed) && !self.is_closed();
         let err = from_sqlx(err, "the statement");
         if err.is_login_rejected() {
             self.core.login_rejected_somewhere();
-        }
-        if retired_pool {
-            self.core.request_refresh();
-            return err.into_failover();
         }
         match role {
             Some(role) => self.core.classify_for(role, err),
