@@ -238,6 +238,10 @@ struct Cache {
     generation: u64,
 }
 
+/// How soon a secret served past its expiration (Secrets Manager unreachable) is asked for
+/// again.
+const STALE_SECRET_RECHECK: Duration = Duration::from_secs(30);
+
 struct CachedSecret {
     user: String,
     password: String,
@@ -329,6 +333,21 @@ impl SecretsManagerAuth {
                 .valid_for(remaining)
                 .from_cache(true),
         )
+    }
+
+    /// The cached secret past its expiration, for when Secrets Manager cannot be reached:
+    /// the database is not down because the control plane is. Valid for a short while, so
+    /// that the service is asked again soon.
+    fn stale(&self) -> Option<(Credentials, Duration)> {
+        let cache = self.lock_cache();
+        let secret = cache.secret.as_ref()?;
+        Some((
+            Credentials::new(secret.password.clone())
+                .with_user(secret.user.clone())
+                .valid_for(STALE_SECRET_RECHECK)
+                .from_cache(true),
+            secret.fetched_at.elapsed(),
+        ))
     }
 
     fn generation(&self) -> u64 {
@@ -542,9 +561,26 @@ impl fmt::Debug for SecretsManagerAuth {
 impl CredentialProvider for SecretsManagerAuth {
     fn credentials<'a>(&'a self, _target: &'a ConnectTarget) -> BoxFuture<'a, Result<Credentials>> {
         Box::pin(async move {
-            match self.cached() {
-                Some(credentials) => Ok(credentials),
-                None => self.refresh(None).await.map(|(credentials, _)| credentials),
+            if let Some(credentials) = self.cached() {
+                return Ok(credentials);
+            }
+            match self.refresh(None).await {
+                Ok((credentials, _)) => Ok(credentials),
+                Err(err) => match self.stale() {
+                    // The expiration is when to ask again, not when the secret stops working:
+                    // a refused login still fetches anew.
+                    Some((stale, age)) => {
+                        tracing::warn!(
+                            target: "aurora_pool",
+                            secret_id = %self.settings.secret_id,
+                            age_s = age.as_secs(),
+                            error = %err,
+                            "Secrets Manager unavailable: using the secret fetched before"
+                        );
+                        Ok(stale)
+                    }
+                    None => Err(err),
+                },
             }
         })
     }

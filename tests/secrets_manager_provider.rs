@@ -100,6 +100,35 @@ async fn fetches_and_caches_the_secret() {
     .await;
 }
 
+/// Secrets Manager goes away after the first fetch and the cached secret expires: new
+/// connections keep getting the secret they had (the database did not change), marked as
+/// cached so that a refused login still fetches anew.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_secret_is_served_while_the_service_is_down() {
+    bounded(async {
+        let (moto, _client, auth) = setup(
+            "aur/outage",
+            r#"{"username":"app","password":"kept-pw"}"#,
+            |mut s| {
+                s.expiration = Duration::from_millis(300);
+                s
+            },
+        )
+        .await;
+        auth.credentials(&target()).await.expect("first fetch");
+        drop(moto);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let kept = auth
+            .credentials(&target())
+            .await
+            .expect("the secret fetched before, with Secrets Manager down");
+        assert_eq!(password(&kept), "kept-pw");
+        assert!(kept.is_from_cache());
+        assert_eq!(auth.fetch_count(), 2, "the service was asked again first");
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_connects_share_one_fetch() {
     bounded(async {
