@@ -348,12 +348,12 @@ pub(crate) struct AdminConnector {
 
 impl Connector for AdminConnector {
     fn prepare<'a>(&'a self, address: &'a HostPort) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            let target = ConnectTarget::new(address.host.clone(), address.port, self.user.clone());
-            login::fetch(self.provider.as_ref(), &target, self.connect_timeout)
-                .await
-                .map(drop)
-        })
+        Box::pin(login::prepare(
+            self.provider.as_ref(),
+            address,
+            &self.user,
+            self.connect_timeout,
+        ))
     }
 
     fn connect<'a>(

@@ -248,18 +248,8 @@ async fn read_topology(
         credentials_ready(state, address).await?;
     }
     let read = async {
-        if connection.is_none() {
-            *connection = Some(
-                registration
-                    .connector
-                    .connect(address, Purpose::Probe)
-                    .await?,
-            );
-        }
-        match connection.as_mut() {
-            Some(conn) => query_topology(conn.as_mut(), &registration.source).await,
-            None => Err(Error::closed()),
-        }
+        let conn = connected(state, address, connection).await?;
+        query_topology(conn, &registration.source).await
     };
     match tokio::time::timeout(timeout, read).await {
         Ok(Ok(topology)) => Ok(topology),
@@ -298,6 +288,18 @@ async fn ask_is_reader(
     address: &HostPort,
     connection: &mut Option<Box<dyn AdminConnection>>,
 ) -> Result<Vec<TextRow>> {
+    connected(state, address, connection)
+        .await?
+        .query(IS_READER)
+        .await
+}
+
+/// The probe's connection, opened first when there is none.
+async fn connected<'c>(
+    state: &MonitorState,
+    address: &HostPort,
+    connection: &'c mut Option<Box<dyn AdminConnection>>,
+) -> Result<&'c mut (dyn AdminConnection + 'static)> {
     if connection.is_none() {
         let registration = state.registration().ok_or_else(Error::closed)?;
         *connection = Some(
@@ -307,10 +309,7 @@ async fn ask_is_reader(
                 .await?,
         );
     }
-    match connection.as_mut() {
-        Some(conn) => conn.query(IS_READER).await,
-        None => Err(Error::closed()),
-    }
+    connection.as_deref_mut().ok_or_else(Error::closed)
 }
 
 async fn probe_once(

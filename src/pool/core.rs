@@ -17,9 +17,10 @@ use super::login;
 use super::routing::{RoutingTable, Slot};
 use super::scope::ScopeSource;
 use super::status::{InstanceStatus, PoolStatus};
+use super::targets::Targets;
 use super::tasks::{close_bounded, fetch_credentials, reconcile_on_updates, renew_credentials};
 use crate::auth::{CredentialProvider, LoginFailure};
-use crate::config::Config;
+use crate::config::{Config, PoolSizing};
 use crate::connector::{BoxFuture, Connector, Purpose};
 use crate::error::{Error, ErrorClass, Result};
 use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
@@ -422,37 +423,12 @@ impl<B: Backend> PoolCore<B> {
         } else {
             (self.config.reader, Follows::Instance)
         };
-        let pool =
-            match self
-                .backend
-                .open(slot.instance.role(), follows, sizing, slot.targets.clone())
-            {
-                Ok(pool) => pool,
-                Err(err) => {
-                    tracing::warn!(
-                        target: "aurora_pool",
-                        cluster_id = %self.config.cluster_id,
-                        instance = slot.instance.id(),
-                        error = %err,
-                        "a closed instance pool could not be replaced"
-                    );
-                    return false;
-                }
-            };
-        let next = table.with_pool(&slot.instance, pool.clone());
-        let swapped = self.routing.compare_and_swap(&table, Arc::new(next));
-        if !Arc::ptr_eq(&swapped, &table) {
-            // Another checkout replaced it first, or the routing changed.
-            tokio::spawn(close_bounded::<B>(pool));
-            return true;
-        }
-        tracing::warn!(
-            target: "aurora_pool",
-            cluster_id = %self.config.cluster_id,
-            instance = slot.instance.id(),
-            "an instance pool was closed by its user while still routed to; replaced it"
-        );
-        true
+        self.swap_in_new_pool(
+            &table,
+            &format!("the pool of {}", slot.instance.id()),
+            (slot.instance.role(), follows, sizing, slot.targets.clone()),
+            |table, pool| table.with_pool(&slot.instance, pool),
+        )
     }
 
     /// The shared reader pool was found closed (its user closed a handed-out pool): puts a
@@ -461,33 +437,53 @@ impl<B: Backend> PoolCore<B> {
         if self.is_closed() {
             return false;
         }
-        let pool = match self.backend.open(
-            Role::Reader,
-            Follows::Role,
-            self.config.reader,
-            table.reads.targets.clone(),
-        ) {
+        self.swap_in_new_pool(
+            table,
+            "the readers' pool",
+            (
+                Role::Reader,
+                Follows::Role,
+                self.config.reader,
+                table.reads.targets.clone(),
+            ),
+            |table, pool| table.with_reads(pool),
+        )
+    }
+
+    /// Opens a pool (`role`, `follows`, `sizing`, `targets`) and stores the table `place`
+    /// builds with it over `table`; when the routing moved on meanwhile the new pool is
+    /// closed. Returns whether a pool is in place (this one or another checkout's).
+    fn swap_in_new_pool(
+        &self,
+        table: &Arc<RoutingTable<B::Pool>>,
+        what: &str,
+        (role, follows, sizing, targets): (Role, Follows, PoolSizing, Arc<Targets>),
+        place: impl FnOnce(&RoutingTable<B::Pool>, B::Pool) -> RoutingTable<B::Pool>,
+    ) -> bool {
+        let pool = match self.backend.open(role, follows, sizing, targets) {
             Ok(pool) => pool,
             Err(err) => {
                 tracing::warn!(
                     target: "aurora_pool",
                     cluster_id = %self.config.cluster_id,
                     error = %err,
-                    "the closed reader pool could not be replaced"
+                    "{what} was closed and could not be replaced"
                 );
                 return false;
             }
         };
-        let next = Arc::new(table.with_reads(pool.clone()));
-        let swapped = self.routing.compare_and_swap(table, next);
+        let swapped = self
+            .routing
+            .compare_and_swap(table, Arc::new(place(table, pool.clone())));
         if !Arc::ptr_eq(&swapped, table) {
+            // Another checkout replaced it first, or the routing changed.
             tokio::spawn(close_bounded::<B>(pool));
             return true;
         }
         tracing::warn!(
             target: "aurora_pool",
             cluster_id = %self.config.cluster_id,
-            "the reader pool was closed by its user while in use; replaced it"
+            "{what} was closed by its user while still routed to; replaced it"
         );
         true
     }

@@ -11,6 +11,7 @@ use crate::auth::{
     ConnectTarget, CredentialProvider, Credentials, LoginFailure, MAX_LOGIN_ATTEMPTS,
 };
 use crate::connector::BoxFuture;
+use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
 use crate::topology::Instance;
 
@@ -151,6 +152,18 @@ pub(crate) async fn fetch(
                 target.host, target.port
             )))
         })
+}
+
+/// Asks `provider` for the credentials of `address` and lets them go (providers cache them):
+/// what [`Connector::prepare`](crate::connector::Connector::prepare) does for every backend.
+pub(crate) async fn prepare(
+    provider: &dyn CredentialProvider,
+    address: &HostPort,
+    user: &str,
+    timeout: Duration,
+) -> Result<()> {
+    let target = ConnectTarget::new(address.host.clone(), address.port, user);
+    fetch(provider, &target, timeout).await.map(drop)
 }
 
 /// Opens a connection with credentials from `provider`, renewing them when the login is

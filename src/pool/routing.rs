@@ -217,14 +217,8 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         if writer_left.is_some() {
             writer.targets.set(vec![writer.route()]);
             backend.retarget(&writer.pool, &writer.targets);
-            if config.writer.min_connections > 0 {
-                // Its idle connections are stale now: open the minimum on the new writer.
-                tokio::spawn(prefill::<B>(
-                    writer.pool.clone(),
-                    config.writer.min_connections,
-                    writer.instance.id().to_owned(),
-                ));
-            }
+            // Its idle connections are stale now: open the minimum on the new writer.
+            fill_to_minimum::<B>(&writer.pool, config.writer, &writer.instance);
         }
         let read_routes: Vec<Route> = if !readers.is_empty() {
             readers.iter().map(Slot::route).collect()
@@ -325,6 +319,12 @@ fn open<B: Backend>(
         login: login.clone(),
     });
     let pool = backend.open(instance.role(), follows, sizing, targets.clone())?;
+    fill_to_minimum::<B>(&pool, sizing, instance);
+    Ok((pool, targets))
+}
+
+/// Opens `sizing`'s minimum of connections on `pool` in the background, if it has one.
+fn fill_to_minimum<B: Backend>(pool: &B::Pool, sizing: PoolSizing, instance: &Instance) {
     if sizing.min_connections > 0 {
         tokio::spawn(prefill::<B>(
             pool.clone(),
@@ -332,5 +332,4 @@ fn open<B: Backend>(
             instance.id().to_owned(),
         ));
     }
-    Ok((pool, targets))
 }

@@ -19,7 +19,7 @@ use crate::connector::BoxFuture;
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Follows};
-use crate::pool::targets::Targets;
+use crate::pool::targets::{Route, Targets};
 use crate::topology::Role;
 
 /// The connect options every connection starts from: the driver part of the URL parsed by
@@ -54,6 +54,11 @@ pub(super) fn options_for(
         options = options.password(password);
     }
     options
+}
+
+/// The connect options of a pool's connection to `route`, with its current credentials.
+fn route_options(base: &PgConnectOptions, route: &Route) -> PgConnectOptions {
+    options_for(base, route.instance.address(), &route.login.current())
 }
 
 /// Wraps a sqlx error: server errors keep their SQLSTATE, broken connections and I/O are
@@ -108,9 +113,7 @@ impl SqlxBackend {
     /// its connect hook refuses.
     fn connect_options(&self, targets: &Targets) -> PgConnectOptions {
         match targets.current().or_else(|| targets.parked()) {
-            Some(route) => {
-                options_for(&self.base, route.instance.address(), &route.login.current())
-            }
+            Some(route) => route_options(&self.base, &route),
             None => (*self.base).clone(),
         }
     }
@@ -127,11 +130,7 @@ fn rotate(itself: &OnceLock<Weak<PgPool>>, targets: &Targets, base: &PgConnectOp
         itself.get().and_then(Weak::upgrade),
         targets.next().or_else(|| targets.parked()),
     ) {
-        pool.set_connect_options(options_for(
-            base,
-            route.instance.address(),
-            &route.login.current(),
-        ));
+        pool.set_connect_options(route_options(base, &route));
     }
 }
 

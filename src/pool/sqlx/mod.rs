@@ -262,10 +262,10 @@ impl AuroraPool {
     /// a lost connection or a server shutting down is a failover ([`Error::is_failover`])
     /// and makes the monitor re-read the topology at once. `PoolClosed` is
     /// [`Error::is_closed`], not a failover: the handles never retire, so it means the
-    /// handle (or this pool) was closed, and a retry on it would fail again. A write refused as read-only (`25006`) makes the monitor
-    /// re-check the writer too, but is returned as the driver's error: this call cannot
-    /// tell a demoted writer from a write sent to a reader (the retry helpers, which know
-    /// the role, retry it on the writer). Any other error keeps its kind; the SQLSTATE and
+    /// handle (or this pool) was closed, and a retry on it would fail again. A write refused
+    /// as read-only (`25006`) makes the monitor re-check the writer too, but is returned as
+    /// the driver's error: this call cannot tell a demoted writer from a write sent to a
+    /// reader (the retry helpers, which know the role, retry it on the writer). Any other error keeps its kind; the SQLSTATE and
     /// the sqlx error (as `source()`) are kept.
     ///
     /// ```no_run
