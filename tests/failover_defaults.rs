@@ -523,6 +523,65 @@ async fn writer_it_never_knew<F: Flavour>(test: &str, silence_the_reader: bool) 
     pool.close().await;
 }
 
+/// A writer that goes silent while no other instance is promoted (a network fault between
+/// this process and the writer alone): panic mode ends once the readers' topologies have
+/// agreed for 15 s, writer checkouts then fail at once instead of waiting out
+/// `failover_timeout`, it does not start again while the writer stays silent, reads go on,
+/// and writes come back when the writer answers again.
+async fn panic_mode_ends_when_the_readers_agree<F: Flavour>(test: &str) {
+    support::trace();
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("SELECT 1").await.expect("writer");
+    assert!(cluster.blackhole("instance-1", true));
+    let silenced = Instant::now();
+    // Whether a writer checkout gives its answer at once (an error: the silent writer),
+    // rather than waiting for a failover to end.
+    let answers_at_once = || async {
+        tokio::time::timeout(Duration::from_secs(2), pool.hold(Role::Writer))
+            .await
+            .is_ok_and(|held| held.is_err())
+    };
+    let settled = eventually(Duration::from_secs(35), answers_at_once).await;
+    assert!(
+        settled,
+        "panic mode did not end within 35 s although the readers kept naming the same writer: {}",
+        pool.topology()
+    );
+    eprintln!(
+        "{test}: panic mode ended {:?} after the writer went silent",
+        silenced.elapsed()
+    );
+    // No flap back into panic mode while it stays silent, and reads go on.
+    for _ in 0..5 {
+        assert!(
+            answers_at_once().await,
+            "back in panic mode: {}",
+            pool.topology()
+        );
+        F::handle_text(&pool.handle(Role::Reader), "SELECT 'read'")
+            .await
+            .expect("a read while the writer is silent");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    cluster.blackhole("instance-1", false);
+    let writes = eventually(Duration::from_secs(15), || async {
+        pool.run_text(
+            Role::Writer,
+            "SELECT pg_catalog.aurora_db_instance_identifier()",
+        )
+        .await
+        .is_ok_and(|id| id == "instance-1")
+    })
+    .await;
+    assert!(
+        writes,
+        "no write once the writer answered again: {}",
+        pool.topology()
+    );
+    pool.close().await;
+}
+
 /// With the default settings a process holds one background connection per instance: the
 /// writer's probe also reads the topology for the monitor.
 async fn one_background_connection_per_instance<F: Flavour>(test: &str) {
@@ -544,6 +603,7 @@ async fn one_background_connection_per_instance<F: Flavour>(test: &str) {
 }
 
 flavour_tests!(
+    panic_mode_ends_when_the_readers_agree,
     one_background_connection_per_instance,
     panic_mode_finds_a_writer_it_never_knew,
     panic_mode_reads_the_topology_through_the_url_host,

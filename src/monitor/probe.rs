@@ -100,6 +100,15 @@ pub(crate) fn probe_timeout(interval: Duration, connect_timeout: Duration) -> Du
         .min(connect_timeout.max(MIN_PROBE_TIMEOUT))
 }
 
+/// How long a topology read on an open connection may take. The catalog query is heavier
+/// than a probe's: a loaded instance gets more time for it than for a probe, and only then
+/// does its silence count as an unanswered probe.
+pub(crate) fn read_timeout(interval: Duration, connect_timeout: Duration) -> Duration {
+    probe_timeout(interval, connect_timeout)
+        .max(MIN_READ_TIMEOUT)
+        .min(connect_timeout.max(MIN_PROBE_TIMEOUT))
+}
+
 /// A topology read on a probe's connection is given at least this long.
 const MIN_READ_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -200,11 +209,7 @@ pub(super) async fn run(
                         .borrow()
                         .routine
                         .map_or(state.settings.failure_detection_interval, |(i, _)| i);
-                    // The catalog query is heavier than a probe's: a loaded writer gets more
-                    // time for it, and only then does the silence count as a probe's.
-                    let timeout = probe_timeout(interval, state.settings.connect_timeout)
-                        .max(MIN_READ_TIMEOUT)
-                        .min(state.settings.connect_timeout.max(MIN_PROBE_TIMEOUT));
+                    let timeout = read_timeout(interval, state.settings.connect_timeout);
                     let answer = read_topology(&state, &address, &mut connection, timeout).await;
                     let timed_out = answer.as_ref().is_err_and(Error::is_timeout);
                     let _ = read.reply.send(answer);

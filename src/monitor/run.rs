@@ -1,4 +1,8 @@
-//! The monitor task: normal polling, health bookkeeping and panic mode.
+//! The monitor task: normal polling, the probes it runs, and its connection. What the
+//! probes report is weighed in [`reports`]; the search for a new writer is [`panic`].
+
+mod panic;
+mod reports;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -7,14 +11,14 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
-use super::confirm;
-use super::probe::{self, ProbeOutcome, ProbePlan, ProbeReport};
-use super::{HIGH_RATE_WINDOW, MonitorState, Registration};
+use super::probe::{self, ProbePlan, ProbeReport};
+use super::{MonitorState, Registration};
 use crate::connector::{AdminConnection, Purpose};
 use crate::endpoint::HostPort;
 use crate::error::{Error, ErrorClass, Result};
 use crate::supervise;
 use crate::topology::{Instance, Topology, query_topology};
+use reports::Health;
 
 /// Probe reports waiting for the monitor; probes wait when it is full.
 const REPORT_CAPACITY: usize = 256;
@@ -60,37 +64,9 @@ async fn run(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
 }
 
 /// The monitoring connection and the instance it is on.
-struct Monitoring {
+pub(super) struct Monitoring {
     instance: String,
     connection: Box<dyn AdminConnection>,
-}
-
-/// What the probes told about one instance.
-#[derive(Debug, Default)]
-struct Health {
-    /// When the current run of failed probes began.
-    failing_since: Option<Instant>,
-    /// Failed probes in a row.
-    failures: u32,
-    dead: bool,
-    /// The role the last successful probe saw.
-    writer: Option<bool>,
-    /// The last probe's login was refused.
-    login_rejected: bool,
-    /// When the instance left the topology. A dead instance's verdict is kept for a while
-    /// after it left: a catalog read mid-failover can drop the old writer's row and the
-    /// next one bring it back, and it must not come back as a healthy reader.
-    departed: Option<Instant>,
-}
-
-/// In panic mode, at most one topology read from a reader (or the URL's host) this often.
-const PANIC_READ_EVERY: Duration = Duration::from_millis(500);
-
-/// What woke a panic-mode step.
-enum PanicWake {
-    Report(ProbeReport),
-    Read(Option<Topology>),
-    Tick,
 }
 
 /// How long the verdict on a dead instance outlives its leaving the topology.
@@ -132,6 +108,11 @@ struct Monitor {
     /// When the last such read started, and how many there were.
     panic_read_at: Option<Instant>,
     panic_reads: usize,
+    /// In panic mode: how long the topology reads have agreed.
+    agreement: Option<panic::Agreement>,
+    /// Panic mode ended on the readers' agreement while this writer stays silent: its
+    /// silence does not start panic mode again until it answers or another writer is named.
+    settled_without: Option<String>,
 }
 
 impl Monitor {
@@ -166,6 +147,8 @@ impl Monitor {
             panic_read: None,
             panic_read_at: None,
             panic_reads: 0,
+            agreement: None,
+            settled_without: None,
         }
     }
 
@@ -305,8 +288,13 @@ impl Monitor {
                     elapsed_us = started.elapsed().as_micros() as u64,
                     "topology polled"
                 );
-                // Keep the monitoring connection on the writer: it sees changes first.
-                if let Some(old) = self.monitoring.take_if(|m| m.instance != writer) {
+                // Keep the monitoring connection on the writer: it sees changes first (unless
+                // the writer is the silent one panic mode settled on).
+                let settled = self.settled_without.is_some();
+                if let Some(old) = self
+                    .monitoring
+                    .take_if(|m| m.instance != writer && !settled)
+                {
                     tokio::spawn(old.connection.close());
                 }
             }
@@ -354,413 +342,11 @@ impl Monitor {
         self.update_plan();
     }
 
-    fn on_report(&mut self, report: ProbeReport) {
-        let settings = &self.state.settings;
-        let current = self.state.current();
-        let is_writer = current.writer().id() == report.instance;
-        // Whether the current writer answers as the writer: then another claimant is judged,
-        // not followed blindly.
-        let current_is_writer = self
-            .health
-            .get(current.writer().id())
-            .is_some_and(|h| h.writer == Some(true) && !h.dead);
-        let health = self.health.entry(report.instance.clone()).or_default();
-        let mut health_changed = false;
-        let mut panic_reason = None;
-        match report.outcome {
-            ProbeOutcome::Reachable { writer } => {
-                health.failing_since = None;
-                health.failures = 0;
-                health.login_rejected = false;
-                health.writer = Some(writer);
-                // An instance back as a second writer is no usable reader: it stays out of
-                // the routing until judged (or until it answers as a reader).
-                let second_writer = writer && !is_writer;
-                if health.dead && !second_writer {
-                    health.dead = false;
-                    health_changed = true;
-                    tracing::info!(
-                        target: "aurora_pool",
-                        cluster_id = %self.state.cluster_id,
-                        instance = %report.instance,
-                        "instance reachable again"
-                    );
-                }
-                if !writer && self.rejected.remove(&report.instance) {
-                    // A rejected claimant answers as a reader now: it may serve reads.
-                    health_changed = true;
-                }
-                if self.panic_since.is_none() {
-                    if writer && !is_writer && self.rejected.contains(&report.instance) {
-                        // Judged already: its claim lost.
-                    } else if writer && !is_writer && current_is_writer {
-                        // Two instances claim the writer role: one verdict, no failover.
-                        self.verdict_due = Some(report.instance.clone());
-                    } else if writer && !is_writer {
-                        panic_reason =
-                            Some(format!("{} reports itself as the writer", report.instance));
-                    } else if !writer && is_writer {
-                        panic_reason = Some(format!("writer {} is read-only now", report.instance));
-                    }
-                }
-            }
-            ProbeOutcome::Unknown { error } => {
-                // The probe could not ask (no credentials, the pool going away): nothing is
-                // learned about the instance.
-                tracing::debug!(
-                    target: "aurora_pool",
-                    cluster_id = %self.state.cluster_id,
-                    instance = %report.instance,
-                    error = %error,
-                    "health probe could not run"
-                );
-            }
-            ProbeOutcome::Busy { error } => {
-                // Alive: full, starting up, or mid-handshake. Never a reason to fail over;
-                // the role is unknown until it answers.
-                health.failing_since = None;
-                health.failures = 0;
-                tracing::debug!(
-                    target: "aurora_pool",
-                    cluster_id = %self.state.cluster_id,
-                    instance = %report.instance,
-                    error = %error,
-                    "instance busy"
-                );
-            }
-            ProbeOutcome::LoginRejected { error } => {
-                // Alive, but the credentials are wrong (or rotating): not a reason to
-                // declare the instance dead, and no role is known.
-                health.writer = None;
-                health.failing_since = None;
-                health.failures = 0;
-                if !std::mem::replace(&mut health.login_rejected, true) {
-                    tracing::error!(
-                        target: "aurora_pool",
-                        cluster_id = %self.state.cluster_id,
-                        instance = %report.instance,
-                        error = %error,
-                        "health probe login rejected: check the pool's credentials"
-                    );
-                }
-            }
-            ProbeOutcome::Unreachable {
-                definitive, error, ..
-            } => {
-                health.writer = None;
-                let since = *health.failing_since.get_or_insert(report.at);
-                health.failures = health.failures.saturating_add(1);
-                if !health.dead
-                    && (definitive || health.failures >= settings.failure_detection_count)
-                {
-                    health.dead = true;
-                    health_changed = true;
-                    tracing::warn!(
-                        target: "aurora_pool",
-                        cluster_id = %self.state.cluster_id,
-                        instance = %report.instance,
-                        failing_for_ms = report.at.duration_since(since).as_millis() as u64,
-                        error = %error,
-                        "instance declared unreachable"
-                    );
-                }
-                if health.dead && is_writer && self.panic_since.is_none() {
-                    panic_reason = Some(format!(
-                        "writer {} is unreachable: {error}",
-                        report.instance
-                    ));
-                }
-            }
-        }
-        if health_changed {
-            self.republish();
-        }
-        if let Some(reason) = panic_reason {
-            self.enter_panic(&reason);
-        }
-    }
-
-    fn enter_panic(&mut self, reason: &str) {
-        if self.panic_since.is_some() {
-            return;
-        }
-        self.panic_since = Some(Instant::now());
-        // The monitoring connection may be hung or on a demoted writer, and what the probes
-        // last said about the old writer is stale: it becomes a candidate again only by
-        // answering as the writer (re-elected).
-        self.monitoring = None;
-        // An earlier verdict does not hold when the writer it kept is gone: a claimant it
-        // rejected may be the writer now.
-        self.rejected.clear();
-        let old_writer = self.state.current().writer().id().to_owned();
-        if let Some(health) = self.health.get_mut(&old_writer) {
-            health.writer = None;
-        }
-        self.state.set_failing_over(true);
-        self.update_plan();
-        tracing::warn!(
-            target: "aurora_pool",
-            cluster_id = %self.state.cluster_id,
-            reason,
-            instances = self.probes.len(),
-            "failover detected: probing every instance for the writer"
-        );
-    }
-
-    /// One round of panic mode: take in probe reports, and try to confirm a writer
-    /// candidate. Two or more candidates get one verdict (see [`Monitor::judge`]).
-    async fn panic_step(&mut self) {
-        let high_rate = self.state.settings.high_refresh_rate;
-        self.start_panic_read();
-        let woke = {
-            let (reports, read) = (&mut self.reports, &mut self.panic_read);
-            let learned = async {
-                match read.as_mut() {
-                    Some(task) => task.await.ok().flatten(),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                Some(report) = reports.recv() => PanicWake::Report(report),
-                topology = learned => PanicWake::Read(topology),
-                _ = tokio::time::sleep(high_rate) => PanicWake::Tick,
-            }
-        };
-        match woke {
-            PanicWake::Report(report) => self.on_report(report),
-            PanicWake::Read(topology) => {
-                self.panic_read = None;
-                if let Some(topology) = topology {
-                    self.learn_instances(&topology);
-                }
-            }
-            PanicWake::Tick => {}
-        }
-        while let Ok(report) = self.reports.try_recv() {
-            self.on_report(report);
-        }
-        let candidates: Vec<String> = self
-            .health
-            .iter()
-            .filter(|(id, h)| h.writer == Some(true) && !self.rejected.contains(*id))
-            .map(|(id, _)| id.clone())
-            .collect();
-        if !candidates.is_empty() {
-            self.judge(candidates).await;
-        }
-    }
-
-    /// In panic mode the probes only watch the instances the pool knows: a reader added
-    /// since the last poll and then promoted would never be found. So the topology is read,
-    /// at most every [`PANIC_READ_EVERY`], from a reachable reader (each in turn), or through
-    /// the URL's host when none answers; in a task, so that a silent host holds nothing up.
-    fn start_panic_read(&mut self) {
-        if self.panic_read.is_some()
-            || self
-                .panic_read_at
-                .is_some_and(|at| at.elapsed() < PANIC_READ_EVERY)
-        {
-            return;
-        }
-        let Some(registration) = self.state.registration() else {
-            return;
-        };
-        let current = self.state.current();
-        let readers: Vec<HostPort> = current
-            .readers()
-            .filter(|r| {
-                self.health
-                    .get(r.id())
-                    .is_some_and(|h| !h.dead && h.writer == Some(false))
-            })
-            .map(|r| r.address().clone())
-            .collect();
-        let turn = self.panic_reads;
-        self.panic_reads += 1;
-        // Every third read goes through the URL's host, and every read when no reader
-        // answers: the cluster endpoint follows the new writer in DNS, eventually.
-        let address = if readers.is_empty() || turn % 3 == 2 {
-            registration.source.seed.clone()
-        } else {
-            readers[turn % readers.len()].clone()
-        };
-        self.panic_read_at = Some(Instant::now());
-        let limit = self.state.settings.connect_timeout;
-        let cluster_id = self.state.cluster_id.clone();
-        self.panic_read = Some(tokio::spawn(async move {
-            let read = async {
-                let mut connection = registration
-                    .connector
-                    .connect(&address, Purpose::Monitor)
-                    .await
-                    .ok()?;
-                let topology = query_topology(connection.as_mut(), &registration.source).await;
-                connection.close().await;
-                match topology {
-                    Ok(topology) => Some(topology),
-                    Err(err) => {
-                        tracing::debug!(
-                            target: "aurora_pool",
-                            cluster_id = %cluster_id,
-                            address = %address,
-                            error = %err,
-                            "panic mode: reading the topology failed"
-                        );
-                        None
-                    }
-                }
-            };
-            tokio::time::timeout(limit, read).await.ok().flatten()
-        }));
-    }
-
-    /// Adds the instances of `read` the published topology lacks, as readers: their probes
-    /// start at the next step, and one that answers as the writer is judged like any
-    /// claimant.
-    fn learn_instances(&mut self, read: &Topology) {
-        let current = self.state.current();
-        let unknown: Vec<&Instance> = read
-            .instances()
-            .iter()
-            .filter(|i| current.instance(i.id()).is_none())
-            .collect();
-        if unknown.is_empty() {
-            return;
-        }
-        tracing::info!(
-            target: "aurora_pool",
-            cluster_id = %self.state.cluster_id,
-            instances = ?unknown.iter().map(|i| i.id()).collect::<Vec<_>>(),
-            "panic mode: instances the pool did not know, learned from a topology read"
-        );
-        let learned = current.with_readers(unknown.into_iter().cloned());
-        self.publish(learned);
-        self.sync_probes();
-        self.update_plan();
-    }
-
-    /// Confirms each of `claimants` as a writer and reads the topology from its catalog, then
-    /// adopts one: the one whose catalog has the newest writer row (Aurora's rule for two
-    /// writer rows), the current writer on a tie, else the smallest id. The others are
-    /// rejected: unavailable, and their claim ignored, until they answer as readers. One
-    /// verdict per claim, never a flap between them. Returns whether a writer was adopted.
-    async fn judge(&mut self, claimants: Vec<String>) -> bool {
-        let current = self.state.current().writer().id().to_owned();
-        // All at once, each bounded like a probe: a claimant that went silent (the old
-        // writer behind a black hole) must not hold up the verdict on the others.
-        let settings = &self.state.settings;
-        let limit = probe::probe_timeout(
-            settings.failure_detection_interval,
-            settings.connect_timeout,
-        );
-        let mut confirming = tokio::task::JoinSet::new();
-        let current_claims = self.panic_since.is_none() && claimants.contains(&current);
-        for claimant in claimants {
-            let Some(address) = self.probes.get(&claimant).map(|p| p.address.clone()) else {
-                continue;
-            };
-            let state = self.state.clone();
-            confirming.spawn(async move {
-                let outcome = confirm::candidate(&state, &address, limit).await;
-                (claimant, outcome)
-            });
-        }
-        // A claimant whose catalog has a newer writer row than the one the pool follows wins
-        // at once: the others (the old writer among them, perhaps silent) are not waited for.
-        let following_since = self.state.current().writer_since();
-        let mut confirmed = Vec::new();
-        let mut newer_claimant = false;
-        while let Some(joined) = confirming.join_next().await {
-            let Ok((claimant, outcome)) = joined else {
-                continue;
-            };
-            match outcome {
-                Ok((connection, topology)) => {
-                    let newer = claimant != current
-                        && topology.writer_since().is_some()
-                        && topology.writer_since() > following_since;
-                    confirmed.push((claimant, connection, topology));
-                    if newer {
-                        newer_claimant = true;
-                        confirming.abort_all();
-                        break;
-                    }
-                }
-                Err(why) => {
-                    tracing::debug!(
-                        target: "aurora_pool",
-                        cluster_id = %self.state.cluster_id,
-                        candidate = claimant,
-                        why,
-                        "writer candidate not confirmed"
-                    );
-                    if let Some(h) = self.health.get_mut(&claimant) {
-                        h.writer = None;
-                    }
-                }
-            }
-        }
-        // Outside panic mode the writer the pool follows keeps its role unless it answers
-        // as the loser or a newer writer row shows up: a writer that is merely slow to take
-        // a new session (loaded, full) does not lose the verdict by not showing up.
-        if current_claims && !newer_claimant && !confirmed.iter().any(|(id, _, _)| *id == current) {
-            for (_, connection, _) in confirmed {
-                tokio::spawn(connection.close());
-            }
-            return false;
-        }
-        let best = confirmed
-            .iter()
-            .enumerate()
-            .max_by(|(_, a), (_, b)| {
-                a.2.writer_since()
-                    .cmp(&b.2.writer_since())
-                    .then_with(|| (a.0 == current).cmp(&(b.0 == current)))
-                    .then_with(|| b.0.cmp(&a.0))
-            })
-            .map(|(i, _)| i);
-        let Some(best) = best else {
-            return false;
-        };
-        let (winner, connection, topology) = confirmed.swap_remove(best);
-        for (loser, connection, _) in confirmed {
-            // Not awaited: a connection that goes silent must not hold the monitor.
-            tokio::spawn(connection.close());
-            tracing::warn!(
-                target: "aurora_pool",
-                cluster_id = %self.state.cluster_id,
-                winner,
-                rejected = loser,
-                "two instances claim the writer role: the one with the newer writer row in its catalog wins"
-            );
-            if let Some(h) = self.health.get_mut(&loser) {
-                h.writer = None;
-            }
-            self.rejected.insert(loser);
-        }
-        self.adopt_writer(&winner, connection, topology);
-        true
-    }
-
-    /// What follows any change of writer, however it was found: the topology is read at the
-    /// high rate for a while (the catalog settles: the old writer's row comes back as a
-    /// reader's), and the old writer gets no reader pool until a probe finds it answering
-    /// as a reader (it may be dead but not yet declared so, and reads sent there would hang).
-    fn writer_changed(&mut self, old_writer: &str, new_writer: &str) {
-        if old_writer == new_writer {
-            return;
-        }
-        self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
-        let old = self.health.entry(old_writer.to_owned()).or_default();
-        if old.writer != Some(false) {
-            old.dead = true;
-        }
-    }
-
     /// The writer's probe's read channel, when the probes run routinely (they then watch the
     /// writer, and one of its connections serves both).
     fn writer_probe_reads(&self) -> Option<mpsc::Sender<probe::TopologyRead>> {
-        if !self.state.settings.failure_detection_enabled {
+        // A writer accepted while silent cannot serve reads: a reader does.
+        if !self.state.settings.failure_detection_enabled || self.settled_without.is_some() {
             return None;
         }
         let writer = self.state.current().writer().id().to_owned();
@@ -768,52 +354,6 @@ impl Monitor {
             .get(&writer)
             .filter(|p| !p.task.is_finished())
             .map(|p| p.reads.clone())
-    }
-
-    /// Makes `candidate`, confirmed as the writer through `connection`, the writer of the
-    /// published topology and leaves panic mode.
-    fn adopt_writer(
-        &mut self,
-        candidate: &str,
-        connection: Box<dyn AdminConnection>,
-        topology: Topology,
-    ) {
-        let elapsed = self.panic_since.map(|t| t.elapsed()).unwrap_or_default();
-        let old_writer = self.state.current().writer().id().to_owned();
-        if self.state.settings.failure_detection_enabled && self.probes.contains_key(candidate) {
-            // Its probe serves the topology reads from now on.
-            tokio::spawn(connection.close());
-        } else {
-            self.monitoring = Some(Monitoring {
-                instance: candidate.to_owned(),
-                connection,
-            });
-        }
-        let was_failing_over = self.panic_since.take().is_some();
-        if let Some(read) = self.panic_read.take() {
-            read.abort();
-        }
-        self.failures = 0;
-        if let Some(h) = self.health.get_mut(candidate) {
-            h.dead = false;
-            h.failing_since = None;
-        }
-        self.rejected.remove(candidate);
-        self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
-        self.writer_changed(&old_writer, candidate);
-        self.publish(topology.with_writer(candidate));
-        self.state.set_failing_over(false);
-        self.update_plan();
-        if was_failing_over || old_writer != candidate {
-            tracing::info!(
-                target: "aurora_pool",
-                cluster_id = %self.state.cluster_id,
-                old_writer,
-                new_writer = candidate,
-                elapsed_ms = elapsed.as_millis() as u64,
-                "failover finished: writer confirmed"
-            );
-        }
     }
 
     /// Tells the probes how to run now.
@@ -972,7 +512,13 @@ async fn connect_writer_first(
     let writer = topology.writer();
     let others = topology.readers().filter(|r| r.is_available());
     let mut writer_error = None;
-    for instance in std::iter::once(writer).chain(others) {
+    // A writer the probes declared dead is tried last: panic mode may have accepted it
+    // while it stays silent, and a connect to it waits out `connect_timeout`.
+    let (first, last) = match writer.is_available() {
+        true => (Some(writer), None),
+        false => (None, Some(writer)),
+    };
+    for instance in first.into_iter().chain(others).chain(last) {
         match registration
             .connector
             .connect(instance.address(), Purpose::Monitor)

@@ -289,6 +289,19 @@ impl<B: Backend> PoolCore<B> {
             let waiting_for_writer =
                 role == Role::Writer && cluster.as_ref().is_some_and(|c| c.is_failing_over());
             let slot = match self.slot_for(role) {
+                Ok(slot)
+                    if role == Role::Writer
+                        && !waiting_for_writer
+                        && !self.routing.load().topology.writer().is_available() =>
+                {
+                    // Accepted as the writer by the readers' topology while the probes
+                    // find it silent: waiting on it would only wait out a connect.
+                    return Err(Error::failover(format!(
+                        "writer {} of cluster `{}` is unreachable from here, and no other instance holds the writer role",
+                        slot.instance.id(),
+                        self.config.cluster_id
+                    )));
+                }
                 Ok(slot) if !waiting_for_writer => Some(slot),
                 Ok(_) => None,
                 Err(err) if err.is_no_reader() => {
