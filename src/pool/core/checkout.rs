@@ -1,0 +1,321 @@
+//! The checkout that rides through a failover: which pool serves a role, waiting while the
+//! monitor looks for a writer, and replacing a pool its user closed.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::task::Poll;
+use std::time::{Duration, Instant};
+
+use tokio::sync::watch;
+
+use super::PoolCore;
+use crate::config::PoolSizing;
+use crate::connector::BoxFuture;
+use crate::error::{Error, Result};
+use crate::pool::backend::{Backend, Follows};
+use crate::pool::routing::{RoutingTable, Slot};
+use crate::pool::targets::Targets;
+use crate::pool::tasks::close_bounded;
+use crate::topology::{Instance, Role};
+
+/// How a checkout that had to wait ended.
+enum Waited<C> {
+    Done(Result<C>),
+    /// A new routing table: take the pool anew.
+    RoutingChanged,
+    /// `failover_timeout` passed.
+    TimedOut,
+}
+
+/// Pause between checkout attempts that failed for a failover-class reason.
+pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+impl<B: Backend> PoolCore<B> {
+    pub(super) fn no_reader(&self) -> Error {
+        Error::no_reader(format!(
+            "cluster `{}` has no reachable reader that reads may use, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
+            self.config.cluster_id
+        ))
+    }
+
+    pub(super) fn pick_reader<'t>(
+        &self,
+        table: &'t RoutingTable<B::Pool>,
+    ) -> Option<&'t Slot<B::Pool>> {
+        if table.readers.is_empty() {
+            return None;
+        }
+        let index = self.selector.pick(table.readers.len(), |i| {
+            let (size, idle) = B::size_and_idle(&table.readers[i].pool);
+            size.saturating_sub(idle) as usize
+        });
+        table.readers.get(index)
+    }
+
+    pub(super) fn slot_for(&self, role: Role) -> Result<Slot<B::Pool>> {
+        if self.closed.load(Ordering::Acquire) {
+            return Err(Error::closed());
+        }
+        let table = self.routing.load();
+        match role {
+            Role::Writer => Ok(table.writer.clone()),
+            Role::Reader => match self.pick_reader(&table) {
+                Some(slot) => Ok(slot.clone()),
+                None if table.reads_may_use_writer => Ok(table.writer.clone()),
+                None => Err(self.no_reader()),
+            },
+        }
+    }
+
+    /// Checks out a connection for `role`, riding through a failover: a writer checkout
+    /// waits (up to `failover_timeout`) while the monitor looks for the new writer, and a
+    /// pool retired by a routing change is replaced by the new one. Returns the instance the
+    /// connection is on.
+    pub(crate) async fn checkout(&self, role: Role) -> Result<(B::Connection, Arc<Instance>)> {
+        let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
+        self.checkout_until(role, deadline).await
+    }
+
+    /// [`checkout`](PoolCore::checkout) that gives up at `deadline`.
+    pub(crate) async fn checkout_until(
+        &self,
+        role: Role,
+        deadline: tokio::time::Instant,
+    ) -> Result<(B::Connection, Arc<Instance>)> {
+        let mut routing = self.routing_version.subscribe();
+        let mut last_error: Option<Error> = None;
+        // Instances whose refused credentials were renewed once already: each instance pool
+        // holds its own, so a retry on another reader may need its own renewal.
+        let mut login_renewed: Vec<Arc<Instance>> = Vec::new();
+        loop {
+            if self.is_closed() {
+                return Err(Error::closed());
+            }
+            let cluster = self.cluster.load_full();
+            let waiting_for_writer =
+                role == Role::Writer && cluster.as_ref().is_some_and(|c| c.is_failing_over());
+            let slot = match self.slot_for(role) {
+                Ok(slot)
+                    if role == Role::Writer
+                        && !waiting_for_writer
+                        && !self.routing.load().topology.writer().is_available() =>
+                {
+                    // Accepted as the writer by the readers' topology while the probes
+                    // find it silent: waiting on it would only wait out a connect.
+                    return Err(Error::failover(format!(
+                        "writer {} of cluster `{}` is unreachable from here, and no other instance holds the writer role",
+                        slot.instance.id(),
+                        self.config.cluster_id
+                    )));
+                }
+                Ok(slot) if !waiting_for_writer => Some(slot),
+                Ok(_) => None,
+                Err(err) if err.is_no_reader() => {
+                    last_error = Some(err);
+                    None
+                }
+                Err(err) => return Err(err),
+            };
+            routing.borrow_and_update();
+            let Some(slot) = slot else {
+                // Wait for the routing (or, for a writer checkout, the failover state) to
+                // change. A reader checkout with no reader waits on the routing alone: the
+                // failover state may be settled already, and waiting on it would spin.
+                let mut failing_over = cluster
+                    .filter(|_| waiting_for_writer)
+                    .map(|c| c.failing_over());
+                let failover_ended = async {
+                    match failing_over.as_mut() {
+                        Some(f) => {
+                            let _ = f.wait_for(|busy| !busy).await;
+                        }
+                        None => std::future::pending::<()>().await,
+                    }
+                };
+                tokio::select! {
+                    _ = routing.changed() => {}
+                    _ = failover_ended => {}
+                    _ = tokio::time::sleep_until(deadline) => {
+                        return Err(self.failover_failed(role, last_error));
+                    }
+                }
+                continue;
+            };
+            drop(cluster);
+            if !B::CREDENTIALS_PER_CONNECT && slot.login.is_due(Instant::now()) {
+                self.renew_behind(&slot);
+            }
+            let acquire = B::acquire(&slot.pool);
+            tokio::pin!(acquire);
+            // An idle connection is handed out at once: no timer, no waiting on the routing
+            // (registering both costs every checkout that has to wait, see BENCHMARKS.md).
+            let ready = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+            let outcome = match ready {
+                Poll::Ready(result) => Some(result),
+                Poll::Pending => match self.wait_for(acquire, &mut routing, deadline).await {
+                    Waited::Done(result) => Some(result),
+                    Waited::RoutingChanged => None,
+                    Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
+                },
+            };
+            match outcome {
+                None => continue, // a new routing table: take the pool anew
+                Some(Ok(connection)) => return Ok((connection, slot.instance)),
+                // Retired by a routing change that may not have reached us yet, or closed by
+                // its user: a routing that still holds it gets a new pool for the instance.
+                Some(Err(err)) if err.is_closed() => {
+                    if !self.replace_closed_pool(&slot) {
+                        tokio::select! {
+                            _ = routing.changed() => {}
+                            _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                        }
+                    }
+                    last_error = Some(err);
+                }
+                Some(Err(err))
+                    if err.is_login_rejected()
+                        && !B::CREDENTIALS_PER_CONNECT
+                        && !login_renewed.iter().any(|i| i.id() == slot.instance.id()) =>
+                {
+                    login_renewed.push(slot.instance.clone());
+                    if !self.renew_rejected(&slot).await {
+                        return Err(err);
+                    }
+                    last_error = Some(err);
+                }
+                // Full or starting up: alive; wait a moment and ask again (no topology
+                // signal), until the deadline.
+                Some(Err(err)) if err.is_busy() => {
+                    last_error = Some(err);
+                    tokio::select! {
+                        _ = routing.changed() => {}
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
+                }
+                Some(Err(err)) if err.class().fails_over_for(role) => {
+                    self.request_refresh();
+                    last_error = Some(err);
+                    tokio::select! {
+                        _ = routing.changed() => {}
+                        _ = tokio::time::sleep(RETRY_PAUSE) => {}
+                    }
+                }
+                Some(Err(err)) => return Err(err),
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(self.failover_failed(role, last_error));
+            }
+        }
+    }
+
+    /// Waits for a checkout that could not be served at once. A busy pool is no topology
+    /// signal: the probes watch the instance, so waiting here asks the monitor nothing.
+    async fn wait_for(
+        &self,
+        mut acquire: std::pin::Pin<&mut BoxFuture<'static, Result<B::Connection>>>,
+        routing: &mut watch::Receiver<u64>,
+        deadline: tokio::time::Instant,
+    ) -> Waited<B::Connection> {
+        tokio::select! {
+            result = &mut acquire => Waited::Done(result),
+            _ = routing.changed() => Waited::RoutingChanged,
+            _ = tokio::time::sleep_until(deadline) => Waited::TimedOut,
+        }
+    }
+
+    /// `slot`'s pool was found closed while the routing table still routes to it (its user
+    /// closed a handed-out pool): puts a new pool for the same instance in its place.
+    /// Returns whether it did; `false` when the routing moved on meanwhile.
+    pub(super) fn replace_closed_pool(&self, slot: &Slot<B::Pool>) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        let table = self.routing.load_full();
+        let still_routed = table
+            .slots()
+            .any(|s| Arc::ptr_eq(&s.instance, &slot.instance) && B::is_closed(&s.pool));
+        if !still_routed {
+            return false;
+        }
+        let (sizing, follows) = if Arc::ptr_eq(&table.writer.instance, &slot.instance) {
+            (self.config.writer, Follows::Role)
+        } else {
+            (self.config.reader, Follows::Instance)
+        };
+        self.swap_in_new_pool(
+            &table,
+            &format!("the pool of {}", slot.instance.id()),
+            (slot.instance.role(), follows, sizing, slot.targets.clone()),
+            |table, pool| table.with_pool(&slot.instance, pool),
+        )
+    }
+
+    /// The shared reader pool was found closed (its user closed a handed-out pool): puts a
+    /// new one in its place. Returns whether it did.
+    pub(super) fn replace_closed_reads(&self, table: &Arc<RoutingTable<B::Pool>>) -> bool {
+        if self.is_closed() {
+            return false;
+        }
+        self.swap_in_new_pool(
+            table,
+            "the readers' pool",
+            (
+                Role::Reader,
+                Follows::Role,
+                self.config.reader,
+                table.reads.targets.clone(),
+            ),
+            |table, pool| table.with_reads(pool),
+        )
+    }
+
+    /// Opens a pool (`role`, `follows`, `sizing`, `targets`) and stores the table `place`
+    /// builds with it over `table`; when the routing moved on meanwhile the new pool is
+    /// closed. Returns whether a pool is in place (this one or another checkout's).
+    pub(super) fn swap_in_new_pool(
+        &self,
+        table: &Arc<RoutingTable<B::Pool>>,
+        what: &str,
+        (role, follows, sizing, targets): (Role, Follows, PoolSizing, Arc<Targets>),
+        place: impl FnOnce(&RoutingTable<B::Pool>, B::Pool) -> RoutingTable<B::Pool>,
+    ) -> bool {
+        let pool = match self.backend.open(role, follows, sizing, targets) {
+            Ok(pool) => pool,
+            Err(err) => {
+                tracing::warn!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    error = %err,
+                    "{what} was closed and could not be replaced"
+                );
+                return false;
+            }
+        };
+        let swapped = self
+            .routing
+            .compare_and_swap(table, Arc::new(place(table, pool.clone())));
+        if !Arc::ptr_eq(&swapped, table) {
+            // Another checkout replaced it first, or the routing changed.
+            tokio::spawn(close_bounded::<B>(pool));
+            return true;
+        }
+        tracing::warn!(
+            target: "aurora_pool",
+            cluster_id = %self.config.cluster_id,
+            "{what} was closed by its user while still routed to; replaced it"
+        );
+        true
+    }
+
+    pub(super) fn failover_failed(&self, role: Role, cause: Option<Error>) -> Error {
+        let err = Error::failover_failed(format!(
+            "no {role} of cluster `{}` could be reached within failover_timeout ({:?})",
+            self.config.cluster_id, self.config.failover_timeout
+        ));
+        match cause {
+            Some(cause) => err.with_source(cause),
+            None => err,
+        }
+    }
+}

@@ -1,0 +1,123 @@
+//! Credentials per instance pool: renewal ahead of expiry in a task of its own (a checkout
+//! never waits on the provider), and renewal after a refused login.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::PoolCore;
+use crate::auth::LoginFailure;
+use crate::pool::backend::Backend;
+use crate::pool::login;
+use crate::pool::routing::Slot;
+
+/// At most one forced renewal of every pool's credentials in this long.
+const FORCED_RENEWAL_GAP: Duration = Duration::from_secs(1);
+
+/// A renewal claimed with [`SlotLogin::start_renewal`], released on drop.
+struct RenewalClaim(Arc<super::login::SlotLogin>);
+
+impl Drop for RenewalClaim {
+    fn drop(&mut self) {
+        self.0.renewal_done();
+    }
+}
+
+impl<B: Backend> PoolCore<B> {
+    /// Renews `slot`'s due credentials in a task of their own, one at a time: a checkout
+    /// never waits on the provider (an idle pooled connection needs no login, and a new one
+    /// logs in with the current credentials meanwhile; a refusal renews them on its own).
+    pub(super) fn renew_behind(&self, slot: &Slot<B::Pool>) {
+        let Some(core) = self.itself.upgrade() else {
+            return;
+        };
+        if !slot.login.start_renewal() {
+            return;
+        }
+        let slot = slot.clone();
+        tokio::spawn(async move {
+            // Released however the task ends (a panic, the runtime shutting down).
+            let _claim = RenewalClaim(slot.login.clone());
+            core.renew(&slot).await;
+        });
+    }
+
+    /// Fetches new credentials for `slot`'s pool (its current ones are due).
+    pub(crate) async fn renew(&self, slot: &Slot<B::Pool>) {
+        let target = login::target(&slot.instance, self.config.user());
+        let seen = slot.login.current();
+        match login::fetch(self.provider.as_ref(), &target, self.config.connect_timeout).await {
+            Ok(credentials) => {
+                slot.login
+                    .replace(&seen, credentials, || self.credentials_renewed(slot));
+            }
+            Err(err) => {
+                slot.login.retry_soon();
+                tracing::warn!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    instance = slot.instance.id(),
+                    error = %err,
+                    "renewing credentials failed; new connections keep the current ones"
+                );
+            }
+        }
+    }
+
+    /// `slot`'s credentials were renewed: the pools that connect to its instance use them
+    /// from their next connection.
+    pub(super) fn credentials_renewed(&self, slot: &Slot<B::Pool>) {
+        self.backend.retarget(&slot.pool, &slot.targets);
+        let table = self.routing.load();
+        self.backend
+            .retarget(&table.reads.pool, &table.reads.targets);
+    }
+
+    /// A login with `slot`'s credentials was refused: asks the provider for new ones.
+    /// Returns whether it gave some.
+    pub(super) async fn renew_rejected(&self, slot: &Slot<B::Pool>) -> bool {
+        let target = login::target(&slot.instance, self.config.user());
+        let rejected = slot.login.current();
+        let failure = LoginFailure::new(&target, &rejected, 1, Duration::ZERO);
+        let renewed = tokio::time::timeout(
+            self.config.connect_timeout,
+            login::unwind_safe(self.provider.login_rejected(failure)),
+        )
+        .await;
+        match renewed {
+            Ok(Ok(Some(credentials))) => {
+                // Replaced meanwhile by a concurrent renewal: retry with those.
+                slot.login
+                    .replace(&rejected, credentials, || self.credentials_renewed(slot));
+                true
+            }
+            Ok(Ok(None)) => false,
+            Ok(Err(err)) => {
+                tracing::warn!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    instance = slot.instance.id(),
+                    error = %err,
+                    "renewing refused credentials failed"
+                );
+                false
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// A login was refused on a connection the caller took from one of the pools: every
+    /// pool asks for new credentials (at most once a second).
+    pub(crate) fn login_rejected_somewhere(self: &Arc<Self>) {
+        if !self.forced_renewal.pass(FORCED_RENEWAL_GAP) {
+            return;
+        }
+        let core = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let Some(core) = core.upgrade() else { return };
+            let table = core.routing.load_full();
+            for slot in table.slots() {
+                core.renew_rejected(slot).await;
+            }
+        });
+    }
+}
