@@ -120,9 +120,10 @@ fn main() {
                 let a = a.clone();
                 Box::pin(async move {
                     a.transaction(|conn| {
-                        Box::pin(
-                            async move { sqlx::query(ASSIGNS_XID).execute(conn).await.map(|_| ()) },
-                        )
+                        Box::pin(async move {
+                            sqlx::query(ASSIGNS_XID).execute(conn).await?;
+                            Ok::<_, aurora_pool::Error>(())
+                        })
                     })
                     .await
                     .expect("transaction");

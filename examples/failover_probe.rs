@@ -18,6 +18,24 @@
 //! `sqlx::PgPool` on a DNS-style endpoint that keeps pointing at the old writer (watched
 //! for 15 s, the usual DNS delay on AWS), and the time from the promotion finishing to the
 //! first successful write.
+//!
+//! The same runs measure the AWS Advanced Python Wrapper (its defaults: `failover_v2` and
+//! `host_monitoring_v2`; in the tuned run its failure detection tuned the same way) through
+//! `scripts/python_wrapper_writes.py`, when it can: it needs
+//! `pip install aws-advanced-python-wrapper "psycopg[binary]"`, and host names for the
+//! local endpoints, since its host pattern carries one port for every instance. The cluster
+//! then listens on one port per loopback address
+//! ([`LocalClusterBuilder::shared_port`](aurora_pool::testing::LocalClusterBuilder::shared_port));
+//! add to `/etc/hosts`:
+//!
+//! ```text
+//! 127.0.0.10 cluster.aurora-pool.test
+//! 127.0.0.11 instance-1.aurora-pool.test
+//! 127.0.0.12 instance-2.aurora-pool.test
+//! 127.0.0.13 instance-3.aurora-pool.test
+//! ```
+//!
+//! Without them the table says why the column is empty.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -235,6 +253,134 @@ async fn probe_cluster(url: &str, length: Duration) -> Result<(), Box<dyn std::e
     Ok(())
 }
 
+/// The port every endpoint shares when the Python wrapper is measured.
+const SHARED_PORT: u16 = 15432;
+/// The domain of the host names the Python wrapper connects to (see the module docs).
+const TEST_DOMAIN: &str = "aurora-pool.test";
+/// The write loop through the AWS Python wrapper.
+const PYTHON_SCRIPT: &str = concat!(
+    env!("CARGO_MANIFEST_DIR"),
+    "/scripts/python_wrapper_writes.py"
+);
+
+/// Why the AWS Python wrapper cannot be measured here, if it cannot.
+async fn python_unavailable() -> Option<String> {
+    let import = tokio::process::Command::new("python3")
+        .args(["-c", "import aws_advanced_python_wrapper, psycopg"])
+        .output()
+        .await;
+    match import {
+        Ok(out) if out.status.success() => {}
+        Ok(_) => {
+            return Some(
+                "not installed (pip install aws-advanced-python-wrapper \"psycopg[binary]\")"
+                    .into(),
+            );
+        }
+        Err(err) => return Some(format!("python3 not found: {err}")),
+    }
+    for (name, last) in [
+        ("cluster", 10u8),
+        ("instance-1", 11),
+        ("instance-2", 12),
+        ("instance-3", 13),
+    ] {
+        let host = format!("{name}.{TEST_DOMAIN}:{SHARED_PORT}");
+        let expected = std::net::SocketAddr::from(([127, 0, 0, last], SHARED_PORT));
+        let resolved = tokio::net::lookup_host(host.as_str()).await;
+        if !resolved.is_ok_and(|mut addrs| addrs.any(|a| a == expected)) {
+            return Some(format!(
+                "{name}.{TEST_DOMAIN} does not resolve to 127.0.0.{last} (see the example's docs)"
+            ));
+        }
+    }
+    None
+}
+
+/// How long after the fault the Python wrapper is watched: its failure detection waits 30 s
+/// (`failure_detection_time_ms`) before its first probe, longer than the other loops run.
+const PYTHON_WATCH: Duration = Duration::from_secs(45);
+
+/// The Python wrapper's write loop, started against `cluster`: its successful writes as
+/// (unix time, instance), once it printed `ready`.
+struct PythonWrites {
+    child: tokio::process::Child,
+    writes: tokio::sync::mpsc::UnboundedReceiver<(f64, String)>,
+}
+
+impl PythonWrites {
+    async fn start(
+        cluster: &LocalCluster,
+        tuned: &str,
+    ) -> Result<PythonWrites, Box<dyn std::error::Error>> {
+        use tokio::io::AsyncBufReadExt;
+        let conninfo = format!(
+            "host=cluster.{TEST_DOMAIN} port={SHARED_PORT} dbname={} user={} password={} connect_timeout=10",
+            cluster.database(),
+            cluster.user(),
+            cluster.password()
+        );
+        let mut command = tokio::process::Command::new("python3");
+        command
+            .arg(PYTHON_SCRIPT)
+            .arg(conninfo)
+            .arg(format!("?.{TEST_DOMAIN}:{SHARED_PORT}"))
+            .arg(
+                (PYTHON_WATCH + Duration::from_secs(10))
+                    .as_secs()
+                    .to_string(),
+            )
+            .args(tuned.split('&').filter(|p| !p.is_empty()))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true);
+        let mut child = command.spawn()?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let mut lines = tokio::io::BufReader::new(stdout).lines();
+        let ready = tokio::time::timeout(Duration::from_secs(30), lines.next_line()).await;
+        if !matches!(ready, Ok(Ok(Some(ref line))) if line == "ready") {
+            return Err("the Python wrapper did not connect within 30 s".into());
+        }
+        let (sender, writes) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                let mut parts = line.split(' ');
+                if let (Some(at), Some(served)) = (parts.next(), parts.next())
+                    && let Ok(at) = at.parse::<f64>()
+                    && sender.send((at, served.to_owned())).is_err()
+                {
+                    break;
+                }
+            }
+        });
+        Ok(PythonWrites { child, writes })
+    }
+
+    /// The time from `fault` (unix time) to its first write on `on`, watched until
+    /// [`PYTHON_WATCH`] after the fault.
+    async fn first_write_on(mut self, fault: f64, on: &str) -> Option<Duration> {
+        let limit = PYTHON_WATCH.as_secs_f64();
+        let found = loop {
+            let left = (fault + limit - unix_now()).max(0.0);
+            match tokio::time::timeout(Duration::from_secs_f64(left), self.writes.recv()).await {
+                Ok(Some((at, served))) if at >= fault && served == on => {
+                    break Some(Duration::from_secs_f64(at - fault));
+                }
+                Ok(Some(_)) => {}
+                Ok(None) | Err(_) => break None,
+            }
+        };
+        let _ = self.child.kill().await;
+        found
+    }
+}
+
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 /// One measured failover on a fresh local cluster.
 struct Measurement {
     aurora: Duration,
@@ -244,6 +390,8 @@ struct Measurement {
     kept: Option<Duration>,
     /// Through a `writer()` handle taken for each write.
     fresh: Option<Duration>,
+    /// Through the AWS Python wrapper, when it was measured.
+    python: Option<Duration>,
 }
 
 /// The faults measured locally, each with the pool's settings: defaults first (what a new
@@ -260,11 +408,15 @@ const SCENARIOS: [(&str, bool, &str); 3] = [
 
 async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
     const RUNS: usize = 3;
+    let python_missing = python_unavailable().await;
+    if let Some(why) = &python_missing {
+        println!("the AWS Python wrapper is not measured: {why}");
+    }
     let mut measured: Vec<Vec<Measurement>> = SCENARIOS.iter().map(|_| Vec::new()).collect();
     for run in 0..RUNS {
         for ((name, blackhole, params), runs) in SCENARIOS.iter().zip(&mut measured) {
             println!("run {}: {name} ...", run + 1);
-            runs.push(scenario(*blackhole, params).await?);
+            runs.push(scenario(*blackhole, params, python_missing.is_none()).await?);
         }
     }
     let median = |mut v: Vec<Duration>| {
@@ -280,15 +432,21 @@ async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
         "\nmedian of {RUNS} runs, time from the fault to the first successful write on the new writer:"
     );
     println!(
-        "| scenario | AuroraPool (`run`) | of which after the promotion finished | `writer()` kept from startup | `writer()` per write | plain PgPool, stale DNS |"
+        "| scenario | AuroraPool (`run`) | of which after the promotion finished | `writer()` kept from startup | `writer()` per write | plain PgPool, stale DNS | AWS Python wrapper |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
     for ((name, _, _), runs) in SCENARIOS.iter().zip(measured) {
         let plain: Vec<_> = runs.iter().filter_map(|m| m.plain).collect();
         let kept: Vec<_> = runs.iter().filter_map(|m| m.kept).collect();
         let fresh: Vec<_> = runs.iter().filter_map(|m| m.fresh).collect();
+        let python: Vec<_> = runs.iter().filter_map(|m| m.python).collect();
+        let python = match &python_missing {
+            Some(_) => "not measured".to_owned(),
+            None if python.len() == runs.len() => show(Some(median(python))),
+            None => format!("none within {} s", PYTHON_WATCH.as_secs()),
+        };
         println!(
-            "| {name} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {python} |",
             show(Some(median(runs.iter().map(|m| m.aurora).collect()))),
             show(Some(median(
                 runs.iter().map(|m| m.after_promotion).collect()
@@ -304,8 +462,18 @@ async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
 async fn scenario(
     blackhole: bool,
     detection: &str,
+    with_python: bool,
 ) -> Result<Measurement, Box<dyn std::error::Error>> {
-    let cluster = LocalCluster::start(3).await?;
+    let cluster = match with_python {
+        true => {
+            LocalCluster::builder()
+                .instances(3)
+                .shared_port(SHARED_PORT)
+                .start()
+                .await?
+        }
+        false => LocalCluster::start(3).await?,
+    };
     let pool = AuroraPool::connect(&format!(
         "{}&cluster_id=probe-{}{detection}",
         cluster.url(),
@@ -338,6 +506,10 @@ async fn scenario(
     let plain_writes = spawn_loop("plain", origin, stop.clone(), false, move || {
         plain_attempt(q.clone())
     });
+    let python = match with_python {
+        true => Some(PythonWrites::start(&cluster, detection).await?),
+        false => None,
+    };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
     let promoted_at = tokio::spawn(async move {
@@ -354,6 +526,7 @@ async fn scenario(
         }
     });
     let fault = origin.elapsed();
+    let fault_unix = unix_now();
     if blackhole {
         cluster.blackhole("instance-1", true);
     } else {
@@ -376,7 +549,12 @@ async fn scenario(
         .ok_or("AuroraPool never wrote to the new writer")?;
     pool.close().await;
     plain.close().await;
+    let python = match python {
+        Some(python) => python.first_write_on(fault_unix, "instance-2").await,
+        None => None,
+    };
     Ok(Measurement {
+        python,
         aurora: recovered - fault,
         plain: plain_writes
             .first_success_after(fault + Duration::from_millis(50), None)

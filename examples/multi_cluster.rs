@@ -86,7 +86,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .await?
                         .rows_affected();
                     }
-                    Ok(written)
+                    Ok::<_, aurora_pool::Error>(written)
                 })
             })
             .await?;

@@ -56,6 +56,9 @@ enum Kind {
     Credentials,
     /// The members of the URL's custom endpoint could not be read in time.
     CustomEndpoint,
+    /// The caller's work (in `run` or `transaction`) failed with an error of its own type,
+    /// which is handed back unchanged; this kind never reaches the caller.
+    Work,
 }
 
 /// What kind of failure a driver error reports, from its SQLSTATE or I/O error.
@@ -173,6 +176,16 @@ impl Error {
     #[cfg_attr(not(feature = "custom-endpoint"), allow(dead_code))]
     pub(crate) fn custom_endpoint_unavailable(message: impl Into<String>) -> Self {
         Self::new(Kind::CustomEndpoint, message)
+    }
+
+    /// Stands for an error of the caller's own type while the retry loop runs; see
+    /// `pool::work`.
+    pub(crate) fn work() -> Self {
+        Self::new(Kind::Work, "the work failed with an error of its own")
+    }
+
+    pub(crate) fn is_work(&self) -> bool {
+        self.0.kind == Kind::Work
     }
 
     pub(crate) fn failover(message: impl Into<String>) -> Self {

@@ -13,7 +13,7 @@ use std::time::Duration;
 use aurora_pool::TransactionOptions;
 use aurora_pool::testing::{CutAt, LocalCluster};
 use support::eventually;
-use support::flavour::{Flavour, connect, flavour_tests};
+use support::flavour::{Declined, Flavour, connect, flavour_tests};
 
 /// Rows of `table` with `note`, counted on the writer directly (not through the pool).
 async fn rows(cluster: &LocalCluster, table: &str, note: &str) -> u32 {
@@ -195,6 +195,45 @@ async fn the_callers_error_comes_back_unchanged<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// The work's own error type comes back as it is: rolled back, never retried, also when the
+/// ROLLBACK after it is cut; the crate's own failures arrive converted into that type.
+async fn the_callers_own_error_type_comes_back_as_it_is<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_declined").await;
+    let pool = connect::<F>(&cluster, test, "").await;
+    for cut in [false, true] {
+        if cut {
+            assert!(cluster.cut_at("instance-1", "ROLLBACK", CutAt::Request));
+        }
+        let runs = Arc::new(AtomicU32::new(0));
+        let outcome = pool
+            .transaction_declined(
+                "INSERT INTO tx_declined VALUES ('declined')",
+                42,
+                runs.clone(),
+            )
+            .await;
+        assert!(
+            matches!(outcome, Err(Declined::ByTheWork(42))),
+            "rollback cut: {cut}: {outcome:?}"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "rollback cut: {cut}");
+        assert_eq!(
+            rows(&cluster, "tx_declined", "declined").await,
+            0,
+            "rollback cut: {cut}: the refused work's row was committed"
+        );
+    }
+    pool.close().await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let outcome = pool.transaction_declined("SELECT 1", 7, runs.clone()).await;
+    assert!(
+        matches!(&outcome, Err(Declined::Pool(err)) if err.is_closed()),
+        "a closed pool's error, converted: {outcome:?}"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 0);
+}
+
 async fn a_read_only_transaction_refuses_writes_at_once<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(1).await.expect("cluster");
     table(&cluster, "tx_read_only").await;
@@ -224,6 +263,7 @@ flavour_tests!(
     a_commit_that_never_arrived_runs_again_once,
     a_commit_killed_in_a_deferred_trigger_runs_again_once,
     the_callers_error_comes_back_unchanged,
+    the_callers_own_error_type_comes_back_as_it_is,
     a_read_only_transaction_refuses_writes_at_once,
 );
 
@@ -247,7 +287,7 @@ async fn a_nested_begin_is_a_savepoint() {
                     .await?;
                 inner.commit().await?;
                 // The caller changes its mind after the nested commit.
-                Err(sqlx::Error::RowNotFound)
+                Err(sqlx::Error::RowNotFound.into())
             })
         })
         .await;

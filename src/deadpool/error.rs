@@ -18,6 +18,15 @@ pub(crate) fn from_pg(err: tokio_postgres::Error, context: &str) -> Error {
     wrapped.with_sqlstate(sqlstate).with_source(err)
 }
 
+/// For `?` on tokio-postgres calls inside [`transaction`](super::AuroraPool::transaction)'s
+/// work: the error keeps its SQLSTATE and the driver's error as `source()`; the transaction
+/// classifies it with the role it knows.
+impl From<tokio_postgres::Error> for Error {
+    fn from(err: tokio_postgres::Error) -> Error {
+        from_pg(err, "the statement")
+    }
+}
+
 /// Wraps an error from opening a connection: anything but an answer of the server (TLS
 /// refused or failed, I/O, a broken handshake) is a connect error, as in the sqlx flavour.
 pub(crate) fn from_connect(err: tokio_postgres::Error, context: &str) -> Error {

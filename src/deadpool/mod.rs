@@ -52,6 +52,7 @@ use crate::pool::backend::{Attempt, Retried};
 use crate::pool::core::PoolCore;
 use crate::pool::facade::{facade_debug, shared_facade};
 use crate::pool::scope::ScopeSource;
+use crate::pool::work::WorkErrors;
 use crate::retry::RetryPolicy;
 use crate::topology::Role;
 use deadpool_postgres::ClientWrapper;
@@ -142,41 +143,69 @@ impl AuroraPool {
     /// Runs `work` in a transaction on the writer, as the sqlx flavour's
     /// [`transaction`](crate::AuroraPool::transaction): run again only when known not to have
     /// committed (a `COMMIT` whose answer was lost is looked up with `txid_status`), the
-    /// caller's own error returned unchanged, and the connection closed if the future is
-    /// dropped inside the transaction. `work` gets the client, not a tokio-postgres
-    /// `Transaction`: a savepoint inside it is `SAVEPOINT` / `RELEASE SAVEPOINT` by hand.
-    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    /// caller's own error type `E` returned unchanged (`aurora_pool::Error` converts from
+    /// `tokio_postgres::Error` for `?`), and the connection closed if the future is dropped
+    /// inside the transaction. `work` gets the client, not a tokio-postgres `Transaction`: a
+    /// savepoint inside it is `SAVEPOINT` / `RELEASE SAVEPOINT` by hand.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::deadpool::AuroraPool) -> aurora_pool::Result<()> {
+    /// let moved: u64 = pool
+    ///     .transaction(|client| {
+    ///         Box::pin(async move {
+    ///             client
+    ///                 .execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[])
+    ///                 .await?;
+    ///             let done = client
+    ///                 .execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[])
+    ///                 .await?;
+    ///             Ok::<_, aurora_pool::Error>(done)
+    ///         })
+    ///     })
+    ///     .await?;
+    /// # let _ = moved; Ok(()) }
+    /// ```
+    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
     where
-        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
-            + Send,
+        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, E>> + Send,
         T: Send,
+        E: From<Error> + Send + 'static,
     {
         self.transaction_with(TransactionOptions::new(), work).await
     }
 
     /// [`transaction`](AuroraPool::transaction) with a [`RetryPolicy`] or
     /// [`TransactionOptions`].
-    pub async fn transaction_with<T, F>(
+    pub async fn transaction_with<T, E, F>(
         &self,
         options: impl Into<TransactionOptions>,
         mut work: F,
-    ) -> Result<T>
+    ) -> Result<T, E>
     where
-        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>>
-            + Send,
+        F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, E>> + Send,
         T: Send,
+        E: From<Error> + Send + 'static,
     {
         let options = options.into();
-        self.retried(
+        let kind = Attempt::Transaction(options);
+        let mut attempt = DeadpoolAttempt {
+            pool: self,
+            role: kind.classified_as(Role::Writer),
+            work: &mut work,
+            errors: WorkErrors::new(),
+        };
+        let result = attempts::retry(
+            &self.core,
             options.retry_policy(),
             Role::Writer,
-            Attempt::Transaction(options),
-            &mut work,
+            kind,
+            &mut attempt,
         )
-        .await
+        .await;
+        attempt.errors.finish(result)
     }
 
-    /// The retry loop behind `run` and `transaction`.
+    /// The retry loop behind `run`.
     async fn retried<T, F>(
         &self,
         policy: RetryPolicy,
@@ -193,6 +222,7 @@ impl AuroraPool {
             pool: self,
             role: kind.classified_as(role),
             work,
+            errors: WorkErrors::new(),
         };
         attempts::retry(&self.core, policy, role, kind, &mut attempt).await
     }
@@ -207,28 +237,33 @@ impl AuroraPool {
 }
 
 /// One attempt of the caller's work on a deadpool connection.
-struct DeadpoolAttempt<'p, F> {
+struct DeadpoolAttempt<'p, F, E> {
     pool: &'p AuroraPool,
     role: Role,
     work: &'p mut F,
+    errors: WorkErrors<E>,
 }
 
-impl<T, F> Retried<Object, T> for DeadpoolAttempt<'_, F>
+impl<T, E, F> Retried<Object, T> for DeadpoolAttempt<'_, F, E>
 where
-    F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, tokio_postgres::Error>> + Send,
+    F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, E>> + Send,
     T: Send,
+    E: Send + 'static,
 {
     fn attempt<'a>(&'a mut self, client: &'a mut Object) -> BoxFuture<'a, Result<T>>
     where
         T: 'a,
     {
         Box::pin(async move {
-            let role = self.role;
-            (self.work)(client).await.map_err(|err| {
-                self.pool
-                    .core
-                    .classify_for(role, error::from_pg(err, "the statement"))
-            })
+            let (role, pool) = (self.role, self.pool);
+            match (self.work)(client).await {
+                Ok(value) => Ok(value),
+                Err(err) => Err(self.errors.take(
+                    err,
+                    |driver: tokio_postgres::Error| error::from_pg(driver, "the statement"),
+                    |err| pool.core.classify_for(role, err),
+                )),
+            }
         })
     }
 }

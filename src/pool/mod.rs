@@ -14,6 +14,7 @@ mod status;
 pub(crate) mod targets;
 pub(crate) mod tasks;
 pub(crate) mod transaction;
+pub(crate) mod work;
 
 #[cfg(feature = "sqlx")]
 pub use self::sqlx::{AuroraPool, AuroraPoolOptions};

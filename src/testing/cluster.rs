@@ -56,6 +56,7 @@ pub struct LocalClusterBuilder {
     password: String,
     database: String,
     tls: bool,
+    shared_port: Option<u16>,
 }
 
 impl fmt::Debug for LocalClusterBuilder {
@@ -68,6 +69,7 @@ impl fmt::Debug for LocalClusterBuilder {
             .field("password", &"<redacted>")
             .field("database", &self.database)
             .field("tls", &self.tls)
+            .field("shared_port", &self.shared_port)
             .finish()
     }
 }
@@ -82,6 +84,7 @@ impl Default for LocalClusterBuilder {
             password: "app-password".into(),
             database: "app".into(),
             tls: false,
+            shared_port: None,
         }
     }
 }
@@ -93,6 +96,16 @@ impl LocalClusterBuilder {
     /// emulated catalog until it is added.
     pub fn spare_instances(mut self, n: usize) -> Self {
         self.spares = n;
+        self
+    }
+
+    /// Every endpoint on its own loopback address and the same `port`, as Aurora's DNS names
+    /// share one port: the cluster endpoint on `127.0.0.10`, `instance-N` on
+    /// `127.0.0.(10+N)` (default: all on `127.0.0.1`, each on a free port). Clients whose
+    /// host pattern carries one port for every instance (the AWS wrappers') reach them
+    /// through host names mapped to these addresses, in `/etc/hosts` for instance.
+    pub fn shared_port(mut self, port: u16) -> Self {
+        self.shared_port = Some(port);
         self
     }
 
@@ -819,7 +832,7 @@ impl Inner {
             .zip(&ports)
             .map(|(id, port)| (id.clone(), SocketAddr::from(([127, 0, 0, 1], *port))))
             .collect();
-        let proxies = Proxies::start(&upstreams, &ids[0])?;
+        let proxies = Proxies::start(&upstreams, &ids[0], cfg.shared_port)?;
 
         sweep_orphans();
         let root = std::env::temp_dir().join(format!("aurora-pool-{}", unique_suffix()));

@@ -87,9 +87,19 @@ pub(crate) struct Proxies {
     thread: Option<JoinHandle<()>>,
 }
 
-fn bind_loopback() -> Result<StdTcpListener, TestingError> {
-    let l = StdTcpListener::bind("127.0.0.1:0")
-        .map_err(|e| TestingError::new(format!("binding a proxy port on 127.0.0.1: {e}")))?;
+/// Binds a proxy listener: on 127.0.0.1 and a free port, or with a shared port on the
+/// loopback address `127.0.0.(10 + index)` (index 0 is the cluster endpoint).
+fn bind_loopback(shared_port: Option<u16>, index: usize) -> Result<StdTcpListener, TestingError> {
+    let addr = match shared_port {
+        None => SocketAddr::from(([127, 0, 0, 1], 0)),
+        Some(port) => {
+            let last = u8::try_from(10 + index)
+                .map_err(|_| TestingError::new("too many instances for one shared port"))?;
+            SocketAddr::from(([127, 0, 0, last], port))
+        }
+    };
+    let l = StdTcpListener::bind(addr)
+        .map_err(|e| TestingError::new(format!("binding a proxy port on {addr}: {e}")))?;
     l.set_nonblocking(true)
         .map_err(|e| TestingError::new(format!("proxy listener set_nonblocking: {e}")))?;
     Ok(l)
@@ -98,16 +108,18 @@ fn bind_loopback() -> Result<StdTcpListener, TestingError> {
 impl Proxies {
     /// Binds one listener per `(instance id, upstream address)` plus the
     /// cluster endpoint (initially aimed at `cluster_target`), and starts
-    /// serving them on a new thread.
+    /// serving them on a new thread. With `shared_port`, every listener takes that port on
+    /// its own loopback address (see [`bind_loopback`]).
     pub(crate) fn start(
         upstreams: &[(String, SocketAddr)],
         cluster_target: &str,
+        shared_port: Option<u16>,
     ) -> Result<Self, TestingError> {
         let mut targets = HashMap::new();
         let mut addrs = HashMap::new();
         let mut listeners = Vec::new();
-        for (id, upstream) in upstreams {
-            let l = bind_loopback()?;
+        for (index, (id, upstream)) in upstreams.iter().enumerate() {
+            let l = bind_loopback(shared_port, index + 1)?;
             let addr = l
                 .local_addr()
                 .map_err(|e| TestingError::new(format!("proxy local_addr: {e}")))?;
@@ -121,7 +133,7 @@ impl Proxies {
             addrs.insert(id.clone(), addr);
             listeners.push((l, Some(target)));
         }
-        let cl = bind_loopback()?;
+        let cl = bind_loopback(shared_port, 0)?;
         let cluster_addr = cl
             .local_addr()
             .map_err(|e| TestingError::new(format!("proxy local_addr: {e}")))?;

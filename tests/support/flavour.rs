@@ -7,6 +7,21 @@ use std::sync::Arc;
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{BoxFuture, ClusterEvent, Config, Error, PoolStatus, Role, Topology};
 
+/// An application's own error type for `transaction`'s work.
+#[derive(Debug)]
+pub enum Declined {
+    /// The work refused, with this code.
+    ByTheWork(u32),
+    /// The pool or the driver failed.
+    Pool(Error),
+}
+
+impl From<Error> for Declined {
+    fn from(err: Error) -> Declined {
+        Declined::Pool(err)
+    }
+}
+
 /// What happens in the middle of a transaction or between a checkout and its query.
 pub type Interrupt = Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>;
 
@@ -97,6 +112,14 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
         &self,
         sql: &'static str,
     ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` in a `transaction` whose work then refuses with the caller's own error
+    /// type, `Declined::ByTheWork(code)`; counts the runs.
+    fn transaction_declined(
+        &self,
+        sql: &'static str,
+        code: u32,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> impl Future<Output = Result<(), Declined>> + Send;
     /// Runs `sql`, then `interrupt`, then `sql` again in one `transaction` without retries.
     fn transaction_interrupted(
         &self,
@@ -237,7 +260,10 @@ impl Flavour for aurora_pool::AuroraPool {
     ) -> aurora_pool::Result<()> {
         self.transaction_with(options, move |conn| {
             runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Box::pin(async move { sqlx::query(sql).execute(&mut *conn).await.map(|_| ()) })
+            Box::pin(async move {
+                sqlx::query(sql).execute(&mut *conn).await?;
+                Ok(())
+            })
         })
         .await
     }
@@ -259,7 +285,26 @@ impl Flavour for aurora_pool::AuroraPool {
         self.transaction(move |conn| {
             Box::pin(async move {
                 sqlx::query(sql).execute(&mut *conn).await?;
-                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
+                sqlx::query(sql).execute(&mut *conn).await?;
+                Ok(())
+            })
+        })
+        .await
+    }
+    async fn transaction_declined(
+        &self,
+        sql: &'static str,
+        code: u32,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> Result<(), Declined> {
+        self.transaction(move |conn| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                sqlx::query(sql)
+                    .execute(&mut *conn)
+                    .await
+                    .map_err(|err| Declined::Pool(err.into()))?;
+                Err(Declined::ByTheWork(code))
             })
         })
         .await
@@ -274,7 +319,8 @@ impl Flavour for aurora_pool::AuroraPool {
             Box::pin(async move {
                 sqlx::query(sql).execute(&mut *conn).await?;
                 interrupt().await;
-                sqlx::query(sql).execute(&mut *conn).await.map(|_| ())
+                sqlx::query(sql).execute(&mut *conn).await?;
+                Ok(())
             })
         })
         .await
@@ -398,7 +444,7 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
     ) -> aurora_pool::Result<()> {
         self.transaction_with(options, move |client| {
             runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Box::pin(client.batch_execute(sql))
+            Box::pin(async move { Ok(client.batch_execute(sql).await?) })
         })
         .await
     }
@@ -420,7 +466,25 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
         self.transaction(move |client| {
             Box::pin(async move {
                 client.batch_execute(sql).await?;
-                client.batch_execute(sql).await
+                Ok(client.batch_execute(sql).await?)
+            })
+        })
+        .await
+    }
+    async fn transaction_declined(
+        &self,
+        sql: &'static str,
+        code: u32,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> Result<(), Declined> {
+        self.transaction(move |client| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move {
+                client
+                    .batch_execute(sql)
+                    .await
+                    .map_err(|err| Declined::Pool(err.into()))?;
+                Err(Declined::ByTheWork(code))
             })
         })
         .await
@@ -435,7 +499,7 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
             Box::pin(async move {
                 client.batch_execute(sql).await?;
                 interrupt().await;
-                client.batch_execute(sql).await
+                Ok(client.batch_execute(sql).await?)
             })
         })
         .await

@@ -78,6 +78,15 @@ pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
     wrapped.with_sqlstate(sqlstate).with_source(err)
 }
 
+/// For `?` on sqlx calls inside [`transaction`](crate::AuroraPool::transaction)'s work: the
+/// error keeps its SQLSTATE and the sqlx error as `source()`; the transaction classifies it
+/// (a lost connection is a failover) with the role it knows.
+impl From<sqlx::Error> for Error {
+    fn from(err: sqlx::Error) -> Error {
+        from_sqlx(err, "the statement")
+    }
+}
+
 /// The SQLSTATE of a server error.
 pub(super) fn sqlstate_of(err: &sqlx::Error) -> Option<String> {
     err.as_database_error()

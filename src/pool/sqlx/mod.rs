@@ -23,6 +23,7 @@ use super::core::PoolCore;
 use super::facade::{facade_debug, shared_facade};
 use super::scope::ScopeSource;
 use super::transaction::TransactionOptions;
+use super::work::WorkErrors;
 use crate::auth;
 use crate::config::{Builder, Config};
 use crate::connector::BoxFuture;
@@ -187,6 +188,14 @@ impl AuroraPool {
     ///   (also when the `ROLLBACK` itself fails: the connection is then closed, which rolls
     ///   back too).
     ///
+    /// `work` returns the caller's own error type `E`, as sqlx's `Connection::transaction`
+    /// does: anything a crate [`Error`] converts into (`aurora_pool::Error` itself, which
+    /// converts from `sqlx::Error` for `?`; `anyhow::Error`; an application error with a
+    /// `From<aurora_pool::Error>`). The crate's own failures (no writer, an unknown outcome)
+    /// come back converted into `E`. A `sqlx::Error` or `aurora_pool::Error` returned by
+    /// `work` is classified (a lost connection is a failover, `40001` can be retried); any
+    /// other error is rolled back and comes back unchanged, never retried.
+    ///
     /// The transaction is sqlx's own: a `conn.begin()` inside `work` makes a savepoint. If
     /// the returned future is dropped at any await (a client gone, a timeout), the
     /// connection is closed, never returned to the pool inside the transaction.
@@ -202,16 +211,56 @@ impl AuroraPool {
     ///             let done = sqlx::query("UPDATE accounts SET balance = balance + 10 WHERE id = 2")
     ///                 .execute(&mut *conn)
     ///                 .await?;
-    ///             Ok(done.rows_affected())
+    ///             Ok::<_, aurora_pool::Error>(done.rows_affected())
     ///         })
     ///     })
     ///     .await?;
     /// # let _ = moved; Ok(()) }
     /// ```
-    pub async fn transaction<T, F>(&self, work: F) -> Result<T>
+    ///
+    /// With an application error type:
+    ///
+    /// ```no_run
+    /// #[derive(Debug)]
+    /// enum TransferError {
+    ///     InsufficientFunds,
+    ///     Database(aurora_pool::Error),
+    /// }
+    /// impl From<aurora_pool::Error> for TransferError {
+    ///     fn from(err: aurora_pool::Error) -> Self {
+    ///         TransferError::Database(err)
+    ///     }
+    /// }
+    /// impl From<sqlx::Error> for TransferError {
+    ///     fn from(err: sqlx::Error) -> Self {
+    ///         TransferError::Database(err.into())
+    ///     }
+    /// }
+    ///
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> Result<(), TransferError> {
+    /// pool.transaction(|conn| {
+    ///     Box::pin(async move {
+    ///         let balance: i64 = sqlx::query_scalar("SELECT balance FROM accounts WHERE id = 1 FOR UPDATE")
+    ///             .fetch_one(&mut *conn)
+    ///             .await?;
+    ///         if balance < 10 {
+    ///             // Rolled back, and handed back as it is: never retried.
+    ///             return Err(TransferError::InsufficientFunds);
+    ///         }
+    ///         sqlx::query("UPDATE accounts SET balance = balance - 10 WHERE id = 1")
+    ///             .execute(&mut *conn)
+    ///             .await?;
+    ///         Ok(())
+    ///     })
+    /// })
+    /// .await
+    /// # }
+    /// ```
+    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
     where
-        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>> + Send,
         T: Send,
+        E: From<Error> + Send + 'static,
     {
         self.transaction_with(TransactionOptions::new(), work).await
     }
@@ -219,26 +268,36 @@ impl AuroraPool {
     /// [`transaction`](AuroraPool::transaction) with a [`RetryPolicy`] or
     /// [`TransactionOptions`] (isolation level, `READ ONLY`, retried serialization
     /// failures).
-    pub async fn transaction_with<T, F>(
+    pub async fn transaction_with<T, E, F>(
         &self,
         options: impl Into<TransactionOptions>,
         mut work: F,
-    ) -> Result<T>
+    ) -> Result<T, E>
     where
-        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+        F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>> + Send,
         T: Send,
+        E: From<Error> + Send + 'static,
     {
         let options = options.into();
-        self.attempts(
+        let kind = Attempt::Transaction(options);
+        let mut attempt = SqlxAttempt {
+            pool: self,
+            role: kind.classified_as(Role::Writer),
+            work: &mut work,
+            errors: WorkErrors::new(),
+        };
+        let result = attempts::retry(
+            &self.core,
             options.retry_policy(),
             Role::Writer,
-            Attempt::Transaction(options),
-            &mut work,
+            kind,
+            &mut attempt,
         )
-        .await
+        .await;
+        attempt.errors.finish(result)
     }
 
-    /// The retry loop behind `run` and `transaction`.
+    /// The retry loop behind `run`.
     async fn attempts<T, F>(
         &self,
         policy: RetryPolicy,
@@ -254,6 +313,7 @@ impl AuroraPool {
             pool: self,
             role: kind.classified_as(role),
             work,
+            errors: WorkErrors::new(),
         };
         attempts::retry(&self.core, policy, role, kind, &mut attempt).await
     }
@@ -288,7 +348,12 @@ impl AuroraPool {
 
     /// [`classify`](AuroraPool::classify) for a connection taken for `role`, when known.
     fn classify_as(&self, role: Option<Role>, err: sqlx::Error) -> Error {
-        let err = from_sqlx(err, "the statement");
+        self.react_to(role, from_sqlx(err, "the statement"))
+    }
+
+    /// Reacts to an error seen on a connection taken for `role` (when known), as
+    /// [`classify`](AuroraPool::classify) does.
+    fn react_to(&self, role: Option<Role>, err: Error) -> Error {
         if err.is_login_rejected() {
             self.core.login_rejected_somewhere();
         }
@@ -309,26 +374,33 @@ impl Builder {
 }
 
 /// One attempt of the caller's work on a sqlx connection.
-struct SqlxAttempt<'p, F> {
+struct SqlxAttempt<'p, F, E> {
     pool: &'p AuroraPool,
     role: Role,
     work: &'p mut F,
+    errors: WorkErrors<E>,
 }
 
-impl<T, F> Retried<PoolConnection<Postgres>, T> for SqlxAttempt<'_, F>
+impl<T, E, F> Retried<PoolConnection<Postgres>, T> for SqlxAttempt<'_, F, E>
 where
-    F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, sqlx::Error>> + Send,
+    F: for<'c> FnMut(&'c mut PgConnection) -> BoxFuture<'c, Result<T, E>> + Send,
     T: Send,
+    E: Send + 'static,
 {
     fn attempt<'a>(&'a mut self, conn: &'a mut PoolConnection<Postgres>) -> BoxFuture<'a, Result<T>>
     where
         T: 'a,
     {
         Box::pin(async move {
-            let role = self.role;
-            (self.work)(conn)
-                .await
-                .map_err(|err| self.pool.classify_as(Some(role), err))
+            let (role, pool) = (self.role, self.pool);
+            match (self.work)(conn).await {
+                Ok(value) => Ok(value),
+                Err(err) => Err(self.errors.take(
+                    err,
+                    |driver: sqlx::Error| from_sqlx(driver, "the statement"),
+                    |err| pool.react_to(Some(role), err),
+                )),
+            }
         })
     }
 }
@@ -348,7 +420,10 @@ mod tests {
             Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await })
         }));
         assert_send(pool.transaction(|conn| {
-            Box::pin(async move { sqlx::query("SELECT 1").execute(conn).await.map(|_| ()) })
+            Box::pin(async move {
+                sqlx::query("SELECT 1").execute(conn).await?;
+                Ok::<_, Error>(())
+            })
         }));
     }
 
