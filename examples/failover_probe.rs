@@ -331,8 +331,19 @@ impl PythonWrites {
                     .to_string(),
             )
             .args(tuned.split('&').filter(|p| !p.is_empty()))
+            // FAILOVER_PROBE_PYTHON_ARGS adds `key=value` wrapper parameters (space separated).
+            .args(
+                std::env::var("FAILOVER_PROBE_PYTHON_ARGS")
+                    .unwrap_or_default()
+                    .split_whitespace()
+                    .map(str::to_owned),
+            )
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            // FAILOVER_PROBE_PYTHON_LOG=1 shows what the wrapper says.
+            .stderr(match std::env::var_os("FAILOVER_PROBE_PYTHON_LOG") {
+                Some(_) => std::process::Stdio::inherit(),
+                None => std::process::Stdio::null(),
+            })
             .kill_on_drop(true);
         let mut child = command.spawn()?;
         let stdout = child.stdout.take().ok_or("no stdout")?;
@@ -407,14 +418,26 @@ const SCENARIOS: [(&str, bool, &str); 3] = [
 ];
 
 async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
-    const RUNS: usize = 3;
+    // FAILOVER_PROBE_RUNS=n and FAILOVER_PROBE_ONLY=i (a scenario's index) narrow a run.
+    let runs_wanted = std::env::var("FAILOVER_PROBE_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(3usize);
+    let only: Option<usize> = std::env::var("FAILOVER_PROBE_ONLY")
+        .ok()
+        .and_then(|v| v.parse().ok());
     let python_missing = python_unavailable().await;
     if let Some(why) = &python_missing {
         println!("the AWS Python wrapper is not measured: {why}");
     }
     let mut measured: Vec<Vec<Measurement>> = SCENARIOS.iter().map(|_| Vec::new()).collect();
-    for run in 0..RUNS {
-        for ((name, blackhole, params), runs) in SCENARIOS.iter().zip(&mut measured) {
+    for run in 0..runs_wanted {
+        for (index, ((name, blackhole, params), runs)) in
+            SCENARIOS.iter().zip(&mut measured).enumerate()
+        {
+            if only.is_some_and(|only| only != index) {
+                continue;
+            }
             println!("run {}: {name} ...", run + 1);
             runs.push(scenario(*blackhole, params, python_missing.is_none()).await?);
         }
@@ -429,13 +452,16 @@ async fn measure_locally() -> Result<(), Box<dyn std::error::Error>> {
         })
     };
     println!(
-        "\nmedian of {RUNS} runs, time from the fault to the first successful write on the new writer:"
+        "\nmedian of {runs_wanted} runs, time from the fault to the first successful write on the new writer:"
     );
     println!(
         "| scenario | AuroraPool (`run`) | of which after the promotion finished | `writer()` kept from startup | `writer()` per write | plain PgPool, stale DNS | AWS Python wrapper |"
     );
     println!("|---|---|---|---|---|---|---|");
     for ((name, _, _), runs) in SCENARIOS.iter().zip(measured) {
+        if runs.is_empty() {
+            continue;
+        }
         let plain: Vec<_> = runs.iter().filter_map(|m| m.plain).collect();
         let kept: Vec<_> = runs.iter().filter_map(|m| m.kept).collect();
         let fresh: Vec<_> = runs.iter().filter_map(|m| m.fresh).collect();

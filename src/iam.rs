@@ -1,8 +1,10 @@
 //! RDS IAM database authentication tokens (feature `iam`).
 //!
 //! A token is a SigV4-presigned `rds-db:connect` URL without its scheme, valid for 15
-//! minutes and checked only when a connection logs in. It is signed locally (no network
-//! call): generating one costs microseconds.
+//! minutes and checked only when a connection logs in. It is signed locally: generating one
+//! costs microseconds. The AWS credentials that sign it come from `aws-config`'s provider
+//! chain (STS, IMDS, a credential process...), asked once per credential lifetime and kept
+//! while a refresh fails (see [`signing`]).
 //!
 //! The token is signed directly with `aws-sigv4` rather than with `aws-sdk-rds`'s generator,
 //! which mis-encodes user names containing `+` or spaces. `tests/iam_tokens.rs` checks the
@@ -27,6 +29,10 @@ use crate::auth::{ConnectTarget, CredentialProvider, Credentials, LoginFailure};
 use crate::connector::BoxFuture;
 use crate::endpoint::Endpoint;
 use crate::error::{Error, Result};
+
+mod signing;
+
+use signing::SigningCredentials;
 
 /// How long a token is valid, as AWS fixes it.
 pub const TOKEN_LIFETIME: Duration = Duration::from_secs(900);
@@ -243,6 +249,7 @@ pub struct IamAuth {
     settings: IamSettings,
     url_host: String,
     aws: OnceCell<SharedCredentialsProvider>,
+    signing: SigningCredentials,
     tokens: Mutex<HashMap<TokenKey, CachedToken>>,
     generated: AtomicU64,
 }
@@ -270,6 +277,7 @@ impl IamAuth {
             settings,
             url_host,
             aws: OnceCell::new(),
+            signing: SigningCredentials::default(),
             tokens: Mutex::new(HashMap::new()),
             generated: AtomicU64::new(0),
         })
@@ -278,6 +286,12 @@ impl IamAuth {
     /// How many tokens were signed (cache misses and regenerations).
     pub fn tokens_generated(&self) -> u64 {
         self.generated.load(Ordering::Relaxed)
+    }
+
+    /// How many times the AWS credentials provider was asked for the credentials that sign
+    /// the tokens: once per credential lifetime, plus failed attempts (at most one a second).
+    pub async fn aws_credentials_fetched(&self) -> u64 {
+        self.signing.fetches().await
     }
 
     fn key(&self, target: &ConnectTarget) -> Result<TokenKey> {
@@ -338,10 +352,9 @@ impl IamAuth {
                 })
             })
             .await?;
-        provider.provide_credentials().await.map_err(|err| {
-            Error::credentials("loading AWS credentials for IAM authentication failed")
-                .with_source(err)
-        })
+        self.signing
+            .get(provider, self.settings.time_source.now())
+            .await
     }
 
     async fn generate(&self, key: &TokenKey) -> Result<Credentials> {

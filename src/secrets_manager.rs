@@ -350,6 +350,14 @@ impl SecretsManagerAuth {
         ))
     }
 
+    /// Whether the cached secret was fetched less than `gap` ago.
+    fn fetched_within(&self, gap: Duration) -> bool {
+        self.lock_cache()
+            .secret
+            .as_ref()
+            .is_some_and(|secret| secret.fetched_at.elapsed() < gap)
+    }
+
     fn generation(&self) -> u64 {
         self.lock_cache().generation
     }
@@ -424,6 +432,9 @@ impl SecretsManagerAuth {
         Ok(credentials)
     }
 }
+
+/// Refused logins fetch the secret again at most this often when it did not change.
+const MIN_REFETCH_GAP: Duration = Duration::from_secs(1);
 
 /// Reads the user name and password out of a secret's `SecretString`. Errors name the
 /// secret and the keys, never a value.
@@ -633,10 +644,13 @@ impl CredentialProvider for SecretsManagerAuth {
                 return Ok(Some(renewed));
             }
             // A fetch that began before this refusal brought the refused secret back (the
-            // secret changed after it started): fetch once more.
+            // secret changed after it started): fetch once more, unless the secret was
+            // fetched within the last second. Concurrent refusals of an unchanged secret
+            // (a wrong password, a grant missing) then cost one fetch, not one each.
             let _single_flight = self.refresh.lock().await;
             match self.cached() {
                 Some(current) if differs(&current) => Ok(Some(current)),
+                _ if self.fetched_within(MIN_REFETCH_GAP) => Ok(None),
                 _ => self.fetch().await.map(Some),
             }
         })

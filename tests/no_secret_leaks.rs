@@ -42,6 +42,18 @@ async fn no_password_in_debug_errors_or_logs<F: Flavour>(test: &str) {
     );
     pool.run("SELECT 1").await.expect("query");
     pool.instance_id(Role::Reader).await.expect("read");
+    // The handed-out pools, after they opened connections with the password.
+    let (writer, reader) = (pool.handle(Role::Writer), pool.handle(Role::Reader));
+    F::handle_text(&writer, "SELECT 'w'")
+        .await
+        .expect("a write handle");
+    F::handle_text(&reader, "SELECT 'r'")
+        .await
+        .expect("a read handle");
+    assert_clean(
+        "the handed-out pools' Debug",
+        &format!("{writer:?} {reader:?}"),
+    );
 
     // A failover, with every state change logged.
     cluster

@@ -127,7 +127,7 @@ async fn without_readers_reads_fall_back_to_the_writer_only_when_allowed<F: Flav
         .expect("the cause is kept")
         .to_string();
     assert!(cause.contains("strict_reader"), "{cause}");
-    assert!(strict.try_reader().err().expect("no reader").is_no_reader());
+    assert!(strict.try_reader().expect_err("no reader").is_no_reader());
     // The shared reader pool serves no read on the writer either: its checkouts fail (at
     // once in the deadpool flavour, after acquire_timeout in the sqlx one).
     let served = F::handle_text(&strict.handle(Role::Reader), INSTANCE_ID).await;

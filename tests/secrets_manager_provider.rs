@@ -270,6 +270,41 @@ async fn concurrent_refusals_share_one_fetch() {
     .await;
 }
 
+/// 100 logins refused at once with a secret that did not change (a wrong password in the
+/// secret, a missing grant) cost one fetch, not 100 serialized ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_refusals_of_an_unchanged_secret_cost_one_fetch() {
+    bounded(async {
+        let (_moto, _client, auth) = setup(
+            "aur/unchanged",
+            r#"{"username":"app","password":"same-pw"}"#,
+            |s| s,
+        )
+        .await;
+        auth.credentials(&target()).await.expect("credentials");
+        let cached = auth.credentials(&target()).await.expect("credentials");
+        assert!(cached.is_from_cache());
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..100 {
+            let (auth, cached) = (Arc::clone(&auth), cached.clone());
+            tasks.spawn(async move {
+                let target = target();
+                auth.login_rejected(LoginFailure::new(&target, &cached, 1, Duration::ZERO))
+                    .await
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.expect("task").expect("login_rejected");
+        }
+        assert_eq!(
+            auth.fetch_count(),
+            2,
+            "100 refusals of an unchanged secret: one re-fetch"
+        );
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_fresh_secret_without_budget_is_reported() {
     bounded(async {

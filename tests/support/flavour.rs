@@ -53,7 +53,7 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
     /// A checked-out connection.
     type Held: Send;
     /// The pool of one instance, as `writer()` and `reader()` return it.
-    type Handle: Clone + Send + Sync + 'static;
+    type Handle: Clone + Send + Sync + std::fmt::Debug + 'static;
     /// Runs [`INSTANCE_ID`] on a checkout for `role` and closes that connection instead of
     /// returning it to the pool: with `*_max_connections=1` every call logs in anew, and
     /// `least_connections` sees it gone at once.

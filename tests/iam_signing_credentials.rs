@@ -1,0 +1,160 @@
+//! The AWS credentials that sign IAM tokens, from a real `aws-config` credential process
+//! that counts its calls and fails on command: asked once per credential lifetime however
+//! many tokens are signed at once, and kept (while valid) when a refresh fails.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use aurora_pool::auth::{ConnectTarget, CredentialProvider};
+use aurora_pool::iam::{IamAuth, IamSettings};
+use aws_config::credential_process::CredentialProcessProvider;
+use aws_smithy_async::time::{SharedTimeSource, TimeSource};
+
+const HOST: &str = "orders.cluster-abc123.us-east-1.rds.amazonaws.com";
+
+/// A clock that starts at the real time and moves only when told.
+#[derive(Debug, Clone)]
+struct ManualClock(Arc<AtomicU64>);
+
+impl ManualClock {
+    fn new() -> ManualClock {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .expect("clock")
+            .as_secs();
+        ManualClock(Arc::new(AtomicU64::new(now)))
+    }
+    fn advance(&self, seconds: u64) {
+        self.0.fetch_add(seconds, Ordering::SeqCst);
+    }
+}
+
+impl TimeSource for ManualClock {
+    fn now(&self) -> SystemTime {
+        UNIX_EPOCH + Duration::from_secs(self.0.load(Ordering::SeqCst))
+    }
+}
+
+/// A credential process in its own directory: each call appends a byte to `calls`; it
+/// fails while `fail` exists; its credentials expire one hour after the real time.
+struct Process {
+    dir: PathBuf,
+}
+
+impl Process {
+    fn new(name: &str) -> Process {
+        let dir = std::env::temp_dir().join(format!(
+            "aurora-pool-credential-process-{name}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("dir");
+        let script = format!(
+            "#!/bin/sh\nprintf x >> '{dir}/calls'\nif [ -e '{dir}/fail' ]; then echo 'STS is down' >&2; exit 1; fi\nexp=$(date -u -d '+3600 seconds' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{{\"Version\": 1, \"AccessKeyId\": \"AKIDEXAMPLE\", \"SecretAccessKey\": \"wJalrXUtnFEMI/K7MDENG\", \"SessionToken\": \"session\", \"Expiration\": \"%s\"}}' \"$exp\"\n",
+            dir = dir.display()
+        );
+        let path = dir.join("process.sh");
+        std::fs::write(&path, script).expect("script");
+        Process { dir }
+    }
+    fn provider(&self) -> CredentialProcessProvider {
+        CredentialProcessProvider::new(format!("sh {}", self.dir.join("process.sh").display()))
+    }
+    fn calls(&self) -> usize {
+        std::fs::read(self.dir.join("calls")).map_or(0, |c| c.len())
+    }
+    fn fail(&self, fail: bool) {
+        let marker = self.dir.join("fail");
+        if fail {
+            std::fs::write(marker, b"").expect("marker");
+        } else {
+            let _ = std::fs::remove_file(marker);
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+fn iam(process: &Process, clock: &ManualClock) -> Arc<IamAuth> {
+    let mut settings = IamSettings::new().credentials(process.provider());
+    settings.time_source = SharedTimeSource::new(clock.clone());
+    Arc::new(IamAuth::new(settings, HOST).expect("provider"))
+}
+
+fn instance(n: u32) -> ConnectTarget {
+    ConnectTarget::new(
+        format!("instance-{n}.abc123.us-east-1.rds.amazonaws.com"),
+        5432,
+        "app_iam",
+    )
+}
+
+/// Signs `count` tokens at once, each for another instance (each a token cache miss).
+async fn sign_at_once(iam: &Arc<IamAuth>, from: u32, count: u32) -> Vec<aurora_pool::Result<()>> {
+    let mut signing = tokio::task::JoinSet::new();
+    for n in from..from + count {
+        let iam = iam.clone();
+        signing.spawn(async move { iam.credentials(&instance(n)).await.map(|_| ()) });
+    }
+    let mut results = Vec::new();
+    while let Some(joined) = signing.join_next().await {
+        results.push(joined.expect("task"));
+    }
+    results
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_credential_call_signs_every_token_of_a_burst() {
+    let process = Process::new("burst");
+    let clock = ManualClock::new();
+    let iam = iam(&process, &clock);
+    let results = sign_at_once(&iam, 1, 20).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(iam.tokens_generated(), 20);
+    assert_eq!(process.calls(), 1, "credential process calls for 20 tokens");
+    // Tokens are renewed after iam_expiration_s (870 s); the credentials, valid for an hour,
+    // are not fetched again.
+    clock.advance(900);
+    let results = sign_at_once(&iam, 1, 20).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(iam.tokens_generated(), 40);
+    assert_eq!(process.calls(), 1, "credential process calls for 40 tokens");
+    assert_eq!(iam.aws_credentials_fetched().await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_credential_refresh_keeps_the_credentials_in_hand() {
+    let process = Process::new("outage");
+    let clock = ManualClock::new();
+    let iam = iam(&process, &clock);
+    iam.credentials(&instance(1)).await.expect("first token");
+    assert_eq!(process.calls(), 1);
+    // 57 minutes later the credentials are due for refresh, and STS is down: tokens are
+    // still signed with the credentials in hand, and the process is asked once, not once
+    // per token.
+    clock.advance(57 * 60);
+    process.fail(true);
+    let results = sign_at_once(&iam, 100, 20).await;
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    assert_eq!(process.calls(), 2, "one failed refresh for 20 tokens");
+    // Once they expired there is nothing to sign with: a credentials error, not a hang.
+    clock.advance(4 * 60);
+    let err = iam
+        .credentials(&instance(200))
+        .await
+        .expect_err("expired credentials");
+    assert!(err.is_credentials(), "{err:?}");
+    // STS back: the next attempt (at most one a second) gets fresh credentials.
+    process.fail(false);
+    clock.advance(2);
+    iam.credentials(&instance(201))
+        .await
+        .expect("fresh credentials");
+    assert_eq!(process.calls(), 4);
+}
