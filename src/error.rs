@@ -23,6 +23,9 @@ struct Inner {
     source: Option<BoxError>,
     /// The server answered but the session could not start (a TLS handshake it broke off).
     busy: bool,
+    /// The cluster's kind means this SQLSTATE as a network failure (see
+    /// [`Error::in_dialect`]).
+    network: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,6 +124,7 @@ impl Error {
             sqlstate: None,
             source: None,
             busy: false,
+            network: false,
         }))
     }
 
@@ -182,6 +186,23 @@ impl Error {
     /// `pool::work`.
     pub(crate) fn work() -> Self {
         Self::new(Kind::Work, "the work failed with an error of its own")
+    }
+
+    /// Reads the error as a cluster of `dialect` means it. An RDS Multi-AZ DB cluster
+    /// answers `28000` ("access denied") while an instance reboots, and internal errors
+    /// (class `XX`) while it fails over: there both are network failures, as in the AWS
+    /// drivers, not a refused login. (The drivers also count class `53` there; this crate
+    /// keeps `53300` and the other resource errors as "busy", alive: a full instance is
+    /// never declared dead.)
+    pub(crate) fn in_dialect(mut self, dialect: crate::topology::Dialect) -> Self {
+        let reboot = dialect == crate::topology::Dialect::RdsMultiAzPg
+            && self
+                .sqlstate()
+                .is_some_and(|s| s == "28000" || s.starts_with("XX"));
+        if reboot {
+            self.0.network = true;
+        }
+        self
     }
 
     pub(crate) fn is_work(&self) -> bool {
@@ -321,6 +342,9 @@ impl Error {
 
     /// The class of the underlying driver failure, from the SQLSTATE when there is one.
     pub fn class(&self) -> ErrorClass {
+        if self.0.network {
+            return ErrorClass::Network;
+        }
         match (&self.0.kind, self.0.sqlstate.as_deref()) {
             (_, Some(sqlstate)) => ErrorClass::from_sqlstate(sqlstate),
             (Kind::Connect | Kind::Failover | Kind::TransactionStateUnknown, None) => {
@@ -410,6 +434,28 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn multi_az_reads_28000_and_internal_errors_as_network() {
+        use crate::topology::Dialect;
+        let denied = || Error::driver("login").with_sqlstate(Some("28000".into()));
+        assert!(denied().is_login_rejected());
+        assert!(denied().in_dialect(Dialect::AuroraPg).is_login_rejected());
+        let multi_az = denied().in_dialect(Dialect::RdsMultiAzPg);
+        assert!(!multi_az.is_login_rejected());
+        assert_eq!(multi_az.class(), ErrorClass::Network);
+        let internal = Error::driver("x").with_sqlstate(Some("XX000".into()));
+        assert_eq!(
+            internal.in_dialect(Dialect::RdsMultiAzPg).class(),
+            ErrorClass::Network
+        );
+        let wrong_password = Error::driver("login").with_sqlstate(Some("28P01".into()));
+        assert!(
+            wrong_password
+                .in_dialect(Dialect::RdsMultiAzPg)
+                .is_login_rejected()
+        );
+    }
 
     #[test]
     fn config_errors_name_the_parameter() {

@@ -611,13 +611,16 @@ impl CredentialProvider for SecretsManagerAuth {
                 // Fetched again by a concurrent connect meanwhile.
                 return Ok(Some(current));
             }
+            // Within `connect_retry_timeout` of the first refusal a rotation is being
+            // bridged: the database may not have the rotated password yet, or the secret
+            // not yet the database's.
+            let budget = self
+                .settings
+                .connect_retry_timeout
+                .saturating_sub(failure.elapsed);
             if !rejected.is_from_cache() {
-                // The secret was fetched for this login and still refused: the database may
-                // not have the rotated password yet. Wait and fetch again, within the budget.
-                let budget = self
-                    .settings
-                    .connect_retry_timeout
-                    .saturating_sub(failure.elapsed);
+                // The secret was fetched for this login and still refused: wait and fetch
+                // again, within the budget.
                 if budget.is_zero() {
                     return Ok(None);
                 }
@@ -646,11 +649,15 @@ impl CredentialProvider for SecretsManagerAuth {
             // A fetch that began before this refusal brought the refused secret back (the
             // secret changed after it started): fetch once more, unless the secret was
             // fetched within the last second. Concurrent refusals of an unchanged secret
-            // (a wrong password, a grant missing) then cost one fetch, not one each.
+            // (a wrong password, a grant missing) then cost one fetch, not one each; while
+            // bridging a rotation the login is tried again with the secret in hand (its
+            // next refusal pauses first).
             let _single_flight = self.refresh.lock().await;
             match self.cached() {
                 Some(current) if differs(&current) => Ok(Some(current)),
-                _ if self.fetched_within(MIN_REFETCH_GAP) => Ok(None),
+                current if self.fetched_within(MIN_REFETCH_GAP) => {
+                    Ok(current.filter(|_| !budget.is_zero()))
+                }
                 _ => self.fetch().await.map(Some),
             }
         })

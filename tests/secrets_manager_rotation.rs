@@ -185,4 +185,102 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
     }
 }
 
-flavour_tests!(rotation_under_load_loses_no_checkout_after_the_secret_changes);
+/// With `secrets_manager_connect_retry_timeout_ms`, the window between the database's new
+/// password and the secret's (the single-user rotation order) is bridged: checkouts that
+/// log in anew during it wait, fetch the secret again and succeed. None fails, before,
+/// during or after the window.
+async fn a_rotation_window_is_bridged<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let moto = MotoServer::start().await.expect("moto");
+    let aws = moto.secrets_manager_client().await;
+    aws.create_secret()
+        .name("orders/bridged")
+        .secret_string(secret(cluster.user(), cluster.password()))
+        .send()
+        .await
+        .expect("CreateSecret");
+    let mut settings = SecretsManagerSettings::new("orders/bridged");
+    settings.connect_retry_timeout = Duration::from_secs(20);
+    settings.connect_retry_interval = Duration::from_millis(200);
+    let provider = Arc::new(SecretsManagerAuth::with_client(settings, aws.clone()));
+    let url = format!(
+        "postgres://nobody@{}/{}?instance_endpoints={}&cluster_id={}",
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id(test),
+    );
+    let config = Builder::new()
+        .url(url)
+        .credential_provider(provider.clone())
+        .build()
+        .expect("config");
+    let pool = F::connect_with(config).await.expect("connect");
+    pool.fresh_login(Role::Writer).await.expect("writer");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut load = tokio::task::JoinSet::new();
+    for role in [Role::Writer, Role::Reader, Role::Writer] {
+        let (pool, stop) = (pool.clone(), stop.clone());
+        load.spawn(async move {
+            let mut outcomes = Vec::new();
+            for _ in 0..1_000 {
+                if stop.load(Ordering::Relaxed) {
+                    break;
+                }
+                let started = Instant::now();
+                let result = pool.fresh_login(role).await.map(|_| ());
+                outcomes.push((started, result.map_err(|err| err.to_string())));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            outcomes
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let user = cluster.user().to_owned();
+    cluster
+        .psql(
+            "instance-1",
+            "postgres",
+            &format!("ALTER ROLE \"{user}\" PASSWORD '{NEW_PASSWORD}'"),
+        )
+        .await
+        .expect("alter role");
+    let window_opened = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    aws.put_secret_value()
+        .secret_id("orders/bridged")
+        .secret_string(secret(&user, NEW_PASSWORD))
+        .send()
+        .await
+        .expect("PutSecretValue");
+    let window_closed = Instant::now();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+    stop.store(true, Ordering::Relaxed);
+
+    let (mut in_window, mut failures) = (0, Vec::new());
+    while let Some(outcomes) = load.join_next().await {
+        for (at, result) in outcomes.expect("load task") {
+            if at > window_opened && at < window_closed {
+                in_window += 1;
+            }
+            if let Err(err) = result {
+                failures.push(err);
+            }
+        }
+    }
+    assert!(in_window >= 3, "too few logins in the window: {in_window}");
+    assert!(
+        failures.is_empty(),
+        "{} checkouts failed across the rotation ({in_window} began in its window): {:?}",
+        failures.len(),
+        &failures[..failures.len().min(3)]
+    );
+    pool.close().await;
+}
+
+flavour_tests!(
+    rotation_under_load_loses_no_checkout_after_the_secret_changes,
+    a_rotation_window_is_bridged,
+);

@@ -77,6 +77,9 @@ struct MonitorState {
     failing_over: watch::Sender<bool>,
     /// Mirrors `failing_over` for lock-free reads on the checkout path.
     failing_over_now: AtomicBool,
+    /// Panic mode ended on the readers' agreement while the writer they name stays silent:
+    /// writer checkouts fail at once instead of waiting on it.
+    writer_silent: AtomicBool,
     registrations: Mutex<Vec<Weak<Registration>>>,
     refresh_now: Notify,
     /// Forced refreshes let through, at most one per high refresh rate.
@@ -88,6 +91,10 @@ impl MonitorState {
     fn set_failing_over(&self, failing_over: bool) {
         self.failing_over_now.store(failing_over, Ordering::Release);
         self.failing_over.send_replace(failing_over);
+    }
+
+    fn set_writer_silent(&self, silent: bool) {
+        self.writer_silent.store(silent, Ordering::Release);
     }
 
     fn registration(&self) -> Option<Arc<Registration>> {
@@ -166,6 +173,12 @@ impl ClusterHandle {
     /// Whether the monitor searches for a new writer right now (lock-free).
     pub(crate) fn is_failing_over(&self) -> bool {
         self.state.failing_over_now.load(Ordering::Acquire)
+    }
+
+    /// Whether the writer is known silent with no other instance holding the role (panic
+    /// mode ended on the readers' agreement without it): writer checkouts fail at once.
+    pub(crate) fn is_writer_silent(&self) -> bool {
+        self.state.writer_silent.load(Ordering::Acquire)
     }
 
     /// Asks the monitor to read the topology now instead of at its next tick. Requests
@@ -252,6 +265,7 @@ pub(crate) fn join(
             events: broadcast::channel(EVENT_CAPACITY).0,
             failing_over: watch::channel(false).0,
             failing_over_now: AtomicBool::new(false),
+            writer_silent: AtomicBool::new(false),
             registrations: Mutex::new(vec![Arc::downgrade(registration)]),
             refresh_now: Notify::new(),
             forced_refresh: Throttle::new(),

@@ -343,7 +343,10 @@ async fn probe_once(
             other => other,
         }
     };
-    let result = tokio::time::timeout(timeout, attempt).await;
+    let dialect = state.current().dialect();
+    let result = tokio::time::timeout(timeout, attempt)
+        .await
+        .map(|answer| answer.map_err(|err| err.in_dialect(dialect)));
     match result {
         Ok(Ok(rows)) => {
             let in_recovery = rows

@@ -41,6 +41,7 @@ pub(super) async fn supervise(state: Arc<MonitorState>, shutdown: watch::Receive
             // wait on a search nobody runs. The new run starts a search of its own if the
             // writer is still missing.
             runs.set_failing_over(false);
+            runs.set_writer_silent(false);
             Some(run(runs.clone(), start_with.clone()))
         },
         async move {
@@ -49,6 +50,7 @@ pub(super) async fn supervise(state: Arc<MonitorState>, shutdown: watch::Receive
     )
     .await;
     state.set_failing_over(false);
+    state.set_writer_silent(false);
     tracing::info!(target: "aurora_pool", cluster_id = %state.cluster_id, "cluster monitor stopped");
 }
 

@@ -213,6 +213,7 @@ impl<B: Backend> PoolCore<B> {
     /// and becomes [`Error::is_failover`]. A read-only refusal (25006) also makes it re-check
     /// the writer, but stays the driver's error: on a reader it is the caller's mistake.
     pub(crate) fn classify(&self, err: Error) -> Error {
+        let err = err.in_dialect(self.topology().dialect());
         if err.class() == ErrorClass::ReadOnly {
             self.request_refresh();
             return err;
@@ -224,6 +225,7 @@ impl<B: Backend> PoolCore<B> {
     /// connection; a read-only refusal on the writer) makes the monitor re-read the topology
     /// at once and becomes [`Error::is_failover`].
     pub(crate) fn classify_for(&self, role: Role, err: Error) -> Error {
+        let err = err.in_dialect(self.topology().dialect());
         if err.class().fails_over_for(role) {
             self.request_refresh();
             return err.into_failover();

@@ -54,7 +54,7 @@ impl Monitor {
         }
         self.panic_since = Some(Instant::now());
         self.agreement = None;
-        self.settled_without = None;
+        self.settle_on(None);
         // The monitoring connection may be hung or on a demoted writer, and what the probes
         // last said about the old writer is stale: it becomes a candidate again only by
         // answering as the writer (re-elected).
@@ -125,6 +125,13 @@ impl Monitor {
         }
     }
 
+    /// Records the writer panic mode settled on while it stays silent (`None`: none), for
+    /// the monitor and for the pools' writer checkouts.
+    pub(super) fn settle_on(&mut self, silent_writer: Option<String>) {
+        self.state.set_writer_silent(silent_writer.is_some());
+        self.settled_without = silent_writer;
+    }
+
     /// Takes in one topology read in panic mode; returns it once the reads have said the
     /// same for [`STABLE_TOPOLOGY_FOR`].
     fn agrees_for_long(&mut self, topology: Topology) -> Option<Topology> {
@@ -161,7 +168,7 @@ impl Monitor {
         let old_writer = self.state.current().writer().id().to_owned();
         self.writer_changed(&old_writer, &writer);
         let silent = self.health.get(&writer).is_none_or(|h| h.dead);
-        self.settled_without = silent.then(|| writer.clone());
+        self.settle_on(silent.then(|| writer.clone()));
         self.failures = 0;
         self.publish(topology);
         self.state.set_failing_over(false);
@@ -384,7 +391,7 @@ impl Monitor {
             return;
         }
         if self.settled_without.as_deref() == Some(old_writer) {
-            self.settled_without = None;
+            self.settle_on(None);
         }
         self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
         let old = self.health.entry(old_writer.to_owned()).or_default();
@@ -414,7 +421,7 @@ impl Monitor {
         }
         let was_failing_over = self.panic_since.take().is_some();
         self.agreement = None;
-        self.settled_without = None;
+        self.settle_on(None);
         if let Some(read) = self.panic_read.take() {
             read.abort();
         }

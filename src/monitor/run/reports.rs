@@ -50,6 +50,7 @@ impl Monitor {
                 if self.settled_without.as_deref() == Some(report.instance.as_str()) {
                     // The silent writer answers: the usual rules hold for it again.
                     self.settled_without = None;
+                    self.state.set_writer_silent(false);
                 }
                 if health.dead && !second_writer {
                     health.dead = false;

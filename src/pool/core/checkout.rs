@@ -85,9 +85,11 @@ impl<B: Backend> PoolCore<B> {
     ) -> Result<(B::Connection, Arc<Instance>)> {
         let mut routing = self.routing_version.subscribe();
         let mut last_error: Option<Error> = None;
-        // Instances whose refused credentials were renewed once already: each instance pool
-        // holds its own, so a retry on another reader may need its own renewal.
-        let mut login_renewed: Vec<Arc<Instance>> = Vec::new();
+        // Refused logins per instance so far: each instance pool holds its own credentials,
+        // so a retry on another reader may need its own renewal. The provider decides how
+        // long to keep renewing (a rotation window: `secrets_manager_connect_retry_timeout_ms`)
+        // from the attempt number and the time since the first refusal.
+        let mut refusals: Vec<(Arc<Instance>, u32, Instant)> = Vec::new();
         loop {
             if self.is_closed() {
                 return Err(Error::closed());
@@ -99,7 +101,7 @@ impl<B: Backend> PoolCore<B> {
                 Ok(slot)
                     if role == Role::Writer
                         && !waiting_for_writer
-                        && !self.routing.load().topology.writer().is_available() =>
+                        && cluster.as_ref().is_some_and(|c| c.is_writer_silent()) =>
                 {
                     // Accepted as the writer by the readers' topology while the probes
                     // find it silent: waiting on it would only wait out a connect.
@@ -151,10 +153,12 @@ impl<B: Backend> PoolCore<B> {
             // An idle connection is handed out at once: no timer, no waiting on the routing
             // (registering both costs every checkout that has to wait, see BENCHMARKS.md).
             let ready = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
+            let dialect = self.routing.load().topology.dialect();
+            let ready = ready.map(|result| result.map_err(|err| err.in_dialect(dialect)));
             let outcome = match ready {
                 Poll::Ready(result) => Some(result),
                 Poll::Pending => match self.wait_for(acquire, &mut routing, deadline).await {
-                    Waited::Done(result) => Some(result),
+                    Waited::Done(result) => Some(result.map_err(|err| err.in_dialect(dialect))),
                     Waited::RoutingChanged => None,
                     Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
                 },
@@ -173,13 +177,22 @@ impl<B: Backend> PoolCore<B> {
                     }
                     last_error = Some(err);
                 }
-                Some(Err(err))
-                    if err.is_login_rejected()
-                        && !B::CREDENTIALS_PER_CONNECT
-                        && !login_renewed.iter().any(|i| i.id() == slot.instance.id()) =>
-                {
-                    login_renewed.push(slot.instance.clone());
-                    if !self.renew_rejected(&slot).await {
+                Some(Err(err)) if err.is_login_rejected() && !B::CREDENTIALS_PER_CONNECT => {
+                    let index = match refusals
+                        .iter()
+                        .position(|(i, ..)| i.id() == slot.instance.id())
+                    {
+                        Some(index) => index,
+                        None => {
+                            refusals.push((slot.instance.clone(), 0, Instant::now()));
+                            refusals.len() - 1
+                        }
+                    };
+                    let (_, attempts, first) = &mut refusals[index];
+                    *attempts += 1;
+                    let (attempt, elapsed) = (*attempts, first.elapsed());
+                    let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    if !self.renew_rejected(&slot, attempt, elapsed, limit).await {
                         return Err(err);
                     }
                     last_error = Some(err);

@@ -72,14 +72,21 @@ impl<B: Backend> PoolCore<B> {
             .retarget(&table.reads.pool, &table.reads.targets);
     }
 
-    /// A login with `slot`'s credentials was refused: asks the provider for new ones.
-    /// Returns whether it gave some.
-    pub(super) async fn renew_rejected(&self, slot: &Slot<B::Pool>) -> bool {
+    /// A login with `slot`'s credentials was refused, for the `attempt`-th time in `elapsed`:
+    /// asks the provider for new ones, waiting at most `limit` (a provider bridging a
+    /// rotation pauses before it fetches again). Returns whether it gave some.
+    pub(super) async fn renew_rejected(
+        &self,
+        slot: &Slot<B::Pool>,
+        attempt: u32,
+        elapsed: Duration,
+        limit: Duration,
+    ) -> bool {
         let target = login::target(&slot.instance, self.config.user());
         let rejected = slot.login.current();
-        let failure = LoginFailure::new(&target, &rejected, 1, Duration::ZERO);
+        let failure = LoginFailure::new(&target, &rejected, attempt, elapsed);
         let renewed = tokio::time::timeout(
-            self.config.connect_timeout,
+            limit,
             login::unwind_safe(self.provider.login_rejected(failure)),
         )
         .await;
@@ -90,7 +97,17 @@ impl<B: Backend> PoolCore<B> {
                     .replace(&rejected, credentials, || self.credentials_renewed(slot));
                 true
             }
-            Ok(Ok(None)) => false,
+            Ok(Ok(None)) => {
+                tracing::debug!(
+                    target: "aurora_pool",
+                    cluster_id = %self.config.cluster_id,
+                    instance = slot.instance.id(),
+                    attempt,
+                    elapsed_ms = elapsed.as_millis() as u64,
+                    "the provider has no other credentials for a refused login"
+                );
+                false
+            }
             Ok(Err(err)) => {
                 tracing::warn!(
                     target: "aurora_pool",
@@ -116,7 +133,8 @@ impl<B: Backend> PoolCore<B> {
             let Some(core) = core.upgrade() else { return };
             let table = core.routing.load_full();
             for slot in table.slots() {
-                core.renew_rejected(slot).await;
+                core.renew_rejected(slot, 1, Duration::ZERO, core.config.connect_timeout)
+                    .await;
             }
         });
     }
