@@ -236,11 +236,23 @@ struct Cache {
     secret: Option<CachedSecret>,
     /// Counts stored fetches, so that a waiter can tell that a fetch finished meanwhile.
     generation: u64,
+    /// Secrets Manager could not be reached: the secret fetched before is served without
+    /// asking again until then.
+    stale_until: Option<Instant>,
 }
 
 /// How soon a secret served past its expiration (Secrets Manager unreachable) is asked for
 /// again.
 const STALE_SECRET_RECHECK: Duration = Duration::from_secs(30);
+
+/// How long after its fetch a secret is still served while Secrets Manager cannot be
+/// reached: past a day, a rotation has most likely happened.
+const STALE_SECRET_CEILING: Duration = Duration::from_secs(24 * 3600);
+
+/// How long one `GetSecretValue` call may take before the secret fetched before is served
+/// instead: a black-holed endpoint must not hold a new connection for its whole
+/// `connect_timeout` (a call normally takes tens of milliseconds).
+const FETCH_TIMEOUT: Duration = Duration::from_secs(3);
 
 struct CachedSecret {
     user: String,
@@ -340,7 +352,10 @@ impl SecretsManagerAuth {
     /// that the service is asked again soon.
     fn stale(&self) -> Option<(Credentials, Duration)> {
         let cache = self.lock_cache();
-        let secret = cache.secret.as_ref()?;
+        let secret = cache
+            .secret
+            .as_ref()
+            .filter(|secret| secret.fetched_at.elapsed() < STALE_SECRET_CEILING)?;
         Some((
             Credentials::new(secret.password.clone())
                 .with_user(secret.user.clone())
@@ -348,6 +363,16 @@ impl SecretsManagerAuth {
                 .from_cache(true),
             secret.fetched_at.elapsed(),
         ))
+    }
+
+    /// The stale secret while Secrets Manager is known unreachable (see
+    /// [`Cache::stale_until`]).
+    fn stale_for_now(&self) -> Option<(Credentials, Duration)> {
+        let until = self.lock_cache().stale_until?;
+        if Instant::now() >= until {
+            return None;
+        }
+        self.stale()
     }
 
     /// Whether the cached secret was fetched less than `gap` ago.
@@ -367,6 +392,13 @@ impl SecretsManagerAuth {
     /// whether this call fetched.
     async fn refresh(&self, seen: Option<u64>) -> Result<(Credentials, bool)> {
         let _single_flight = self.refresh.lock().await;
+        // A caller that waited while the fetch before it found Secrets Manager unreachable
+        // takes the secret it served instead of waiting out a fetch of its own.
+        if seen.is_none()
+            && let Some((stale, _)) = self.stale_for_now()
+        {
+            return Ok((stale, false));
+        }
         let reuse = match seen {
             Some(seen) => self.generation() != seen,
             None => true,
@@ -383,12 +415,15 @@ impl SecretsManagerAuth {
         let secret_id = &self.settings.secret_id;
         let started = Instant::now();
         self.fetches.fetch_add(1, Ordering::Relaxed);
-        let output = self
-            .client
-            .get_secret_value()
-            .secret_id(secret_id)
-            .send()
+        let call = self.client.get_secret_value().secret_id(secret_id).send();
+        let output = tokio::time::timeout(FETCH_TIMEOUT, call)
             .await
+            .map_err(|_| {
+                Error::credentials(format!(
+                    "fetching secret `{secret_id}` (region `{}`) from Secrets Manager took longer than {FETCH_TIMEOUT:?}",
+                    self.region
+                ))
+            })?
             .map_err(|err| {
                 tracing::debug!(
                     target: "aurora_pool",
@@ -429,6 +464,7 @@ impl SecretsManagerAuth {
             fetched_at: started,
         });
         cache.generation += 1;
+        cache.stale_until = None;
         Ok(credentials)
     }
 }
@@ -575,6 +611,9 @@ impl CredentialProvider for SecretsManagerAuth {
             if let Some(credentials) = self.cached() {
                 return Ok(credentials);
             }
+            if let Some((stale, _)) = self.stale_for_now() {
+                return Ok(stale);
+            }
             match self.refresh(None).await {
                 Ok((credentials, _)) => Ok(credentials),
                 Err(err) => match self.stale() {
@@ -588,6 +627,7 @@ impl CredentialProvider for SecretsManagerAuth {
                             error = %err,
                             "Secrets Manager unavailable: using the secret fetched before"
                         );
+                        self.lock_cache().stale_until = Some(Instant::now() + STALE_SECRET_RECHECK);
                         Ok(stale)
                     }
                     None => Err(err),
