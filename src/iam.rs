@@ -4,7 +4,7 @@
 //! minutes and checked only when a connection logs in. It is signed locally: generating one
 //! costs microseconds. The AWS credentials that sign it come from `aws-config`'s provider
 //! chain (STS, IMDS, a credential process...), asked once per credential lifetime and kept
-//! while a refresh fails (see [`signing`]).
+//! while a refresh fails.
 //!
 //! The token is signed directly with `aws-sigv4` rather than with `aws-sdk-rds`'s generator,
 //! which mis-encodes user names containing `+` or spaces. `tests/iam_tokens.rs` checks the

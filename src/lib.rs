@@ -32,6 +32,9 @@ mod supervise;
 mod throttle;
 pub mod topology;
 
+#[cfg(test)]
+mod fuzz;
+
 #[cfg(feature = "testing")]
 pub mod testing;
 #[cfg(feature = "tower")]

@@ -931,6 +931,24 @@ mod tests {
         );
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// Any `SecretString` is read or rejected naming the secret, never showing a value.
+        #[test]
+        fn any_secret_is_read_or_rejected_without_its_values(
+            text in "\\PC{0,80}|\\{\"username\": ?(\"[a-z]{0,8}\"|1|null), ?\"password\": ?(\"s3cr3t-[a-z]{0,8}\"|[0-9]{1,3}|null|\\[\\])\\}",
+            binary in proptest::prelude::any::<bool>(),
+        ) {
+            if let Err(err) = parse_secret("orders/app", Some(&text), binary, "username", "password") {
+                let shown = format!("{err} {err:?}");
+                proptest::prop_assert!(err.is_credentials(), "{}", shown);
+                proptest::prop_assert!(shown.contains("orders/app"), "{}", shown);
+                proptest::prop_assert!(!shown.contains("s3cr3t"), "{}", shown);
+            }
+        }
+    }
+
     #[test]
     fn backoff_doubles_up_to_30_seconds() {
         let second = Duration::from_secs(1);

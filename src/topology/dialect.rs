@@ -260,7 +260,7 @@ pub(crate) async fn query_topology(
                 .and_then(|r| r.last_update);
             let mut instances = Vec::with_capacity(rows.len());
             for row in rows {
-                let Some(address) = routable(source, &row.id, row.is_writer)? else {
+                let Some(address) = routable(&source.addressing, &row.id, row.is_writer)? else {
                     continue;
                 };
                 instances.push(Instance {
@@ -316,8 +316,8 @@ pub(crate) async fn query_topology(
 /// The address of the instance a catalog row names. A row that cannot be routed (a name
 /// that is not one DNS label) is logged and skipped, never connected to; the writer's row
 /// rejects the whole read (the previous topology stays).
-fn routable(source: &TopologySource, name: &str, is_writer: bool) -> Result<Option<HostPort>> {
-    match source.addressing.address(name) {
+fn routable(addressing: &Addressing, name: &str, is_writer: bool) -> Result<Option<HostPort>> {
+    match addressing.address(name) {
         Ok(address) => Ok(Some(address)),
         Err(err) if is_writer => Err(err),
         Err(err) => {
@@ -339,8 +339,19 @@ async fn multi_az_instances(
             .map(str::to_owned)
             .ok_or_else(|| Error::topology("rds_tools.dbi_resource_id() returned nothing"))?,
     };
+    multi_az_rows(&rows, &writer_id, &source.addressing)
+}
+
+/// Reads the rows of `rds_tools.show_topology()` (`id, endpoint, port`) into instances, the
+/// one whose id is `writer_id` as the writer. A row whose endpoint does not start with one
+/// DNS label is skipped (the writer's rejects the read).
+pub(crate) fn multi_az_rows(
+    rows: &[TextRow],
+    writer_id: &str,
+    addressing: &Addressing,
+) -> Result<Vec<Instance>> {
     let mut instances = Vec::with_capacity(rows.len());
-    for row in &rows {
+    for row in rows {
         let cell = |i: usize| row.get(i).and_then(|v| v.as_deref());
         let (Some(id), Some(endpoint)) = (cell(0), cell(1)) else {
             return Err(Error::topology(
@@ -348,7 +359,7 @@ async fn multi_az_instances(
             ));
         };
         let name = endpoint.split('.').next().unwrap_or(endpoint);
-        let Some(address) = routable(source, name, id == writer_id)? else {
+        let Some(address) = routable(addressing, name, id == writer_id)? else {
             continue;
         };
         instances.push(Instance {

@@ -1,8 +1,8 @@
 //! The cluster's topology: which instances exist, which one is the writer, and where to reach
 //! each of them.
 
-mod dialect;
-mod rows;
+pub(crate) mod dialect;
+pub(crate) mod rows;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
