@@ -288,6 +288,12 @@ impl IamAuth {
         self.generated.load(Ordering::Relaxed)
     }
 
+    /// How many tokens the cache holds: those of the instances connected to within the last
+    /// `iam_expiration_s` (expired ones are dropped when a token is signed).
+    pub fn tokens_cached(&self) -> usize {
+        self.tokens.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
     /// How many times the AWS credentials provider was asked for the credentials that sign
     /// the tokens: once per credential lifetime, plus failed attempts (at most one a second).
     pub async fn aws_credentials_fetched(&self) -> u64 {
@@ -375,16 +381,18 @@ impl IamAuth {
             region = %key.region,
             "IAM token generated"
         );
-        self.tokens
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(
-                key.clone(),
-                CachedToken {
-                    token: token.clone(),
-                    reuse_until,
-                },
-            );
+        let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
+        // Expired tokens go: the cache holds the instances connected to within the last
+        // `iam_expiration_s`, not every host a topology ever named.
+        tokens.retain(|_, cached| cached.reuse_until > now);
+        tokens.insert(
+            key.clone(),
+            CachedToken {
+                token: token.clone(),
+                reuse_until,
+            },
+        );
+        drop(tokens);
         let lifetime = reuse_until.duration_since(now).unwrap_or_default();
         Ok(Credentials::new(token).valid_for(lifetime))
     }

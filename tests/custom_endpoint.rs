@@ -273,6 +273,40 @@ async fn missing_member_lists_are_clear_errors() {
     );
 }
 
+/// Two pools on one custom endpoint host, each with an RDS client of its own (another
+/// account, other credentials) that answers with other members: neither takes the other's
+/// answer. A monitor is shared only by pools the same account and region answer for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pools_with_their_own_clients_do_not_share_a_monitor() {
+    let (cluster, first, second) =
+        tokio::join!(LocalCluster::start(3), RdsStub::start(), RdsStub::start());
+    let (cluster, first, second) = (
+        cluster.expect("cluster"),
+        first.expect("stub"),
+        second.expect("stub"),
+    );
+    for (stub, member) in [(&first, "instance-2"), (&second, "instance-3")] {
+        stub.set_endpoint(
+            "accounts",
+            "orders",
+            &host("accounts"),
+            CustomEndpointKind::Reader,
+            &[member],
+            &[],
+        );
+    }
+    let a: AuroraPool = pool_on(&cluster, &first, "accounts", "ce-own-a", "")
+        .await
+        .expect("first pool");
+    let b: AuroraPool = pool_on(&cluster, &second, "accounts", "ce-own-b", "")
+        .await
+        .expect("second pool");
+    assert_eq!(readers_used(&a).await, set(&["instance-2"]));
+    assert_eq!(readers_used(&b).await, set(&["instance-3"]));
+    a.close().await;
+    b.close().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_urls_of_one_cluster_share_one_monitor() {
     let (cluster, stub) = tokio::join!(LocalCluster::start(3), RdsStub::start());

@@ -178,6 +178,21 @@ async fn a_refused_cached_token_is_regenerated_once() {
     assert_eq!(iam.tokens_generated(), 2);
 }
 
+/// Instances that left the topology do not stay in the cache: expired tokens are dropped
+/// when the next token is signed.
+#[tokio::test]
+async fn the_cache_keeps_only_recent_instances() {
+    let clock = ManualClock::new();
+    let iam = provider(&clock, |_| {});
+    for n in 0..100 {
+        iam.credentials(&instance(n)).await.expect("token");
+    }
+    assert_eq!(iam.tokens_cached(), 100);
+    clock.advance(900);
+    iam.credentials(&instance(1000)).await.expect("token");
+    assert_eq!(iam.tokens_cached(), 1, "expired tokens are dropped");
+}
+
 #[tokio::test]
 async fn debug_shows_no_secret() {
     let clock = ManualClock::new();

@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -66,7 +66,9 @@ impl InfoState {
 
 /// The state of one monitor, shared by its task and its handles.
 struct Shared {
-    /// The custom endpoint's host name, normalized: the registry key.
+    /// What the monitor is shared by (see [`monitor_key`]).
+    key: String,
+    /// The custom endpoint's host name, normalized.
     host: String,
     /// Its first DNS label: the `DBClusterEndpointIdentifier`.
     identifier: String,
@@ -197,13 +199,31 @@ fn registry() -> MutexGuard<'static, BTreeMap<String, Weak<Shared>>> {
     REGISTRY.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// A new handle on the running monitor of `host`, if there is one.
+/// What decides a monitor's answer, and so which pools may share it: the endpoint, and the
+/// account and region it is asked in. A pool with a client of its own (another account,
+/// other credentials, a test stub) gets a monitor of its own; pools on the AWS
+/// configuration chain share one per host and region.
+fn monitor_key(host: &str, settings: &CustomEndpointSettings) -> String {
+    static OWN_CLIENTS: AtomicU64 = AtomicU64::new(0);
+    match &settings.client {
+        Some(_) => format!(
+            "{host} client#{}",
+            OWN_CLIENTS.fetch_add(1, Ordering::Relaxed)
+        ),
+        None => format!(
+            "{host} region={}",
+            settings.region.as_deref().unwrap_or("(from the host)")
+        ),
+    }
+}
+
+/// A new handle on the running monitor under `key`, if there is one.
 fn attach(
     registry: &BTreeMap<String, Weak<Shared>>,
-    host: &str,
+    key: &str,
 ) -> Option<Arc<CustomEndpointHandle>> {
     let shared = registry
-        .get(host)
+        .get(key)
         .and_then(Weak::upgrade)
         .filter(|shared| shared.running.load(Ordering::Acquire))?;
     shared.users.send_modify(|n| *n += 1);
@@ -216,14 +236,16 @@ fn attach(
 /// The client: `settings.client`, else one built from the AWS configuration chain
 /// (`aws_config::defaults(BehaviorVersion::latest())`) with the region `settings.region`,
 /// else the region of the host name; without either, a configuration error naming
-/// `custom_endpoint_region`. A monitor that already runs for `host` keeps the settings and
-/// the client of the pool that started it.
+/// `custom_endpoint_region`. Pools share a monitor only when the same account and region
+/// answer for them (see [`monitor_key`]); a shared monitor keeps the settings of the pool
+/// that started it.
 pub(crate) async fn join(
     host: &str,
     settings: &CustomEndpointSettings,
 ) -> Result<Arc<CustomEndpointHandle>> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
-    if let Some(handle) = attach(&registry(), &host) {
+    let key = monitor_key(&host, settings);
+    if let Some(handle) = attach(&registry(), &key) {
         tracing::debug!(target: "aurora_pool", host = %host, "pool joined the running custom endpoint monitor");
         return Ok(handle);
     }
@@ -240,10 +262,11 @@ pub(crate) async fn join(
     // Built before taking the lock (loading the AWS configuration awaits).
     let client = client_for(&host, settings).await?;
     let mut registry = registry();
-    if let Some(handle) = attach(&registry, &host) {
+    if let Some(handle) = attach(&registry, &key) {
         return Ok(handle); // another pool started it meanwhile
     }
     let shared = Arc::new(Shared {
+        key: key.clone(),
         host: host.clone(),
         identifier,
         refresh_rate: settings.refresh_rate,
@@ -252,7 +275,7 @@ pub(crate) async fn join(
         users: watch::channel(1).0,
         running: AtomicBool::new(true),
     });
-    registry.insert(host, Arc::downgrade(&shared));
+    registry.insert(key, Arc::downgrade(&shared));
     drop(registry);
     tracing::info!(
         target: "aurora_pool",
@@ -305,10 +328,10 @@ impl Drop for Running {
             let mut registry = registry();
             shared.running.store(false, Ordering::Release);
             if registry
-                .get(&shared.host)
+                .get(&shared.key)
                 .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(shared)))
             {
-                registry.remove(&shared.host);
+                registry.remove(&shared.key);
             }
         }
         if *shared.users.borrow() > 0 {
