@@ -704,6 +704,14 @@ impl Config {
 
     /// The URL's own address.
     /// Where discovery connects: the URL's host, or `hostaddr`.
+    /// Whether the URL's host is an RDS Proxy endpoint (`<name>.proxy-<id>...` or a proxy's
+    /// own endpoint `<name>.endpoint.proxy-<id>...`): the proxy fails over by itself, and the
+    /// pool connects through it only.
+    pub fn is_rds_proxy(&self) -> bool {
+        crate::endpoint::Endpoint::classify(&self.host).kind()
+            == crate::endpoint::EndpointKind::Proxy
+    }
+
     pub(crate) fn seed(&self) -> HostPort {
         HostPort {
             host: self.hostaddr.clone().unwrap_or_else(|| self.host.clone()),

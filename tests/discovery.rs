@@ -269,7 +269,63 @@ async fn a_transient_error_in_dialect_detection_is_not_a_dialect<F: Flavour>(tes
     }
 }
 
+/// An RDS Proxy endpoint (the host name says so; `hostaddr` reaches the emulated cluster's
+/// endpoint, which follows the writer as a proxy does): the pool connects through it only,
+/// with the default settings. No instance of the catalog is reached directly, no monitor or
+/// probe connects, `status()` says so, and after a failover the proxy's new connections
+/// reach the new writer.
+async fn an_rds_proxy_endpoint_is_used_as_it_is<F: Flavour>(test: &str) {
+    let cluster = std::sync::Arc::new(LocalCluster::start(3).await.expect("cluster"));
+    let cluster_id = unique_cluster_id(test);
+    let url = format!(
+        "postgres://{}:{}@orders.proxy-abc123.us-east-1.rds.amazonaws.com:{}/{}?hostaddr=127.0.0.1&cluster_id={cluster_id}",
+        cluster.user(),
+        cluster.password(),
+        cluster.cluster_endpoint().port(),
+        cluster.database(),
+    );
+    let pool = F::connect_with(Config::from_url(&url).expect("config"))
+        .await
+        .expect("connect through the proxy");
+    assert!(pool.config().is_rds_proxy());
+    let status = pool.status();
+    assert!(status.through_proxy, "{status:?}");
+    assert_eq!(status.instances.len(), 1, "{status:?}");
+    let topology = pool.topology();
+    assert_eq!(topology.instances().len(), 1, "{topology}");
+    assert_eq!(
+        topology.writer().address().to_string(),
+        format!("127.0.0.1:{}", cluster.cluster_endpoint().port())
+    );
+    assert_eq!(F::served_by(&pool.handle(Role::Writer)).await, "instance-1");
+    assert_eq!(F::served_by(&pool.handle(Role::Reader)).await, "instance-1");
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    for id in cluster.instance_ids() {
+        for purpose in ["aurora-pool-monitor", "aurora-pool-probe"] {
+            let open =
+                support::connections_named(&cluster, &id, &format!("{purpose}:{cluster_id}")).await;
+            assert_eq!(open, 0, "{purpose} connections on {id} through a proxy");
+        }
+    }
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let moved = support::eventually(std::time::Duration::from_secs(15), || async {
+        pool.run_text(
+            Role::Writer,
+            "SELECT pg_catalog.aurora_db_instance_identifier()",
+        )
+        .await
+        .is_ok_and(|id| id == "instance-2")
+    })
+    .await;
+    assert!(moved, "no write reached the new writer through the proxy");
+    pool.close().await;
+}
+
 flavour_tests!(
+    an_rds_proxy_endpoint_is_used_as_it_is,
     a_transient_error_in_dialect_detection_is_not_a_dialect,
     a_catalog_row_that_names_another_host_is_skipped,
     discovers_the_cluster_from_the_cluster_endpoint_and_from_an_instance,

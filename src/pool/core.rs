@@ -43,8 +43,11 @@ pub(crate) struct PoolCore<B: Backend> {
     routing: ArcSwap<RoutingTable<B::Pool>>,
     selector: Selector,
     backend: B,
-    /// Taken (emptied) by `close`; read without locks.
+    /// Taken (emptied) by `close`; read without locks. None from the start through an RDS
+    /// Proxy.
     cluster: ArcSwapOption<ClusterHandle>,
+    /// The URL names an RDS Proxy endpoint (see [`Config::is_rds_proxy`]).
+    through_proxy: bool,
     /// Keeps this pool's credentials available to the shared monitor.
     _registration: Arc<Registration>,
     scope: ScopeSource,
@@ -74,10 +77,16 @@ impl<B: Backend> PoolCore<B> {
         let started = Instant::now();
         let seed = config.seed();
         let addressing = config.addressing();
+        // Through an RDS Proxy the catalog describes instances the pool must not reach
+        // directly: the proxy is the only instance, and it fails over by itself.
+        let through_proxy = config.is_rds_proxy();
+        let dialect = match through_proxy {
+            true => Some(topology::Dialect::Pg),
+            false => config.dialect,
+        };
         let discovery = async {
             let mut conn = connector.connect(&seed, Purpose::Discovery).await?;
-            let result =
-                topology::discover(conn.as_mut(), config.dialect, &seed, &addressing).await;
+            let result = topology::discover(conn.as_mut(), dialect, &seed, &addressing).await;
             conn.close().await;
             result
         };
@@ -100,15 +109,30 @@ impl<B: Backend> PoolCore<B> {
             "topology discovered"
         );
         let registration = Arc::new(Registration { connector, source });
-        let cluster = monitor::join(
-            &config.cluster_id,
-            discovered.topology,
-            &discovered.connected_to,
-            &registration,
-            MonitorSettings::from_config(&config),
-        )?;
-        let mut updates = cluster.subscribe();
-        let topology = updates.borrow_and_update().clone();
+        // No monitor and no probes through a proxy: its topology never changes.
+        let (cluster, topology, updates) = match through_proxy {
+            true => {
+                tracing::info!(
+                    target: "aurora_pool",
+                    cluster_id = %config.cluster_id,
+                    url_host = %config.host,
+                    "RDS Proxy endpoint: connecting through the proxy only, no topology monitor or probes"
+                );
+                (None, Arc::new(discovered.topology), None)
+            }
+            false => {
+                let cluster = monitor::join(
+                    &config.cluster_id,
+                    discovered.topology,
+                    &discovered.connected_to,
+                    &registration,
+                    MonitorSettings::from_config(&config),
+                )?;
+                let mut updates = cluster.subscribe();
+                let topology = updates.borrow_and_update().clone();
+                (Some(cluster), topology, Some(updates))
+            }
+        };
         let read_scope = scope.current();
         let fresh = if B::CREDENTIALS_PER_CONNECT {
             HashMap::new()
@@ -126,11 +150,12 @@ impl<B: Backend> PoolCore<B> {
             selector: Selector::new(config.reader_host_selector_strategy),
             routing: ArcSwap::from_pointee(table),
             backend,
-            cluster: ArcSwapOption::from(Some(cluster)),
+            cluster: ArcSwapOption::from(cluster),
+            through_proxy,
             _registration: registration,
             reconciler: {
                 let (weak, scope) = (weak.clone(), scope.clone());
-                let mut first = Some(updates);
+                let mut first = updates;
                 tokio::spawn(supervise(
                     "reconciler",
                     config.cluster_id.clone(),
@@ -226,6 +251,11 @@ impl<B: Backend> PoolCore<B> {
     /// at once and becomes [`Error::is_failover`].
     pub(crate) fn classify_for(&self, role: Role, err: Error) -> Error {
         let err = err.in_dialect(self.topology().dialect());
+        // Behind a proxy a read-only refusal is the endpoint's (a read-only proxy endpoint),
+        // never a demoted writer: the proxy follows the writer by itself.
+        if self.through_proxy && err.class() == ErrorClass::ReadOnly {
+            return err;
+        }
         if err.class().fails_over_for(role) {
             self.request_refresh();
             return err.into_failover();
@@ -272,6 +302,7 @@ impl<B: Backend> PoolCore<B> {
         let table = self.routing.load();
         PoolStatus {
             topology_version: table.topology.version(),
+            through_proxy: self.through_proxy,
             instances: table
                 .slots()
                 .map(|slot| {

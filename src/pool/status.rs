@@ -8,6 +8,10 @@ use crate::topology::Role;
 pub struct PoolStatus {
     /// The version of the topology the routing follows.
     pub topology_version: u64,
+    /// The URL names an RDS Proxy endpoint: the pool connects through the proxy only (one
+    /// instance, the proxy), and runs no topology monitor and no health probes; the proxy
+    /// fails over by itself.
+    pub through_proxy: bool,
     /// The writer first, then the readers sorted by id.
     pub instances: Vec<InstanceStatus>,
 }
