@@ -4,6 +4,7 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -324,6 +325,83 @@ async fn new_connections_use_rotated_credentials<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// A vault that answers until told to fail.
+#[derive(Debug, Clone)]
+struct FailingVault {
+    password: String,
+    failing: Arc<AtomicBool>,
+}
+
+impl CredentialProvider for FailingVault {
+    fn credentials<'a>(
+        &'a self,
+        _: &'a ConnectTarget,
+    ) -> BoxFuture<'a, aurora_pool::Result<Credentials>> {
+        let answer = match self.failing.load(Ordering::SeqCst) {
+            true => Err(aurora_pool::Error::credentials("the vault is down")),
+            false => Ok(Credentials::new(self.password.clone())),
+        };
+        Box::pin(async move { answer })
+    }
+}
+
+/// A new instance's pool opened while the provider fails has no credentials: a checkout on
+/// it says the provider gave none, not that the password is wrong.
+async fn a_pool_without_credentials_says_so<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::builder()
+        .instances(2)
+        .spare_instances(1)
+        .start()
+        .await
+        .expect("cluster");
+    let vault = FailingVault {
+        password: cluster.password().to_owned(),
+        failing: Arc::new(AtomicBool::new(false)),
+    };
+    let pool: F = with_provider(
+        &cluster,
+        test,
+        "&cluster_topology_refresh_rate_ms=300&failover_mode=strict_reader",
+        vault.clone(),
+    )
+    .await;
+    pool.execute("SELECT 1").await.expect("a login");
+    // The probes' connections open first (one of them reads the topology).
+    let probes = format!("aurora-pool-probe:{}", unique_cluster_id(test));
+    let connected = eventually(Duration::from_secs(10), || async {
+        support::connections_named(&cluster, "instance-1", &probes).await == 1
+            && support::connections_named(&cluster, "instance-2", &probes).await == 1
+    })
+    .await;
+    assert!(connected, "the probes never connected");
+    vault.failing.store(true, Ordering::SeqCst);
+    cluster
+        .add_instance("instance-3")
+        .await
+        .expect("add instance-3");
+    let known = eventually(Duration::from_secs(10), || async {
+        pool.topology().instance("instance-3").is_some()
+    })
+    .await;
+    assert!(known, "instance-3 never joined: {}", pool.topology());
+    // Checkouts for readers until one tries the new instance's pool.
+    let mut seen = Vec::new();
+    for _ in 0..40 {
+        if let Err(err) = pool.fresh_login(Role::Reader).await {
+            seen.push(format!("{err}"));
+            if err.is_credentials() {
+                pool.close().await;
+                return;
+            }
+            assert!(
+                !err.is_login_rejected(),
+                "a refused login instead of the provider's failure: {err:?}"
+            );
+        }
+    }
+    panic!("no checkout reached the new instance's pool: {seen:?}");
+}
+
 /// A password vault that answers until told to hang (Secrets Manager or STS out).
 #[derive(Debug, Clone)]
 struct HangingVault {
@@ -440,6 +518,7 @@ async fn a_hanging_provider_declares_nothing_down<F: Flavour>(test: &str) {
 }
 
 flavour_tests!(
+    a_pool_without_credentials_says_so,
     a_hanging_provider_declares_nothing_down,
     a_percent_encoded_user_logs_in_as_itself,
     a_hanging_provider_does_not_stall_checkouts,

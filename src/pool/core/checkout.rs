@@ -193,6 +193,15 @@ impl<B: Backend> PoolCore<B> {
                     let (attempt, elapsed) = (*attempts, first.elapsed());
                     let limit = deadline.saturating_duration_since(tokio::time::Instant::now());
                     if !self.renew_rejected(&slot, attempt, elapsed, limit).await {
+                        // A pool opened while the provider failed has no credentials: the
+                        // refusal is the provider's doing, not a wrong password.
+                        if slot.login.current().password().is_none() {
+                            return Err(Error::credentials(format!(
+                                "no credentials to log in to instance {}: the credential provider has given none since its pool opened (see the warnings logged)",
+                                slot.instance.id()
+                            ))
+                            .with_source(err));
+                        }
                         return Err(err);
                     }
                     last_error = Some(err);
