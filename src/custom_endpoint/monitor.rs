@@ -15,7 +15,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -200,20 +200,22 @@ fn registry() -> MutexGuard<'static, BTreeMap<String, Weak<Shared>>> {
 }
 
 /// What decides a monitor's answer, and so which pools may share it: the endpoint, and the
-/// account and region it is asked in. A pool with a client of its own (another account,
-/// other credentials, a test stub) gets a monitor of its own; pools on the AWS
-/// configuration chain share one per host and region.
+/// account, region and API endpoint it is asked through. Pools on the AWS configuration
+/// chain share one per host and region. A pool with a client of its own shares only with
+/// pools that pass that same client (a clone of it): the key hashes the client's
+/// configuration as `Debug` shows it (region, endpoint, credentials provider; never a
+/// secret), which differs between separately built clients, so another account or
+/// endpoint never shares a monitor by accident.
 fn monitor_key(host: &str, settings: &CustomEndpointSettings) -> String {
-    static OWN_CLIENTS: AtomicU64 = AtomicU64::new(0);
+    use std::hash::{DefaultHasher, Hash, Hasher};
+    let region = settings.region.as_deref().unwrap_or("(from the host)");
     match &settings.client {
-        Some(_) => format!(
-            "{host} client#{}",
-            OWN_CLIENTS.fetch_add(1, Ordering::Relaxed)
-        ),
-        None => format!(
-            "{host} region={}",
-            settings.region.as_deref().unwrap_or("(from the host)")
-        ),
+        Some(client) => {
+            let mut hasher = DefaultHasher::new();
+            format!("{:?}", client.config()).hash(&mut hasher);
+            format!("{host} region={region} client={:016x}", hasher.finish())
+        }
+        None => format!("{host} region={region}"),
     }
 }
 

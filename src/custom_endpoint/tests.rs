@@ -347,9 +347,11 @@ async fn joins_of_one_host_share_one_monitor() {
         &["instance-2"],
         &[],
     );
-    let first = join(&host, &settings(&stub).await).await.unwrap();
-    // Other settings, upper case and a trailing dot: still the same monitor.
-    let mut other = settings(&stub).await;
+    let first_settings = settings(&stub).await;
+    let first = join(&host, &first_settings).await.unwrap();
+    // The same client, other settings, upper case and a trailing dot: still the same
+    // monitor (a client of another account would get its own).
+    let mut other = first_settings.clone();
     other.refresh_rate = Duration::from_millis(10);
     let second = join(&format!("{}.", host.to_uppercase()), &other)
         .await
