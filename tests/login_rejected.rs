@@ -16,30 +16,8 @@ async fn probes_that_cannot_log_in_declare_nothing_down<F: Flavour>(test: &str) 
     let pool: F = connect(&cluster, test, AGGRESSIVE).await;
     let mut events = pool.events();
     let probes = format!("aurora-pool-probe:{}", support::unique_cluster_id(test));
-    let connected = eventually(Duration::from_secs(10), || async {
-        support::connections_named(&cluster, "instance-1", &probes).await == 1
-    })
-    .await;
-    assert!(connected, "the probes never connected");
-
     // The password changes under the pool, and the probes have to log in again.
-    let user = cluster.user().to_owned();
-    cluster
-        .psql(
-            "instance-1",
-            "postgres",
-            &format!("ALTER ROLE \"{user}\" PASSWORD 'rotated-elsewhere'"),
-        )
-        .await
-        .expect("alter role");
-    cluster
-        .psql(
-            "instance-1",
-            "postgres",
-            &format!("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = '{probes}'"),
-        )
-        .await
-        .expect("terminate probes");
+    alter_role_under_the_probes(&cluster, &probes, "PASSWORD 'rotated-elsewhere'").await;
     tokio::time::sleep(Duration::from_secs(3)).await;
 
     let topology = pool.topology();
@@ -64,13 +42,11 @@ async fn probes_that_cannot_log_in_declare_nothing_down<F: Flavour>(test: &str) 
     pool.close().await;
 }
 
-/// Connects, then `ALTER ROLE .. NOLOGIN` and ends the probes' sessions: every new login
-/// is answered `28000`.
-async fn refuse_access<F: Flavour>(cluster: &LocalCluster, test: &str) -> F {
-    let pool: F = connect(cluster, test, "").await;
-    let probes = format!("aurora-pool-probe:{}", support::unique_cluster_id(test));
+/// Once the probes (application name `probes`) are connected, alters the login role with
+/// `change` and ends the probes' sessions: they have to log in again.
+async fn alter_role_under_the_probes(cluster: &LocalCluster, probes: &str, change: &str) {
     let connected = eventually(Duration::from_secs(10), || async {
-        support::connections_named(cluster, "instance-1", &probes).await == 1
+        support::connections_named(cluster, "instance-1", probes).await == 1
     })
     .await;
     assert!(connected, "the probes never connected");
@@ -79,7 +55,7 @@ async fn refuse_access<F: Flavour>(cluster: &LocalCluster, test: &str) -> F {
         .psql(
             "instance-1",
             "postgres",
-            &format!("ALTER ROLE \"{user}\" NOLOGIN"),
+            &format!("ALTER ROLE \"{user}\" {change}"),
         )
         .await
         .expect("alter role");
@@ -91,6 +67,14 @@ async fn refuse_access<F: Flavour>(cluster: &LocalCluster, test: &str) -> F {
         )
         .await
         .expect("terminate probes");
+}
+
+/// Connects, then `ALTER ROLE .. NOLOGIN` under the probes: every new login is answered
+/// `28000`.
+async fn refuse_access<F: Flavour>(cluster: &LocalCluster, test: &str) -> F {
+    let pool: F = connect(cluster, test, "").await;
+    let probes = format!("aurora-pool-probe:{}", support::unique_cluster_id(test));
+    alter_role_under_the_probes(cluster, &probes, "NOLOGIN").await;
     pool
 }
 

@@ -8,11 +8,12 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
+use aurora_pool::Role;
+use aurora_pool::secrets_manager::SecretsManagerSettings;
 use aurora_pool::testing::{LocalCluster, MotoServer};
-use aurora_pool::{Builder, Role};
 use support::eventually;
 use support::flavour::{Flavour, flavour_tests};
+use support::secrets::{create_secret, pool_on_secret};
 use tokio::io::copy_bidirectional;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -66,15 +67,7 @@ async fn secrets_manager_down_longer_than_the_cache<F: Flavour>(test: &str) {
         .expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
-    aws.create_secret()
-        .name("orders/outage")
-        .secret_string(
-            serde_json::json!({ "username": cluster.user(), "password": cluster.password() })
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("CreateSecret");
+    create_secret(&aws, "orders/outage", &cluster).await;
     let upstream = moto.endpoint().trim_start_matches("http://").to_owned();
     let hole = BlackHole::start(upstream).await;
     // The SDK client of the moto server, sent through the black hole.
@@ -86,21 +79,16 @@ async fn secrets_manager_down_longer_than_the_cache<F: Flavour>(test: &str) {
     );
     let mut settings = SecretsManagerSettings::new("orders/outage");
     settings.expiration = Duration::from_secs(1);
-    let provider = Arc::new(SecretsManagerAuth::with_client(settings, client));
     let cluster_id = support::unique_cluster_id(test);
     // The default settings, but for a topology poll every 500 ms (to see the new instance).
-    let url = format!(
-        "postgres://nobody@{}/{}?instance_endpoints={}&cluster_id={cluster_id}&cluster_topology_refresh_rate_ms=500",
-        cluster.cluster_endpoint(),
-        cluster.database(),
-        cluster.instance_endpoints_param(),
-    );
-    let config = Builder::new()
-        .url(url)
-        .credential_provider(provider.clone())
-        .build()
-        .expect("config");
-    let pool = F::connect_with(config).await.expect("connect");
+    let (pool, _): (F, _) = pool_on_secret(
+        &cluster,
+        test,
+        settings,
+        client,
+        "&cluster_topology_refresh_rate_ms=500",
+    )
+    .await;
     pool.fresh_login(Role::Writer).await.expect("writer");
     pool.fresh_login(Role::Reader).await.expect("reader");
 

@@ -8,48 +8,29 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
+use aurora_pool::Role;
+use aurora_pool::secrets_manager::SecretsManagerSettings;
 use aurora_pool::testing::{LocalCluster, MotoServer};
-use aurora_pool::{Builder, Role};
 use support::flavour::{Flavour, flavour_tests};
+use support::secrets::{alter_password, create_secret, pool_on_secret, secret};
 use support::{eventually, unique_cluster_id};
 
 const NEW_PASSWORD: &str = "rotated-Pa55-never-shown";
-
-fn secret(user: &str, password: &str) -> String {
-    serde_json::json!({ "username": user, "password": password, "engine": "postgres" }).to_string()
-}
 
 async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavour>(test: &str) {
     support::capture_logs();
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
-    aws.create_secret()
-        .name("orders/app")
-        .secret_string(secret(cluster.user(), cluster.password()))
-        .send()
-        .await
-        .expect("CreateSecret");
-    let provider = Arc::new(SecretsManagerAuth::with_client(
+    create_secret(&aws, "orders/app", &cluster).await;
+    let (pool, provider): (F, _) = pool_on_secret(
+        &cluster,
+        test,
         SecretsManagerSettings::new("orders/app"),
         aws.clone(),
-    ));
-    // The URL names neither user nor password: both come from the secret.
-    let url = format!(
-        "postgres://nobody@{}/{}?instance_endpoints={}&cluster_id={}\
-         &failure_detection_time_ms=0&failure_detection_interval_ms=300&cluster_topology_refresh_rate_ms=500",
-        cluster.cluster_endpoint(),
-        cluster.database(),
-        cluster.instance_endpoints_param(),
-        unique_cluster_id(test),
-    );
-    let config = Builder::new()
-        .url(url)
-        .credential_provider(provider.clone())
-        .build()
-        .expect("config");
-    let pool = F::connect_with(config).await.expect("connect");
+        "&failure_detection_time_ms=0&failure_detection_interval_ms=300&cluster_topology_refresh_rate_ms=500",
+    )
+    .await;
     pool.fresh_login(Role::Writer).await.expect("writer");
     pool.fresh_login(Role::Reader).await.expect("reader");
     // Discovery, the monitor, the probes and three instance pools: one GetSecretValue.
@@ -91,14 +72,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
 
     // Rotation: the database first, then the secret (the window AWS rotation has too).
     let user = cluster.user().to_owned();
-    cluster
-        .psql(
-            "instance-1",
-            "postgres",
-            &format!("ALTER ROLE \"{user}\" PASSWORD '{NEW_PASSWORD}'"),
-        )
-        .await
-        .expect("alter role");
+    alter_password(&cluster, NEW_PASSWORD).await;
     // Replicas replay the new password before the secret announces it.
     let hash_sql = format!("SELECT rolpassword FROM pg_authid WHERE rolname = '{user}'");
     let primary_hash = cluster
@@ -193,29 +167,11 @@ async fn a_rotation_window_is_bridged<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
-    aws.create_secret()
-        .name("orders/bridged")
-        .secret_string(secret(cluster.user(), cluster.password()))
-        .send()
-        .await
-        .expect("CreateSecret");
+    create_secret(&aws, "orders/bridged", &cluster).await;
     let mut settings = SecretsManagerSettings::new("orders/bridged");
     settings.connect_retry_timeout = Duration::from_secs(20);
     settings.connect_retry_interval = Duration::from_millis(200);
-    let provider = Arc::new(SecretsManagerAuth::with_client(settings, aws.clone()));
-    let url = format!(
-        "postgres://nobody@{}/{}?instance_endpoints={}&cluster_id={}",
-        cluster.cluster_endpoint(),
-        cluster.database(),
-        cluster.instance_endpoints_param(),
-        unique_cluster_id(test),
-    );
-    let config = Builder::new()
-        .url(url)
-        .credential_provider(provider.clone())
-        .build()
-        .expect("config");
-    let pool = F::connect_with(config).await.expect("connect");
+    let (pool, _): (F, _) = pool_on_secret(&cluster, test, settings, aws.clone(), "").await;
     pool.fresh_login(Role::Writer).await.expect("writer");
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -243,14 +199,7 @@ async fn a_rotation_window_is_bridged<F: Flavour>(test: &str) {
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let user = cluster.user().to_owned();
-    cluster
-        .psql(
-            "instance-1",
-            "postgres",
-            &format!("ALTER ROLE \"{user}\" PASSWORD '{NEW_PASSWORD}'"),
-        )
-        .await
-        .expect("alter role");
+    alter_password(&cluster, NEW_PASSWORD).await;
     let window_opened = Instant::now();
     tokio::time::sleep(Duration::from_millis(1_500)).await;
     aws.put_secret_value()

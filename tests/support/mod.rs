@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod flavour;
+#[cfg(feature = "secrets-manager")]
+pub mod secrets;
 
 use std::future::Future;
 use std::sync::{Arc, Mutex, OnceLock};
