@@ -697,6 +697,29 @@ impl Config {
         SSL_MODES.iter().copied().find(|m| *m == mode)
     }
 
+    /// The CA file the URL names (`sslrootcert`, or sqlx's `ssl-root-cert` / `ssl-ca`).
+    pub(crate) fn ssl_root_cert(&self) -> Option<String> {
+        self.driver_url
+            .query_pairs()
+            .find(|(k, _)| matches!(k.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .map(|(_, v)| v.into_owned())
+    }
+
+    /// `sslmode` as libpq applies it: `require` with a CA file verifies the chain like
+    /// `verify-ca` ("if a root CA file exists, sslmode=require behaves like verify-ca"), and
+    /// no mode is `require` when the credentials need TLS (IAM) and `prefer` otherwise.
+    /// `None` means "the driver's default" (`prefer`).
+    pub(crate) fn effective_ssl_mode(&self) -> Option<&str> {
+        let mode = match self.ssl_mode() {
+            None if self.requires_tls() => Some("require"),
+            mode => mode,
+        };
+        match mode {
+            Some("require") if self.ssl_root_cert().is_some() => Some("verify-ca"),
+            mode => mode,
+        }
+    }
+
     /// Whether the connections must use TLS even when the URL says nothing (IAM logins).
     pub(crate) fn requires_tls(&self) -> bool {
         self.auth.requires_tls()

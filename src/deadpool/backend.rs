@@ -79,14 +79,8 @@ impl DeadpoolBackend {
         if let Some(options) = server_options(url, config.user())? {
             base.options(&options);
         }
-        let root_cert = ["sslrootcert", "ssl-root-cert", "ssl-ca"]
-            .into_iter()
-            .find_map(parameter);
-        let ssl_mode = match config.ssl_mode() {
-            None if config.requires_tls() => Some("require"),
-            mode => mode,
-        };
-        let (tls, mode) = tls::connector(ssl_mode, root_cert.as_deref())?;
+        let root_cert = config.ssl_root_cert();
+        let (tls, mode) = tls::connector(config.effective_ssl_mode(), root_cert.as_deref())?;
         base.ssl_mode(mode);
         Ok(DeadpoolBackend {
             base,

@@ -35,7 +35,19 @@ pub(crate) fn from_connect(err: tokio_postgres::Error, context: &str) -> Error {
     }
     // tokio-postgres keeps its error kinds private; its TLS failures say so.
     let handshake = err.to_string().contains("TLS");
-    let wrapped = Error::connect(format!("{context} failed")).with_source(err);
+    // Its Display stops at "error performing TLS handshake": the reason (an unknown issuer,
+    // a name mismatch, an expired certificate) is in the errors below it.
+    let mut causes = Vec::new();
+    let mut cause = std::error::Error::source(&err);
+    while let Some(inner) = cause {
+        causes.push(inner.to_string());
+        cause = inner.source();
+    }
+    let message = match causes.last() {
+        Some(reason) => format!("{context} failed ({reason})"),
+        None => format!("{context} failed"),
+    };
+    let wrapped = Error::connect(message).with_source(err);
     if handshake {
         wrapped.handshake_failed()
     } else {

@@ -32,8 +32,9 @@ compile_error!(
 
 /// The connector and tokio-postgres's mode for `sslmode` (default `prefer`, as libpq) and
 /// `sslrootcert`: `disable` never uses TLS; `prefer` and `require` encrypt without checking
-/// the certificate (as libpq); `verify-ca` checks that a CA of `sslrootcert` (or the Mozilla
-/// roots) signed it; `verify-full` also checks that it names the host.
+/// the certificate (as libpq; the caller turns `require` with a CA file into `verify-ca`,
+/// see `Config::effective_ssl_mode`); `verify-ca` checks that a CA of `sslrootcert` (or the
+/// Mozilla roots) signed it; `verify-full` also checks that it names the host.
 pub(crate) fn connector(
     ssl_mode: Option<&str>,
     root_cert: Option<&str>,

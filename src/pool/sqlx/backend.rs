@@ -35,8 +35,11 @@ pub(super) fn base_options(
         Some(map) => map(options),
         None => options,
     };
-    Ok(match config.ssl_mode() {
-        None if config.requires_tls() => options.ssl_mode(PgSslMode::Require),
+    Ok(match config.effective_ssl_mode() {
+        Some("require") if config.ssl_mode().is_none() => options.ssl_mode(PgSslMode::Require),
+        Some("verify-ca") if config.ssl_mode() != Some("verify-ca") => {
+            options.ssl_mode(PgSslMode::VerifyCa)
+        }
         _ => options,
     })
 }
