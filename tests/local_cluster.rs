@@ -524,3 +524,26 @@ async fn plain_flavour_single_instance() {
         .unwrap_err();
     assert!(err.to_string().contains("at least 1"), "{err}");
 }
+
+/// A spare instance's port stays held until it is added, so that nothing else (another
+/// cluster, an outgoing connection's local port) takes it in between; then its server
+/// listens there.
+#[tokio::test]
+async fn a_spare_keeps_its_port_until_added() {
+    init_tracing();
+    let cluster = LocalCluster::builder()
+        .instances(1)
+        .spare_instances(1)
+        .start()
+        .await
+        .expect("cluster");
+    let port = cluster.direct_addr("instance-2").expect("spare");
+    assert!(
+        std::net::TcpListener::bind(port).is_err(),
+        "the spare's port {port} was free for anyone to take"
+    );
+    cluster.add_instance("instance-2").await.expect("add");
+    tokio::net::TcpStream::connect(port)
+        .await
+        .expect("the added instance listens on its port");
+}

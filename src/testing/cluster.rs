@@ -208,6 +208,8 @@ struct Instance {
     resource_id: String,
     /// False for a spare until [`LocalCluster::add_instance`] starts it.
     added: AtomicBool,
+    /// A spare's port, held until it is added.
+    reserved: Mutex<Option<TcpListener>>,
 }
 
 /// The TLS material of a cluster started with [`LocalClusterBuilder::tls`],
@@ -650,17 +652,20 @@ impl Drop for Inner {
     }
 }
 
-/// Picks `n` distinct free TCP ports on 127.0.0.1.
-fn free_ports(n: usize) -> Result<Vec<u16>, TestingError> {
-    let listeners = (0..n)
-        .map(|_| TcpListener::bind("127.0.0.1:0"))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TestingError::new(format!("picking a free port on 127.0.0.1: {e}")))?;
-    listeners
-        .iter()
-        .map(|l| l.local_addr().map(|a| a.port()))
-        .collect::<Result<_, _>>()
-        .map_err(|e| TestingError::new(format!("picking a free port: {e}")))
+/// Picks `n` distinct free TCP ports on 127.0.0.1, each still held by its listener: a port
+/// is taken only when the listener is dropped, right before a server binds it.
+fn free_ports(n: usize) -> Result<Vec<(u16, TcpListener)>, TestingError> {
+    (0..n)
+        .map(|_| {
+            let listener = TcpListener::bind("127.0.0.1:0")
+                .map_err(|e| TestingError::new(format!("picking a free port on 127.0.0.1: {e}")))?;
+            let port = listener
+                .local_addr()
+                .map_err(|e| TestingError::new(format!("picking a free port: {e}")))?
+                .port();
+            Ok((port, listener))
+        })
+        .collect()
 }
 
 /// Removes clusters left behind by processes that died without dropping them (a test run
@@ -826,7 +831,16 @@ impl Inner {
         let ids: Vec<String> = (1..=cfg.instances + cfg.spares)
             .map(|i| format!("instance-{i}"))
             .collect();
-        let ports = free_ports(cfg.instances + cfg.spares)?;
+        let (ports, held): (Vec<u16>, Vec<TcpListener>) =
+            free_ports(cfg.instances + cfg.spares)?.into_iter().unzip();
+        // The servers started now bind their ports in a moment: released at once. A spare
+        // keeps its port held until it is added (minutes later another process, or an
+        // outgoing connection's local port, could have taken it).
+        let mut held: Vec<Option<TcpListener>> = held
+            .into_iter()
+            .enumerate()
+            .map(|(n, listener)| (n >= cfg.instances).then_some(listener))
+            .collect();
         let upstreams: Vec<(String, SocketAddr)> = ids
             .iter()
             .zip(&ports)
@@ -857,6 +871,7 @@ impl Inner {
                 log: root.join(format!("{id}.log")),
                 resource_id: (1_000_000_001 + n as u64).to_string(),
                 added: AtomicBool::new(n < cfg.instances),
+                reserved: Mutex::new(held[n].take()),
             })
             .collect();
         let inner = Arc::new(Inner {
@@ -1537,6 +1552,7 @@ impl Inner {
         }
         let writer = lock(&self.writer).clone();
         let primary = self.instance(&writer)?;
+        drop(lock(&inst.reserved).take());
         self.build_replica(inst, primary)?;
         if self.flavour != Flavour::Plain {
             let member = sql::Member {
