@@ -547,3 +547,40 @@ async fn a_spare_keeps_its_port_until_added() {
         .await
         .expect("the added instance listens on its port");
 }
+
+/// The superuser (trusted by the cluster's tooling) is reachable only through the unix
+/// socket in the cluster's private directory: over TCP, directly or through an instance
+/// endpoint, `postgres` without a password is refused.
+#[tokio::test]
+async fn the_superuser_is_not_reachable_over_tcp() {
+    use sqlx::Connection;
+    init_tracing();
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    let addresses = [
+        cluster.direct_addr("instance-1").expect("direct"),
+        cluster.instance_addr("instance-1").expect("proxy"),
+    ];
+    for address in addresses {
+        let url = format!("postgres://postgres@{address}/postgres?sslmode=disable");
+        let refused =
+            tokio::time::timeout(Duration::from_secs(10), sqlx::PgConnection::connect(&url))
+                .await
+                .expect("an answer")
+                .map(|_| ())
+                .expect_err("the superuser logged in over TCP");
+        let code = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        // No pg_hba entry trusts it, and it has no password to give.
+        assert!(
+            matches!(code.as_deref(), Some("28000" | "28P01")),
+            "{address}: {refused}"
+        );
+    }
+    // The cluster's own tooling still works (through the socket).
+    cluster
+        .psql("instance-1", "postgres", "SELECT 1")
+        .await
+        .expect("psql through the socket");
+}

@@ -767,10 +767,30 @@ fn initdb_template(env: &PgEnv) -> Result<Option<PathBuf>, TestingError> {
         .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
         .collect();
     let uid = env.run_as.map_or(env.euid, |(u, _)| u);
-    let dir = std::env::temp_dir().join(format!("aurora-pool-initdb-v1-{uid}-{tag}"));
+    // The binary's modification time: a PostgreSQL upgrade in place gets a new template.
+    let built = fs::metadata(env.bindir.join("postgres"))
+        .and_then(|m| m.modified())
+        .ok()
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    let dir = std::env::temp_dir().join(format!("aurora-pool-initdb-v2-{uid}-{tag}-{built}"));
     let marker = dir.join("complete");
     if marker.is_file() {
-        return Ok(Some(dir.join("data")));
+        // The path is predictable: a template someone else made (or could change) is not
+        // copied into a cluster.
+        let trusted = |path: &Path| {
+            use std::os::unix::fs::MetadataExt;
+            fs::symlink_metadata(path).is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0)
+        };
+        if trusted(&dir) && trusted(&dir.join("data")) {
+            return Ok(Some(dir.join("data")));
+        }
+        tracing::warn!(
+            target: TARGET,
+            dir = %dir.display(),
+            "initdb template not owned by the server user, or writable by others: not used (initdb runs per cluster)"
+        );
+        return Ok(None);
     }
     let staging =
         std::env::temp_dir().join(format!("aurora-pool-initdb-staging-{}", unique_suffix()));
@@ -855,6 +875,17 @@ impl Inner {
         if let Err(e) = env.chown(&root) {
             let _ = fs::remove_dir_all(&root);
             return Err(e);
+        }
+        // Private: the unix sockets live here, and they trust the superuser.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            if let Err(e) = fs::set_permissions(&root, fs::Permissions::from_mode(0o700)) {
+                let _ = fs::remove_dir_all(&root);
+                return Err(TestingError::new(format!(
+                    "making {} private: {e}",
+                    root.display()
+                )));
+            }
         }
         let tls = openssl.map(|o| Tls::new(o, &root));
         let instances = ids
@@ -1018,8 +1049,10 @@ impl Inner {
     }
 
     /// pg_hba.conf of the primary (pg_basebackup copies it to the replicas).
-    /// `postgres` and replication trust loopback (our own tooling); the client
-    /// role needs scram-sha-256, over TLS only when TLS is on.
+    /// `postgres` and replication are trusted on the unix socket only, which lives in the
+    /// cluster's private (0700) directory: no other local user reaches the superuser, over
+    /// TCP or through the proxies. The client role needs scram-sha-256, over TLS only when
+    /// TLS is on.
     fn hba_conf(&self) -> String {
         let client = if self.tls.is_some() {
             "hostssl"
@@ -1029,8 +1062,7 @@ impl Inner {
         format!(
             "# aurora-pool LocalCluster\n\
              local all all trust\n\
-             host all postgres 127.0.0.1/32 trust\n\
-             host replication all 127.0.0.1/32 trust\n\
+             local replication all trust\n\
              {client} all all 127.0.0.1/32 scram-sha-256\n"
         )
     }
@@ -1175,8 +1207,13 @@ impl Inner {
     }
 
     fn write_standby_conf(&self, inst: &Instance, primary_port: u16) -> Result<(), TestingError> {
+        // Over the private unix socket: the superuser has no TCP access.
         let conninfo = format!(
-            "host=127.0.0.1 port={primary_port} user=postgres application_name={}",
+            "host='{}' port={primary_port} user=postgres application_name={}",
+            self.root
+                .to_string_lossy()
+                .replace('\\', "\\\\")
+                .replace('\'', "\\'"),
             inst.id
         );
         self.env.write_file(
@@ -1380,17 +1417,11 @@ impl Inner {
             })?;
         }
         let mut cmd = self.env.pg("pg_basebackup", &self.root);
-        cmd.args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &primary.port.to_string(),
-            "-U",
-            "postgres",
-            "-D",
-        ])
-        .arg(&inst.data_dir)
-        .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
+        cmd.arg("-h")
+            .arg(&self.root)
+            .args(["-p", &primary.port.to_string(), "-U", "postgres", "-D"])
+            .arg(&inst.data_dir)
+            .args(["-R", "-X", "stream", "-c", "fast", "--no-sync"]);
         run(cmd, None, TOOL_TIMEOUT).map_err(|e| {
             self.with_log(
                 primary,

@@ -9,11 +9,18 @@
 //! * The PostgreSQL binaries are found through `AURORA_POOL_PG_BINDIR`, then
 //!   `pg_config --bindir`, then the newest `/usr/lib/postgresql/*/bin`, then
 //!   `PATH` (`apt-get install postgresql` provides them).
+//! * Linux only (it needs `pg_ctl`, unix sockets and `/proc`), PostgreSQL 13 or newer
+//!   (checked at start, with an error naming the version found); tested on 15.
 //! * When the process runs as root, every server-side binary runs as the
 //!   `postgres` OS user (PostgreSQL refuses to run as root).
-//! * `initdb` output is cached in `$TMPDIR/aurora-pool-initdb-v1-<uid>-<bindir>`
-//!   and copied for every cluster (saves most of a second per cluster). Set
-//!   `AURORA_POOL_NO_INITDB_CACHE=1` to run `initdb` per cluster instead.
+//! * Safe on a shared machine as far as the database goes: each cluster's directory is
+//!   private (0700) and holds the unix sockets, the only way in for the `postgres`
+//!   superuser (trusted there for the cluster's own tooling); over TCP, directly or through
+//!   the proxies, only the client role logs in, with its password.
+//! * `initdb` output is cached in `$TMPDIR/aurora-pool-initdb-v2-<uid>-<bindir>-<mtime>`
+//!   (a new one after a PostgreSQL upgrade) and copied for every cluster (saves most of a
+//!   second per cluster); a cache not owned by the server user, or writable by others, is
+//!   not used. Set `AURORA_POOL_NO_INITDB_CACHE=1` to run `initdb` per cluster instead.
 //! * Clients reach every instance through a TCP proxy (see
 //!   [`LocalCluster::instance_addr`], [`LocalCluster::blackhole`]) and the
 //!   writer through the cluster endpoint proxy

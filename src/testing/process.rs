@@ -55,6 +55,7 @@ impl PgEnv {
                 )));
             }
         }
+        check_version(&bindir)?;
         let euid = effective_uid()?;
         let run_as = if euid == 0 {
             Some(lookup_user("postgres")?)
@@ -374,4 +375,40 @@ pub(crate) fn kill_pid(pid: u32) {
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .status();
+}
+
+/// The oldest PostgreSQL major version the emulation runs on (its catalog functions and
+/// `pg_basebackup -R` need 13); tested on 15.
+const OLDEST_SUPPORTED_MAJOR: u32 = 13;
+
+/// Refuses PostgreSQL binaries older than [`OLDEST_SUPPORTED_MAJOR`] with an error that
+/// names the version and the directory, instead of failing later in the emulation.
+fn check_version(bindir: &Path) -> Result<(), TestingError> {
+    let out = Command::new(bindir.join("postgres"))
+        .arg("--version")
+        .output()
+        .map_err(|e| {
+            TestingError::new(format!(
+                "running {} --version: {e}",
+                bindir.join("postgres").display()
+            ))
+        })?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "postgres (PostgreSQL) 15.8 (Debian 15.8-1)"
+    let major = text
+        .split_whitespace()
+        .find_map(|word| word.split('.').next()?.parse::<u32>().ok());
+    match major {
+        Some(major) if major >= OLDEST_SUPPORTED_MAJOR => Ok(()),
+        Some(major) => Err(TestingError::new(format!(
+            "LocalCluster needs PostgreSQL {OLDEST_SUPPORTED_MAJOR} or newer; {} is {major} ({})",
+            bindir.display(),
+            text.trim()
+        ))),
+        None => Err(TestingError::new(format!(
+            "cannot read the PostgreSQL version of {} from `{}`",
+            bindir.display(),
+            text.trim()
+        ))),
+    }
 }
