@@ -46,8 +46,6 @@ pub(crate) struct PoolCore<B: Backend> {
     /// Taken (emptied) by `close`; read without locks. None from the start through an RDS
     /// Proxy.
     cluster: ArcSwapOption<ClusterHandle>,
-    /// The URL names an RDS Proxy endpoint (see [`Config::is_rds_proxy`]).
-    through_proxy: bool,
     /// Keeps this pool's credentials available to the shared monitor.
     _registration: Arc<Registration>,
     scope: ScopeSource,
@@ -151,7 +149,6 @@ impl<B: Backend> PoolCore<B> {
             routing: ArcSwap::from_pointee(table),
             backend,
             cluster: ArcSwapOption::from(cluster),
-            through_proxy,
             _registration: registration,
             reconciler: {
                 let (weak, scope) = (weak.clone(), scope.clone());
@@ -238,7 +235,6 @@ impl<B: Backend> PoolCore<B> {
     /// and becomes [`Error::is_failover`]. A read-only refusal (25006) also makes it re-check
     /// the writer, but stays the driver's error: on a reader it is the caller's mistake.
     pub(crate) fn classify(&self, err: Error) -> Error {
-        let err = err.in_dialect(self.topology().dialect());
         if err.class() == ErrorClass::ReadOnly {
             self.request_refresh();
             return err;
@@ -246,14 +242,20 @@ impl<B: Backend> PoolCore<B> {
         self.classify_for(Role::Reader, err)
     }
 
+    /// `err` read as this cluster's kind means it (see [`Error::in_dialect`]); for errors
+    /// only: it reads the routing table.
+    pub(crate) fn in_cluster_dialect(&self, err: Error) -> Error {
+        err.in_dialect(self.routing.load().topology.dialect())
+    }
+
     /// An error seen on a connection taken for `role`: a failover-class one (a lost
     /// connection; a read-only refusal on the writer) makes the monitor re-read the topology
     /// at once and becomes [`Error::is_failover`].
     pub(crate) fn classify_for(&self, role: Role, err: Error) -> Error {
-        let err = err.in_dialect(self.topology().dialect());
+        let err = self.in_cluster_dialect(err);
         // Behind a proxy a read-only refusal is the endpoint's (a read-only proxy endpoint),
         // never a demoted writer: the proxy follows the writer by itself.
-        if self.through_proxy && err.class() == ErrorClass::ReadOnly {
+        if err.class() == ErrorClass::ReadOnly && self.config.is_rds_proxy() {
             return err;
         }
         if err.class().fails_over_for(role) {
@@ -302,7 +304,7 @@ impl<B: Backend> PoolCore<B> {
         let table = self.routing.load();
         PoolStatus {
             topology_version: table.topology.version(),
-            through_proxy: self.through_proxy,
+            through_proxy: self.config.is_rds_proxy(),
             instances: table
                 .slots()
                 .map(|slot| {

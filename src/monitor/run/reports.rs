@@ -38,6 +38,7 @@ impl Monitor {
         let health = self.health.entry(report.instance.clone()).or_default();
         let mut health_changed = false;
         let mut panic_reason = None;
+        let mut silent_writer_answered = false;
         match report.outcome {
             ProbeOutcome::Reachable { writer } => {
                 health.failing_since = None;
@@ -47,11 +48,10 @@ impl Monitor {
                 // An instance back as a second writer is no usable reader: it stays out of
                 // the routing until judged (or until it answers as a reader).
                 let second_writer = writer && !is_writer;
-                if self.settled_without.as_deref() == Some(report.instance.as_str()) {
-                    // The silent writer answers: the usual rules hold for it again.
-                    self.settled_without = None;
-                    self.state.set_writer_silent(false);
-                }
+                // The silent writer panic mode settled on answers: the usual rules hold
+                // for it again (applied below, once `health` is let go).
+                silent_writer_answered =
+                    self.settled_without.as_deref() == Some(report.instance.as_str());
                 if health.dead && !second_writer {
                     health.dead = false;
                     health_changed = true;
@@ -149,6 +149,9 @@ impl Monitor {
                     ));
                 }
             }
+        }
+        if silent_writer_answered {
+            self.settle_on(None);
         }
         if health_changed {
             self.republish();

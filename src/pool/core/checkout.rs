@@ -153,12 +153,13 @@ impl<B: Backend> PoolCore<B> {
             // An idle connection is handed out at once: no timer, no waiting on the routing
             // (registering both costs every checkout that has to wait, see BENCHMARKS.md).
             let ready = std::future::poll_fn(|cx| Poll::Ready(acquire.as_mut().poll(cx))).await;
-            let dialect = self.routing.load().topology.dialect();
-            let ready = ready.map(|result| result.map_err(|err| err.in_dialect(dialect)));
+            let ready = ready.map(|result| result.map_err(|err| self.in_cluster_dialect(err)));
             let outcome = match ready {
                 Poll::Ready(result) => Some(result),
                 Poll::Pending => match self.wait_for(acquire, &mut routing, deadline).await {
-                    Waited::Done(result) => Some(result.map_err(|err| err.in_dialect(dialect))),
+                    Waited::Done(result) => {
+                        Some(result.map_err(|err| self.in_cluster_dialect(err)))
+                    }
                     Waited::RoutingChanged => None,
                     Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
                 },

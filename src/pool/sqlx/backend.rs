@@ -35,13 +35,12 @@ pub(super) fn base_options(
         Some(map) => map(options),
         None => options,
     };
-    Ok(match config.effective_ssl_mode() {
-        Some("require") if config.ssl_mode().is_none() => options.ssl_mode(PgSslMode::Require),
-        Some("verify-ca") if config.ssl_mode() != Some("verify-ca") => {
-            options.ssl_mode(PgSslMode::VerifyCa)
-        }
-        _ => options,
-    })
+    match config.effective_ssl_mode() {
+        Some(mode) => PgSslMode::from_str(mode)
+            .map(|mode| options.ssl_mode(mode))
+            .map_err(|err| Error::config("sslmode", format!("`{mode}`")).with_source(err)),
+        None => Ok(options),
+    }
 }
 
 pub(super) fn options_for(
