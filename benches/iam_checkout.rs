@@ -5,8 +5,10 @@
 //! `cargo bench --bench iam_checkout --features iam,testing`
 //!
 //! PostgreSQL cannot check IAM tokens, so the token the provider will sign (fixed clock,
-//! `iam_host`) is made the password of a second role. The local cluster has no TLS here: the
-//! pool is given the provider directly, which skips the TLS requirement of `auth=iam`.
+//! `iam_host`) is made the password of a second role. The local cluster has no TLS here, so
+//! that the comparison with the raw pool measures the tokens alone: the pool sets
+//! `allow_unverified_server` and is given the provider directly, which skips the TLS
+//! requirement of `auth=iam`.
 
 mod support;
 
@@ -56,7 +58,7 @@ fn main() {
         let aurora = AuroraPool::builder()
             .url(format!(
                 "postgres://app_iam@{addr}/{}?instance_endpoints={endpoints}&cluster_id=bench-iam\
-                 &writer_max_connections={MAX_CONNECTIONS}",
+                 &writer_max_connections={MAX_CONNECTIONS}&allow_unverified_server=true",
                 cluster.database()
             ))
             .credential_provider(iam.clone())

@@ -202,6 +202,15 @@ pub trait CredentialProvider: fmt::Debug + Send + Sync + 'static {
         let _ = failure;
         Box::pin(std::future::ready(Ok(None)))
     }
+
+    /// Whether these credentials may only go to a server the TLS handshake verified
+    /// (`sslmode=verify-ca` or `verify-full`), as IAM tokens and Secrets Manager passwords
+    /// do: a pool using this provider then defaults to `verify-full` and refuses weaker
+    /// modes unless `allow_unverified_server` is set. The default is `false`: the
+    /// credentials follow `sslmode` as a URL's password does.
+    fn needs_verified_server(&self) -> bool {
+        false
+    }
 }
 
 impl<P: CredentialProvider + ?Sized> CredentialProvider for Arc<P> {
@@ -214,6 +223,10 @@ impl<P: CredentialProvider + ?Sized> CredentialProvider for Arc<P> {
         failure: LoginFailure<'a>,
     ) -> BoxFuture<'a, Result<Option<Credentials>>> {
         (**self).login_rejected(failure)
+    }
+
+    fn needs_verified_server(&self) -> bool {
+        (**self).needs_verified_server()
     }
 }
 

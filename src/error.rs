@@ -34,6 +34,8 @@ enum Kind {
     Config { parameter: String },
     /// A physical connection could not be opened or broke.
     Connect,
+    /// The TLS handshake refused the server's certificate.
+    Certificate,
     /// The cluster's topology could not be read or made no sense.
     Topology,
     /// Two different clusters were registered under one `cluster_id`.
@@ -139,6 +141,11 @@ impl Error {
 
     pub(crate) fn connect(message: impl Into<String>) -> Self {
         Self::new(Kind::Connect, message)
+    }
+
+    /// The server's certificate was refused: `message` says for which host, the source why.
+    pub(crate) fn certificate(message: impl Into<String>) -> Self {
+        Self::new(Kind::Certificate, message)
     }
 
     pub(crate) fn topology(message: impl Into<String>) -> Self {
@@ -280,6 +287,14 @@ impl Error {
     /// A connection could not be opened, or broke.
     pub fn is_connect(&self) -> bool {
         self.0.kind == Kind::Connect
+    }
+
+    /// The TLS handshake refused the server's certificate (`sslmode=verify-ca` or
+    /// `verify-full`, or `require` with `sslrootcert`): no trusted CA signed it, it does not
+    /// name the host, or it expired. The message names the host and the reason. Not a
+    /// failover and not retried: fix `sslrootcert` (for RDS, the CA bundle) or the host.
+    pub fn is_certificate_refused(&self) -> bool {
+        self.0.kind == Kind::Certificate
     }
 
     /// The cluster topology could not be read, or the catalog answered something invalid

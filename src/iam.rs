@@ -409,6 +409,11 @@ impl fmt::Debug for IamAuth {
 }
 
 impl CredentialProvider for IamAuth {
+    /// IAM tokens go only to a verified server (see `allow_unverified_server`).
+    fn needs_verified_server(&self) -> bool {
+        true
+    }
+
     fn credentials<'a>(&'a self, target: &'a ConnectTarget) -> BoxFuture<'a, Result<Credentials>> {
         Box::pin(async move {
             let key = self.key(target)?;

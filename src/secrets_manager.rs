@@ -606,6 +606,11 @@ impl fmt::Debug for SecretsManagerAuth {
 }
 
 impl CredentialProvider for SecretsManagerAuth {
+    /// Secrets Manager passwords go only to a verified server (see `allow_unverified_server`).
+    fn needs_verified_server(&self) -> bool {
+        true
+    }
+
     fn credentials<'a>(&'a self, _target: &'a ConnectTarget) -> BoxFuture<'a, Result<Credentials>> {
         Box::pin(async move {
             if let Some(credentials) = self.cached() {

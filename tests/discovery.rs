@@ -162,6 +162,26 @@ async fn detects_rds_multi_az_and_plain_postgres<F: Flavour>(test: &str) {
         .instance_addr("instance-1")
         .expect("instance-1")
         .to_string();
+    // The client role owns its database, so it may create a schema named `rds_tools` with
+    // the functions the Multi-AZ dialect reads: they must not steer the pool to the hosts
+    // they name (only a superuser's `rds_tools` counts, as `rdsadmin`'s on RDS).
+    let fake = format!(
+        "SET ROLE \"{}\";\
+         CREATE SCHEMA rds_tools;\
+         CREATE FUNCTION rds_tools.multi_az_db_cluster_source_dbi_resource_id() \
+           RETURNS TABLE(multi_az_db_cluster_source_dbi_resource_id text) \
+           LANGUAGE sql AS $$ SELECT 'db-fake' $$;\
+         CREATE FUNCTION rds_tools.dbi_resource_id() RETURNS text \
+           LANGUAGE sql AS $$ SELECT 'db-other' $$;\
+         CREATE FUNCTION rds_tools.show_topology(text DEFAULT '') \
+           RETURNS TABLE(id text, endpoint text, port integer) \
+           LANGUAGE sql AS $$ SELECT 'db-fake', 'attacker.example', 5432 $$;",
+        plain.user()
+    );
+    plain
+        .psql("instance-1", plain.database(), &fake)
+        .await
+        .expect("the client role's own rds_tools");
     let url = format!(
         "{}?cluster_id={}",
         plain.instance_url("instance-1").expect("known instance"),

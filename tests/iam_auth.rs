@@ -213,18 +213,29 @@ async fn a_wrong_token_is_a_login_error_not_an_endless_retry<F: Flavour>(test: &
 }
 
 #[test]
-fn iam_refuses_sslmodes_without_tls() {
+fn iam_tokens_go_only_to_a_verified_server() {
     let base = "postgres://app@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app?auth=iam";
+    let config = |params: &str| aurora_pool::Config::from_url(&format!("{base}{params}"));
+    // Without TLS: never, whatever the opt-out says (RDS refuses such logins anyway).
     for mode in ["disable", "allow", "prefer"] {
-        let err = aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}")).expect_err(mode);
-        assert_eq!(err.parameter(), Some("sslmode"), "{err}");
+        for opt_out in ["", "&allow_unverified_server=true"] {
+            let err = config(&format!("&sslmode={mode}{opt_out}")).expect_err(mode);
+            assert_eq!(err.parameter(), Some("sslmode"), "{err}");
+        }
     }
-    for mode in ["require", "verify-ca", "verify-full"] {
-        aurora_pool::Config::from_url(&format!("{base}&sslmode={mode}")).expect(mode);
+    // TLS that does not verify the server: only with the opt-out, which the error names.
+    let err = config("&sslmode=require").expect_err("require");
+    assert_eq!(err.parameter(), Some("sslmode"), "{err}");
+    assert!(err.to_string().contains("allow_unverified_server"), "{err}");
+    config("&sslmode=require&allow_unverified_server=true").expect("require, opted out");
+    for mode in ["verify-ca", "verify-full"] {
+        config(&format!("&sslmode={mode}")).expect(mode);
     }
+    // No sslmode: verify-full (nothing to refuse).
+    config("").expect("no sslmode");
 }
 
-/// Without sslmode, IAM means `require`: a server without TLS is refused.
+/// Without sslmode, IAM means `verify-full`: a server without TLS is refused.
 async fn iam_refuses_to_log_in_without_tls<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(1).await.expect("cluster");
     let clock = ManualClock(Arc::new(AtomicU64::new(1_795_317_600)));

@@ -188,9 +188,16 @@ async fn iam_signs_with_the_default_chain() {
 }
 
 /// `AuroraPool::connect` with nothing but URL parameters: the user and password come from
-/// the secret, the AWS credentials from the environment.
+/// the secret, the AWS credentials from the environment, and they go only to a server the
+/// handshake verified (`verify-full` unless told otherwise).
 async fn pool_from_a_url(moto: &MotoServer, admin: &aws_sdk_secretsmanager::Client) {
-    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let cluster = LocalCluster::builder()
+        .instances(2)
+        .tls(true)
+        .start()
+        .await
+        .expect("cluster");
+    let ca = cluster.ca_cert_path().expect("CA").display().to_string();
     admin
         .create_secret()
         .name("orders/db")
@@ -213,7 +220,32 @@ async fn pool_from_a_url(moto: &MotoServer, admin: &aws_sdk_secretsmanager::Clie
             moto.endpoint(),
         )
     };
-    let pool = AuroraPool::connect(&url("orders/db"))
+    // The defaults: verify-full against the Mozilla roots, which did not sign the
+    // cluster's certificate; the password is never sent.
+    let err = AuroraPool::connect(&url("orders/db"))
+        .await
+        .expect_err("an unverifiable server gets no password");
+    assert!(err.is_certificate_refused(), "{err:?}");
+    assert!(
+        err.to_string().contains("127.0.0.1"),
+        "names the host: {err}"
+    );
+    // A mode that does not verify is refused before anything is fetched or sent...
+    let err = AuroraPool::connect(&format!("{}&sslmode=require", url("orders/db")))
+        .await
+        .expect_err("require does not verify the server");
+    assert_eq!(err.parameter(), Some("sslmode"), "{err}");
+    assert!(err.to_string().contains("allow_unverified_server"), "{err}");
+    // ... unless the opt-out says so.
+    let pool = AuroraPool::connect(&format!(
+        "{}&sslmode=require&allow_unverified_server=true",
+        url("orders/db")
+    ))
+    .await
+    .expect("connect with the opt-out");
+    pool.close().await;
+    // The CA bundle (here the cluster's own CA) is all production needs.
+    let pool = AuroraPool::connect(&format!("{}&sslrootcert={ca}", url("orders/db")))
         .await
         .expect("connect");
     let user: String = sqlx::query_scalar("SELECT current_user::text")
@@ -235,7 +267,7 @@ async fn pool_from_a_url(moto: &MotoServer, admin: &aws_sdk_secretsmanager::Clie
         .send()
         .await
         .expect("CreateSecret");
-    let err = AuroraPool::connect(&url("orders/half"))
+    let err = AuroraPool::connect(&format!("{}&sslrootcert={ca}", url("orders/half")))
         .await
         .expect_err("no password in the secret");
     assert!(err.is_credentials(), "{err:?}");

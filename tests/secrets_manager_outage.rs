@@ -62,6 +62,7 @@ async fn secrets_manager_down_longer_than_the_cache<F: Flavour>(test: &str) {
     let cluster = LocalCluster::builder()
         .instances(2)
         .spare_instances(1)
+        .tls(true)
         .start()
         .await
         .expect("cluster");

@@ -19,7 +19,12 @@ const NEW_PASSWORD: &str = "rotated-Pa55-never-shown";
 
 async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavour>(test: &str) {
     support::capture_logs();
-    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let cluster = LocalCluster::builder()
+        .instances(3)
+        .tls(true)
+        .start()
+        .await
+        .expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
     create_secret(&aws, "orders/app", &cluster).await;
@@ -164,7 +169,12 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
 /// log in anew during it wait, fetch the secret again and succeed. None fails, before,
 /// during or after the window.
 async fn a_rotation_window_is_bridged<F: Flavour>(test: &str) {
-    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let cluster = LocalCluster::builder()
+        .instances(2)
+        .tls(true)
+        .start()
+        .await
+        .expect("cluster");
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
     create_secret(&aws, "orders/bridged", &cluster).await;

@@ -1,105 +1,282 @@
-//! `sslmode` as libpq means it, in both flavours, against a `LocalCluster` serving TLS with
-//! a CA of its own: `require` alone encrypts without checking the certificate, and
-//! `require` with `sslrootcert` checks the chain like `verify-ca`, so a CA that did not sign
-//! the server's certificate is refused.
+//! `sslmode` as libpq means it (the README's table), in both flavours, against a
+//! `LocalCluster` serving TLS with a CA of its own: which modes encrypt, which fall back,
+//! which check the chain, the name and the dates, and what a refusal says.
 
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use aurora_pool::Role;
 use aurora_pool::testing::LocalCluster;
 use support::flavour::{Flavour, flavour_tests};
 
-/// A throwaway CA that signed nothing the cluster serves, made with `openssl`.
-fn another_ca(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!(
-        "aurora-pool-other-ca-{test}-{}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).expect("dir");
-    let (key, cert) = (dir.join("ca.key"), dir.join("ca.pem"));
-    let made = std::process::Command::new(
+/// Whether the session serving the query is encrypted.
+const ENCRYPTED: &str =
+    "SELECT ssl::text FROM pg_catalog.pg_stat_ssl WHERE pid = pg_catalog.pg_backend_pid()";
+
+fn openssl() -> std::process::Command {
+    std::process::Command::new(
         std::env::var("AURORA_POOL_OPENSSL").unwrap_or_else(|_| "openssl".into()),
     )
-    .args([
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=another CA",
-        "-keyout",
-    ])
-    .arg(&key)
-    .arg("-out")
-    .arg(&cert)
-    .output()
-    .expect("openssl");
+}
+
+fn run(mut command: std::process::Command) {
+    let done = command.output().expect("openssl");
     assert!(
-        made.status.success(),
+        done.status.success(),
         "{}",
-        String::from_utf8_lossy(&made.stderr)
+        String::from_utf8_lossy(&done.stderr)
     );
+}
+
+/// A throwaway CA that signed nothing the cluster serves.
+fn another_ca(dir: &Path) -> PathBuf {
+    let (key, cert) = (dir.join("other-ca.key"), dir.join("other-ca.pem"));
+    let mut command = openssl();
+    command
+        .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+        .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "1"])
+        .args(["-subj", "/CN=another CA", "-keyout"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&cert);
+    run(command);
     cert
 }
 
-fn with_ca(mode: &str, ca: Option<&Path>) -> String {
-    match ca {
-        Some(ca) => format!("sslmode={mode}&sslrootcert={}", ca.display()),
-        None => format!("sslmode={mode}"),
+/// Makes every instance serve a new certificate from the cluster's own CA, for `names`
+/// (an openssl `subjectAltName`) and valid for `days` from now (negative: expired), and
+/// waits until new sessions get it.
+async fn serve_certificate(cluster: &LocalCluster, dir: &Path, names: &str, days: i32) {
+    let tls = cluster.ca_cert_path().expect("CA").parent().expect("dir");
+    let (ca_cert, ca_key) = (tls.join("ca.crt"), tls.join("ca.key"));
+    let (server_key, server_cert) = (tls.join("server.key"), tls.join("server.crt"));
+    let (csr, ext, cert) = (
+        dir.join("server.csr"),
+        dir.join("ext.cnf"),
+        dir.join("server.pem"),
+    );
+    std::fs::write(&ext, format!("subjectAltName = {names}\n")).expect("ext");
+    let mut command = openssl();
+    command
+        .args(["req", "-new", "-subj", "/CN=test", "-key"])
+        .arg(&server_key)
+        .arg("-out")
+        .arg(&csr);
+    run(command);
+    let mut command = openssl();
+    command
+        .args(["x509", "-req", "-sha256", "-days", &days.to_string()])
+        .arg("-in")
+        .arg(&csr)
+        .arg("-CA")
+        .arg(&ca_cert)
+        .arg("-CAkey")
+        .arg(&ca_key)
+        .args(["-set_serial", &format!("{}", 1000 + days.unsigned_abs())])
+        .arg("-extfile")
+        .arg(&ext)
+        .arg("-out")
+        .arg(&cert);
+    run(command);
+    // Replaced in place: the file keeps the owner and mode the server needs.
+    std::fs::write(&server_cert, std::fs::read(&cert).expect("cert")).expect("install");
+    reload(cluster).await;
+}
+
+/// Has every instance read its files again (PostgreSQL >= 10 reloads its certificate on
+/// SIGHUP), and gives the postmasters a moment.
+async fn reload(cluster: &LocalCluster) {
+    for id in cluster.instance_ids() {
+        cluster
+            .psql(&id, "postgres", "SELECT pg_catalog.pg_reload_conf()")
+            .await
+            .expect("reload");
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+}
+
+/// Lets the client role log in without TLS too (a `host` line beside the `hostssl` one).
+async fn accept_plain_logins(cluster: &LocalCluster) {
+    for id in cluster.instance_ids() {
+        let hba = cluster
+            .psql(&id, "postgres", "SHOW hba_file")
+            .await
+            .expect("hba_file");
+        let mut lines = std::fs::read_to_string(&hba).expect("read pg_hba.conf");
+        lines.push_str("host all all 127.0.0.1/32 scram-sha-256\n");
+        std::fs::write(&hba, lines).expect("write pg_hba.conf");
+    }
+    reload(cluster).await;
+}
+
+struct Modes<'a> {
+    cluster: &'a LocalCluster,
+    test: &'a str,
+    made: AtomicUsize,
+}
+
+impl Modes<'_> {
+    /// A pool with `params` (each on a cluster id of its own: a monitor connects the way
+    /// the pool that started it does).
+    async fn connect<F: Flavour>(&self, params: &str) -> aurora_pool::Result<F> {
+        let n = self.made.fetch_add(1, Ordering::Relaxed);
+        let name = format!("{}-{n}", self.test);
+        F::connect_with(support::flavour::config(self.cluster, &name, params)).await
+    }
+
+    /// Whether a pool with `params` connects over TLS, through a checkout and through the
+    /// kept writer handle; closes the pool.
+    async fn encrypted<F: Flavour>(&self, params: &str) -> bool {
+        let pool: F = self
+            .connect(params)
+            .await
+            .unwrap_or_else(|err| panic!("{params}: {err:?}"));
+        let checkout = pool
+            .query_text(Role::Writer, ENCRYPTED)
+            .await
+            .unwrap_or_else(|err| panic!("{params}: {err:?}"));
+        let handle = pool.handle(Role::Writer);
+        let kept = F::handle_text(&handle, ENCRYPTED)
+            .await
+            .unwrap_or_else(|err| panic!("{params}, kept handle: {err}"));
+        assert_eq!(checkout, kept, "{params}");
+        pool.close().await;
+        checkout == "true"
+    }
+
+    /// The error of a pool with `params` that must not connect.
+    async fn refused<F: Flavour>(&self, params: &str) -> aurora_pool::Error {
+        match self.connect::<F>(params).await {
+            Ok(pool) => {
+                pool.close().await;
+                panic!("{params} connected");
+            }
+            Err(err) => {
+                eprintln!("{}: {params}: {err}", self.test);
+                err
+            }
+        }
     }
 }
 
-async fn require_with_a_root_certificate_verifies_the_chain<F: Flavour>(test: &str) {
+async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
     let cluster = LocalCluster::builder()
-        .instances(2)
+        .instances(1)
         .tls(true)
         .start()
         .await
         .expect("TLS cluster");
-    let own_ca = cluster
-        .ca_cert_path()
-        .expect("a TLS cluster has a CA")
-        .to_owned();
-    let other_ca = another_ca(test);
-    let connect = |params: String| {
-        let config =
-            support::flavour::config(&cluster, &format!("{test}-{}", params.len()), &params);
-        async move { F::connect_with(config).await }
+    let dir = std::env::temp_dir().join(format!("aurora-pool-{test}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let own_ca = cluster.ca_cert_path().expect("CA").display().to_string();
+    let other_ca = another_ca(&dir).display().to_string();
+    let modes = Modes {
+        cluster: &cluster,
+        test,
+        made: AtomicUsize::new(0),
     };
 
-    // `require` alone: encrypted, nothing checked (as libpq).
-    let pool = connect(with_ca("require", None)).await.expect("require");
-    pool.execute("SELECT 1").await.expect("a query");
-    pool.close().await;
-    // `require` with the cluster's CA: verified, connects.
-    let pool = connect(with_ca("require", Some(&own_ca)))
-        .await
-        .expect("require with the right CA");
-    pool.execute("SELECT 1").await.expect("a query");
-    pool.close().await;
-    // `require` with a CA that did not sign the certificate: refused, as `verify-ca` is.
-    let err = connect(with_ca("require", Some(&other_ca)))
-        .await
-        .map(|_| ())
-        .expect_err("require with another CA must not connect");
-    eprintln!("{test}: require with another CA: {err}");
-    assert!(err.is_connect() || err.is_topology(), "{err:?}");
-    // The refusal says why: the certificate's issuer is not a trusted CA.
-    let shown = err.to_string().to_lowercase();
+    // The client role may log in over TLS only (`hostssl`).
+    let err = modes.refused::<F>("sslmode=disable").await;
     assert!(
-        shown.contains("issuer") || shown.contains("certificate verify failed"),
-        "{err}"
+        err.is_login_rejected(),
+        "disable sends a plain login: {err:?}"
     );
-    let err = connect(with_ca("verify-ca", Some(&other_ca)))
-        .await
-        .map(|_| ())
-        .expect_err("verify-ca with another CA must not connect");
-    assert!(err.is_connect() || err.is_topology(), "{err:?}");
-    let _ = std::fs::remove_dir_all(other_ca.parent().expect("dir"));
+    assert!(
+        modes.encrypted::<F>("sslmode=allow").await,
+        "allow: the plain login is refused, then TLS"
+    );
+    assert!(modes.encrypted::<F>("sslmode=prefer").await, "prefer");
+    assert!(modes.encrypted::<F>("").await, "no sslmode is prefer");
+    assert!(
+        modes.encrypted::<F>("sslmode=require").await,
+        "require checks nothing"
+    );
+    assert!(
+        modes
+            .encrypted::<F>(&format!("sslmode=require&sslrootcert={own_ca}"))
+            .await
+    );
+    assert!(
+        modes
+            .encrypted::<F>(&format!("sslmode=verify-full&sslrootcert={own_ca}"))
+            .await
+    );
+    // The chain: the cluster's CA is neither among the default roots nor another CA.
+    for params in [
+        "sslmode=verify-ca".to_owned(),
+        format!("sslmode=verify-ca&sslrootcert={other_ca}"),
+        format!("sslmode=verify-full&sslrootcert={other_ca}"),
+        format!("sslmode=require&sslrootcert={other_ca}"),
+    ] {
+        let err = modes.refused::<F>(&params).await;
+        assert!(err.is_certificate_refused(), "{params}: {err:?}");
+        let shown = err.to_string().to_lowercase();
+        assert!(shown.contains("127.0.0.1"), "names the host: {shown}");
+        assert!(
+            shown.contains("issuer") || shown.contains("certificate verify failed"),
+            "says why: {shown}"
+        );
+    }
+
+    // Plain logins accepted too: `allow` stays plain, `prefer` takes TLS.
+    accept_plain_logins(&cluster).await;
+    assert!(!modes.encrypted::<F>("sslmode=disable").await, "disable");
+    assert!(
+        !modes.encrypted::<F>("sslmode=allow").await,
+        "allow tries plain first"
+    );
+    assert!(modes.encrypted::<F>("sslmode=prefer").await, "prefer");
+
+    // A certificate for another name: verify-full refuses it, verify-ca does not look.
+    serve_certificate(&cluster, &dir, "DNS:elsewhere.example", 2).await;
+    let err = modes
+        .refused::<F>(&format!("sslmode=verify-full&sslrootcert={own_ca}"))
+        .await;
+    assert!(err.is_certificate_refused(), "{err:?}");
+    let shown = err.to_string().to_lowercase();
+    assert!(shown.contains("127.0.0.1"), "names the host: {shown}");
+    assert!(
+        shown.contains("name") || shown.contains("mismatch"),
+        "says why: {shown}"
+    );
+    assert!(
+        modes
+            .encrypted::<F>(&format!("sslmode=verify-ca&sslrootcert={own_ca}"))
+            .await,
+        "verify-ca does not check the name"
+    );
+
+    // An expired certificate: refused by the modes that verify, not by require.
+    serve_certificate(&cluster, &dir, "IP:127.0.0.1", -1).await;
+    let err = modes
+        .refused::<F>(&format!("sslmode=verify-ca&sslrootcert={own_ca}"))
+        .await;
+    assert!(err.is_certificate_refused(), "{err:?}");
+    let shown = err.to_string().to_lowercase();
+    assert!(shown.contains("expired"), "says why: {shown}");
+    assert!(
+        modes.encrypted::<F>("sslmode=require").await,
+        "require checks nothing"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
-flavour_tests!(require_with_a_root_certificate_verifies_the_chain);
+flavour_tests!(every_sslmode_as_libpq_documents);
+
+/// The sqlx flavour checks a certificate against the address it connects to: with
+/// `hostaddr`, `verify-full` could not check the URL's host as libpq does, so it is refused
+/// before any connection (the deadpool flavour checks the host; see `src/deadpool/tls.rs`).
+#[tokio::test]
+async fn sqlx_refuses_hostaddr_with_verify_full() {
+    let err = aurora_pool::AuroraPool::connect(
+        "postgres://app:pw@db.cluster-abc123.us-east-1.rds.amazonaws.com/app?hostaddr=127.0.0.1&sslmode=verify-full",
+    )
+    .await
+    .map(|_| ())
+    .expect_err("refused");
+    assert_eq!(err.parameter(), Some("hostaddr"), "{err}");
+}

@@ -7,11 +7,10 @@ use std::time::Duration;
 use ::deadpool::Runtime;
 use ::deadpool::managed::{PoolConfig, QueueMode, Timeouts};
 use tokio_postgres::SimpleQueryMessage;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{from_pg, from_pool};
 use super::manager::{Manager, connect_client};
-use super::tls;
+use super::tls::Tls;
 use super::{Object, Pool};
 use crate::auth::{ConnectTarget, CredentialProvider};
 use crate::config::{Config, PoolSizing};
@@ -28,7 +27,7 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(30);
 
 pub(crate) struct DeadpoolBackend {
     base: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    tls: Tls,
     provider: Arc<dyn CredentialProvider>,
     user: String,
     acquire_timeout: Duration,
@@ -79,9 +78,7 @@ impl DeadpoolBackend {
         if let Some(options) = server_options(url, config.user())? {
             base.options(&options);
         }
-        let root_cert = config.ssl_root_cert();
-        let (tls, mode) = tls::connector(config.effective_ssl_mode(), root_cert.as_deref())?;
-        base.ssl_mode(mode);
+        let tls = Tls::new(config)?;
         Ok(DeadpoolBackend {
             base,
             tls,
@@ -333,7 +330,7 @@ async fn maintain(
 /// Opens the crate's own connections (discovery, monitor, probes).
 pub(crate) struct AdminConnector {
     base: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    tls: Tls,
     provider: Arc<dyn CredentialProvider>,
     user: String,
     cluster_id: String,
@@ -357,9 +354,8 @@ impl Connector for AdminConnector {
     ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>> {
         Box::pin(async move {
             let mut base = self.base.clone();
-            base.host(&address.host)
-                .port(address.port)
-                .application_name(purpose.application_name(&self.cluster_id));
+            self.tls.point(&mut base, address);
+            base.application_name(purpose.application_name(&self.cluster_id));
             let context = format!("connecting to {address}");
             let (client, _) = login::connect_with_login(
                 self.provider.as_ref(),

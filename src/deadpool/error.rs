@@ -6,8 +6,10 @@ use crate::error::Error;
 /// I/O failure or a refused connect is a connect error (network class).
 pub(crate) fn from_pg(err: tokio_postgres::Error, context: &str) -> Error {
     let sqlstate = err.code().map(|code| code.code().to_owned());
-    let wrapped = if sqlstate.is_some() {
-        Error::driver(format!("{context} failed"))
+    let wrapped = if let Some(db) = err.as_db_error() {
+        // tokio-postgres shows a server error as "db error": the server's message is what
+        // tells (as sqlx shows it).
+        Error::driver(format!("{context} failed ({})", db.message()))
     } else if err.is_closed()
         || std::error::Error::source(&err).is_some_and(|s| s.is::<std::io::Error>())
     {
@@ -32,6 +34,12 @@ impl From<tokio_postgres::Error> for Error {
 pub(crate) fn from_connect(err: tokio_postgres::Error, context: &str) -> Error {
     if err.code().is_some() {
         return from_pg(err, context);
+    }
+    if let Some(reason) = super::tls::certificate_refusal(&err) {
+        return Error::certificate(format!(
+            "{context} failed: the server's certificate was refused ({reason})"
+        ))
+        .with_source(err);
     }
     // tokio-postgres keeps its error kinds private; its TLS failures say so.
     let handshake = err.to_string().contains("TLS");

@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use ::deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
 use deadpool_postgres::ClientWrapper;
 use tokio::task::AbortHandle;
-use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{from_connect, from_pg};
+use super::tls::Tls;
 use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
 use crate::error::{Error, Result};
 use crate::pool::login;
@@ -33,7 +33,7 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 /// at checkout instead of handed out.
 pub struct Manager {
     pub(super) base: tokio_postgres::Config,
-    pub(super) tls: MakeRustlsConnect,
+    pub(super) tls: Tls,
     pub(super) provider: Arc<dyn CredentialProvider>,
     pub(super) user: String,
     pub(super) targets: Arc<Targets>,
@@ -48,11 +48,11 @@ pub struct Manager {
     confirm_writer: bool,
 }
 
-/// Opens one tokio-postgres connection to the host and port set in `config`, with TLS, TCP
+/// Opens one tokio-postgres connection to where `tls` pointed `config`, with TLS, TCP
 /// keepalives and `tcp_user_timeout`, logging in with `credentials`.
 pub(super) async fn connect_client(
     mut config: tokio_postgres::Config,
-    tls: MakeRustlsConnect,
+    tls: Tls,
     connect_timeout: Duration,
     context: &str,
     credentials: Arc<Credentials>,
@@ -68,7 +68,7 @@ pub(super) async fn connect_client(
         .tcp_user_timeout(TCP_USER_TIMEOUT)
         .keepalives(true)
         .keepalives_idle(KEEPALIVE_IDLE);
-    let (client, connection) = tokio::time::timeout(connect_timeout, config.connect(tls))
+    let (client, connection) = tokio::time::timeout(connect_timeout, tls.connect(&config))
         .await
         .map_err(|_| {
             // The instance did not accept a connection in time: as unreachable as a refused
@@ -93,7 +93,7 @@ const MOVED_WHILE_CONNECTING: usize = 3;
 impl Manager {
     pub(super) fn new(
         base: tokio_postgres::Config,
-        tls: MakeRustlsConnect,
+        tls: Tls,
         provider: Arc<dyn CredentialProvider>,
         user: String,
         targets: Arc<Targets>,
@@ -153,7 +153,7 @@ impl Manager {
     async fn open_to(&self, route: &Route) -> Result<ClientWrapper> {
         let address = route.instance.address();
         let mut config = self.base.clone();
-        config.host(&address.host).port(address.port);
+        self.tls.point(&mut config, address);
         let target = ConnectTarget::new(address.host.clone(), address.port, self.user.clone());
         let context = format!("connecting to {address}");
         let opened = Instant::now();

@@ -7,7 +7,8 @@ use super::targets::Targets;
 use super::transaction::TransactionOptions;
 use crate::config::PoolSizing;
 use crate::connector::BoxFuture;
-use crate::error::Result;
+use crate::endpoint::HostPort;
+use crate::error::{Error, Result};
 use crate::topology::Role;
 
 /// Whether a pool follows its role or serves one instance.
@@ -42,6 +43,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// `targets` changed (another instance, renewed credentials): the pool's future
     /// connections follow them, and its idle stale connections go where the driver allows.
     fn retarget(&self, pool: &Self::Pool, targets: &Targets);
+
+    /// A login to `address` failed with `err` on a pool's new connection: whether the
+    /// backend connects there differently from now on (`sslmode=allow` in the sqlx flavour:
+    /// TLS after a refused plain login), so that the checkout retries at once.
+    fn plain_login_refused(&self, address: &HostPort, err: &Error) -> bool {
+        let _ = (address, err);
+        false
+    }
 
     /// Ends the pool's stale connections at once, checked-out ones included: their instance
     /// is gone. Backends that cannot reach the socket leave them to checkout and return.

@@ -103,6 +103,10 @@ const AURORA_REPLICA_STATUS: &str = "SELECT 1 FROM pg_catalog.aurora_replica_sta
 const AURORA_TOPOLOGY: &str = "SELECT SERVER_ID, CASE WHEN SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' THEN TRUE ELSE FALSE END, CPU, COALESCE(REPLICA_LAG_IN_MSEC, 0), LAST_UPDATE_TIMESTAMP FROM pg_catalog.aurora_replica_status() WHERE EXTRACT(EPOCH FROM(pg_catalog.NOW() OPERATOR(pg_catalog.-) LAST_UPDATE_TIMESTAMP)) OPERATOR(pg_catalog.<=) 300 OR SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' OR LAST_UPDATE_TIMESTAMP IS NULL";
 const AURORA_INSTANCE_ID: &str =
     "SELECT pg_catalog.aurora_db_instance_identifier(), pg_catalog.aurora_db_instance_identifier()";
+/// Whether `rds_tools` and its Multi-AZ function belong to a superuser (`rdsadmin` on RDS):
+/// on a plain PostgreSQL, any role with `CREATE` on the database could make a schema of
+/// that name and steer the pool to the hosts its `show_topology()` names.
+const MULTI_AZ_OWNED_BY_SUPERUSER: &str = "SELECT pg_catalog.bool_and(r.rolsuper) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) p.proowner OR r.oid OPERATOR(pg_catalog.=) n.nspowner WHERE n.nspname OPERATOR(pg_catalog.=) 'rds_tools' AND p.proname OPERATOR(pg_catalog.=) 'multi_az_db_cluster_source_dbi_resource_id'";
 const MULTI_AZ_IS_DIALECT: &str = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id()";
 const MULTI_AZ_TOPOLOGY: &str = concat!(
     "SELECT id, endpoint, port FROM rds_tools.show_topology('aurora-pool-",
@@ -161,7 +165,8 @@ async fn is_dialect(conn: &mut dyn AdminConnection, dialect: Dialect) -> Result<
                 && matches!(probe(conn, AURORA_REPLICA_STATUS).await?, Some(rows) if !rows.is_empty())
         }
         Dialect::RdsMultiAzPg => {
-            matches!(probe(conn, MULTI_AZ_IS_DIALECT).await?, Some(rows) if first(&rows).is_some())
+            matches!(probe(conn, MULTI_AZ_OWNED_BY_SUPERUSER).await?, Some(rows) if parse_bool(first(&rows)) == Some(true))
+                && matches!(probe(conn, MULTI_AZ_IS_DIALECT).await?, Some(rows) if first(&rows).is_some())
         }
         Dialect::RdsPg => match probe(conn, RDS_EXTENSIONS).await? {
             Some(rows) => {

@@ -24,9 +24,11 @@ pub async fn create_secret(aws: &Client, name: &str, cluster: &LocalCluster) {
         .expect("CreateSecret");
 }
 
-/// A pool of flavour `F` on `cluster` whose URL names neither user nor password: both come
-/// from the secret `settings` names, fetched through `client`. `params` go after the
-/// URL's `cluster_id`. Returns the pool and its provider.
+/// A pool of flavour `F` on `cluster` (a TLS cluster: Secrets Manager passwords go only to
+/// a verified server) whose URL names neither user nor password: both come from the secret
+/// `settings` names, fetched through `client`. The URL sets only `sslrootcert` (the
+/// default `sslmode` is then `verify-full`, as in production with the RDS CA bundle);
+/// `params` go after the URL's `cluster_id`. Returns the pool and its provider.
 pub async fn pool_on_secret<F: Flavour>(
     cluster: &LocalCluster,
     test: &str,
@@ -35,12 +37,16 @@ pub async fn pool_on_secret<F: Flavour>(
     params: &str,
 ) -> (F, Arc<SecretsManagerAuth>) {
     let provider = Arc::new(SecretsManagerAuth::with_client(settings, client));
+    let ca = cluster
+        .ca_cert_path()
+        .expect("Secrets Manager pools verify the server: start the cluster with tls(true)");
     let url = format!(
-        "postgres://nobody@{}/{}?instance_endpoints={}&cluster_id={}{params}",
+        "postgres://nobody@{}/{}?instance_endpoints={}&cluster_id={}&sslrootcert={}{params}",
         cluster.cluster_endpoint(),
         cluster.database(),
         cluster.instance_endpoints_param(),
         super::unique_cluster_id(test),
+        ca.display(),
     );
     let config = Builder::new()
         .url(url)

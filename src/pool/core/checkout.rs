@@ -178,6 +178,15 @@ impl<B: Backend> PoolCore<B> {
                     }
                     last_error = Some(err);
                 }
+                // `sslmode=allow`: the instance wants TLS; its pools now connect with it.
+                Some(Err(err))
+                    if self
+                        .backend
+                        .plain_login_refused(slot.instance.address(), &err) =>
+                {
+                    self.credentials_renewed(&slot);
+                    last_error = Some(err);
+                }
                 Some(Err(err)) if err.is_login_rejected() && !B::CREDENTIALS_PER_CONNECT => {
                     let index = match refusals
                         .iter()

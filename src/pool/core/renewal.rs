@@ -63,8 +63,8 @@ impl<B: Backend> PoolCore<B> {
         }
     }
 
-    /// `slot`'s credentials were renewed: the pools that connect to its instance use them
-    /// from their next connection.
+    /// `slot`'s credentials (or how to reach its instance) changed: the pools that connect
+    /// to its instance use them from their next connection.
     pub(super) fn credentials_renewed(&self, slot: &Slot<B::Pool>) {
         self.backend.retarget(&slot.pool, &slot.targets);
         let table = self.routing.load();

@@ -8,7 +8,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, ValueRef};
 
-use super::backend::{from_sqlx, options_for, sqlstate_of};
+use super::backend::{certificate_refused, from_sqlx, sqlstate_of};
+use super::connect_options::BaseOptions;
 use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
 use crate::config::Config;
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
@@ -17,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::pool::login;
 
 pub(super) struct SqlxConnector {
-    base: PgConnectOptions,
+    base: BaseOptions,
     cluster_id: String,
     connect_timeout: Duration,
     provider: Arc<dyn CredentialProvider>,
@@ -27,7 +28,7 @@ pub(super) struct SqlxConnector {
 impl SqlxConnector {
     pub(super) fn new(
         config: &Config,
-        base: PgConnectOptions,
+        base: BaseOptions,
         provider: Arc<dyn CredentialProvider>,
     ) -> SqlxConnector {
         SqlxConnector {
@@ -59,19 +60,38 @@ impl Connector for SqlxConnector {
             let target = ConnectTarget::new(address.host.clone(), address.port, &self.user);
             let application_name = purpose.application_name(&self.cluster_id);
             let connect = |credentials: Arc<Credentials>| -> BoxFuture<'static, Result<_>> {
-                // The crate's own queries are not the user's: keep them out of sqlx's
-                // statement log.
-                let options = options_for(&self.base, address, &credentials)
-                    .application_name(&application_name)
-                    .log_statements(tracing::log::LevelFilter::Off)
-                    .log_slow_statements(tracing::log::LevelFilter::Off, Duration::from_secs(3600));
-                let (address, timeout) = (address.clone(), self.connect_timeout);
+                let (base, address, timeout) =
+                    (self.base.clone(), address.clone(), self.connect_timeout);
+                let application_name = application_name.clone();
                 Box::pin(async move {
+                    // The crate's own queries are not the user's: keep them out of sqlx's
+                    // statement log.
+                    let options_to = |address: &HostPort| {
+                        base.to(address, &credentials)
+                            .application_name(&application_name)
+                            .log_statements(tracing::log::LevelFilter::Off)
+                            .log_slow_statements(
+                                tracing::log::LevelFilter::Off,
+                                Duration::from_secs(3600),
+                            )
+                    };
                     let connect = async {
+                        let mut options = options_to(&address);
                         // A plain connect first: it reports a refused connection at once,
                         // where a pool's connect retries it until its timeout, and a dead
                         // instance must be told from a slow one.
-                        let probe = PgConnection::connect_with(&options).await?;
+                        let probe = match PgConnection::connect_with(&options).await {
+                            Err(err)
+                                if base.plain_login_refused(
+                                    &address,
+                                    sqlstate_of(&err).as_deref(),
+                                ) =>
+                            {
+                                options = options_to(&address);
+                                PgConnection::connect_with(&options).await?
+                            }
+                            other => other?,
+                        };
                         let _ = probe.close().await;
                         SqlxAdmin::watched(options, timeout).await
                     };
@@ -101,8 +121,12 @@ const ADMIN_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// A failed connect of the crate's own: the server's refusal keeps its SQLSTATE, a broken-off
 /// TLS handshake marks the instance busy rather than gone.
 fn admin_connect_error(address: &HostPort, err: sqlx::Error) -> Error {
+    let context = format!("connecting to {address}");
+    if let Some(refused) = certificate_refused(&err, &context) {
+        return refused.with_source(err);
+    }
     let handshake = matches!(err, sqlx::Error::Tls(_));
-    let wrapped = Error::connect(format!("connecting to {address} failed"))
+    let wrapped = Error::connect(format!("{context} failed"))
         .with_sqlstate(sqlstate_of(&err))
         .with_source(err);
     if handshake {

@@ -1,71 +1,30 @@
 //! The sqlx backend of the pool core: `PgPool`s that follow their targets, with the crate's
 //! checks run before the user's hooks.
 
-use std::str::FromStr;
 use std::sync::{Arc, OnceLock, Weak};
 use std::time::Duration;
 
 use sqlx::pool::PoolConnection;
-use sqlx::postgres::{
-    PgConnectOptions, PgConnection, PgPoolOptions, PgSslMode, PgTransactionManager,
-};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPoolOptions, PgTransactionManager};
 use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 
-use super::options::{AuroraPoolOptions, MapConnectOptions};
-use crate::auth::Credentials;
+use super::connect_options::BaseOptions;
+use super::options::AuroraPoolOptions;
 use crate::config::{Config, PoolSizing};
 use crate::connector::BoxFuture;
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Follows};
-use crate::pool::targets::{Route, Targets};
+use crate::pool::targets::Targets;
 use crate::topology::Role;
-
-/// The connect options every connection starts from: the driver part of the URL parsed by
-/// sqlx itself. Credentials come from the provider.
-pub(super) fn base_options(
-    config: &Config,
-    map: Option<&MapConnectOptions>,
-) -> Result<PgConnectOptions> {
-    let options = PgConnectOptions::from_str(config.driver_url().as_str()).map_err(|err| {
-        Error::config("url", "sqlx rejected the connection parameters").with_source(err)
-    })?;
-    let options = match map {
-        Some(map) => map(options),
-        None => options,
-    };
-    match config.effective_ssl_mode() {
-        Some(mode) => PgSslMode::from_str(mode)
-            .map(|mode| options.ssl_mode(mode))
-            .map_err(|err| Error::config("sslmode", format!("`{mode}`")).with_source(err)),
-        None => Ok(options),
-    }
-}
-
-pub(super) fn options_for(
-    base: &PgConnectOptions,
-    address: &HostPort,
-    credentials: &Credentials,
-) -> PgConnectOptions {
-    let mut options = base.clone().host(&address.host).port(address.port);
-    if let Some(user) = credentials.user() {
-        options = options.username(user);
-    }
-    if let Some(password) = credentials.password() {
-        options = options.password(password);
-    }
-    options
-}
-
-/// The connect options of a pool's connection to `route`, with its current credentials.
-fn route_options(base: &PgConnectOptions, route: &Route) -> PgConnectOptions {
-    options_for(base, route.instance.address(), &route.login.current())
-}
 
 /// Wraps a sqlx error: server errors keep their SQLSTATE, broken connections and I/O are
 /// connect errors, pool timeouts are timeouts.
 pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
+    if let Some(refused) = certificate_refused(&err, context) {
+        return refused.with_source(err);
+    }
     let sqlstate = sqlstate_of(&err);
     let wrapped = match &err {
         sqlx::Error::Database(_) => Error::driver(format!("{context} failed")),
@@ -78,6 +37,27 @@ pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
         _ => Error::driver(format!("{context} failed")),
     };
     wrapped.with_sqlstate(sqlstate).with_source(err)
+}
+
+/// A handshake that refused the server's certificate, as an error naming `context` (the
+/// host); the reason is in the sqlx error, its source. sqlx hands the TLS library's error on
+/// as text (rustls's inside an I/O error), so the text is what tells.
+pub(super) fn certificate_refused(err: &sqlx::Error, context: &str) -> Option<Error> {
+    if !matches!(err, sqlx::Error::Tls(_) | sqlx::Error::Io(_)) {
+        return None;
+    }
+    let text = match err {
+        sqlx::Error::Io(io) => io.to_string(),
+        other => other.to_string(),
+    };
+    let refused = ["invalid peer certificate", "certificate verify failed"]
+        .iter()
+        .any(|sign| text.contains(sign));
+    refused.then(|| {
+        Error::certificate(format!(
+            "{context} failed: the server's certificate was refused"
+        ))
+    })
 }
 
 /// For `?` on sqlx calls inside [`transaction`](crate::AuroraPool::transaction)'s work: the
@@ -97,7 +77,7 @@ pub(super) fn sqlstate_of(err: &sqlx::Error) -> Option<String> {
 }
 
 pub(crate) struct SqlxBackend {
-    base: Arc<PgConnectOptions>,
+    base: Arc<BaseOptions>,
     acquire_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
@@ -108,7 +88,7 @@ pub(crate) struct SqlxBackend {
 }
 
 impl SqlxBackend {
-    pub(super) fn new(config: &Config, base: PgConnectOptions, user: AuroraPoolOptions) -> Self {
+    pub(super) fn new(config: &Config, base: BaseOptions, user: AuroraPoolOptions) -> Self {
         SqlxBackend {
             base: Arc::new(base),
             acquire_timeout: config.acquire_timeout,
@@ -124,8 +104,8 @@ impl SqlxBackend {
     /// its connect hook refuses.
     fn connect_options(&self, targets: &Targets) -> PgConnectOptions {
         match targets.current().or_else(|| targets.parked()) {
-            Some(route) => route_options(&self.base, &route),
-            None => (*self.base).clone(),
+            Some(route) => self.base.to_route(&route),
+            None => self.base.unrouted(),
         }
     }
 }
@@ -136,12 +116,12 @@ const NO_READER: &str = "no reachable reader may serve reads now, and reads may 
 /// Points a pool that spreads its connections at its next route. sqlx has no hook before a
 /// connect, and reads the pool's connect options at each one: pointing them at the next
 /// instance after a connect sends the pool's next connection there.
-fn rotate(itself: &OnceLock<Weak<PgPool>>, targets: &Targets, base: &PgConnectOptions) {
+fn rotate(itself: &OnceLock<Weak<PgPool>>, targets: &Targets, base: &BaseOptions) {
     if let (Some(pool), Some(route)) = (
         itself.get().and_then(Weak::upgrade),
         targets.next().or_else(|| targets.parked()),
     ) {
-        pool.set_connect_options(route_options(base, &route));
+        pool.set_connect_options(base.to_route(&route));
     }
 }
 
@@ -283,6 +263,10 @@ impl Backend for SqlxBackend {
         let pool = Arc::new(options.connect_lazy_with(self.connect_options(&targets)));
         let _ = itself.set(Arc::downgrade(&pool));
         Ok(pool)
+    }
+
+    fn plain_login_refused(&self, address: &HostPort, err: &Error) -> bool {
+        self.base.plain_login_refused(address, err.sqlstate())
     }
 
     fn retarget(&self, pool: &Arc<PgPool>, targets: &Targets) {

@@ -2,6 +2,7 @@
 
 mod admin;
 mod backend;
+mod connect_options;
 mod executor;
 mod options;
 
@@ -81,7 +82,7 @@ impl AuroraPool {
 
     async fn start(config: Config, options: AuroraPoolOptions) -> Result<AuroraPool> {
         config.validate()?;
-        let base = backend::base_options(&config, options.connect_options.as_ref())?;
+        let base = connect_options::BaseOptions::new(&config, options.connect_options.as_ref())?;
         let provider = auth::provider_for(&config).await?;
         let connector = Arc::new(SqlxConnector::new(&config, base.clone(), provider.clone()));
         let backend = SqlxBackend::new(&config, base, options);

@@ -6,12 +6,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 
 use url::Url;
 
-use crate::auth::CredentialProvider;
 use crate::endpoint::{Endpoint, HostPattern, HostPort};
 use crate::error::{Error, Result};
 use crate::select::ReaderSelection;
@@ -40,15 +38,6 @@ const DRIVER_PARAMETERS: &[&str] = &[
 /// The longest duration any setting accepts: far beyond any sensible wait, and far enough
 /// from `Duration::MAX` that no deadline computed from it can overflow.
 pub(crate) const MAX_DURATION: Duration = Duration::from_secs(24 * 60 * 60);
-
-const SSL_MODES: &[&str] = &[
-    "disable",
-    "allow",
-    "prefer",
-    "require",
-    "verify-ca",
-    "verify-full",
-];
 
 /// A password: kept out of `Debug` and `Display`.
 #[derive(Clone, PartialEq, Eq)]
@@ -106,115 +95,6 @@ impl FailoverMode {
                 ),
             )),
         }
-    }
-}
-
-/// How connections log in (`auth`).
-///
-/// Chosen in the URL with `auth=password` (the default), `auth=iam` or
-/// `auth=secrets_manager` (implied by `secrets_manager_secret_id`), with the settings named
-/// in the README; or in code with [`Builder::auth`] and [`Builder::credential_provider`].
-#[derive(Clone)]
-#[non_exhaustive]
-pub enum Auth {
-    /// The URL's password (or none, for `trust` logins).
-    Password,
-    /// RDS IAM database authentication tokens, signed locally per instance (feature `iam`).
-    /// TLS is required: `sslmode` defaults to `require`, and `disable`, `allow` or `prefer`
-    /// are refused.
-    #[cfg(feature = "iam")]
-    Iam(crate::iam::IamSettings),
-    /// User name and password from an AWS Secrets Manager secret (feature
-    /// `secrets-manager`).
-    #[cfg(feature = "secrets-manager")]
-    SecretsManager(crate::secrets_manager::SecretsManagerSettings),
-    /// A provider of your own.
-    Provider(Arc<dyn CredentialProvider>),
-}
-
-impl fmt::Debug for Auth {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            Auth::Password => f.write_str("Password"),
-            #[cfg(feature = "iam")]
-            Auth::Iam(settings) => f.debug_tuple("Iam").field(settings).finish(),
-            #[cfg(feature = "secrets-manager")]
-            Auth::SecretsManager(settings) => {
-                f.debug_tuple("SecretsManager").field(settings).finish()
-            }
-            Auth::Provider(provider) => f.debug_tuple("Provider").field(provider).finish(),
-        }
-    }
-}
-
-impl Auth {
-    /// Reads `auth` and the `iam_*` and `secrets_manager_*` parameters.
-    fn from_parameters(params: &[(String, String)]) -> Result<Auth> {
-        let mode = params
-            .iter()
-            .rev()
-            .find(|(k, _)| k == "auth")
-            .map(|(_, v)| v.as_str());
-        let has = |prefix: &str| params.iter().find(|(k, _)| k.starts_with(prefix));
-        let mode = match mode {
-            Some(mode) => mode,
-            None if has("secrets_manager_").is_some() => "secrets_manager",
-            None => "password",
-        };
-        let foreign = match mode {
-            "password" => has("iam_").or_else(|| has("secrets_manager_")),
-            "iam" => has("secrets_manager_"),
-            "secrets_manager" | "secrets-manager" => has("iam_"),
-            other => {
-                return Err(Error::config(
-                    "auth",
-                    format!("unknown mode `{other}`; expected password, iam or secrets_manager"),
-                ));
-            }
-        };
-        if let Some((key, _)) = foreign {
-            return Err(Error::config(
-                key,
-                format!("is set but `auth` is `{mode}`; set auth to the mode it belongs to"),
-            ));
-        }
-        let own: Vec<(String, String)> = params
-            .iter()
-            .filter(|(k, _)| k != "auth")
-            .cloned()
-            .collect();
-        match mode {
-            "password" => Ok(Auth::Password),
-            #[cfg(feature = "iam")]
-            "iam" => Ok(Auth::Iam(crate::iam::IamSettings::from_parameters(&own)?)),
-            #[cfg(feature = "secrets-manager")]
-            "secrets_manager" | "secrets-manager" => Ok(Auth::SecretsManager(
-                crate::secrets_manager::SecretsManagerSettings::from_parameters(&own)?,
-            )),
-            other => {
-                let _ = own;
-                Err(Error::config(
-                    "auth",
-                    format!(
-                        "`{other}` needs the crate feature `{}`",
-                        if other == "iam" {
-                            "iam"
-                        } else {
-                            "secrets-manager"
-                        }
-                    ),
-                ))
-            }
-        }
-    }
-
-    /// Whether logins need TLS.
-    fn requires_tls(&self) -> bool {
-        #[cfg(feature = "iam")]
-        if matches!(self, Auth::Iam(_)) {
-            return true;
-        }
-        false
     }
 }
 
@@ -308,6 +188,12 @@ pub struct Config {
     /// address as in libpq): the host name still decides what kind of endpoint the URL is
     /// and how instance endpoints are spelled. For SSH/SSM tunnels and tests.
     pub hostaddr: Option<String>,
+    /// Lets IAM tokens and Secrets Manager passwords go to a server the TLS handshake did
+    /// not verify (`allow_unverified_server`, default false): with `sslmode=require` any
+    /// TLS peer on the path, and with `prefer` or less anyone on the path, receives
+    /// credentials it can log in with. Without it such credentials need `verify-ca` or
+    /// `verify-full` (the default then), and the RDS CA bundle in `sslrootcert`.
+    pub allow_unverified_server: bool,
     /// How the pool follows the members of a custom endpoint URL (the
     /// `custom_endpoint_*` parameters; feature `custom-endpoint`).
     #[cfg(feature = "custom-endpoint")]
@@ -392,6 +278,7 @@ impl Config {
             connect_timeout: Duration::from_secs(10),
             auth: Auth::Password,
             hostaddr: None,
+            allow_unverified_server: false,
             #[cfg(feature = "custom-endpoint")]
             custom_endpoint: crate::custom_endpoint::CustomEndpointSettings::default(),
             driver_url: parsed.clone(),
@@ -458,6 +345,7 @@ impl Config {
             "allow_unqualified_host_pattern" => {
                 self.allow_unqualified_host_pattern = parse_bool(key, value)?;
             }
+            "allow_unverified_server" => self.allow_unverified_server = parse_bool(key, value)?,
             "instance_endpoints" => {
                 for entry in value.split(',').map(str::trim).filter(|e| !e.is_empty()) {
                     let (id, address) = entry.split_once('=').ok_or_else(|| {
@@ -636,16 +524,7 @@ impl Config {
         if self.connect_timeout.is_zero() {
             return Err(Error::config("connect_timeout", "must be greater than 0"));
         }
-        if self.auth.requires_tls()
-            && let Some(mode @ ("disable" | "allow" | "prefer")) = self.ssl_mode()
-        {
-            return Err(Error::config(
-                "sslmode",
-                format!(
-                    "`{mode}` may send the IAM token without TLS, and RDS accepts IAM logins only over TLS; use require, verify-ca or verify-full"
-                ),
-            ));
-        }
+        self.check_tls()?;
         #[cfg(feature = "iam")]
         if let Auth::Iam(settings) = &self.auth {
             settings.validate(&self.host)?;
@@ -685,44 +564,6 @@ impl Config {
     /// The URL holding only the driver's own parameters, without password.
     pub(crate) fn driver_url(&self) -> &Url {
         &self.driver_url
-    }
-
-    /// The `sslmode` given in the URL, if any.
-    pub(crate) fn ssl_mode(&self) -> Option<&str> {
-        let mode = self
-            .driver_url
-            .query_pairs()
-            .find(|(k, _)| k == "sslmode" || k == "ssl-mode")?
-            .1;
-        SSL_MODES.iter().copied().find(|m| *m == mode)
-    }
-
-    /// The CA file the URL names (`sslrootcert`, or sqlx's `ssl-root-cert` / `ssl-ca`).
-    pub(crate) fn ssl_root_cert(&self) -> Option<String> {
-        self.driver_url
-            .query_pairs()
-            .find(|(k, _)| matches!(k.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
-            .map(|(_, v)| v.into_owned())
-    }
-
-    /// `sslmode` as libpq applies it: `require` with a CA file verifies the chain like
-    /// `verify-ca` ("if a root CA file exists, sslmode=require behaves like verify-ca"), and
-    /// no mode is `require` when the credentials need TLS (IAM) and `prefer` otherwise.
-    /// `None` means "the driver's default" (`prefer`).
-    pub(crate) fn effective_ssl_mode(&self) -> Option<&str> {
-        let mode = match self.ssl_mode() {
-            None if self.requires_tls() => Some("require"),
-            mode => mode,
-        };
-        match mode {
-            Some("require") if self.ssl_root_cert().is_some() => Some("verify-ca"),
-            mode => mode,
-        }
-    }
-
-    /// Whether the connections must use TLS even when the URL says nothing (IAM logins).
-    pub(crate) fn requires_tls(&self) -> bool {
-        self.auth.requires_tls()
     }
 
     /// The URL's own address.
@@ -815,7 +656,8 @@ impl fmt::Debug for Config {
             .field("max_lifetime", &self.max_lifetime)
             .field("connect_timeout", &self.connect_timeout)
             .field("auth", &self.auth)
-            .field("hostaddr", &self.hostaddr);
+            .field("hostaddr", &self.hostaddr)
+            .field("allow_unverified_server", &self.allow_unverified_server);
         #[cfg(feature = "custom-endpoint")]
         d.field("custom_endpoint", &self.custom_endpoint);
         d.finish()
@@ -876,494 +718,18 @@ fn optional_ms(ms: u64) -> Option<Duration> {
 
 fn check_driver_parameter(key: &str, value: &str) -> Result<()> {
     match key {
-        "sslmode" | "ssl-mode" if !SSL_MODES.contains(&value) => Err(Error::config(
-            key,
-            format!("`{value}` is not one of {}", SSL_MODES.join(", ")),
-        )),
+        "sslmode" | "ssl-mode" => SslMode::parse(key, value).map(|_| ()),
         "statement-cache-capacity" => parse_number::<usize>(key, value).map(|_| ()),
         _ => Ok(()),
     }
 }
 
-/// Builds a [`Config`] (or, with the `sqlx` feature, an [`AuroraPool`](crate::AuroraPool))
-/// from a URL plus settings made in code.
-///
-/// Settings made here win over the URL's parameters.
-///
-/// ```
-/// use std::time::Duration;
-/// use aurora_pool::{AuroraPool, ReaderSelection};
-///
-/// let config = AuroraPool::builder()
-///     .url("postgres://app@db.cluster-abc123.us-east-1.rds.amazonaws.com/app")
-///     .cluster_id("orders")
-///     .reader_host_selector_strategy(ReaderSelection::RoundRobin)
-///     .writer_max_connections(20)
-///     .acquire_timeout(Duration::from_secs(5))
-///     .build()?;
-/// assert_eq!(config.writer.max_connections, 20);
-/// # Ok::<(), aurora_pool::Error>(())
-/// ```
-#[must_use]
-#[derive(Default)]
-pub struct Builder {
-    url: Option<String>,
-    settings: Vec<Setting>,
-}
-
-type Setting = Box<dyn FnOnce(&mut Config) -> Result<()> + Send>;
-
-impl fmt::Debug for Builder {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Builder")
-            .field("url", &self.url.as_ref().map(|_| "<set>"))
-            .field("settings", &self.settings.len())
-            .finish()
-    }
-}
-
-macro_rules! setters {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$config:ident, $value:ident| $body:expr;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(self, $value: $ty) -> Self {
-                self.with(move |$config| { $body; Ok(()) })
-            }
-        )*
-    };
-}
-
-impl Builder {
-    /// A builder with no URL yet.
-    pub fn new() -> Builder {
-        Builder::default()
-    }
-
-    fn with(mut self, setting: impl FnOnce(&mut Config) -> Result<()> + Send + 'static) -> Self {
-        self.settings.push(Box::new(setting));
-        self
-    }
-
-    /// The connection URL (required).
-    pub fn url(mut self, url: impl Into<String>) -> Self {
-        self.url = Some(url.into());
-        self
-    }
-
-    setters! {
-        /// See [`Config::cluster_id`].
-        cluster_id: impl Into<String> + Send + 'static => |c, v| c.cluster_id = v.into();
-        /// See [`Config::cluster_topology_refresh_rate`].
-        cluster_topology_refresh_rate: Duration => |c, v| c.cluster_topology_refresh_rate = v;
-        /// See [`Config::dialect`].
-        dialect: Dialect => |c, v| c.dialect = Some(v);
-        /// See [`Config::reader_host_selector_strategy`].
-        reader_host_selector_strategy: ReaderSelection => |c, v| c.reader_host_selector_strategy = v;
-        /// See [`Config::failover_mode`].
-        failover_mode: FailoverMode => |c, v| { c.failover_mode = v; c.failover_mode_chosen = true };
-        /// See [`Config::failover_timeout`].
-        failover_timeout: Duration => |c, v| c.failover_timeout = v;
-        /// See [`Config::cluster_topology_high_refresh_rate`].
-        cluster_topology_high_refresh_rate: Duration => |c, v| c.cluster_topology_high_refresh_rate = v;
-        /// See [`Config::failure_detection_enabled`].
-        failure_detection_enabled: bool => |c, v| c.failure_detection_enabled = v;
-        /// See [`Config::allow_unqualified_host_pattern`].
-        allow_unqualified_host_pattern: bool => |c, v| c.allow_unqualified_host_pattern = v;
-        /// See [`Config::failure_detection_time`].
-        failure_detection_time: Duration => |c, v| c.failure_detection_time = v;
-        /// See [`Config::failure_detection_interval`].
-        failure_detection_interval: Duration => |c, v| c.failure_detection_interval = v;
-        /// See [`Config::failure_detection_count`].
-        failure_detection_count: u32 => |c, v| c.failure_detection_count = v;
-        /// See [`PoolSizing::max_connections`] of [`Config::writer`].
-        writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
-        /// See [`PoolSizing::min_connections`] of [`Config::writer`].
-        writer_min_connections: u32 => |c, v| c.writer.min_connections = v;
-        /// See [`PoolSizing::max_connections`] of [`Config::reader`].
-        reader_max_connections: u32 => |c, v| c.reader.max_connections = v;
-        /// See [`PoolSizing::min_connections`] of [`Config::reader`].
-        reader_min_connections: u32 => |c, v| c.reader.min_connections = v;
-        /// See [`Config::acquire_timeout`].
-        acquire_timeout: Duration => |c, v| c.acquire_timeout = v;
-        /// See [`Config::idle_timeout`]; `None` keeps idle connections forever.
-        idle_timeout: Option<Duration> => |c, v| c.idle_timeout = v;
-        /// See [`Config::max_lifetime`]; `None` lets connections live forever.
-        max_lifetime: Option<Duration> => |c, v| c.max_lifetime = v;
-        /// See [`Config::connect_timeout`].
-        connect_timeout: Duration => |c, v| c.connect_timeout = v;
-        /// The password, instead of the one in the URL.
-        password: impl Into<String> + Send + 'static => |c, v| c.set_password(v);
-        /// See [`Config::auth`].
-        auth: Auth => |c, v| c.auth = v;
-    }
-
-    /// The RDS API client that reads a custom endpoint's members, instead of one built from
-    /// the AWS configuration chain (see [`Config::custom_endpoint`]).
-    #[cfg(feature = "custom-endpoint")]
-    pub fn custom_endpoint_client(self, client: aws_sdk_rds::Client) -> Self {
-        self.with(move |c| {
-            c.custom_endpoint.client = Some(client);
-            Ok(())
-        })
-    }
-
-    /// See [`Config::hostaddr`].
-    pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
-        self.with(move |c| {
-            c.hostaddr = Some(address.to_string());
-            Ok(())
-        })
-    }
-
-    /// Takes credentials for every new connection from `provider` ([`Auth::Provider`]).
-    pub fn credential_provider(self, provider: impl CredentialProvider) -> Self {
-        let provider: Arc<dyn CredentialProvider> = Arc::new(provider);
-        self.with(move |c| {
-            c.auth = Auth::Provider(provider);
-            Ok(())
-        })
-    }
-
-    /// See [`Config::cluster_instance_host_pattern`]; checked when the builder is built.
-    pub fn cluster_instance_host_pattern(self, pattern: impl Into<String>) -> Self {
-        let pattern = pattern.into();
-        self.with(move |c| {
-            c.cluster_instance_host_pattern = Some(HostPattern::parse(&pattern)?);
-            Ok(())
-        })
-    }
-
-    /// Adds one entry to [`Config::instance_endpoints`]: `address` is `host:port`.
-    pub fn instance_endpoint(
-        self,
-        instance: impl Into<String>,
-        address: impl Into<String>,
-    ) -> Self {
-        let (instance, address) = (instance.into(), address.into());
-        self.with(move |c| {
-            let address = HostPort::parse("instance_endpoints", &address)?;
-            c.instance_endpoints.insert(instance, address);
-            Ok(())
-        })
-    }
-
-    /// Parses the URL, applies the settings in order and validates the result.
-    pub fn build(self) -> Result<Config> {
-        let url = self
-            .url
-            .ok_or_else(|| Error::config("url", "no URL given; call `.url(\"postgres://...\")`"))?;
-        let mut config = Config::from_url(&url)?;
-        for setting in self.settings {
-            setting(&mut config)?;
-        }
-        config.validate()?;
-        Ok(config)
-    }
-}
-
+mod auth;
+mod builder;
 #[cfg(test)]
-mod tests {
-    use super::*;
+mod tests;
+mod tls;
 
-    const RDS: &str =
-        "postgres://app:s3cr%40t@db.cluster-abc123.us-east-1.rds.amazonaws.com:5433/orders";
-
-    #[test]
-    fn parses_url_and_defaults() {
-        let c = Config::from_url(RDS).unwrap();
-        assert_eq!(c.host, "db.cluster-abc123.us-east-1.rds.amazonaws.com");
-        assert_eq!(c.port, 5433);
-        assert_eq!(c.user(), "app");
-        assert_eq!(c.password(), Some("s3cr@t"));
-        assert_eq!(c.cluster_id, "1");
-        assert_eq!(c.cluster_topology_refresh_rate, Duration::from_secs(30));
-        assert_eq!(c.reader_host_selector_strategy, ReaderSelection::Random);
-        assert_eq!(c.failover_mode, FailoverMode::StrictWriter);
-        assert_eq!(c.failover_timeout, Duration::from_secs(300));
-        assert_eq!(
-            c.cluster_topology_high_refresh_rate,
-            Duration::from_millis(100)
-        );
-        assert!(c.failure_detection_enabled);
-        assert_eq!(
-            (
-                c.failure_detection_time,
-                c.failure_detection_interval,
-                c.failure_detection_count
-            ),
-            (Duration::ZERO, Duration::from_millis(500), 2)
-        );
-        let ro =
-            Config::from_url("postgres://app@db.cluster-ro-abc123.us-east-1.rds.amazonaws.com/app")
-                .unwrap();
-        assert_eq!(ro.failover_mode, FailoverMode::ReaderOrWriter);
-        assert_eq!(
-            c.driver_url().as_str(),
-            "postgres://app@db.cluster-abc123.us-east-1.rds.amazonaws.com:5433/orders"
-        );
-        let addressing = c.addressing();
-        assert_eq!(
-            addressing.address("instance-2").unwrap().to_string(),
-            "instance-2.abc123.us-east-1.rds.amazonaws.com:5433"
-        );
-    }
-
-    #[test]
-    fn parses_own_and_driver_parameters() {
-        let c = Config::from_url(&format!(
-            "{RDS}?cluster_id=orders&instance_endpoints=instance-1%3D127.0.0.1%3A6001,instance-2%3D127.0.0.1%3A6002\
-             &cluster_topology_refresh_rate_ms=500&reader_host_selector_strategy=least_connections\
-             &failover_mode=strict_reader&failover_timeout_ms=1500&writer_max_connections=4&reader_min_connections=1\
-             &idle_timeout_ms=0&dialect=aurora-pg&sslmode=require&application_name=svc&options=-c%20statement_timeout%3D5s"
-        ))
-        .unwrap();
-        assert_eq!(c.cluster_id, "orders");
-        assert_eq!(
-            c.instance_endpoints["instance-2"].to_string(),
-            "127.0.0.1:6002"
-        );
-        assert_eq!(c.cluster_topology_refresh_rate, Duration::from_millis(500));
-        assert_eq!(
-            c.reader_host_selector_strategy,
-            ReaderSelection::LeastConnections
-        );
-        assert_eq!(c.failover_mode, FailoverMode::StrictReader);
-        assert_eq!(c.failover_timeout, Duration::from_millis(1500));
-        assert_eq!(c.writer.max_connections, 4);
-        assert_eq!(c.reader.min_connections, 1);
-        assert_eq!(c.idle_timeout, None);
-        assert_eq!(c.dialect, Some(Dialect::AuroraPg));
-        let query = c.driver_url().query().unwrap();
-        assert!(
-            query.contains("sslmode=require") && query.contains("application_name=svc"),
-            "{query}"
-        );
-        assert!(!query.contains("cluster_id"), "{query}");
-        assert_eq!(
-            c.addressing().address("instance-1").unwrap().to_string(),
-            "127.0.0.1:6001"
-        );
-    }
-
-    #[test]
-    fn bad_input_names_the_parameter() {
-        let cases = [
-            ("?cluster_id=", "cluster_id"),
-            ("?colour=blue", "colour"),
-            ("?sslmode=sometimes", "sslmode"),
-            ("?writer_max_connections=0", "writer_max_connections"),
-            ("?writer_max_connections=lots", "writer_max_connections"),
-            ("?reader_min_connections=11", "reader_min_connections"),
-            (
-                "?cluster_topology_refresh_rate_ms=0",
-                "cluster_topology_refresh_rate_ms",
-            ),
-            ("?instance_endpoints=instance-1", "instance_endpoints"),
-            (
-                "?instance_endpoints=instance-1%3Dlocalhost",
-                "instance_endpoints",
-            ),
-            (
-                "?cluster_instance_host_pattern=nope.example.com",
-                "cluster_instance_host_pattern",
-            ),
-            (
-                "?reader_host_selector_strategy=fastest",
-                "reader_host_selector_strategy",
-            ),
-            ("?failover_mode=sometimes", "failover_mode"),
-            ("?failover_timeout_ms=0", "failover_timeout_ms"),
-            ("?failure_detection_count=0", "failure_detection_count"),
-            (
-                "?failure_detection_enabled=yes",
-                "failure_detection_enabled",
-            ),
-            (
-                "?cluster_topology_high_refresh_rate_ms=0",
-                "cluster_topology_high_refresh_rate_ms",
-            ),
-            ("?dialect=mysql", "dialect"),
-            ("?port=5432", "port"),
-            ("?statement-cache-capacity=-1", "statement-cache-capacity"),
-        ];
-        for (query, parameter) in cases {
-            let err = Config::from_url(&format!("{RDS}{query}")).unwrap_err();
-            assert_eq!(err.parameter(), Some(parameter), "{query}: {err}");
-            assert!(err.to_string().contains(parameter), "{err}");
-            assert!(!err.to_string().contains("s3cr"), "{err}");
-        }
-        for (url, needle) in [
-            ("mysql://h/db", "scheme"),
-            ("not a url", "not a valid URL"),
-            ("postgres:///db", "no host"),
-        ] {
-            let err = Config::from_url(url).unwrap_err();
-            assert_eq!(err.parameter(), Some("url"));
-            assert!(err.to_string().contains(needle), "{err}");
-        }
-    }
-
-    #[test]
-    fn secrets_stay_out_of_debug() {
-        let c = Config::from_url(&format!("{RDS}?sslmode=require")).unwrap();
-        let debug = format!("{c:?}");
-        assert!(!debug.contains("s3cr"), "{debug}");
-        assert!(debug.contains("<redacted>"));
-        let c = Config::from_url("postgres://app@h/db?password=p%40ram&sslmode=require").unwrap();
-        assert_eq!(c.password(), Some("p@ram"));
-        let debug = format!("{c:?}");
-        assert!(
-            !debug.contains("p@ram") && !debug.contains("p%40ram"),
-            "{debug}"
-        );
-        assert!(!c.driver_url().as_str().contains("ram"));
-        let b = Builder::new().url(RDS).password("hunter2");
-        assert!(!format!("{b:?}").contains("s3cr"));
-        let c = b.build().unwrap();
-        assert_eq!(c.password(), Some("hunter2"));
-        assert!(!format!("{c:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn builder_settings_win_and_are_validated() {
-        let c = Builder::new()
-            .url(format!(
-                "{RDS}?cluster_id=from-url&writer_max_connections=3"
-            ))
-            .cluster_id("from-code")
-            .instance_endpoint("instance-9", "10.1.1.1:5432")
-            .cluster_instance_host_pattern("?.internal:6432")
-            .build()
-            .unwrap();
-        assert_eq!(c.cluster_id, "from-code");
-        assert_eq!(c.writer.max_connections, 3);
-        assert_eq!(
-            c.addressing().address("instance-9").unwrap().to_string(),
-            "10.1.1.1:5432"
-        );
-        assert_eq!(
-            c.addressing().address("instance-1").unwrap().to_string(),
-            "instance-1.internal:6432"
-        );
-
-        assert_eq!(Builder::new().build().unwrap_err().parameter(), Some("url"));
-        let err = Builder::new()
-            .url(RDS)
-            .writer_min_connections(50)
-            .build()
-            .unwrap_err();
-        assert_eq!(err.parameter(), Some("writer_min_connections"));
-        let err = Builder::new()
-            .url(RDS)
-            .instance_endpoint("x", "nowhere")
-            .build()
-            .unwrap_err();
-        assert_eq!(err.parameter(), Some("instance_endpoints"));
-    }
-
-    #[test]
-    fn non_rds_hosts_need_a_pattern_or_overrides() {
-        let c = Config::from_url("postgres://app@10.0.0.5/app").unwrap();
-        let err = c.addressing().address("instance-1").unwrap_err();
-        assert_eq!(err.parameter(), Some("cluster_instance_host_pattern"));
-        assert!(err.to_string().contains("instance_endpoints"), "{err}");
-    }
-
-    #[test]
-    fn auth_modes_and_their_parameters() {
-        let c = Config::from_url(RDS).unwrap();
-        assert!(matches!(c.auth, Auth::Password));
-        for (query, parameter) in [
-            ("auth=kerberos", "auth"),
-            ("iam_region=us-east-1", "iam_region"),
-            (
-                "auth=password&secrets_manager_secret_id=x",
-                "secrets_manager_secret_id",
-            ),
-        ] {
-            let err = Config::from_url(&format!(
-                "postgres://app@h.cluster-x.us-east-1.rds.amazonaws.com/db?{query}"
-            ))
-            .unwrap_err();
-            assert_eq!(err.parameter(), Some(parameter), "{query}: {err}");
-        }
-    }
-
-    #[cfg(feature = "iam")]
-    #[test]
-    fn iam_parameters() {
-        let host = "postgres://app@db.cluster-abc.eu-west-1.rds.amazonaws.com/app";
-        let c = Config::from_url(&format!(
-            "{host}?auth=iam&iam_host=db.example.com&iam_default_port=6432&iam_expiration_s=600"
-        ))
-        .unwrap();
-        let Auth::Iam(settings) = &c.auth else {
-            panic!("{:?}", c.auth)
-        };
-        assert_eq!(settings.host.as_deref(), Some("db.example.com"));
-        assert_eq!(settings.default_port, Some(6432));
-        assert_eq!(settings.expiration, Duration::from_secs(600));
-        assert!(c.requires_tls());
-        assert_eq!(c.ssl_mode(), None, "require is added when connecting");
-
-        for (query, parameter) in [
-            ("auth=iam&iam_expiration_s=901", "iam_expiration_s"),
-            ("auth=iam&iam_default_port=x", "iam_default_port"),
-            ("auth=iam&iam_token_name=x", "iam_token_name"),
-            ("auth=iam&sslmode=disable", "sslmode"),
-            ("auth=iam&password=secret", "password"),
-        ] {
-            let err = Config::from_url(&format!("{host}?{query}")).unwrap_err();
-            assert_eq!(err.parameter(), Some(parameter), "{query}: {err}");
-            assert!(!err.to_string().contains("secret"), "{err}");
-        }
-        // An IP address names no region.
-        let err = Config::from_url("postgres://app@10.0.0.5/app?auth=iam").unwrap_err();
-        assert_eq!(err.parameter(), Some("iam_region"), "{err}");
-        Config::from_url("postgres://app@10.0.0.5/app?auth=iam&iam_region=us-east-1").unwrap();
-    }
-
-    #[test]
-    fn the_user_name_is_percent_decoded() {
-        let c = Config::from_url("postgres://alice%40corp@10.0.0.1/db").expect("config");
-        assert_eq!(c.user(), "alice@corp");
-        let c = Config::from_url("postgres://plain@10.0.0.1/db").expect("config");
-        assert_eq!(c.user(), "plain");
-        let err = Config::from_url("postgres://%FF@10.0.0.1/db").expect_err("not UTF-8");
-        assert_eq!(err.parameter(), Some("url"));
-    }
-
-    #[test]
-    fn a_bare_host_pattern_needs_an_opt_in() {
-        let err =
-            Config::from_url("postgres://app@10.0.0.1/db?cluster_instance_host_pattern=db-%3F")
-                .expect_err("bare pattern");
-        assert_eq!(
-            err.parameter(),
-            Some("cluster_instance_host_pattern"),
-            "{err}"
-        );
-        assert!(
-            err.to_string().contains("allow_unqualified_host_pattern"),
-            "{err}"
-        );
-        let allowed = Config::from_url(
-            "postgres://app@10.0.0.1/db?cluster_instance_host_pattern=db-%3F&allow_unqualified_host_pattern=true",
-        )
-        .expect("parsed");
-        allowed.validate().expect("opted in");
-        let qualified = Config::from_url(
-            "postgres://app@10.0.0.1/db?cluster_instance_host_pattern=%3F.db.example.com",
-        )
-        .expect("parsed");
-        qualified.validate().expect("qualified");
-    }
-
-    #[cfg(not(feature = "iam"))]
-    #[test]
-    fn iam_needs_its_feature() {
-        let err = Config::from_url(&format!("{RDS}?auth=iam")).unwrap_err();
-        assert_eq!(err.parameter(), Some("auth"));
-        assert!(err.to_string().contains("feature `iam`"), "{err}");
-    }
-}
+pub use auth::Auth;
+pub use builder::Builder;
+pub(crate) use tls::SslMode;

@@ -1,0 +1,190 @@
+//! Settings made in code on top of a URL.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::{Auth, Config, FailoverMode};
+use crate::auth::CredentialProvider;
+use crate::endpoint::{HostPattern, HostPort};
+use crate::error::{Error, Result};
+use crate::select::ReaderSelection;
+use crate::topology::Dialect;
+
+/// Builds a [`Config`] (or, with the `sqlx` feature, an [`AuroraPool`](crate::AuroraPool))
+/// from a URL plus settings made in code.
+///
+/// Settings made here win over the URL's parameters.
+///
+/// ```
+/// use std::time::Duration;
+/// use aurora_pool::{AuroraPool, ReaderSelection};
+///
+/// let config = AuroraPool::builder()
+///     .url("postgres://app@db.cluster-abc123.us-east-1.rds.amazonaws.com/app")
+///     .cluster_id("orders")
+///     .reader_host_selector_strategy(ReaderSelection::RoundRobin)
+///     .writer_max_connections(20)
+///     .acquire_timeout(Duration::from_secs(5))
+///     .build()?;
+/// assert_eq!(config.writer.max_connections, 20);
+/// # Ok::<(), aurora_pool::Error>(())
+/// ```
+#[must_use]
+#[derive(Default)]
+pub struct Builder {
+    url: Option<String>,
+    settings: Vec<Setting>,
+}
+
+type Setting = Box<dyn FnOnce(&mut Config) -> Result<()> + Send>;
+
+impl fmt::Debug for Builder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Builder")
+            .field("url", &self.url.as_ref().map(|_| "<set>"))
+            .field("settings", &self.settings.len())
+            .finish()
+    }
+}
+
+macro_rules! setters {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$config:ident, $value:ident| $body:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(self, $value: $ty) -> Self {
+                self.with(move |$config| { $body; Ok(()) })
+            }
+        )*
+    };
+}
+
+impl Builder {
+    /// A builder with no URL yet.
+    pub fn new() -> Builder {
+        Builder::default()
+    }
+
+    fn with(mut self, setting: impl FnOnce(&mut Config) -> Result<()> + Send + 'static) -> Self {
+        self.settings.push(Box::new(setting));
+        self
+    }
+
+    /// The connection URL (required).
+    pub fn url(mut self, url: impl Into<String>) -> Self {
+        self.url = Some(url.into());
+        self
+    }
+
+    setters! {
+        /// See [`Config::cluster_id`].
+        cluster_id: impl Into<String> + Send + 'static => |c, v| c.cluster_id = v.into();
+        /// See [`Config::cluster_topology_refresh_rate`].
+        cluster_topology_refresh_rate: Duration => |c, v| c.cluster_topology_refresh_rate = v;
+        /// See [`Config::dialect`].
+        dialect: Dialect => |c, v| c.dialect = Some(v);
+        /// See [`Config::reader_host_selector_strategy`].
+        reader_host_selector_strategy: ReaderSelection => |c, v| c.reader_host_selector_strategy = v;
+        /// See [`Config::failover_mode`].
+        failover_mode: FailoverMode => |c, v| { c.failover_mode = v; c.failover_mode_chosen = true };
+        /// See [`Config::failover_timeout`].
+        failover_timeout: Duration => |c, v| c.failover_timeout = v;
+        /// See [`Config::cluster_topology_high_refresh_rate`].
+        cluster_topology_high_refresh_rate: Duration => |c, v| c.cluster_topology_high_refresh_rate = v;
+        /// See [`Config::failure_detection_enabled`].
+        failure_detection_enabled: bool => |c, v| c.failure_detection_enabled = v;
+        /// See [`Config::allow_unverified_server`].
+        allow_unverified_server: bool => |c, v| c.allow_unverified_server = v;
+        /// See [`Config::allow_unqualified_host_pattern`].
+        allow_unqualified_host_pattern: bool => |c, v| c.allow_unqualified_host_pattern = v;
+        /// See [`Config::failure_detection_time`].
+        failure_detection_time: Duration => |c, v| c.failure_detection_time = v;
+        /// See [`Config::failure_detection_interval`].
+        failure_detection_interval: Duration => |c, v| c.failure_detection_interval = v;
+        /// See [`Config::failure_detection_count`].
+        failure_detection_count: u32 => |c, v| c.failure_detection_count = v;
+        /// See [`PoolSizing::max_connections`] of [`Config::writer`].
+        writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
+        /// See [`PoolSizing::min_connections`] of [`Config::writer`].
+        writer_min_connections: u32 => |c, v| c.writer.min_connections = v;
+        /// See [`PoolSizing::max_connections`] of [`Config::reader`].
+        reader_max_connections: u32 => |c, v| c.reader.max_connections = v;
+        /// See [`PoolSizing::min_connections`] of [`Config::reader`].
+        reader_min_connections: u32 => |c, v| c.reader.min_connections = v;
+        /// See [`Config::acquire_timeout`].
+        acquire_timeout: Duration => |c, v| c.acquire_timeout = v;
+        /// See [`Config::idle_timeout`]; `None` keeps idle connections forever.
+        idle_timeout: Option<Duration> => |c, v| c.idle_timeout = v;
+        /// See [`Config::max_lifetime`]; `None` lets connections live forever.
+        max_lifetime: Option<Duration> => |c, v| c.max_lifetime = v;
+        /// See [`Config::connect_timeout`].
+        connect_timeout: Duration => |c, v| c.connect_timeout = v;
+        /// The password, instead of the one in the URL.
+        password: impl Into<String> + Send + 'static => |c, v| c.set_password(v);
+        /// See [`Config::auth`].
+        auth: Auth => |c, v| c.auth = v;
+    }
+
+    /// The RDS API client that reads a custom endpoint's members, instead of one built from
+    /// the AWS configuration chain (see [`Config::custom_endpoint`]).
+    #[cfg(feature = "custom-endpoint")]
+    pub fn custom_endpoint_client(self, client: aws_sdk_rds::Client) -> Self {
+        self.with(move |c| {
+            c.custom_endpoint.client = Some(client);
+            Ok(())
+        })
+    }
+
+    /// See [`Config::hostaddr`].
+    pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
+        self.with(move |c| {
+            c.hostaddr = Some(address.to_string());
+            Ok(())
+        })
+    }
+
+    /// Takes credentials for every new connection from `provider` ([`Auth::Provider`]).
+    pub fn credential_provider(self, provider: impl CredentialProvider) -> Self {
+        let provider: Arc<dyn CredentialProvider> = Arc::new(provider);
+        self.with(move |c| {
+            c.auth = Auth::Provider(provider);
+            Ok(())
+        })
+    }
+
+    /// See [`Config::cluster_instance_host_pattern`]; checked when the builder is built.
+    pub fn cluster_instance_host_pattern(self, pattern: impl Into<String>) -> Self {
+        let pattern = pattern.into();
+        self.with(move |c| {
+            c.cluster_instance_host_pattern = Some(HostPattern::parse(&pattern)?);
+            Ok(())
+        })
+    }
+
+    /// Adds one entry to [`Config::instance_endpoints`]: `address` is `host:port`.
+    pub fn instance_endpoint(
+        self,
+        instance: impl Into<String>,
+        address: impl Into<String>,
+    ) -> Self {
+        let (instance, address) = (instance.into(), address.into());
+        self.with(move |c| {
+            let address = HostPort::parse("instance_endpoints", &address)?;
+            c.instance_endpoints.insert(instance, address);
+            Ok(())
+        })
+    }
+
+    /// Parses the URL, applies the settings in order and validates the result.
+    pub fn build(self) -> Result<Config> {
+        let url = self
+            .url
+            .ok_or_else(|| Error::config("url", "no URL given; call `.url(\"postgres://...\")`"))?;
+        let mut config = Config::from_url(&url)?;
+        for setting in self.settings {
+            setting(&mut config)?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+}
