@@ -132,14 +132,20 @@ async fn aurora_cluster_basics_blackhole_and_drop() {
         ["instance-1", "instance-2", "instance-3"]
     );
     assert_eq!(cluster.writer_id(), "instance-1");
-    assert!(!format!("{cluster:?}").contains("app-password"));
+    let password = cluster.password().to_owned();
+    assert!(
+        password.len() >= 24 && password.chars().all(|c| c.is_ascii_alphanumeric()),
+        "a random password by default"
+    );
+    assert_ne!(password, "app-password", "no well-known default");
+    assert!(!format!("{cluster:?}").contains(&password));
     assert!(cluster.instance_addr("nope").is_none());
     let param = cluster.instance_endpoints_param();
     assert!(param.starts_with("instance-1=127.0.0.1:"), "{param}");
     assert!(
         cluster
             .url()
-            .starts_with("postgres://app:app-password@127.0.0.1:")
+            .starts_with(&format!("postgres://app:{password}@127.0.0.1:"))
     );
     assert!(
         cluster

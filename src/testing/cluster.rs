@@ -39,14 +39,37 @@ const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Common name of the throwaway CA of a TLS cluster.
 const CA_COMMON_NAME: &str = "aurora-pool LocalCluster CA";
 
+/// A password no other user of the machine can guess: 24 letters and digits (URL-safe),
+/// from the kernel's random source (the process's hash keys when it cannot be read).
+fn random_password() -> String {
+    use std::io::Read;
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
+    let mut bytes = [0u8; 24];
+    let read = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
+    if read.is_err() {
+        use std::hash::{BuildHasher, Hasher};
+        for chunk in bytes.chunks_mut(8) {
+            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+            hasher.write_usize(chunk.as_ptr() as usize);
+            chunk.copy_from_slice(&hasher.finish().to_le_bytes()[..chunk.len()]);
+        }
+    }
+    bytes
+        .iter()
+        // 256 = 4 * 62 + 8: the slight bias toward the first 8 symbols costs < 0.1 bit each.
+        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
+        .collect()
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// Builder for a [`LocalCluster`]; see [`LocalCluster::builder`].
 ///
-/// Defaults: 3 instances, [`Flavour::Aurora`], user `app`, password
-/// `app-password`, database `app`, no TLS.
+/// Defaults: 3 instances, [`Flavour::Aurora`], user `app`, a password made at random
+/// for each builder (24 letters and digits; [`LocalCluster::password`] tells it), database
+/// `app`, no TLS.
 #[derive(Clone)]
 pub struct LocalClusterBuilder {
     instances: usize,
@@ -81,7 +104,7 @@ impl Default for LocalClusterBuilder {
             spares: 0,
             flavour: Flavour::Aurora,
             user: "app".into(),
-            password: "app-password".into(),
+            password: random_password(),
             database: "app".into(),
             tls: false,
             shared_port: None,
@@ -128,7 +151,9 @@ impl LocalClusterBuilder {
         self
     }
 
-    /// Password of the login role (default `app-password`, scram-sha-256).
+    /// Password of the login role (scram-sha-256). The default is random per builder: on a
+    /// shared machine (a CI runner), another user who can reach the loopback ports
+    /// cannot guess it.
     pub fn password(mut self, p: &str) -> Self {
         self.password = p.to_owned();
         self
@@ -313,8 +338,8 @@ fn url_encode(s: &str) -> String {
 }
 
 impl LocalCluster {
-    /// A builder with the defaults (3 instances, Aurora flavour, `app` /
-    /// `app-password` / `app`).
+    /// A builder with the defaults (3 instances, Aurora flavour, user and database `app`,
+    /// a random password).
     pub fn builder() -> LocalClusterBuilder {
         LocalClusterBuilder::default()
     }
@@ -752,6 +777,13 @@ fn unique_suffix() -> String {
     )
 }
 
+/// Whether a cached template's `path` may be copied into a cluster: owned by `uid`, not a
+/// symbolic link, and writable by nobody else.
+fn template_trusted(path: &Path, uid: u32) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
+}
+
 /// Returns the cached `initdb` output (a data dir) for this bindir and OS
 /// user, creating it on first use; `None` when caching is disabled.
 fn initdb_template(env: &PgEnv) -> Result<Option<PathBuf>, TestingError> {
@@ -778,11 +810,7 @@ fn initdb_template(env: &PgEnv) -> Result<Option<PathBuf>, TestingError> {
     if marker.is_file() {
         // The path is predictable: a template someone else made (or could change) is not
         // copied into a cluster.
-        let trusted = |path: &Path| {
-            use std::os::unix::fs::MetadataExt;
-            fs::symlink_metadata(path).is_ok_and(|m| m.uid() == uid && m.mode() & 0o022 == 0)
-        };
-        if trusted(&dir) && trusted(&dir.join("data")) {
+        if template_trusted(&dir, uid) && template_trusted(&dir.join("data"), uid) {
             return Ok(Some(dir.join("data")));
         }
         tracing::warn!(
@@ -1661,5 +1689,50 @@ impl Inner {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::{PermissionsExt, symlink};
+
+    use super::{random_password, template_trusted};
+
+    #[test]
+    fn a_template_someone_else_could_change_is_not_trusted() {
+        let dir =
+            std::env::temp_dir().join(format!("aurora-pool-template-trust-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir(&dir).expect("dir");
+        let uid = std::fs::metadata(&dir).map(|m| {
+            use std::os::unix::fs::MetadataExt;
+            m.uid()
+        });
+        let uid = uid.expect("uid");
+        let mode = |m: u32| {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).expect("chmod")
+        };
+        mode(0o700);
+        assert!(template_trusted(&dir, uid));
+        assert!(!template_trusted(&dir, uid + 1), "another user's");
+        mode(0o777);
+        assert!(!template_trusted(&dir, uid), "writable by everyone");
+        mode(0o770);
+        assert!(!template_trusted(&dir, uid), "writable by the group");
+        mode(0o755);
+        let link = dir.with_extension("link");
+        let _ = std::fs::remove_file(&link);
+        symlink(&dir, &link).expect("symlink");
+        assert!(!template_trusted(&link, uid), "a link to it");
+        let _ = std::fs::remove_file(&link);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn passwords_are_random_and_url_safe() {
+        let (a, b) = (random_password(), random_password());
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 24);
+        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()), "{a}");
     }
 }

@@ -30,7 +30,7 @@
 //! # async fn demo() -> Result<(), aurora_pool::testing::TestingError> {
 //! use aurora_pool::testing::LocalCluster;
 //! let cluster = LocalCluster::start(3).await?;
-//! let url = cluster.url(); // postgres://app:app-password@127.0.0.1:<port>/app?instance_endpoints=...
+//! let url = cluster.url(); // postgres://app:<random>@127.0.0.1:<port>/app?instance_endpoints=...
 //! cluster.failover("instance-2", Some(std::time::Duration::from_secs(1))).await?;
 //! cluster.wait_rejoined("instance-1").await?;
 //! # drop(url); Ok(()) }

@@ -412,3 +412,37 @@ fn check_version(bindir: &Path) -> Result<(), TestingError> {
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::check_version;
+
+    /// A directory whose `postgres --version` prints `version`.
+    fn fake_bindir(name: &str, version: &str) -> std::path::PathBuf {
+        let dir =
+            std::env::temp_dir().join(format!("aurora-pool-fake-pg-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("dir");
+        let postgres = dir.join("postgres");
+        std::fs::write(&postgres, format!("#!/bin/sh\necho '{version}'\n")).expect("script");
+        std::fs::set_permissions(&postgres, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        dir
+    }
+
+    #[test]
+    fn old_or_unknown_postgresql_is_refused_with_its_version() {
+        let old = fake_bindir("12", "postgres (PostgreSQL) 12.9 (Debian 12.9-1)");
+        let err = check_version(&old).expect_err("12 is too old").to_string();
+        assert!(err.contains("needs PostgreSQL 13 or newer"), "{err}");
+        assert!(err.contains("is 12"), "{err}");
+        let odd = fake_bindir("odd", "something else");
+        let err = check_version(&odd).expect_err("no version").to_string();
+        assert!(err.contains("cannot read the PostgreSQL version"), "{err}");
+        let new = fake_bindir("15", "postgres (PostgreSQL) 15.8 (Debian 15.8-1.pgdg120+1)");
+        check_version(&new).expect("15");
+        for dir in [old, odd, new] {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
