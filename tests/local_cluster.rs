@@ -590,3 +590,60 @@ async fn the_superuser_is_not_reachable_over_tcp() {
         .await
         .expect("psql through the socket");
 }
+
+/// Set in the child process of [`a_cluster_left_by_a_killed_run_is_removed_at_the_next_start`].
+const ORPHAN_CHILD: &str = "AURORA_POOL_TEST_ORPHAN_CHILD";
+
+/// A test run killed by a signal never drops its clusters: the next `start` in any process
+/// stops their servers and removes their directories. The test runs itself as a child that
+/// starts a cluster, prints its data directory and aborts (no destructor runs).
+#[tokio::test]
+async fn a_cluster_left_by_a_killed_run_is_removed_at_the_next_start() {
+    init_tracing();
+    if std::env::var_os(ORPHAN_CHILD).is_some() {
+        let cluster = LocalCluster::start(1).await.unwrap();
+        let data = cluster
+            .psql("instance-1", "postgres", "SHOW data_directory")
+            .await
+            .unwrap();
+        println!("DATA_DIRECTORY={data}");
+        std::process::abort();
+    }
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "a_cluster_left_by_a_killed_run_is_removed_at_the_next_start",
+            "--nocapture",
+        ])
+        .env(ORPHAN_CHILD, "1")
+        .output();
+    let out = tokio::time::timeout(Duration::from_secs(120), child)
+        .await
+        .expect("the child ends")
+        .expect("the child runs");
+    assert!(!out.status.success(), "the child aborts");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let data = PathBuf::from(
+        stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("DATA_DIRECTORY="))
+            .unwrap_or_else(|| panic!("no data directory in {stdout}")),
+    );
+    let pid: i32 = std::fs::read_to_string(data.join("postmaster.pid"))
+        .expect("the orphan's postmaster.pid")
+        .lines()
+        .next()
+        .and_then(|l| l.trim().parse().ok())
+        .expect("a pid");
+    let alive = |pid: i32| std::path::Path::new(&format!("/proc/{pid}")).exists();
+    assert!(alive(pid), "the orphan's server outlived its owner");
+
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(!alive(pid), "the orphan's server was stopped");
+    assert!(!data.exists(), "the orphan's directory was removed");
+    drop(cluster);
+}
