@@ -95,12 +95,7 @@ fn settings(clock: &ManualClock, expiration: Duration) -> IamSettings {
 
 async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire<F: Flavour>(test: &str) {
     support::capture_logs();
-    let cluster = LocalCluster::builder()
-        .instances(2)
-        .tls(true)
-        .start()
-        .await
-        .expect("cluster");
+    let cluster = support::tls_cluster(2).await;
     let clock = ManualClock(Arc::new(AtomicU64::new(1_795_317_600)));
     let user = cluster.user().to_owned();
     set_password(&cluster, &token_at(&clock, &user)).await;
@@ -154,12 +149,7 @@ async fn iam_tokens_log_in_everywhere_and_are_renewed_before_they_expire<F: Flav
 
 async fn a_wrong_token_is_a_login_error_not_an_endless_retry<F: Flavour>(test: &str) {
     support::capture_logs();
-    let cluster = LocalCluster::builder()
-        .instances(1)
-        .tls(true)
-        .start()
-        .await
-        .expect("cluster");
+    let cluster = support::tls_cluster(1).await;
     let clock = ManualClock(Arc::new(AtomicU64::new(1_795_317_600)));
     let user = cluster.user().to_owned();
     set_password(&cluster, &token_at(&clock, &user)).await;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use aurora_pool::Role;
 use aurora_pool::secrets_manager::SecretsManagerSettings;
-use aurora_pool::testing::{LocalCluster, MotoServer};
+use aurora_pool::testing::MotoServer;
 use support::flavour::{Flavour, flavour_tests};
 use support::secrets::{alter_password, create_secret, pool_on_secret, secret};
 use support::{eventually, unique_cluster_id};
@@ -19,12 +19,7 @@ const NEW_PASSWORD: &str = "rotated-Pa55-never-shown";
 
 async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavour>(test: &str) {
     support::capture_logs();
-    let cluster = LocalCluster::builder()
-        .instances(3)
-        .tls(true)
-        .start()
-        .await
-        .expect("cluster");
+    let cluster = support::tls_cluster(3).await;
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
     create_secret(&aws, "orders/app", &cluster).await;
@@ -169,12 +164,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
 /// log in anew during it wait, fetch the secret again and succeed. None fails, before,
 /// during or after the window.
 async fn a_rotation_window_is_bridged<F: Flavour>(test: &str) {
-    let cluster = LocalCluster::builder()
-        .instances(2)
-        .tls(true)
-        .start()
-        .await
-        .expect("cluster");
+    let cluster = support::tls_cluster(2).await;
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
     create_secret(&aws, "orders/bridged", &cluster).await;

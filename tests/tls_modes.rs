@@ -163,12 +163,7 @@ impl Modes<'_> {
 }
 
 async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
-    let cluster = LocalCluster::builder()
-        .instances(1)
-        .tls(true)
-        .start()
-        .await
-        .expect("TLS cluster");
+    let cluster = support::tls_cluster(1).await;
     let dir = std::env::temp_dir().join(format!("aurora-pool-{test}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("dir");
     let own_ca = cluster.ca_cert_path().expect("CA").display().to_string();

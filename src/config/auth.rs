@@ -10,7 +10,8 @@ use crate::error::{Error, Result};
 ///
 /// Chosen in the URL with `auth=password` (the default), `auth=iam` or
 /// `auth=secrets_manager` (implied by `secrets_manager_secret_id`), with the settings named
-/// in the README; or in code with [`Builder::auth`] and [`Builder::credential_provider`].
+/// in the README; or in code with [`Builder::auth`](super::Builder::auth) and
+/// [`Builder::credential_provider`](super::Builder::credential_provider).
 #[derive(Clone)]
 #[non_exhaustive]
 pub enum Auth {

@@ -103,13 +103,13 @@ impl Builder {
         failure_detection_interval: Duration => |c, v| c.failure_detection_interval = v;
         /// See [`Config::failure_detection_count`].
         failure_detection_count: u32 => |c, v| c.failure_detection_count = v;
-        /// See [`PoolSizing::max_connections`] of [`Config::writer`].
+        /// See [`PoolSizing::max_connections`](super::PoolSizing::max_connections) of [`Config::writer`].
         writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
-        /// See [`PoolSizing::min_connections`] of [`Config::writer`].
+        /// See [`PoolSizing::min_connections`](super::PoolSizing::min_connections) of [`Config::writer`].
         writer_min_connections: u32 => |c, v| c.writer.min_connections = v;
-        /// See [`PoolSizing::max_connections`] of [`Config::reader`].
+        /// See [`PoolSizing::max_connections`](super::PoolSizing::max_connections) of [`Config::reader`].
         reader_max_connections: u32 => |c, v| c.reader.max_connections = v;
-        /// See [`PoolSizing::min_connections`] of [`Config::reader`].
+        /// See [`PoolSizing::min_connections`](super::PoolSizing::min_connections) of [`Config::reader`].
         reader_min_connections: u32 => |c, v| c.reader.min_connections = v;
         /// See [`Config::acquire_timeout`].
         acquire_timeout: Duration => |c, v| c.acquire_timeout = v;

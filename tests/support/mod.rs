@@ -12,6 +12,18 @@ use std::time::{Duration, Instant};
 use aurora_pool::testing::LocalCluster;
 use sqlx::PgPool;
 
+/// A cluster of `instances` serving TLS with a CA of its own
+/// ([`LocalCluster::ca_cert_path`]): what credentials that go only to a verified server
+/// (IAM, Secrets Manager) need.
+pub async fn tls_cluster(instances: usize) -> LocalCluster {
+    LocalCluster::builder()
+        .instances(instances)
+        .tls(true)
+        .start()
+        .await
+        .expect("TLS cluster")
+}
+
 /// A `cluster_id` no other test uses: the registry is process-wide and tests run in parallel.
 /// It is short (a prefix of `test` and a hash of all of it), because the `application_name`
 /// that carries it keeps only 63 bytes and tests look connections up by it.
