@@ -246,6 +246,12 @@ impl Error {
         self
     }
 
+    /// Adds what the user can do about the error to its message.
+    pub(crate) fn with_hint(mut self, hint: &str) -> Self {
+        self.0.message = format!("{}; {hint}", self.0.message);
+        self
+    }
+
     /// Marks a connect failure after the server answered (a broken-off TLS handshake): the
     /// instance is alive, only busy.
     pub(crate) fn handshake_failed(mut self) -> Self {

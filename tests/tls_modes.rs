@@ -215,6 +215,11 @@ async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
             shown.contains("issuer") || shown.contains("certificate verify failed"),
             "says why: {shown}"
         );
+        assert_eq!(
+            shown.contains("no sslrootcert is set"),
+            !params.contains("sslrootcert"),
+            "points at sslrootcert when none is set: {shown}"
+        );
     }
 
     // Plain logins accepted too: `allow` stays plain, `prefer` takes TLS.

@@ -114,6 +114,19 @@ impl Config {
         }
     }
 
+    /// A certificate refused while no `sslrootcert` is set: says that only the default
+    /// roots were trusted, which never hold the RDS CAs (the first thing a new user of
+    /// `verify-full`, or of IAM and Secrets Manager, runs into).
+    pub(crate) fn explain_certificate_refusal(&self, err: Error) -> Error {
+        if err.is_certificate_refused() && self.ssl_root_cert().is_none() {
+            err.with_hint(
+                "no sslrootcert is set, so only the Mozilla roots are trusted, and they do not hold the RDS CAs: set sslrootcert to the RDS CA bundle (README, \"Security\")",
+            )
+        } else {
+            err
+        }
+    }
+
     /// Whether the credentials may only go to a server the handshake verified.
     fn credentials_need_verified_server(&self) -> bool {
         self.auth.needs_verified_server() && !self.allow_unverified_server

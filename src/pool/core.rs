@@ -95,7 +95,8 @@ impl<B: Backend> PoolCore<B> {
                     "topology discovery through {seed} took longer than {:?}",
                     config.connect_timeout * 2
                 ))
-            })??;
+            })?
+            .map_err(|err| config.explain_certificate_refusal(err))?;
         tracing::info!(
             target: "aurora_pool",
             cluster_id = %config.cluster_id,

@@ -353,3 +353,32 @@ impl Backend for SqlxBackend {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::certificate_refused;
+
+    /// sqlx's rustls backends hand a refused certificate on as an I/O error around
+    /// rustls's (the native-tls backend's is tested against a server in `tls_modes`).
+    #[cfg(feature = "deadpool")]
+    #[test]
+    fn a_certificate_rustls_refused_is_told_from_other_io_errors() {
+        use rustls::CertificateError;
+        let refused = |reason: CertificateError| {
+            sqlx::Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                rustls::Error::InvalidCertificate(reason),
+            ))
+        };
+        for reason in [CertificateError::UnknownIssuer, CertificateError::Expired] {
+            let err = certificate_refused(&refused(reason), "connecting to db:5432")
+                .expect("a refused certificate");
+            assert!(err.is_certificate_refused(), "{err}");
+            assert!(err.to_string().contains("db:5432"), "{err}");
+        }
+        let reset = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
+        assert!(certificate_refused(&reset, "connecting to db:5432").is_none());
+        let protocol = sqlx::Error::Protocol("unexpected message".into());
+        assert!(certificate_refused(&protocol, "connecting to db:5432").is_none());
+    }
+}
