@@ -204,7 +204,7 @@ pub trait CredentialProvider: fmt::Debug + Send + Sync + 'static {
     }
 
     /// Whether these credentials may only go to a server the TLS handshake verified
-    /// (`sslmode=verify-ca` or `verify-full`), as IAM tokens and Secrets Manager passwords
+    /// (`sslmode=verify-full`), as IAM tokens and Secrets Manager passwords
     /// do: a pool using this provider then defaults to `verify-full` and refuses weaker
     /// modes unless `allow_unverified_server` is set. The default is `false`: the
     /// credentials follow `sslmode` as a URL's password does.

@@ -184,6 +184,21 @@ async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
         modes.encrypted::<F>("sslmode=allow").await,
         "allow: the plain login is refused, then TLS"
     );
+    // Through the kept writer handle alone (no checkout of the pool's own): the first
+    // refusal may reach it (sqlx flavour), the pool then connects over TLS.
+    let pool: F = modes.connect("sslmode=allow").await.expect("allow");
+    let handle = pool.handle(Role::Writer);
+    let through_handle = support::eventually(Duration::from_secs(10), || {
+        let handle = handle.clone();
+        async move {
+            F::handle_text(&handle, ENCRYPTED)
+                .await
+                .is_ok_and(|ssl| ssl == "true")
+        }
+    })
+    .await;
+    assert!(through_handle, "allow through a kept handle");
+    pool.close().await;
     assert!(modes.encrypted::<F>("sslmode=prefer").await, "prefer");
     assert!(modes.encrypted::<F>("").await, "no sslmode is prefer");
     assert!(

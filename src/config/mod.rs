@@ -191,8 +191,8 @@ pub struct Config {
     /// Lets IAM tokens and Secrets Manager passwords go to a server the TLS handshake did
     /// not verify (`allow_unverified_server`, default false): with `sslmode=require` any
     /// TLS peer on the path, and with `prefer` or less anyone on the path, receives
-    /// credentials it can log in with. Without it such credentials need `verify-ca` or
-    /// `verify-full` (the default then), and the RDS CA bundle in `sslrootcert`.
+    /// credentials it can log in with. Without it such credentials need `verify-full` (the
+    /// default then), and the RDS CA bundle in `sslrootcert`.
     pub allow_unverified_server: bool,
     /// How the pool follows the members of a custom endpoint URL (the
     /// `custom_endpoint_*` parameters; feature `custom-endpoint`).

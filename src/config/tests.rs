@@ -339,6 +339,13 @@ fn the_ssl_mode_applied_follows_libpq_and_the_credentials() {
         "require with a CA file verifies the chain"
     );
     assert_eq!(mode("?sslmode=verify-full").unwrap(), SslMode::VerifyFull);
+    // The last one wins, as in libpq and sqlx.
+    assert_eq!(
+        mode("?sslmode=disable&ssl-mode=verify-full").unwrap(),
+        SslMode::VerifyFull
+    );
+    let c = Config::from_url(&format!("{RDS}?sslrootcert=/a.pem&ssl-ca=/b.pem")).unwrap();
+    assert_eq!(c.ssl_root_cert().as_deref(), Some("/b.pem"));
     // Credentials that need a verified server: verify-full by default, weaker modes only
     // with the opt-out.
     let with_bearer = |params: &str| {
@@ -353,15 +360,16 @@ fn the_ssl_mode_applied_follows_libpq_and_the_credentials() {
         with_bearer("").unwrap().effective_ssl_mode(),
         SslMode::VerifyFull
     );
-    for weak in ["disable", "allow", "prefer", "require"] {
+    for weak in ["disable", "allow", "prefer", "require", "verify-ca"] {
         let err = with_bearer(&format!("?sslmode={weak}")).unwrap_err();
         assert_eq!(err.parameter(), Some("sslmode"), "{err}");
         assert!(err.to_string().contains("allow_unverified_server"), "{err}");
         let c = with_bearer(&format!("?sslmode={weak}&allow_unverified_server=true")).unwrap();
         assert_eq!(c.effective_ssl_mode().as_str(), weak);
     }
-    let c = with_bearer("?sslmode=require&sslrootcert=/ca.pem").unwrap();
-    assert_eq!(c.effective_ssl_mode(), SslMode::VerifyCa);
+    // `require` with a CA file is `verify-ca`: no name checked, so not enough either.
+    let err = with_bearer("?sslmode=require&sslrootcert=/ca.pem").unwrap_err();
+    assert_eq!(err.parameter(), Some("sslmode"), "{err}");
     let c = with_bearer("?allow_unverified_server=true").unwrap();
     assert_eq!(
         c.effective_ssl_mode(),

@@ -64,11 +64,6 @@ impl SslMode {
     pub(crate) fn login_refusal_may_need_tls(sqlstate: &str) -> bool {
         sqlstate.starts_with("28")
     }
-
-    /// Whether the handshake proves that a trusted CA vouches for the server.
-    pub(crate) fn verifies_server(self) -> bool {
-        matches!(self, SslMode::VerifyCa | SslMode::VerifyFull)
-    }
 }
 
 impl fmt::Display for SslMode {
@@ -80,10 +75,12 @@ impl fmt::Display for SslMode {
 impl Config {
     /// The `sslmode` given in the URL, if any (checked when the URL was read).
     pub(crate) fn ssl_mode(&self) -> Option<SslMode> {
+        // The last one wins, as in libpq and sqlx.
         let (key, mode) = self
             .driver_url
             .query_pairs()
-            .find(|(k, _)| k == "sslmode" || k == "ssl-mode")?;
+            .filter(|(k, _)| k == "sslmode" || k == "ssl-mode")
+            .last()?;
         SslMode::parse(&key, &mode).ok()
     }
 
@@ -91,7 +88,8 @@ impl Config {
     pub(crate) fn ssl_root_cert(&self) -> Option<String> {
         self.driver_url
             .query_pairs()
-            .find(|(k, _)| matches!(k.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .filter(|(k, _)| matches!(k.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
+            .last()
             .map(|(_, v)| v.into_owned())
     }
 
@@ -120,7 +118,7 @@ impl Config {
     pub(crate) fn explain_certificate_refusal(&self, err: Error) -> Error {
         if err.is_certificate_refused() && self.ssl_root_cert().is_none() {
             err.with_hint(
-                "no sslrootcert is set, so only the Mozilla roots are trusted, and they do not hold the RDS CAs: set sslrootcert to the RDS CA bundle (README, \"Security\")",
+                "no sslrootcert is set, so only the default trust store is used (the Mozilla roots, or the system's with native-tls), which holds no RDS CA: set sslrootcert to the RDS CA bundle (README, \"Security\")",
             )
         } else {
             err
@@ -135,7 +133,9 @@ impl Config {
     /// Refuses a mode that would send the credentials where they must not go: IAM tokens
     /// without TLS (RDS refuses them anyway), and IAM tokens or Secrets Manager passwords
     /// to a server nobody verified (any TLS peer could take them and log in as the user
-    /// for as long as they are valid).
+    /// for as long as they are valid). Only `verify-full` counts: `verify-ca` checks no
+    /// name, and sqlx adds `sslrootcert` to the public roots rather than replacing them,
+    /// so any publicly trusted certificate for any domain would pass it.
     pub(super) fn check_tls(&self) -> Result<()> {
         let mode = self.effective_ssl_mode();
         if self.auth.requires_tls()
@@ -144,15 +144,15 @@ impl Config {
             return Err(Error::config(
                 "sslmode",
                 format!(
-                    "`{mode}` may send the IAM token without TLS, and RDS accepts IAM logins only over TLS; use verify-full (or verify-ca) with sslrootcert set to the RDS CA bundle"
+                    "`{mode}` may send the IAM token without TLS, and RDS accepts IAM logins only over TLS; use verify-full with sslrootcert set to the RDS CA bundle"
                 ),
             ));
         }
-        if self.credentials_need_verified_server() && !mode.verifies_server() {
+        if self.credentials_need_verified_server() && mode != SslMode::VerifyFull {
             return Err(Error::config(
                 "sslmode",
                 format!(
-                    "`{mode}` does not verify the server, and {} go only to a verified server: use sslmode=verify-full with sslrootcert set to the RDS CA bundle (README, \"Security\"), or set allow_unverified_server=true to send them anyway",
+                    "`{mode}` does not verify that the server is the host named, and {} go only to a verified server: use sslmode=verify-full with sslrootcert set to the RDS CA bundle (README, \"Security\"), or set allow_unverified_server=true to send them anyway",
                     self.auth.credentials_name()
                 ),
             ));

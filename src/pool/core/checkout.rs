@@ -90,6 +90,8 @@ impl<B: Backend> PoolCore<B> {
         // long to keep renewing (a rotation window: `secrets_manager_connect_retry_timeout_ms`)
         // from the attempt number and the time since the first refusal.
         let mut refusals: Vec<(Arc<Instance>, u32, Instant)> = Vec::new();
+        // Instances whose refused plain login this checkout already tried again over TLS.
+        let mut retried_with_tls: Vec<Arc<Instance>> = Vec::new();
         loop {
             if self.is_closed() {
                 return Err(Error::closed());
@@ -180,10 +182,14 @@ impl<B: Backend> PoolCore<B> {
                 }
                 // `sslmode=allow`: the instance wants TLS; its pools now connect with it.
                 Some(Err(err))
-                    if self
-                        .backend
-                        .plain_login_refused(slot.instance.address(), &err) =>
+                    if !retried_with_tls
+                        .iter()
+                        .any(|i| Arc::ptr_eq(i, &slot.instance))
+                        && self
+                            .backend
+                            .plain_login_refused(slot.instance.address(), &err) =>
                 {
+                    retried_with_tls.push(slot.instance.clone());
                     self.credentials_renewed(&slot);
                     last_error = Some(err);
                 }

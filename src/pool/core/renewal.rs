@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use super::PoolCore;
 use crate::auth::LoginFailure;
+use crate::endpoint::HostPort;
 use crate::pool::backend::Backend;
 use crate::pool::login;
 use crate::pool::routing::Slot;
@@ -70,6 +71,15 @@ impl<B: Backend> PoolCore<B> {
         let table = self.routing.load();
         self.backend
             .retarget(&table.reads.pool, &table.reads.targets);
+    }
+
+    /// How to reach `address` changed (`sslmode=allow` learned that it wants TLS): the
+    /// pools that connect there follow from their next connection.
+    pub(crate) fn reach_changed(&self, address: &HostPort) {
+        let table = self.routing.load();
+        for slot in table.slots().filter(|s| s.instance.address() == address) {
+            self.credentials_renewed(slot);
+        }
     }
 
     /// A login with `slot`'s credentials was refused, for the `attempt`-th time in `elapsed`:

@@ -77,15 +77,17 @@ impl Connector for SqlxConnector {
                     };
                     let connect = async {
                         let mut options = options_to(&address);
+                        let plain = !base.learned_tls(&address);
                         // A plain connect first: it reports a refused connection at once,
                         // where a pool's connect retries it until its timeout, and a dead
                         // instance must be told from a slow one.
                         let probe = match PgConnection::connect_with(&options).await {
                             Err(err)
-                                if base.plain_login_refused(
-                                    &address,
-                                    sqlstate_of(&err).as_deref(),
-                                ) =>
+                                if plain
+                                    && base.plain_login_refused(
+                                        &address,
+                                        sqlstate_of(&err).as_deref(),
+                                    ) =>
                             {
                                 options = options_to(&address);
                                 PgConnection::connect_with(&options).await?

@@ -50,9 +50,19 @@ pub(super) fn certificate_refused(err: &sqlx::Error, context: &str) -> Option<Er
         sqlx::Error::Io(io) => io.to_string(),
         other => other.to_string(),
     };
-    let refused = ["invalid peer certificate", "certificate verify failed"]
-        .iter()
-        .any(|sign| text.contains(sign));
+    // rustls; OpenSSL; Secure Transport (macOS); SChannel (Windows).
+    let text = text.to_lowercase();
+    let refused = [
+        "invalid peer certificate",
+        "certificate verify failed",
+        "certificate was not trusted",
+        "certificate is not trusted",
+        "issued by an authority that is not trusted",
+        "target principal name is incorrect",
+        "certificate has expired",
+    ]
+    .iter()
+    .any(|sign| text.contains(sign));
     refused.then(|| {
         Error::certificate(format!(
             "{context} failed: the server's certificate was refused"

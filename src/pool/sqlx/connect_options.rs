@@ -3,7 +3,7 @@
 
 use std::collections::HashSet;
 use std::str::FromStr;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
 
@@ -23,9 +23,21 @@ use crate::pool::targets::Route;
 #[derive(Clone)]
 pub(super) struct BaseOptions {
     options: PgConnectOptions,
-    /// Under `allow`: the instances that refused a plain login.
-    plain_refused: Option<Arc<Mutex<HashSet<HostPort>>>>,
+    /// Under `allow`: what was learned, shared by every copy.
+    allow: Option<Arc<AllowMemory>>,
 }
+
+/// The instances that refused a plain login, and who to tell when one more does.
+#[derive(Default)]
+struct AllowMemory {
+    refused: Mutex<HashSet<HostPort>>,
+    /// Points the pools that connect to an address at TLS (set once the pool core exists;
+    /// before, the pools are built from what was learned).
+    learned: OnceLock<Learned>,
+}
+
+/// What is told of an address found to want TLS.
+type Learned = Box<dyn Fn(&HostPort) + Send + Sync>;
 
 impl BaseOptions {
     /// The options of `config` (the user's `map` applied to sqlx's reading of the URL),
@@ -43,7 +55,7 @@ impl BaseOptions {
             // sqlx checks the certificate against the address it connects to.
             return Err(Error::config(
                 "hostaddr",
-                "with sslmode=verify-full the certificate must name the URL's host, and the sqlx flavour can only check the address it connects to: drop hostaddr, use verify-ca, or use the deadpool flavour",
+                "with sslmode=verify-full the certificate must name the URL's host, and the sqlx flavour can only check the address it connects to: drop hostaddr, use the deadpool flavour, or settle for verify-ca (which checks no name)",
             ));
         }
         let driver_mode = match mode {
@@ -53,14 +65,14 @@ impl BaseOptions {
         };
         Ok(BaseOptions {
             options: options.ssl_mode(driver_mode),
-            plain_refused: (mode == SslMode::Allow).then(Default::default),
+            allow: (mode == SslMode::Allow).then(Default::default),
         })
     }
 
     /// The options of a connection to `address` logging in with `credentials`.
     pub(super) fn to(&self, address: &HostPort, credentials: &Credentials) -> PgConnectOptions {
         let mut options = self.options.clone().host(&address.host).port(address.port);
-        if self.needs_tls(address) {
+        if self.learned_tls(address) {
             options = options.ssl_mode(PgSslMode::Require);
         }
         if let Some(user) = credentials.user() {
@@ -82,24 +94,40 @@ impl BaseOptions {
         self.options.clone()
     }
 
-    /// A plain login to `address` was refused with `sqlstate`: under `allow`, returns
-    /// whether the next one should go over TLS (the first refusal of that instance).
+    /// Under `allow`, `learned` is told each address found to want TLS from now on.
+    pub(super) fn when_tls_learned(&self, learned: impl Fn(&HostPort) + Send + Sync + 'static) {
+        if let Some(allow) = &self.allow {
+            let _ = allow.learned.set(Box::new(learned));
+        }
+    }
+
+    /// A login to `address` was refused with `sqlstate`: under `allow`, a refusal of the
+    /// login itself means the instance wants TLS. Returns whether connections to
+    /// `address` use TLS now (so that a plain attempt is worth making again over TLS; the
+    /// caller makes it once). The first refusal of an address points every pool at TLS.
     pub(super) fn plain_login_refused(&self, address: &HostPort, sqlstate: Option<&str>) -> bool {
-        let Some(refused) = &self.plain_refused else {
+        let Some(allow) = &self.allow else {
             return false;
         };
         if !sqlstate.is_some_and(SslMode::login_refusal_may_need_tls) {
             return false;
         }
-        refused
+        let first = allow
+            .refused
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .insert(address.clone())
+            .insert(address.clone());
+        if first && let Some(learned) = allow.learned.get() {
+            learned(address);
+        }
+        true
     }
 
-    fn needs_tls(&self, address: &HostPort) -> bool {
-        self.plain_refused.as_ref().is_some_and(|refused| {
-            refused
+    /// Whether connections to `address` use TLS because `allow` learned it.
+    pub(super) fn learned_tls(&self, address: &HostPort) -> bool {
+        self.allow.as_ref().is_some_and(|allow| {
+            allow
+                .refused
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .contains(address)

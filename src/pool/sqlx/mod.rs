@@ -85,9 +85,15 @@ impl AuroraPool {
         let base = connect_options::BaseOptions::new(&config, options.connect_options.as_ref())?;
         let provider = auth::provider_for(&config).await?;
         let connector = Arc::new(SqlxConnector::new(&config, base.clone(), provider.clone()));
-        let backend = SqlxBackend::new(&config, base, options);
+        let backend = SqlxBackend::new(&config, base.clone(), options);
         let scope = ScopeSource::new(&config).await?;
         let core = PoolCore::start(config, backend, connector, provider, scope).await?;
+        let weak = Arc::downgrade(&core);
+        base.when_tls_learned(move |address| {
+            if let Some(core) = weak.upgrade() {
+                core.reach_changed(address);
+            }
+        });
         Ok(AuroraPool { core })
     }
 
