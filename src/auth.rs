@@ -12,7 +12,6 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::config::{Auth, Config};
 use crate::connector::BoxFuture;
 use crate::error::Result;
 
@@ -264,23 +263,6 @@ impl CredentialProvider for StaticPassword {
     fn credentials<'a>(&'a self, _: &'a ConnectTarget) -> BoxFuture<'a, Result<Credentials>> {
         Box::pin(std::future::ready(Ok(self.credentials.clone())))
     }
-}
-
-/// The provider `config.auth` asks for.
-pub(crate) async fn provider_for(config: &Config) -> Result<Arc<dyn CredentialProvider>> {
-    Ok(match &config.auth {
-        Auth::Password => Arc::new(StaticPassword::from_config(config.password())),
-        #[cfg(feature = "iam")]
-        Auth::Iam(settings) => Arc::new(crate::iam::IamAuth::new(
-            settings.clone(),
-            config.host.clone(),
-        )?),
-        #[cfg(feature = "secrets-manager")]
-        Auth::SecretsManager(settings) => {
-            Arc::new(crate::secrets_manager::SecretsManagerAuth::new(settings.clone()).await?)
-        }
-        Auth::Provider(provider) => provider.clone(),
-    })
 }
 
 /// Most logins one connect makes: the first, then retries with renewed credentials.

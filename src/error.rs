@@ -24,7 +24,7 @@ struct Inner {
     /// The server answered but the session could not start (a TLS handshake it broke off).
     busy: bool,
     /// The cluster's kind means this SQLSTATE as a network failure (see
-    /// [`Error::in_dialect`]).
+    /// `Dialect::read_error`).
     network: bool,
 }
 
@@ -101,16 +101,6 @@ impl ErrorClass {
     /// the crate's own role-aware paths return it as the driver's error.
     pub fn triggers_failover(self) -> bool {
         matches!(self, ErrorClass::Network | ErrorClass::ReadOnly)
-    }
-
-    /// [`triggers_failover`](ErrorClass::triggers_failover) for a connection taken for
-    /// `role`: `25006` means a demoted writer only when the connection was the writer's.
-    pub(crate) fn fails_over_for(self, role: crate::topology::Role) -> bool {
-        match self {
-            ErrorClass::Network => true,
-            ErrorClass::ReadOnly => role == crate::topology::Role::Writer,
-            _ => false,
-        }
     }
 }
 
@@ -195,20 +185,10 @@ impl Error {
         Self::new(Kind::Work, "the work failed with an error of its own")
     }
 
-    /// Reads the error as a cluster of `dialect` means it. An RDS Multi-AZ DB cluster
-    /// answers `28000` ("access denied") while an instance reboots, and internal errors
-    /// (class `XX`) while it fails over: there both are network failures, as in the AWS
-    /// drivers, not a refused login. (The drivers also count class `53` there; this crate
-    /// keeps `53300` and the other resource errors as "busy", alive: a full instance is
-    /// never declared dead.)
-    pub(crate) fn in_dialect(mut self, dialect: crate::topology::Dialect) -> Self {
-        let reboot = dialect == crate::topology::Dialect::RdsMultiAzPg
-            && self
-                .sqlstate()
-                .is_some_and(|s| s == "28000" || s.starts_with("XX"));
-        if reboot {
-            self.0.network = true;
-        }
+    /// Counts the error as a network failure whatever its SQLSTATE says (a dialect that
+    /// means it so: see `Dialect::read_error`).
+    pub(crate) fn count_as_network(mut self) -> Self {
+        self.0.network = true;
         self
     }
 
@@ -455,28 +435,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn multi_az_reads_28000_and_internal_errors_as_network() {
-        use crate::topology::Dialect;
-        let denied = || Error::driver("login").with_sqlstate(Some("28000".into()));
-        assert!(denied().is_login_rejected());
-        assert!(denied().in_dialect(Dialect::AuroraPg).is_login_rejected());
-        let multi_az = denied().in_dialect(Dialect::RdsMultiAzPg);
-        assert!(!multi_az.is_login_rejected());
-        assert_eq!(multi_az.class(), ErrorClass::Network);
-        let internal = Error::driver("x").with_sqlstate(Some("XX000".into()));
-        assert_eq!(
-            internal.in_dialect(Dialect::RdsMultiAzPg).class(),
-            ErrorClass::Network
-        );
-        let wrong_password = Error::driver("login").with_sqlstate(Some("28P01".into()));
-        assert!(
-            wrong_password
-                .in_dialect(Dialect::RdsMultiAzPg)
-                .is_login_rejected()
-        );
-    }
 
     #[test]
     fn config_errors_name_the_parameter() {

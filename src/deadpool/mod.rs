@@ -43,7 +43,6 @@ use std::sync::Arc;
 
 use self::backend::DeadpoolBackend;
 use crate::BoxFuture;
-use crate::auth;
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::pool::TransactionOptions;
@@ -51,6 +50,7 @@ use crate::pool::attempts;
 use crate::pool::backend::{Attempt, Retried};
 use crate::pool::core::PoolCore;
 use crate::pool::facade::{facade_debug, shared_facade};
+use crate::pool::login;
 use crate::pool::scope::ScopeSource;
 use crate::pool::work::WorkErrors;
 use crate::retry::RetryPolicy;
@@ -82,7 +82,7 @@ impl AuroraPool {
     /// Connects with a prepared [`Config`] (see [`crate::Builder::build`]).
     pub async fn connect_with(config: Config) -> Result<AuroraPool> {
         config.validate()?;
-        let provider = auth::provider_for(&config).await?;
+        let provider = login::provider_for(&config).await?;
         let backend = DeadpoolBackend::new(&config, provider.clone())?;
         let connector = Arc::new(backend.connector(&config));
         let scope = ScopeSource::new(&config).await?;

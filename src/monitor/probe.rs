@@ -346,7 +346,7 @@ async fn probe_once(
     let dialect = state.current().dialect();
     let result = tokio::time::timeout(timeout, attempt)
         .await
-        .map(|answer| answer.map_err(|err| err.in_dialect(dialect)));
+        .map(|answer| answer.map_err(|err| dialect.read_error(err)));
     match result {
         Ok(Ok(rows)) => {
             let in_recovery = rows

@@ -243,10 +243,10 @@ impl<B: Backend> PoolCore<B> {
         self.classify_for(Role::Reader, err)
     }
 
-    /// `err` read as this cluster's kind means it (see [`Error::in_dialect`]); for errors
+    /// `err` read as this cluster's kind means it (see `Dialect::read_error`); for errors
     /// only: it reads the routing table.
     pub(crate) fn in_cluster_dialect(&self, err: Error) -> Error {
-        err.in_dialect(self.routing.load().topology.dialect())
+        self.routing.load().topology.dialect().read_error(err)
     }
 
     /// An error seen on a connection taken for `role`: a failover-class one (a lost
@@ -259,7 +259,7 @@ impl<B: Backend> PoolCore<B> {
         if err.class() == ErrorClass::ReadOnly && self.config.is_rds_proxy() {
             return err;
         }
-        if err.class().fails_over_for(role) {
+        if role.fails_over_on(err.class()) {
             self.request_refresh();
             return err.into_failover();
         }

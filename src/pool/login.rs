@@ -9,7 +9,9 @@ use arc_swap::ArcSwap;
 
 use crate::auth::{
     ConnectTarget, CredentialProvider, Credentials, LoginFailure, MAX_LOGIN_ATTEMPTS,
+    StaticPassword,
 };
+use crate::config::{Auth, Config};
 use crate::connector::BoxFuture;
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
@@ -130,6 +132,23 @@ impl SlotLogin {
     pub(crate) fn is_due(&self, now: Instant) -> bool {
         self.renew_at().is_some_and(|at| at <= now)
     }
+}
+
+/// The provider `config.auth` asks for.
+pub(crate) async fn provider_for(config: &Config) -> Result<Arc<dyn CredentialProvider>> {
+    Ok(match &config.auth {
+        Auth::Password => Arc::new(StaticPassword::from_config(config.password())),
+        #[cfg(feature = "iam")]
+        Auth::Iam(settings) => Arc::new(crate::iam::IamAuth::new(
+            settings.clone(),
+            config.host.clone(),
+        )?),
+        #[cfg(feature = "secrets-manager")]
+        Auth::SecretsManager(settings) => {
+            Arc::new(crate::secrets_manager::SecretsManagerAuth::new(settings.clone()).await?)
+        }
+        Auth::Provider(provider) => provider.clone(),
+    })
 }
 
 /// Where `instance` is connected to, as providers see it.

@@ -91,6 +91,22 @@ impl Dialect {
     }
 }
 
+impl Dialect {
+    /// Reads `err` as a cluster of this dialect means it. An RDS Multi-AZ DB cluster
+    /// answers `28000` ("access denied") while an instance reboots, and internal errors
+    /// (class `XX`) while it fails over: there both are network failures, as in the AWS
+    /// drivers, not a refused login. (The drivers also count class `53` there; this crate
+    /// keeps `53300` and the other resource errors as "busy", alive: a full instance is
+    /// never declared dead.)
+    pub(crate) fn read_error(self, err: Error) -> Error {
+        let reboot = self == Dialect::RdsMultiAzPg
+            && err
+                .sqlstate()
+                .is_some_and(|s| s == "28000" || s.starts_with("XX"));
+        if reboot { err.count_as_network() } else { err }
+    }
+}
+
 impl fmt::Display for Dialect {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.code())
@@ -398,4 +414,31 @@ pub(crate) async fn confirm_writer(
         Dialect::RdsPg | Dialect::Pg => true,
     };
     Ok(catalog_says_writer && parse_bool(first(&conn.query(IS_READER).await?)) == Some(false))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Dialect;
+    use crate::error::{Error, ErrorClass};
+
+    #[test]
+    fn multi_az_reads_28000_and_internal_errors_as_network() {
+        let denied = || Error::driver("login").with_sqlstate(Some("28000".into()));
+        assert!(denied().is_login_rejected());
+        assert!(Dialect::AuroraPg.read_error(denied()).is_login_rejected());
+        let multi_az = Dialect::RdsMultiAzPg.read_error(denied());
+        assert!(!multi_az.is_login_rejected());
+        assert_eq!(multi_az.class(), ErrorClass::Network);
+        let internal = Error::driver("x").with_sqlstate(Some("XX000".into()));
+        assert_eq!(
+            Dialect::RdsMultiAzPg.read_error(internal).class(),
+            ErrorClass::Network
+        );
+        let wrong_password = Error::driver("login").with_sqlstate(Some("28P01".into()));
+        assert!(
+            Dialect::RdsMultiAzPg
+                .read_error(wrong_password)
+                .is_login_rejected()
+        );
+    }
 }

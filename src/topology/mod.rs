@@ -11,7 +11,7 @@ pub use dialect::Dialect;
 pub(crate) use dialect::{IS_READER, TopologySource, confirm_writer, discover, query_topology};
 
 use crate::endpoint::{HostPattern, HostPort, is_dns_label};
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorClass, Result};
 
 /// The role of an instance, or the role a caller asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -20,6 +20,19 @@ pub enum Role {
     Writer,
     /// A read-only replica.
     Reader,
+}
+
+impl Role {
+    /// Whether an error of `class` on a connection taken for this role means a failover
+    /// ([`ErrorClass::triggers_failover`]): `25006` means a demoted writer only when the
+    /// connection was the writer's.
+    pub(crate) fn fails_over_on(self, class: ErrorClass) -> bool {
+        match class {
+            ErrorClass::Network => true,
+            ErrorClass::ReadOnly => self == Role::Writer,
+            _ => false,
+        }
+    }
 }
 
 impl fmt::Display for Role {

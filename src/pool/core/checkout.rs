@@ -231,7 +231,7 @@ impl<B: Backend> PoolCore<B> {
                         _ = tokio::time::sleep(RETRY_PAUSE) => {}
                     }
                 }
-                Some(Err(err)) if err.class().fails_over_for(role) => {
+                Some(Err(err)) if role.fails_over_on(err.class()) => {
                     self.request_refresh();
                     last_error = Some(err);
                     tokio::select! {

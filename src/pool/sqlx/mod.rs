@@ -22,10 +22,10 @@ use super::attempts;
 use super::backend::{Attempt, Retried};
 use super::core::PoolCore;
 use super::facade::{facade_debug, shared_facade};
+use super::login;
 use super::scope::ScopeSource;
 use super::transaction::TransactionOptions;
 use super::work::WorkErrors;
-use crate::auth;
 use crate::config::{Builder, Config};
 use crate::connector::BoxFuture;
 use crate::error::{Error, Result};
@@ -83,7 +83,7 @@ impl AuroraPool {
     async fn start(config: Config, options: AuroraPoolOptions) -> Result<AuroraPool> {
         config.validate()?;
         let base = connect_options::BaseOptions::new(&config, options.connect_options.as_ref())?;
-        let provider = auth::provider_for(&config).await?;
+        let provider = login::provider_for(&config).await?;
         let connector = Arc::new(SqlxConnector::new(&config, base.clone(), provider.clone()));
         let backend = SqlxBackend::new(&config, base.clone(), options);
         let scope = ScopeSource::new(&config).await?;
