@@ -2,26 +2,29 @@
 //! the replicas, failover, rejoin and teardown.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::fmt;
 use std::fs;
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
 use super::Flavour;
 use super::error::{TestingError, join_error};
+use super::host::{
+    free_ports, initdb, initdb_template, random_password, sweep_orphans, unique_suffix,
+};
+use super::pki::{Tls, find_openssl};
 use super::process::{PgEnv, kill_pid, log_tail, postmaster_pid, process_alive, run};
 use super::proxy::{CutAt, Proxies};
 use super::sql;
 
-const TARGET: &str = "aurora_pool::testing";
+pub(super) const TARGET: &str = "aurora_pool::testing";
 /// Bound for an instance to start and accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound for a replica to stream from its primary.
@@ -29,39 +32,13 @@ const STREAM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound for one `psql` invocation.
 const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound for `pg_ctl` / `pg_basebackup` / `initdb`.
-const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
+pub(super) const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of server log quoted in errors.
 const LOG_LINES: usize = 30;
 /// Per-instance settings file included from postgresql.conf.
 const INSTANCE_CONF: &str = "aurora_pool_instance.conf";
-/// Bound for one `openssl` invocation.
-const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Common name of the throwaway CA of a TLS cluster.
-const CA_COMMON_NAME: &str = "aurora-pool LocalCluster CA";
 
-/// A password no other user of the machine can guess: 24 letters and digits (URL-safe),
-/// from the kernel's random source (the process's hash keys when it cannot be read).
-fn random_password() -> String {
-    use std::io::Read;
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789";
-    let mut bytes = [0u8; 24];
-    let read = fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut bytes));
-    if read.is_err() {
-        use std::hash::{BuildHasher, Hasher};
-        for chunk in bytes.chunks_mut(8) {
-            let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-            hasher.write_usize(chunk.as_ptr() as usize);
-            chunk.copy_from_slice(&hasher.finish().to_le_bytes()[..chunk.len()]);
-        }
-    }
-    bytes
-        .iter()
-        // 256 = 4 * 62 + 8: the slight bias toward the first 8 symbols costs < 0.1 bit each.
-        .map(|b| char::from(ALPHABET[usize::from(*b) % ALPHABET.len()]))
-        .collect()
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -235,33 +212,6 @@ struct Instance {
     added: AtomicBool,
     /// A spare's port, held until it is added.
     reserved: Mutex<Option<TcpListener>>,
-}
-
-/// The TLS material of a cluster started with [`LocalClusterBuilder::tls`],
-/// all under `<root>/tls`.
-#[derive(Debug)]
-struct Tls {
-    /// The `openssl` binary that generates it.
-    openssl: PathBuf,
-    dir: PathBuf,
-    ca_cert: PathBuf,
-    ca_key: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-}
-
-impl Tls {
-    fn new(openssl: PathBuf, root: &Path) -> Self {
-        let dir = root.join("tls");
-        Self {
-            openssl,
-            ca_cert: dir.join("ca.crt"),
-            ca_key: dir.join("ca.key"),
-            server_cert: dir.join("server.crt"),
-            server_key: dir.join("server.key"),
-            dir,
-        }
-    }
 }
 
 /// A scheduled rebuild of an old writer as a replica.
@@ -677,190 +627,6 @@ impl Drop for Inner {
     }
 }
 
-/// Picks `n` distinct free TCP ports on 127.0.0.1, each still held by its listener: a port
-/// is taken only when the listener is dropped, right before a server binds it.
-fn free_ports(n: usize) -> Result<Vec<(u16, TcpListener)>, TestingError> {
-    (0..n)
-        .map(|_| {
-            let listener = TcpListener::bind("127.0.0.1:0")
-                .map_err(|e| TestingError::new(format!("picking a free port on 127.0.0.1: {e}")))?;
-            let port = listener
-                .local_addr()
-                .map_err(|e| TestingError::new(format!("picking a free port: {e}")))?
-                .port();
-            Ok((port, listener))
-        })
-        .collect()
-}
-
-/// Removes clusters left behind by processes that died without dropping them (a test run
-/// killed by a signal): their postmasters are killed and their directories removed. A
-/// cluster directory is named after its owner's pid; only clusters whose owner is gone are
-/// touched, and only processes that run `postgres` on their data directory are killed.
-fn sweep_orphans() {
-    let Ok(entries) = fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let name = entry.file_name();
-        let Some(owner) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("aurora-pool-"))
-            .and_then(|rest| rest.split('-').next())
-            .and_then(|pid| pid.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if owner == std::process::id() || process_alive(owner) {
-            continue;
-        }
-        let root = entry.path();
-        for data_dir in fs::read_dir(&root)
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|d| d.path())
-        {
-            let Some(pid) = postmaster_pid(&data_dir) else {
-                continue;
-            };
-            let runs_this_dir = fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|cmdline| {
-                String::from_utf8_lossy(&cmdline).contains(&*data_dir.to_string_lossy())
-            });
-            if runs_this_dir && process_alive(pid) {
-                kill_pid(pid);
-            }
-        }
-        if fs::remove_dir_all(&root).is_ok() {
-            tracing::info!(target: TARGET, dir = %root.display(), owner, "removed a local cluster left behind by a dead process");
-        }
-    }
-}
-
-/// The `openssl` command-line tool: `AURORA_POOL_OPENSSL`, else the first
-/// `openssl` in `PATH`, else `/usr/bin/openssl`.
-fn find_openssl() -> Result<PathBuf, TestingError> {
-    const HINT: &str = "a TLS LocalCluster (LocalClusterBuilder::tls) generates its certificates with the `openssl` \
-         command-line tool: install it (Debian/Ubuntu: `apt-get install openssl`) or point AURORA_POOL_OPENSSL at it";
-    if let Some(path) = std::env::var_os("AURORA_POOL_OPENSSL").filter(|p| !p.is_empty()) {
-        let path = PathBuf::from(path);
-        if path.is_file() {
-            return Ok(path);
-        }
-        return Err(TestingError::new(format!(
-            "AURORA_POOL_OPENSSL={} is not a file: {HINT}",
-            path.display()
-        )));
-    }
-    std::env::var_os("PATH")
-        .iter()
-        .flat_map(std::env::split_paths)
-        .map(|dir| dir.join("openssl"))
-        .chain(std::iter::once(PathBuf::from("/usr/bin/openssl")))
-        .find(|p| p.is_file())
-        .ok_or_else(|| {
-            TestingError::new(format!(
-                "`openssl` not found in PATH nor at /usr/bin/openssl: {HINT}"
-            ))
-        })
-}
-
-fn unique_suffix() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.subsec_nanos());
-    format!(
-        "{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// Whether a cached template's `path` may be copied into a cluster: owned by `uid`, not a
-/// symbolic link, and writable by nobody else.
-fn template_trusted(path: &Path, uid: u32) -> bool {
-    use std::os::unix::fs::MetadataExt;
-    fs::symlink_metadata(path).is_ok_and(|m| m.is_dir() && m.uid() == uid && m.mode() & 0o022 == 0)
-}
-
-/// Returns the cached `initdb` output (a data dir) for this bindir and OS
-/// user, creating it on first use; `None` when caching is disabled.
-fn initdb_template(env: &PgEnv) -> Result<Option<PathBuf>, TestingError> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    if std::env::var_os("AURORA_POOL_NO_INITDB_CACHE").is_some_and(|v| !v.is_empty() && v != "0") {
-        return Ok(None);
-    }
-    let _guard = lock(&LOCK);
-    let tag: String = env
-        .bindir
-        .to_string_lossy()
-        .chars()
-        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
-        .collect();
-    let uid = env.run_as.map_or(env.euid, |(u, _)| u);
-    // The binary's modification time: a PostgreSQL upgrade in place gets a new template.
-    let built = fs::metadata(env.bindir.join("postgres"))
-        .and_then(|m| m.modified())
-        .ok()
-        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
-        .map_or(0, |d| d.as_secs());
-    let dir = std::env::temp_dir().join(format!("aurora-pool-initdb-v2-{uid}-{tag}-{built}"));
-    let marker = dir.join("complete");
-    if marker.is_file() {
-        // The path is predictable: a template someone else made (or could change) is not
-        // copied into a cluster.
-        if template_trusted(&dir, uid) && template_trusted(&dir.join("data"), uid) {
-            return Ok(Some(dir.join("data")));
-        }
-        tracing::warn!(
-            target: TARGET,
-            dir = %dir.display(),
-            "initdb template not owned by the server user, or writable by others: not used (initdb runs per cluster)"
-        );
-        return Ok(None);
-    }
-    let staging =
-        std::env::temp_dir().join(format!("aurora-pool-initdb-staging-{}", unique_suffix()));
-    let result = (|| {
-        fs::create_dir(&staging)
-            .map_err(|e| TestingError::new(format!("creating {}: {e}", staging.display())))?;
-        env.chown(&staging)?;
-        let data = staging.join("data");
-        initdb(env, &data, &staging)?;
-        fs::write(staging.join("complete"), "ok\n")
-            .map_err(|e| TestingError::new(format!("writing template marker: {e}")))?;
-        // Atomic publish; another process may have won the race.
-        if fs::rename(&staging, &dir).is_err() && !marker.is_file() {
-            return Err(TestingError::new(format!(
-                "could not publish the initdb template at {}",
-                dir.display()
-            )));
-        }
-        Ok(())
-    })();
-    let _ = fs::remove_dir_all(&staging);
-    result?;
-    tracing::info!(target: TARGET, dir = %dir.display(), "initdb template cached");
-    Ok(Some(dir.join("data")))
-}
-
-fn initdb(env: &PgEnv, data: &Path, cwd: &Path) -> Result<(), TestingError> {
-    let mut cmd = env.pg("initdb", cwd);
-    cmd.args([
-        "-U",
-        "postgres",
-        "--auth=trust",
-        "--locale=C",
-        "--encoding=UTF8",
-        "--no-sync",
-        "--no-instructions",
-        "-D",
-    ])
-    .arg(data);
-    run(cmd, None, TOOL_TIMEOUT).map(|_| ())
-}
-
 impl Inner {
     fn start(cfg: LocalClusterBuilder) -> Result<Arc<Inner>, TestingError> {
         let started = Instant::now();
@@ -952,7 +718,9 @@ impl Inner {
             cleaned: AtomicBool::new(false),
         });
         // From here on, an error drops `inner`, which tears everything down.
-        inner.generate_tls()?;
+        if let Some(tls) = &inner.tls {
+            tls.generate(&inner.env)?;
+        }
         inner.init_primary()?;
         let primary = &inner.instances[0];
         let replicas = &inner.instances[1..cfg.instances];
@@ -1093,133 +861,6 @@ impl Inner {
              local replication all trust\n\
              {client} all all 127.0.0.1/32 scram-sha-256\n"
         )
-    }
-
-    /// Generates the CA and the server key and certificate of a TLS cluster
-    /// (no-op without TLS). Keys are P-256 (fast to generate); every file is
-    /// written through [`PgEnv`] so the server user owns it, the keys with mode
-    /// 0600.
-    fn generate_tls(&self) -> Result<(), TestingError> {
-        let Some(t) = &self.tls else {
-            return Ok(());
-        };
-        let started = Instant::now();
-        fs::create_dir(&t.dir)
-            .map_err(|e| TestingError::new(format!("creating {}: {e}", t.dir.display())))?;
-        self.env.chown(&t.dir)?;
-        // Our own config, so the result does not depend on the system's
-        // openssl.cnf (also used as OPENSSL_CONF for every invocation).
-        let cnf = t.dir.join("openssl.cnf");
-        self.env.write_file(
-            &cnf,
-            "# aurora-pool LocalCluster throwaway PKI\n\
-             [req]\n\
-             distinguished_name = dn\n\
-             prompt = no\n\
-             [dn]\n\
-             CN = localhost\n\
-             [v3_ca]\n\
-             basicConstraints = critical, CA:TRUE\n\
-             keyUsage = critical, keyCertSign, cRLSign\n\
-             subjectKeyIdentifier = hash\n\
-             [v3_server]\n\
-             basicConstraints = critical, CA:FALSE\n\
-             keyUsage = critical, digitalSignature, keyEncipherment\n\
-             extendedKeyUsage = serverAuth\n\
-             subjectAltName = IP:127.0.0.1, DNS:localhost\n\
-             subjectKeyIdentifier = hash\n\
-             authorityKeyIdentifier = keyid, issuer\n",
-        )?;
-        let openssl = |args: &[&OsStr], stdin: Option<&str>, what: &str| {
-            let mut cmd = Command::new(&t.openssl);
-            cmd.args(args)
-                .env("OPENSSL_CONF", &cnf)
-                .env_remove("RANDFILE")
-                .current_dir(&t.dir);
-            run(cmd, stdin, OPENSSL_TIMEOUT)
-                .map(|o| o.stdout)
-                .map_err(|e| e.context(format!("generating the TLS {what} with openssl")))
-        };
-        let os = |s: &'static str| OsStr::new(s);
-        let genkey = [
-            os("genpkey"),
-            os("-algorithm"),
-            os("EC"),
-            os("-pkeyopt"),
-            os("ec_paramgen_curve:P-256"),
-        ];
-
-        let ca_key = openssl(&genkey, None, "CA key")?;
-        self.env.write_private_file(&t.ca_key, &ca_key)?;
-        let ca_subject = format!("/CN={CA_COMMON_NAME}");
-        let ca_cert = openssl(
-            &[
-                os("req"),
-                os("-new"),
-                os("-x509"),
-                os("-config"),
-                cnf.as_os_str(),
-                os("-extensions"),
-                os("v3_ca"),
-                os("-key"),
-                t.ca_key.as_os_str(),
-                os("-subj"),
-                OsStr::new(&ca_subject),
-                os("-sha256"),
-                os("-days"),
-                os("2"),
-            ],
-            None,
-            "CA certificate",
-        )?;
-        self.env.write_file(&t.ca_cert, &ca_cert)?;
-
-        let server_key = openssl(&genkey, None, "server key")?;
-        self.env.write_private_file(&t.server_key, &server_key)?;
-        let csr = openssl(
-            &[
-                os("req"),
-                os("-new"),
-                os("-config"),
-                cnf.as_os_str(),
-                os("-key"),
-                t.server_key.as_os_str(),
-                os("-subj"),
-                os("/CN=localhost"),
-            ],
-            None,
-            "server certificate request",
-        )?;
-        let serial = format!("0x{:016x}", fastrand::u64(1..));
-        let server_cert = openssl(
-            &[
-                os("x509"),
-                os("-req"),
-                os("-CA"),
-                t.ca_cert.as_os_str(),
-                os("-CAkey"),
-                t.ca_key.as_os_str(),
-                os("-set_serial"),
-                OsStr::new(&serial),
-                os("-sha256"),
-                os("-days"),
-                os("2"),
-                os("-extfile"),
-                cnf.as_os_str(),
-                os("-extensions"),
-                os("v3_server"),
-            ],
-            Some(&csr),
-            "server certificate",
-        )?;
-        self.env.write_file(&t.server_cert, &server_cert)?;
-        tracing::info!(
-            target: TARGET,
-            dir = %t.dir.display(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "TLS certificates generated"
-        );
-        Ok(())
     }
 
     fn write_instance_conf(&self, inst: &Instance) -> Result<(), TestingError> {
@@ -1689,50 +1330,5 @@ impl Inner {
                 std::thread::sleep(Duration::from_millis(10));
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use std::os::unix::fs::{PermissionsExt, symlink};
-
-    use super::{random_password, template_trusted};
-
-    #[test]
-    fn a_template_someone_else_could_change_is_not_trusted() {
-        let dir =
-            std::env::temp_dir().join(format!("aurora-pool-template-trust-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir(&dir).expect("dir");
-        let uid = std::fs::metadata(&dir).map(|m| {
-            use std::os::unix::fs::MetadataExt;
-            m.uid()
-        });
-        let uid = uid.expect("uid");
-        let mode = |m: u32| {
-            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(m)).expect("chmod")
-        };
-        mode(0o700);
-        assert!(template_trusted(&dir, uid));
-        assert!(!template_trusted(&dir, uid + 1), "another user's");
-        mode(0o777);
-        assert!(!template_trusted(&dir, uid), "writable by everyone");
-        mode(0o770);
-        assert!(!template_trusted(&dir, uid), "writable by the group");
-        mode(0o755);
-        let link = dir.with_extension("link");
-        let _ = std::fs::remove_file(&link);
-        symlink(&dir, &link).expect("symlink");
-        assert!(!template_trusted(&link, uid), "a link to it");
-        let _ = std::fs::remove_file(&link);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn passwords_are_random_and_url_safe() {
-        let (a, b) = (random_password(), random_password());
-        assert_ne!(a, b);
-        assert_eq!(a.len(), 24);
-        assert!(a.chars().all(|c| c.is_ascii_alphanumeric()), "{a}");
     }
 }

@@ -46,7 +46,9 @@
 
 mod cluster;
 mod error;
+mod host;
 mod moto;
+mod pki;
 mod process;
 mod proxy;
 #[cfg(feature = "custom-endpoint")]
