@@ -265,8 +265,33 @@ async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
         "verify-ca does not check the name"
     );
 
-    // An expired certificate: refused by the modes that verify, not by require.
+    // A certificate that expires under a running pool: its next new connection is refused
+    // at once (no retry until failover_timeout), naming the instance and the reason.
+    let pool: F = modes
+        .connect(&format!(
+            "sslmode=verify-ca&sslrootcert={own_ca}&writer_max_connections=1"
+        ))
+        .await
+        .expect("verify-ca");
+    pool.fresh_login(Role::Writer).await.expect("a login");
     serve_certificate(&cluster, &dir, "IP:127.0.0.1", -1).await;
+    let started = std::time::Instant::now();
+    let err = pool
+        .fresh_login(Role::Writer)
+        .await
+        .expect_err("an expired certificate");
+    assert!(err.is_certificate_refused(), "{err:?}");
+    let shown = err.to_string().to_lowercase();
+    assert!(shown.contains("instance-1"), "names the instance: {shown}");
+    assert!(shown.contains("expired"), "says why: {shown}");
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "not retried as a failover: {:?}",
+        started.elapsed()
+    );
+    pool.close().await;
+
+    // An expired certificate: refused by the modes that verify, not by require.
     let err = modes
         .refused::<F>(&format!("sslmode=verify-ca&sslrootcert={own_ca}"))
         .await;

@@ -239,6 +239,15 @@ impl<B: Backend> PoolCore<B> {
                         _ = tokio::time::sleep(RETRY_PAUSE) => {}
                     }
                 }
+                // A refused certificate names the instance: the driver's checkout error may
+                // not say where it was connecting.
+                Some(Err(err)) if err.is_certificate_refused() => {
+                    return Err(err.with_hint(&format!(
+                        "instance {} at {}",
+                        slot.instance.id(),
+                        slot.instance.address()
+                    )));
+                }
                 Some(Err(err)) => return Err(err),
             }
             if tokio::time::Instant::now() >= deadline {
