@@ -1,5 +1,6 @@
 //! TLS for tokio-postgres with rustls (aws-lc-rs), following libpq's `sslmode`.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use rustls::client::WebPkiServerVerifier;
@@ -38,12 +39,21 @@ compile_error!(
 #[derive(Clone)]
 pub(crate) struct Tls {
     connect: MakeRustlsConnect,
-    mode: tokio_postgres::config::SslMode,
+    mode: DriverMode,
     /// `allow`: a plain login first, and TLS when the server refuses it.
     plain_first: bool,
-    /// `hostaddr` with the URL's host: connections to that address check the certificate
-    /// against the host name, as libpq does.
-    hostaddr: Option<(String, String)>,
+    /// `hostaddr`: connections to that address check the certificate against the URL's
+    /// host, as libpq does.
+    hostaddr: Option<HostAddr>,
+}
+
+/// libpq's `hostaddr`: the address connected to, and the URL's host it stands for.
+#[derive(Clone)]
+struct HostAddr {
+    ip: IpAddr,
+    /// `ip` as the pool's addresses spell it.
+    address: String,
+    host: String,
 }
 
 impl Tls {
@@ -56,8 +66,9 @@ impl Tls {
     pub(crate) fn new(config: &Config) -> Result<Tls> {
         let hostaddr = config
             .hostaddr
-            .clone()
-            .map(|address| (address, config.host.clone()));
+            .as_deref()
+            .and_then(|address| address.parse().ok())
+            .map(|ip| (ip, config.host.clone()));
         Tls::with(
             config.effective_ssl_mode(),
             config.ssl_root_cert().as_deref(),
@@ -70,7 +81,7 @@ impl Tls {
     fn with(
         mode: SslMode,
         root_cert: Option<&str>,
-        hostaddr: Option<(String, String)>,
+        hostaddr: Option<(IpAddr, String)>,
     ) -> Result<Tls> {
         let provider = Arc::new(crypto_provider());
         let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -105,7 +116,11 @@ impl Tls {
             connect: MakeRustlsConnect::new(client),
             mode: driver_mode,
             plain_first: mode == SslMode::Allow,
-            hostaddr,
+            hostaddr: hostaddr.map(|(ip, host)| HostAddr {
+                ip,
+                address: ip.to_string(),
+                host,
+            }),
         })
     }
 
@@ -114,11 +129,8 @@ impl Tls {
     pub(crate) fn point(&self, config: &mut tokio_postgres::Config, address: &HostPort) {
         config.port(address.port).ssl_mode(self.mode);
         match &self.hostaddr {
-            Some((ip, name)) if *ip == address.host => {
-                config.host(name);
-                if let Ok(ip) = ip.parse() {
-                    config.hostaddr(ip);
-                }
+            Some(hostaddr) if hostaddr.address == address.host => {
+                config.host(&hostaddr.host).hostaddr(hostaddr.ip);
             }
             _ => {
                 config.host(&address.host);
@@ -345,7 +357,7 @@ mod tests {
         root_cert: Option<&str>,
         host: &str,
     ) -> Result<bool, String> {
-        let tls = Tls::with(mode, root_cert, Some(("127.0.0.1".into(), host.into())))
+        let tls = Tls::with(mode, root_cert, Some(([127, 0, 0, 1].into(), host.into())))
             .map_err(|e| e.to_string())?;
         let addr = cluster.direct_addr("instance-1").expect("instance");
         let mut config = tokio_postgres::Config::new();

@@ -43,15 +43,13 @@ pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
 /// host); the reason is in the sqlx error, its source. sqlx hands the TLS library's error on
 /// as text (rustls's inside an I/O error), so the text is what tells.
 pub(super) fn certificate_refused(err: &sqlx::Error, context: &str) -> Option<Error> {
-    if !matches!(err, sqlx::Error::Tls(_) | sqlx::Error::Io(_)) {
-        return None;
-    }
     let text = match err {
         sqlx::Error::Io(io) => io.to_string(),
-        other => other.to_string(),
-    };
+        sqlx::Error::Tls(tls) => tls.to_string(),
+        _ => return None,
+    }
+    .to_lowercase();
     // rustls; OpenSSL; Secure Transport (macOS); SChannel (Windows).
-    let text = text.to_lowercase();
     let refused = [
         "invalid peer certificate",
         "certificate verify failed",

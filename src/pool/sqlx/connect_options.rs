@@ -59,9 +59,12 @@ impl BaseOptions {
             ));
         }
         let driver_mode = match mode {
-            SslMode::Allow => PgSslMode::Disable,
-            mode => PgSslMode::from_str(mode.as_str())
-                .map_err(|err| Error::config("sslmode", format!("`{mode}`")).with_source(err))?,
+            // sqlx's own `Allow` never encrypts; the plain-then-TLS order is this type's.
+            SslMode::Disable | SslMode::Allow => PgSslMode::Disable,
+            SslMode::Prefer => PgSslMode::Prefer,
+            SslMode::Require => PgSslMode::Require,
+            SslMode::VerifyCa => PgSslMode::VerifyCa,
+            SslMode::VerifyFull => PgSslMode::VerifyFull,
         };
         Ok(BaseOptions {
             options: options.ssl_mode(driver_mode),
