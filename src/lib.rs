@@ -1,5 +1,7 @@
 #![doc = include_str!("../README.md")]
-#![forbid(unsafe_code, non_ascii_idents)]
+// `unsafe` only in `sockets` (one descriptor duplicated; see its SAFETY comments).
+#![deny(unsafe_code)]
+#![forbid(non_ascii_idents)]
 #![deny(nonstandard_style, rust_2018_idioms, rustdoc::broken_intra_doc_links)]
 #![warn(missing_docs, missing_debug_implementations, unreachable_pub)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -28,6 +30,7 @@ mod retry;
 #[cfg(feature = "secrets-manager")]
 pub mod secrets_manager;
 mod select;
+mod sockets;
 mod supervise;
 mod throttle;
 pub mod topology;

@@ -161,6 +161,10 @@ pub struct Config {
     /// Bound on opening one connection for discovery and monitoring (`connect_timeout`, in
     /// seconds as in libpq, default 10).
     pub connect_timeout: Duration,
+    /// TCP keepalives and user timeout of every connection (`keepalives`,
+    /// `keepalives_idle`, `keepalives_interval`, `keepalives_count`, `tcp_user_timeout`, as
+    /// in libpq). See [`TcpSettings`].
+    pub tcp: TcpSettings,
     /// How connections log in (`auth`, default the URL's password). See [`Auth`].
     pub auth: Auth,
     /// The address to connect to instead of resolving the URL's host (`hostaddr`, an IP
@@ -296,6 +300,7 @@ impl fmt::Debug for Config {
             .field("idle_timeout", &self.idle_timeout)
             .field("max_lifetime", &self.max_lifetime)
             .field("connect_timeout", &self.connect_timeout)
+            .field("tcp", &self.tcp)
             .field("auth", &self.auth)
             .field("hostaddr", &self.hostaddr)
             .field("allow_unverified_server", &self.allow_unverified_server);
@@ -308,6 +313,7 @@ impl fmt::Debug for Config {
 mod auth;
 mod builder;
 mod parse;
+mod tcp;
 #[cfg(test)]
 mod tests;
 mod tls;
@@ -315,4 +321,5 @@ mod validate;
 
 pub use auth::Auth;
 pub use builder::Builder;
+pub use tcp::TcpSettings;
 pub(crate) use tls::SslMode;

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use url::Url;
 
-use super::{Auth, Config, FailoverMode, Password, PoolSizing, SslMode};
+use super::{Auth, Config, FailoverMode, Password, PoolSizing, SslMode, TcpSettings};
 use crate::endpoint::{Endpoint, HostPattern, HostPort};
 use crate::error::{Error, Result};
 use crate::select::ReaderSelection;
@@ -102,6 +102,7 @@ impl Config {
             idle_timeout: Some(Duration::from_secs(600)),
             max_lifetime: Some(Duration::from_secs(1800)),
             connect_timeout: Duration::from_secs(10),
+            tcp: TcpSettings::default(),
             auth: Auth::Password,
             hostaddr: None,
             allow_unverified_server: false,
@@ -227,6 +228,7 @@ impl Config {
             "connect_timeout" => {
                 self.connect_timeout = Duration::from_secs(parse_number(key, value)?)
             }
+            _ if self.tcp.apply_parameter(key, value)? => {}
             #[cfg(feature = "custom-endpoint")]
             _ if self.custom_endpoint.apply_parameter(key, value)? => {}
             #[cfg(not(feature = "custom-endpoint"))]

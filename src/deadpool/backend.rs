@@ -44,6 +44,14 @@ impl DeadpoolBackend {
         let url = config.driver_url();
         let mut base = tokio_postgres::Config::new();
         base.user(config.user());
+        let tcp = config.tcp;
+        base.keepalives(tcp.keepalives)
+            .keepalives_idle(tcp.keepalives_idle)
+            .keepalives_interval(tcp.keepalives_interval)
+            .keepalives_retries(tcp.keepalives_count);
+        if let Some(timeout) = tcp.tcp_user_timeout {
+            base.tcp_user_timeout(timeout);
+        }
         let parameter = |name: &str| {
             url.query_pairs()
                 .find(|(k, _)| k == name)

@@ -18,14 +18,8 @@ use crate::error::{Error, Result};
 use crate::pool::login;
 use crate::pool::targets::{Route, Targets};
 
-/// Without an answer for this long, TCP gives up on a connection (`tcp_user_timeout`).
-const TCP_USER_TIMEOUT: Duration = Duration::from_secs(10);
-
 /// A connection used this recently is handed out again without asking the server.
 const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
-
-/// TCP keepalive probes start after this much silence.
-const KEEPALIVE_IDLE: Duration = Duration::from_secs(15);
 
 /// The connections of one pool: to the instance (or instances, in turn) its targets name
 /// now. A pool that follows its role is pointed at another instance instead of replaced;
@@ -48,8 +42,8 @@ pub struct Manager {
     confirm_writer: bool,
 }
 
-/// Opens one tokio-postgres connection to where `tls` pointed `config`, with TLS, TCP
-/// keepalives and `tcp_user_timeout`, logging in with `credentials`.
+/// Opens one tokio-postgres connection to where `tls` pointed `config` (which carries the
+/// TCP keepalives and `tcp_user_timeout`), with TLS, logging in with `credentials`.
 pub(super) async fn connect_client(
     mut config: tokio_postgres::Config,
     tls: Tls,
@@ -63,11 +57,8 @@ pub(super) async fn connect_client(
     if let Some(password) = credentials.password() {
         config.password(password);
     }
-    config
-        .connect_timeout(connect_timeout)
-        .tcp_user_timeout(TCP_USER_TIMEOUT)
-        .keepalives(true)
-        .keepalives_idle(KEEPALIVE_IDLE);
+    // Keepalives and `tcp_user_timeout` come with `config` (the URL's `TcpSettings`).
+    config.connect_timeout(connect_timeout);
     let (client, connection) = tokio::time::timeout(connect_timeout, tls.connect(&config))
         .await
         .map_err(|_| {

@@ -139,7 +139,23 @@ impl MonitorState {
             // No subscriber is fine.
             let _ = self.events.send(event);
         }
+        end_connections_to_the_newly_dead(&old, &new);
         true
+    }
+}
+
+/// Ends this process's connections to each instance `new` declares unreachable and `old`
+/// did not: queries and connects in flight on a silent host end now instead of when TCP
+/// gives up, and the capacity they held goes back to their pools (DESIGN invariant 14).
+fn end_connections_to_the_newly_dead(old: &Topology, new: &Topology) {
+    for instance in new.instances() {
+        let was_up = old
+            .instance(instance.id())
+            .is_some_and(|before| before.is_available());
+        if was_up && !instance.is_available() {
+            let address = instance.address().clone();
+            tokio::spawn(async move { crate::sockets::end_connections_to(&address).await });
+        }
     }
 }
 

@@ -107,6 +107,11 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
         sql: &'static str,
         wait: std::time::Duration,
     ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` (one text column, one row) in one `transaction` and returns its value.
+    fn transaction_text(
+        &self,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
     /// Runs `sql` twice in one `transaction`.
     fn transaction(
         &self,
@@ -278,6 +283,12 @@ impl Flavour for aurora_pool::AuroraPool {
                 tokio::time::sleep(wait).await;
                 Ok(())
             })
+        })
+        .await
+    }
+    async fn transaction_text(&self, sql: &'static str) -> aurora_pool::Result<String> {
+        self.transaction(move |conn| {
+            Box::pin(async move { Ok(sqlx::query_scalar(sql).fetch_one(&mut *conn).await?) })
         })
         .await
     }
@@ -459,6 +470,12 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
                 tokio::time::sleep(wait).await;
                 Ok(())
             })
+        })
+        .await
+    }
+    async fn transaction_text(&self, sql: &'static str) -> aurora_pool::Result<String> {
+        self.transaction(move |client| {
+            Box::pin(async move { Ok(client.query_one(sql, &[]).await?.get(0)) })
         })
         .await
     }

@@ -11,7 +11,7 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, ValueRef};
 use super::backend::{certificate_refused, from_sqlx, sqlstate_of};
 use super::connect_options::BaseOptions;
 use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
-use crate::config::Config;
+use crate::config::{Config, TcpSettings};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
@@ -21,6 +21,7 @@ pub(super) struct SqlxConnector {
     base: BaseOptions,
     cluster_id: String,
     connect_timeout: Duration,
+    tcp: TcpSettings,
     provider: Arc<dyn CredentialProvider>,
     user: String,
 }
@@ -35,6 +36,7 @@ impl SqlxConnector {
             base,
             cluster_id: config.cluster_id.clone(),
             connect_timeout: config.connect_timeout,
+            tcp: config.tcp,
             provider,
             user: config.user().to_owned(),
         }
@@ -60,8 +62,12 @@ impl Connector for SqlxConnector {
             let target = ConnectTarget::new(address.host.clone(), address.port, &self.user);
             let application_name = purpose.application_name(&self.cluster_id);
             let connect = |credentials: Arc<Credentials>| -> BoxFuture<'static, Result<_>> {
-                let (base, address, timeout) =
-                    (self.base.clone(), address.clone(), self.connect_timeout);
+                let (base, address, timeout, tcp) = (
+                    self.base.clone(),
+                    address.clone(),
+                    self.connect_timeout,
+                    self.tcp,
+                );
                 let application_name = application_name.clone();
                 Box::pin(async move {
                     // The crate's own queries are not the user's: keep them out of sqlx's
@@ -95,7 +101,9 @@ impl Connector for SqlxConnector {
                             other => other?,
                         };
                         let _ = probe.close().await;
-                        SqlxAdmin::watched(options, timeout).await
+                        let watched = SqlxAdmin::watched(options, timeout).await;
+                        crate::sockets::keep_alive_behind(vec![address.clone()], tcp);
+                        watched
                     };
                     match tokio::time::timeout(timeout, connect).await {
                         Ok(Ok(conn)) => Ok(Box::new(conn) as Box<dyn AdminConnection>),

@@ -11,7 +11,7 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::connect_options::BaseOptions;
 use super::options::AuroraPoolOptions;
-use crate::config::{Config, PoolSizing};
+use crate::config::{Config, PoolSizing, TcpSettings};
 use crate::connector::BoxFuture;
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
@@ -91,6 +91,8 @@ pub(crate) struct SqlxBackend {
     max_lifetime: Option<Duration>,
     /// How long an idle connection may take to answer the test before its checkout.
     ping_limit: Duration,
+    /// Keepalives and user timeout, set on each new connection's socket.
+    tcp: TcpSettings,
     /// The user's hooks, run after the crate's.
     user: AuroraPoolOptions,
 }
@@ -103,6 +105,7 @@ impl SqlxBackend {
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
             ping_limit: config.connect_timeout,
+            tcp: config.tcp,
             user,
         }
     }
@@ -181,11 +184,22 @@ impl Backend for SqlxBackend {
         let rotates = role == Role::Reader && follows == Follows::Role;
         let itself: Arc<OnceLock<Weak<PgPool>>> = Arc::new(OnceLock::new());
         let user_after_connect = self.user.after_connect.clone();
-        if confirm_writer || rotates || user_after_connect.is_some() {
+        let tcp = self.tcp;
+        {
             let (targets, itself, base) = (targets.clone(), itself.clone(), self.base.clone());
             options = options.after_connect(move |conn, meta| {
                 let (targets, itself, base) = (targets.clone(), itself.clone(), base.clone());
                 let user = user_after_connect.clone();
+                // sqlx sets no keepalive and gives no access to its socket: the crate sets
+                // them on the new socket from outside (see `sockets`), in the background.
+                crate::sockets::keep_alive_behind(
+                    targets
+                        .routes()
+                        .iter()
+                        .map(|r| r.instance.address().clone())
+                        .collect(),
+                    tcp,
+                );
                 Box::pin(async move {
                     if rotates {
                         rotate(&itself, &targets, &base);

@@ -1,0 +1,356 @@
+//! A silent (black-holed) instance under load, the way a new user meets it: calls in flight on
+//! every path when the silence starts, more of them than the pool has connections, and no
+//! timeout on the caller's side. Each scenario asserts its issue's bound (#22): measured from
+//! the promotion for a writer, from the silence for a reader.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aurora_pool::Role;
+use aurora_pool::testing::LocalCluster;
+use support::flavour::{Flavour, connect, flavour_tests};
+
+/// A write that takes a moment (so that calls are in flight when the silence starts) and
+/// names the instance that took it.
+const WRITE: &str = "INSERT INTO silent_t SELECT 1 FROM pg_catalog.pg_sleep(0.05) \
+                     RETURNING pg_catalog.aurora_db_instance_identifier()";
+
+/// A read that takes a moment and names its instance.
+const READ: &str =
+    "SELECT pg_catalog.aurora_db_instance_identifier() FROM pg_catalog.pg_sleep(0.05)";
+
+/// Callers per path: with five paths, three times the default 10 connections of a pool.
+const CALLERS_PER_PATH: usize = 6;
+
+/// The ways a caller reaches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    /// `writer()` / `reader()` taken when the pool opened and kept.
+    KeptHandle,
+    /// `writer()` / `reader()` taken for each call.
+    FreshHandle,
+    /// `acquire(role)`.
+    Acquire,
+    /// `run(role, ..)`.
+    Run,
+    /// `transaction(..)` (writer only).
+    Transaction,
+}
+
+/// One call: when it started and ended, and the instance that answered (or the error).
+struct Call {
+    path: Path,
+    started: Instant,
+    ended: Option<Instant>,
+    outcome: Option<Result<String, String>>,
+}
+
+/// Callers that run `sql` through `paths` in a loop, each call recorded.
+struct Load {
+    calls: Arc<Mutex<Vec<Call>>>,
+    stop: Arc<AtomicBool>,
+    callers: tokio::task::JoinSet<()>,
+}
+
+impl Load {
+    fn start<F: Flavour>(pool: &F, role: Role, sql: &'static str, paths: &[Path]) -> Load {
+        let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut callers = tokio::task::JoinSet::new();
+        let kept = pool.handle(role);
+        for &path in paths {
+            for _ in 0..CALLERS_PER_PATH {
+                let (pool, kept, calls, stop) =
+                    (pool.clone(), kept.clone(), calls.clone(), stop.clone());
+                callers.spawn(async move {
+                    while !stop.load(Ordering::Acquire) {
+                        let index = {
+                            let mut calls = calls.lock().unwrap();
+                            calls.push(Call {
+                                path,
+                                started: Instant::now(),
+                                ended: None,
+                                outcome: None,
+                            });
+                            calls.len() - 1
+                        };
+                        // No timeout: a call that hangs stays unfinished in the record.
+                        let outcome = match path {
+                            Path::KeptHandle => F::handle_text(&kept, sql).await,
+                            Path::FreshHandle => F::handle_text(&pool.handle(role), sql).await,
+                            Path::Acquire => pool.query_text(role, sql).await.map_err(text),
+                            Path::Run => pool.run_text(role, sql).await.map_err(text),
+                            Path::Transaction => pool.transaction_text(sql).await.map_err(text),
+                        };
+                        {
+                            let mut calls = calls.lock().unwrap();
+                            calls[index].ended = Some(Instant::now());
+                            calls[index].outcome = Some(outcome);
+                        }
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                });
+            }
+        }
+        Load {
+            calls,
+            stop,
+            callers,
+        }
+    }
+
+    fn in_flight(&self) -> usize {
+        let calls = self.calls.lock().unwrap();
+        calls.iter().filter(|c| c.ended.is_none()).count()
+    }
+
+    /// Calls that started before `at` and had not ended by `by`, per path.
+    fn unfinished(&self, at: Instant, by: Instant) -> Vec<(Path, Duration)> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|c| c.started < at && c.ended.is_none_or(|e| e > by))
+            .map(|c| (c.path, at.saturating_duration_since(c.started)))
+            .collect()
+    }
+
+    /// The first call through `path` answered by `instance`, as time after `from`.
+    fn first_on(&self, path: Path, instance: &str, from: Instant) -> Option<Duration> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|c| c.path == path)
+            .filter(|c| matches!(&c.outcome, Some(Ok(id)) if id == instance))
+            .filter_map(|c| c.ended)
+            .filter(|e| *e >= from)
+            .min()
+            .map(|e| e - from)
+    }
+
+    /// Calls started after `from` that failed or were answered by another instance than
+    /// `instance`.
+    fn strays_after(&self, from: Instant, instance: &str) -> Vec<(Path, String)> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter(|c| c.started >= from)
+            .filter_map(|c| match &c.outcome {
+                Some(Ok(id)) if id == instance => None,
+                Some(Ok(id)) => Some((c.path, format!("answered by {id}"))),
+                Some(Err(err)) => Some((c.path, err.clone())),
+                None => Some((c.path, "never ended".to_owned())),
+            })
+            .collect()
+    }
+
+    /// Stops the callers; every call still in flight must end within `bound`.
+    async fn stop(mut self, bound: Duration) -> Load {
+        self.stop.store(true, Ordering::Release);
+        let ended = tokio::time::timeout(bound, async {
+            while self.callers.join_next().await.is_some() {}
+        })
+        .await;
+        assert!(
+            ended.is_ok(),
+            "{} calls still hung {bound:?} after the load stopped",
+            self.in_flight()
+        );
+        self
+    }
+}
+
+fn text(err: aurora_pool::Error) -> String {
+    err.to_string()
+}
+
+const WRITE_PATHS: [Path; 5] = [
+    Path::KeptHandle,
+    Path::FreshHandle,
+    Path::Acquire,
+    Path::Run,
+    Path::Transaction,
+];
+
+/// The writer black-holed under load and instance-2 promoted right behind it: every path
+/// writes on instance-2 within `bound` of the promotion, and every call in flight on the
+/// silent writer has ended by then.
+async fn writer_black_hole<F: Flavour>(test: &str, params: &str, bound: Duration) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, params).await;
+    pool.execute("CREATE TABLE silent_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "silent_t").await;
+    let load = Load::start(&pool, Role::Writer, WRITE, &WRITE_PATHS);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(cluster.blackhole("instance-1", true));
+    let silenced = Instant::now();
+    let in_flight = load.in_flight();
+    let connections = pool.config().writer.max_connections as usize;
+    assert!(
+        in_flight > connections,
+        "only {in_flight} calls in flight when the writer went silent (the pool has {connections} connections)"
+    );
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let promoted = Instant::now();
+    eprintln!(
+        "{test}: {in_flight} calls in flight at the silence; promotion done {:?} after it",
+        promoted - silenced
+    );
+    tokio::time::sleep_until((promoted + bound).into()).await;
+    let deadline = promoted + bound;
+    let mut late = Vec::new();
+    for path in WRITE_PATHS {
+        let first = load.first_on(path, "instance-2", promoted);
+        eprintln!("{test}: {path:?}: first write on the new writer {first:?} after the promotion");
+        if first.is_none_or(|after| after > bound) {
+            late.push(path);
+        }
+    }
+    let unfinished = load.unfinished(promoted, deadline);
+    assert!(
+        late.is_empty(),
+        "no write through {late:?} reached the new writer within {bound:?} of the promotion; {} calls from before it unfinished: {unfinished:?}; {}",
+        unfinished.len(),
+        pool.topology()
+    );
+    assert!(
+        unfinished.is_empty(),
+        "calls begun before the promotion were still running {bound:?} after it: {unfinished:?}"
+    );
+    // Once moved, every write lands on the new writer.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let load = load.stop(bound).await;
+    let strays = load.strays_after(deadline, "instance-2");
+    assert!(
+        strays.is_empty(),
+        "writes after the move that did not land on the new writer: {strays:?}"
+    );
+    pool.close().await;
+}
+
+async fn a_black_holed_writer_under_load_with_defaults<F: Flavour>(test: &str) {
+    writer_black_hole::<F>(test, "", Duration::from_millis(2500)).await;
+}
+
+async fn a_black_holed_writer_under_load_tuned<F: Flavour>(test: &str) {
+    writer_black_hole::<F>(
+        test,
+        "failure_detection_interval_ms=250&failure_detection_count=2",
+        Duration::from_secs(1),
+    )
+    .await;
+}
+
+/// A reader black-holed under load: every call in flight on it ends within the detection
+/// bound of the silence, and reads go on on the other reader through every path.
+async fn a_black_holed_reader_under_load_with_defaults<F: Flavour>(test: &str) {
+    let bound = Duration::from_millis(2500);
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let paths = [
+        Path::KeptHandle,
+        Path::FreshHandle,
+        Path::Acquire,
+        Path::Run,
+    ];
+    let load = Load::start(&pool, Role::Reader, READ, &paths);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(cluster.blackhole("instance-2", true));
+    let silenced = Instant::now();
+    let in_flight = load.in_flight();
+    eprintln!("{test}: {in_flight} reads in flight at the silence");
+    tokio::time::sleep_until((silenced + bound).into()).await;
+    let unfinished = load.unfinished(silenced, silenced + bound);
+    assert!(
+        unfinished.is_empty(),
+        "reads begun before the reader went silent were still running {bound:?} after it: {unfinished:?}; {}",
+        pool.topology()
+    );
+    let moved = Instant::now();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for path in paths {
+        assert!(
+            load.first_on(path, "instance-3", moved).is_some(),
+            "no read through {path:?} on the other reader"
+        );
+    }
+    let load = load.stop(bound).await;
+    let strays = load.strays_after(moved, "instance-3");
+    assert!(
+        strays.is_empty(),
+        "reads after the silent reader was left that failed or went elsewhere: {strays:?}"
+    );
+    pool.close().await;
+}
+
+#[cfg(target_os = "linux")]
+mod keepalives {
+    use super::*;
+
+    /// The timers of this process's established TCP connections to `peer`, as the kernel lists
+    /// them (`/proc/self/net/tcp`): `02` is the keepalive timer.
+    fn timers_of_connections_to(peer: std::net::SocketAddr) -> Vec<String> {
+        let std::net::SocketAddr::V4(peer) = peer else {
+            panic!("LocalCluster listens on IPv4 loopback");
+        };
+        let wanted = format!(
+            "{:08X}:{:04X}",
+            u32::from_ne_bytes(peer.ip().octets()),
+            peer.port()
+        );
+        let table = std::fs::read_to_string("/proc/self/net/tcp").expect("the kernel's TCP table");
+        table
+            .lines()
+            .skip(1)
+            .filter_map(|line| {
+                let fields: Vec<&str> = line.split_whitespace().collect();
+                let established = fields.get(3) == Some(&"01");
+                (fields.get(2) == Some(&wanted.as_str()) && established)
+                    .then(|| fields.get(5).unwrap_or(&"").chars().take(2).collect())
+            })
+            .collect()
+    }
+
+    /// Every connection the pool opens (its pools' and its own probes') has TCP keepalives with
+    /// the default settings: the kernel runs a keepalive timer on each idle one. With
+    /// `keepalives=0` none has.
+    async fn every_connection_has_keepalives_by_default<F: Flavour>(test: &str) {
+        let cluster = LocalCluster::start(2).await.expect("cluster");
+        let writer = cluster.instance_addr("instance-1").expect("writer address");
+        let reader = cluster.instance_addr("instance-2").expect("reader address");
+        for (params, expected) in [("", "02"), ("keepalives=0", "00")] {
+            let pool = connect::<F>(&cluster, &format!("{test}{params}"), params).await;
+            pool.execute("SELECT 1").await.expect("writer");
+            pool.query_text(Role::Reader, READ).await.expect("reader");
+            F::handle_text(&pool.handle(Role::Reader), READ)
+                .await
+                .expect("reader()");
+            // The settings are applied in the background right after each connect.
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            for peer in [writer, reader] {
+                let timers = timers_of_connections_to(peer);
+                assert!(!timers.is_empty(), "no connection to {peer}");
+                assert!(
+                    timers.iter().all(|t| t == expected),
+                    "with `{params}` the connections to {peer} have timers {timers:?}, not all {expected}"
+                );
+            }
+            pool.close().await;
+        }
+    }
+
+    flavour_tests!(every_connection_has_keepalives_by_default);
+}
+
+flavour_tests!(
+    a_black_holed_writer_under_load_with_defaults,
+    a_black_holed_writer_under_load_tuned,
+    a_black_holed_reader_under_load_with_defaults,
+);
