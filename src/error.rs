@@ -52,6 +52,9 @@ enum Kind {
     /// The connection was lost inside a transaction: it was rolled back or it may have
     /// committed. Restart the whole transaction if it is safe to repeat.
     TransactionStateUnknown,
+    /// The connection was lost (or given up) after the work's statements were sent outside a
+    /// transaction: they may have been applied, or not.
+    OutcomeUnknown,
     /// No usable instance for the role was found within `failover_timeout_ms`.
     FailoverFailed,
     /// Any other error reported by the database driver.
@@ -196,6 +199,18 @@ impl Error {
         self.0.kind == Kind::Work
     }
 
+    /// The work may have been applied: `message` says why it is not known.
+    pub(crate) fn unknown_outcome(message: impl Into<String>) -> Self {
+        Self::new(Kind::OutcomeUnknown, message)
+    }
+
+    /// `self` (a lost connection) happened after the work was sent: whether it was applied is
+    /// not known. Keeps the message, SQLSTATE and source.
+    pub(crate) fn outcome_unknown(mut self) -> Self {
+        self.0.kind = Kind::OutcomeUnknown;
+        self
+    }
+
     pub(crate) fn failover(message: impl Into<String>) -> Self {
         Self::new(Kind::Failover, message)
     }
@@ -318,13 +333,36 @@ impl Error {
         self.0.kind == Kind::Timeout
     }
 
-    /// The connection was lost (or its instance was demoted) outside a transaction; a new
-    /// checkout reaches the new writer, so the statement may be retried.
+    /// The connection was lost (or its instance was demoted): the cluster is failing over,
+    /// and a new checkout reaches the new writer. From `run` and `transaction` it means that
+    /// nothing was applied (they never leave work half-done under this kind); from a
+    /// statement run on a connection of your own ([`classify`](crate::AuroraPool::classify)),
+    /// a write may or may not have been applied before the connection went: send it again
+    /// only if it is idempotent.
     pub fn is_failover(&self) -> bool {
         self.0.kind == Kind::Failover
     }
 
-    /// The connection was lost inside a transaction: restart the whole transaction.
+    /// The work may or may not have been applied: its connection was lost (a crash, a
+    /// silent instance declared dead, a lost reply) after its statements were sent, outside
+    /// a transaction (`run` on the writer), or while a transaction's `COMMIT` was on its way
+    /// and its fate could not be found out
+    /// ([`is_transaction_state_unknown`](Error::is_transaction_state_unknown) then holds
+    /// too). It was not run again. Check whether it took effect before sending it again, or
+    /// make it idempotent and say so with
+    /// [`RetryPolicy::idempotent`](crate::RetryPolicy::idempotent).
+    pub fn is_outcome_unknown(&self) -> bool {
+        matches!(
+            self.0.kind,
+            Kind::OutcomeUnknown | Kind::TransactionStateUnknown
+        )
+    }
+
+    /// A transaction's outcome is unknown: its connection was lost while `COMMIT` was on its
+    /// way and the writer could not tell what became of it (or, through
+    /// [`classify`](crate::AuroraPool::classify), the connection was lost inside a
+    /// transaction of your own). It may have committed: check before running it again.
+    /// [`is_outcome_unknown`](Error::is_outcome_unknown) holds too.
     pub fn is_transaction_state_unknown(&self) -> bool {
         self.0.kind == Kind::TransactionStateUnknown
     }
@@ -334,9 +372,10 @@ impl Error {
         self.0.kind == Kind::FailoverFailed
     }
 
-    /// Whether running the statement again on a fresh checkout is safe and can succeed: a
-    /// failover that did not leave a transaction's outcome open. An unknown transaction
-    /// state is never retryable: the transaction may have committed.
+    /// Whether running the work again on a fresh checkout can succeed: a failover
+    /// ([`is_failover`](Error::is_failover)). An unknown outcome
+    /// ([`is_outcome_unknown`](Error::is_outcome_unknown)) is never retryable: the work may
+    /// have been applied.
     pub fn is_retryable(&self) -> bool {
         self.0.kind == Kind::Failover
     }
@@ -348,9 +387,13 @@ impl Error {
         }
         match (&self.0.kind, self.0.sqlstate.as_deref()) {
             (_, Some(sqlstate)) => ErrorClass::from_sqlstate(sqlstate),
-            (Kind::Connect | Kind::Failover | Kind::TransactionStateUnknown, None) => {
-                ErrorClass::Network
-            }
+            (
+                Kind::Connect
+                | Kind::Failover
+                | Kind::TransactionStateUnknown
+                | Kind::OutcomeUnknown,
+                None,
+            ) => ErrorClass::Network,
             _ => ErrorClass::Other,
         }
     }

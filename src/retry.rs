@@ -1,4 +1,4 @@
-//! How failover-aware helpers retry idempotent work.
+//! How the failover-aware helpers run work again after a failover.
 
 use std::time::Duration;
 
@@ -6,23 +6,33 @@ use std::time::Duration;
 /// [`AuroraPool::transaction_with`](crate::AuroraPool::transaction_with) retry work that
 /// failed because of a failover.
 ///
-/// Only failures for which [`Error::is_retryable`](crate::Error::is_retryable) holds are
-/// retried (a lost connection, a demoted writer, a transaction in an unknown state); any
-/// other error is returned at once. Retries pause 50 ms, doubling up to 1 s, with jitter.
+/// Work is run again only when it cannot have been applied:
+/// - the failure came before the work was sent (checking out, connecting, logging in);
+/// - a transaction lost before its `COMMIT` was sent (the server rolled it back), or whose
+///   `COMMIT` the writer reports rolled back;
+/// - the work ran on a reader (a replica refuses writes);
+/// - or the caller declared it [`idempotent`](RetryPolicy::idempotent).
+///
+/// Otherwise a lost connection after the work was sent is
+/// [`Error::is_outcome_unknown`](crate::Error::is_outcome_unknown), and any other error is
+/// returned at once. Retries pause 50 ms, doubling up to 1 s, with jitter.
 ///
 /// ```
 /// use std::time::Duration;
 /// use aurora_pool::RetryPolicy;
 ///
+/// // An upsert keyed by the caller: running it twice leaves one row.
+/// let upsert = RetryPolicy::new().idempotent();
 /// let patient = RetryPolicy::new().timeout(Duration::from_secs(60));
 /// let once = RetryPolicy::no_retry();
 /// assert_eq!(once.attempts(), 1);
-/// # drop(patient);
+/// # drop((upsert, patient));
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RetryPolicy {
     max_attempts: u32,
     timeout: Option<Duration>,
+    idempotent: bool,
 }
 
 impl Default for RetryPolicy {
@@ -32,11 +42,13 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// Retries for as long as the pool's `failover_timeout`, without an attempt limit.
+    /// Retries without an attempt limit; each wait for an instance is bounded by the
+    /// pool's `failover_timeout`, and the work itself runs as long as it takes.
     pub const fn new() -> RetryPolicy {
         RetryPolicy {
             max_attempts: u32::MAX,
             timeout: None,
+            idempotent: false,
         }
     }
 
@@ -45,7 +57,22 @@ impl RetryPolicy {
         RetryPolicy {
             max_attempts: 1,
             timeout: None,
+            idempotent: false,
         }
+    }
+
+    /// Declares the work safe to apply twice (an upsert on a key of the caller's, a `SELECT`,
+    /// an `UPDATE ... SET state = 'done'`): it is run again after a lost connection even
+    /// when it may already have been applied, instead of ending with
+    /// [`Error::is_outcome_unknown`](crate::Error::is_outcome_unknown).
+    pub const fn idempotent(mut self) -> RetryPolicy {
+        self.idempotent = true;
+        self
+    }
+
+    /// Whether the work was declared [`idempotent`](RetryPolicy::idempotent).
+    pub const fn is_idempotent(&self) -> bool {
+        self.idempotent
     }
 
     /// At most `attempts` attempts (at least 1).
@@ -54,7 +81,12 @@ impl RetryPolicy {
         self
     }
 
-    /// Stop retrying after `timeout` instead of the pool's `failover_timeout`.
+    /// Bounds the whole call, checkouts, waits and the work itself, by `timeout`. Work cut
+    /// off by it is abandoned (its connection closed): a transaction that had not sent
+    /// `COMMIT` is rolled back and the error says the time limit passed; work outside a
+    /// transaction on the writer may still complete, and the error is
+    /// [`Error::is_outcome_unknown`](crate::Error::is_outcome_unknown). Without it, only the
+    /// waits for an instance are bounded (by `failover_timeout`, each).
     pub const fn timeout(mut self, timeout: Duration) -> RetryPolicy {
         self.timeout = Some(timeout);
         self
@@ -65,10 +97,9 @@ impl RetryPolicy {
         self.max_attempts
     }
 
-    pub(crate) fn time_limit(&self, failover_timeout: Duration) -> Duration {
-        self.timeout
-            .unwrap_or(failover_timeout)
-            .min(crate::config::MAX_DURATION)
+    /// The caller's own bound on the whole call, when set.
+    pub(crate) fn time_limit(&self) -> Option<Duration> {
+        self.timeout.map(|t| t.min(crate::config::MAX_DURATION))
     }
 
     /// The pause after failed attempt number `attempt` (1-based).
@@ -97,15 +128,14 @@ mod tests {
     #[test]
     fn limits() {
         assert_eq!(RetryPolicy::new().max_attempts(0).attempts(), 1);
-        assert_eq!(
-            RetryPolicy::no_retry().time_limit(Duration::from_secs(3)),
-            Duration::from_secs(3)
-        );
+        assert_eq!(RetryPolicy::no_retry().time_limit(), None);
         assert_eq!(
             RetryPolicy::new()
                 .timeout(Duration::from_secs(1))
-                .time_limit(Duration::from_secs(3)),
-            Duration::from_secs(1)
+                .time_limit(),
+            Some(Duration::from_secs(1))
         );
+        assert!(!RetryPolicy::new().is_idempotent());
+        assert!(RetryPolicy::new().idempotent().is_idempotent());
     }
 }

@@ -110,7 +110,8 @@ async fn the_retry_helpers_ride_through_a_crash<F: Flavour>(test: &str) {
 }
 
 /// The writer goes silent (traffic dropped, no RST): health probes declare it dead, the work
-/// hanging on it is abandoned and retried on the new writer.
+/// hanging on it is abandoned and, declared idempotent (it only reads), run again on the new
+/// writer.
 async fn a_black_holed_writer_is_detected_and_failed_over<F: Flavour>(test: &str) {
     let cluster = Arc::new(LocalCluster::start(3).await.expect("cluster"));
     let params = format!("{AGGRESSIVE}&failover_timeout_ms=30000");
@@ -121,7 +122,8 @@ async fn a_black_holed_writer_is_detected_and_failed_over<F: Flavour>(test: &str
     let in_flight = {
         let pool = pool.clone();
         tokio::spawn(async move {
-            pool.run_text(
+            pool.run_text_with(
+                aurora_pool::RetryPolicy::new().idempotent(),
                 Role::Writer,
                 "SELECT pg_catalog.pg_sleep(1)::text || pg_catalog.aurora_db_instance_identifier()",
             )

@@ -294,7 +294,9 @@ async fn the_retry_time_limit_bounds_the_whole_call<F: Flavour>(test: &str) {
     .await
     .expect("RetryPolicy::timeout(1 s) did not end a 6 s call within 4 s");
     let err = outcome.expect_err("cut off by the time limit");
-    assert!(err.is_failover_failed(), "{err:?}");
+    // Work on the writer outside a transaction may run on after it was abandoned.
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    assert!(err.to_string().contains("time limit (1s)"), "{err}");
     eprintln!("{test}: cut off after {:?}", started.elapsed());
     pool.close().await;
 }

@@ -42,7 +42,7 @@ async fn writes_resume_on_the_promoted_instance<F: Flavour>(test: &str) {
             let mut landed = Vec::new();
             while !stop.load(Ordering::Relaxed) && Instant::now() < deadline {
                 let result = pool.run_text(Role::Writer, WRITE).await;
-                landed.push(result.map_err(|e| e.to_string()));
+                landed.push(result);
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             landed
@@ -72,9 +72,12 @@ async fn writes_resume_on_the_promoted_instance<F: Flavour>(test: &str) {
     stop.store(true, Ordering::Relaxed);
     let landed = writer.await.expect("write loop");
 
+    // The loop writes one at a time: only the write in flight when the writer crashed may
+    // end without riding through, and then only as an unknown outcome (it may have
+    // committed before the crash), never run again.
     let errors: Vec<_> = landed.iter().filter_map(|r| r.as_ref().err()).collect();
     assert!(
-        errors.is_empty(),
+        errors.len() <= 1 && errors.iter().all(|e| e.is_outcome_unknown()),
         "run() must ride through the failover: {errors:?}"
     );
     let instances: Vec<&str> = landed

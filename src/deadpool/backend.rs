@@ -245,6 +245,10 @@ impl Backend for DeadpoolBackend {
         drop(Object::take(connection));
     }
 
+    fn is_broken(connection: &Object) -> bool {
+        connection.is_closed()
+    }
+
     fn begin(connection: &mut Object, statement: String) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move { statement_on(connection, &statement, "BEGIN").await })
     }

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::backend::{Attempt, Backend, Ended, Held, Retried};
 use super::core::{PoolCore, RETRY_PAUSE};
+use super::rerun::{Stopped, Verdict};
 use super::transaction::{self, Phase, Status};
 use crate::error::{Error, ErrorClass, Result};
 use crate::retry::RetryPolicy;
@@ -25,11 +26,13 @@ enum Resolved {
     Unknown(Error),
 }
 
-/// Runs `work` on a checkout for `role`, again on a fresh checkout when it fails because
-/// of a failover ([`Error::is_retryable`]) or its instance is declared lost while it runs,
-/// within the policy's attempts and time limit. The time limit bounds the whole call,
-/// checkouts included. A transaction is run again only when it is known not to have
-/// committed.
+/// Runs `work` on a checkout for `role`, and again on a fresh checkout only when it cannot
+/// have been applied ([`Stopped::decide`]): a failure before it was sent, a transaction lost
+/// before `COMMIT` or found rolled back, work on a replica, or work the caller declared
+/// idempotent. Work whose connection was lost after it was sent is
+/// [`Error::is_outcome_unknown`]. Each wait for an instance is bounded by
+/// `failover_timeout`; the work itself only by the policy's time limit, when the caller set
+/// one.
 pub(crate) async fn retry<B: Backend, T: Send>(
     core: &PoolCore<B>,
     policy: RetryPolicy,
@@ -38,8 +41,14 @@ pub(crate) async fn retry<B: Backend, T: Send>(
     work: &mut impl Retried<B::Connection, T>,
 ) -> Result<T> {
     let started = Instant::now();
-    let limit = policy.time_limit(core.config().failover_timeout);
-    let deadline = tokio::time::Instant::now() + limit;
+    let limit = policy.time_limit();
+    let call_deadline = limit.map(|limit| tokio::time::Instant::now() + limit);
+    let failover_timeout = core.config().failover_timeout;
+    // A wait for an instance: `failover_timeout` from now, within the caller's limit.
+    let wait_deadline = || {
+        let wait = tokio::time::Instant::now() + failover_timeout;
+        call_deadline.map_or(wait, |deadline| deadline.min(wait))
+    };
     let gave_up = |attempt: u32, cause: Option<Error>| {
         let err = Error::failover_failed(format!(
             "gave up after {attempt} attempts in {:?} (the retry policy's time limit, {limit:?})",
@@ -53,12 +62,25 @@ pub(crate) async fn retry<B: Backend, T: Send>(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let (connection, instance) = core.checkout_until(role, deadline).await?;
+        let (connection, instance) = core.checkout_until(role, wait_deadline()).await?;
+        if B::is_broken(&connection) {
+            // Closed while idle (its server went away): nothing was sent, take another.
+            B::discard(connection);
+            attempt -= 1;
+            tokio::time::sleep(RETRY_PAUSE).await;
+            continue;
+        }
         let mut held = Held::<B>::new(connection);
         let phase = std::sync::Mutex::new(Phase::Work);
         // The work's value once COMMIT is on its way: a lost COMMIT that turns out
         // committed returns it.
         let value = std::sync::Mutex::new(None);
+        let cut_off = async {
+            match call_deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
         let outcome = match held.get() {
             Some(connection) => tokio::select! {
                 ended = attempt_once(core, role, kind, connection, work, &phase, &value) => Some(ended),
@@ -71,26 +93,22 @@ pub(crate) async fn retry<B: Backend, T: Send>(
                         reusable: false,
                     })
                 }
-                _ = tokio::time::sleep_until(deadline) => None,
+                _ = cut_off => None,
             },
             None => None,
         };
-        let phase = *phase.lock().unwrap_or_else(PoisonError::into_inner);
+        let stopped = Stopped {
+            kind,
+            on_replica: instance.role() == Role::Reader,
+            idempotent: policy.is_idempotent(),
+            phase: *phase.lock().unwrap_or_else(PoisonError::into_inner),
+        };
         let committed_value = value.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(ended) = outcome else {
-            // Cut off by the time limit: its connection is closed (the server rolls back
-            // unless COMMIT was already sent).
+            // Cut off by the caller's time limit: its connection is closed (the server rolls
+            // back unless COMMIT was already sent; a statement outside a transaction runs on).
             drop(held);
-            let cut = gave_up(attempt, None);
-            return Err(match phase {
-                Phase::Work => cut,
-                Phase::Committing(None) => cut,
-                Phase::Committing(Some(xid)) => transaction::unknown(
-                    xid,
-                    "the retry policy's time limit passed before it could be asked",
-                    Some(cut),
-                ),
-            });
+            return Err(cut_off_error(&stopped, limit.unwrap_or_default()));
         };
         if ended.reusable {
             held.release();
@@ -101,11 +119,15 @@ pub(crate) async fn retry<B: Backend, T: Send>(
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
-        let err = match phase {
+        let lost = err.is_failover() || err.is_transaction_state_unknown();
+        let err = match stopped.decide(lost) {
+            Verdict::Return => err,
+            Verdict::Rerun => err,
+            Verdict::Unknown => return Err(unknown_error(&stopped, err)),
             // The connection went during COMMIT: find out what happened before anything
             // is run again.
-            Phase::Committing(xid) if err.is_failover() || err.is_transaction_state_unknown() => {
-                match resolve_commit(core, &instance, xid, deadline, err).await {
+            Verdict::Resolve(xid) => {
+                match resolve_commit(core, &instance, xid, wait_deadline(), err).await {
                     Resolved::Committed => match committed_value {
                         Some(value) => return Ok(value),
                         None => {
@@ -119,17 +141,16 @@ pub(crate) async fn retry<B: Backend, T: Send>(
                     Resolved::Unknown(err) => return Err(err),
                 }
             }
-            _ => err,
         };
         let conflict =
             matches!(kind, Attempt::Transaction(options) if options.retries_conflict(&err));
-        if !err.is_retryable() && !conflict {
+        if !lost && !conflict {
             return Err(err);
         }
         if attempt >= policy.attempts() {
             return Err(err);
         }
-        if tokio::time::Instant::now() >= deadline {
+        if call_deadline.is_some_and(|deadline| tokio::time::Instant::now() >= deadline) {
             return Err(gave_up(attempt, Some(err)));
         }
         tracing::debug!(
@@ -138,9 +159,50 @@ pub(crate) async fn retry<B: Backend, T: Send>(
             attempt,
             instance = instance.id(),
             error = %err,
-            "retrying after a failover"
+            "running the work again: it cannot have been applied"
         );
-        tokio::time::sleep(RetryPolicy::pause(attempt).min(limit)).await;
+        let pause = RetryPolicy::pause(attempt);
+        tokio::time::sleep(limit.map_or(pause, |limit| pause.min(limit))).await;
+    }
+}
+
+/// The error of work whose connection was lost after it was sent (`err`), when it may
+/// have been applied.
+fn unknown_error(stopped: &Stopped, err: Error) -> Error {
+    match stopped.phase {
+        Phase::Committing(_) => Error::failover(
+            "the connection was lost during COMMIT of a transaction that had taken no id when it was read (it may have sent NOTIFY, or written through another server): its outcome is unknown; it was not run again",
+        )
+        .in_transaction()
+        .with_source(err),
+        Phase::Work => err.outcome_unknown(),
+    }
+}
+
+/// The error of work the caller's time limit cut off.
+fn cut_off_error(stopped: &Stopped, limit: Duration) -> Error {
+    let passed = format!("the retry policy's time limit ({limit:?}) passed while the work ran");
+    match (stopped.kind, stopped.phase) {
+        (_, Phase::Committing(Some(xid))) => transaction::unknown(
+            xid,
+            "the retry policy's time limit passed before it could be asked",
+            None,
+        ),
+        (Attempt::Transaction(options), Phase::Committing(None)) if !options.is_read_only() => {
+            Error::failover(format!(
+                "{passed}, with COMMIT on its way: its outcome is unknown"
+            ))
+            .in_transaction()
+        }
+        (Attempt::Transaction(_), _) => {
+            Error::timeout(format!("{passed}; the transaction was rolled back"))
+        }
+        (Attempt::Plain, _) if stopped.on_replica => {
+            Error::timeout(format!("{passed}; it was abandoned on a reader"))
+        }
+        (Attempt::Plain, _) => Error::unknown_outcome(format!(
+            "{passed}; it was abandoned on the writer, where it may still complete"
+        )),
     }
 }
 
@@ -148,20 +210,16 @@ pub(crate) async fn retry<B: Backend, T: Send>(
 async fn resolve_commit<B: Backend>(
     core: &PoolCore<B>,
     committed_on: &Instance,
-    xid: Option<u64>,
+    xid: u64,
     deadline: tokio::time::Instant,
     lost: Error,
 ) -> Resolved {
-    let Some(xid) = xid else {
-        // It wrote nothing: running it again changes nothing that was not changed.
-        return Resolved::Aborted(lost);
-    };
     let mut last = lost;
     loop {
         if tokio::time::Instant::now() >= deadline {
             return Resolved::Unknown(transaction::unknown(
                 xid,
-                "no writer answered within the retry policy's time limit",
+                "no writer answered within failover_timeout or the retry policy's time limit",
                 Some(last),
             ));
         }

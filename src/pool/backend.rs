@@ -77,6 +77,14 @@ pub(crate) trait Backend: Send + Sync + 'static {
     /// unknown).
     fn discard(connection: Self::Connection);
 
+    /// Whether a checked-out connection is known closed already (its server went away while
+    /// it sat idle): work sent on it would fail before it left the process, so the checkout
+    /// takes another instead. Backends that cannot tell say `false`.
+    fn is_broken(connection: &Self::Connection) -> bool {
+        let _ = connection;
+        false
+    }
+
     /// Opens a transaction with `statement` (`BEGIN` and its options) the way the driver
     /// tracks it: a nested begin inside the work then becomes a savepoint.
     fn begin(connection: &mut Self::Connection, statement: String) -> BoxFuture<'_, Result<()>>;

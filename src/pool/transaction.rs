@@ -132,7 +132,8 @@ impl From<RetryPolicy> for TransactionOptions {
 
 /// Reads the transaction's id just before `COMMIT`: `NULL` when it wrote nothing (nothing to
 /// resolve then).
-pub(crate) const TRANSACTION_ID: &str = "SELECT pg_catalog.txid_current_if_assigned()::text";
+pub(crate) const TRANSACTION_ID: &str =
+    "SELECT pg_catalog.txid_current_if_assigned()::pg_catalog.text";
 
 /// Asks the writer what became of transaction `xid`.
 pub(crate) fn status_query(xid: u64) -> String {

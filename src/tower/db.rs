@@ -110,19 +110,20 @@ mod axum_impls {
 
     /// Failover errors ([`is_failover`](crate::Error::is_failover),
     /// [`is_failover_failed`](crate::Error::is_failover_failed)) become `503` with
-    /// `Retry-After: 1` and the [`FailoverResponse`] marker: nothing was applied, sending the
-    /// request again is safe. An unknown transaction outcome
-    /// ([`is_transaction_state_unknown`](crate::Error::is_transaction_state_unknown)) is
-    /// not: it becomes `500` with a body that says the outcome is unknown, no
+    /// `Retry-After: 1` and the [`FailoverResponse`] marker: `run` and `transaction` never
+    /// end with these after applying anything, so sending the request again is safe. An
+    /// unknown outcome ([`is_outcome_unknown`](crate::Error::is_outcome_unknown): a write
+    /// whose connection was lost after it was sent, a `COMMIT` whose fate could not be found)
+    /// is not: it becomes `500` with a body that says the outcome is unknown, no
     /// `Retry-After`, and no marker, so the layer never turns it into a `503` that invites a
     /// client to apply the request twice. Anything else is a bare `500` that reveals nothing
     /// about the database.
     impl IntoResponse for crate::Error {
         fn into_response(self) -> Response {
-            if self.is_transaction_state_unknown() {
+            if self.is_outcome_unknown() {
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,
-                    "outcome unknown: the database connection was lost while committing; the change may or may not have been applied, check before sending it again",
+                    "outcome unknown: the database connection was lost after the change was sent; it may or may not have been applied, check before sending it again",
                 )
                     .into_response()
             } else if self.is_failover() || self.is_failover_failed() {

@@ -84,10 +84,26 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
         role: Role,
         sql: &'static str,
     ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` as a simple query with `run_with(policy, role, ..)`, counting the runs of
+    /// the work.
+    fn run_counted(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> impl Future<Output = aurora_pool::Result<()>> + Send;
     /// Runs `sql` on a writer checkout.
     fn execute(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
     /// Runs `sql` with the retry helper `run` on the writer.
     fn run(&self, sql: &'static str) -> impl Future<Output = aurora_pool::Result<()>> + Send;
+    /// Runs `sql` (one text column, one row) with the retry helper `run_with(policy, ..)`.
+    fn run_text_with(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+    ) -> impl Future<Output = aurora_pool::Result<String>> + Send;
     /// Runs `sql` (one text column, one row) with the retry helper `run`.
     fn run_text(
         &self,
@@ -240,6 +256,19 @@ impl Flavour for aurora_pool::AuroraPool {
         })
         .await
     }
+    async fn run_counted(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> aurora_pool::Result<()> {
+        self.run_with(policy, role, move |conn| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(async move { sqlx::raw_sql(sql).execute(conn).await.map(|_| ()) })
+        })
+        .await
+    }
     async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
         let mut conn = self.acquire(Role::Writer).await?;
         let done = sqlx::query(sql).execute(&mut *conn).await;
@@ -253,6 +282,17 @@ impl Flavour for aurora_pool::AuroraPool {
     }
     async fn run_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
         self.run(role, |conn| {
+            Box::pin(async move { sqlx::query_scalar(sql).fetch_one(conn).await })
+        })
+        .await
+    }
+    async fn run_text_with(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+    ) -> aurora_pool::Result<String> {
+        self.run_with(policy, role, |conn| {
             Box::pin(async move { sqlx::query_scalar(sql).fetch_one(conn).await })
         })
         .await
@@ -430,6 +470,19 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
         })
         .await
     }
+    async fn run_counted(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+        runs: Arc<std::sync::atomic::AtomicU32>,
+    ) -> aurora_pool::Result<()> {
+        self.run_with(policy, role, move |client| {
+            runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Box::pin(client.batch_execute(sql))
+        })
+        .await
+    }
     async fn execute(&self, sql: &'static str) -> aurora_pool::Result<()> {
         let client = self.acquire(Role::Writer).await?;
         let done = client.batch_execute(sql).await;
@@ -443,6 +496,17 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
     }
     async fn run_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
         self.run(role, |client| {
+            Box::pin(async move { client.query_one(sql, &[]).await.map(|row| row.get(0)) })
+        })
+        .await
+    }
+    async fn run_text_with(
+        &self,
+        policy: aurora_pool::RetryPolicy,
+        role: Role,
+        sql: &'static str,
+    ) -> aurora_pool::Result<String> {
+        self.run_with(policy, role, |client| {
             Box::pin(async move { client.query_one(sql, &[]).await.map(|row| row.get(0)) })
         })
         .await

@@ -1,0 +1,186 @@
+//! Never applied twice, never reported wrong (#23), both flavours, default settings unless a
+//! test says otherwise: `run` does not run again a write whose connection was lost after it
+//! was sent (a lost reply; a writer declared dead while it is in fact busy), it says the
+//! outcome is unknown; work declared idempotent does run again; a transaction that took no
+//! id (NOTIFY) and lost its COMMIT reply is not run again; `failover_timeout` does not bound
+//! running work.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use aurora_pool::testing::{CutAt, LocalCluster};
+use aurora_pool::{Error, RetryPolicy, Role, TransactionOptions};
+use support::eventually;
+use support::flavour::{Flavour, connect, flavour_tests};
+
+/// Rows of `table`, counted on the writer directly (not through the pool).
+async fn rows(cluster: &LocalCluster, table: &str) -> u32 {
+    cluster
+        .psql(
+            "instance-1",
+            cluster.database(),
+            &format!("SELECT count(*) FROM {table}"),
+        )
+        .await
+        .expect("count")
+        .trim()
+        .parse()
+        .expect("a count")
+}
+
+/// A table without a key: a second run of an insert shows as a second row.
+async fn table(cluster: &LocalCluster, name: &str) {
+    let sql = format!("CREATE TABLE {name} (note text); GRANT ALL ON {name} TO PUBLIC;");
+    cluster
+        .psql("instance-1", cluster.database(), &sql)
+        .await
+        .expect("create table");
+}
+
+fn assert_unknown(err: &Error) {
+    assert!(err.is_outcome_unknown(), "not an unknown outcome: {err:?}");
+    assert!(
+        !err.is_failover() && !err.is_retryable(),
+        "an unknown outcome must not invite a resend: {err:?}"
+    );
+}
+
+async fn a_write_whose_reply_was_lost_is_applied_once<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    table(&cluster, "out_lost_reply").await;
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    // The server runs and commits the insert; its answer never reaches the pool.
+    let insert = "INSERT INTO out_lost_reply VALUES ('once')";
+    assert!(cluster.cut_at("instance-1", insert, CutAt::Reply));
+    let err = pool
+        .run_counted(RetryPolicy::new(), Role::Writer, insert, runs.clone())
+        .await
+        .expect_err("the answer was lost: the outcome is not known");
+    assert_unknown(&err);
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the write ran again");
+    assert_eq!(rows(&cluster, "out_lost_reply").await, 1);
+    pool.close().await;
+}
+
+async fn idempotent_work_runs_again_after_a_lost_reply<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    table(&cluster, "out_idempotent").await;
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let insert = "INSERT INTO out_idempotent VALUES ('again')";
+    assert!(cluster.cut_at("instance-1", insert, CutAt::Reply));
+    pool.run_counted(
+        RetryPolicy::new().idempotent(),
+        Role::Writer,
+        insert,
+        runs.clone(),
+    )
+    .await
+    .expect("declared idempotent: run again");
+    assert_eq!(runs.load(Ordering::SeqCst), 2);
+    pool.close().await;
+}
+
+async fn a_write_on_a_writer_wrongly_declared_dead_is_applied_once<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    table(&cluster, "out_false_alarm").await;
+    // A bounded wait for a writer, so that the old behaviour (running the write again once
+    // the writer answers) shows as a second row instead of a hang.
+    let pool = connect::<F>(&cluster, test, "failover_timeout_ms=30000").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let slow = "INSERT INTO out_false_alarm SELECT 'once' FROM pg_catalog.pg_sleep(2)";
+    let run = {
+        let (pool, runs) = (pool.clone(), runs.clone());
+        tokio::spawn(async move {
+            pool.run_counted(RetryPolicy::new(), Role::Writer, slow, runs)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The writer goes silent to this process (it is busy, not dead: its statement runs on)
+    // until the probes declare it dead, then answers again.
+    assert!(cluster.blackhole("instance-1", true));
+    let declared = eventually(Duration::from_secs(10), || async {
+        pool.topology()
+            .instance("instance-1")
+            .is_some_and(|i| !i.is_available())
+    })
+    .await;
+    assert!(declared, "the silent writer was not declared dead");
+    cluster.blackhole("instance-1", false);
+    let err = tokio::time::timeout(Duration::from_secs(40), run)
+        .await
+        .expect("run returns")
+        .expect("join")
+        .expect_err("the write was cut off after it was sent");
+    assert_unknown(&err);
+    // The server finishes the statement its client left.
+    let applied = eventually(Duration::from_secs(10), || async {
+        rows(&cluster, "out_false_alarm").await == 1
+    })
+    .await;
+    assert!(applied, "the abandoned statement never completed");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the write ran again");
+    assert_eq!(rows(&cluster, "out_false_alarm").await, 1);
+    pool.close().await;
+}
+
+async fn a_notify_whose_commit_reply_was_lost_is_sent_once<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    // NOTIFY takes the transaction's id only at COMMIT: none when it is read.
+    assert!(cluster.cut_at("instance-1", "COMMIT", CutAt::Reply));
+    let err = pool
+        .transaction_counted(
+            TransactionOptions::new(),
+            "NOTIFY out_channel",
+            runs.clone(),
+        )
+        .await
+        .expect_err("the COMMIT's answer was lost and nothing tells what became of it");
+    assert_unknown(&err);
+    assert!(err.is_transaction_state_unknown(), "{err:?}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "the notification was sent again"
+    );
+    pool.close().await;
+}
+
+async fn failover_timeout_does_not_bound_running_work<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    // A 1 s failover_timeout stands in for the default 300 s against a 2 s statement.
+    let pool = connect::<F>(&cluster, test, "failover_timeout_ms=1000").await;
+    pool.run("SELECT pg_catalog.pg_sleep(2)")
+        .await
+        .expect("run outlives failover_timeout");
+    pool.transaction_then_wait("SELECT 1", Duration::from_secs(2))
+        .await
+        .expect("a transaction outlives failover_timeout");
+    // A limit the caller sets does bound the work, and says so.
+    let err = pool
+        .run_with_policy(
+            RetryPolicy::new().timeout(Duration::from_millis(500)),
+            Role::Writer,
+            "SELECT pg_catalog.pg_sleep(2)",
+        )
+        .await
+        .expect_err("the caller's limit cuts the work");
+    assert!(err.to_string().contains("time limit"), "{err}");
+    pool.close().await;
+}
+
+flavour_tests!(
+    a_write_whose_reply_was_lost_is_applied_once,
+    idempotent_work_runs_again_after_a_lost_reply,
+    a_write_on_a_writer_wrongly_declared_dead_is_applied_once,
+    a_notify_whose_commit_reply_was_lost_is_sent_once,
+    failover_timeout_does_not_bound_running_work,
+);
