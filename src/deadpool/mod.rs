@@ -101,25 +101,27 @@ impl AuroraPool {
         },
     );
 
-    /// Runs idempotent `work` on a connection for `role`, retrying it on a fresh checkout
-    /// when it fails because of a failover ([`Error::is_retryable`]), until
-    /// `failover_timeout_ms`; as the sqlx flavour's `run`. `work` returns a boxed future that
-    /// may borrow the client.
+    /// Runs `work` on a connection for `role`, and again on a fresh checkout only when it
+    /// cannot have been applied (the failure came before it was sent, or it ran on a
+    /// reader), or when the policy says it is [`idempotent`](crate::RetryPolicy::idempotent);
+    /// a write on the writer whose connection was lost after it was sent is
+    /// [`Error::is_outcome_unknown`]. As the sqlx flavour's `run`. `work` returns a boxed
+    /// future that may borrow the client.
     ///
     /// ```no_run
     /// # async fn f(pool: aurora_pool::deadpool::AuroraPool) -> aurora_pool::Result<()> {
     /// use aurora_pool::Role;
-    /// let id: i64 = pool
-    ///     .run(Role::Writer, |client| {
+    /// let open: i64 = pool
+    ///     .run(Role::Reader, |client| {
     ///         Box::pin(async move {
     ///             let row = client
-    ///                 .query_one("INSERT INTO jobs (state) VALUES ('new') RETURNING id", &[])
+    ///                 .query_one("SELECT count(*) FROM jobs WHERE state = 'new'", &[])
     ///                 .await?;
     ///             Ok(row.get(0))
     ///         })
     ///     })
     ///     .await?;
-    /// # let _ = id; Ok(()) }
+    /// # let _ = open; Ok(()) }
     /// ```
     pub async fn run<T, F>(&self, role: Role, work: F) -> Result<T>
     where

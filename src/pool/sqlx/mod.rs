@@ -138,9 +138,15 @@ impl AuroraPool {
         self.writer().begin().await
     }
 
-    /// Runs idempotent `work` on a connection for `role`, retrying it on a fresh checkout
-    /// when it fails because of a failover ([`Error::is_retryable`]), until
-    /// `failover_timeout_ms`. Any other error is returned at once, wrapped without loss.
+    /// Runs `work` on a connection for `role`, and again on a fresh checkout only when it
+    /// cannot have been applied: the failure came before it was sent (checking out,
+    /// connecting), or it ran on a reader (a replica refuses writes). A write on the writer
+    /// whose connection is lost after it was sent (a crash, a lost reply, the instance
+    /// declared dead while it ran) is [`Error::is_outcome_unknown`]: it may have been
+    /// applied, and it is not sent twice. Work that is safe to apply twice says so with
+    /// [`RetryPolicy::idempotent`] ([`run_with`](AuroraPool::run_with)) and is run again
+    /// after any lost connection. Any other error is returned at once, wrapped without loss.
+    /// Waiting for an instance is bounded by `failover_timeout_ms`; the work itself is not.
     ///
     /// `work` returns a boxed future (`Box::pin(async move { .. })`), like sqlx's pool hooks,
     /// which keeps `run`'s future `Send` so it can be awaited in spawned tasks and axum
@@ -148,22 +154,41 @@ impl AuroraPool {
     /// (clone it in, as `work` may run several times).
     ///
     /// If the instance is declared unreachable while `work` runs (a black-holed host that
-    /// never answers), `work` is abandoned, its connection dropped, and the work retried
-    /// elsewhere, so a caller never hangs on a dead host.
+    /// never answers), `work` is abandoned and its connection dropped, so a caller never
+    /// hangs on a dead host.
+    ///
+    /// # Errors
+    /// [`Error::is_outcome_unknown`] as above; [`Error::is_failover_failed`] when no instance
+    /// of the role could be reached within `failover_timeout_ms`; the driver's error
+    /// ([`Error::is_driver`]) for anything the server refused.
+    ///
+    /// # Cancel safety
+    /// Dropping the future closes the connection in use (never returned to the pool
+    /// mid-statement); a statement already sent may still complete on the server.
     ///
     /// ```no_run
     /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
-    /// use aurora_pool::Role;
-    /// let id: i64 = pool
-    ///     .run(Role::Writer, |conn| {
+    /// use aurora_pool::{RetryPolicy, Role};
+    /// // A read: on a reader it runs again after a lost connection.
+    /// let open: i64 = pool
+    ///     .run(Role::Reader, |conn| {
     ///         Box::pin(async move {
-    ///             sqlx::query_scalar("INSERT INTO jobs (state) VALUES ('new') RETURNING id")
+    ///             sqlx::query_scalar("SELECT count(*) FROM jobs WHERE state = 'new'")
     ///                 .fetch_one(conn)
     ///                 .await
     ///         })
     ///     })
     ///     .await?;
-    /// # let _ = id; Ok(()) }
+    /// // An upsert keyed by the caller: safe to apply twice, declared so.
+    /// pool.run_with(RetryPolicy::new().idempotent(), Role::Writer, |conn| {
+    ///     Box::pin(async move {
+    ///         sqlx::query("INSERT INTO jobs (id, state) VALUES (7, 'new') ON CONFLICT (id) DO NOTHING")
+    ///             .execute(conn)
+    ///             .await
+    ///     })
+    /// })
+    /// .await?;
+    /// # let _ = open; Ok(()) }
     /// ```
     pub async fn run<T, F>(&self, role: Role, work: F) -> Result<T>
     where
@@ -337,13 +362,15 @@ impl AuroraPool {
     ///
     /// ```no_run
     /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
-    /// let result = sqlx::query("UPDATE stock SET n = n - 1 WHERE id = 7")
-    ///     .execute(&pool.writer())
+    /// let result = sqlx::query("SELECT n FROM stock WHERE id = 7")
+    ///     .fetch_optional(&pool.writer())
     ///     .await;
     /// if let Err(err) = result {
     ///     let err = pool.classify(err);
     ///     if err.is_failover() {
-    ///         // retry on a fresh checkout
+    ///         // A read: safe to send again on a fresh checkout. A write sent here may
+    ///         // have been applied before the connection went: resend only what is
+    ///         // idempotent (or use `run`, which tells).
     ///     }
     ///     return Err(err);
     /// }
