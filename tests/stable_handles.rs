@@ -202,7 +202,52 @@ async fn a_kept_writer_handle_leaves_a_writer_that_stays_up<F: Flavour>(test: &s
     pool.close().await;
 }
 
+/// `let writer = AuroraPool::connect(url).await?.writer();`: the handle outlives its
+/// `AuroraPool` and still follows a writer crash, with the defaults, landing on the new writer
+/// within the silent-failure bound (2.5 s) of the promotion.
+async fn a_handle_outlives_its_pool<F: Flavour>(test: &str) {
+    let bound = Duration::from_millis(2500);
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    cluster
+        .psql(
+            "instance-1",
+            cluster.database(),
+            "CREATE TABLE handles_t (n int); GRANT ALL ON handles_t TO PUBLIC;",
+        )
+        .await
+        .expect("create");
+    support::replicated(&cluster, "handles_t").await;
+    let writer = connect::<F>(&cluster, test, "").await.handle(Role::Writer);
+    assert_eq!(
+        F::handle_text(&writer, WRITE).await.as_deref(),
+        Ok("instance-1")
+    );
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let promoted = std::time::Instant::now();
+    let mut last = None;
+    while promoted.elapsed() < bound {
+        match F::handle_text(&writer, WRITE).await {
+            Ok(id) if id == "instance-2" => {
+                eprintln!(
+                    "{test}: the kept handle wrote on the new writer {:?} after the promotion",
+                    promoted.elapsed()
+                );
+                return;
+            }
+            other => last = Some(other),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!(
+        "a handle kept after its AuroraPool was dropped did not reach the new writer within {bound:?} of the promotion; last: {last:?}"
+    );
+}
+
 flavour_tests!(
+    a_handle_outlives_its_pool,
     a_kept_writer_handle_leaves_a_writer_that_stays_up,
     handles_kept_from_startup_follow_a_crash_and_a_switchover,
     a_reader_handle_kept_from_startup_follows_a_reader_crash,

@@ -76,6 +76,13 @@ pub(crate) struct PoolCore<B: Backend> {
     closed: AtomicBool,
     /// This core, for the tasks it starts on the checkout path.
     itself: Weak<PoolCore<B>>,
+    /// Set once a role's pool was handed out: the core keeps itself (its monitor, its
+    /// reconciler, its credential renewal) alive for the handles, which follow their role
+    /// for as long as anyone holds them, also after the last `AuroraPool` was dropped
+    /// (DESIGN invariant 13). The drivers give no way to tell when the last handle is gone,
+    /// so only [`close`](PoolCore::close) ends it then.
+    kept_for_handles: ArcSwapOption<PoolCore<B>>,
+    handed_out: AtomicBool,
 }
 
 impl<B: Backend> PoolCore<B> {
@@ -202,6 +209,8 @@ impl<B: Backend> PoolCore<B> {
             routing_version: watch::channel(topology.version()).0,
             closed: AtomicBool::new(false),
             itself: weak.clone(),
+            kept_for_handles: ArcSwapOption::empty(),
+            handed_out: AtomicBool::new(false),
             config,
         });
         tracing::info!(
@@ -216,6 +225,21 @@ impl<B: Backend> PoolCore<B> {
 
     pub(crate) fn config(&self) -> &Config {
         &self.config
+    }
+
+    /// Keeps this core alive for a role's pool about to be handed out (see
+    /// `kept_for_handles`); one atomic load once done.
+    pub(crate) fn keep_alive_for_handles(&self) {
+        if self.handed_out.load(Ordering::Acquire) || self.is_closed() {
+            return;
+        }
+        if !self.handed_out.swap(true, Ordering::AcqRel) {
+            self.kept_for_handles.store(self.itself.upgrade());
+            // A close that ran meanwhile must not leave the core holding itself.
+            if self.is_closed() {
+                self.kept_for_handles.store(None);
+            }
+        }
     }
 
     /// The writer's pool: it follows the writer for the life of this pool.
@@ -464,6 +488,8 @@ impl<B: Backend> PoolCore<B> {
         self.closed.store(true, Ordering::Release);
         self.reconciler.abort();
         self.renewer.abort();
+        // The handles no longer keep the core: it ends with the last `AuroraPool`.
+        self.kept_for_handles.store(None);
         let table = self.routing.load_full();
         let cluster = self.cluster.swap(None);
         let cluster_id = self.config.cluster_id.clone();

@@ -16,6 +16,11 @@ macro_rules! shared_facade {
     ) => {
         /// The writer's pool, to keep for as long as the process runs.
         ///
+        /// A handle goes on following the writer (and renewing credentials) after the last
+        /// `AuroraPool` clone is dropped: once a handle was taken, the pool's monitor and
+        /// tasks run until [`close`](Self::close), since the driver cannot tell when the last
+        /// handle is gone. Call `close` when you are done with a pool whose handles you took.
+        ///
         /// The same pool follows the writer across any number of failovers: once the pool
         /// learns of a new writer, its new connections go there, the connections it still
         /// has to the old writer are closed at checkout and on return (never handed out
@@ -23,6 +28,7 @@ macro_rules! shared_facade {
         /// application state, or hand it to a library that keeps the pool it was given.
         $(#[$writer_doc])*
         pub fn writer(&self) -> $handle {
+            self.core.keep_alive_for_handles();
             ($to_handle)(self.core.writer())
         }
 
@@ -41,6 +47,7 @@ macro_rules! shared_facade {
         /// checkout by `reader_host_selector_strategy`, and abandoned at once when their
         /// reader is declared dead).
         pub fn reader(&self) -> $handle {
+            self.core.keep_alive_for_handles();
             ($to_handle)(self.core.reads())
         }
 
@@ -49,6 +56,7 @@ macro_rules! shared_facade {
         /// reads now (no reachable reader, and `failover_mode` is `strict_reader`), and
         /// [`Error::is_closed`](crate::Error::is_closed) when the pool is closed.
         pub fn try_reader(&self) -> $crate::Result<$handle> {
+            self.core.keep_alive_for_handles();
             self.core.try_reads().map($to_handle)
         }
 

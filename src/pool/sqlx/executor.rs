@@ -26,7 +26,7 @@ impl<'p> Executor<'p> for &'_ AuroraPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let pool = self.writer();
+        let pool = PgPool::clone(&self.core.writer());
         <&PgPool as Executor<'e>>::fetch_many(&pool, query)
     }
 
@@ -38,7 +38,7 @@ impl<'p> Executor<'p> for &'_ AuroraPool {
         'p: 'e,
         E: 'q + Execute<'q, Postgres>,
     {
-        let pool = self.writer();
+        let pool = PgPool::clone(&self.core.writer());
         <&PgPool as Executor<'e>>::fetch_optional(&pool, query)
     }
 
@@ -50,7 +50,7 @@ impl<'p> Executor<'p> for &'_ AuroraPool {
     where
         'p: 'e,
     {
-        let pool = self.writer();
+        let pool = PgPool::clone(&self.core.writer());
         <&PgPool as Executor<'e>>::prepare_with(&pool, sql, parameters)
     }
 
@@ -62,7 +62,7 @@ impl<'p> Executor<'p> for &'_ AuroraPool {
     where
         'p: 'e,
     {
-        let pool = self.writer();
+        let pool = PgPool::clone(&self.core.writer());
         <&PgPool as Executor<'e>>::describe(&pool, sql)
     }
 }
@@ -73,12 +73,12 @@ impl<'a> Acquire<'a> for &'_ AuroraPool {
     type Connection = sqlx::pool::PoolConnection<Postgres>;
 
     fn acquire(self) -> BoxFuture<'static, Result<Self::Connection, sqlx::Error>> {
-        let pool = self.writer();
+        let pool = PgPool::clone(&self.core.writer());
         Box::pin(async move { pool.acquire().await })
     }
 
     fn begin(self) -> BoxFuture<'static, Result<Transaction<'a, Postgres>, sqlx::Error>> {
-        let pool = self.writer();
+        let pool = PgPool::clone(&self.core.writer());
         Box::pin(async move { pool.begin().await })
     }
 }

@@ -135,7 +135,7 @@ impl AuroraPool {
     pub async fn begin(
         &self,
     ) -> std::result::Result<sqlx::Transaction<'static, Postgres>, sqlx::Error> {
-        self.writer().begin().await
+        PgPool::clone(&self.core.writer()).begin().await
     }
 
     /// Runs `work` on a connection for `role`, and again on a fresh checkout only when it
