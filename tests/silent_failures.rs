@@ -248,6 +248,58 @@ async fn a_black_holed_writer_under_load_tuned<F: Flavour>(test: &str) {
     .await;
 }
 
+/// A slow failover: the writer crashes (refusing connections), the readers stay up and
+/// still name it, and Aurora promotes a reader only 20 s later. Writer checkouts through
+/// every path wait (none fails: the outage is shorter than `acquire_timeout` and
+/// `failover_timeout`), and land on the promoted instance within 2.5 s of the promotion.
+async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
+    let bound = Duration::from_millis(2500);
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    pool.execute("CREATE TABLE silent_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "silent_t").await;
+    let load = Load::start(&pool, Role::Writer, WRITE, &WRITE_PATHS);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    cluster.crash("instance-1").await.expect("crash");
+    let crashed = Instant::now();
+    tokio::time::sleep(Duration::from_secs(20)).await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let promoted = Instant::now();
+    eprintln!(
+        "{test}: promotion done {:?} after the crash",
+        promoted - crashed
+    );
+    tokio::time::sleep_until((promoted + bound).into()).await;
+    let mut late = Vec::new();
+    for path in WRITE_PATHS {
+        let first = load.first_on(path, "instance-2", promoted);
+        eprintln!("{test}: {path:?}: first write on the new writer {first:?} after the promotion");
+        if first.is_none_or(|after| after > bound) {
+            late.push(path);
+        }
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = load.stop(Duration::from_secs(5)).await;
+    // Calls begun once the crash was known (in flight at the crash they may fail) waited
+    // for the new writer instead of failing.
+    let failed = load.strays_after(crashed + Duration::from_secs(1), "instance-2");
+    assert!(
+        late.is_empty(),
+        "no write through {late:?} reached the new writer within {bound:?} of the promotion; {}",
+        pool.topology()
+    );
+    assert!(
+        failed.is_empty(),
+        "writes begun during the outage failed instead of waiting: {failed:?}"
+    );
+    pool.close().await;
+}
+
 /// A reader black-holed under load: every call in flight on it ends within the detection
 /// bound of the silence, and reads go on on the other reader through every path.
 async fn a_black_holed_reader_under_load_with_defaults<F: Flavour>(test: &str) {
@@ -332,14 +384,18 @@ mod keepalives {
             F::handle_text(&pool.handle(Role::Reader), READ)
                 .await
                 .expect("reader()");
-            // The settings are applied in the background right after each connect.
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            // The settings are applied in the background right after each connect (and a
+            // socket sending or closing shows another timer for a moment).
             for peer in [writer, reader] {
-                let timers = timers_of_connections_to(peer);
-                assert!(!timers.is_empty(), "no connection to {peer}");
+                let all_set = support::eventually(Duration::from_secs(3), || async {
+                    let timers = timers_of_connections_to(peer);
+                    !timers.is_empty() && timers.iter().all(|t| t == expected)
+                })
+                .await;
                 assert!(
-                    timers.iter().all(|t| t == expected),
-                    "with `{params}` the connections to {peer} have timers {timers:?}, not all {expected}"
+                    all_set,
+                    "with `{params}` the connections to {peer} have timers {:?}, not all {expected}",
+                    timers_of_connections_to(peer)
                 );
             }
             pool.close().await;
@@ -350,6 +406,7 @@ mod keepalives {
 }
 
 flavour_tests!(
+    a_slow_failover_is_waited_out_with_defaults,
     a_black_holed_writer_under_load_with_defaults,
     a_black_holed_writer_under_load_tuned,
     a_black_holed_reader_under_load_with_defaults,

@@ -176,7 +176,10 @@ impl Backend for DeadpoolBackend {
             max_size: sizing.max_connections as usize,
             timeouts: Timeouts {
                 wait: Some(self.acquire_timeout),
-                create: Some(self.connect_timeout * 2),
+                // A writer pool's create waits for a route while the writer is unavailable
+                // (each connect inside is bounded by `connect_timeout`): as long as a
+                // checkout may wait.
+                create: Some(self.acquire_timeout.max(self.connect_timeout * 2)),
                 // `Manager::recycle` bounds its own query; a timer per checkout costs more.
                 recycle: None,
             },
@@ -184,7 +187,9 @@ impl Backend for DeadpoolBackend {
         };
         let manager = self.manager(targets);
         let manager = match role {
-            Role::Writer => manager.confirming_writer(),
+            Role::Writer => {
+                manager.confirming_writer(self.acquire_timeout.max(self.connect_timeout * 2))
+            }
             Role::Reader => manager,
         };
         let pool = Pool::builder(manager)

@@ -40,6 +40,9 @@ pub struct Manager {
     closed: tokio::sync::watch::Sender<bool>,
     /// A writer pool's new connections check that their instance takes writes.
     confirm_writer: bool,
+    /// How long a writer pool's new connection waits for a route while the writer is
+    /// unavailable (the pool's create timeout cuts it at the same bound).
+    route_wait: Duration,
 }
 
 /// Opens one tokio-postgres connection to where `tls` pointed `config` (which carries the
@@ -102,14 +105,16 @@ impl Manager {
             tasks: Mutex::new(Vec::new()),
             closed: tokio::sync::watch::channel(false).0,
             confirm_writer: false,
+            route_wait: connect_timeout * 2,
         }
     }
 
     /// Makes every new connection check that its instance is the writer (one round trip
     /// per connection, none per checkout): a demoted writer's connection is refused as a
     /// failover instead of letting writes fail with 25006.
-    pub(super) fn confirming_writer(mut self) -> Manager {
+    pub(super) fn confirming_writer(mut self, route_wait: Duration) -> Manager {
         self.confirm_writer = true;
+        self.route_wait = route_wait;
         self
     }
 
@@ -211,11 +216,23 @@ impl managed::Manager for Manager {
         loop {
             attempt += 1;
             let generation = self.targets.generation();
-            let route = self.targets.next().ok_or_else(|| {
-                Error::no_reader(
-                    "no reachable reader may serve reads now, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
-                )
-            })?;
+            let route = match self.targets.next() {
+                Some(route) => route,
+                // The writer is unavailable (declared dead, a failover under way): wait for
+                // the pool to be routed again (deadpool bounds this by its create timeout).
+                None if self.confirm_writer => {
+                    self.targets
+                        .changed_after(generation, self.route_wait)
+                        .await;
+                    attempt -= 1;
+                    continue;
+                }
+                None => {
+                    return Err(Error::no_reader(
+                        "no reachable reader may serve reads now, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
+                    ));
+                }
+            };
             let client = self.open_to(&route).await?;
             // Pointed elsewhere while connecting: this connection went to an instance the
             // pool left.

@@ -62,7 +62,7 @@ pub(crate) async fn retry<B: Backend, T: Send>(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let (connection, instance) = core.checkout_until(role, wait_deadline()).await?;
+        let (connection, instance) = checkout_waiting(core, role, wait_deadline()).await?;
         if B::is_broken(&connection) {
             // Closed while idle (its server went away): nothing was sent, take another.
             B::discard(connection);
@@ -163,6 +163,33 @@ pub(crate) async fn retry<B: Backend, T: Send>(
         );
         let pause = RetryPolicy::pause(attempt);
         tokio::time::sleep(limit.map_or(pause, |limit| pause.min(limit))).await;
+    }
+}
+
+/// A checkout for retried work: one that fails for a failover reason (the writer silent
+/// to this process with no other claimant, whose plain checkouts fail at once) is tried
+/// again until `deadline`, since nothing was sent yet; `run` and `transaction` wait for
+/// the writer as documented.
+async fn checkout_waiting<B: Backend>(
+    core: &PoolCore<B>,
+    role: Role,
+    deadline: tokio::time::Instant,
+) -> Result<(B::Connection, std::sync::Arc<Instance>)> {
+    let mut routing = core.routing_changes();
+    loop {
+        match core.checkout_until(role, deadline).await {
+            Err(err) if err.is_failover() => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(core.failover_failed(role, Some(err)));
+                }
+                tokio::select! {
+                    _ = routing.changed() => {}
+                    _ = tokio::time::sleep(RETRY_PAUSE * 4) => {}
+                    _ = tokio::time::sleep_until(deadline) => {}
+                }
+            }
+            other => return other,
+        }
     }
 }
 

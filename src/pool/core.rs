@@ -394,7 +394,7 @@ impl<B: Backend> PoolCore<B> {
         }
         let mut fresh = fresh;
         let mut previous = previous;
-        let (retired, writer_left) = loop {
+        let (retired, writer_left, writer_parked) = loop {
             let built = match RoutingTable::build(
                 Some(&previous),
                 topology,
@@ -417,7 +417,7 @@ impl<B: Backend> PoolCore<B> {
             let table = Arc::new(built.table);
             let stored = self.routing.compare_and_swap(&previous, table.clone());
             if Arc::ptr_eq(&stored, &previous) {
-                break (built.retired, built.writer_left);
+                break (built.retired, built.writer_left, built.writer_parked);
             }
             // A closed pool was replaced while the credentials were fetched: the pools this
             // build opened are routed nowhere; close them and build on what is routed now.
@@ -442,6 +442,10 @@ impl<B: Backend> PoolCore<B> {
                 .instance(instance.id())
                 .is_none_or(|now| !now.is_available())
         };
+        if let Some(parked) = writer_parked.as_deref() {
+            // Connects begun since the writer was declared dead went to it.
+            end_connections_behind(parked);
+        }
         if let Some(left) = writer_left.as_deref().filter(|i| is_gone(i)) {
             // The writer's pool follows the new writer; what it still has on the dead one
             // ends now instead of waiting on a host that never answers.

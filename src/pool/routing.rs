@@ -64,6 +64,17 @@ pub(crate) struct Built<P> {
     pub(crate) opened: Vec<P>,
     /// The writer the writer's pool left, when it was pointed at another instance.
     pub(crate) writer_left: Option<Arc<Instance>>,
+    /// The writer the writer's pool was just parked away from (it became unavailable).
+    pub(crate) writer_parked: Option<Arc<Instance>>,
+}
+
+/// Whether two route lists name the same instances, in order, with the same logins.
+fn same_routes(now: &[Route], next: &[Route]) -> bool {
+    now.len() == next.len()
+        && now
+            .iter()
+            .zip(next)
+            .all(|(a, b)| a.instance.same_placement(&b.instance) && Arc::ptr_eq(&a.login, &b.login))
 }
 
 impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
@@ -214,9 +225,27 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         };
         // Nothing below can fail: the shared pools are pointed at their new instances only
         // once the table is certain to be built.
-        if writer_left.is_some() {
-            writer.targets.set(vec![writer.route()]);
+        //
+        // While the writer is unavailable (declared dead, a failover under way) the writer's
+        // pool has no route: it is parked on a reader that answers (the writer itself when
+        // none does), where its connect check holds new connections until the routes
+        // change, instead of dialing a dead host and backing off past the promotion.
+        let writer_available = topology.writer().is_available();
+        writer
+            .targets
+            .set_parked(readers.first().map_or_else(|| writer.route(), Slot::route));
+        let writer_routes = match writer_available {
+            true => vec![writer.route()],
+            false => Vec::new(),
+        };
+        let was_routed = !writer.targets.is_unrouted();
+        let writer_parked = (was_routed && !writer_available && writer_left.is_none())
+            .then(|| writer.instance.clone());
+        if writer_left.is_some() || !same_routes(&writer.targets.routes(), &writer_routes) {
+            writer.targets.set(writer_routes);
             backend.retarget(&writer.pool, &writer.targets);
+        }
+        if writer_left.is_some() && writer_available {
             // Its idle connections are stale now: open the minimum on the new writer.
             fill_to_minimum::<B>(&writer.pool, config.writer, &writer.instance);
         }
@@ -227,13 +256,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         } else {
             Vec::new()
         };
-        let unchanged = {
-            let now = reads.targets.routes();
-            now.len() == read_routes.len()
-                && now.iter().zip(&read_routes).all(|(a, b)| {
-                    a.instance.same_placement(&b.instance) && Arc::ptr_eq(&a.login, &b.login)
-                })
-        };
+        let unchanged = same_routes(&reads.targets.routes(), &read_routes);
         reads.targets.set_parked(writer.route());
         if !unchanged {
             reads.targets.set(read_routes);
@@ -254,6 +277,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
             retired,
             opened,
             writer_left,
+            writer_parked,
         })
     }
 

@@ -37,9 +37,12 @@ pub(crate) struct Targets {
     /// none is.
     stale_before: AtomicU64,
     origin: Instant,
-    /// Where a driver that must always have an address points a pool with no routes; its
-    /// connections there are refused at once.
+    /// Where a driver that must always have an address points a pool with no routes: an
+    /// instance that answers, whose connections the pool's connect check holds until the
+    /// routes change, then refuses.
     parked: ArcSwapOption<Route>,
+    /// The generation, for those who wait for the routes to change.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Targets {
@@ -51,6 +54,7 @@ impl Targets {
             stale_before: AtomicU64::new(0),
             origin: Instant::now(),
             parked: ArcSwapOption::empty(),
+            changes: tokio::sync::watch::channel(0).0,
         })
     }
 
@@ -95,7 +99,6 @@ impl Targets {
     }
 
     /// Bumped by every change (the deadpool manager reopens a connection that raced one).
-    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
     pub(crate) fn generation(&self) -> u64 {
         self.generation.load(Ordering::Acquire)
     }
@@ -106,11 +109,24 @@ impl Targets {
         self.routes.load().iter().any(|r| r.same_instance(route))
     }
 
+    /// Waits until the routes change after `generation` (or `limit` passes): a connect that
+    /// found nowhere to go waits for somewhere, instead of trying the same place again.
+    pub(crate) async fn changed_after(&self, generation: u64, limit: std::time::Duration) {
+        let mut changes = self.changes.subscribe();
+        let _ = tokio::time::timeout(limit, changes.wait_for(|now| *now != generation)).await;
+    }
+
+    /// Whether the pool has nowhere to connect now (it is parked, or has no address).
+    pub(crate) fn is_unrouted(&self) -> bool {
+        self.routes.load().is_empty()
+    }
+
     /// Replaces the routes. When an instance of the old routes is not among the new ones,
     /// every connection opened until now becomes stale. Returns whether that happened.
     pub(crate) fn set(&self, routes: Vec<Route>) -> bool {
         let old = self.routes.swap(Arc::new(routes));
-        self.generation.fetch_add(1, Ordering::AcqRel);
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.changes.send_replace(generation);
         let new = self.routes.load();
         let dropped = old.iter().any(|o| !new.iter().any(|n| n.same_instance(o)));
         if dropped {

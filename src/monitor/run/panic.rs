@@ -120,7 +120,15 @@ impl Monitor {
         if !candidates.is_empty() && self.judge(candidates).await {
             return;
         }
-        if let Some(topology) = agreed {
+        // The readers' agreement ends panic mode for a writer that is silent to this
+        // process only; never for one that is down (refusing connections): that is a slow
+        // failover, and writer checkouts keep waiting for the promotion.
+        if let Some(topology) = agreed
+            && !self
+                .health
+                .get(topology.writer().id())
+                .is_some_and(|h| h.dead && h.down)
+        {
             self.settle_without_writer(topology);
         }
     }

@@ -14,6 +14,9 @@ pub(super) struct Health {
     /// Failed probes in a row.
     pub(super) failures: u32,
     pub(super) dead: bool,
+    /// The last failed probe was refused or reset (the instance is down: crashed,
+    /// restarting), not left unanswered (silent to this process only, perhaps).
+    pub(super) down: bool,
     /// The role the last successful probe saw.
     pub(super) writer: Option<bool>,
     /// The last probe's login was refused.
@@ -124,6 +127,7 @@ impl Monitor {
                 definitive, error, ..
             } => {
                 health.writer = None;
+                health.down = definitive;
                 let since = *health.failing_since.get_or_insert(report.at);
                 health.failures = health.failures.saturating_add(1);
                 if !health.dead

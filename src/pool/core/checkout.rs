@@ -355,7 +355,7 @@ impl<B: Backend> PoolCore<B> {
         true
     }
 
-    pub(super) fn failover_failed(&self, role: Role, cause: Option<Error>) -> Error {
+    pub(crate) fn failover_failed(&self, role: Role, cause: Option<Error>) -> Error {
         let err = Error::failover_failed(format!(
             "no {role} of cluster `{}` could be reached within failover_timeout ({:?})",
             self.config.cluster_id, self.config.failover_timeout

@@ -140,9 +140,17 @@ fn rotate(itself: &OnceLock<Weak<PgPool>>, targets: &Targets, base: &BaseOptions
 /// the writer while only readers serve reads: a connect that began before the routes
 /// changed (to the writer the pool was parked on, or to a reader promoted since) may end
 /// after. One round trip per new connection.
-async fn check_reader(conn: &mut PgConnection, targets: &Targets) -> sqlx::Result<()> {
+async fn check_reader(
+    conn: &mut PgConnection,
+    targets: &Targets,
+    hold_limit: Duration,
+) -> sqlx::Result<()> {
+    let generation = targets.generation();
     let routes = targets.routes();
     if routes.is_empty() {
+        // Parked on the writer: hold this attempt until a reader is routed, rather than
+        // logging in to the writer again and again through sqlx's retries.
+        targets.changed_after(generation, hold_limit).await;
         return Err(sqlx::Error::Protocol(NO_READER.into()));
     }
     if routes.iter().all(|r| r.instance.role() == Role::Reader) && !is_read_only(conn).await? {
@@ -185,6 +193,9 @@ impl Backend for SqlxBackend {
         let itself: Arc<OnceLock<Weak<PgPool>>> = Arc::new(OnceLock::new());
         let user_after_connect = self.user.after_connect.clone();
         let tcp = self.tcp;
+        // A held connect attempt never outlives the checkout that started it (sqlx cuts the
+        // checkout at `acquire_timeout` and drops the attempt with it).
+        let hold_limit = self.acquire_timeout;
         {
             let (targets, itself, base) = (targets.clone(), itself.clone(), self.base.clone());
             options = options.after_connect(move |conn, meta| {
@@ -203,13 +214,20 @@ impl Backend for SqlxBackend {
                 Box::pin(async move {
                     if rotates {
                         rotate(&itself, &targets, &base);
-                        check_reader(conn, &targets).await?;
+                        check_reader(conn, &targets, hold_limit).await?;
                     }
                     // One round trip per new connection, none per checkout: a demoted
                     // writer's connection is refused (sqlx closes it and connects again, by
                     // then to the address the pool follows) instead of letting writes fail
                     // with 25006.
+                    let generation = targets.generation();
                     if confirm_writer && is_read_only(conn).await? {
+                        if targets.is_unrouted() {
+                            // Parked on a reader while the writer is unavailable: hold this
+                            // attempt until the routes change (sqlx's own backoff, grown
+                            // over a long outage, would sleep past the promotion).
+                            targets.changed_after(generation, hold_limit).await;
+                        }
                         return Err(sqlx::Error::Protocol(
                             "the instance is read-only: it is no longer the writer".into(),
                         ));
