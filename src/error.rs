@@ -219,6 +219,13 @@ impl Error {
         Self::new(Kind::FailoverFailed, message)
     }
 
+    /// A read-only refusal taken for a demoted writer that turned out to be the writer
+    /// still (read-only by configuration): the driver's error again.
+    pub(crate) fn into_driver(mut self) -> Self {
+        self.0.kind = Kind::Driver;
+        self
+    }
+
     /// The same error as a failover: the connection is gone or its instance was demoted.
     pub(crate) fn into_failover(mut self) -> Self {
         self.0.kind = Kind::Failover;

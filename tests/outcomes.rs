@@ -177,7 +177,53 @@ async fn failover_timeout_does_not_bound_running_work<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+async fn a_writer_read_only_by_configuration_refuses_at_once<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    table(&cluster, "out_read_only").await;
+    // A maintenance freeze: every new session on the healthy writer is read-only.
+    let freeze = format!(
+        "ALTER DATABASE {} SET default_transaction_read_only = on",
+        cluster.database()
+    );
+    cluster
+        .psql("instance-1", "postgres", &freeze)
+        .await
+        .expect("freeze");
+    // A bounded wait for a writer, so that the old behaviour (re-running the write as if
+    // the writer had been demoted) ends instead of taking the default 300 s.
+    let pool = connect::<F>(&cluster, test, "failover_timeout_ms=20000").await;
+    let insert = "INSERT INTO out_read_only VALUES ('frozen')";
+    for transaction in [false, true] {
+        let runs = Arc::new(AtomicU32::new(0));
+        let started = std::time::Instant::now();
+        let err = match transaction {
+            false => pool
+                .run_counted(RetryPolicy::new(), Role::Writer, insert, runs.clone())
+                .await
+                .expect_err("a read-only writer refuses the write"),
+            true => pool
+                .transaction_counted(TransactionOptions::new(), insert, runs.clone())
+                .await
+                .expect_err("a read-only writer refuses the write"),
+        };
+        let took = started.elapsed();
+        assert_eq!(err.sqlstate(), Some("25006"), "{err:?}");
+        assert!(
+            !err.is_failover() && !err.is_outcome_unknown(),
+            "a writer read-only by configuration is no failover: {err:?}"
+        );
+        assert_eq!(runs.load(Ordering::SeqCst), 1, "the write was run again");
+        assert!(
+            took < Duration::from_secs(5),
+            "25006 from a healthy writer came back after {took:?}"
+        );
+    }
+    assert_eq!(pool.topology().writer().id(), "instance-1");
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_writer_read_only_by_configuration_refuses_at_once,
     a_write_whose_reply_was_lost_is_applied_once,
     idempotent_work_runs_again_after_a_lost_reply,
     a_write_on_a_writer_wrongly_declared_dead_is_applied_once,

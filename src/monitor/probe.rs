@@ -125,11 +125,33 @@ fn jittered(interval: Duration) -> Duration {
     interval.mul_f64(1.0 - JITTER + 2.0 * JITTER * fastrand::f64())
 }
 
+/// Longest pause between the reconnects of an instance's probe that goes on timing out.
+const MAX_RECONNECT_PAUSE: Duration = Duration::from_secs(2);
+
+/// The pause after `timeouts` unanswered probes in a row. Until the verdict (`count` of
+/// them) the next probe runs at once: the verdict should not wait an interval more. After
+/// it, each reconnect waits twice as long as the one before, from the interval up to
+/// [`MAX_RECONNECT_PAUSE`], jittered: a slow but alive instance (a false verdict) must not
+/// receive a new session every probe timeout from every process, and many processes must
+/// not reconnect in step.
+fn pause_after_timeouts(timeouts: u32, count: u32, interval: Duration) -> Duration {
+    if timeouts < count.max(1) {
+        return Duration::ZERO;
+    }
+    let doublings = (timeouts - count.max(1)).min(8);
+    jittered(
+        interval
+            .saturating_mul(1 << doublings)
+            .min(MAX_RECONNECT_PAUSE),
+    )
+}
+
 /// Probes `instance` at `address` until the plan channel closes (the monitor stopped).
 ///
 /// Between probes it watches its connection: when the server ends it (a crash sends RST or
 /// FIN), it probes at once instead of at the next interval. A probe that timed out is
-/// followed at once by another on a new connection.
+/// followed at once by another on a new connection until the instance is declared dead, then
+/// after a growing pause ([`pause_after_timeouts`]).
 pub(super) async fn run(
     state: Arc<MonitorState>,
     instance: String,
@@ -140,6 +162,8 @@ pub(super) async fn run(
 ) {
     let started = Instant::now();
     let mut connection: Option<Box<dyn AdminConnection>> = None;
+    // Unanswered probes in a row: each opens a new connection.
+    let mut timeouts = 0u32;
     // A random start spreads the probes of many processes over the interval.
     let first = plan.borrow().routine.map(|(interval, _)| interval);
     if let Some(interval) = first.filter(|_| plan.borrow().fast.is_none()) {
@@ -172,12 +196,18 @@ pub(super) async fn run(
                 if reports.send(report).await.is_err() {
                     break;
                 }
-                // A silent instance gets its next probe at once: the verdict should not
-                // wait an interval more.
-                Some(if timed_out {
-                    Duration::ZERO
+                timeouts = if timed_out {
+                    timeouts.saturating_add(1)
                 } else {
-                    jittered(interval)
+                    0
+                };
+                Some(match timed_out {
+                    true => pause_after_timeouts(
+                        timeouts,
+                        state.settings.failure_detection_count,
+                        interval,
+                    ),
+                    false => jittered(interval),
                 })
             }
         };
@@ -412,6 +442,30 @@ mod tests {
             dead: BTreeSet::new(),
             recheck: Duration::from_secs(1),
         }
+    }
+
+    #[test]
+    fn reconnects_back_off_after_the_verdict() {
+        let interval = Duration::from_millis(500);
+        // Until the verdict (2 unanswered probes), at once.
+        assert_eq!(pause_after_timeouts(1, 2, interval), Duration::ZERO);
+        let within = |pause: Duration, nominal: Duration| {
+            pause >= nominal.mul_f64(1.0 - JITTER) && pause <= nominal.mul_f64(1.0 + JITTER)
+        };
+        assert!(within(pause_after_timeouts(2, 2, interval), interval));
+        assert!(within(pause_after_timeouts(3, 2, interval), interval * 2));
+        for timeouts in 4..100 {
+            let pause = pause_after_timeouts(timeouts, 2, interval);
+            assert!(
+                pause <= MAX_RECONNECT_PAUSE.mul_f64(1.0 + JITTER),
+                "{timeouts}: {pause:?}"
+            );
+        }
+        // Jittered: many processes do not reconnect in step.
+        let pauses: BTreeSet<Duration> = (0..20)
+            .map(|_| pause_after_timeouts(5, 2, interval))
+            .collect();
+        assert!(pauses.len() > 1);
     }
 
     #[test]

@@ -119,6 +119,18 @@ pub(crate) async fn retry<B: Backend, T: Send>(
             Ok(value) => return Ok(value),
             Err(err) => err,
         };
+        // A write refused as read-only (25006) on the writer is a demoted writer only when
+        // the writer says so; a writer read-only by configuration (a maintenance
+        // `default_transaction_read_only`, `SET TRANSACTION READ ONLY` in the work) gets
+        // the driver's error at once, not 300 s of re-runs.
+        let err = if err.is_failover()
+            && err.class() == ErrorClass::ReadOnly
+            && still_the_writer(core, &instance).await
+        {
+            err.into_driver()
+        } else {
+            err
+        };
         let lost = err.is_failover() || err.is_transaction_state_unknown();
         let err = match stopped.decide(lost) {
             Verdict::Return => err,
@@ -165,6 +177,33 @@ pub(crate) async fn retry<B: Backend, T: Send>(
         tokio::time::sleep(limit.map_or(pause, |limit| pause.min(limit))).await;
     }
 }
+
+/// Whether `instance` still answers as the writer (`pg_is_in_recovery()` false) on a writer
+/// checkout, within `connect_timeout`; `false` when it cannot tell.
+async fn still_the_writer<B: Backend>(core: &PoolCore<B>, instance: &Instance) -> bool {
+    let limit = core.config().connect_timeout;
+    let asked = async {
+        let deadline = tokio::time::Instant::now() + limit;
+        let (connection, writer) = core.checkout_until(Role::Writer, deadline).await.ok()?;
+        let mut held = Held::<B>::new(connection);
+        if writer.id() != instance.id() {
+            return None;
+        }
+        let answer = B::query_value(held.get()?, IN_RECOVERY.to_owned())
+            .await
+            .ok()?;
+        held.release();
+        Some(answer.as_deref() == Some("false"))
+    };
+    tokio::time::timeout(limit, asked)
+        .await
+        .ok()
+        .flatten()
+        .unwrap_or(false)
+}
+
+/// Whether the instance is a replica, as text.
+const IN_RECOVERY: &str = "SELECT pg_catalog.pg_is_in_recovery()::pg_catalog.text";
 
 /// A checkout for retried work: one that fails for a failover reason (the writer silent
 /// to this process with no other claimant, whose plain checkouts fail at once) is tried
