@@ -28,7 +28,7 @@
 //!   twice per instance declared dead.
 //!
 //! # Where it works
-//! Linux (and Android). Elsewhere both calls do nothing: tokio-postgres's own keepalives
+//! Linux. Elsewhere both calls do nothing: tokio-postgres's own keepalives
 //! still hold in the deadpool flavour, the sqlx flavour's connections have none, and a query
 //! in flight on a silent instance ends when the operating system gives up (README, *Silent
 //! failures*).
@@ -45,16 +45,31 @@ const RESOLVE_LIMIT: Duration = Duration::from_secs(1);
 /// What to do to the sockets found.
 #[derive(Debug, Clone, Copy)]
 enum Act {
-    /// `shutdown(SHUT_RDWR)`.
-    End,
+    /// `shutdown(SHUT_RDWR)`, for sockets that heard nothing from their peer for this long.
+    End(Duration),
     /// Set the keepalive options and user timeout where keepalives are off.
     KeepAlive(TcpSettings),
 }
 
-/// Ends every TCP connection of this process to `address` at once (queries and connects in
-/// flight fail with a broken connection). Returns how many it ended.
-pub(crate) async fn end_connections_to(address: &HostPort) -> usize {
-    act_on(std::slice::from_ref(address), Act::End).await
+/// Ends every TCP connection of this process to `address` that is still connecting, or
+/// heard nothing from its peer (no data, no acknowledgement) for `quiet_for`: queries and
+/// connects in flight on a silent host fail with a broken connection. Returns how many it
+/// ended. `quiet_for` is the probes' timeout: an instance is declared dead only after two
+/// or more unanswered probes, so a socket to a silent host has been quiet at least that
+/// long, while one whose peer's kernel answered more recently is alive whatever the verdict
+/// said (a false verdict, this process too busy to read its probes' answers in time, must
+/// not cut work that is going well).
+pub(crate) async fn end_connections_to(address: &HostPort, quiet_for: Duration) -> usize {
+    let ended = act_on(std::slice::from_ref(address), Act::End(quiet_for)).await;
+    if ended > 0 {
+        tracing::info!(
+            target: "aurora_pool",
+            %address,
+            connections = ended,
+            "connections to an instance declared dead ended"
+        );
+    }
+    ended
 }
 
 /// Sets `settings` on this process's TCP connections to any of `addresses` that have no
@@ -69,19 +84,62 @@ pub(crate) async fn keep_alive_connections_to(
     act_on(addresses, Act::KeepAlive(settings)).await
 }
 
+/// How long requests for keepalive settings gather before one scan serves them all: a pool
+/// filling up opens many connections at once, and each scan reads the descriptor table.
+const KEEPALIVE_BATCH: Duration = Duration::from_millis(20);
+
+/// Requests for keepalive settings waiting for the next scan, and whether one is scheduled.
+static KEEPALIVE_REQUESTS: std::sync::Mutex<(Vec<(HostPort, TcpSettings)>, bool)> =
+    std::sync::Mutex::new((Vec::new(), false));
+
 /// [`keep_alive_connections_to`] in the background: a new connection is handed out without
-/// waiting for the scan.
+/// waiting for the scan, and the requests of [`KEEPALIVE_BATCH`] share one scan.
 pub(crate) fn keep_alive_behind(addresses: Vec<HostPort>, settings: TcpSettings) {
-    if cfg!(any(target_os = "linux", target_os = "android"))
-        && (settings.keepalives || settings.tcp_user_timeout.is_some())
-        && let Ok(runtime) = tokio::runtime::Handle::try_current()
-    {
-        runtime.spawn(async move { keep_alive_connections_to(&addresses, settings).await });
+    if !cfg!(target_os = "linux") || !(settings.keepalives || settings.tcp_user_timeout.is_some()) {
+        return;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let schedule = {
+        let mut requests = KEEPALIVE_REQUESTS
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        requests
+            .0
+            .extend(addresses.into_iter().map(|address| (address, settings)));
+        !std::mem::replace(&mut requests.1, true)
+    };
+    if schedule {
+        runtime.spawn(async {
+            tokio::time::sleep(KEEPALIVE_BATCH).await;
+            let batch = {
+                let mut requests = KEEPALIVE_REQUESTS
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                requests.1 = false;
+                std::mem::take(&mut requests.0)
+            };
+            // One scan per distinct settings (pools of one process normally share them).
+            let mut groups: Vec<(TcpSettings, Vec<HostPort>)> = Vec::new();
+            for (address, settings) in batch {
+                match groups.iter_mut().find(|(s, _)| *s == settings) {
+                    Some((_, addresses)) if !addresses.contains(&address) => {
+                        addresses.push(address)
+                    }
+                    Some(_) => {}
+                    None => groups.push((settings, vec![address])),
+                }
+            }
+            for (settings, addresses) in groups {
+                keep_alive_connections_to(&addresses, settings).await;
+            }
+        });
     }
 }
 
 async fn act_on(addresses: &[HostPort], act: Act) -> usize {
-    if !cfg!(any(target_os = "linux", target_os = "android")) {
+    if !cfg!(target_os = "linux") {
         return 0;
     }
     let mut peers = Vec::new();
@@ -112,20 +170,94 @@ async fn resolve(address: &HostPort) -> Vec<SocketAddr> {
     }
 }
 
-#[cfg(any(target_os = "linux", target_os = "android"))]
+#[cfg(target_os = "linux")]
 mod scan {
     use std::collections::HashSet;
     use std::fs::File;
     use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
     use std::os::fd::{FromRawFd, OwnedFd, RawFd};
     use std::os::unix::fs::MetadataExt;
+    use std::time::Duration;
 
     use socket2::{SockRef, TcpKeepalive};
 
     use super::Act;
+    use crate::config::TcpSettings;
 
     /// Acts on every TCP socket of the process whose peer is one of `peers`.
     pub(super) fn act_on(peers: &[SocketAddr], act: Act) -> usize {
+        match act {
+            Act::End(quiet_for) => end(peers, quiet_for),
+            Act::KeepAlive(settings) => keep_alive(peers, settings),
+        }
+    }
+
+    /// Sockets known to have keepalives on (set here or by their owner), by inode: skipped
+    /// by later scans; pruned to the open ones at each scan.
+    static LOOKED_AT: std::sync::Mutex<Option<HashSet<u64>>> = std::sync::Mutex::new(None);
+
+    /// The keepalive scan: only established sockets matter (a new connection's), whose peer
+    /// the socket itself tells, so the kernel's TCP table is not read, and a socket known to
+    /// have keepalives is skipped after one `readlink`.
+    fn keep_alive(peers: &[SocketAddr], settings: TcpSettings) -> usize {
+        let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
+            return 0;
+        };
+        let mut looked_at = LOOKED_AT
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let before = looked_at.take().unwrap_or_default();
+        let mut now = HashSet::with_capacity(before.len());
+        let mut done = 0;
+        for (fd, inode) in sockets(entries) {
+            if before.contains(&inode) {
+                now.insert(inode);
+                continue;
+            }
+            let Some(socket) = duplicate_checked(fd, inode) else {
+                continue;
+            };
+            let socket = SockRef::from(&socket);
+            if socket.keepalive().unwrap_or(false) {
+                now.insert(inode);
+                continue;
+            }
+            // Still connecting (no peer yet), or to another peer (whose own request may
+            // come in a later batch): looked at again next time.
+            let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket()) else {
+                continue;
+            };
+            if peers.iter().any(|p| same_peer(p, &peer))
+                && apply(&socket, peers, Act::KeepAlive(settings))
+            {
+                if settings.keepalives {
+                    now.insert(inode);
+                }
+                done += 1;
+            }
+        }
+        *looked_at = Some(now);
+        done
+    }
+
+    /// The descriptors of the process that are sockets, with their inodes.
+    fn sockets(entries: std::fs::ReadDir) -> impl Iterator<Item = (RawFd, u64)> {
+        entries.flatten().filter_map(|entry| {
+            let fd = entry.file_name().to_str()?.parse::<RawFd>().ok()?;
+            let target = std::fs::read_link(entry.path()).ok()?;
+            Some((fd, socket_inode(target.to_str()?)?))
+        })
+    }
+
+    /// A duplicate of `fd` if it is still the socket `inode` (the descriptor may have been
+    /// closed and reused since it was read).
+    fn duplicate_checked(fd: RawFd, inode: u64) -> Option<OwnedFd> {
+        let file = File::from(duplicate(fd)?);
+        (file.metadata().ok()?.ino() == inode).then(|| OwnedFd::from(file))
+    }
+
+    /// Ends every socket to `peers`, those still connecting included.
+    fn end(peers: &[SocketAddr], quiet_for: Duration) -> usize {
         let Ok(entries) = std::fs::read_dir("/proc/self/fd") else {
             return 0;
         };
@@ -133,34 +265,15 @@ mod scan {
         // sockets names it, by inode.
         let wanted = tcp_table_inodes(peers);
         let mut done = 0;
-        for entry in entries.flatten() {
-            let Some(fd) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<RawFd>().ok())
-            else {
-                continue;
-            };
-            let Some(inode) = std::fs::read_link(entry.path())
-                .ok()
-                .and_then(|target| socket_inode(target.to_str()?))
-            else {
-                continue;
-            };
+        for (fd, inode) in sockets(entries) {
             if !wanted.contains(&inode) {
                 continue;
             }
-            let Some(socket) = duplicate(fd) else {
+            // Act only on the very socket the table named.
+            let Some(socket) = duplicate_checked(fd, inode) else {
                 continue;
             };
-            // The descriptor may have been closed and reused since it was read: act only on
-            // the very socket the table named.
-            let file = File::from(socket);
-            if file.metadata().ok().map(|m| m.ino()) != Some(inode) {
-                continue;
-            }
-            let socket = OwnedFd::from(file);
-            if apply(&SockRef::from(&socket), peers, act) {
+            if apply(&SockRef::from(&socket), peers, Act::End(quiet_for)) {
                 done += 1;
             }
         }
@@ -175,7 +288,10 @@ mod scan {
             return false;
         }
         match act {
-            Act::End => socket.shutdown(std::net::Shutdown::Both).is_ok(),
+            Act::End(quiet_for) => {
+                faces_silence(socket, quiet_for)
+                    && socket.shutdown(std::net::Shutdown::Both).is_ok()
+            }
             Act::KeepAlive(settings) => {
                 if socket.keepalive().unwrap_or(true) {
                     return false;
@@ -194,6 +310,46 @@ mod scan {
                 ok
             }
         }
+    }
+
+    /// Whether the connection faces silence: still connecting, or established and heard
+    /// nothing from its peer (no data, no acknowledgement) for `quiet_for`. (The kernel's
+    /// send and receive times are too coarse, a few ms, to tell a connection waiting for an
+    /// answer from an idle one; an idle one ended is dropped by its pool's test before the
+    /// next checkout.)
+    fn faces_silence(socket: &SockRef<'_>, quiet_for: Duration) -> bool {
+        use std::os::fd::AsRawFd;
+        let Some(info) = tcp_info(socket.as_raw_fd()) else {
+            return true;
+        };
+        if u32::from(info.tcpi_state) != ESTABLISHED {
+            return true;
+        }
+        let quiet_ms = u128::from(info.tcpi_last_ack_recv.min(info.tcpi_last_data_recv));
+        quiet_ms >= quiet_for.as_millis()
+    }
+
+    /// `TCP_ESTABLISHED` in `tcp_info.tcpi_state`.
+    const ESTABLISHED: u32 = 1;
+
+    /// The kernel's `tcp_info` of a TCP socket.
+    #[allow(unsafe_code)]
+    fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+        // SAFETY: `tcp_info` is plain old data (integers only), so all zeroes is a valid
+        // value; the kernel writes at most `len` bytes into it and sets `len` to what it
+        // wrote; `fd` is a descriptor this module owns (a duplicate) for the whole call.
+        let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+        let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+        let done = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                (&raw mut info).cast(),
+                &mut len,
+            )
+        };
+        (done == 0).then_some(info)
     }
 
     /// A descriptor of our own for the socket behind `fd`, which other code owns.
@@ -297,36 +453,58 @@ mod scan {
         }
 
         /// A socket owned by other code (here a std `TcpStream` blocked in `read` on another
-        /// thread) is found by its peer and ended: the read returns at once; a connection to
-        /// another port is left alone.
+        /// thread, waiting for the answer to a request its silent peer never gives) is found
+        /// by its peer and ended: the read returns at once. A connection whose peer answered
+        /// just now, and one to another port, are left alone.
         #[test]
         fn a_blocked_read_ends_and_others_are_left_alone() {
+            use std::io::Write;
             let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
             let target = listener.local_addr().unwrap();
-            let mut stream = std::net::TcpStream::connect(target).unwrap();
+            let mut waiting = std::net::TcpStream::connect(target).unwrap();
+            let (_silent_side, _) = listener.accept().unwrap();
+            let mut answered = std::net::TcpStream::connect(target).unwrap();
+            let (mut answering_side, _) = listener.accept().unwrap();
             let kept = std::net::TcpStream::connect(other.local_addr().unwrap()).unwrap();
-            let (_server_side, _) = listener.accept().unwrap();
+            waiting.write_all(b"request").unwrap();
             let reader = std::thread::spawn(move || {
                 let mut buf = [0u8; 8];
-                stream.read(&mut buf)
+                waiting.read(&mut buf)
             });
-            std::thread::sleep(Duration::from_millis(50));
-            let set = act_on(
-                &[target],
-                Act::KeepAlive(crate::config::TcpSettings::default()),
+            let set = act_on(&[target], Act::KeepAlive(TcpSettings::default()));
+            assert_eq!(
+                set, 2,
+                "the keepalive settings reach every socket to the peer"
             );
-            assert_eq!(set, 1, "the keepalive settings reach the socket");
-            assert_eq!(act_on(&[target], Act::End), 1);
+            let quiet_for = Duration::from_millis(250);
+            std::thread::sleep(quiet_for * 2);
+            // A request answered a moment ago: its peer is alive.
+            answered.write_all(b"request").unwrap();
+            answering_side.write_all(b"answer").unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(
+                act_on(&[target], Act::End(quiet_for)),
+                1,
+                "only the one facing silence"
+            );
             let read = reader.join().unwrap();
             assert!(matches!(read, Ok(0)), "{read:?}");
-            assert!(SockRef::from(&kept).peer_addr().is_ok());
+            for alive in [&answered, &kept] {
+                let mut probe = [0u8; 16];
+                alive.set_nonblocking(true).unwrap();
+                let still_open = match alive.peek(&mut probe) {
+                    Ok(n) => n > 0,
+                    Err(err) => err.kind() == std::io::ErrorKind::WouldBlock,
+                };
+                assert!(still_open, "a live connection was ended");
+            }
             assert!(!SockRef::from(&kept).keepalive().unwrap());
         }
     }
 }
 
-#[cfg(not(any(target_os = "linux", target_os = "android")))]
+#[cfg(not(target_os = "linux"))]
 mod scan {
     use std::net::SocketAddr;
 

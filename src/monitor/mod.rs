@@ -50,6 +50,12 @@ pub(crate) struct MonitorSettings {
 }
 
 impl MonitorSettings {
+    /// How long a connection to an instance declared dead must have heard nothing from it to
+    /// be ended: one probe's timeout (a verdict takes two or more).
+    pub(crate) fn quiet_for(&self) -> Duration {
+        probe::probe_timeout(self.failure_detection_interval, self.connect_timeout)
+    }
+
     pub(crate) fn from_config(config: &Config) -> MonitorSettings {
         MonitorSettings {
             refresh_rate: config.cluster_topology_refresh_rate,
@@ -139,7 +145,7 @@ impl MonitorState {
             // No subscriber is fine.
             let _ = self.events.send(event);
         }
-        end_connections_to_the_newly_dead(&old, &new);
+        end_connections_to_the_newly_dead(&old, &new, self.settings.quiet_for());
         true
     }
 }
@@ -147,14 +153,16 @@ impl MonitorState {
 /// Ends this process's connections to each instance `new` declares unreachable and `old`
 /// did not: queries and connects in flight on a silent host end now instead of when TCP
 /// gives up, and the capacity they held goes back to their pools (DESIGN invariant 14).
-fn end_connections_to_the_newly_dead(old: &Topology, new: &Topology) {
+fn end_connections_to_the_newly_dead(old: &Topology, new: &Topology, quiet_for: Duration) {
     for instance in new.instances() {
         let was_up = old
             .instance(instance.id())
             .is_some_and(|before| before.is_available());
         if was_up && !instance.is_available() {
             let address = instance.address().clone();
-            tokio::spawn(async move { crate::sockets::end_connections_to(&address).await });
+            tokio::spawn(
+                async move { crate::sockets::end_connections_to(&address, quiet_for).await },
+            );
         }
     }
 }

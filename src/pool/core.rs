@@ -37,20 +37,16 @@ use crate::topology::{self, Instance, Role, Topology};
 /// the routing moved on (a promoted reader, a reader leaving the read scope).
 const RETIRED_READER_GRACE: Duration = Duration::from_secs(10);
 
-/// After a pool left a dead instance, its connections there are ended again this long
-/// later: a connect that read the pool's old address just before the pool moved may have
-/// opened its socket only after the first sweep.
-const RESWEEP_AFTER: Duration = Duration::from_millis(500);
-
 /// Ends this process's connections to `instance`, which a pool has just left as dead: the
 /// monitor ended those open when it declared it dead, these are the connects begun since
-/// (the pool's address still pointed there). Twice: now, and after [`RESWEEP_AFTER`].
-fn end_connections_behind(instance: &Instance) {
+/// (the pool's address still pointed there). Twice: now, and once a connect begun just
+/// before has been quiet for `quiet_for` too.
+fn end_connections_behind(instance: &Instance, quiet_for: Duration) {
     let address = instance.address().clone();
     tokio::spawn(async move {
-        crate::sockets::end_connections_to(&address).await;
-        tokio::time::sleep(RESWEEP_AFTER).await;
-        crate::sockets::end_connections_to(&address).await;
+        crate::sockets::end_connections_to(&address, quiet_for).await;
+        tokio::time::sleep(quiet_for + Duration::from_millis(100)).await;
+        crate::sockets::end_connections_to(&address, quiet_for).await;
     });
 }
 
@@ -442,22 +438,23 @@ impl<B: Backend> PoolCore<B> {
                 .instance(instance.id())
                 .is_none_or(|now| !now.is_available())
         };
+        let quiet_for = MonitorSettings::from_config(&self.config).quiet_for();
         if let Some(parked) = writer_parked.as_deref() {
             // Connects begun since the writer was declared dead went to it.
-            end_connections_behind(parked);
+            end_connections_behind(parked, quiet_for);
         }
         if let Some(left) = writer_left.as_deref().filter(|i| is_gone(i)) {
             // The writer's pool follows the new writer; what it still has on the dead one
             // ends now instead of waiting on a host that never answers.
             B::abort(&self.routing.load().writer.pool);
-            end_connections_behind(left);
+            end_connections_behind(left, quiet_for);
         }
         for (instance, pool, targets) in retired {
             let gone = is_gone(&instance);
             if gone {
                 targets.set(Vec::new());
                 B::abort(&pool);
-                end_connections_behind(&instance);
+                end_connections_behind(&instance, quiet_for);
             }
             if !gone && instance.role() == Role::Reader {
                 // A reader promoted (or moved out of the read scope) still serves reads: the

@@ -93,6 +93,14 @@ pub fn drain_events(
     seen
 }
 
+/// Clusters a test binary runs at once: several 4-instance clusters starting together on a
+/// 2-core machine starve each other, and the aggressive probes of the tests that use them
+/// then declare live instances dead. Hold the permit for the test's life.
+pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
+    static SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(1);
+    SLOTS.acquire().await.expect("never closed")
+}
+
 /// Prints the crate's tracing events when `RUST_LOG` is set (captured per test by libtest).
 pub fn trace() {
     if std::env::var_os("RUST_LOG").is_some() {
