@@ -58,7 +58,7 @@ async fn pool_on<F: Flavour>(
 async fn readers_used<F: Flavour>(pool: &F) -> BTreeSet<String> {
     // A member declared dead by a false verdict on a loaded machine is back within a probe.
     let mut handle = pool.try_reader();
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
     while handle.is_err() && std::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;
         handle = pool.try_reader();
@@ -114,7 +114,9 @@ async fn reads_follow_the_static_members_as_they_change<F: Flavour>(test: &str) 
         &["instance-2"],
         &[],
     );
-    let moved = eventually(Duration::from_secs(10), || async {
+    // Liveness bounds: on a loaded machine a false verdict can hold a member out for a
+    // few probes.
+    let moved = eventually(Duration::from_secs(20), || async {
         pool.try_reader().is_ok() && readers_used(&pool).await == set(&["instance-2"])
     })
     .await;

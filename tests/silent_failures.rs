@@ -130,6 +130,27 @@ impl Load {
             .map(|e| e - from)
     }
 
+    /// The paths whose first call answered by `instance` after `from` came later than
+    /// `bound` (or never); prints each path's figure.
+    fn late_paths(
+        &self,
+        test: &str,
+        paths: &[Path],
+        instance: &str,
+        from: Instant,
+        bound: Duration,
+    ) -> Vec<Path> {
+        let mut late = Vec::new();
+        for &path in paths {
+            let first = self.first_on(path, instance, from);
+            eprintln!("{test}: {path:?}: first call on {instance} {first:?} after the move");
+            if first.is_none_or(|after| after > bound) {
+                late.push(path);
+            }
+        }
+        late
+    }
+
     /// Calls started after `from` that failed or were answered by another instance than
     /// `instance`.
     fn strays_after(&self, from: Instant, instance: &str) -> Vec<(Path, String)> {
@@ -205,14 +226,7 @@ async fn writer_black_hole<F: Flavour>(test: &str, params: &str, bound: Duration
     );
     tokio::time::sleep_until((promoted + bound).into()).await;
     let deadline = promoted + bound;
-    let mut late = Vec::new();
-    for path in WRITE_PATHS {
-        let first = load.first_on(path, "instance-2", promoted);
-        eprintln!("{test}: {path:?}: first write on the new writer {first:?} after the promotion");
-        if first.is_none_or(|after| after > bound) {
-            late.push(path);
-        }
-    }
+    let late = load.late_paths(test, &WRITE_PATHS, "instance-2", promoted, bound);
     let unfinished = load.unfinished(promoted, deadline);
     assert!(
         late.is_empty(),
@@ -275,14 +289,7 @@ async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
         promoted - crashed
     );
     tokio::time::sleep_until((promoted + bound).into()).await;
-    let mut late = Vec::new();
-    for path in WRITE_PATHS {
-        let first = load.first_on(path, "instance-2", promoted);
-        eprintln!("{test}: {path:?}: first write on the new writer {first:?} after the promotion");
-        if first.is_none_or(|after| after > bound) {
-            late.push(path);
-        }
-    }
+    let late = load.late_paths(test, &WRITE_PATHS, "instance-2", promoted, bound);
     tokio::time::sleep(Duration::from_millis(500)).await;
     let load = load.stop(Duration::from_secs(5)).await;
     // Calls begun once the crash was known (in flight at the crash they may fail) waited
