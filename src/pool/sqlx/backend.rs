@@ -221,13 +221,18 @@ impl Backend for SqlxBackend {
                     // then to the address the pool follows) instead of letting writes fail
                     // with 25006.
                     let generation = targets.generation();
+                    if confirm_writer && targets.is_unrouted() {
+                        // Parked on a reader while the writer is unavailable: hold this
+                        // attempt until the routes change (sqlx's own backoff, grown over a
+                        // long outage, would sleep past the promotion), then refuse it: the
+                        // next attempt goes where the routing points then. Never kept, even
+                        // if its instance was promoted meanwhile: the topology decides.
+                        targets.changed_after(generation, hold_limit).await;
+                        return Err(sqlx::Error::Protocol(
+                            "opened while the writer was unavailable: connecting again where the pool points now".into(),
+                        ));
+                    }
                     if confirm_writer && is_read_only(conn).await? {
-                        if targets.is_unrouted() {
-                            // Parked on a reader while the writer is unavailable: hold this
-                            // attempt until the routes change (sqlx's own backoff, grown
-                            // over a long outage, would sleep past the promotion).
-                            targets.changed_after(generation, hold_limit).await;
-                        }
                         return Err(sqlx::Error::Protocol(
                             "the instance is read-only: it is no longer the writer".into(),
                         ));
