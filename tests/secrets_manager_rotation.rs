@@ -18,6 +18,7 @@ use support::{eventually, unique_cluster_id};
 const NEW_PASSWORD: &str = "rotated-Pa55-never-shown";
 
 async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavour>(test: &str) {
+    let _slot = support::cluster_slot().await;
     support::capture_logs();
     let cluster = support::tls_cluster(3).await;
     let moto = MotoServer::start().await.expect("moto");
@@ -166,6 +167,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
 /// log in anew during it wait, fetch the secret again and succeed. None fails, before,
 /// during or after the window.
 async fn a_rotation_window_is_bridged<F: Flavour>(test: &str) {
+    let _slot = support::cluster_slot().await;
     let cluster = support::tls_cluster(2).await;
     let moto = MotoServer::start().await.expect("moto");
     let aws = moto.secrets_manager_client().await;
