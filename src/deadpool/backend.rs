@@ -111,6 +111,13 @@ impl DeadpoolBackend {
         }
     }
 
+    /// How long opening one connection may take: a writer pool's create waits for a route
+    /// while the writer is unavailable (each connect inside is bounded by
+    /// `connect_timeout`), as long as a checkout may wait.
+    fn create_limit(&self) -> Duration {
+        self.acquire_timeout.max(self.connect_timeout * 2)
+    }
+
     fn manager(&self, targets: Arc<Targets>) -> Manager {
         Manager::new(
             self.base.clone(),
@@ -176,10 +183,7 @@ impl Backend for DeadpoolBackend {
             max_size: sizing.max_connections as usize,
             timeouts: Timeouts {
                 wait: Some(self.acquire_timeout),
-                // A writer pool's create waits for a route while the writer is unavailable
-                // (each connect inside is bounded by `connect_timeout`): as long as a
-                // checkout may wait.
-                create: Some(self.acquire_timeout.max(self.connect_timeout * 2)),
+                create: Some(self.create_limit()),
                 // `Manager::recycle` bounds its own query; a timer per checkout costs more.
                 recycle: None,
             },
@@ -187,9 +191,7 @@ impl Backend for DeadpoolBackend {
         };
         let manager = self.manager(targets);
         let manager = match role {
-            Role::Writer => {
-                manager.confirming_writer(self.acquire_timeout.max(self.connect_timeout * 2))
-            }
+            Role::Writer => manager.confirming_writer(self.create_limit()),
             Role::Reader => manager,
         };
         let pool = Pool::builder(manager)

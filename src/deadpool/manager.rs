@@ -38,11 +38,10 @@ pub struct Manager {
     tasks: Mutex<Vec<(Instant, AbortHandle)>>,
     /// Set when the pool closes; dropped with it. The pool's maintenance task watches it.
     closed: tokio::sync::watch::Sender<bool>,
-    /// A writer pool's new connections check that their instance takes writes.
-    confirm_writer: bool,
-    /// How long a writer pool's new connection waits for a route while the writer is
-    /// unavailable (the pool's create timeout cuts it at the same bound).
-    route_wait: Duration,
+    /// Set for a writer pool: its new connections check that their instance takes writes,
+    /// and wait this long for a route while the writer is unavailable (the pool's create
+    /// timeout cuts them at the same bound).
+    writer_route_wait: Option<Duration>,
 }
 
 /// Opens one tokio-postgres connection to where `tls` pointed `config` (which carries the
@@ -104,17 +103,16 @@ impl Manager {
             max_lifetime,
             tasks: Mutex::new(Vec::new()),
             closed: tokio::sync::watch::channel(false).0,
-            confirm_writer: false,
-            route_wait: connect_timeout * 2,
+            writer_route_wait: None,
         }
     }
 
     /// Makes every new connection check that its instance is the writer (one round trip
     /// per connection, none per checkout): a demoted writer's connection is refused as a
-    /// failover instead of letting writes fail with 25006.
+    /// failover instead of letting writes fail with 25006; while the writer is unavailable
+    /// a new connection waits up to `route_wait` for one.
     pub(super) fn confirming_writer(mut self, route_wait: Duration) -> Manager {
-        self.confirm_writer = true;
-        self.route_wait = route_wait;
+        self.writer_route_wait = Some(route_wait);
         self
     }
 
@@ -216,18 +214,16 @@ impl managed::Manager for Manager {
         loop {
             attempt += 1;
             let generation = self.targets.generation();
-            let route = match self.targets.next() {
-                Some(route) => route,
+            let route = match (self.targets.next(), self.writer_route_wait) {
+                (Some(route), _) => route,
                 // The writer is unavailable (declared dead, a failover under way): wait for
                 // the pool to be routed again (deadpool bounds this by its create timeout).
-                None if self.confirm_writer => {
-                    self.targets
-                        .changed_after(generation, self.route_wait)
-                        .await;
+                (None, Some(route_wait)) => {
+                    self.targets.changed_after(generation, route_wait).await;
                     attempt -= 1;
                     continue;
                 }
-                None => {
+                (None, None) => {
                     return Err(Error::no_reader(
                         "no reachable reader may serve reads now, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",
                     ));
@@ -242,7 +238,7 @@ impl managed::Manager for Manager {
             {
                 continue;
             }
-            if self.confirm_writer {
+            if self.writer_route_wait.is_some() {
                 confirm_writer(&client, &route, self.connect_timeout).await?;
             }
             return Ok(client);

@@ -78,7 +78,6 @@ pub(crate) struct PoolCore<B: Backend> {
     /// (DESIGN invariant 13). The drivers give no way to tell when the last handle is gone,
     /// so only [`close`](PoolCore::close) ends it then.
     kept_for_handles: ArcSwapOption<PoolCore<B>>,
-    handed_out: AtomicBool,
 }
 
 impl<B: Backend> PoolCore<B> {
@@ -206,7 +205,6 @@ impl<B: Backend> PoolCore<B> {
             closed: AtomicBool::new(false),
             itself: weak.clone(),
             kept_for_handles: ArcSwapOption::empty(),
-            handed_out: AtomicBool::new(false),
             config,
         });
         tracing::info!(
@@ -224,17 +222,16 @@ impl<B: Backend> PoolCore<B> {
     }
 
     /// Keeps this core alive for a role's pool about to be handed out (see
-    /// `kept_for_handles`); one atomic load once done.
+    /// `kept_for_handles`); one lock-free load once done.
     pub(crate) fn keep_alive_for_handles(&self) {
-        if self.handed_out.load(Ordering::Acquire) || self.is_closed() {
+        if self.is_closed() || self.kept_for_handles.load().is_some() {
             return;
         }
-        if !self.handed_out.swap(true, Ordering::AcqRel) {
-            self.kept_for_handles.store(self.itself.upgrade());
-            // A close that ran meanwhile must not leave the core holding itself.
-            if self.is_closed() {
-                self.kept_for_handles.store(None);
-            }
+        // Racing callers store the same core: no harm.
+        self.kept_for_handles.store(self.itself.upgrade());
+        // A close that ran meanwhile must not leave the core holding itself.
+        if self.is_closed() {
+            self.kept_for_handles.store(None);
         }
     }
 
