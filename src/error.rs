@@ -226,6 +226,25 @@ impl Error {
         self
     }
 
+    /// The driver's own error of type `S` back, when this is a driver error passed on
+    /// unchanged (no failover, unknown outcome or other verdict of the crate's); `self`
+    /// otherwise.
+    #[cfg(feature = "sqlx")]
+    pub(crate) fn into_driver_source<S: StdError + 'static>(self) -> Result<S, Self> {
+        if self.0.kind != Kind::Driver || !self.0.source.as_ref().is_some_and(|s| s.is::<S>()) {
+            return Err(self);
+        }
+        let mut inner = self.0;
+        match inner.source.take().map(|source| source.downcast::<S>()) {
+            Some(Ok(original)) => Ok(*original),
+            Some(Err(source)) => {
+                inner.source = Some(source);
+                Err(Error(inner))
+            }
+            None => Err(Error(inner)),
+        }
+    }
+
     /// The same error as a failover: the connection is gone or its instance was demoted.
     pub(crate) fn into_failover(mut self) -> Self {
         self.0.kind = Kind::Failover;

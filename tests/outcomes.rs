@@ -222,7 +222,116 @@ async fn a_writer_read_only_by_configuration_refuses_at_once<F: Flavour>(test: &
     pool.close().await;
 }
 
+/// The id a COMMIT was waiting on, read through the direct port: the backend of the
+/// pool's user whose COMMIT is running.
+async fn xid_in_commit(cluster: &LocalCluster) -> Option<u64> {
+    let sql = format!(
+        "SELECT backend_xid FROM pg_stat_activity WHERE usename = '{}' AND query = 'COMMIT' AND state = 'active'",
+        cluster.user()
+    );
+    let text = cluster.psql("instance-1", "postgres", &sql).await.ok()?;
+    text.trim().parse().ok()
+}
+
+async fn a_reissued_transaction_id_is_never_taken_for_a_commit<F: Flavour>(test: &str) {
+    support::trace();
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    // An unlogged table (its insert writes no WAL) and a deferred trigger that holds COMMIT
+    // on the server: when the server crashes then, nothing durable says the id was used,
+    // and the restarted server hands it to the next transaction.
+    let setup = "CREATE UNLOGGED TABLE out_reissued (note text); GRANT ALL ON out_reissued TO PUBLIC; \
+        CREATE FUNCTION out_hold_commit() RETURNS trigger LANGUAGE plpgsql AS \
+        $$ BEGIN PERFORM pg_catalog.pg_sleep(60); RETURN NULL; END $$; \
+        CREATE CONSTRAINT TRIGGER out_hold AFTER INSERT ON out_reissued \
+        DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION out_hold_commit();";
+    cluster
+        .psql("instance-1", cluster.database(), setup)
+        .await
+        .expect("setup");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let call = tokio::spawn({
+        let (pool, runs) = (pool.clone(), runs.clone());
+        async move {
+            pool.transaction_counted(
+                TransactionOptions::new(),
+                "INSERT INTO out_reissued VALUES ('lost')",
+                runs,
+            )
+            .await
+        }
+    });
+    let asked = std::time::Instant::now();
+    let xid = loop {
+        if let Some(xid) = xid_in_commit(&cluster).await {
+            break xid;
+        }
+        assert!(
+            asked.elapsed() < Duration::from_secs(20),
+            "the COMMIT never started"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // The crash ends the pool's connection (the proxy passes the close on); the pool is
+    // then kept away until the id was handed out again (else it would ask first).
+    cluster.crash("instance-1").await.expect("crash");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(cluster.blackhole("instance-1", true));
+    cluster.start_instance("instance-1").await.expect("restart");
+    let next: u64 = cluster
+        .psql("instance-1", "postgres", "SELECT pg_catalog.txid_current()")
+        .await
+        .expect("next id")
+        .trim()
+        .parse()
+        .expect("an id");
+    assert!(
+        next <= xid,
+        "the id {xid} was not handed out again (next: {next})"
+    );
+    if next < xid {
+        let skip = format!(
+            "DO $$ BEGIN FOR i IN 1..{} LOOP PERFORM pg_catalog.txid_current(); COMMIT; END LOOP; END $$",
+            xid - next - 1
+        );
+        if xid - next > 1 {
+            cluster
+                .psql("instance-1", "postgres", &skip)
+                .await
+                .expect("skip ids");
+        }
+        let reissued = cluster
+            .psql("instance-1", "postgres", "SELECT pg_catalog.txid_current()")
+            .await
+            .expect("reissue");
+        assert_eq!(reissued.trim(), xid.to_string(), "the id was not reissued");
+    }
+    let status = cluster
+        .psql(
+            "instance-1",
+            "postgres",
+            &format!("SELECT pg_catalog.txid_status({xid})"),
+        )
+        .await
+        .expect("status");
+    assert_eq!(
+        status.trim(),
+        "committed",
+        "another transaction committed under the id"
+    );
+    assert!(cluster.blackhole("instance-1", false));
+    let outcome = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the call ended")
+        .expect("the call's task");
+    let err = outcome.expect_err("another transaction's commit was taken for this one's");
+    assert!(err.is_transaction_state_unknown(), "{err:?}");
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran again");
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_reissued_transaction_id_is_never_taken_for_a_commit,
     a_writer_read_only_by_configuration_refuses_at_once,
     a_write_whose_reply_was_lost_is_applied_once,
     idempotent_work_runs_again_after_a_lost_reply,

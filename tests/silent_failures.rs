@@ -199,6 +199,7 @@ const WRITE_PATHS: [Path; 5] = [
 /// writes on instance-2 within `bound` of the promotion, and every call in flight on the
 /// silent writer has ended by then.
 async fn writer_black_hole<F: Flavour>(test: &str, params: &str, bound: Duration) {
+    let _slot = support::cluster_slot().await;
     let cluster = LocalCluster::start(2).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, params).await;
     pool.execute("CREATE TABLE silent_t (n int)")
@@ -268,6 +269,7 @@ async fn a_black_holed_writer_under_load_tuned<F: Flavour>(test: &str) {
 /// `failover_timeout`), and land on the promoted instance within 2.5 s of the promotion.
 async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
     let bound = Duration::from_millis(2500);
+    let _slot = support::cluster_slot().await;
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, "").await;
     pool.execute("CREATE TABLE silent_t (n int)")
@@ -311,6 +313,7 @@ async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
 /// being declared dead, and reads go on on the other reader through every path.
 async fn a_black_holed_reader_under_load_with_defaults<F: Flavour>(test: &str) {
     let bound = Duration::from_millis(2500);
+    let _slot = support::cluster_slot().await;
     let cluster = LocalCluster::start(3).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, "").await;
     let paths = [
@@ -419,6 +422,15 @@ mod keepalives {
                 );
             }
             pool.close().await;
+            // The next pool's sockets are told apart from this one's by their absence: a
+            // keepalive request of this pool's still in its batch would set the next one's.
+            let gone = support::eventually(Duration::from_secs(10), || async {
+                timers_of_connections_to(writer).is_empty()
+                    && timers_of_connections_to(reader).is_empty()
+            })
+            .await;
+            assert!(gone, "the closed pool's connections stayed open");
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

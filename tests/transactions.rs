@@ -257,7 +257,45 @@ async fn a_read_only_transaction_refuses_writes_at_once<F: Flavour>(test: &str) 
     pool.close().await;
 }
 
+/// The crate's own read of the transaction's id and server incarnation before COMMIT, as
+/// sent (the proxy cuts on the exact text; the read-write half below shows that it matches).
+const ID_READ: &str = "SELECT pg_catalog.concat_ws(' ', pg_catalog.to_char(pg_catalog.timezone('UTC', pg_catalog.pg_postmaster_start_time()), 'YYYYMMDDHH24MISSUS'), pg_catalog.txid_current_if_assigned())";
+
+async fn a_read_only_transaction_skips_the_id_read<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_skip").await;
+    let pool = connect::<F>(&cluster, test, "").await;
+    // A read-write transaction sends the read: cut there (before COMMIT), it runs again.
+    assert!(cluster.cut_at("instance-1", ID_READ, CutAt::Request));
+    let runs = Arc::new(AtomicU32::new(0));
+    pool.transaction_counted(
+        TransactionOptions::new(),
+        "INSERT INTO tx_skip VALUES ('written')",
+        runs.clone(),
+    )
+    .await
+    .expect("cut before COMMIT, then run again");
+    assert_eq!(runs.load(Ordering::SeqCst), 2, "the id read was not sent");
+    // A read-only one never sends it: the same cut, armed again, is never met.
+    assert!(cluster.cut_at("instance-1", ID_READ, CutAt::Request));
+    let runs = Arc::new(AtomicU32::new(0));
+    pool.transaction_counted(
+        TransactionOptions::new().read_only(true),
+        "SELECT count(*) FROM tx_skip",
+        runs.clone(),
+    )
+    .await
+    .expect("read only");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        1,
+        "a read-only transaction read its id (and was cut there)"
+    );
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_read_only_transaction_skips_the_id_read,
     a_cancelled_transaction_leaves_nothing_open,
     a_commit_whose_answer_was_lost_is_not_run_twice,
     a_commit_that_never_arrived_runs_again_once,
@@ -266,6 +304,43 @@ flavour_tests!(
     the_callers_own_error_type_comes_back_as_it_is,
     a_read_only_transaction_refuses_writes_at_once,
 );
+
+/// sqlx only: work written the way sqlx users write it, a closure returning `sqlx::Error`,
+/// compiles without annotations; the server's error comes back as the original sqlx error,
+/// and the crate's own verdicts stay reachable through `Error::inside`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_returning_sqlx_errors_keeps_both_errors() {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_sqlx_error").await;
+    let pool: aurora_pool::AuroraPool = connect(&cluster, "sqlx-error-work", "").await;
+    let insert = || {
+        pool.transaction(|conn| {
+            Box::pin(async move {
+                sqlx::query("INSERT INTO tx_sqlx_error VALUES ('once')")
+                    .execute(conn)
+                    .await
+            })
+        })
+    };
+    insert().await.expect("the first insert");
+    let err = insert().await.expect_err("a duplicate key");
+    let database = err.as_database_error().expect("the server's own error");
+    assert!(database.is_unique_violation(), "{err:?}");
+    assert!(aurora_pool::Error::inside(&err).is_none(), "{err:?}");
+    // A verdict of the crate's (here: the outcome of a COMMIT whose reply was lost and that
+    // took no id) arrives as an I/O error that carries the crate's error.
+    assert!(cluster.cut_at("instance-1", "COMMIT", CutAt::Reply));
+    let err = pool
+        .transaction(|conn| {
+            Box::pin(async move { sqlx::query("NOTIFY tx_channel").execute(conn).await })
+        })
+        .await
+        .expect_err("the COMMIT's reply was lost");
+    assert!(matches!(err, sqlx::Error::Io(_)), "{err:?}");
+    let inside = aurora_pool::Error::inside(&err).expect("the crate's error inside");
+    assert!(inside.is_transaction_state_unknown(), "{inside:?}");
+    pool.close().await;
+}
 
 /// sqlx only: the work gets sqlx's own transaction, so a `begin()` inside it is a
 /// savepoint whose commit commits nothing.

@@ -11,7 +11,7 @@ use super::rerun::{Stopped, Verdict};
 use super::transaction::{self, Phase, Status};
 use crate::error::{Error, ErrorClass, Result};
 use crate::retry::RetryPolicy;
-use crate::topology::{Dialect, Instance, Role};
+use crate::topology::{Instance, Role};
 
 /// Longest wait for a `ROLLBACK` after the work failed; a connection that does not roll
 /// back in time is closed instead.
@@ -138,21 +138,19 @@ pub(crate) async fn retry<B: Backend, T: Send>(
             Verdict::Unknown => return Err(unknown_error(&stopped, err)),
             // The connection went during COMMIT: find out what happened before anything
             // is run again.
-            Verdict::Resolve(xid) => {
-                match resolve_commit(core, &instance, xid, wait_deadline(), err).await {
-                    Resolved::Committed => match committed_value {
-                        Some(value) => return Ok(value),
-                        None => {
-                            return Err(Error::failover(
-                                "the transaction committed but its value was not kept",
-                            )
-                            .in_transaction());
-                        }
-                    },
-                    Resolved::Aborted(err) => err,
-                    Resolved::Unknown(err) => return Err(err),
-                }
-            }
+            Verdict::Resolve(id) => match resolve_commit(core, id, wait_deadline(), err).await {
+                Resolved::Committed => match committed_value {
+                    Some(value) => return Ok(value),
+                    None => {
+                        return Err(Error::failover(
+                            "the transaction committed but its value was not kept",
+                        )
+                        .in_transaction());
+                    }
+                },
+                Resolved::Aborted(err) => err,
+                Resolved::Unknown(err) => return Err(err),
+            },
         };
         let conflict =
             matches!(kind, Attempt::Transaction(options) if options.retries_conflict(&err));
@@ -249,8 +247,8 @@ fn unknown_error(stopped: &Stopped, err: Error) -> Error {
 fn cut_off_error(stopped: &Stopped, limit: Duration) -> Error {
     let passed = format!("the retry policy's time limit ({limit:?}) passed while the work ran");
     match (stopped.kind, stopped.phase) {
-        (_, Phase::Committing(Some(xid))) => transaction::unknown(
-            xid,
+        (_, Phase::Committing(Some(id))) => transaction::unknown(
+            id.xid,
             "the retry policy's time limit passed before it could be asked",
             None,
         ),
@@ -273,13 +271,19 @@ fn cut_off_error(stopped: &Stopped, limit: Duration) -> Error {
 }
 
 /// Finds out on the writer whether the transaction whose COMMIT was lost committed.
+///
+/// `committed` is believed only from the server incarnation that assigned the id (see
+/// [`transaction::TransactionId`]); from any other, the id may have been handed out again
+/// and the outcome is unknown. `aborted` is believed from any: had the transaction
+/// committed durably, its id would not have been reissued and every later incarnation
+/// would say `committed`.
 async fn resolve_commit<B: Backend>(
     core: &PoolCore<B>,
-    committed_on: &Instance,
-    xid: u64,
+    id: transaction::TransactionId,
     deadline: tokio::time::Instant,
     lost: Error,
 ) -> Resolved {
+    let xid = id.xid;
     let mut last = lost;
     loop {
         if tokio::time::Instant::now() >= deadline {
@@ -290,27 +294,14 @@ async fn resolve_commit<B: Backend>(
             ));
         }
         let asked = async {
-            let (connection, writer) = core.checkout_until(Role::Writer, deadline).await?;
-            // Only a writer that shares the transaction id space with the one that committed
-            // can answer: Aurora's shared storage, or the same instance. A promoted replica
-            // of a plain PostgreSQL or Multi-AZ cluster hands out ids the lost writer used.
-            let shared_storage = core.topology().dialect() == Dialect::AuroraPg;
-            if !shared_storage && writer.id() != committed_on.id() {
-                return Ok(Err(format!(
-                    "the writer changed from {} to {}, which does not share storage with it",
-                    committed_on.id(),
-                    writer.id()
-                )));
-            }
+            let (connection, _) = core.checkout_until(Role::Writer, deadline).await?;
             let mut held = Held::<B>::new(connection);
             let Some(connection) = held.get() else {
                 return Err(Error::closed());
             };
-            let status = B::query_value(connection, transaction::status_query(xid)).await;
-            if status.is_ok() {
-                held.release();
-            }
-            status.map(Ok)
+            let answer = B::query_value(connection, transaction::status_query(xid)).await?;
+            held.release();
+            transaction::parse_status(answer.as_deref())
         };
         // Each question bounded: the writer asked may be the silent one.
         let bound = (tokio::time::Instant::now() + core.config().connect_timeout).min(deadline);
@@ -321,9 +312,8 @@ async fn resolve_commit<B: Backend>(
                     "asking the writer what became of the transaction took too long",
                 ))
             });
-        let status = match asked {
-            Ok(Ok(status)) => Status::parse(status.as_deref()),
-            Ok(Err(why)) => return Resolved::Unknown(transaction::unknown(xid, &why, Some(last))),
+        let (incarnation, status) = match asked {
+            Ok(answer) => answer,
             Err(err)
                 if err.is_failover()
                     || err.is_connect()
@@ -336,7 +326,7 @@ async fn resolve_commit<B: Backend>(
                 continue;
             }
             // 22023: "transaction ID is in the future": this writer never saw it.
-            Err(err) if err.sqlstate() == Some("22023") => Status::Unknown,
+            Err(err) if err.sqlstate() == Some("22023") => (id.incarnation, Status::Unknown),
             Err(err) => {
                 return Resolved::Unknown(transaction::unknown(
                     xid,
@@ -345,15 +335,24 @@ async fn resolve_commit<B: Backend>(
                 ));
             }
         };
+        let same_incarnation = incarnation == id.incarnation;
         tracing::info!(
             target: "aurora_pool",
             cluster_id = %core.config().cluster_id,
             xid,
             status = ?status,
+            same_incarnation,
             "outcome of a transaction whose COMMIT was lost"
         );
         match status {
-            Status::Committed => return Resolved::Committed,
+            Status::Committed if same_incarnation => return Resolved::Committed,
+            Status::Committed => {
+                return Resolved::Unknown(transaction::unknown(
+                    xid,
+                    "the writer that answers is not the server process that assigned the id (it restarted, or another instance took over), and the id may have been handed out again",
+                    Some(last),
+                ));
+            }
             Status::Aborted => {
                 return Resolved::Aborted(
                     Error::failover(format!(
@@ -420,12 +419,17 @@ async fn attempt_once<B: Backend, T: Send>(
             };
         }
     };
-    let xid = match B::query_value(connection, transaction::TRANSACTION_ID.to_owned()).await {
-        Ok(text) => transaction::parse_xid(text.as_deref()),
-        Err(err) => Err(core.classify_for(role, err)),
+    // A read-only transaction has nothing to resolve: the round trip is skipped.
+    let id = if options.is_read_only() {
+        Ok(None)
+    } else {
+        match B::query_value(connection, transaction::transaction_id_query()).await {
+            Ok(text) => transaction::parse_transaction_id(text.as_deref()),
+            Err(err) => Err(core.classify_for(role, err)),
+        }
     };
-    let xid = match xid {
-        Ok(xid) => xid,
+    let id = match id {
+        Ok(id) => id,
         Err(err) => {
             // Still before COMMIT: a lost connection rolled back; an error the server
             // sent (an aborted transaction) is rolled back here.
@@ -440,7 +444,7 @@ async fn attempt_once<B: Backend, T: Send>(
             };
         }
     };
-    *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(xid);
+    *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(id);
     *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(done);
     match B::commit(connection).await {
         Ok(()) => {

@@ -2,7 +2,7 @@
 //! from the error's kind alone (DESIGN invariant 12).
 
 use super::backend::Attempt;
-use super::transaction::Phase;
+use super::transaction::{Phase, TransactionId};
 
 /// Where an attempt stopped, and what is known of the work.
 #[derive(Debug, Clone, Copy)]
@@ -20,8 +20,8 @@ pub(crate) struct Stopped {
 pub(crate) enum Verdict {
     /// It cannot have been applied (or may be applied twice): run it again.
     Rerun,
-    /// `COMMIT` of transaction `xid` was on its way: ask the writer what became of it.
-    Resolve(u64),
+    /// `COMMIT` of this transaction was on its way: ask the writer what became of it.
+    Resolve(TransactionId),
     /// It may have been applied: never run again, tell the caller.
     Unknown,
     /// Not a lost connection: the error goes back as it is.
@@ -42,8 +42,8 @@ impl Stopped {
             (Attempt::Plain, _) => Verdict::Unknown,
             // Lost before COMMIT was sent: the server rolled back.
             (Attempt::Transaction(_), Phase::Work) => Verdict::Rerun,
-            (Attempt::Transaction(_), Phase::Committing(Some(xid))) => Verdict::Resolve(xid),
-            // No id when it was read: a read-only transaction wrote nothing, but one that
+            (Attempt::Transaction(_), Phase::Committing(Some(id))) => Verdict::Resolve(id),
+            // No id: a read-only transaction wrote nothing (and is not asked), but one that
             // sent NOTIFY takes its id only at COMMIT (and a write through another server
             // takes none here).
             (Attempt::Transaction(options), Phase::Committing(None))
@@ -78,6 +78,10 @@ mod tests {
         let read_only = Attempt::Transaction(TransactionOptions::new().read_only(true));
         use Phase::{Committing, Work};
         use Verdict::{Rerun, Resolve, Return, Unknown};
+        let id = TransactionId {
+            xid: 7,
+            incarnation: 20261206153512123456,
+        };
         let table = [
             // kind, on a replica, idempotent, phase, verdict when lost
             (plain, false, false, Work, Unknown),
@@ -86,8 +90,8 @@ mod tests {
             (plain, true, true, Work, Rerun),
             (writing, false, false, Work, Rerun),
             (writing, false, true, Work, Rerun),
-            (writing, false, false, Committing(Some(7)), Resolve(7)),
-            (writing, false, true, Committing(Some(7)), Resolve(7)),
+            (writing, false, false, Committing(Some(id)), Resolve(id)),
+            (writing, false, true, Committing(Some(id)), Resolve(id)),
             (writing, false, false, Committing(None), Unknown),
             (writing, false, true, Committing(None), Rerun),
             (read_only, false, false, Work, Rerun),

@@ -242,7 +242,11 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         let writer_parked = (was_routed && !writer_available && writer_left.is_none())
             .then(|| writer.instance.clone());
         if writer_left.is_some() || !same_routes(&writer.targets.routes(), &writer_routes) {
-            writer.targets.set(writer_routes);
+            if writer_routes.is_empty() {
+                writer.targets.park();
+            } else {
+                writer.targets.set(writer_routes);
+            }
             backend.retarget(&writer.pool, &writer.targets);
         }
         if writer_left.is_some() && writer_available {

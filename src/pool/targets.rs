@@ -30,6 +30,9 @@ impl Route {
 /// The instances a pool's new connections go to, taken in turn.
 pub(crate) struct Targets {
     routes: ArcSwap<Vec<Route>>,
+    /// The last routes that were not empty: what a pool that was parked compares its new
+    /// routes with.
+    routed: ArcSwap<Vec<Route>>,
     next: AtomicUsize,
     /// Bumped by every change of the routes.
     generation: AtomicU64,
@@ -48,6 +51,7 @@ pub(crate) struct Targets {
 impl Targets {
     pub(crate) fn new(routes: Vec<Route>) -> Arc<Targets> {
         Arc::new(Targets {
+            routed: ArcSwap::from_pointee(routes.clone()),
             routes: ArcSwap::from_pointee(routes),
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
@@ -121,13 +125,38 @@ impl Targets {
         self.routes.load().is_empty()
     }
 
-    /// Replaces the routes. When an instance of the old routes is not among the new ones,
-    /// every connection opened until now becomes stale. Returns whether that happened.
-    pub(crate) fn set(&self, routes: Vec<Route>) -> bool {
-        let old = self.routes.swap(Arc::new(routes));
+    /// Leaves the pool without routes while its instance is unavailable, keeping the
+    /// connections it has: an instance that answers again (a false verdict on a loaded
+    /// writer, a saturated one) is routed to again with them, instead of reconnecting into
+    /// the same overload. A dead instance's connections are ended by the sockets it faces
+    /// (`sockets::end_connections_to`); whatever is left becomes stale when the routes
+    /// return to another instance.
+    pub(crate) fn park(&self) {
+        let old = self.routes.swap(Arc::new(Vec::new()));
+        if !old.is_empty() {
+            self.routed.store(old);
+        }
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.changes.send_replace(generation);
-        let new = self.routes.load();
+    }
+
+    /// Replaces the routes. When an instance of the last routes (before the pool was
+    /// [parked](Targets::park), if it was) is not among the new ones, every connection opened
+    /// until now becomes stale. Returns whether that happened.
+    pub(crate) fn set(&self, routes: Vec<Route>) -> bool {
+        let routes = Arc::new(routes);
+        let old = self.routes.swap(routes.clone());
+        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
+        self.changes.send_replace(generation);
+        let old = if old.is_empty() {
+            self.routed.load_full()
+        } else {
+            old
+        };
+        if !routes.is_empty() {
+            self.routed.store(routes.clone());
+        }
+        let new = routes;
         let dropped = old.iter().any(|o| !new.iter().any(|n| n.same_instance(o)));
         if dropped {
             // Marked after the routes changed: a connection that completes later may still
@@ -202,6 +231,34 @@ mod tests {
         assert!(targets.is_stale(before));
         assert!(!targets.is_stale(Instant::now()));
         assert!(targets.is_stale_at_age(std::time::Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn a_parked_pool_keeps_its_connections_for_the_same_instance() {
+        let targets = Targets::new(vec![route("a", 1)]);
+        let before = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        targets.park();
+        assert!(targets.is_unrouted());
+        assert!(!targets.is_stale(before), "parking made connections stale");
+        assert!(
+            !targets.set(vec![route("a", 1)]),
+            "the same instance came back"
+        );
+        assert!(!targets.is_stale(before));
+        targets.park();
+        assert!(
+            targets.set(vec![route("b", 2)]),
+            "another instance took over"
+        );
+        assert!(targets.is_stale(before));
+        // Retiring (no routes for good) makes everything stale.
+        let retired = Targets::new(vec![route("a", 1)]);
+        let before = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        retired.park();
+        assert!(retired.set(Vec::new()));
+        assert!(retired.is_stale(before));
     }
 
     #[test]

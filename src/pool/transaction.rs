@@ -3,9 +3,11 @@
 //!
 //! The rule: a transaction is retried only when it is known not to have committed. A
 //! connection lost before `COMMIT` was sent means the server rolled back. A connection lost
-//! during `COMMIT` means nothing yet: the transaction's id, read just before the `COMMIT`,
-//! is looked up on the writer with `txid_status()`; committed is success, aborted may be
-//! retried, anything else is [`Error::is_transaction_state_unknown`].
+//! during `COMMIT` means nothing yet: the transaction's id, read just before the `COMMIT`
+//! with the server incarnation that assigned it, is looked up on the writer with
+//! `txid_status()`; committed is success when the same incarnation says so, aborted may be
+//! retried, anything else is [`Error::is_transaction_state_unknown`]. A transaction declared
+//! read only skips the read: it has nothing to resolve.
 
 use std::fmt;
 use std::time::Duration;
@@ -130,14 +132,37 @@ impl From<RetryPolicy> for TransactionOptions {
     }
 }
 
-/// Reads the transaction's id just before `COMMIT`: `NULL` when it wrote nothing (nothing to
-/// resolve then).
-pub(crate) const TRANSACTION_ID: &str =
-    "SELECT pg_catalog.txid_current_if_assigned()::pg_catalog.text";
+/// The server incarnation answering a query, as digits (`YYYYMMDDHH24MISSUS` of its
+/// postmaster's start, UTC): a restart, a promoted replica or another server behind the same
+/// name is another incarnation. Fully qualified, like all the crate's SQL.
+const INCARNATION: &str = "pg_catalog.to_char(pg_catalog.timezone('UTC', pg_catalog.pg_postmaster_start_time()), 'YYYYMMDDHH24MISSUS')";
 
-/// Asks the writer what became of transaction `xid`.
+/// Reads, just before `COMMIT`, the server incarnation and the transaction's id (absent when
+/// the transaction took none): `"<incarnation> <xid>"`.
+pub(crate) fn transaction_id_query() -> String {
+    format!(
+        "SELECT pg_catalog.concat_ws(' ', {INCARNATION}, pg_catalog.txid_current_if_assigned())"
+    )
+}
+
+/// Asks the writer what became of transaction `xid`, and which incarnation answers:
+/// `"<incarnation> <status>"` (no status when the id is too old to tell).
 pub(crate) fn status_query(xid: u64) -> String {
-    format!("SELECT pg_catalog.txid_status({xid})")
+    format!("SELECT pg_catalog.concat_ws(' ', {INCARNATION}, pg_catalog.txid_status({xid}))")
+}
+
+/// A transaction's id, with the server incarnation that assigned it.
+///
+/// An id is unique only within the incarnation that handed it out: assigning one writes no
+/// WAL, so when a server dies before a transaction's records reached durable storage, the
+/// next incarnation (a restart in place, a promoted replica, plausibly a new Aurora writer)
+/// hands the same id to another transaction, and `txid_status()` then tells that one's
+/// outcome. So only the incarnation that assigned the id is believed when it says
+/// `committed`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TransactionId {
+    pub(crate) xid: u64,
+    pub(crate) incarnation: u128,
 }
 
 /// How long a transaction's outcome stays "in progress" before asking again: the old
@@ -151,8 +176,8 @@ pub(crate) enum Phase {
     /// `COMMIT` was not sent: if the connection is lost now, the server rolls back.
     Work,
     /// `COMMIT` is on its way or was sent, for the transaction with this id (`None`: it
-    /// wrote nothing).
-    Committing(Option<u64>),
+    /// had taken none, or was read only and not asked).
+    Committing(Option<TransactionId>),
 }
 
 /// What `txid_status()` said.
@@ -176,16 +201,42 @@ impl Status {
     }
 }
 
-/// Parses the id `txid_current_if_assigned()` returned.
-pub(crate) fn parse_xid(text: Option<&str>) -> Result<Option<u64>> {
-    match text {
-        None => Ok(None),
-        Some(text) => text.trim().parse().map(Some).map_err(|_| {
-            Error::driver(format!(
-                "txid_current_if_assigned() returned `{text}`, not a transaction id"
-            ))
-        }),
-    }
+/// Splits `"<incarnation> <rest>"`, as the queries above return it.
+fn split_incarnation<'t>(text: Option<&'t str>, query: &str) -> Result<(u128, Option<&'t str>)> {
+    let malformed = || {
+        Error::driver(format!(
+            "{query} returned `{}`, not a server incarnation and a value",
+            text.unwrap_or("NULL")
+        ))
+    };
+    let text = text.ok_or_else(malformed)?.trim();
+    let (incarnation, rest) = match text.split_once(' ') {
+        Some((incarnation, rest)) => (incarnation, Some(rest.trim())),
+        None => (text, None),
+    };
+    let incarnation = incarnation.parse().map_err(|_| malformed())?;
+    Ok((incarnation, rest))
+}
+
+/// Parses what [`transaction_id_query`] returned: `None` when the transaction took no id.
+pub(crate) fn parse_transaction_id(text: Option<&str>) -> Result<Option<TransactionId>> {
+    let query = "the transaction id query";
+    let (incarnation, xid) = split_incarnation(text, query)?;
+    let Some(xid) = xid else {
+        return Ok(None);
+    };
+    let xid = xid.parse().map_err(|_| {
+        Error::driver(format!(
+            "{query} returned `{xid}` for txid_current_if_assigned(), not a transaction id"
+        ))
+    })?;
+    Ok(Some(TransactionId { xid, incarnation }))
+}
+
+/// Parses what [`status_query`] returned: the answering incarnation and the status.
+pub(crate) fn parse_status(text: Option<&str>) -> Result<(u128, Status)> {
+    let (incarnation, status) = split_incarnation(text, "txid_status()")?;
+    Ok((incarnation, Status::parse(status)))
 }
 
 /// The error for a transaction whose outcome could not be found out.
@@ -228,10 +279,34 @@ mod tests {
         assert_eq!(Status::parse(Some("aborted")), Status::Aborted);
         assert_eq!(Status::parse(Some("in progress")), Status::InProgress);
         assert_eq!(Status::parse(None), Status::Unknown);
-        assert_eq!(parse_xid(None).expect("none"), None);
-        assert_eq!(parse_xid(Some("742")).expect("id"), Some(742));
-        assert!(parse_xid(Some("7; DROP TABLE x")).is_err());
-        assert_eq!(status_query(9), "SELECT pg_catalog.txid_status(9)");
+        let at = 20261206153512123456_u128;
+        assert_eq!(
+            parse_transaction_id(Some("20261206153512123456")).expect("none"),
+            None
+        );
+        assert_eq!(
+            parse_transaction_id(Some("20261206153512123456 742")).expect("id"),
+            Some(TransactionId {
+                xid: 742,
+                incarnation: at
+            })
+        );
+        assert!(parse_transaction_id(Some("20261206153512123456 7; DROP TABLE x")).is_err());
+        assert!(parse_transaction_id(None).is_err());
+        assert!(parse_transaction_id(Some("soon 742")).is_err());
+        assert_eq!(
+            parse_status(Some("20261206153512123456 committed")).expect("status"),
+            (at, Status::Committed)
+        );
+        assert_eq!(
+            parse_status(Some("20261206153512123456 in progress")).expect("status"),
+            (at, Status::InProgress)
+        );
+        assert_eq!(
+            parse_status(Some("20261206153512123456")).expect("status"),
+            (at, Status::Unknown)
+        );
+        assert!(status_query(9).contains("pg_catalog.txid_status(9)"));
     }
 
     #[test]

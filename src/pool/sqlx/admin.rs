@@ -8,8 +8,8 @@ use std::time::Duration;
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgListener, PgPool, PgPoolOptions};
 use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, ValueRef};
 
-use super::backend::{certificate_refused, from_sqlx, sqlstate_of};
 use super::connect_options::BaseOptions;
+use super::error::{certificate_refused, from_sqlx, sqlstate_of};
 use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
 use crate::config::{Config, TcpSettings};
 use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};

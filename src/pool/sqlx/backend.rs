@@ -10,6 +10,7 @@ use sqlx::{AssertSqlSafe, Connection, PgPool, Postgres, Row, SqlSafeStr};
 use sqlx_core::transaction::TransactionManager;
 
 use super::connect_options::BaseOptions;
+use super::error::from_sqlx;
 use super::options::AuroraPoolOptions;
 use crate::config::{Config, PoolSizing, TcpSettings};
 use crate::connector::BoxFuture;
@@ -18,71 +19,6 @@ use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Follows};
 use crate::pool::targets::Targets;
 use crate::topology::Role;
-
-/// Wraps a sqlx error: server errors keep their SQLSTATE, broken connections and I/O are
-/// connect errors, pool timeouts are timeouts.
-pub(crate) fn from_sqlx(err: sqlx::Error, context: &str) -> Error {
-    if let Some(refused) = certificate_refused(&err, context) {
-        return refused.with_source(err);
-    }
-    let sqlstate = sqlstate_of(&err);
-    let wrapped = match &err {
-        sqlx::Error::Database(_) => Error::driver(format!("{context} failed")),
-        sqlx::Error::PoolTimedOut => Error::timeout(format!("{context} timed out")),
-        sqlx::Error::PoolClosed => Error::closed(),
-        sqlx::Error::Tls(_) => Error::connect(format!("{context} failed")).handshake_failed(),
-        sqlx::Error::Io(_) | sqlx::Error::Protocol(_) | sqlx::Error::WorkerCrashed => {
-            Error::connect(format!("{context} failed"))
-        }
-        _ => Error::driver(format!("{context} failed")),
-    };
-    wrapped.with_sqlstate(sqlstate).with_source(err)
-}
-
-/// A handshake that refused the server's certificate, as an error naming `context` (the
-/// host); the reason is in the sqlx error, its source. sqlx hands the TLS library's error on
-/// as text (rustls's inside an I/O error), so the text is what tells.
-pub(super) fn certificate_refused(err: &sqlx::Error, context: &str) -> Option<Error> {
-    let text = match err {
-        sqlx::Error::Io(io) => io.to_string(),
-        sqlx::Error::Tls(tls) => tls.to_string(),
-        _ => return None,
-    }
-    .to_lowercase();
-    // rustls; OpenSSL; Secure Transport (macOS); SChannel (Windows).
-    let refused = [
-        "invalid peer certificate",
-        "certificate verify failed",
-        "certificate was not trusted",
-        "certificate is not trusted",
-        "issued by an authority that is not trusted",
-        "target principal name is incorrect",
-        "certificate has expired",
-    ]
-    .iter()
-    .any(|sign| text.contains(sign));
-    refused.then(|| {
-        Error::certificate(format!(
-            "{context} failed: the server's certificate was refused"
-        ))
-    })
-}
-
-/// For `?` on sqlx calls inside [`transaction`](crate::AuroraPool::transaction)'s work: the
-/// error keeps its SQLSTATE and the sqlx error as `source()`; the transaction classifies it
-/// (a lost connection is a failover) with the role it knows.
-impl From<sqlx::Error> for Error {
-    fn from(err: sqlx::Error) -> Error {
-        from_sqlx(err, "the statement")
-    }
-}
-
-/// The SQLSTATE of a server error.
-pub(super) fn sqlstate_of(err: &sqlx::Error) -> Option<String> {
-    err.as_database_error()
-        .and_then(|db| db.code())
-        .map(|code| code.into_owned())
-}
 
 pub(crate) struct SqlxBackend {
     base: Arc<BaseOptions>,
@@ -396,34 +332,5 @@ impl Backend for SqlxBackend {
                 .await
                 .map_err(|err| from_sqlx(err, "checking out a connection"))
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::certificate_refused;
-
-    /// sqlx's rustls backends hand a refused certificate on as an I/O error around
-    /// rustls's (the native-tls backend's is tested against a server in `tls_modes`).
-    #[cfg(feature = "deadpool")]
-    #[test]
-    fn a_certificate_rustls_refused_is_told_from_other_io_errors() {
-        use rustls::CertificateError;
-        let refused = |reason: CertificateError| {
-            sqlx::Error::Io(std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                rustls::Error::InvalidCertificate(reason),
-            ))
-        };
-        for reason in [CertificateError::UnknownIssuer, CertificateError::Expired] {
-            let err = certificate_refused(&refused(reason), "connecting to db:5432")
-                .expect("a refused certificate");
-            assert!(err.is_certificate_refused(), "{err}");
-            assert!(err.to_string().contains("db:5432"), "{err}");
-        }
-        let reset = sqlx::Error::Io(std::io::ErrorKind::ConnectionReset.into());
-        assert!(certificate_refused(&reset, "connecting to db:5432").is_none());
-        let protocol = sqlx::Error::Protocol("unexpected message".into());
-        assert!(certificate_refused(&protocol, "connecting to db:5432").is_none());
     }
 }

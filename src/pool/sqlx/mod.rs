@@ -3,10 +3,11 @@
 mod admin;
 mod backend;
 mod connect_options;
+mod error;
 mod executor;
 mod options;
 
-pub(crate) use backend::from_sqlx;
+pub(crate) use error::from_sqlx;
 pub use options::AuroraPoolOptions;
 
 use admin::SqlxConnector;
