@@ -330,7 +330,120 @@ async fn a_reissued_transaction_id_is_never_taken_for_a_commit<F: Flavour>(test:
     pool.close().await;
 }
 
+/// The pool's backend whose COMMIT waits for a synchronous standby (after its local commit).
+async fn waiting_for_a_standby(cluster: &LocalCluster) -> bool {
+    let sql = format!(
+        "SELECT count(*) FROM pg_stat_activity WHERE usename = '{}' AND wait_event = 'SyncRep'",
+        cluster.user()
+    );
+    cluster
+        .psql("instance-1", "postgres", &sql)
+        .await
+        .is_ok_and(|count| count.trim() == "1")
+}
+
+/// A transaction committed durably, its answer lost, then its writer crashed and restarted
+/// before the pool could ask: its id can no longer be vouched for (unknown, never run
+/// again); with an outcome marker the answer is definite (committed, returned once).
+async fn commit_then_crash<F: Flavour>(
+    test: &str,
+    options: TransactionOptions,
+) -> Result<(), Error> {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "out_durable").await;
+    // The local commit is flushed, then COMMIT waits for a standby that never comes.
+    let setup = format!(
+        "CREATE TABLE aurora_pool_outcomes (id text PRIMARY KEY, by_transaction boolean NOT NULL, \
+         written_at timestamptz NOT NULL DEFAULT now()); \
+         GRANT ALL ON aurora_pool_outcomes TO {user}; \
+         ALTER SYSTEM SET synchronous_standby_names = 'nobody'; SELECT pg_reload_conf();",
+        user = cluster.user()
+    );
+    cluster
+        .psql("instance-1", cluster.database(), &setup)
+        .await
+        .expect("setup");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let call = tokio::spawn({
+        let (pool, runs) = (pool.clone(), runs.clone());
+        async move {
+            pool.transaction_counted(
+                options,
+                "WITH durable AS (SELECT pg_catalog.set_config('synchronous_commit', 'on', true)) \
+                 INSERT INTO out_durable SELECT 'once' FROM durable",
+                runs,
+            )
+            .await
+        }
+    });
+    let waiting = eventually(Duration::from_secs(20), || waiting_for_a_standby(&cluster)).await;
+    assert!(waiting, "the COMMIT never waited for the standby");
+    cluster.crash("instance-1").await.expect("crash");
+    cluster.start_instance("instance-1").await.expect("restart");
+    let outcome = tokio::time::timeout(Duration::from_secs(60), call)
+        .await
+        .expect("the call ended")
+        .expect("the call's task");
+    assert_eq!(
+        rows(&cluster, "out_durable").await,
+        1,
+        "the commit is durable"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1, "the work ran again");
+    pool.close().await;
+    outcome
+}
+
+async fn a_commit_across_a_restart_is_unknown_without_a_marker<F: Flavour>(test: &str) {
+    let err = commit_then_crash::<F>(test, TransactionOptions::new())
+        .await
+        .expect_err("the restarted server cannot vouch for the id");
+    assert!(err.is_transaction_state_unknown(), "{err:?}");
+    assert!(err.to_string().contains("handed out again"), "{err}");
+}
+
+async fn a_commit_across_a_restart_is_told_by_its_marker<F: Flavour>(test: &str) {
+    commit_then_crash::<F>(
+        test,
+        TransactionOptions::new().outcome_marker("aurora_pool_outcomes"),
+    )
+    .await
+    .expect("the marker says it committed");
+}
+
+async fn a_missing_marker_table_is_named<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    let pool = connect::<F>(&cluster, test, "").await;
+    let runs = Arc::new(AtomicU32::new(0));
+    let options = TransactionOptions::new().outcome_marker("no_such_table");
+    let err = pool
+        .transaction_counted(options, "SELECT 1", runs.clone())
+        .await
+        .expect_err("no marker table");
+    assert_eq!(err.sqlstate(), Some("42P01"), "{err:?}");
+    assert!(err.to_string().contains("outcome_marker"), "{err}");
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "the work ran without its marker"
+    );
+    let err = pool
+        .transaction_counted(
+            TransactionOptions::new().outcome_marker("x; DROP TABLE y"),
+            "SELECT 1",
+            runs.clone(),
+        )
+        .await
+        .expect_err("not a table name");
+    assert_eq!(err.parameter(), Some("outcome_marker"), "{err:?}");
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_commit_across_a_restart_is_unknown_without_a_marker,
+    a_commit_across_a_restart_is_told_by_its_marker,
+    a_missing_marker_table_is_named,
     a_reissued_transaction_id_is_never_taken_for_a_commit,
     a_writer_read_only_by_configuration_refuses_at_once,
     a_write_whose_reply_was_lost_is_applied_once,

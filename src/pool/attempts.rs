@@ -7,8 +7,9 @@ use std::time::{Duration, Instant};
 
 use super::backend::{Attempt, Backend, Ended, Held, Retried};
 use super::core::{PoolCore, RETRY_PAUSE};
+use super::outcome::{self, Status, Trace};
 use super::rerun::{Stopped, Verdict};
-use super::transaction::{self, Phase, Status};
+use super::transaction::Phase;
 use crate::error::{Error, ErrorClass, Result};
 use crate::retry::RetryPolicy;
 use crate::topology::{Instance, Role};
@@ -138,19 +139,21 @@ pub(crate) async fn retry<B: Backend, T: Send>(
             Verdict::Unknown => return Err(unknown_error(&stopped, err)),
             // The connection went during COMMIT: find out what happened before anything
             // is run again.
-            Verdict::Resolve(id) => match resolve_commit(core, id, wait_deadline(), err).await {
-                Resolved::Committed => match committed_value {
-                    Some(value) => return Ok(value),
-                    None => {
-                        return Err(Error::failover(
-                            "the transaction committed but its value was not kept",
-                        )
-                        .in_transaction());
-                    }
-                },
-                Resolved::Aborted(err) => err,
-                Resolved::Unknown(err) => return Err(err),
-            },
+            Verdict::Resolve(trace) => {
+                match resolve_commit(core, kind, trace, wait_deadline(), err).await {
+                    Resolved::Committed => match committed_value {
+                        Some(value) => return Ok(value),
+                        None => {
+                            return Err(Error::failover(
+                                "the transaction committed but its value was not kept",
+                            )
+                            .in_transaction());
+                        }
+                    },
+                    Resolved::Aborted(err) => err,
+                    Resolved::Unknown(err) => return Err(err),
+                }
+            }
         };
         let conflict =
             matches!(kind, Attempt::Transaction(options) if options.retries_conflict(&err));
@@ -247,8 +250,8 @@ fn unknown_error(stopped: &Stopped, err: Error) -> Error {
 fn cut_off_error(stopped: &Stopped, limit: Duration) -> Error {
     let passed = format!("the retry policy's time limit ({limit:?}) passed while the work ran");
     match (stopped.kind, stopped.phase) {
-        (_, Phase::Committing(Some(id))) => transaction::unknown(
-            id.xid,
+        (_, Phase::Committing(Some(trace))) => outcome::unknown(
+            &trace,
             "the retry policy's time limit passed before it could be asked",
             None,
         ),
@@ -270,25 +273,36 @@ fn cut_off_error(stopped: &Stopped, limit: Duration) -> Error {
     }
 }
 
-/// Finds out on the writer whether the transaction whose COMMIT was lost committed.
+/// Finds out on the writer whether the transaction whose COMMIT was lost committed, from
+/// the trace it left ([`Trace`]).
 ///
-/// `committed` is believed only from the server incarnation that assigned the id (see
-/// [`transaction::TransactionId`]); from any other, the id may have been handed out again
+/// For an id, `committed` is believed only from the server incarnation that assigned it
+/// (see [`outcome::TransactionId`]); from any other the id may have been handed out again
 /// and the outcome is unknown. `aborted` is believed from any: had the transaction
 /// committed durably, its id would not have been reissued and every later incarnation
-/// would say `committed`.
+/// would say `committed`. A marker's answer is definite on any writer.
 async fn resolve_commit<B: Backend>(
     core: &PoolCore<B>,
-    id: transaction::TransactionId,
+    kind: Attempt,
+    trace: Trace,
     deadline: tokio::time::Instant,
     lost: Error,
 ) -> Resolved {
-    let xid = id.xid;
+    let table = match kind {
+        Attempt::Transaction(options) => options.marker_table().ok().flatten(),
+        Attempt::Plain => None,
+    };
+    let question = match trace.question(table.as_ref()) {
+        Ok(question) => question,
+        Err(err) => {
+            return Resolved::Unknown(outcome::unknown(&trace, "it cannot be asked", Some(err)));
+        }
+    };
     let mut last = lost;
     loop {
         if tokio::time::Instant::now() >= deadline {
-            return Resolved::Unknown(transaction::unknown(
-                xid,
+            return Resolved::Unknown(outcome::unknown(
+                &trace,
                 "no writer answered within failover_timeout or the retry policy's time limit",
                 Some(last),
             ));
@@ -299,9 +313,9 @@ async fn resolve_commit<B: Backend>(
             let Some(connection) = held.get() else {
                 return Err(Error::closed());
             };
-            let answer = B::query_value(connection, transaction::status_query(xid)).await?;
+            let answer = B::query_value(connection, question.clone()).await?;
             held.release();
-            transaction::parse_status(answer.as_deref())
+            trace.read(answer.as_deref())
         };
         // Each question bounded: the writer asked may be the silent one.
         let bound = (tokio::time::Instant::now() + core.config().connect_timeout).min(deadline);
@@ -312,8 +326,8 @@ async fn resolve_commit<B: Backend>(
                     "asking the writer what became of the transaction took too long",
                 ))
             });
-        let (incarnation, status) = match asked {
-            Ok(answer) => answer,
+        let status = match asked {
+            Ok(status) => status,
             Err(err)
                 if err.is_failover()
                     || err.is_connect()
@@ -326,29 +340,27 @@ async fn resolve_commit<B: Backend>(
                 continue;
             }
             // 22023: "transaction ID is in the future": this writer never saw it.
-            Err(err) if err.sqlstate() == Some("22023") => (id.incarnation, Status::Unknown),
+            Err(err) if err.sqlstate() == Some("22023") => Status::Unknown,
             Err(err) => {
-                return Resolved::Unknown(transaction::unknown(
-                    xid,
+                return Resolved::Unknown(outcome::unknown(
+                    &trace,
                     "asking the writer failed",
                     Some(err),
                 ));
             }
         };
-        let same_incarnation = incarnation == id.incarnation;
         tracing::info!(
             target: "aurora_pool",
             cluster_id = %core.config().cluster_id,
-            xid,
+            transaction = %trace,
             status = ?status,
-            same_incarnation,
             "outcome of a transaction whose COMMIT was lost"
         );
         match status {
-            Status::Committed if same_incarnation => return Resolved::Committed,
-            Status::Committed => {
-                return Resolved::Unknown(transaction::unknown(
-                    xid,
+            Status::Committed => return Resolved::Committed,
+            Status::Reissued => {
+                return Resolved::Unknown(outcome::unknown(
+                    &trace,
                     "the writer that answers is not the server process that assigned the id (it restarted, or another instance took over), and the id may have been handed out again",
                     Some(last),
                 ));
@@ -356,15 +368,15 @@ async fn resolve_commit<B: Backend>(
             Status::Aborted => {
                 return Resolved::Aborted(
                     Error::failover(format!(
-                        "the connection was lost during COMMIT of transaction {xid}, which the server rolled back"
+                        "the connection was lost during COMMIT of {trace}, which the server rolled back"
                     ))
                     .with_source(last),
                 );
             }
-            Status::InProgress => tokio::time::sleep(transaction::IN_PROGRESS_PAUSE).await,
+            Status::InProgress => tokio::time::sleep(outcome::IN_PROGRESS_PAUSE).await,
             Status::Unknown => {
-                return Resolved::Unknown(transaction::unknown(
-                    xid,
+                return Resolved::Unknown(outcome::unknown(
+                    &trace,
                     "the writer does not know it (too old, or lost with the old writer)",
                     Some(last),
                 ));
@@ -394,12 +406,46 @@ async fn attempt_once<B: Backend, T: Send>(
         Attempt::Transaction(options) => options,
     };
     let role = kind.classified_as(role);
+    let marker_table = match options.marker_table() {
+        Ok(table) => table,
+        Err(err) => {
+            return Ended {
+                result: Err(err),
+                reusable: true,
+            };
+        }
+    };
     if let Err(err) = B::begin(connection, options.begin_statement()).await {
         return Ended {
             result: Err(core.classify_for(role, err)),
             reusable: false,
         };
     }
+    let marker = match &marker_table {
+        Some(table) => {
+            let marker = outcome::new_marker();
+            if let Err(err) = B::query_value(connection, table.mark(marker)).await {
+                let err = core.classify_for(role, err);
+                let err = match err.sqlstate() {
+                    Some("42P01" | "42703" | "42501") => err.with_hint(
+                        "the outcome marker table is missing, unlike the one TransactionOptions::outcome_marker describes, or not writable",
+                    ),
+                    _ => err,
+                };
+                let reusable = !err.is_failover()
+                    && matches!(
+                        tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await,
+                        Ok(Ok(()))
+                    );
+                return Ended {
+                    result: Err(err),
+                    reusable,
+                };
+            }
+            Some(marker)
+        }
+        None => None,
+    };
     let done = match work.attempt(connection).await {
         Ok(done) => done,
         Err(err) => {
@@ -420,16 +466,18 @@ async fn attempt_once<B: Backend, T: Send>(
         }
     };
     // A read-only transaction has nothing to resolve: the round trip is skipped.
-    let id = if options.is_read_only() {
-        Ok(None)
-    } else {
-        match B::query_value(connection, transaction::transaction_id_query()).await {
-            Ok(text) => transaction::parse_transaction_id(text.as_deref()),
+    // A marked transaction is resolved by its marker, and a read-only one has nothing to
+    // resolve: the id read is skipped for both.
+    let trace = match marker {
+        Some(marker) => Ok(Some(Trace::Marker(marker))),
+        None if options.is_read_only() => Ok(None),
+        None => match B::query_value(connection, outcome::transaction_id_query()).await {
+            Ok(text) => outcome::parse_transaction_id(text.as_deref()).map(|id| id.map(Trace::Id)),
             Err(err) => Err(core.classify_for(role, err)),
-        }
+        },
     };
-    let id = match id {
-        Ok(id) => id,
+    let trace = match trace {
+        Ok(trace) => trace,
         Err(err) => {
             // Still before COMMIT: a lost connection rolled back; an error the server
             // sent (an aborted transaction) is rolled back here.
@@ -444,7 +492,7 @@ async fn attempt_once<B: Backend, T: Send>(
             };
         }
     };
-    *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(id);
+    *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(trace);
     *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(done);
     match B::commit(connection).await {
         Ok(()) => {

@@ -6,6 +6,7 @@ pub(crate) mod core;
 #[cfg(any(feature = "sqlx", feature = "deadpool"))]
 pub(crate) mod facade;
 pub(crate) mod login;
+pub(crate) mod outcome;
 pub(crate) mod rerun;
 pub(crate) mod routing;
 pub(crate) mod scope;

@@ -2,7 +2,8 @@
 //! from the error's kind alone (DESIGN invariant 12).
 
 use super::backend::Attempt;
-use super::transaction::{Phase, TransactionId};
+use super::outcome::Trace;
+use super::transaction::Phase;
 
 /// Where an attempt stopped, and what is known of the work.
 #[derive(Debug, Clone, Copy)]
@@ -21,7 +22,7 @@ pub(crate) enum Verdict {
     /// It cannot have been applied (or may be applied twice): run it again.
     Rerun,
     /// `COMMIT` of this transaction was on its way: ask the writer what became of it.
-    Resolve(TransactionId),
+    Resolve(Trace),
     /// It may have been applied: never run again, tell the caller.
     Unknown,
     /// Not a lost connection: the error goes back as it is.
@@ -42,7 +43,7 @@ impl Stopped {
             (Attempt::Plain, _) => Verdict::Unknown,
             // Lost before COMMIT was sent: the server rolled back.
             (Attempt::Transaction(_), Phase::Work) => Verdict::Rerun,
-            (Attempt::Transaction(_), Phase::Committing(Some(id))) => Verdict::Resolve(id),
+            (Attempt::Transaction(_), Phase::Committing(Some(trace))) => Verdict::Resolve(trace),
             // No id: a read-only transaction wrote nothing (and is not asked), but one that
             // sent NOTIFY takes its id only at COMMIT (and a write through another server
             // takes none here).
@@ -78,10 +79,11 @@ mod tests {
         let read_only = Attempt::Transaction(TransactionOptions::new().read_only(true));
         use Phase::{Committing, Work};
         use Verdict::{Rerun, Resolve, Return, Unknown};
-        let id = TransactionId {
+        let id = Trace::Id(crate::pool::outcome::TransactionId {
             xid: 7,
             incarnation: 20261206153512123456,
-        };
+        });
+        let marked = Trace::Marker(7);
         let table = [
             // kind, on a replica, idempotent, phase, verdict when lost
             (plain, false, false, Work, Unknown),
@@ -92,6 +94,13 @@ mod tests {
             (writing, false, true, Work, Rerun),
             (writing, false, false, Committing(Some(id)), Resolve(id)),
             (writing, false, true, Committing(Some(id)), Resolve(id)),
+            (
+                writing,
+                false,
+                false,
+                Committing(Some(marked)),
+                Resolve(marked),
+            ),
             (writing, false, false, Committing(None), Unknown),
             (writing, false, true, Committing(None), Rerun),
             (read_only, false, false, Work, Rerun),

@@ -10,8 +10,8 @@
 //! read only skips the read: it has nothing to resolve.
 
 use std::fmt;
-use std::time::Duration;
 
+use super::outcome::{MarkerTable, Trace};
 use crate::error::{Error, Result};
 use crate::retry::RetryPolicy;
 
@@ -58,6 +58,7 @@ pub struct TransactionOptions {
     isolation: Option<IsolationLevel>,
     read_only: bool,
     retry_serialization_failures: bool,
+    outcome_marker: Option<&'static str>,
 }
 
 impl TransactionOptions {
@@ -69,6 +70,7 @@ impl TransactionOptions {
             isolation: None,
             read_only: false,
             retry_serialization_failures: false,
+            outcome_marker: None,
         }
     }
 
@@ -97,6 +99,52 @@ impl TransactionOptions {
     pub const fn retry_serialization_failures(mut self, retry: bool) -> TransactionOptions {
         self.retry_serialization_failures = retry;
         self
+    }
+
+    /// Writes a marker row to `table` first thing in the transaction, so that its outcome
+    /// can be told after any crash (opt-in; off by default).
+    ///
+    /// Without it, a `COMMIT` whose answer was lost is resolved through the transaction's
+    /// id, which only the server process that assigned it can vouch for: after that writer
+    /// restarted or another instance took over, a transaction the server reports committed
+    /// comes back as [`Error::is_transaction_state_unknown`], since the id may have been
+    /// handed to another transaction. With a marker the answer is definite on any writer
+    /// that has the data: the crate tries to write the marker's id again as a tombstone,
+    /// which waits for the transaction if it still runs, finds its row if it committed, and
+    /// otherwise makes sure it never will. Cost: one `INSERT` per transaction instead of the
+    /// id read (the same number of round trips), and one row per transaction in `table`,
+    /// which is yours to prune. A read-only transaction writes no marker.
+    ///
+    /// The table (give `table` or `schema.table` as stored; it is quoted, not searched for
+    /// through a schema an attacker controls when qualified):
+    ///
+    /// ```sql
+    /// CREATE TABLE aurora_pool_outcomes (
+    ///     id text PRIMARY KEY,
+    ///     by_transaction boolean NOT NULL,
+    ///     written_at timestamptz NOT NULL DEFAULT now()
+    /// );
+    /// -- pruned now and then; a lookup happens within failover_timeout of its COMMIT
+    /// DELETE FROM aurora_pool_outcomes WHERE written_at < now() - interval '1 day';
+    /// ```
+    ///
+    /// ```
+    /// use aurora_pool::TransactionOptions;
+    ///
+    /// let options = TransactionOptions::new().outcome_marker("app.aurora_pool_outcomes");
+    /// # let _ = options;
+    /// ```
+    pub const fn outcome_marker(mut self, table: &'static str) -> TransactionOptions {
+        self.outcome_marker = Some(table);
+        self
+    }
+
+    /// The marker table, checked, for a transaction that writes (`None` otherwise).
+    pub(crate) fn marker_table(&self) -> Result<Option<MarkerTable>> {
+        match self.outcome_marker {
+            Some(table) if !self.read_only => MarkerTable::parse(table).map(Some),
+            _ => Ok(None),
+        }
     }
 
     pub(crate) fn retry_policy(&self) -> RetryPolicy {
@@ -132,123 +180,15 @@ impl From<RetryPolicy> for TransactionOptions {
     }
 }
 
-/// The server incarnation answering a query, as digits (`YYYYMMDDHH24MISSUS` of its
-/// postmaster's start, UTC): a restart, a promoted replica or another server behind the same
-/// name is another incarnation. Fully qualified, like all the crate's SQL.
-const INCARNATION: &str = "pg_catalog.to_char(pg_catalog.timezone('UTC', pg_catalog.pg_postmaster_start_time()), 'YYYYMMDDHH24MISSUS')";
-
-/// Reads, just before `COMMIT`, the server incarnation and the transaction's id (absent when
-/// the transaction took none): `"<incarnation> <xid>"`.
-pub(crate) fn transaction_id_query() -> String {
-    format!(
-        "SELECT pg_catalog.concat_ws(' ', {INCARNATION}, pg_catalog.txid_current_if_assigned())"
-    )
-}
-
-/// Asks the writer what became of transaction `xid`, and which incarnation answers:
-/// `"<incarnation> <status>"` (no status when the id is too old to tell).
-pub(crate) fn status_query(xid: u64) -> String {
-    format!("SELECT pg_catalog.concat_ws(' ', {INCARNATION}, pg_catalog.txid_status({xid}))")
-}
-
-/// A transaction's id, with the server incarnation that assigned it.
-///
-/// An id is unique only within the incarnation that handed it out: assigning one writes no
-/// WAL, so when a server dies before a transaction's records reached durable storage, the
-/// next incarnation (a restart in place, a promoted replica, plausibly a new Aurora writer)
-/// hands the same id to another transaction, and `txid_status()` then tells that one's
-/// outcome. So only the incarnation that assigned the id is believed when it says
-/// `committed`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct TransactionId {
-    pub(crate) xid: u64,
-    pub(crate) incarnation: u128,
-}
-
-/// How long a transaction's outcome stays "in progress" before asking again: the old
-/// backend may not have noticed yet that its client is gone.
-pub(crate) const IN_PROGRESS_PAUSE: Duration = Duration::from_millis(100);
-
 /// Where an attempt of a transaction stands, for the one who has to decide after it failed
 /// or was cut off.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Phase {
     /// `COMMIT` was not sent: if the connection is lost now, the server rolls back.
     Work,
-    /// `COMMIT` is on its way or was sent, for the transaction with this id (`None`: it
-    /// had taken none, or was read only and not asked).
-    Committing(Option<TransactionId>),
-}
-
-/// What `txid_status()` said.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Status {
-    Committed,
-    Aborted,
-    InProgress,
-    /// Too old, or never seen by this server (the writer that committed it was lost with it).
-    Unknown,
-}
-
-impl Status {
-    pub(crate) fn parse(text: Option<&str>) -> Status {
-        match text {
-            Some("committed") => Status::Committed,
-            Some("aborted") => Status::Aborted,
-            Some("in progress") => Status::InProgress,
-            _ => Status::Unknown,
-        }
-    }
-}
-
-/// Splits `"<incarnation> <rest>"`, as the queries above return it.
-fn split_incarnation<'t>(text: Option<&'t str>, query: &str) -> Result<(u128, Option<&'t str>)> {
-    let malformed = || {
-        Error::driver(format!(
-            "{query} returned `{}`, not a server incarnation and a value",
-            text.unwrap_or("NULL")
-        ))
-    };
-    let text = text.ok_or_else(malformed)?.trim();
-    let (incarnation, rest) = match text.split_once(' ') {
-        Some((incarnation, rest)) => (incarnation, Some(rest.trim())),
-        None => (text, None),
-    };
-    let incarnation = incarnation.parse().map_err(|_| malformed())?;
-    Ok((incarnation, rest))
-}
-
-/// Parses what [`transaction_id_query`] returned: `None` when the transaction took no id.
-pub(crate) fn parse_transaction_id(text: Option<&str>) -> Result<Option<TransactionId>> {
-    let query = "the transaction id query";
-    let (incarnation, xid) = split_incarnation(text, query)?;
-    let Some(xid) = xid else {
-        return Ok(None);
-    };
-    let xid = xid.parse().map_err(|_| {
-        Error::driver(format!(
-            "{query} returned `{xid}` for txid_current_if_assigned(), not a transaction id"
-        ))
-    })?;
-    Ok(Some(TransactionId { xid, incarnation }))
-}
-
-/// Parses what [`status_query`] returned: the answering incarnation and the status.
-pub(crate) fn parse_status(text: Option<&str>) -> Result<(u128, Status)> {
-    let (incarnation, status) = split_incarnation(text, "txid_status()")?;
-    Ok((incarnation, Status::parse(status)))
-}
-
-/// The error for a transaction whose outcome could not be found out.
-pub(crate) fn unknown(xid: u64, why: &str, cause: Option<Error>) -> Error {
-    let err = Error::failover(format!(
-        "the connection was lost during COMMIT of transaction {xid}, and its outcome is unknown: {why}; it was not retried"
-    ))
-    .in_transaction();
-    match cause {
-        Some(cause) => err.with_source(cause),
-        None => err,
-    }
+    /// `COMMIT` is on its way or was sent, for the transaction that left this trace
+    /// (`None`: it had taken no id, or was read only and not asked).
+    Committing(Option<Trace>),
 }
 
 #[cfg(test)]
@@ -271,42 +211,6 @@ mod tests {
                 .begin_statement(),
             "BEGIN ISOLATION LEVEL REPEATABLE READ"
         );
-    }
-
-    #[test]
-    fn statuses_and_ids() {
-        assert_eq!(Status::parse(Some("committed")), Status::Committed);
-        assert_eq!(Status::parse(Some("aborted")), Status::Aborted);
-        assert_eq!(Status::parse(Some("in progress")), Status::InProgress);
-        assert_eq!(Status::parse(None), Status::Unknown);
-        let at = 20261206153512123456_u128;
-        assert_eq!(
-            parse_transaction_id(Some("20261206153512123456")).expect("none"),
-            None
-        );
-        assert_eq!(
-            parse_transaction_id(Some("20261206153512123456 742")).expect("id"),
-            Some(TransactionId {
-                xid: 742,
-                incarnation: at
-            })
-        );
-        assert!(parse_transaction_id(Some("20261206153512123456 7; DROP TABLE x")).is_err());
-        assert!(parse_transaction_id(None).is_err());
-        assert!(parse_transaction_id(Some("soon 742")).is_err());
-        assert_eq!(
-            parse_status(Some("20261206153512123456 committed")).expect("status"),
-            (at, Status::Committed)
-        );
-        assert_eq!(
-            parse_status(Some("20261206153512123456 in progress")).expect("status"),
-            (at, Status::InProgress)
-        );
-        assert_eq!(
-            parse_status(Some("20261206153512123456")).expect("status"),
-            (at, Status::Unknown)
-        );
-        assert!(status_query(9).contains("pg_catalog.txid_status(9)"));
     }
 
     #[test]
