@@ -13,7 +13,7 @@ mod support;
 
 use std::sync::Arc;
 
-use aurora_pool::Role;
+use aurora_pool::{Role, TransactionOptions};
 use sqlx::PgPool;
 use support::{Op, via_pool};
 
@@ -100,43 +100,60 @@ fn main() {
             )
             .await;
         }
-        // A writing transaction: `transaction` (sqlx's own BEGIN, the id read before COMMIT
-        // so that a lost COMMIT can be resolved) against `PgPool::begin` and `commit`.
+        // Transactions against `PgPool::begin` and `commit`: a writing one (the id read
+        // before COMMIT, so that a lost COMMIT can be resolved), a read-only one (which skips
+        // it) and one with an outcome marker (an INSERT instead of the id read).
         if !only_deadpool {
-            let raw = raw_writer.clone();
-            let raw_tx: Op = Arc::new(move || {
-                let raw = raw.clone();
-                Box::pin(async move {
-                    let mut tx = raw.begin().await.expect("begin");
-                    sqlx::query(ASSIGNS_XID)
-                        .execute(&mut *tx)
-                        .await
-                        .expect("write");
-                    tx.commit().await.expect("commit");
-                })
-            });
-            let a = aurora.clone();
-            let aurora_tx: Op = Arc::new(move || {
-                let a = a.clone();
-                Box::pin(async move {
-                    a.transaction(|conn| {
-                        Box::pin(async move {
-                            sqlx::query(ASSIGNS_XID).execute(conn).await?;
-                            Ok::<_, aurora_pool::Error>(())
-                        })
+            bench
+                .cluster
+                .psql(
+                    "instance-1",
+                    bench.cluster.database(),
+                    &format!(
+                        "CREATE TABLE IF NOT EXISTS aurora_pool_outcomes (id text PRIMARY KEY, \
+                         by_transaction boolean NOT NULL, written_at timestamptz NOT NULL DEFAULT now()); \
+                         GRANT ALL ON aurora_pool_outcomes TO {}",
+                        bench.cluster.user()
+                    ),
+                )
+                .await
+                .expect("marker table");
+            let cases = [
+                ("transaction(..) / PgPool::begin", TransactionOptions::new(), ASSIGNS_XID),
+                (
+                    "read-only transaction_with(..) / PgPool::begin",
+                    TransactionOptions::new().read_only(true),
+                    "SELECT 1",
+                ),
+                (
+                    "marked transaction_with(..) / PgPool::begin",
+                    TransactionOptions::new().outcome_marker("aurora_pool_outcomes"),
+                    ASSIGNS_XID,
+                ),
+            ];
+            for (name, options, sql) in cases {
+                let raw = raw_writer.clone();
+                let raw_tx: Op = Arc::new(move || {
+                    let raw = raw.clone();
+                    Box::pin(async move {
+                        let mut tx = raw.begin().await.expect("begin");
+                        sqlx::query(sql).execute(&mut *tx).await.expect("work");
+                        tx.commit().await.expect("commit");
                     })
-                    .await
-                    .expect("transaction");
-                })
-            });
-            support::compare(
-                "transaction(..) / PgPool::begin",
-                &raw_tx,
-                &aurora_tx,
-                ROUNDS,
-                OPS_PER_ROUND / 4,
-            )
-            .await;
+                });
+                let a = aurora.clone();
+                let aurora_tx: Op = Arc::new(move || {
+                    let a = a.clone();
+                    Box::pin(async move {
+                        a.transaction_with(options, |conn| {
+                            Box::pin(async move { sqlx::query(sql).execute(conn).await })
+                        })
+                        .await
+                        .expect("transaction");
+                    })
+                });
+                support::compare(name, &raw_tx, &aurora_tx, ROUNDS, OPS_PER_ROUND / 4).await;
+            }
         }
         // The cluster accepts 200 connections: the sqlx pools go before the deadpool ones come.
         let cluster = bench.close_pools().await;

@@ -21,6 +21,17 @@ pub(crate) fn transaction_id_query() -> String {
     )
 }
 
+/// Every statement of this module's whose text the crate alone writes (for the check that
+/// they name only `pg_catalog` objects).
+#[cfg(test)]
+pub(crate) fn internal_statements() -> Vec<String> {
+    let id = Trace::Id(TransactionId {
+        xid: 1,
+        incarnation: 1,
+    });
+    vec![transaction_id_query(), id.question(None).expect("question")]
+}
+
 /// How long a transaction's outcome stays "in progress" before asking again: the old
 /// backend may not have noticed yet that its client is gone.
 pub(crate) const IN_PROGRESS_PAUSE: Duration = Duration::from_millis(100);

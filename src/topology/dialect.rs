@@ -119,10 +119,11 @@ const AURORA_REPLICA_STATUS: &str = "SELECT 1 FROM pg_catalog.aurora_replica_sta
 const AURORA_TOPOLOGY: &str = "SELECT SERVER_ID, CASE WHEN SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' THEN TRUE ELSE FALSE END, CPU, COALESCE(REPLICA_LAG_IN_MSEC, 0), LAST_UPDATE_TIMESTAMP FROM pg_catalog.aurora_replica_status() WHERE EXTRACT(EPOCH FROM(pg_catalog.NOW() OPERATOR(pg_catalog.-) LAST_UPDATE_TIMESTAMP)) OPERATOR(pg_catalog.<=) 300 OR SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' OR LAST_UPDATE_TIMESTAMP IS NULL";
 const AURORA_INSTANCE_ID: &str =
     "SELECT pg_catalog.aurora_db_instance_identifier(), pg_catalog.aurora_db_instance_identifier()";
-/// Whether `rds_tools` and its Multi-AZ function belong to a superuser (`rdsadmin` on RDS):
-/// on a plain PostgreSQL, any role with `CREATE` on the database could make a schema of
-/// that name and steer the pool to the hosts its `show_topology()` names.
-const MULTI_AZ_OWNED_BY_SUPERUSER: &str = "SELECT pg_catalog.bool_and(r.rolsuper) FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) p.proowner OR r.oid OPERATOR(pg_catalog.=) n.nspowner WHERE n.nspname OPERATOR(pg_catalog.=) 'rds_tools' AND p.proname OPERATOR(pg_catalog.=) 'multi_az_db_cluster_source_dbi_resource_id'";
+/// Whether `rds_tools` and every function of it the crate calls (each overload) belong to a
+/// superuser (`rdsadmin` on RDS): on a plain PostgreSQL, any role with `CREATE` on the
+/// database could make a schema of that name and run code as whoever connects, or steer
+/// the pool to the hosts its `show_topology()` names. All three must be there.
+const MULTI_AZ_OWNED_BY_SUPERUSER: &str = "SELECT pg_catalog.bool_and(r.rolsuper) AND pg_catalog.count(DISTINCT p.proname) OPERATOR(pg_catalog.=) 3 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) p.pronamespace JOIN pg_catalog.pg_roles r ON r.oid OPERATOR(pg_catalog.=) p.proowner OR r.oid OPERATOR(pg_catalog.=) n.nspowner WHERE n.nspname OPERATOR(pg_catalog.=) 'rds_tools' AND p.proname OPERATOR(pg_catalog.=) ANY (ARRAY['multi_az_db_cluster_source_dbi_resource_id', 'show_topology', 'dbi_resource_id']::pg_catalog.name[])";
 const MULTI_AZ_IS_DIALECT: &str = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id()";
 const MULTI_AZ_TOPOLOGY: &str = concat!(
     "SELECT id, endpoint, port FROM rds_tools.show_topology('aurora-pool-",
@@ -131,7 +132,7 @@ const MULTI_AZ_TOPOLOGY: &str = concat!(
 );
 const MULTI_AZ_WRITER_ID: &str = "SELECT multi_az_db_cluster_source_dbi_resource_id FROM rds_tools.multi_az_db_cluster_source_dbi_resource_id() WHERE multi_az_db_cluster_source_dbi_resource_id OPERATOR(pg_catalog.!=) (SELECT dbi_resource_id FROM rds_tools.dbi_resource_id())";
 const MULTI_AZ_INSTANCE_ID: &str = "SELECT dbi_resource_id FROM rds_tools.dbi_resource_id()";
-const RDS_EXTENSIONS: &str = "SELECT (setting ~~ '%rds_tools%') AS rds_tools, (setting ~~ '%aurora_stat_utils%') AS aurora_stat_utils FROM pg_settings WHERE name='rds.extensions'";
+const RDS_EXTENSIONS: &str = "SELECT (setting OPERATOR(pg_catalog.~~) '%rds_tools%') AS rds_tools, (setting OPERATOR(pg_catalog.~~) '%aurora_stat_utils%') AS aurora_stat_utils FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=) 'rds.extensions'";
 pub(crate) const IS_READER: &str = "SELECT pg_catalog.pg_is_in_recovery()";
 const AURORA_AM_I_WRITER: &str = "SELECT SERVER_ID FROM pg_catalog.aurora_replica_status() WHERE SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' AND SERVER_ID OPERATOR(pg_catalog.=) pg_catalog.aurora_db_instance_identifier()";
 
@@ -420,6 +421,96 @@ pub(crate) async fn confirm_writer(
 mod tests {
     use super::Dialect;
     use crate::error::{Error, ErrorClass};
+
+    /// Why `sql` could resolve something through `search_path` (DESIGN: internal SQL names
+    /// only `pg_catalog` objects, or `rds_tools` ones after checking their owner), or `None`.
+    /// A static check of what the live test (`tests/internal_sql.rs`) cannot reach: every
+    /// dialect's statements, not only those of the clusters it emulates.
+    pub(crate) fn unqualified(sql: &str) -> Option<String> {
+        // Literals say nothing: drop them.
+        let mut text = String::new();
+        let mut quoted = false;
+        for c in sql.chars() {
+            if c == '\'' {
+                quoted = !quoted;
+                text.push(' ');
+            } else if !quoted {
+                text.push(c);
+            }
+        }
+        // Qualified operators are fine; any other operator character is not.
+        while let Some(at) = text.find("OPERATOR(pg_catalog.") {
+            let end = text[at..].find(')').map_or(text.len(), |e| at + e + 1);
+            text.replace_range(at..end, " ");
+        }
+        if let Some(op) = text.chars().find(|c| "=<>~!+-*/%|&^#@".contains(*c)) {
+            return Some(format!("operator `{op}` without OPERATOR(pg_catalog.)"));
+        }
+        let qualified =
+            |name: &str| name.starts_with("pg_catalog.") || name.starts_with("rds_tools.");
+        let tokens: Vec<&str> = text
+            .split(|c: char| c.is_whitespace() || c == ',')
+            .filter(|t| !t.is_empty())
+            .collect();
+        for (i, token) in tokens.iter().enumerate() {
+            if let Some((_, cast)) = token.split_once("::")
+                && !cast.starts_with("pg_catalog.")
+            {
+                return Some(format!("cast `{token}`"));
+            }
+            if let Some((name, _)) = token.split_once('(') {
+                let keyword = ["", "EXTRACT", "COALESCE", "FROM", "ANY", "ARRAY"]
+                    .contains(&name.to_uppercase().as_str());
+                if !keyword && !qualified(name.trim_start_matches('(')) {
+                    return Some(format!("function `{name}`"));
+                }
+            }
+            let relation = ["FROM", "JOIN"].contains(&token.to_uppercase().as_str());
+            if relation
+                && let Some(next) = tokens.get(i + 1)
+                && !next.starts_with('(')
+                && !qualified(next)
+            {
+                return Some(format!("relation `{next}`"));
+            }
+        }
+        None
+    }
+
+    #[test]
+    fn internal_sql_names_only_qualified_objects() {
+        let statements = [
+            super::IS_PG,
+            super::AURORA_EXTENSION,
+            super::AURORA_REPLICA_STATUS,
+            super::AURORA_TOPOLOGY,
+            super::AURORA_INSTANCE_ID,
+            super::MULTI_AZ_OWNED_BY_SUPERUSER,
+            super::MULTI_AZ_IS_DIALECT,
+            super::MULTI_AZ_TOPOLOGY,
+            super::MULTI_AZ_WRITER_ID,
+            super::MULTI_AZ_INSTANCE_ID,
+            super::RDS_EXTENSIONS,
+            super::IS_READER,
+            super::AURORA_AM_I_WRITER,
+        ];
+        for sql in statements {
+            assert_eq!(unqualified(sql), None, "{sql}");
+        }
+        for sql in crate::pool::outcome::internal_statements() {
+            assert_eq!(unqualified(&sql), None, "{sql}");
+        }
+        // The check itself finds what the CVEs were about.
+        for bad in [
+            "SELECT (setting ~~ '%x%') FROM pg_catalog.pg_settings",
+            "SELECT pg_catalog.now()::text",
+            "SELECT 1 FROM pg_settings",
+            "SELECT pg_is_in_recovery()",
+            "SELECT a FROM pg_catalog.t WHERE a = 'x'",
+        ] {
+            assert!(unqualified(bad).is_some(), "{bad}");
+        }
+    }
 
     #[test]
     fn multi_az_reads_28000_and_internal_errors_as_network() {
