@@ -32,6 +32,25 @@ impl SslMode {
         SslMode::VerifyFull,
     ];
 
+    /// The stricter of two modes (the order of `ALL`: `disable` to `verify-full`).
+    pub(crate) fn strictest(self, other: SslMode) -> SslMode {
+        let rank = |mode: SslMode| SslMode::ALL.iter().position(|m| *m == mode);
+        if rank(other) > rank(self) {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// `PGSSLMODE` from the environment, which libpq and sqlx read: a source of the mode
+    /// like the URL (the strictest of them applies). An invalid value is refused by name.
+    pub(crate) fn from_environment() -> Result<Option<SslMode>> {
+        match std::env::var("PGSSLMODE") {
+            Ok(text) if !text.is_empty() => SslMode::parse("PGSSLMODE", &text).map(Some),
+            _ => Ok(None),
+        }
+    }
+
     /// The mode's name in a URL.
     pub(crate) fn as_str(self) -> &'static str {
         match self {
@@ -84,19 +103,28 @@ impl Config {
         SslMode::parse(&key, &mode).ok()
     }
 
-    /// The CA file the URL names (`sslrootcert`, or sqlx's `ssl-root-cert` / `ssl-ca`).
+    /// The CA file the URL names (`sslrootcert`, or sqlx's `ssl-root-cert` / `ssl-ca`), else
+    /// `PGSSLROOTCERT` from the environment (as libpq and sqlx read it).
     pub(crate) fn ssl_root_cert(&self) -> Option<String> {
         self.driver_url
             .query_pairs()
             .filter(|(k, _)| matches!(k.as_ref(), "sslrootcert" | "ssl-root-cert" | "ssl-ca"))
             .last()
             .map(|(_, v)| v.into_owned())
+            .or_else(|| {
+                std::env::var("PGSSLROOTCERT")
+                    .ok()
+                    .filter(|v| !v.is_empty())
+            })
     }
 
     /// `sslmode` as the connections apply it:
     /// - none given: `verify-full` when the credentials go only to a verified server (IAM,
     ///   Secrets Manager; see [`Config::allow_unverified_server`]), else `require` when
     ///   they need TLS (IAM with the opt-out), else libpq's `prefer`;
+    /// - `PGSSLMODE` in the environment is a source too: the strictest of it and the above
+    ///   applies, so a deployment that relies on `PGSSLMODE=verify-full` is never weakened
+    ///   by a URL that says less;
     /// - `require` with a CA file verifies the chain like `verify-ca` (libpq: "if a root CA
     ///   file exists, sslmode=require behaves like verify-ca").
     pub(crate) fn effective_ssl_mode(&self) -> SslMode {
@@ -105,6 +133,10 @@ impl Config {
             None if self.credentials_need_verified_server() => SslMode::VerifyFull,
             None if self.auth.requires_tls() => SslMode::Require,
             None => SslMode::Prefer,
+        };
+        let mode = match SslMode::from_environment() {
+            Ok(Some(environment)) => mode.strictest(environment),
+            _ => mode,
         };
         match mode {
             SslMode::Require if self.ssl_root_cert().is_some() => SslMode::VerifyCa,
@@ -137,6 +169,7 @@ impl Config {
     /// name, and sqlx adds `sslrootcert` to the public roots rather than replacing them,
     /// so any publicly trusted certificate for any domain would pass it.
     pub(super) fn check_tls(&self) -> Result<()> {
+        SslMode::from_environment()?;
         let mode = self.effective_ssl_mode();
         if self.auth.requires_tls()
             && matches!(mode, SslMode::Disable | SslMode::Allow | SslMode::Prefer)

@@ -39,18 +39,60 @@ struct AllowMemory {
 /// What is told of an address found to want TLS.
 type Learned = Box<dyn Fn(&HostPort) + Send + Sync>;
 
+/// sqlx's mode as the crate names it.
+fn mode_of(mode: PgSslMode) -> SslMode {
+    match mode {
+        PgSslMode::Disable => SslMode::Disable,
+        PgSslMode::Allow => SslMode::Allow,
+        PgSslMode::Prefer => SslMode::Prefer,
+        PgSslMode::Require => SslMode::Require,
+        PgSslMode::VerifyCa => SslMode::VerifyCa,
+        PgSslMode::VerifyFull => SslMode::VerifyFull,
+    }
+}
+
+/// Whether `options` would connect to one fixed address (`hostaddr`) whatever host the pool
+/// gives it.
+fn sets_hostaddr(options: &PgConnectOptions) -> bool {
+    use sqlx::ConnectOptions;
+    options
+        .to_url_lossy()
+        .query_pairs()
+        .any(|(key, _)| key == "hostaddr")
+}
+
 impl BaseOptions {
     /// The options of `config` (the user's `map` applied to sqlx's reading of the URL),
     /// with the `sslmode` the pool applies.
     pub(super) fn new(config: &Config, map: Option<&MapConnectOptions>) -> Result<BaseOptions> {
+        // sqlx starts from the environment (`PGHOST`, `PGSSLMODE`, `PGHOSTADDR`, ...), then
+        // reads the URL.
         let options = PgConnectOptions::from_str(config.driver_url().as_str()).map_err(|err| {
             Error::config("url", "sqlx rejected the connection parameters").with_source(err)
         })?;
+        if sets_hostaddr(&options) {
+            return Err(Error::config(
+                "PGHOSTADDR",
+                "PGHOSTADDR is set in the environment, and sqlx would connect to that one address for every instance of the cluster: unset it (give the discovery address as the URL's hostaddr instead)",
+            ));
+        }
+        let before = mode_of(options.get_ssl_mode());
         let options = match map {
             Some(map) => map(options),
             None => options,
         };
+        if sets_hostaddr(&options) {
+            return Err(Error::config(
+                "connect_options",
+                "the connect_options hook set hostaddr, which would send every instance's connections to one address: the pool sets each instance's address itself",
+            ));
+        }
+        // The hook is one more source of the mode: the strictest applies, as for the URL
+        // and `PGSSLMODE` (a hook asking for verify-full is never weakened).
+        let after = mode_of(options.get_ssl_mode());
+        let hook_mode = (after != before).then_some(after);
         let mode = config.effective_ssl_mode();
+        let mode = hook_mode.map_or(mode, |hook| mode.strictest(hook));
         if mode == SslMode::VerifyFull && config.hostaddr.is_some() {
             // sqlx checks the certificate against the address it connects to.
             return Err(Error::config(
