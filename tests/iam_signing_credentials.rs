@@ -38,7 +38,7 @@ impl TimeSource for ManualClock {
 }
 
 /// A credential process in its own directory: each call appends a byte to `calls`; it
-/// fails while `fail` exists; its credentials expire one hour after the real time.
+/// hangs (30 s) while `hang` exists and fails while `fail` exists; its credentials expire one hour after the real time.
 struct Process {
     dir: PathBuf,
 }
@@ -52,7 +52,7 @@ impl Process {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).expect("dir");
         let script = format!(
-            "#!/bin/sh\nprintf x >> '{dir}/calls'\nif [ -e '{dir}/fail' ]; then echo 'STS is down' >&2; exit 1; fi\nexp=$(date -u -d '+3600 seconds' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{{\"Version\": 1, \"AccessKeyId\": \"AKIDEXAMPLE\", \"SecretAccessKey\": \"wJalrXUtnFEMI/K7MDENG\", \"SessionToken\": \"session\", \"Expiration\": \"%s\"}}' \"$exp\"\n",
+            "#!/bin/sh\nprintf x >> '{dir}/calls'\nif [ -e '{dir}/hang' ]; then sleep 30; fi\nif [ -e '{dir}/fail' ]; then echo 'STS is down' >&2; exit 1; fi\nexp=$(date -u -d '+3600 seconds' +%Y-%m-%dT%H:%M:%SZ)\nprintf '{{\"Version\": 1, \"AccessKeyId\": \"AKIDEXAMPLE\", \"SecretAccessKey\": \"wJalrXUtnFEMI/K7MDENG\", \"SessionToken\": \"session\", \"Expiration\": \"%s\"}}' \"$exp\"\n",
             dir = dir.display()
         );
         let path = dir.join("process.sh");
@@ -66,8 +66,14 @@ impl Process {
         std::fs::read(self.dir.join("calls")).map_or(0, |c| c.len())
     }
     fn fail(&self, fail: bool) {
-        let marker = self.dir.join("fail");
-        if fail {
+        self.mark("fail", fail);
+    }
+    fn hang(&self, hang: bool) {
+        self.mark("hang", hang);
+    }
+    fn mark(&self, name: &str, on: bool) {
+        let marker = self.dir.join(name);
+        if on {
             std::fs::write(marker, b"").expect("marker");
         } else {
             let _ = std::fs::remove_file(marker);
@@ -142,6 +148,14 @@ async fn a_failing_credential_refresh_keeps_the_credentials_in_hand() {
     process.fail(true);
     let results = sign_at_once(&iam, 100, 20).await;
     assert!(results.iter().all(Result::is_ok), "{results:?}");
+    // The refresh runs in the background.
+    let refreshed = eventually(|| process.calls() == 2).await;
+    assert!(
+        refreshed,
+        "one failed refresh for 20 tokens: {}",
+        process.calls()
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(process.calls(), 2, "one failed refresh for 20 tokens");
     // Once they expired there is nothing to sign with: a credentials error, not a hang.
     clock.advance(4 * 60);
@@ -157,4 +171,51 @@ async fn a_failing_credential_refresh_keeps_the_credentials_in_hand() {
         .await
         .expect("fresh credentials");
     assert_eq!(process.calls(), 4);
+}
+
+/// A credential chain that hangs (an STS or IMDS that never answers) holds up no token while
+/// the credentials in hand are valid; once they expired, signing waits only for the refresh
+/// in flight, which gives up after its own limit, and the next one gets fresh credentials.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hanging_credential_chain_holds_up_no_token() {
+    let process = Process::new("hang");
+    let clock = ManualClock::new();
+    let iam = iam(&process, &clock);
+    iam.credentials(&instance(1)).await.expect("first token");
+    clock.advance(57 * 60);
+    process.hang(true);
+    let results = tokio::time::timeout(Duration::from_secs(5), sign_at_once(&iam, 100, 20))
+        .await
+        .expect("tokens were held up by the hanging refresh");
+    assert!(results.iter().all(Result::is_ok), "{results:?}");
+    let asked = eventually(|| process.calls() == 2).await;
+    assert!(asked, "the refresh was not started: {}", process.calls());
+    // Expired: nothing to sign with but what the refresh in flight brings. The hanging one
+    // is given up after its limit (10 s): a credentials error, not a hang; the next
+    // refresh answers.
+    clock.advance(4 * 60);
+    process.hang(false);
+    let waited = tokio::time::timeout(Duration::from_secs(15), iam.credentials(&instance(200)))
+        .await
+        .expect("signing waited past the refresh's limit");
+    let err = waited.expect_err("the hanging refresh was given up");
+    assert!(
+        err.is_credentials() && err.to_string().contains("did not answer"),
+        "{err:?}"
+    );
+    iam.credentials(&instance(201))
+        .await
+        .expect("fresh credentials from the next refresh");
+    assert_eq!(process.calls(), 3);
+}
+
+/// Polls `done` every 20 ms for up to 5 s.
+async fn eventually(done: impl Fn() -> bool) -> bool {
+    for _ in 0..250 {
+        if done() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    done()
 }

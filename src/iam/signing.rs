@@ -3,17 +3,20 @@
 //! `aws-config`'s provider chain caches nothing by itself (the SDK's service clients put an
 //! identity cache in front of it), and each call may go to STS, IMDS or a credential
 //! process. Here one process asks the chain once per credential lifetime: the credentials
-//! are kept until [`REFRESH_AHEAD`] before they expire, one caller refreshes while the
-//! others wait for its answer, and when a refresh fails the credentials in hand stay in use
-//! for as long as they are valid (with a warning), while the chain is asked again at most
-//! every [`RETRY_AFTER_FAILURE`]. An STS outage or throttling then costs nothing until the
-//! credentials in hand expire, and a failover's burst of new connections makes one call.
+//! are kept until [`REFRESH_AHEAD`] before they expire, then refreshed by one background
+//! task while every caller goes on signing with the credentials in hand (they are valid for
+//! minutes still): a hanging STS, IMDS or credential process never holds up a token, the new
+//! writer's included. Only a caller with nothing valid in hand waits, for the one refresh
+//! in flight, which gives up after [`REFRESH_LIMIT`]. A failed refresh is retried at most
+//! every [`RETRY_AFTER_FAILURE`]. The refresh runs on its own task, so a caller that gives
+//! up (or is cancelled) neither stops it nor leaves its failure unrecorded.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
-use tokio::sync::Mutex;
+use tokio::sync::watch;
 
 use crate::error::{Error, Result};
 
@@ -24,10 +27,23 @@ pub(super) const REFRESH_AHEAD: Duration = Duration::from_secs(300);
 /// After a failed refresh, the chain is not asked again for this long.
 pub(super) const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// The longest one refresh of the credentials may take before it counts as failed.
+pub(super) const REFRESH_LIMIT: Duration = Duration::from_secs(10);
+
 /// The signing credentials in hand, and the provider chain behind them.
-#[derive(Default)]
 pub(super) struct SigningCredentials {
-    state: Mutex<State>,
+    state: Arc<Mutex<State>>,
+    /// Bumped when a refresh ends, for the callers that wait for one.
+    refreshed: Arc<watch::Sender<u64>>,
+}
+
+impl Default for SigningCredentials {
+    fn default() -> SigningCredentials {
+        SigningCredentials {
+            state: Arc::default(),
+            refreshed: Arc::new(watch::channel(0).0),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -35,70 +51,117 @@ struct State {
     current: Option<Credentials>,
     fetches: u64,
     last_failure: Option<(SystemTime, String)>,
+    refreshing: bool,
 }
 
 impl SigningCredentials {
-    /// Credentials to sign with at `now`, from `provider` only when those in hand are due.
+    /// Credentials to sign with at `now`: those in hand while they are valid (a refresh
+    /// started in the background when they are due), else the answer of the refresh in
+    /// flight.
     pub(super) async fn get(
         &self,
         provider: &SharedCredentialsProvider,
         now: SystemTime,
     ) -> Result<Credentials> {
-        // Held across the provider call: concurrent callers wait for the one refresh and
-        // take its answer (callers are bounded by `connect_timeout`, and a caller dropped
-        // mid-refresh releases the lock).
-        let mut state = self.state.lock().await;
-        let usable = state.current.clone().filter(|c| is_valid(c, now));
-        if let Some(current) = &usable
-            && !is_due(current, now)
-        {
-            return Ok(current.clone());
-        }
-        if let Some((failed_at, why)) = &state.last_failure
-            && now < *failed_at + RETRY_AFTER_FAILURE
-        {
-            return match usable {
-                Some(current) => Ok(current),
-                None => Err(Error::credentials(format!(
-                    "loading AWS credentials for IAM authentication failed less than {RETRY_AFTER_FAILURE:?} ago: {why}"
-                ))),
-            };
-        }
-        state.fetches += 1;
-        match provider.provide_credentials().await {
-            Ok(fresh) => {
-                state.current = Some(fresh.clone());
-                state.last_failure = None;
-                Ok(fresh)
-            }
-            Err(err) => {
-                let why = err.to_string();
-                state.last_failure = Some((now, why.clone()));
-                match usable {
-                    Some(current) => {
-                        tracing::warn!(
-                            target: "aurora_pool",
-                            error = %why,
-                            valid_for_s = current
-                                .expiry()
-                                .and_then(|e| e.duration_since(now).ok())
-                                .map(|d| d.as_secs()),
-                            "refreshing the AWS credentials for IAM authentication failed: signing with the ones in hand while they are valid"
-                        );
-                        Ok(current)
+        let mut waited = false;
+        loop {
+            let mut refreshed = self.refreshed.subscribe();
+            {
+                let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+                // The answer of the refresh waited for, whatever the clock says of it.
+                if waited && !state.refreshing {
+                    match (&state.current, &state.last_failure) {
+                        (_, Some((_, why))) => {
+                            return Err(Error::credentials(format!(
+                                "loading AWS credentials for IAM authentication failed: {why}"
+                            )));
+                        }
+                        (Some(fresh), None) => return Ok(fresh.clone()),
+                        (None, None) => {}
                     }
-                    None => Err(Error::credentials(
-                        "loading AWS credentials for IAM authentication failed",
-                    )
-                    .with_source(err)),
+                }
+                let usable = state.current.clone().filter(|c| is_valid(c, now));
+                if let Some(current) = &usable
+                    && !is_due(current, now)
+                {
+                    return Ok(current.clone());
+                }
+                let failed_recently = state
+                    .last_failure
+                    .as_ref()
+                    .is_some_and(|(failed_at, _)| now < *failed_at + RETRY_AFTER_FAILURE);
+                if !state.refreshing && !failed_recently {
+                    state.refreshing = true;
+                    state.fetches += 1;
+                    self.refresh(provider.clone(), now);
+                }
+                if let Some(current) = usable {
+                    return Ok(current);
+                }
+                if !state.refreshing
+                    && let Some((_, why)) = &state.last_failure
+                {
+                    return Err(Error::credentials(format!(
+                        "loading AWS credentials for IAM authentication failed: {why}"
+                    )));
                 }
             }
+            // Nothing valid in hand: wait for the refresh in flight (bounded by its limit).
+            if refreshed.changed().await.is_err() {
+                return Err(Error::credentials(
+                    "the AWS credentials refresh was abandoned",
+                ));
+            }
+            waited = true;
         }
+    }
+
+    /// Asks `provider` on a task of its own, bounded by [`REFRESH_LIMIT`], and records the
+    /// answer.
+    fn refresh(&self, provider: SharedCredentialsProvider, now: SystemTime) {
+        let (state, refreshed) = (self.state.clone(), self.refreshed.clone());
+        tokio::spawn(async move {
+            let answer = tokio::time::timeout(REFRESH_LIMIT, provider.provide_credentials()).await;
+            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
+            state.refreshing = false;
+            let why = match answer {
+                Ok(Ok(fresh)) => {
+                    state.current = Some(fresh);
+                    state.last_failure = None;
+                    None
+                }
+                Ok(Err(err)) => Some(err.to_string()),
+                Err(_) => Some(format!(
+                    "the credential provider did not answer within {REFRESH_LIMIT:?}"
+                )),
+            };
+            if let Some(why) = why {
+                let valid_for_s = state
+                    .current
+                    .as_ref()
+                    .filter(|c| is_valid(c, now))
+                    .and_then(|c| c.expiry())
+                    .and_then(|e| e.duration_since(now).ok())
+                    .map(|d| d.as_secs());
+                tracing::warn!(
+                    target: "aurora_pool",
+                    error = %why,
+                    valid_for_s,
+                    "refreshing the AWS credentials for IAM authentication failed: signing with the ones in hand while they are valid"
+                );
+                state.last_failure = Some((now, why));
+            }
+            drop(state);
+            refreshed.send_modify(|n| *n += 1);
+        });
     }
 
     /// How many times the provider chain was asked.
     pub(super) async fn fetches(&self) -> u64 {
-        self.state.lock().await.fetches
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fetches
     }
 }
 
