@@ -316,6 +316,34 @@ impl Error {
         self.0.kind == Kind::Connect
     }
 
+    /// Whether the instance's host itself answered by refusing or ending the connection (a
+    /// TCP reset, a refused connect, an end of stream, a shutdown notice `57P01`-`57P03`):
+    /// proof that nothing serves there now. A name that did not resolve, a route that
+    /// failed, a TLS or protocol error, a time-out prove nothing about the instance (DNS
+    /// can fail on its own) and count as ordinary missed probes.
+    pub(crate) fn is_refused_or_closed(&self) -> bool {
+        if matches!(self.sqlstate(), Some("57P01" | "57P02" | "57P03")) {
+            return true;
+        }
+        let mut source: Option<&(dyn StdError + 'static)> = StdError::source(self);
+        while let Some(err) = source {
+            if let Some(io) = err.downcast_ref::<std::io::Error>() {
+                use std::io::ErrorKind::*;
+                return matches!(
+                    io.kind(),
+                    ConnectionRefused
+                        | ConnectionReset
+                        | ConnectionAborted
+                        | BrokenPipe
+                        | UnexpectedEof
+                        | NotConnected
+                );
+            }
+            source = err.source();
+        }
+        false
+    }
+
     /// The TLS handshake refused the server's certificate (`sslmode=verify-ca` or
     /// `verify-full`, or `require` with `sslrootcert`): no trusted CA signed it, it does not
     /// name the host, or it expired. The message names the host and the reason. Not a
@@ -563,6 +591,32 @@ mod tests {
                 .in_transaction()
                 .is_transaction_state_unknown()
         );
+    }
+
+    #[test]
+    fn only_a_refusal_or_a_close_is_proof_of_death() {
+        let io = |kind: std::io::ErrorKind, text: &str| {
+            Error::connect("connecting to db:5432 failed")
+                .with_source(std::io::Error::new(kind, text.to_owned()))
+        };
+        for kind in [
+            std::io::ErrorKind::ConnectionRefused,
+            std::io::ErrorKind::ConnectionReset,
+            std::io::ErrorKind::UnexpectedEof,
+        ] {
+            assert!(io(kind, "gone").is_refused_or_closed(), "{kind:?}");
+        }
+        // What a failed name lookup looks like from tokio and the drivers.
+        let dns = io(
+            std::io::ErrorKind::Other,
+            "failed to lookup address information: Name or service not known",
+        );
+        assert!(!dns.is_refused_or_closed());
+        assert!(!io(std::io::ErrorKind::TimedOut, "slow").is_refused_or_closed());
+        assert!(!Error::connect("no source").is_refused_or_closed());
+        let shutdown = Error::driver("terminating connection due to administrator command")
+            .with_sqlstate(Some("57P01".into()));
+        assert!(shutdown.is_refused_or_closed());
     }
 
     #[test]

@@ -147,16 +147,21 @@ async fn reads_stick_to_the_writer_for_the_window_after_a_write() {
         .oneshot(request(Method::POST, "/write", &[]))
         .await
         .unwrap();
-    let cookie = header(&response, SET_COOKIE.as_str())
-        .split(';')
-        .next()
-        .expect("cookie")
-        .to_owned();
+    let set_cookie = header(&response, SET_COOKIE.as_str()).to_owned();
+    for attribute in ["Secure", "HttpOnly", "SameSite=Lax", "Path=/"] {
+        assert!(
+            set_cookie.split("; ").any(|a| a == attribute),
+            "{attribute} missing: {set_cookie}"
+        );
+    }
+    let cookie = set_cookie.split(';').next().expect("cookie").to_owned();
     assert!(cookie.starts_with("aurora_pool_rw="), "{cookie}");
+    // Among other cookies, in any order.
+    let among = format!("theme=dark; {cookie}; session=abc");
 
     let response = service
         .clone()
-        .oneshot(request(Method::GET, "/", &[(COOKIE, &cookie)]))
+        .oneshot(request(Method::GET, "/", &[(COOKIE, &among)]))
         .await
         .unwrap();
     assert_eq!(header(&response, "x-role"), "writer");
@@ -178,12 +183,28 @@ async fn reads_stick_to_the_writer_for_the_window_after_a_write() {
         .unwrap();
     assert_eq!(header(&response, "x-role"), "reader", "the window is over");
 
+    // Plain-HTTP development: the cookie without Secure, on request.
+    let plain = AuroraLayer::new(pool.clone())
+        .read_your_writes(Some(ReadYourWrites {
+            secure: false,
+            ..ReadYourWrites::default()
+        }))
+        .layer(service_fn(handler));
+    let response = plain
+        .oneshot(request(Method::POST, "/write", &[]))
+        .await
+        .unwrap();
+    let set_cookie = header(&response, SET_COOKIE.as_str());
+    assert!(!set_cookie.contains("Secure"), "{set_cookie}");
+    assert!(set_cookie.contains("HttpOnly"), "{set_cookie}");
+
     // The same with a header instead of a cookie, and with read-your-writes off.
     let marker = HeaderName::from_static("x-read-your-writes");
     let by_header = AuroraLayer::new(pool.clone())
         .read_your_writes(Some(ReadYourWrites {
             marker: SessionMarker::Header(marker.clone()),
             window,
+            secure: true,
         }))
         .layer(service_fn(handler));
     let response = by_header

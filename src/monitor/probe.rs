@@ -414,7 +414,9 @@ async fn probe_once(
         Ok(Err(err)) => {
             *connection = None;
             ProbeOutcome::Unreachable {
-                definitive: err.is_connect() && !err.is_timeout(),
+                // A refusal or a close is proof; a failed name lookup is not (DNS fails
+                // on its own, and the instance may be fine).
+                definitive: err.is_refused_or_closed() && !err.is_timeout(),
                 timed_out: err.is_timeout(),
                 error: err.to_string(),
             }

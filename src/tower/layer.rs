@@ -15,7 +15,8 @@ use crate::AuroraPool;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SessionMarker {
-    /// A cookie (`HttpOnly`, `SameSite=Lax`, `Path=/`) with this name, for browsers.
+    /// A cookie (`Secure` unless [`ReadYourWrites::secure`] is off, `HttpOnly`,
+    /// `SameSite=Lax`, `Path=/`) with this name, for browsers.
     Cookie(String),
     /// A response header with this name; API clients echo it back on their next requests.
     Header(HeaderName),
@@ -29,6 +30,10 @@ pub struct ReadYourWrites {
     pub marker: SessionMarker,
     /// How long reads stick to the writer after a write (default 1 s).
     pub window: Duration,
+    /// Whether the cookie is `Secure` (default: yes), so that browsers send it over HTTPS
+    /// only. Turn it off for plain-HTTP development, where a `Secure` cookie is never sent
+    /// back (reads then do not stick to the writer). The header marker ignores it.
+    pub secure: bool,
 }
 
 impl Default for ReadYourWrites {
@@ -36,6 +41,7 @@ impl Default for ReadYourWrites {
         ReadYourWrites {
             marker: SessionMarker::Cookie("aurora_pool_rw".to_owned()),
             window: Duration::from_secs(1),
+            secure: true,
         }
     }
 }
@@ -54,10 +60,10 @@ impl ReadYourWrites {
                 .get_all(COOKIE)
                 .iter()
                 .filter_map(|v| v.to_str().ok())
-                .flat_map(|v| v.split(';'))
-                .filter_map(|pair| pair.trim().split_once('='))
-                .find(|(key, _)| key == name)
-                .and_then(|(_, value)| value.parse::<u64>().ok()),
+                .flat_map(cookie::Cookie::split_parse)
+                .filter_map(Result::ok)
+                .find(|cookie| cookie.name() == name)
+                .and_then(|cookie| cookie.value().parse::<u64>().ok()),
         };
         expiry.is_some_and(|expiry| now_ms < expiry && expiry <= now_ms + window_ms(self.window))
     }
@@ -67,13 +73,17 @@ impl ReadYourWrites {
         let expiry = now_ms + window_ms(self.window);
         let (name, value) = match &self.marker {
             SessionMarker::Header(name) => (name.clone(), expiry.to_string()),
-            SessionMarker::Cookie(name) => (
-                SET_COOKIE,
-                format!(
-                    "{name}={expiry}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax",
-                    self.window.as_secs().max(1)
-                ),
-            ),
+            SessionMarker::Cookie(name) => {
+                let max_age = i64::try_from(self.window.as_secs().max(1)).unwrap_or(i64::MAX);
+                let cookie = cookie::Cookie::build((name.clone(), expiry.to_string()))
+                    .path("/")
+                    .max_age(cookie::time::Duration::seconds(max_age))
+                    .http_only(true)
+                    .same_site(cookie::SameSite::Lax)
+                    .secure(self.secure)
+                    .build();
+                (SET_COOKIE, cookie.to_string())
+            }
         };
         if let Ok(value) = HeaderValue::from_str(&value) {
             headers.append(name, value);
@@ -155,7 +165,7 @@ mod tests {
         let set_cookie = response.get(SET_COOKIE).unwrap().to_str().unwrap();
         assert_eq!(
             set_cookie,
-            "aurora_pool_rw=11000; Path=/; Max-Age=1; HttpOnly; SameSite=Lax"
+            "aurora_pool_rw=11000; HttpOnly; SameSite=Lax; Secure; Path=/; Max-Age=1"
         );
 
         let mut request = HeaderMap::new();
@@ -178,6 +188,7 @@ mod tests {
         let ryw = ReadYourWrites {
             marker: SessionMarker::Header(name.clone()),
             window: Duration::from_millis(2500),
+            secure: true,
         };
         let mut response = HeaderMap::new();
         ryw.mark(&mut response, 1_000);
