@@ -87,3 +87,31 @@ async fn no_password_in_debug_errors_or_logs<F: Flavour>(test: &str) {
 }
 
 flavour_tests!(no_password_in_debug_errors_or_logs);
+
+/// The one exception the README documents, sqlx's: `PgPool::connect_options()` of a
+/// handed-out pool holds the password its next connection logs in with, and sqlx's `Debug`
+/// prints it. Should sqlx ever redact it, this fails and the README's "Secrets in output"
+/// is due for an update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connect_options_are_the_documented_exception() {
+    let cluster = LocalCluster::builder()
+        .instances(1)
+        .password(PASSWORD)
+        .start()
+        .await
+        .expect("cluster");
+    let pool: aurora_pool::AuroraPool =
+        support::flavour::connect(&cluster, "sqlx-connect-options", "").await;
+    let writer = pool.writer();
+    sqlx::query("SELECT 1")
+        .execute(&writer)
+        .await
+        .expect("a write handle");
+    assert_clean("the handed-out pool's Debug", &format!("{writer:?}"));
+    let options = format!("{:?}", writer.connect_options());
+    assert!(
+        options.contains(PASSWORD),
+        "sqlx no longer prints the password of connect_options(): update the README"
+    );
+    pool.close().await;
+}
