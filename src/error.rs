@@ -317,14 +317,12 @@ impl Error {
     }
 
     /// Whether the instance's host itself answered by refusing or ending the connection (a
-    /// TCP reset, a refused connect, an end of stream, a shutdown notice `57P01`-`57P03`):
-    /// proof that nothing serves there now. A name that did not resolve, a route that
-    /// failed, a TLS or protocol error, a time-out prove nothing about the instance (DNS
-    /// can fail on its own) and count as ordinary missed probes.
+    /// TCP reset, a refused connect, an end of stream): proof that nothing serves there
+    /// now. A name that did not resolve, a route that failed, a TLS or protocol error, a
+    /// time-out prove nothing about the instance (DNS can fail on its own), nor does a
+    /// `57P01` (one session ended by `pg_terminate_backend` gets it too): they count as
+    /// ordinary missed probes.
     pub(crate) fn is_refused_or_closed(&self) -> bool {
-        if matches!(self.sqlstate(), Some("57P01" | "57P02" | "57P03")) {
-            return true;
-        }
         let mut source: Option<&(dyn StdError + 'static)> = StdError::source(self);
         while let Some(err) = source {
             if let Some(io) = err.downcast_ref::<std::io::Error>() {
@@ -614,9 +612,10 @@ mod tests {
         assert!(!dns.is_refused_or_closed());
         assert!(!io(std::io::ErrorKind::TimedOut, "slow").is_refused_or_closed());
         assert!(!Error::connect("no source").is_refused_or_closed());
-        let shutdown = Error::driver("terminating connection due to administrator command")
+        // One session terminated by an administrator: not the instance's death.
+        let terminated = Error::driver("terminating connection due to administrator command")
             .with_sqlstate(Some("57P01".into()));
-        assert!(shutdown.is_refused_or_closed());
+        assert!(!terminated.is_refused_or_closed());
     }
 
     #[test]

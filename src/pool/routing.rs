@@ -233,6 +233,9 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         let writer_available = topology.writer().is_available();
         writer
             .targets
+            .set_writer_check(topology.dialect().writer_check());
+        writer
+            .targets
             .set_parked(readers.first().map_or_else(|| writer.route(), Slot::route));
         let writer_routes = match writer_available {
             true => vec![writer.route()],

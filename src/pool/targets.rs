@@ -46,6 +46,9 @@ pub(crate) struct Targets {
     parked: ArcSwapOption<Route>,
     /// The generation, for those who wait for the routes to change.
     changes: tokio::sync::watch::Sender<u64>,
+    /// What a new connection of a writer pool asks its server (the cluster's dialect's
+    /// [`writer_check`](crate::topology::Dialect::writer_check)).
+    writer_check: std::sync::OnceLock<&'static str>,
 }
 
 impl Targets {
@@ -59,6 +62,7 @@ impl Targets {
             origin: Instant::now(),
             parked: ArcSwapOption::empty(),
             changes: tokio::sync::watch::channel(0).0,
+            writer_check: std::sync::OnceLock::new(),
         })
     }
 
@@ -90,6 +94,21 @@ impl Targets {
         routes
             .get(self.next.load(Ordering::Relaxed) % routes.len())
             .cloned()
+    }
+
+    /// Sets what a new writer connection asks its server (once: a cluster keeps its dialect).
+    pub(crate) fn set_writer_check(&self, query: &'static str) {
+        let _ = self.writer_check.set(query);
+    }
+
+    /// What a new writer connection asks its server: `pg_is_in_recovery()` and the
+    /// instance's id where the dialect tells it.
+    #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
+    pub(crate) fn writer_check(&self) -> &'static str {
+        self.writer_check
+            .get()
+            .copied()
+            .unwrap_or("SELECT pg_catalog.pg_is_in_recovery(), NULL::pg_catalog.text")
     }
 
     /// Where to point a pool that has no routes (see [`set_parked`](Targets::set_parked)).

@@ -92,6 +92,23 @@ impl Dialect {
 }
 
 impl Dialect {
+    /// What a new writer connection asks its server: whether it is a replica, and which
+    /// instance it is, where the dialect can tell (Aurora, Multi-AZ: the ids the topology
+    /// uses); `NULL` for the id elsewhere.
+    pub(crate) fn writer_check(self) -> &'static str {
+        match self {
+            Dialect::AuroraPg => {
+                "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.aurora_db_instance_identifier()"
+            }
+            Dialect::RdsMultiAzPg => {
+                "SELECT pg_catalog.pg_is_in_recovery(), (SELECT dbi_resource_id FROM rds_tools.dbi_resource_id())"
+            }
+            Dialect::RdsPg | Dialect::Pg => {
+                "SELECT pg_catalog.pg_is_in_recovery(), NULL::pg_catalog.text"
+            }
+        }
+    }
+
     /// Reads `err` as a cluster of this dialect means it. An RDS Multi-AZ DB cluster
     /// answers `28000` ("access denied") while an instance reboots, and internal errors
     /// (class `XX`) while it fails over: there both are network failures, as in the AWS
@@ -493,6 +510,9 @@ mod tests {
             super::RDS_EXTENSIONS,
             super::IS_READER,
             super::AURORA_AM_I_WRITER,
+            Dialect::AuroraPg.writer_check(),
+            Dialect::RdsMultiAzPg.writer_check(),
+            Dialect::Pg.writer_check(),
         ];
         for sql in statements {
             assert_eq!(unqualified(sql), None, "{sql}");

@@ -97,6 +97,36 @@ async fn check_reader(
     Ok(())
 }
 
+/// Refuses a new writer-pool connection whose instance is read-only (a demoted writer), or
+/// is not the one the pool points at now (where the dialect tells the instance's id): a
+/// connect begun before the route changed that landed on the old, still writable, writer
+/// is refused, and sqlx connects again, to where the pool points then (DESIGN: no
+/// connection lands on an instance the pool has left; the deadpool manager's generation
+/// check does the same).
+async fn check_writer(conn: &mut PgConnection, targets: &Targets) -> sqlx::Result<()> {
+    let row = sqlx::raw_sql(targets.writer_check())
+        .fetch_one(&mut *conn)
+        .await?;
+    if row.try_get::<bool, _>(0)? {
+        return Err(sqlx::Error::Protocol(
+            "the instance is read-only: it is no longer the writer".into(),
+        ));
+    }
+    let Some(id) = row.try_get::<Option<String>, _>(1)? else {
+        return Ok(());
+    };
+    match targets.current() {
+        Some(route) if route.instance.id() == id => Ok(()),
+        Some(route) => Err(sqlx::Error::Protocol(format!(
+            "opened to instance {id} while the pool moved to {}: connecting again",
+            route.instance.id()
+        ))),
+        None => Err(sqlx::Error::Protocol(format!(
+            "opened to instance {id} while the pool has no writer to point at: connecting again"
+        ))),
+    }
+}
+
 /// Whether a new writer-pool connection's instance is read-only.
 async fn is_read_only(conn: &mut PgConnection) -> sqlx::Result<bool> {
     let row = sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()")
@@ -168,10 +198,8 @@ impl Backend for SqlxBackend {
                             "opened while the writer was unavailable: connecting again where the pool points now".into(),
                         ));
                     }
-                    if confirm_writer && is_read_only(conn).await? {
-                        return Err(sqlx::Error::Protocol(
-                            "the instance is read-only: it is no longer the writer".into(),
-                        ));
+                    if confirm_writer {
+                        check_writer(conn, &targets).await?;
                     }
                     match &user {
                         Some(hook) => hook(conn, meta).await,
