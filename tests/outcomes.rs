@@ -222,6 +222,18 @@ async fn a_writer_read_only_by_configuration_refuses_at_once<F: Flavour>(test: &
     pool.close().await;
 }
 
+/// Runs `sql` in one `transaction_with(options)` on a task of its own, counting its runs in
+/// `runs`: the call stays in flight while the test breaks its server.
+fn spawn_transaction<F: Flavour>(
+    pool: &F,
+    options: TransactionOptions,
+    sql: &'static str,
+    runs: &Arc<AtomicU32>,
+) -> tokio::task::JoinHandle<aurora_pool::Result<()>> {
+    let (pool, runs) = (pool.clone(), runs.clone());
+    tokio::spawn(async move { pool.transaction_counted(options, sql, runs).await })
+}
+
 /// The id a COMMIT was waiting on, read through the direct port: the backend of the
 /// pool's user whose COMMIT is running.
 async fn xid_in_commit(cluster: &LocalCluster) -> Option<u64> {
@@ -250,17 +262,12 @@ async fn a_reissued_transaction_id_is_never_taken_for_a_commit<F: Flavour>(test:
         .expect("setup");
     let pool = connect::<F>(&cluster, test, "").await;
     let runs = Arc::new(AtomicU32::new(0));
-    let call = tokio::spawn({
-        let (pool, runs) = (pool.clone(), runs.clone());
-        async move {
-            pool.transaction_counted(
-                TransactionOptions::new(),
-                "INSERT INTO out_reissued VALUES ('lost')",
-                runs,
-            )
-            .await
-        }
-    });
+    let call = spawn_transaction(
+        &pool,
+        TransactionOptions::new(),
+        "INSERT INTO out_reissued VALUES ('lost')",
+        &runs,
+    );
     let asked = std::time::Instant::now();
     let xid = loop {
         if let Some(xid) = xid_in_commit(&cluster).await {
@@ -365,18 +372,13 @@ async fn commit_then_crash<F: Flavour>(
         .expect("setup");
     let pool = connect::<F>(&cluster, test, "").await;
     let runs = Arc::new(AtomicU32::new(0));
-    let call = tokio::spawn({
-        let (pool, runs) = (pool.clone(), runs.clone());
-        async move {
-            pool.transaction_counted(
-                options,
-                "WITH durable AS (SELECT pg_catalog.set_config('synchronous_commit', 'on', true)) \
-                 INSERT INTO out_durable SELECT 'once' FROM durable",
-                runs,
-            )
-            .await
-        }
-    });
+    let call = spawn_transaction(
+        &pool,
+        options,
+        "WITH durable AS (SELECT pg_catalog.set_config('synchronous_commit', 'on', true)) \
+         INSERT INTO out_durable SELECT 'once' FROM durable",
+        &runs,
+    );
     let waiting = eventually(Duration::from_secs(20), || waiting_for_a_standby(&cluster)).await;
     assert!(waiting, "the COMMIT never waited for the standby");
     cluster.crash("instance-1").await.expect("crash");

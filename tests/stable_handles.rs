@@ -253,14 +253,33 @@ flavour_tests!(
     a_reader_handle_kept_from_startup_follows_a_reader_crash,
 );
 
-/// `PgListener` over the kept writer handle: after a writer crash it reconnects through the
-/// handle, which by then points at the new writer, and listens again; a NOTIFY sent on the
-/// new writer reaches it.
+/// How the writer changes under a listener.
+#[derive(Debug, Clone, Copy)]
+enum WriterChange {
+    /// The writer crashes; instance-2 is promoted.
+    Crash,
+    /// A planned switchover to instance-2: the old writer comes back up as a reader.
+    Switchover,
+}
+
+/// `PgListener` over the kept writer handle, opened the documented way: after a writer crash
+/// it reconnects through the handle, which by then points at the new writer, and listens
+/// again; a NOTIFY sent on the new writer reaches it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_listener_on_the_writer_handle_hears_the_new_writer() {
+    listener_follows("a_listener_on_the_writer_handle", WriterChange::Crash).await;
+}
+
+/// The same across a switchover where the old writer stays up as a reader (#22 item 9): the
+/// listener must not stay on it, where it would hear nothing and report nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_listener_on_the_writer_handle_follows_a_switchover() {
+    listener_follows("a_listener_across_a_switchover", WriterChange::Switchover).await;
+}
+
+async fn listener_follows(test: &str, change: WriterChange) {
     let cluster = LocalCluster::start(2).await.expect("cluster");
-    let pool: aurora_pool::AuroraPool =
-        connect(&cluster, "a_listener_on_the_writer_handle", "").await;
+    let pool: aurora_pool::AuroraPool = connect(&cluster, test, "").await;
     let mut listener = sqlx::postgres::PgListener::connect_with(&pool.writer())
         .await
         .expect("listener");
@@ -275,10 +294,11 @@ async fn a_listener_on_the_writer_handle_hears_the_new_writer() {
         .expect("recv");
     assert_eq!(before.payload(), "before");
 
-    cluster
-        .failover("instance-2", None)
-        .await
-        .expect("failover");
+    match change {
+        WriterChange::Crash => cluster.failover("instance-2", None).await,
+        WriterChange::Switchover => cluster.switchover("instance-2").await,
+    }
+    .expect("writer change");
     // Notifications sent while the listener reconnects are lost (PostgreSQL keeps none for
     // a session that is gone): keep sending until one arrives, each on the new writer.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
@@ -305,7 +325,7 @@ async fn a_listener_on_the_writer_handle_hears_the_new_writer() {
     assert_eq!(
         heard.as_deref(),
         Some("after"),
-        "the listener on the writer handle heard nothing from the new writer within 20 s: {}",
+        "after a {change:?}, the listener on the writer handle heard nothing from the new writer within 20 s: {}",
         pool.topology()
     );
     pool.close().await;

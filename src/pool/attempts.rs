@@ -385,6 +385,25 @@ async fn resolve_commit<B: Backend>(
     }
 }
 
+/// Ends an attempt that failed with `err` before `COMMIT` was sent: a lost connection rolled
+/// back by itself (the server ends a transaction whose client went) and goes; otherwise the
+/// transaction is rolled back here, and a connection that cannot roll back in time is
+/// closed, which rolls back too.
+async fn failed_before_commit<B: Backend, T>(
+    connection: &mut B::Connection,
+    err: Error,
+) -> Ended<T> {
+    let reusable = !err.is_failover()
+        && matches!(
+            tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await,
+            Ok(Ok(()))
+        );
+    Ended {
+        result: Err(err),
+        reusable,
+    }
+}
+
 /// One attempt of `work`, in a transaction for [`Attempt::Transaction`]. `phase` tells
 /// whether COMMIT was sent, and `value` keeps the work's value once it was.
 async fn attempt_once<B: Backend, T: Send>(
@@ -432,15 +451,7 @@ async fn attempt_once<B: Backend, T: Send>(
                     ),
                     _ => err,
                 };
-                let reusable = !err.is_failover()
-                    && matches!(
-                        tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await,
-                        Ok(Ok(()))
-                    );
-                return Ended {
-                    result: Err(err),
-                    reusable,
-                };
+                return failed_before_commit::<B, T>(connection, err).await;
             }
             Some(marker)
         }
@@ -448,24 +459,9 @@ async fn attempt_once<B: Backend, T: Send>(
     };
     let done = match work.attempt(connection).await {
         Ok(done) => done,
-        Err(err) => {
-            // Lost before COMMIT was sent: the server rolls back; the connection goes.
-            if err.is_failover() {
-                return Ended {
-                    result: Err(err),
-                    reusable: false,
-                };
-            }
-            // The caller's own error comes back unchanged, rolled back or not: a
-            // connection that cannot roll back is closed, which rolls back too.
-            let rollback = tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await;
-            return Ended {
-                result: Err(err),
-                reusable: matches!(rollback, Ok(Ok(()))),
-            };
-        }
+        // The caller's own error comes back unchanged, rolled back or not.
+        Err(err) => return failed_before_commit::<B, T>(connection, err).await,
     };
-    // A read-only transaction has nothing to resolve: the round trip is skipped.
     // A marked transaction is resolved by its marker, and a read-only one has nothing to
     // resolve: the id read is skipped for both.
     let trace = match marker {
@@ -478,19 +474,7 @@ async fn attempt_once<B: Backend, T: Send>(
     };
     let trace = match trace {
         Ok(trace) => trace,
-        Err(err) => {
-            // Still before COMMIT: a lost connection rolled back; an error the server
-            // sent (an aborted transaction) is rolled back here.
-            let reusable = !err.is_failover()
-                && matches!(
-                    tokio::time::timeout(ROLLBACK_WAIT, B::rollback(connection)).await,
-                    Ok(Ok(()))
-                );
-            return Ended {
-                result: Err(err),
-                reusable,
-            };
-        }
+        Err(err) => return failed_before_commit::<B, T>(connection, err).await,
     };
     *phase.lock().unwrap_or_else(PoisonError::into_inner) = Phase::Committing(trace);
     *value.lock().unwrap_or_else(PoisonError::into_inner) = Some(done);
