@@ -532,3 +532,106 @@ flavour_tests!(
     a_transaction_across_a_crash_is_reported_and_not_committed,
     new_connections_use_rotated_credentials,
 );
+
+/// A provider whose logins to one port take `delay` while armed, counting the logins
+/// abandoned half-way (their connect was dropped).
+#[derive(Debug, Clone)]
+struct SlowLogin {
+    password: String,
+    port: u16,
+    delay: Duration,
+    armed: Arc<AtomicBool>,
+    abandoned: Arc<std::sync::atomic::AtomicU32>,
+}
+
+/// Counts itself abandoned unless `finished` before it is dropped.
+struct Unfinished {
+    abandoned: Arc<std::sync::atomic::AtomicU32>,
+    finished: bool,
+}
+
+impl Drop for Unfinished {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
+impl CredentialProvider for SlowLogin {
+    fn credentials<'a>(
+        &'a self,
+        target: &'a ConnectTarget,
+    ) -> BoxFuture<'a, aurora_pool::Result<Credentials>> {
+        let slow = target.port == self.port && self.armed.load(Ordering::SeqCst);
+        Box::pin(async move {
+            if slow {
+                let mut unfinished = Unfinished {
+                    abandoned: self.abandoned.clone(),
+                    finished: false,
+                };
+                tokio::time::sleep(self.delay).await;
+                unfinished.finished = true;
+            }
+            Ok(Credentials::new(self.password.clone()))
+        })
+    }
+}
+
+/// deadpool only (its connects ask the provider each time, which makes a cancelled connect
+/// countable): a writer connect in flight is not thrown away when the routing changes for
+/// another reason (a reader leaving), #22 item 8.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_writer_connect_outlives_an_unrelated_routing_change() {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let writer_port = cluster
+        .instance_addr("instance-1")
+        .expect("writer address")
+        .port();
+    let login = SlowLogin {
+        password: cluster.password().to_owned(),
+        port: writer_port,
+        delay: Duration::from_millis(1500),
+        armed: Arc::new(AtomicBool::new(false)),
+        abandoned: Arc::default(),
+    };
+    let test = "deadpool-connect-outlives-routing";
+    let pool: aurora_pool::deadpool::AuroraPool = with_provider(
+        &cluster,
+        test,
+        &format!("&writer_min_connections=0&{AGGRESSIVE}"),
+        login.clone(),
+    )
+    .await;
+    let version = pool.topology().version();
+    login.armed.store(true, Ordering::SeqCst);
+    let started = std::time::Instant::now();
+    let write = tokio::spawn({
+        let pool = pool.clone();
+        async move { pool.execute("SELECT 1").await }
+    });
+    // The connect is logging in; a reader leaves meanwhile.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.crash("instance-3").await.expect("crash a reader");
+    let rerouted = eventually(Duration::from_secs(5), || async {
+        pool.topology().version() > version
+            || pool
+                .topology()
+                .instance("instance-3")
+                .is_some_and(|i| !i.is_available())
+    })
+    .await;
+    assert!(
+        rerouted,
+        "the reader was never dropped: {}",
+        pool.topology()
+    );
+    write.await.expect("task").expect("the write");
+    assert_eq!(
+        login.abandoned.load(Ordering::SeqCst),
+        0,
+        "a writer login was dropped half-way and begun again ({:?})",
+        started.elapsed()
+    );
+    pool.close().await;
+}

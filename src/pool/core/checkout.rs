@@ -158,12 +158,21 @@ impl<B: Backend> PoolCore<B> {
             let ready = ready.map(|result| result.map_err(|err| self.in_cluster_dialect(err)));
             let outcome = match ready {
                 Poll::Ready(result) => Some(result),
-                Poll::Pending => match self.wait_for(acquire, &mut routing, deadline).await {
-                    Waited::Done(result) => {
-                        Some(result.map_err(|err| self.in_cluster_dialect(err)))
+                Poll::Pending => loop {
+                    match self
+                        .wait_for(acquire.as_mut(), &mut routing, deadline)
+                        .await
+                    {
+                        Waited::Done(result) => {
+                            break Some(result.map_err(|err| self.in_cluster_dialect(err)));
+                        }
+                        // A change elsewhere (a reader came or went, a refresh that kept
+                        // this route) leaves a connect to an unchanged instance running:
+                        // dropping it would throw a half-done login away.
+                        Waited::RoutingChanged if self.still_routes(role, &slot) => {}
+                        Waited::RoutingChanged => break None,
+                        Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
                     }
-                    Waited::RoutingChanged => None,
-                    Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
                 },
             };
             match outcome {
@@ -253,6 +262,21 @@ impl<B: Backend> PoolCore<B> {
             if tokio::time::Instant::now() >= deadline {
                 return Err(self.failover_failed(role, last_error));
             }
+        }
+    }
+
+    /// Whether the routing still sends `role` to `slot`'s pool: the same instance (id and
+    /// address), the same pool, and for the writer, still available.
+    fn still_routes(&self, role: Role, slot: &Slot<B::Pool>) -> bool {
+        let table = self.routing.load();
+        let same = |other: &Slot<B::Pool>| {
+            Arc::ptr_eq(&other.targets, &slot.targets)
+                && other.instance.id() == slot.instance.id()
+                && other.instance.address() == slot.instance.address()
+        };
+        match role {
+            Role::Writer => same(&table.writer) && table.writer.instance.is_available(),
+            Role::Reader => table.readers.iter().any(same),
         }
     }
 

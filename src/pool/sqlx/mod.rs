@@ -214,17 +214,21 @@ impl AuroraPool {
     /// - A connection lost before `COMMIT` was sent: the server rolled back, and the work runs
     ///   again on the new writer (until `failover_timeout_ms`).
     /// - A connection lost during `COMMIT`: the transaction's id, read just before the
-    ///   `COMMIT`, is looked up on the writer (`txid_status`). Committed: the call returns the
-    ///   work's value. Rolled back: the work runs again. Not knowable:
-    ///   [`Error::is_transaction_state_unknown`], never run again.
+    ///   `COMMIT` with the server incarnation that assigned it, is looked up on the writer
+    ///   (`txid_status`). Committed, said by that same incarnation: the call returns the
+    ///   work's value. Rolled back: the work runs again. Not knowable (another incarnation
+    ///   answers `committed`: the id may have been reissued after a crash):
+    ///   [`Error::is_transaction_state_unknown`], never run again. For a definite answer
+    ///   after any crash, see [`TransactionOptions::outcome_marker`].
     /// - Any other error from `work` rolls the transaction back and comes back unchanged
     ///   (also when the `ROLLBACK` itself fails: the connection is then closed, which rolls
     ///   back too).
     ///
     /// `work` returns the caller's own error type `E`, as sqlx's `Connection::transaction`
-    /// does: anything a crate [`Error`] converts into (`aurora_pool::Error` itself, which
-    /// converts from `sqlx::Error` for `?`; `anyhow::Error`; an application error with a
-    /// `From<aurora_pool::Error>`). The crate's own failures (no writer, an unknown outcome)
+    /// does: anything a crate [`Error`] converts into (`sqlx::Error`, so that work returning
+    /// sqlx's own result needs no annotation, with the crate's verdicts inside an `Io` error
+    /// ([`Error::inside`]); `aurora_pool::Error` itself, which converts from `sqlx::Error`
+    /// for `?`; `anyhow::Error`; an application error with a `From<aurora_pool::Error>`). The crate's own failures (no writer, an unknown outcome)
     /// come back converted into `E`. A `sqlx::Error` or `aurora_pool::Error` returned by
     /// `work` is classified (a lost connection is a failover, `40001` can be retried); any
     /// other error is rolled back and comes back unchanged, never retried.
