@@ -117,25 +117,60 @@ impl SigningCredentials {
     }
 
     /// Asks `provider` on a task of its own, bounded by [`REFRESH_LIMIT`], and records the
-    /// answer.
+    /// answer. Whatever ends the task (an answer, the limit, a panic in the provider), the
+    /// refresh is over and its waiters are woken: [`Refreshing`]'s drop sees to it.
     fn refresh(&self, provider: SharedCredentialsProvider, now: SystemTime) {
-        let (state, refreshed) = (self.state.clone(), self.refreshed.clone());
+        let refreshing = Refreshing {
+            state: self.state.clone(),
+            refreshed: self.refreshed.clone(),
+            now,
+            answer: None,
+        };
         tokio::spawn(async move {
+            let mut refreshing = refreshing;
             let answer = tokio::time::timeout(REFRESH_LIMIT, provider.provide_credentials()).await;
-            let mut state = state.lock().unwrap_or_else(PoisonError::into_inner);
-            state.refreshing = false;
-            let why = match answer {
-                Ok(Ok(fresh)) => {
-                    state.current = Some(fresh);
-                    state.last_failure = None;
-                    None
-                }
-                Ok(Err(err)) => Some(err.to_string()),
-                Err(_) => Some(format!(
+            refreshing.answer = Some(match answer {
+                Ok(Ok(fresh)) => Ok(fresh),
+                Ok(Err(err)) => Err(err.to_string()),
+                Err(_) => Err(format!(
                     "the credential provider did not answer within {REFRESH_LIMIT:?}"
                 )),
-            };
-            if let Some(why) = why {
+            });
+        });
+    }
+
+    /// How many times the provider chain was asked.
+    pub(super) async fn fetches(&self) -> u64 {
+        self.state
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fetches
+    }
+}
+
+/// One refresh in flight; records its answer when dropped (no answer: the task ended
+/// without one, by a panic in the provider or a runtime shutting down).
+struct Refreshing {
+    state: Arc<Mutex<State>>,
+    refreshed: Arc<watch::Sender<u64>>,
+    now: SystemTime,
+    answer: Option<std::result::Result<Credentials, String>>,
+}
+
+impl Drop for Refreshing {
+    fn drop(&mut self) {
+        let answer = self.answer.take().unwrap_or_else(|| {
+            Err("the credential refresh ended without an answer (its provider panicked?)".into())
+        });
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        state.refreshing = false;
+        match answer {
+            Ok(fresh) => {
+                state.current = Some(fresh);
+                state.last_failure = None;
+            }
+            Err(why) => {
+                let now = self.now;
                 let valid_for_s = state
                     .current
                     .as_ref()
@@ -151,17 +186,9 @@ impl SigningCredentials {
                 );
                 state.last_failure = Some((now, why));
             }
-            drop(state);
-            refreshed.send_modify(|n| *n += 1);
-        });
-    }
-
-    /// How many times the provider chain was asked.
-    pub(super) async fn fetches(&self) -> u64 {
-        self.state
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .fetches
+        }
+        drop(state);
+        self.refreshed.send_modify(|n| *n += 1);
     }
 }
 
@@ -175,4 +202,46 @@ fn is_due(credentials: &Credentials, now: SystemTime) -> bool {
     credentials
         .expiry()
         .is_some_and(|expiry| expiry <= now + REFRESH_AHEAD)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_credential_types::provider::future;
+
+    #[derive(Debug)]
+    struct Panics;
+
+    impl ProvideCredentials for Panics {
+        fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            future::ProvideCredentials::new(async { panic!("a provider bug") })
+        }
+    }
+
+    /// A provider that panics ends its refresh with a failure: the waiter gets an error,
+    /// never a hang, and the next caller may refresh again.
+    #[tokio::test]
+    async fn a_panicking_provider_fails_the_refresh_instead_of_hanging_it() {
+        let signing = SigningCredentials::default();
+        let provider = SharedCredentialsProvider::new(Panics);
+        let now = SystemTime::now();
+        let err = tokio::time::timeout(Duration::from_secs(5), signing.get(&provider, now))
+            .await
+            .expect("the waiter hung on a refresh that had panicked")
+            .expect_err("no credentials");
+        assert!(err.to_string().contains("without an answer"), "{err}");
+        let later = now + RETRY_AFTER_FAILURE;
+        let again = tokio::time::timeout(Duration::from_secs(5), signing.get(&provider, later))
+            .await
+            .expect("the next caller hung");
+        assert!(again.is_err());
+        assert_eq!(
+            signing.fetches().await,
+            2,
+            "the next caller refreshed again"
+        );
+    }
 }
