@@ -347,6 +347,28 @@ async fn connected<'c>(
     connection.as_deref_mut().ok_or_else(Error::closed)
 }
 
+/// What a probe that failed with `err` says of its instance.
+fn outcome_of_failure(err: Error) -> ProbeOutcome {
+    let error = err.to_string();
+    if err.class() == ErrorClass::Login {
+        return ProbeOutcome::LoginRejected { error };
+    }
+    if err.is_busy() {
+        return ProbeOutcome::Busy { error };
+    }
+    let network = err.class() == ErrorClass::Network || err.is_connect() || err.is_timeout();
+    if err.is_credentials() || err.is_closed() || !network {
+        return ProbeOutcome::Unknown { error };
+    }
+    ProbeOutcome::Unreachable {
+        // A refusal or a close is proof; a failed name lookup is not (DNS fails on its
+        // own, and the instance may be fine).
+        definitive: err.is_refused_or_closed() && !err.is_timeout(),
+        timed_out: err.is_timeout(),
+        error,
+    }
+}
+
 async fn probe_once(
     state: &MonitorState,
     address: &HostPort,
@@ -387,39 +409,10 @@ async fn probe_once(
                 writer: matches!(in_recovery, Some("f" | "false")),
             }
         }
-        Ok(Err(err)) if err.class() == ErrorClass::Login => {
-            *connection = None;
-            ProbeOutcome::LoginRejected {
-                error: err.to_string(),
-            }
-        }
-        Ok(Err(err)) if err.is_busy() => {
-            *connection = None;
-            ProbeOutcome::Busy {
-                error: err.to_string(),
-            }
-        }
-        Ok(Err(err))
-            if err.is_credentials()
-                || err.is_closed()
-                || !(err.class() == ErrorClass::Network
-                    || err.is_connect()
-                    || err.is_timeout()) =>
-        {
-            *connection = None;
-            ProbeOutcome::Unknown {
-                error: err.to_string(),
-            }
-        }
         Ok(Err(err)) => {
+            // A failed probe's connection is never reused.
             *connection = None;
-            ProbeOutcome::Unreachable {
-                // A refusal or a close is proof; a failed name lookup is not (DNS fails
-                // on its own, and the instance may be fine).
-                definitive: err.is_refused_or_closed() && !err.is_timeout(),
-                timed_out: err.is_timeout(),
-                error: err.to_string(),
-            }
+            outcome_of_failure(err)
         }
         Err(_) => {
             // A hung connection is dropped, never reused.
@@ -436,6 +429,39 @@ async fn probe_once(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Only proof makes a failed probe definitive: a refused or reset connection; a name
+    /// that did not resolve is one missed probe (issue 24, item 7).
+    #[test]
+    fn a_failed_name_lookup_is_no_proof_of_death() {
+        let connect = |kind: std::io::ErrorKind, text: &str| {
+            Error::connect("connecting to instance-1:5432 failed")
+                .with_source(std::io::Error::new(kind, text.to_owned()))
+        };
+        let definitive = |err: Error| match outcome_of_failure(err) {
+            ProbeOutcome::Unreachable { definitive, .. } => definitive,
+            other => panic!("not unreachable: {other:?}"),
+        };
+        assert!(definitive(connect(
+            std::io::ErrorKind::ConnectionRefused,
+            "refused"
+        )));
+        assert!(definitive(connect(
+            std::io::ErrorKind::ConnectionReset,
+            "reset"
+        )));
+        assert!(!definitive(connect(
+            std::io::ErrorKind::Other,
+            "failed to lookup address information: Name or service not known"
+        )));
+        assert!(!definitive(Error::timeout("no answer")));
+        let login =
+            Error::driver("password authentication failed").with_sqlstate(Some("28P01".into()));
+        assert!(matches!(
+            outcome_of_failure(login),
+            ProbeOutcome::LoginRejected { .. }
+        ));
+    }
 
     fn plan() -> ProbePlan {
         ProbePlan {
