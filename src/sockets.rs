@@ -218,18 +218,21 @@ mod scan {
                 continue;
             };
             let socket = SockRef::from(&socket);
-            if socket.keepalive().unwrap_or(false) {
-                now.insert(inode);
-                continue;
+            match socket.keepalive() {
+                Ok(true) => {
+                    now.insert(inode);
+                    continue;
+                }
+                // Unreadable: left alone, looked at again next time.
+                Err(_) => continue,
+                Ok(false) => {}
             }
             // Still connecting (no peer yet), or to another peer (whose own request may
             // come in a later batch): looked at again next time.
             let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket()) else {
                 continue;
             };
-            if peers.iter().any(|p| same_peer(p, &peer))
-                && apply(&socket, peers, Act::KeepAlive(settings))
-            {
+            if peers.iter().any(|p| same_peer(p, &peer)) && set_keepalive(&socket, settings) {
                 if settings.keepalives {
                     now.insert(inode);
                 }
@@ -273,43 +276,40 @@ mod scan {
             let Some(socket) = duplicate_checked(fd, inode) else {
                 continue;
             };
-            if apply(&SockRef::from(&socket), peers, Act::End(quiet_for)) {
+            let socket = SockRef::from(&socket);
+            if to_peers(&socket, peers)
+                && faces_silence(&socket, quiet_for)
+                && socket.shutdown(std::net::Shutdown::Both).is_ok()
+            {
                 done += 1;
             }
         }
         done
     }
 
-    fn apply(socket: &SockRef<'_>, peers: &[SocketAddr], act: Act) -> bool {
-        // An established socket's peer is checked again on the socket itself.
-        if let Some(peer) = socket.peer_addr().ok().and_then(|a| a.as_socket())
-            && !peers.iter().any(|p| same_peer(p, &peer))
-        {
-            return false;
+    /// Whether `socket` is to one of `peers`: an established socket's peer is checked again
+    /// on the socket itself; one still connecting has none yet (the TCP table named it).
+    fn to_peers(socket: &SockRef<'_>, peers: &[SocketAddr]) -> bool {
+        match socket.peer_addr().ok().and_then(|a| a.as_socket()) {
+            Some(peer) => peers.iter().any(|p| same_peer(p, &peer)),
+            None => true,
         }
-        match act {
-            Act::End(quiet_for) => {
-                faces_silence(socket, quiet_for)
-                    && socket.shutdown(std::net::Shutdown::Both).is_ok()
-            }
-            Act::KeepAlive(settings) => {
-                if socket.keepalive().unwrap_or(true) {
-                    return false;
-                }
-                let mut ok = true;
-                if settings.keepalives {
-                    let keepalive = TcpKeepalive::new()
-                        .with_time(settings.keepalives_idle)
-                        .with_interval(settings.keepalives_interval)
-                        .with_retries(settings.keepalives_count);
-                    ok &= socket.set_tcp_keepalive(&keepalive).is_ok();
-                }
-                if let Some(timeout) = settings.tcp_user_timeout {
-                    ok &= socket.set_tcp_user_timeout(Some(timeout)).is_ok();
-                }
-                ok
-            }
+    }
+
+    /// Sets `settings` on a socket found without keepalives.
+    fn set_keepalive(socket: &SockRef<'_>, settings: TcpSettings) -> bool {
+        let mut ok = true;
+        if settings.keepalives {
+            let keepalive = TcpKeepalive::new()
+                .with_time(settings.keepalives_idle)
+                .with_interval(settings.keepalives_interval)
+                .with_retries(settings.keepalives_count);
+            ok &= socket.set_tcp_keepalive(&keepalive).is_ok();
         }
+        if let Some(timeout) = settings.tcp_user_timeout {
+            ok &= socket.set_tcp_user_timeout(Some(timeout)).is_ok();
+        }
+        ok
     }
 
     /// Whether the connection faces silence: still connecting, or established and heard

@@ -397,6 +397,8 @@ mod keepalives {
     /// the default settings: the kernel runs a keepalive timer on each idle one. With
     /// `keepalives=0` none has.
     async fn every_connection_has_keepalives_by_default<F: Flavour>(test: &str) {
+        // Its clusters and pools would load the machine under the timed tests' bounds.
+        let _slot = support::cluster_slot().await;
         let cluster = LocalCluster::start(2).await.expect("cluster");
         let writer = cluster.instance_addr("instance-1").expect("writer address");
         let reader = cluster.instance_addr("instance-2").expect("reader address");

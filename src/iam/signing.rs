@@ -71,11 +71,7 @@ impl SigningCredentials {
                 // The answer of the refresh waited for, whatever the clock says of it.
                 if waited && !state.refreshing {
                     match (&state.current, &state.last_failure) {
-                        (_, Some((_, why))) => {
-                            return Err(Error::credentials(format!(
-                                "loading AWS credentials for IAM authentication failed: {why}"
-                            )));
-                        }
+                        (_, Some((_, why))) => return Err(refresh_failed(why)),
                         (Some(fresh), None) => return Ok(fresh.clone()),
                         (None, None) => {}
                     }
@@ -101,9 +97,7 @@ impl SigningCredentials {
                 if !state.refreshing
                     && let Some((_, why)) = &state.last_failure
                 {
-                    return Err(Error::credentials(format!(
-                        "loading AWS credentials for IAM authentication failed: {why}"
-                    )));
+                    return Err(refresh_failed(why));
                 }
             }
             // Nothing valid in hand: wait for the refresh in flight (bounded by its limit).
@@ -190,6 +184,13 @@ impl Drop for Refreshing {
         drop(state);
         self.refreshed.send_modify(|n| *n += 1);
     }
+}
+
+/// The error of a caller left with nothing to sign with after the refresh failed (`why`).
+fn refresh_failed(why: &str) -> Error {
+    Error::credentials(format!(
+        "loading AWS credentials for IAM authentication failed: {why}"
+    ))
 }
 
 /// Whether `credentials` can still sign at `now`.

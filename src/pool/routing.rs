@@ -231,9 +231,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         // none does), where its connect check holds new connections until the routes
         // change, instead of dialing a dead host and backing off past the promotion.
         let writer_available = topology.writer().is_available();
-        writer
-            .targets
-            .set_writer_check(topology.dialect().writer_check());
+        writer.targets.set_dialect(topology.dialect());
         writer
             .targets
             .set_parked(readers.first().map_or_else(|| writer.route(), Slot::route));

@@ -11,7 +11,7 @@ use std::time::Instant;
 use arc_swap::{ArcSwap, ArcSwapOption};
 
 use super::login::SlotLogin;
-use crate::topology::Instance;
+use crate::topology::{Dialect, Instance};
 
 /// One instance a pool connects to, with the credentials it logs in with there.
 #[derive(Clone)]
@@ -46,9 +46,9 @@ pub(crate) struct Targets {
     parked: ArcSwapOption<Route>,
     /// The generation, for those who wait for the routes to change.
     changes: tokio::sync::watch::Sender<u64>,
-    /// What a new connection of a writer pool asks its server (the cluster's dialect's
-    /// [`writer_check`](crate::topology::Dialect::writer_check)).
-    writer_check: std::sync::OnceLock<&'static str>,
+    /// The cluster's dialect, which tells what a new connection of a writer pool asks its
+    /// server ([`Dialect::writer_check`]).
+    dialect: std::sync::OnceLock<Dialect>,
 }
 
 impl Targets {
@@ -62,7 +62,7 @@ impl Targets {
             origin: Instant::now(),
             parked: ArcSwapOption::empty(),
             changes: tokio::sync::watch::channel(0).0,
-            writer_check: std::sync::OnceLock::new(),
+            dialect: std::sync::OnceLock::new(),
         })
     }
 
@@ -96,19 +96,20 @@ impl Targets {
             .cloned()
     }
 
-    /// Sets what a new writer connection asks its server (once: a cluster keeps its dialect).
-    pub(crate) fn set_writer_check(&self, query: &'static str) {
-        let _ = self.writer_check.set(query);
+    /// Sets the cluster's dialect (once: a cluster keeps its dialect).
+    pub(crate) fn set_dialect(&self, dialect: Dialect) {
+        let _ = self.dialect.set(dialect);
     }
 
     /// What a new writer connection asks its server: `pg_is_in_recovery()` and the
-    /// instance's id where the dialect tells it.
+    /// instance's id where the dialect tells it (none before the dialect is set).
     #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
     pub(crate) fn writer_check(&self) -> &'static str {
-        self.writer_check
+        self.dialect
             .get()
             .copied()
-            .unwrap_or("SELECT pg_catalog.pg_is_in_recovery(), NULL::pg_catalog.text")
+            .unwrap_or(Dialect::Pg)
+            .writer_check()
     }
 
     /// Where to point a pool that has no routes (see [`set_parked`](Targets::set_parked)).
@@ -151,12 +152,19 @@ impl Targets {
     /// (`sockets::end_connections_to`); whatever is left becomes stale when the routes
     /// return to another instance.
     pub(crate) fn park(&self) {
-        let old = self.routes.swap(Arc::new(Vec::new()));
+        let old = self.swap(Arc::new(Vec::new()));
         if !old.is_empty() {
             self.routed.store(old);
         }
+    }
+
+    /// Puts `routes` in place, bumps the generation and tells its waiters; returns the
+    /// routes replaced.
+    fn swap(&self, routes: Arc<Vec<Route>>) -> Arc<Vec<Route>> {
+        let old = self.routes.swap(routes);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.changes.send_replace(generation);
+        old
     }
 
     /// Replaces the routes. When an instance of the last routes (before the pool was
@@ -164,9 +172,7 @@ impl Targets {
     /// until now becomes stale. Returns whether that happened.
     pub(crate) fn set(&self, routes: Vec<Route>) -> bool {
         let routes = Arc::new(routes);
-        let old = self.routes.swap(routes.clone());
-        let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
-        self.changes.send_replace(generation);
+        let old = self.swap(routes.clone());
         let old = if old.is_empty() {
             self.routed.load_full()
         } else {
