@@ -262,6 +262,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
             Vec::new()
         };
         let unchanged = same_routes(&reads.targets.routes(), &read_routes);
+        reads.targets.set_dialect(topology.dialect());
         reads.targets.set_parked(writer.route());
         if !unchanged {
             reads.targets.set(read_routes);

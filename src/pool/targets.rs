@@ -46,8 +46,8 @@ pub(crate) struct Targets {
     parked: ArcSwapOption<Route>,
     /// The generation, for those who wait for the routes to change.
     changes: tokio::sync::watch::Sender<u64>,
-    /// The cluster's dialect, which tells what a new connection of a writer pool asks its
-    /// server ([`Dialect::writer_check`]).
+    /// The cluster's dialect, which tells what a new connection asks its server
+    /// ([`Dialect::instance_check`]).
     dialect: std::sync::OnceLock<Dialect>,
 }
 
@@ -101,15 +101,15 @@ impl Targets {
         let _ = self.dialect.set(dialect);
     }
 
-    /// What a new writer connection asks its server: `pg_is_in_recovery()` and the
-    /// instance's id where the dialect tells it (none before the dialect is set).
+    /// What a new connection asks its server: `pg_is_in_recovery()` and the instance's id
+    /// where the dialect tells it (none before the dialect is set).
     #[cfg_attr(not(feature = "sqlx"), allow(dead_code))]
-    pub(crate) fn writer_check(&self) -> &'static str {
+    pub(crate) fn instance_check(&self) -> &'static str {
         self.dialect
             .get()
             .copied()
             .unwrap_or(Dialect::Pg)
-            .writer_check()
+            .instance_check()
     }
 
     /// Where to point a pool that has no routes (see [`set_parked`](Targets::set_parked)).

@@ -92,10 +92,10 @@ impl Dialect {
 }
 
 impl Dialect {
-    /// What a new writer connection asks its server: whether it is a replica, and which
+    /// What a new pool connection asks its server: whether it is a replica, and which
     /// instance it is, where the dialect can tell (Aurora, Multi-AZ: the ids the topology
     /// uses); `NULL` for the id elsewhere.
-    pub(crate) fn writer_check(self) -> &'static str {
+    pub(crate) fn instance_check(self) -> &'static str {
         match self {
             Dialect::AuroraPg => {
                 "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.aurora_db_instance_identifier()"
@@ -510,9 +510,9 @@ mod tests {
             super::RDS_EXTENSIONS,
             super::IS_READER,
             super::AURORA_AM_I_WRITER,
-            Dialect::AuroraPg.writer_check(),
-            Dialect::RdsMultiAzPg.writer_check(),
-            Dialect::Pg.writer_check(),
+            Dialect::AuroraPg.instance_check(),
+            Dialect::RdsMultiAzPg.instance_check(),
+            Dialect::Pg.instance_check(),
         ];
         for sql in statements {
             assert_eq!(unqualified(sql), None, "{sql}");

@@ -72,29 +72,37 @@ fn rotate(itself: &OnceLock<Weak<PgPool>>, targets: &Targets, base: &BaseOptions
     }
 }
 
-/// Refuses a new connection of the readers' pool that has nothing to serve, or that reached
-/// the writer while only readers serve reads: a connect that began before the routes
-/// changed (to the writer the pool was parked on, or to a reader promoted since) may end
-/// after. One round trip per new connection.
+/// Refuses a new connection of the readers' pool that has nothing to serve, that reached
+/// the writer while only readers serve reads, or that reached an instance the pool has left
+/// (where the dialect tells the instance's id): a connect that began before the routes
+/// changed (to the writer the pool was parked on, to a reader promoted since, to a reader
+/// that left a custom endpoint) may end after, and would otherwise stay in the pool as a
+/// connection that is not stale. One round trip per new connection.
 async fn check_reader(
     conn: &mut PgConnection,
     targets: &Targets,
     hold_limit: Duration,
 ) -> sqlx::Result<()> {
     let generation = targets.generation();
-    let routes = targets.routes();
-    if routes.is_empty() {
+    if targets.is_unrouted() {
         // Parked on the writer: hold this attempt until a reader is routed, rather than
         // logging in to the writer again and again through sqlx's retries.
         targets.changed_after(generation, hold_limit).await;
         return Err(sqlx::Error::Protocol(NO_READER.into()));
     }
-    if routes.iter().all(|r| r.instance.role() == Role::Reader) && !is_read_only(conn).await? {
+    let (read_only, id) = identify(conn, targets).await?;
+    let routes = targets.routes();
+    if routes.iter().all(|r| r.instance.role() == Role::Reader) && !read_only {
         return Err(sqlx::Error::Protocol(
             "the instance takes writes: reads go to readers now".into(),
         ));
     }
-    Ok(())
+    match id {
+        Some(id) if !routes.iter().any(|r| r.instance.id() == id) => Err(sqlx::Error::Protocol(
+            format!("opened to instance {id}, which reads no longer use: connecting again"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a new writer-pool connection whose instance is read-only (a demoted writer), or
@@ -104,15 +112,13 @@ async fn check_reader(
 /// connection lands on an instance the pool has left; the deadpool manager's generation
 /// check does the same).
 async fn check_writer(conn: &mut PgConnection, targets: &Targets) -> sqlx::Result<()> {
-    let row = sqlx::raw_sql(targets.writer_check())
-        .fetch_one(&mut *conn)
-        .await?;
-    if row.try_get::<bool, _>(0)? {
+    let (read_only, id) = identify(conn, targets).await?;
+    if read_only {
         return Err(sqlx::Error::Protocol(
             "the instance is read-only: it is no longer the writer".into(),
         ));
     }
-    let Some(id) = row.try_get::<Option<String>, _>(1)? else {
+    let Some(id) = id else {
         return Ok(());
     };
     match targets.current() {
@@ -127,12 +133,15 @@ async fn check_writer(conn: &mut PgConnection, targets: &Targets) -> sqlx::Resul
     }
 }
 
-/// Whether a new writer-pool connection's instance is read-only.
-async fn is_read_only(conn: &mut PgConnection) -> sqlx::Result<bool> {
-    let row = sqlx::raw_sql("SELECT pg_catalog.pg_is_in_recovery()")
+/// Whether a new connection's instance is read-only, and its id where the dialect tells it.
+async fn identify(
+    conn: &mut PgConnection,
+    targets: &Targets,
+) -> sqlx::Result<(bool, Option<String>)> {
+    let row = sqlx::raw_sql(targets.instance_check())
         .fetch_one(&mut *conn)
         .await?;
-    row.try_get::<bool, _>(0)
+    Ok((row.try_get(0)?, row.try_get(1)?))
 }
 
 impl Backend for SqlxBackend {
