@@ -79,4 +79,99 @@ async fn reads_continue_on_the_other_readers<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
-flavour_tests!(reads_continue_on_the_other_readers);
+/// The backend pids of the pool's own connections (`application_name`) on instance `on`.
+async fn backends(cluster: &LocalCluster, on: &str, app: &str) -> BTreeSet<String> {
+    let sql =
+        format!("SELECT pid FROM pg_stat_activity WHERE application_name = '{app}' ORDER BY pid");
+    cluster
+        .psql(on, "postgres", &sql)
+        .await
+        .expect("pg_stat_activity")
+        .lines()
+        .map(|l| l.trim().to_owned())
+        .filter(|l| !l.is_empty())
+        .collect()
+}
+
+const LONG_READ: &str =
+    "SELECT pg_catalog.aurora_db_instance_identifier() FROM pg_catalog.pg_sleep(1.5)";
+
+/// #22 item 8: one reader leaving closes only its own connections; the readers' pool keeps
+/// its connections to the readers that stay, through checkouts and returns.
+async fn a_reader_leaving_closes_only_its_own_connections<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(4).await.expect("cluster");
+    let app = support::unique_cluster_id(&format!("{test}-app"));
+    let pool: F = connect(
+        &cluster,
+        test,
+        &format!("{AGGRESSIVE}&application_name={app}&reader_max_connections=12"),
+    )
+    .await;
+    let readers = ["instance-2", "instance-3", "instance-4"];
+    let up = eventually(Duration::from_secs(10), || async {
+        let topology = pool.topology();
+        readers
+            .iter()
+            .all(|id| topology.instance(id).is_some_and(|i| i.is_available()))
+    })
+    .await;
+    assert!(up, "the readers never all came up: {}", pool.topology());
+    // Long reads started one after another: each finds every connection busy and opens one,
+    // after the previous connect moved the pool on to the next reader.
+    let reads = pool.handle(Role::Reader);
+    let mut held = tokio::task::JoinSet::new();
+    for _ in 0..9 {
+        let reads = reads.clone();
+        held.spawn(async move { F::handle_text(&reads, LONG_READ).await });
+        tokio::time::sleep(Duration::from_millis(150)).await;
+    }
+    let mut spread = BTreeSet::new();
+    while let Some(read) = held.join_next().await {
+        spread.insert(read.expect("task").expect("long read"));
+    }
+    assert_eq!(
+        spread.len(),
+        3,
+        "reads did not reach every reader: {spread:?}"
+    );
+    let mut kept = BTreeSet::new();
+    for id in ["instance-3", "instance-4"] {
+        let on = backends(&cluster, id, &app).await;
+        assert!(!on.is_empty(), "no pooled connection on {id}");
+        kept.extend(on.into_iter().map(|pid| format!("{id}:{pid}")));
+    }
+
+    cluster.crash("instance-2").await.expect("crash a reader");
+    let dropped = eventually(Duration::from_secs(10), || async {
+        !pool
+            .topology()
+            .instance("instance-2")
+            .expect("listed")
+            .is_available()
+    })
+    .await;
+    assert!(
+        dropped,
+        "instance-2 was never declared down: {}",
+        pool.topology()
+    );
+    // Every pooled connection is checked out and returned again.
+    let after = F::spread_of(&reads, 48).await;
+    assert!(!after.contains("instance-2"), "{after:?}");
+    let mut alive = BTreeSet::new();
+    for id in ["instance-3", "instance-4"] {
+        let on = backends(&cluster, id, &app).await;
+        alive.extend(on.into_iter().map(|pid| format!("{id}:{pid}")));
+    }
+    let closed: Vec<&String> = kept.difference(&alive).collect();
+    assert!(
+        closed.is_empty(),
+        "connections to readers that stayed were closed when another reader left: {closed:?}"
+    );
+    pool.close().await;
+}
+
+flavour_tests!(
+    reads_continue_on_the_other_readers,
+    a_reader_leaving_closes_only_its_own_connections
+);

@@ -379,3 +379,47 @@ async fn a_nested_begin_is_a_savepoint() {
     );
     pool.close().await;
 }
+
+/// deadpool only: work written the way tokio-postgres users write it, a closure returning
+/// `tokio_postgres::Error`, compiles without annotations; the call returns the crate's error,
+/// which classifies the server's error and keeps the original as its source, and carries the
+/// crate's own verdicts (#23 item 7).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn work_returning_tokio_postgres_errors_keeps_both_errors() {
+    let cluster = LocalCluster::start(1).await.expect("cluster");
+    table(&cluster, "tx_pg_error").await;
+    let pool: aurora_pool::deadpool::AuroraPool =
+        connect(&cluster, "deadpool-pg-error-work", "").await;
+    let insert = || {
+        pool.transaction(|client| {
+            Box::pin(async move {
+                client
+                    .execute("INSERT INTO tx_pg_error VALUES ('once')", &[])
+                    .await
+            })
+        })
+    };
+    assert_eq!(insert().await.expect("the first insert"), 1);
+    let err = insert().await.expect_err("a duplicate key");
+    assert!(err.is_driver(), "{err:?}");
+    assert_eq!(err.sqlstate(), Some("23505"), "{err:?}");
+    let original = std::error::Error::source(&err)
+        .and_then(|source| source.downcast_ref::<tokio_postgres::Error>())
+        .expect("the client's own error as the source");
+    assert_eq!(
+        original.code(),
+        Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION)
+    );
+    // A verdict of the crate's: the outcome of a COMMIT whose reply was lost and that took
+    // no id.
+    assert!(cluster.cut_at("instance-1", "COMMIT", CutAt::Reply));
+    let err = pool
+        .transaction(|client| {
+            Box::pin(async move { client.batch_execute("NOTIFY tx_channel").await })
+        })
+        .await
+        .expect_err("the COMMIT's reply was lost");
+    assert!(err.is_transaction_state_unknown(), "{err:?}");
+    assert_eq!(rows(&cluster, "tx_pg_error", "once").await, 1);
+    pool.close().await;
+}

@@ -218,8 +218,8 @@ impl Backend for DeadpoolBackend {
     fn retarget(&self, pool: &Pool, _: &Targets) {
         // Every connect reads the targets and asks the provider; idle connections to an
         // instance the pool left go now rather than at their next checkout.
-        let targets = &pool.manager().targets;
-        pool.retain(|_, metrics| !targets.is_stale(metrics.created));
+        let manager = pool.manager();
+        pool.retain(|client, metrics| !manager.is_stale(client, metrics.created));
     }
 
     fn abort(pool: &Pool) {

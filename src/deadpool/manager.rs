@@ -4,11 +4,11 @@
 //! is declared dead.
 
 use std::fmt;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use ::deadpool::managed::{self, Metrics, RecycleError, RecycleResult};
-use deadpool_postgres::ClientWrapper;
+use deadpool_postgres::{ClientWrapper, StatementCache};
 use tokio::task::AbortHandle;
 
 use super::error::{from_connect, from_pg};
@@ -33,9 +33,9 @@ pub struct Manager {
     pub(super) targets: Arc<Targets>,
     pub(super) connect_timeout: Duration,
     pub(super) max_lifetime: Option<Duration>,
-    /// The connection tasks of every connection this manager opened, with when each was
-    /// opened (finished ones are pruned as new ones come).
-    tasks: Mutex<Vec<(Instant, AbortHandle)>>,
+    /// Every connection this manager opened that may still be open (finished ones are
+    /// pruned as new ones come).
+    opened: Mutex<Vec<Opened>>,
     /// Set when the pool closes; dropped with it. The pool's maintenance task watches it.
     closed: tokio::sync::watch::Sender<bool>,
     /// Set for a writer pool: its new connections check that their instance takes writes,
@@ -79,6 +79,23 @@ pub(super) async fn connect_client(
     Ok((ClientWrapper::new(client, task), abort))
 }
 
+/// One connection a manager opened: when, to which instance, and its connection task.
+struct Opened {
+    at: Instant,
+    instance: String,
+    task: AbortHandle,
+    /// The connection's statement cache, one `Arc` per connection for its whole life: what
+    /// tells a pooled `ClientWrapper` (which has room for no tag of the crate's) apart. The
+    /// `Weak` keeps the allocation, so its address is not reused while this entry lives.
+    cache: Weak<StatementCache>,
+}
+
+impl Opened {
+    fn is_of(&self, client: &ClientWrapper) -> bool {
+        std::ptr::eq(self.cache.as_ptr(), Arc::as_ptr(&client.statement_cache))
+    }
+}
+
 /// How many times a new connection is opened again because its pool moved to another
 /// instance while it was being opened.
 const MOVED_WHILE_CONNECTING: usize = 3;
@@ -101,7 +118,7 @@ impl Manager {
             targets,
             connect_timeout,
             max_lifetime,
-            tasks: Mutex::new(Vec::new()),
+            opened: Mutex::new(Vec::new()),
             closed: tokio::sync::watch::channel(false).0,
             writer_route_wait: None,
         }
@@ -129,18 +146,31 @@ impl Manager {
         self.closed.send_replace(true);
     }
 
-    /// Ends every stale connection at once (every connection, once the targets are empty):
+    /// Ends every stale connection at once (the connections to the instances that left):
     /// queries in flight fail with a closed connection instead of waiting on a dead host.
     pub(super) fn abort_stale(&self) {
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|(opened, task)| {
-            if self.targets.is_stale(*opened) {
-                task.abort();
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        opened.retain(|o| {
+            if self.targets.is_stale_on(&o.instance, o.at) {
+                o.task.abort();
                 false
             } else {
-                !task.is_finished()
+                !o.task.is_finished()
             }
         });
+    }
+
+    /// Whether `client`, created at `created`, must not be handed out again: its instance
+    /// left after it was opened (any instance, when the manager does not know its own).
+    pub(super) fn is_stale(&self, client: &ClientWrapper, created: Instant) -> bool {
+        if !self.targets.any_left() {
+            return false;
+        }
+        let opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        match opened.iter().find(|o| o.is_of(client)) {
+            Some(o) => self.targets.is_stale_on(&o.instance, o.at),
+            None => self.targets.is_stale(created),
+        }
     }
 
     /// Opens a connection to the next target, logging in with the provider's credentials.
@@ -150,7 +180,7 @@ impl Manager {
         self.tls.point(&mut config, address);
         let target = ConnectTarget::new(address.host.clone(), address.port, self.user.clone());
         let context = format!("connecting to {address}");
-        let opened = Instant::now();
+        let at = Instant::now();
         let (client, task) = login::connect_with_login(
             self.provider.as_ref(),
             &target,
@@ -166,9 +196,14 @@ impl Manager {
             },
         )
         .await?;
-        let mut tasks = self.tasks.lock().unwrap_or_else(|e| e.into_inner());
-        tasks.retain(|(_, t)| !t.is_finished());
-        tasks.push((opened, task));
+        let mut opened = self.opened.lock().unwrap_or_else(|e| e.into_inner());
+        opened.retain(|o| !o.task.is_finished() && o.cache.strong_count() > 0);
+        opened.push(Opened {
+            at,
+            instance: route.instance.id().to_owned(),
+            task,
+            cache: Arc::downgrade(&client.statement_cache),
+        });
         Ok(client)
     }
 }
@@ -246,7 +281,7 @@ impl managed::Manager for Manager {
     }
 
     async fn recycle(&self, client: &mut ClientWrapper, metrics: &Metrics) -> RecycleResult<Error> {
-        if self.targets.is_stale(metrics.created) {
+        if self.is_stale(client, metrics.created) {
             return Err(RecycleError::message(
                 "the connection was opened before its pool moved to another instance",
             ));

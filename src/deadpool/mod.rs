@@ -38,6 +38,9 @@ mod backend;
 mod error;
 mod manager;
 mod tls;
+mod work;
+
+pub use work::WorkError;
 
 use std::sync::Arc;
 
@@ -144,34 +147,37 @@ impl AuroraPool {
 
     /// Runs `work` in a transaction on the writer, as the sqlx flavour's
     /// [`transaction`](crate::AuroraPool::transaction): run again only when known not to have
-    /// committed (a `COMMIT` whose answer was lost is looked up with `txid_status`), the
-    /// caller's own error type `E` returned unchanged (`aurora_pool::Error` converts from
-    /// `tokio_postgres::Error` for `?`), and the connection closed if the future is dropped
-    /// inside the transaction. `work` gets the client, not a tokio-postgres `Transaction`: a
-    /// savepoint inside it is `SAVEPOINT` / `RELEASE SAVEPOINT` by hand.
+    /// committed (a `COMMIT` whose answer was lost is looked up with `txid_status`), and the
+    /// connection closed if the future is dropped inside the transaction. `work` gets the
+    /// client, not a tokio-postgres `Transaction`: a savepoint inside it is `SAVEPOINT` /
+    /// `RELEASE SAVEPOINT` by hand.
+    ///
+    /// The work's error type ([`WorkError`]) is `tokio_postgres::Error` (the call then
+    /// returns [`aurora_pool::Error`](crate::Error)), or any type the crate's error converts
+    /// into, returned as it is: the crate's error itself, or an application's own.
     ///
     /// ```no_run
     /// # async fn f(pool: aurora_pool::deadpool::AuroraPool) -> aurora_pool::Result<()> {
+    /// // The client's own errors, as tokio-postgres users write it:
     /// let moved: u64 = pool
     ///     .transaction(|client| {
     ///         Box::pin(async move {
     ///             client
     ///                 .execute("UPDATE accounts SET balance = balance - 10 WHERE id = 1", &[])
     ///                 .await?;
-    ///             let done = client
+    ///             client
     ///                 .execute("UPDATE accounts SET balance = balance + 10 WHERE id = 2", &[])
-    ///                 .await?;
-    ///             Ok::<_, aurora_pool::Error>(done)
+    ///                 .await
     ///         })
     ///     })
     ///     .await?;
     /// # let _ = moved; Ok(()) }
     /// ```
-    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E>
+    pub async fn transaction<T, E, F>(&self, work: F) -> Result<T, E::Returned>
     where
         F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, E>> + Send,
         T: Send,
-        E: From<Error> + Send + 'static,
+        E: WorkError,
     {
         self.transaction_with(TransactionOptions::new(), work).await
     }
@@ -182,11 +188,11 @@ impl AuroraPool {
         &self,
         options: impl Into<TransactionOptions>,
         mut work: F,
-    ) -> Result<T, E>
+    ) -> Result<T, E::Returned>
     where
         F: for<'c> FnMut(&'c ClientWrapper) -> BoxFuture<'c, Result<T, E>> + Send,
         T: Send,
-        E: From<Error> + Send + 'static,
+        E: WorkError,
     {
         let options = options.into();
         let kind = Attempt::Transaction(options);
@@ -204,7 +210,7 @@ impl AuroraPool {
             &mut attempt,
         )
         .await;
-        attempt.errors.finish(result)
+        attempt.errors.finish_as(result, E::into_returned, E::from_pool)
     }
 
     /// The retry loop behind `run`.

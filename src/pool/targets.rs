@@ -1,8 +1,12 @@
 //! Where a pool's new connections go. A pool is opened once per role and lives as long as
 //! the `AuroraPool`: when its instance changes (a new writer, a reader gone) the pool is
 //! pointed at the new one instead of being replaced, so a handle taken at startup follows its
-//! role. Connections opened before a change that dropped an instance are stale: the backends
-//! close them at checkout and on return instead of handing them out again.
+//! role. A connection to an instance the routes dropped, opened before they dropped it, is
+//! stale: the backends close it at checkout and on return instead of handing it out again.
+//! The backends tell each connection's instance where they can (the deadpool manager
+//! exactly, the sqlx backend by when the connection was opened), so that one reader leaving
+//! ends only its own connections; a connection whose instance is not known is stale after
+//! any instance left.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -36,9 +40,12 @@ pub(crate) struct Targets {
     next: AtomicUsize,
     /// Bumped by every change of the routes.
     generation: AtomicU64,
-    /// Connections opened before this many nanoseconds after `origin` are stale; 0 while
-    /// none is.
+    /// Connections of unknown instance opened before this many nanoseconds after `origin`
+    /// are stale; 0 while no instance has left.
     stale_before: AtomicU64,
+    /// Each instance the routes dropped, with when they dropped it last (nanoseconds after
+    /// `origin`): its connections opened before then are stale. One entry per instance.
+    left: std::sync::Mutex<Vec<(String, u64)>>,
     origin: Instant,
     /// Where a driver that must always have an address points a pool with no routes: an
     /// instance that answers, whose connections the pool's connect check holds until the
@@ -59,6 +66,7 @@ impl Targets {
             next: AtomicUsize::new(0),
             generation: AtomicU64::new(0),
             stale_before: AtomicU64::new(0),
+            left: std::sync::Mutex::new(Vec::new()),
             origin: Instant::now(),
             parked: ArcSwapOption::empty(),
             changes: tokio::sync::watch::channel(0).0,
@@ -167,9 +175,9 @@ impl Targets {
         old
     }
 
-    /// Replaces the routes. When an instance of the last routes (before the pool was
-    /// [parked](Targets::park), if it was) is not among the new ones, every connection opened
-    /// until now becomes stale. Returns whether that happened.
+    /// Replaces the routes. An instance of the last routes (before the pool was
+    /// [parked](Targets::park), if it was) that is not among the new ones has left: its
+    /// connections opened until now become stale. Returns whether an instance left.
     pub(crate) fn set(&self, routes: Vec<Route>) -> bool {
         let routes = Arc::new(routes);
         let old = self.swap(routes.clone());
@@ -182,37 +190,56 @@ impl Targets {
             self.routed.store(routes.clone());
         }
         let new = routes;
-        let dropped = old.iter().any(|o| !new.iter().any(|n| n.same_instance(o)));
-        if dropped {
-            // Marked after the routes changed: a connection that completes later may still
-            // have been opened to the old instance (its connect began before the change);
-            // the backends' writer check and their generation check catch those.
-            let now = u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX);
-            self.stale_before.fetch_max(now.max(1), Ordering::AcqRel);
+        let gone: Vec<&Route> = old
+            .iter()
+            .filter(|o| !new.iter().any(|n| n.same_instance(o)))
+            .collect();
+        if gone.is_empty() {
+            return false;
         }
-        dropped
+        // Marked after the routes changed: a connection that completes later may still have
+        // been opened to the old instance (its connect began before the change); the
+        // backends' instance check and their generation check catch those.
+        let now = self.nanos(Instant::now()).max(1);
+        {
+            let mut left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+            for route in gone {
+                let id = route.instance.id();
+                match left.iter_mut().find(|(l, _)| l == id) {
+                    Some((_, when)) => *when = now,
+                    None => left.push((id.to_owned(), now)),
+                }
+            }
+        }
+        self.stale_before.fetch_max(now, Ordering::AcqRel);
+        true
     }
 
-    /// Whether a connection opened at `opened` must not be handed out again.
+    fn nanos(&self, at: Instant) -> u64 {
+        u64::try_from(at.saturating_duration_since(self.origin).as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether any instance has left (until then no connection is stale: one atomic load).
+    pub(crate) fn any_left(&self) -> bool {
+        self.stale_before.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether a connection of unknown instance opened at `opened` must not be handed out
+    /// again: it may be to any instance that left since.
     pub(crate) fn is_stale(&self, opened: Instant) -> bool {
         let before = self.stale_before.load(Ordering::Acquire);
-        if before == 0 {
-            return false;
-        }
-        let at = u64::try_from(opened.saturating_duration_since(self.origin).as_nanos())
-            .unwrap_or(u64::MAX);
-        at < before
+        before != 0 && self.nanos(opened) < before
     }
 
-    /// [`is_stale`](Targets::is_stale) for a connection `age` old.
-    pub(crate) fn is_stale_at_age(&self, age: std::time::Duration) -> bool {
-        if self.stale_before.load(Ordering::Acquire) == 0 {
+    /// Whether a connection to `instance` (its id) opened at `opened` must not be handed out
+    /// again: it was opened before that instance left.
+    pub(crate) fn is_stale_on(&self, instance: &str, opened: Instant) -> bool {
+        if !self.any_left() {
             return false;
         }
-        match Instant::now().checked_sub(age) {
-            Some(opened) => self.is_stale(opened),
-            None => true,
-        }
+        let at = self.nanos(opened);
+        let left = self.left.lock().unwrap_or_else(|e| e.into_inner());
+        left.iter().any(|(id, when)| id == instance && at < *when)
     }
 }
 
@@ -255,7 +282,30 @@ mod tests {
         assert!(targets.set(vec![route("b", 2)]));
         assert!(targets.is_stale(before));
         assert!(!targets.is_stale(Instant::now()));
-        assert!(targets.is_stale_at_age(std::time::Duration::from_secs(1)));
+    }
+
+    #[test]
+    fn an_instance_leaving_makes_only_its_own_connections_stale() {
+        let targets = Targets::new(vec![route("a", 1), route("b", 2), route("c", 3)]);
+        let before = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(!targets.any_left());
+        assert!(targets.set(vec![route("a", 1), route("c", 3)]));
+        assert!(targets.is_stale_on("b", before));
+        assert!(!targets.is_stale_on("a", before), "a stayed");
+        assert!(!targets.is_stale_on("c", before), "c stayed");
+        // A connection to b opened after b came back is not stale; one from before is.
+        assert!(!targets.set(vec![route("a", 1), route("b", 2), route("c", 3)]));
+        let after = Instant::now();
+        assert!(!targets.is_stale_on("b", after));
+        assert!(targets.is_stale_on("b", before));
+        // A connection whose instance is not known may be to b.
+        assert!(targets.is_stale(before));
+        // An address change is a new instance: the old address's connections go.
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        assert!(targets.set(vec![route("a", 1), route("b", 4), route("c", 3)]));
+        assert!(targets.is_stale_on("b", after));
+        assert!(!targets.is_stale_on("a", after));
     }
 
     #[test]

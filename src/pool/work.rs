@@ -43,14 +43,28 @@ impl<E: Send + 'static> WorkErrors<E> {
 
     /// The call's result in the caller's type: the work's own error unchanged, any other
     /// error converted.
-    pub(crate) fn finish<T>(mut self, result: Result<T>) -> std::result::Result<T, E>
+    pub(crate) fn finish<T>(self, result: Result<T>) -> std::result::Result<T, E>
     where
         E: From<Error>,
     {
+        self.finish_as(result, |kept| kept, E::from)
+    }
+
+    /// The call's result in a type `R` that both the work's own error (`kept`) and the
+    /// crate's (`converted`) turn into.
+    pub(crate) fn finish_as<T, R>(
+        mut self,
+        result: Result<T>,
+        kept: impl FnOnce(E) -> R,
+        converted: impl FnOnce(Error) -> R,
+    ) -> std::result::Result<T, R> {
         match result {
             Ok(value) => Ok(value),
-            Err(err) if err.is_work() => Err(self.kept.take().unwrap_or_else(|| E::from(err))),
-            Err(err) => Err(E::from(err)),
+            Err(err) if err.is_work() => Err(match self.kept.take() {
+                Some(own) => kept(own),
+                None => converted(err),
+            }),
+            Err(err) => Err(converted(err)),
         }
     }
 }

@@ -529,7 +529,8 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
     ) -> aurora_pool::Result<()> {
         self.transaction_with(options, move |client| {
             runs.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            Box::pin(async move { Ok(client.batch_execute(sql).await?) })
+            // The client's own error, as tokio-postgres users write it (`WorkError`).
+            Box::pin(async move { client.batch_execute(sql).await })
         })
         .await
     }
@@ -542,14 +543,14 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
             Box::pin(async move {
                 client.batch_execute(sql).await?;
                 tokio::time::sleep(wait).await;
-                Ok(())
+                Ok::<_, Error>(())
             })
         })
         .await
     }
     async fn transaction_text(&self, sql: &'static str) -> aurora_pool::Result<String> {
         self.transaction(move |client| {
-            Box::pin(async move { Ok(client.query_one(sql, &[]).await?.get(0)) })
+            Box::pin(async move { Ok::<_, Error>(client.query_one(sql, &[]).await?.get(0)) })
         })
         .await
     }
@@ -557,7 +558,7 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
         self.transaction(move |client| {
             Box::pin(async move {
                 client.batch_execute(sql).await?;
-                Ok(client.batch_execute(sql).await?)
+                client.batch_execute(sql).await
             })
         })
         .await
@@ -590,7 +591,7 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
             Box::pin(async move {
                 client.batch_execute(sql).await?;
                 interrupt().await;
-                Ok(client.batch_execute(sql).await?)
+                Ok::<_, Error>(client.batch_execute(sql).await?)
             })
         })
         .await

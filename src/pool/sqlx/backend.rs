@@ -11,6 +11,7 @@ use sqlx_core::transaction::TransactionManager;
 
 use super::connect_options::BaseOptions;
 use super::error::from_sqlx;
+use super::openings::Openings;
 use super::options::AuroraPoolOptions;
 use crate::config::{Config, PoolSizing, TcpSettings};
 use crate::connector::BoxFuture;
@@ -82,7 +83,7 @@ async fn check_reader(
     conn: &mut PgConnection,
     targets: &Targets,
     hold_limit: Duration,
-) -> sqlx::Result<()> {
+) -> sqlx::Result<Option<String>> {
     let generation = targets.generation();
     if targets.is_unrouted() {
         // Parked on the writer: hold this attempt until a reader is routed, rather than
@@ -101,7 +102,7 @@ async fn check_reader(
         Some(id) if !routes.iter().any(|r| r.instance.id() == id) => Err(sqlx::Error::Protocol(
             format!("opened to instance {id}, which reads no longer use: connecting again"),
         )),
-        _ => Ok(()),
+        id => Ok(id),
     }
 }
 
@@ -111,7 +112,7 @@ async fn check_reader(
 /// is refused, and sqlx connects again, to where the pool points then (DESIGN: no
 /// connection lands on an instance the pool has left; the deadpool manager's generation
 /// check does the same).
-async fn check_writer(conn: &mut PgConnection, targets: &Targets) -> sqlx::Result<()> {
+async fn check_writer(conn: &mut PgConnection, targets: &Targets) -> sqlx::Result<Option<String>> {
     let (read_only, id) = identify(conn, targets).await?;
     if read_only {
         return Err(sqlx::Error::Protocol(
@@ -119,10 +120,10 @@ async fn check_writer(conn: &mut PgConnection, targets: &Targets) -> sqlx::Resul
         ));
     }
     let Some(id) = id else {
-        return Ok(());
+        return Ok(None);
     };
     match targets.current() {
-        Some(route) if route.instance.id() == id => Ok(()),
+        Some(route) if route.instance.id() == id => Ok(Some(id)),
         Some(route) => Err(sqlx::Error::Protocol(format!(
             "opened to instance {id} while the pool moved to {}: connecting again",
             route.instance.id()
@@ -171,10 +172,13 @@ impl Backend for SqlxBackend {
         // A held connect attempt never outlives the checkout that started it (sqlx cuts the
         // checkout at `acquire_timeout` and drops the attempt with it).
         let hold_limit = self.acquire_timeout;
+        let openings = Arc::new(Openings::new(sizing.max_connections));
         {
             let (targets, itself, base) = (targets.clone(), itself.clone(), self.base.clone());
+            let openings = openings.clone();
             options = options.after_connect(move |conn, meta| {
                 let (targets, itself, base) = (targets.clone(), itself.clone(), base.clone());
+                let openings = openings.clone();
                 let user = user_after_connect.clone();
                 // sqlx sets no keepalive and gives no access to its socket: the crate sets
                 // them on the new socket from outside (see `sockets`), in the background.
@@ -187,9 +191,10 @@ impl Backend for SqlxBackend {
                     tcp,
                 );
                 Box::pin(async move {
+                    let mut instance = None;
                     if rotates {
                         rotate(&itself, &targets, &base);
-                        check_reader(conn, &targets, hold_limit).await?;
+                        instance = check_reader(conn, &targets, hold_limit).await?;
                     }
                     // One round trip per new connection, none per checkout: a demoted
                     // writer's connection is refused (sqlx closes it and connects again, by
@@ -208,12 +213,16 @@ impl Backend for SqlxBackend {
                         ));
                     }
                     if confirm_writer {
-                        check_writer(conn, &targets).await?;
+                        instance = check_writer(conn, &targets).await?;
                     }
-                    match &user {
-                        Some(hook) => hook(conn, meta).await,
-                        None => Ok(()),
+                    if let Some(hook) = &user {
+                        hook(conn, meta).await?;
                     }
+                    // The very last step: sqlx stamps the connection's creation right after.
+                    if follows == Follows::Role {
+                        openings.record(instance);
+                    }
+                    Ok(())
                 })
             });
         }
@@ -227,15 +236,16 @@ impl Backend for SqlxBackend {
             // has no way to close another task's idle connections). sqlx's own test before
             // checkout would ping it first, without a time limit: on a silent old writer
             // that never returns. The hook tests the connections it keeps instead, bounded.
-            let (fresh, ping_limit, test) = (
+            let (fresh, ledger, ping_limit, test) = (
                 targets.clone(),
+                openings.clone(),
                 self.ping_limit,
                 self.user.test_before_acquire,
             );
             options = options
                 .test_before_acquire(false)
                 .before_acquire(move |conn, meta| {
-                    let stale = fresh.is_stale_at_age(meta.age);
+                    let stale = ledger.is_stale(&fresh, meta.age);
                     let user = user_before.clone();
                     Box::pin(async move {
                         if stale {
@@ -259,7 +269,7 @@ impl Backend for SqlxBackend {
                 });
             let fresh = targets.clone();
             options = options.after_release(move |conn, meta| {
-                let stale = fresh.is_stale_at_age(meta.age);
+                let stale = openings.is_stale(&fresh, meta.age);
                 let user = user_after.clone();
                 Box::pin(async move {
                     match &user {

@@ -5,6 +5,7 @@ mod backend;
 mod connect_options;
 mod error;
 mod executor;
+mod openings;
 mod options;
 
 pub(crate) use error::from_sqlx;
