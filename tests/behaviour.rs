@@ -11,7 +11,7 @@ use std::time::Duration;
 use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials};
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{BoxFuture, Role};
-use support::flavour::{Flavour, connect, failover_to, flavour_tests};
+use support::flavour::{Flavour, INSTANCE_ID, connect, failover_to, flavour_tests};
 use support::{AGGRESSIVE, eventually, unique_cluster_id};
 
 async fn reads_and_writes_go_to_their_roles<F: Flavour>(test: &str) {
@@ -519,7 +519,81 @@ async fn a_hanging_provider_declares_nothing_down<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// The pool's own connections (`application_name`) on instance `on`.
+async fn app_connections_on(cluster: &LocalCluster, on: &str, app: &str) -> usize {
+    support::connections_named(cluster, on, app).await
+}
+
+/// #22 item 7: no connection lands on an instance the pool has left. Writer connects are in
+/// flight (held by the network) when the writer role moves to instance-2 while instance-1
+/// stays up and writable (split brain); released, they reach instance-1, which still takes
+/// writes: each is refused and opened again on instance-2, where the writes land.
+async fn a_connect_in_flight_never_lands_on_the_writer_the_pool_left<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let app = unique_cluster_id(&format!("{test}-app"));
+    let pool = connect::<F>(
+        &cluster,
+        test,
+        &format!(
+            "application_name={app}&writer_min_connections=0&cluster_topology_refresh_rate_ms=300"
+        ),
+    )
+    .await;
+    let idle = eventually(Duration::from_secs(5), || async {
+        app_connections_on(&cluster, "instance-1", &app).await == 0
+    })
+    .await;
+    assert!(
+        idle,
+        "the writer pool kept connections it was not asked for"
+    );
+    assert!(cluster.hold_connects("instance-1", true));
+    let writer = pool.handle(Role::Writer);
+    let mut writes = tokio::task::JoinSet::new();
+    for _ in 0..3 {
+        let writer = writer.clone();
+        writes.spawn(async move { F::handle_text(&writer, INSTANCE_ID).await });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster
+        .promote_leaving_writer_up("instance-2")
+        .await
+        .expect("split-brain promotion");
+    let moved = eventually(Duration::from_secs(10), || async {
+        pool.topology().writer().id() == "instance-2"
+    })
+    .await;
+    assert!(
+        moved,
+        "the pool never followed the promotion: {}",
+        pool.topology()
+    );
+    assert!(cluster.hold_connects("instance-1", false));
+    while let Some(write) = writes.join_next().await {
+        let landed = write.expect("task").expect("the write");
+        assert_eq!(
+            landed, "instance-2",
+            "a held connect landed on the writer the pool left"
+        );
+    }
+    for _ in 0..5 {
+        let landed = F::handle_text(&writer, INSTANCE_ID).await.expect("write");
+        assert_eq!(landed, "instance-2");
+    }
+    let none_left = eventually(Duration::from_secs(5), || async {
+        app_connections_on(&cluster, "instance-1", &app).await == 0
+    })
+    .await;
+    assert!(
+        none_left,
+        "pool connections stayed on instance-1: {}",
+        app_connections_on(&cluster, "instance-1", &app).await
+    );
+    pool.close().await;
+}
+
 flavour_tests!(
+    a_connect_in_flight_never_lands_on_the_writer_the_pool_left,
     a_pool_without_credentials_says_so,
     a_hanging_provider_declares_nothing_down,
     a_percent_encoded_user_logs_in_as_itself,

@@ -210,7 +210,9 @@ impl AuroraPool {
             &mut attempt,
         )
         .await;
-        attempt.errors.finish_as(result, E::into_returned, E::from_pool)
+        attempt
+            .errors
+            .finish_as(result, E::into_returned, E::from_pool)
     }
 
     /// The retry loop behind `run`.

@@ -524,7 +524,21 @@ impl LocalCluster {
     ) -> Result<(), TestingError> {
         let to = to.to_owned();
         self.blocking("failover", move |inner| {
-            inner.failover(&to, rejoin_old_writer_after, "immediate")
+            inner.failover(&to, rejoin_old_writer_after, Some("immediate"))
+        })
+        .await
+    }
+
+    /// Split brain: promotes the replica `to` while the writer stays up and writable (as a
+    /// partition between the old writer and the rest of the cluster leaves it), and records
+    /// `to` as the newer writer in every running instance's member table, the old writer's
+    /// included: every topology read names `to` the writer promoted last, while the old
+    /// writer still reports itself a writer and takes writes. For tests of what a pool does
+    /// with an instance it has left that still answers as a writer.
+    pub async fn promote_leaving_writer_up(&self, to: &str) -> Result<(), TestingError> {
+        let to = to.to_owned();
+        self.blocking("split-brain promotion", move |inner| {
+            inner.failover(&to, None, None)
         })
         .await
     }
@@ -539,7 +553,7 @@ impl LocalCluster {
         let old = self.writer_id();
         let to = to.to_owned();
         self.blocking("switchover", move |inner| {
-            inner.failover(&to, Some(Duration::ZERO), "fast")
+            inner.failover(&to, Some(Duration::ZERO), Some("fast"))
         })
         .await?;
         self.wait_rejoined(&old).await
@@ -580,6 +594,17 @@ impl LocalCluster {
             tracing::warn!(target: TARGET, instance = %id, "blackhole: unknown instance");
         }
         ok
+    }
+
+    /// Holds (`on`) or releases the new connections to instance `id`'s endpoint: while held
+    /// they are accepted but not connected to the server; released, they complete as if the
+    /// network had been slow. Connections already open are not affected. Returns false for
+    /// an unknown id.
+    pub fn hold_connects(&self, id: &str, on: bool) -> bool {
+        tracing::info!(target: TARGET, instance = %id, on, "hold connects");
+        lock(&self.inner.proxies)
+            .as_ref()
+            .is_some_and(|p| p.hold_connects(id, on))
     }
 
     /// Arms a one-shot fault on instance `id`'s endpoint: the next connection that sends
@@ -1118,7 +1143,7 @@ impl Inner {
         self: &Arc<Self>,
         to: &str,
         rejoin_after: Option<Duration>,
-        stop_mode: &str,
+        stop_mode: Option<&str>,
     ) -> Result<(), TestingError> {
         let started = Instant::now();
         let old_id = lock(&self.writer).clone();
@@ -1165,7 +1190,9 @@ impl Inner {
                 }
             }
         }
-        self.stop(old, stop_mode)?;
+        if let Some(mode) = stop_mode {
+            self.stop(old, mode)?;
+        }
 
         self.pg_ctl(new, &["-w", "-t", "30", "promote"])
             .map_err(|e| self.with_log(new, e.context(format!("promoting {}", new.id))))?;
@@ -1184,6 +1211,12 @@ impl Inner {
             for db in dbs {
                 self.psql(new, db, &sql::set_writer(&new.id))
                     .map_err(|e| e.context("updating the emulated member table"))?;
+                if stop_mode.is_none() {
+                    // Split brain: the old writer, still up, no longer replicates to
+                    // the others; its own table learns of the newer writer too.
+                    self.psql(old, db, &sql::set_writer(&new.id))
+                        .map_err(|e| e.context("updating the old writer's member table"))?;
+                }
             }
         }
         *lock(&self.writer) = new.id.clone();

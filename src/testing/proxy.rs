@@ -8,6 +8,10 @@
 //! error. Connections that were open when black-holing was switched on stay
 //! dead for good (like a TCP connection through a failed network path); only
 //! connections accepted after `blackhole(id, false)` are forwarded again.
+//!
+//! Holding connects: while an instance's new connections are held, its proxy accepts them
+//! and waits before it connects them upstream; released, they go on as if the network had
+//! only been slow (a connect in flight across a routing change).
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener as StdTcpListener};
@@ -67,6 +71,8 @@ struct Target {
     /// Bumped each time black-holing is switched on; connections remember the
     /// epoch they started in and stay dead once it changes.
     epoch: AtomicU64,
+    /// While true, new connections wait before they are connected upstream.
+    held: tokio::sync::watch::Sender<bool>,
 }
 
 impl Target {
@@ -128,6 +134,7 @@ impl Proxies {
                 cut: Mutex::new(None),
                 blackholed: AtomicBool::new(false),
                 epoch: AtomicU64::new(0),
+                held: tokio::sync::watch::channel(false).0,
             });
             targets.insert(id.clone(), target.clone());
             addrs.insert(id.clone(), addr);
@@ -199,6 +206,16 @@ impl Proxies {
             t.epoch.fetch_add(1, Ordering::SeqCst);
         }
         t.blackholed.store(on, Ordering::SeqCst);
+        true
+    }
+
+    /// Holds (or releases) the new connections of an instance before they are connected
+    /// upstream; false if the id is unknown.
+    pub(crate) fn hold_connects(&self, id: &str, on: bool) -> bool {
+        let Some(t) = self.targets.get(id) else {
+            return false;
+        };
+        t.held.send_replace(on);
         true
     }
 
@@ -289,6 +306,8 @@ async fn serve(client: TcpStream, target: Arc<Target>) {
     if target.is_dead(epoch) {
         return discard(client).await;
     }
+    let mut held = target.held.subscribe();
+    let _ = held.wait_for(|held| !*held).await;
     let upstream = match TcpStream::connect(target.upstream).await {
         Ok(s) => s,
         // Instance down: close the client connection, like a refused connect.
