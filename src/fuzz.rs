@@ -112,6 +112,8 @@ fn addressing() -> Addressing {
         overrides: BTreeMap::new(),
         pattern: Some(HostPattern::parse("?.db.example.com").expect("pattern")),
         default_port: 5432,
+        regions: BTreeMap::new(),
+        url_region: None,
     }
 }
 

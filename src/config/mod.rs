@@ -130,6 +130,13 @@ pub struct Config {
     /// URL: `reader_or_writer` for a reader cluster endpoint (`cluster-ro-`), else
     /// `strict_writer`. See [`FailoverMode`].
     pub failover_mode: FailoverMode,
+    /// Readers lagging more than this behind the writer serve no reads
+    /// (`max_replica_lag_ms`, default none), as the catalog reports the lag at each topology
+    /// read (Aurora: `REPLICA_LAG_IN_MSEC`; a global database: `VISIBILITY_LAG_IN_MSEC`).
+    pub max_replica_lag: Option<Duration>,
+    /// Aurora Global Database settings (`global_cluster_instance_host_patterns`,
+    /// `failover_home_region`, `global_read_mode`). See [`GlobalSettings`].
+    pub global: GlobalSettings,
     /// How long a checkout waits for an instance of its role during a failover
     /// (`failover_timeout_ms`, default 300000).
     pub failover_timeout: Duration,
@@ -249,7 +256,19 @@ impl Config {
                 .clone()
                 .or_else(|| Endpoint::classify(&self.host).instance_host_pattern()),
             default_port: self.port,
+            regions: self.global.host_patterns.clone(),
+            url_region: Endpoint::classify(&self.host).region().map(str::to_owned),
         }
+    }
+
+    /// The home region of a global database: `failover_home_region`, else the region of
+    /// the URL's host.
+    pub fn home_region(&self) -> Option<String> {
+        self.global.home_region.clone().or_else(|| {
+            Endpoint::classify(&self.host)
+                .region()
+                .map(str::to_ascii_lowercase)
+        })
     }
 }
 
@@ -312,6 +331,7 @@ impl fmt::Debug for Config {
 
 mod auth;
 mod builder;
+mod global;
 mod parse;
 mod tcp;
 #[cfg(test)]
@@ -321,5 +341,6 @@ mod validate;
 
 pub use auth::Auth;
 pub use builder::Builder;
+pub use global::{GlobalReadMode, GlobalSettings};
 pub use tcp::TcpSettings;
 pub(crate) use tls::SslMode;

@@ -90,6 +90,8 @@ impl Config {
             dialect: None,
             reader_host_selector_strategy: ReaderSelection::Random,
             failover_mode,
+            max_replica_lag: None,
+            global: Default::default(),
             failover_timeout: Duration::from_millis(300_000),
             cluster_topology_high_refresh_rate: Duration::from_millis(100),
             failure_detection_enabled: true,
@@ -201,6 +203,10 @@ impl Config {
                     .map_err(|_| Error::config(key, format!("`{value}` is not an IP address")))?;
                 self.hostaddr = Some(address.to_string());
             }
+            "max_replica_lag_ms" => {
+                self.max_replica_lag = Some(Duration::from_millis(parse_number(key, value)?));
+            }
+            _ if self.global.apply_parameter(key, value)? => {}
             "failover_timeout_ms" => {
                 self.failover_timeout = Duration::from_millis(parse_number(key, value)?)
             }

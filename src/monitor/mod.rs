@@ -122,7 +122,13 @@ impl MonitorState {
         let mut changed = None;
         self.topology.send_if_modified(|current| {
             if current.same_shape(&topology) {
-                return false;
+                if current.same_figures(&topology) {
+                    return false;
+                }
+                // The same shape with new lag and CPU figures: the same version carries them
+                // (routing by `max_replica_lag_ms`, `status()`), with no event.
+                *current = Arc::new(topology.clone().with_version(current.version()));
+                return true;
             }
             let next = Arc::new(topology.clone().with_version(current.version() + 1));
             changed = Some((current.clone(), next.clone()));

@@ -127,6 +127,7 @@ impl<B: Backend> PoolCore<B> {
             "topology discovered"
         );
         let registration = Arc::new(Registration { connector, source });
+        super::scope::require_home_region(&config, &discovered.topology)?;
         // No monitor and no probes through a proxy: its topology never changes.
         let (cluster, topology, updates) = match through_proxy {
             true => {
@@ -368,7 +369,12 @@ impl<B: Backend> PoolCore<B> {
             return;
         }
         let previous = self.routing.load_full();
-        if previous.topology.version() >= topology.version() && !scope_changed {
+        // The same version again carries new lag figures (`max_replica_lag_ms` may route
+        // differently); an older one is out of date.
+        let stale = previous.topology.version() > topology.version()
+            || (previous.topology.version() == topology.version()
+                && previous.topology.same_figures(topology));
+        if stale && !scope_changed {
             return;
         }
         let scope = self.scope.current();

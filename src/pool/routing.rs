@@ -100,7 +100,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
     ) -> impl Iterator<Item = &'t Instance> {
         topology
             .readers()
-            .filter(move |r| r.is_available() && scope.allows(r.id()))
+            .filter(move |r| r.is_available() && scope.allows(r))
     }
 
     /// Builds the table for `topology`, reusing the pools of `previous` whose instance keeps

@@ -1,11 +1,13 @@
 //! Which instances reads may use: every instance, or the members of the custom endpoint the
-//! URL names (feature `custom-endpoint`), with the failover mode that goes with them.
+//! URL names (feature `custom-endpoint`), with the failover mode that goes with them; in an
+//! Aurora Global Database the readers of the regions the read mode allows; never a reader
+//! lagging more than `max_replica_lag_ms`.
 
 use std::sync::Arc;
 
-use crate::config::{Config, FailoverMode};
+use crate::config::{Config, FailoverMode, GlobalReadMode};
 use crate::error::Result;
-use crate::topology::Topology;
+use crate::topology::{Instance, Topology};
 
 /// Whether an instance (by id) is a member.
 type Membership = Arc<dyn Fn(&str) -> bool + Send + Sync>;
@@ -18,6 +20,39 @@ pub(crate) struct ReadScope {
     /// Whether the writer may serve reads at all (a READER custom endpoint excludes it).
     writer_may_read: bool,
     failover_mode: FailoverMode,
+    regions: Regions,
+}
+
+/// The read rules that come from the configuration alone: regions and lag.
+#[derive(Clone)]
+struct Regions {
+    /// The home region of a global database (`None`: not known; connecting to a global
+    /// database then fails, see `require_home_region`).
+    home: Option<String>,
+    mode: GlobalReadMode,
+    max_lag_ms: Option<f64>,
+}
+
+impl Regions {
+    fn of(config: &Config) -> Regions {
+        Regions {
+            home: config.home_region(),
+            mode: config.global.read_mode,
+            max_lag_ms: config.max_replica_lag.map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+
+    fn allows(&self, instance: &Instance) -> bool {
+        let lag_ok = match (self.max_lag_ms, instance.replica_lag_ms()) {
+            (Some(max), Some(lag)) => lag <= max,
+            _ => true,
+        };
+        let region_ok = match (instance.region(), &self.home) {
+            (Some(region), Some(home)) => self.mode.allows_region(region, home),
+            _ => true,
+        };
+        lag_ok && region_ok
+    }
 }
 
 impl ReadScope {
@@ -26,19 +61,104 @@ impl ReadScope {
             members: None,
             writer_may_read: true,
             failover_mode: config.failover_mode,
+            regions: Regions::of(config),
         }
     }
 
-    /// Whether reads may use the instance `id`.
-    pub(crate) fn allows(&self, id: &str) -> bool {
+    /// Whether reads may use the reader `instance`: a member, in a region the read mode
+    /// allows, not lagging more than `max_replica_lag_ms`.
+    pub(crate) fn allows(&self, instance: &Instance) -> bool {
+        self.is_member(instance.id()) && self.regions.allows(instance)
+    }
+
+    fn is_member(&self, id: &str) -> bool {
         self.members.as_ref().is_none_or(|allows| allows(id))
     }
 
-    /// Whether reads with no reader available may go to `topology`'s writer.
+    /// Whether reads with no reader available may go to `topology`'s writer: the failover
+    /// mode decides, and in a global database the read mode.
     pub(crate) fn reads_may_use_writer(&self, topology: &Topology) -> bool {
-        self.failover_mode.reads_may_use_writer()
-            && self.writer_may_read
-            && self.allows(topology.writer().id())
+        let mode_allows = match topology.writer().region() {
+            Some(_) => self.regions.mode.may_use_writer(),
+            None => self.failover_mode.reads_may_use_writer(),
+        };
+        mode_allows && self.writer_may_read && self.is_member(topology.writer().id())
+    }
+}
+
+/// A global database needs a home region: the URL's host names none (the global writer
+/// endpoint, an address, a custom domain) and `failover_home_region` is not set.
+pub(crate) fn require_home_region(config: &Config, topology: &Topology) -> Result<()> {
+    if topology.writer().region().is_some() && config.home_region().is_none() {
+        return Err(crate::error::Error::config(
+            "failover_home_region",
+            format!(
+                "the cluster is an Aurora Global Database (regions {}) and the URL's host `{}` \
+                 names no region: set `failover_home_region` to the region whose readers serve \
+                 reads",
+                regions_of(topology),
+                config.host
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn regions_of(topology: &Topology) -> String {
+    let mut regions: Vec<&str> = topology
+        .instances()
+        .iter()
+        .filter_map(Instance::region)
+        .collect();
+    regions.sort_unstable();
+    regions.dedup();
+    regions.join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::endpoint::HostPort;
+    use crate::topology::Role;
+
+    fn reader(id: &str, region: &str, lag_ms: f64) -> Instance {
+        let address = HostPort {
+            host: format!("{id}.example.com"),
+            port: 5432,
+        };
+        Instance::for_test(id, address, Role::Reader).in_region(region, Some(lag_ms))
+    }
+
+    fn scope(params: &str) -> ReadScope {
+        let config =
+            Config::from_url(&format!("postgres://app@127.0.0.1/app?{params}")).expect("config");
+        ReadScope::everything(&config)
+    }
+
+    #[test]
+    fn reads_stay_in_the_home_region_and_off_lagging_readers() {
+        let home = scope("failover_home_region=us-west-2&max_replica_lag_ms=100");
+        assert!(home.allows(&reader("a", "us-west-2", 10.0)));
+        assert!(
+            !home.allows(&reader("b", "us-east-1", 10.0)),
+            "another region"
+        );
+        assert!(!home.allows(&reader("c", "us-west-2", 500.0)), "lagging");
+        let away =
+            scope("failover_home_region=us-west-2&global_read_mode=strict-out-of-home-reader");
+        assert!(away.allows(&reader("b", "us-east-1", 10.0)));
+        assert!(!away.allows(&reader("a", "us-west-2", 10.0)));
+        // A regional cluster's readers have no region: only the lag counts.
+        let regional = scope("max_replica_lag_ms=100");
+        let plain = Instance::for_test(
+            "d",
+            HostPort {
+                host: "d.example.com".into(),
+                port: 5432,
+            },
+            Role::Reader,
+        );
+        assert!(regional.allows(&plain));
     }
 }
 
@@ -186,6 +306,7 @@ mod endpoint {
             members: Some(Arc::new(move |id: &str| members.allows(id))),
             writer_may_read: !reader_only,
             failover_mode: config.failover_mode_for_custom_endpoint(reader_only),
+            regions: super::Regions::of(config),
         }
     }
 

@@ -57,6 +57,8 @@ pub struct LocalClusterBuilder {
     database: String,
     tls: bool,
     shared_port: Option<u16>,
+    /// The region of each instance, in order (empty: a regional cluster).
+    regions: Vec<String>,
 }
 
 impl fmt::Debug for LocalClusterBuilder {
@@ -70,6 +72,7 @@ impl fmt::Debug for LocalClusterBuilder {
             .field("database", &self.database)
             .field("tls", &self.tls)
             .field("shared_port", &self.shared_port)
+            .field("regions", &self.regions)
             .finish()
     }
 }
@@ -85,6 +88,7 @@ impl Default for LocalClusterBuilder {
             database: "app".into(),
             tls: false,
             shared_port: None,
+            regions: Vec::new(),
         }
     }
 }
@@ -113,6 +117,21 @@ impl LocalClusterBuilder {
     /// the others are streaming replicas.
     pub fn instances(mut self, n: usize) -> Self {
         self.instances = n;
+        self
+    }
+
+    /// An emulated Aurora Global Database: `regions` lists each region with its number of
+    /// instances, the primary region first (its first instance, `instance-1`, is the
+    /// writer). Every other instance streams from the writer, as a secondary region's
+    /// instances do; `aurora_global_db_instance_status()` and `aurora_global_db_status()`
+    /// report each instance's region and visibility lag
+    /// ([`set_replica_lag`](LocalCluster::set_replica_lag)). Sets the number of instances.
+    pub fn global_regions(mut self, regions: &[(&str, usize)]) -> Self {
+        self.regions = regions
+            .iter()
+            .flat_map(|(region, n)| std::iter::repeat_n(region.to_string(), *n))
+            .collect();
+        self.instances = self.regions.len();
         self
     }
 
@@ -208,6 +227,8 @@ struct Instance {
     log: PathBuf,
     /// Numeric-looking id used by the RDS Multi-AZ emulation.
     resource_id: String,
+    /// The region of a global database's instance.
+    region: Option<String>,
     /// False for a spare until [`LocalCluster::add_instance`] starts it.
     added: AtomicBool,
     /// A spare's port, held until it is added.
@@ -317,6 +338,59 @@ impl LocalCluster {
         let id = id.to_owned();
         self.blocking("add_instance", move |inner| inner.add_instance(&id))
             .await
+    }
+
+    /// The region of instance `id` in a global database
+    /// ([`LocalClusterBuilder::global_regions`]); `None` otherwise.
+    pub fn region_of(&self, id: &str) -> Option<String> {
+        self.inner
+            .instances
+            .iter()
+            .find(|i| i.id == id)
+            .and_then(|i| i.region.clone())
+    }
+
+    /// Sets the replica lag the catalog reports for instance `id` (`REPLICA_LAG_IN_MSEC`,
+    /// and a global database's `VISIBILITY_LAG_IN_MSEC`), on the writer (it replicates).
+    pub async fn set_replica_lag(&self, id: &str, lag_ms: f64) -> Result<(), TestingError> {
+        let writer = self.writer_id();
+        let mut dbs = vec!["template1".to_owned(), "postgres".to_owned()];
+        if !dbs.contains(&self.inner.database) {
+            dbs.push(self.inner.database.clone());
+        }
+        for db in dbs {
+            self.psql(&writer, &db, &sql::set_lag(id, lag_ms)).await?;
+        }
+        Ok(())
+    }
+
+    /// A planned cross-region switchover of a global database to `to`, an instance of
+    /// another region than the writer's: as [`switchover`](Self::switchover) (the old
+    /// writer comes back as a replica of `to`).
+    pub async fn switchover_region(&self, to: &str) -> Result<(), TestingError> {
+        self.check_other_region(to)?;
+        self.switchover(to).await
+    }
+
+    /// An unplanned cross-region failover of a global database to `to`, an instance of
+    /// another region than the writer's: as [`failover`](Self::failover), the old writer
+    /// staying down.
+    pub async fn fail_over_region(&self, to: &str) -> Result<(), TestingError> {
+        self.check_other_region(to)?;
+        self.failover(to, None).await
+    }
+
+    fn check_other_region(&self, to: &str) -> Result<(), TestingError> {
+        let (writer, target) = (self.region_of(&self.writer_id()), self.region_of(to));
+        match (writer, target) {
+            (Some(w), Some(t)) if w != t => Ok(()),
+            (Some(w), Some(_)) => Err(TestingError::new(format!(
+                "`{to}` is in the writer's region `{w}`: use switchover or failover"
+            ))),
+            _ => Err(TestingError::new(format!(
+                "`{to}` or the writer has no region: start the cluster with global_regions"
+            ))),
+        }
     }
 
     /// The current writer as the cluster knows it (changed by
@@ -720,6 +794,7 @@ impl Inner {
                 data_dir: root.join(id),
                 log: root.join(format!("{id}.log")),
                 resource_id: (1_000_000_001 + n as u64).to_string(),
+                region: cfg.regions.get(n).cloned(),
                 added: AtomicBool::new(n < cfg.instances),
                 reserved: Mutex::new(held[n].take()),
             })
@@ -1082,6 +1157,7 @@ impl Inner {
                 is_writer: n == 0,
                 resource_id: &i.resource_id,
                 proxy_port: i.proxy_addr.port(),
+                region: i.region.as_deref(),
             })
             .collect();
         let catalog = sql::catalog(self.flavour, &members);
@@ -1293,6 +1369,7 @@ impl Inner {
                 is_writer: false,
                 resource_id: &inst.resource_id,
                 proxy_port: inst.proxy_addr.port(),
+                region: inst.region.as_deref(),
             };
             let mut dbs = vec!["template1", "postgres"];
             if !dbs.contains(&self.database.as_str()) {

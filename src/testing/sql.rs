@@ -8,6 +8,8 @@ pub(crate) struct Member<'a> {
     pub(crate) is_writer: bool,
     pub(crate) resource_id: &'a str,
     pub(crate) proxy_port: u16,
+    /// The AWS region of an emulated Aurora Global Database's instance.
+    pub(crate) region: Option<&'a str>,
 }
 
 /// `'text'` as a SQL string literal.
@@ -55,7 +57,11 @@ CREATE TABLE aurora_emul.instances (
   -- When the instance became the writer (set on promotion): the writer row's
   -- LAST_UPDATE_TIMESTAMP, so that of two instances claiming the writer role the one
   -- promoted last has the newer row, as on Aurora.
-  writer_since timestamp with time zone
+  writer_since timestamp with time zone,
+  -- The region of a global database's instance (NULL in a regional cluster).
+  region text,
+  -- The replica lag the catalog reports for the instance (`set_replica_lag`).
+  lag_ms double precision NOT NULL DEFAULT 0
 );
 GRANT USAGE ON SCHEMA aurora_emul TO PUBLIC;
 GRANT SELECT ON aurora_emul.instances TO PUBLIC;
@@ -76,7 +82,7 @@ CREATE FUNCTION pg_catalog.aurora_replica_status()
            CASE WHEN (CASE WHEN i.server_id = me.id THEN NOT pg_is_in_recovery() ELSE i.is_writer END)
                 THEN 'MASTER_SESSION_ID' ELSE 'aurora-emul-session-' || i.server_id END,
            0::double precision,
-           0::double precision,
+           i.lag_ms,
            CASE WHEN (CASE WHEN i.server_id = me.id THEN NOT pg_is_in_recovery() ELSE i.is_writer END)
                 THEN COALESCE(i.writer_since, now())
                 WHEN i.server_id = me.id THEN now()
@@ -96,6 +102,45 @@ GRANT EXECUTE ON FUNCTION pg_catalog.aurora_replica_status() TO PUBLIC;
 // where set-returning functions are not allowed. Used in FROM, a scalar
 // function yields a column named like the function, so
 // `SELECT dbi_resource_id FROM rds_tools.dbi_resource_id()` works too.
+/// An Aurora Global Database's two catalog functions, over the member table's regions.
+const GLOBAL_FUNCTIONS: &str = r#"
+CREATE FUNCTION pg_catalog.aurora_global_db_instance_status()
+  RETURNS TABLE(server_id text, session_id text, aws_region text, durable_lsn bigint,
+                highest_lsn_rcvd bigint, feedback_epoch integer, feedback_xmin integer,
+                oldest_read_view_lsn bigint, visibility_lag_in_msec double precision)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog
+  AS $$
+    SELECT i.server_id,
+           CASE WHEN w.is_writer THEN 'MASTER_SESSION_ID' ELSE 'aurora-emul-session-' || i.server_id END,
+           i.region, 0::bigint, 0::bigint, 0, 0, 0::bigint,
+           CASE WHEN w.is_writer THEN NULL ELSE i.lag_ms END
+    FROM aurora_emul.instances i,
+         (SELECT current_setting('aurora_emul.instance_id') AS id) me,
+         LATERAL (SELECT CASE WHEN i.server_id = me.id THEN NOT pg_is_in_recovery()
+                              ELSE i.is_writer END AS is_writer) w
+    ORDER BY i.server_id
+  $$;
+CREATE FUNCTION pg_catalog.aurora_global_db_status()
+  RETURNS TABLE(aws_region text, highest_lsn_written bigint, durability_lag_in_msec double precision,
+                rpo_lag_in_msec double precision, last_lag_calculation_time timestamp with time zone,
+                feedback_epoch integer, feedback_xmin integer)
+  LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog
+  AS $$
+    SELECT r.region, 0::bigint,
+           CASE WHEN r.is_primary THEN -1 ELSE 0 END::double precision,
+           CASE WHEN r.is_primary THEN -1 ELSE 0 END::double precision,
+           CASE WHEN r.is_primary THEN '1970-01-01 00:00:00+00'::timestamptz ELSE now() END,
+           0, 0
+    FROM (SELECT i.region, bool_or(i.is_writer) AS is_primary
+          FROM aurora_emul.instances i GROUP BY i.region) r
+    ORDER BY r.region
+  $$;
+REVOKE ALL ON FUNCTION pg_catalog.aurora_global_db_instance_status() FROM PUBLIC;
+REVOKE ALL ON FUNCTION pg_catalog.aurora_global_db_status() FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION pg_catalog.aurora_global_db_instance_status() TO PUBLIC;
+GRANT EXECUTE ON FUNCTION pg_catalog.aurora_global_db_status() TO PUBLIC;
+"#;
+
 const RDS_FUNCTIONS: &str = r#"
 CREATE SCHEMA rds_tools;
 GRANT USAGE ON SCHEMA rds_tools TO PUBLIC;
@@ -138,23 +183,27 @@ pub(crate) fn catalog(flavour: Flavour, members: &[Member<'_>]) -> String {
     };
     sql.push_str(PG_SETTINGS_VIEW);
     sql.push_str(MEMBER_TABLE);
-    sql.push_str("INSERT INTO aurora_emul.instances (server_id, is_writer, resource_id, proxy_port, writer_since) VALUES\n");
+    sql.push_str("INSERT INTO aurora_emul.instances (server_id, is_writer, resource_id, proxy_port, writer_since, region) VALUES\n");
     let rows: Vec<String> = members
         .iter()
         .map(|m| {
             format!(
-                "  ({}, {}, {}, {}, {})",
+                "  ({}, {}, {}, {}, {}, {})",
                 literal(m.server_id),
                 m.is_writer,
                 literal(m.resource_id),
                 m.proxy_port,
-                if m.is_writer { "now()" } else { "NULL" }
+                if m.is_writer { "now()" } else { "NULL" },
+                m.region.map_or_else(|| "NULL".to_owned(), literal)
             )
         })
         .collect();
     sql.push_str(&rows.join(",\n"));
     sql.push_str(";\n");
     sql.push_str(functions);
+    if flavour == Flavour::Aurora && members.iter().any(|m| m.region.is_some()) {
+        sql.push_str(GLOBAL_FUNCTIONS);
+    }
     sql
 }
 
@@ -184,11 +233,20 @@ pub(crate) fn create_role_and_database(user: &str, password: &str, database: &st
 /// Adds a reader's row to the member table.
 pub(crate) fn add_member(member: &Member<'_>) -> String {
     format!(
-        "INSERT INTO aurora_emul.instances (server_id, is_writer, resource_id, proxy_port, writer_since) \
-         VALUES ({}, false, {}, {}, NULL);\n",
+        "INSERT INTO aurora_emul.instances (server_id, is_writer, resource_id, proxy_port, writer_since, region) \
+         VALUES ({}, false, {}, {}, NULL, {});\n",
         literal(member.server_id),
         literal(member.resource_id),
-        member.proxy_port
+        member.proxy_port,
+        member.region.map_or_else(|| "NULL".to_owned(), literal)
+    )
+}
+
+/// Sets the replica lag the catalog reports for `id`.
+pub(crate) fn set_lag(id: &str, lag_ms: f64) -> String {
+    format!(
+        "UPDATE aurora_emul.instances SET lag_ms = {lag_ms} WHERE server_id = {};\n",
+        literal(id)
     )
 }
 

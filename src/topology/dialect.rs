@@ -17,6 +17,10 @@ use crate::error::{Error, Result};
 pub enum Dialect {
     /// Aurora PostgreSQL: topology from `aurora_replica_status()`.
     AuroraPg,
+    /// An Aurora PostgreSQL Global Database (clusters in more than one region): topology
+    /// from `aurora_global_db_instance_status()`, every region's instances with their region
+    /// and visibility lag.
+    GlobalAuroraPg,
     /// RDS Multi-AZ DB cluster (PostgreSQL): topology from `rds_tools.show_topology()`.
     RdsMultiAzPg,
     /// A single RDS PostgreSQL instance: a topology of one writer.
@@ -30,24 +34,26 @@ impl Dialect {
     pub fn code(self) -> &'static str {
         match self {
             Dialect::AuroraPg => "aurora-pg",
+            Dialect::GlobalAuroraPg => "global-aurora-pg",
             Dialect::RdsMultiAzPg => "rds-multi-az-pg",
             Dialect::RdsPg => "rds-pg",
             Dialect::Pg => "pg",
         }
     }
 
-    /// Parses a dialect name (`aurora-pg`, `rds-multi-az-pg` or `rds-multi-az-pg-cluster`,
-    /// `rds-pg`, `pg`).
+    /// Parses a dialect name (`aurora-pg`, `global-aurora-pg`, `rds-multi-az-pg` or
+    /// `rds-multi-az-pg-cluster`, `rds-pg`, `pg`).
     pub(crate) fn parse(parameter: &str, text: &str) -> Result<Dialect> {
         match text {
             "aurora-pg" => Ok(Dialect::AuroraPg),
+            "global-aurora-pg" => Ok(Dialect::GlobalAuroraPg),
             "rds-multi-az-pg" | "rds-multi-az-pg-cluster" => Ok(Dialect::RdsMultiAzPg),
             "rds-pg" => Ok(Dialect::RdsPg),
             "pg" => Ok(Dialect::Pg),
             other => Err(Error::config(
                 parameter,
                 format!(
-                    "unknown dialect `{other}`; expected aurora-pg, rds-multi-az-pg, rds-pg or pg"
+                    "unknown dialect `{other}`; expected aurora-pg, global-aurora-pg, rds-multi-az-pg, rds-pg or pg"
                 ),
             )),
         }
@@ -59,8 +65,8 @@ impl Dialect {
             EndpointKind::ClusterWriter
             | EndpointKind::ClusterReader
             | EndpointKind::ClusterCustom
-            | EndpointKind::ShardGroup
-            | EndpointKind::Global => Dialect::AuroraPg,
+            | EndpointKind::ShardGroup => Dialect::AuroraPg,
+            EndpointKind::Global => Dialect::GlobalAuroraPg,
             EndpointKind::Proxy | EndpointKind::Instance => Dialect::RdsPg,
             _ => Dialect::Pg,
         }
@@ -69,7 +75,10 @@ impl Dialect {
     /// The order in which dialects are tried after a guess (the guess itself last).
     fn candidates(self) -> &'static [Dialect] {
         match self {
-            Dialect::AuroraPg => &[
+            // Any Aurora cluster may be one region of a global database: that is asked first
+            // (one statement that fails at once on a regional cluster).
+            Dialect::AuroraPg | Dialect::GlobalAuroraPg => &[
+                Dialect::GlobalAuroraPg,
                 Dialect::AuroraPg,
                 Dialect::RdsMultiAzPg,
                 Dialect::RdsPg,
@@ -77,11 +86,13 @@ impl Dialect {
             ],
             Dialect::RdsPg => &[
                 Dialect::RdsMultiAzPg,
+                Dialect::GlobalAuroraPg,
                 Dialect::AuroraPg,
                 Dialect::RdsPg,
                 Dialect::Pg,
             ],
             Dialect::RdsMultiAzPg | Dialect::Pg => &[
+                Dialect::GlobalAuroraPg,
                 Dialect::AuroraPg,
                 Dialect::RdsMultiAzPg,
                 Dialect::RdsPg,
@@ -97,7 +108,7 @@ impl Dialect {
     /// uses); `NULL` for the id elsewhere.
     pub(crate) fn instance_check(self) -> &'static str {
         match self {
-            Dialect::AuroraPg => {
+            Dialect::AuroraPg | Dialect::GlobalAuroraPg => {
                 "SELECT pg_catalog.pg_is_in_recovery(), pg_catalog.aurora_db_instance_identifier()"
             }
             Dialect::RdsMultiAzPg => {
@@ -134,6 +145,15 @@ const IS_PG: &str = "SELECT 1 FROM pg_catalog.pg_proc LIMIT 1";
 const AURORA_EXTENSION: &str = "SELECT (setting OPERATOR(pg_catalog.~~) '%aurora_stat_utils%') AS aurora_stat_utils FROM pg_catalog.pg_settings WHERE name OPERATOR(pg_catalog.=) 'rds.extensions'";
 const AURORA_REPLICA_STATUS: &str = "SELECT 1 FROM pg_catalog.aurora_replica_status() LIMIT 1";
 const AURORA_TOPOLOGY: &str = "SELECT SERVER_ID, CASE WHEN SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' THEN TRUE ELSE FALSE END, CPU, COALESCE(REPLICA_LAG_IN_MSEC, 0), LAST_UPDATE_TIMESTAMP FROM pg_catalog.aurora_replica_status() WHERE EXTRACT(EPOCH FROM(pg_catalog.NOW() OPERATOR(pg_catalog.-) LAST_UPDATE_TIMESTAMP)) OPERATOR(pg_catalog.<=) 300 OR SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' OR LAST_UPDATE_TIMESTAMP IS NULL";
+/// Both global-database functions exist (`regproc` casts fail with 42883 otherwise).
+const GLOBAL_FUNCTIONS: &str = "SELECT 'pg_catalog.aurora_global_db_status'::pg_catalog.regproc, 'pg_catalog.aurora_global_db_instance_status'::pg_catalog.regproc";
+/// The regions of the global database: more than one makes it one.
+const GLOBAL_REGION_COUNT: &str =
+    "SELECT pg_catalog.count(1) FROM pg_catalog.aurora_global_db_status()";
+/// Every region's instances, in the regional query's shape (id, writer flag, CPU, lag,
+/// last update) plus the region: the global view has no CPU and no update time (of two
+/// writers, the lower id wins, as arbitrary as the AWS drivers' choice there).
+const GLOBAL_TOPOLOGY: &str = "SELECT SERVER_ID, CASE WHEN SESSION_ID OPERATOR(pg_catalog.=) 'MASTER_SESSION_ID' THEN TRUE ELSE FALSE END, NULL::pg_catalog.float8, VISIBILITY_LAG_IN_MSEC, NULL::pg_catalog.timestamptz, AWS_REGION FROM pg_catalog.aurora_global_db_instance_status()";
 const AURORA_INSTANCE_ID: &str =
     "SELECT pg_catalog.aurora_db_instance_identifier(), pg_catalog.aurora_db_instance_identifier()";
 /// Whether `rds_tools` and every function of it the crate calls (each overload) belong to a
@@ -197,6 +217,12 @@ async fn is_dialect(conn: &mut dyn AdminConnection, dialect: Dialect) -> Result<
         Dialect::AuroraPg => {
             matches!(probe(conn, AURORA_EXTENSION).await?, Some(rows) if parse_bool(first(&rows)) == Some(true))
                 && matches!(probe(conn, AURORA_REPLICA_STATUS).await?, Some(rows) if !rows.is_empty())
+        }
+        Dialect::GlobalAuroraPg => {
+            matches!(probe(conn, GLOBAL_FUNCTIONS).await?, Some(rows) if !rows.is_empty())
+                && matches!(probe(conn, GLOBAL_REGION_COUNT).await?,
+                    Some(rows) if first(&rows).and_then(|n| n.parse::<u64>().ok()).is_some_and(|n| n > 1))
+                && Box::pin(is_dialect(conn, Dialect::AuroraPg)).await?
         }
         Dialect::RdsMultiAzPg => {
             matches!(probe(conn, MULTI_AZ_OWNED_BY_SUPERUSER).await?, Some(rows) if parse_bool(first(&rows)) == Some(true))
@@ -266,9 +292,13 @@ pub(crate) async fn discover(
     };
     let topology = query_topology(conn, &source).await?;
     let connected_to = match dialect {
-        Dialect::AuroraPg => first(&conn.query(AURORA_INSTANCE_ID).await?)
-            .map(str::to_owned)
-            .ok_or_else(|| Error::topology("aurora_db_instance_identifier() returned nothing"))?,
+        Dialect::AuroraPg | Dialect::GlobalAuroraPg => {
+            first(&conn.query(AURORA_INSTANCE_ID).await?)
+                .map(str::to_owned)
+                .ok_or_else(|| {
+                    Error::topology("aurora_db_instance_identifier() returned nothing")
+                })?
+        }
         Dialect::RdsMultiAzPg => first(&conn.query(MULTI_AZ_INSTANCE_ID).await?)
             .map(str::to_owned)
             .ok_or_else(|| Error::topology("rds_tools.dbi_resource_id() returned nothing"))?,
@@ -291,15 +321,25 @@ pub(crate) async fn query_topology(
     let dialect = source.dialect;
     let mut writer_since = None;
     let instances = match dialect {
-        Dialect::AuroraPg => {
-            let rows = aurora_rows(&conn.query(AURORA_TOPOLOGY).await?)?;
+        Dialect::AuroraPg | Dialect::GlobalAuroraPg => {
+            let sql = match dialect {
+                Dialect::GlobalAuroraPg => GLOBAL_TOPOLOGY,
+                _ => AURORA_TOPOLOGY,
+            };
+            let rows = aurora_rows(&conn.query(sql).await?)?;
             writer_since = rows
                 .iter()
                 .find(|r| r.is_writer)
                 .and_then(|r| r.last_update);
             let mut instances = Vec::with_capacity(rows.len());
             for row in rows {
-                let Some(address) = routable(&source.addressing, &row.id, row.is_writer)? else {
+                let Some(address) = routable(
+                    &source.addressing,
+                    &row.id,
+                    row.region.as_deref(),
+                    row.is_writer,
+                )?
+                else {
                     continue;
                 };
                 instances.push(Instance {
@@ -313,6 +353,7 @@ pub(crate) async fn query_topology(
                     },
                     replica_lag_ms: row.lag_ms,
                     cpu: row.cpu,
+                    region: row.region,
                     available: true,
                 });
             }
@@ -345,6 +386,7 @@ pub(crate) async fn query_topology(
                 role: Role::Writer,
                 replica_lag_ms: None,
                 cpu: None,
+                region: None,
                 available: true,
             }]
         }
@@ -352,13 +394,19 @@ pub(crate) async fn query_topology(
     Ok(Topology::new(dialect, instances)?.with_writer_since(writer_since))
 }
 
-/// The address of the instance a catalog row names. A row that cannot be routed (a name
-/// that is not one DNS label) is logged and skipped, never connected to; the writer's row
-/// rejects the whole read (the previous topology stays).
-fn routable(addressing: &Addressing, name: &str, is_writer: bool) -> Result<Option<HostPort>> {
-    match addressing.address(name) {
+/// The address of the instance a catalog row names (in `region`, for a global database). A
+/// row that cannot be routed (a name that is not one DNS label) is logged and skipped, never
+/// connected to; the writer's row, and a region no pattern names (a configuration error),
+/// reject the whole read (the previous topology stays).
+fn routable(
+    addressing: &Addressing,
+    name: &str,
+    region: Option<&str>,
+    is_writer: bool,
+) -> Result<Option<HostPort>> {
+    match addressing.address_in(name, region) {
         Ok(address) => Ok(Some(address)),
-        Err(err) if is_writer => Err(err),
+        Err(err) if is_writer || (region.is_some() && err.is_config()) => Err(err),
         Err(err) => {
             tracing::warn!(target: "aurora_pool", error = %err, "topology row skipped");
             Ok(None)
@@ -398,7 +446,7 @@ pub(crate) fn multi_az_rows(
             ));
         };
         let name = endpoint.split('.').next().unwrap_or(endpoint);
-        let Some(address) = routable(addressing, name, id == writer_id)? else {
+        let Some(address) = routable(addressing, name, None, id == writer_id)? else {
             continue;
         };
         instances.push(Instance {
@@ -412,6 +460,7 @@ pub(crate) fn multi_az_rows(
             },
             replica_lag_ms: None,
             cpu: None,
+            region: None,
             available: true,
         });
     }
@@ -427,7 +476,9 @@ pub(crate) async fn confirm_writer(
     dialect: Dialect,
 ) -> Result<bool> {
     let catalog_says_writer = match dialect {
-        Dialect::AuroraPg => !conn.query(AURORA_AM_I_WRITER).await?.is_empty(),
+        Dialect::AuroraPg | Dialect::GlobalAuroraPg => {
+            !conn.query(AURORA_AM_I_WRITER).await?.is_empty()
+        }
         Dialect::RdsMultiAzPg => conn.query(MULTI_AZ_WRITER_ID).await?.is_empty(),
         Dialect::RdsPg | Dialect::Pg => true,
     };
@@ -510,6 +561,9 @@ mod tests {
             super::RDS_EXTENSIONS,
             super::IS_READER,
             super::AURORA_AM_I_WRITER,
+            super::GLOBAL_FUNCTIONS,
+            super::GLOBAL_REGION_COUNT,
+            super::GLOBAL_TOPOLOGY,
             Dialect::AuroraPg.instance_check(),
             Dialect::RdsMultiAzPg.instance_check(),
             Dialect::Pg.instance_check(),

@@ -53,6 +53,8 @@ pub struct Instance {
     role: Role,
     replica_lag_ms: Option<f64>,
     cpu: Option<f64>,
+    /// The AWS region (Aurora Global Database only).
+    region: Option<String>,
     available: bool,
 }
 
@@ -67,8 +69,17 @@ impl Instance {
             role,
             replica_lag_ms: None,
             cpu: None,
+            region: None,
             available: true,
         }
+    }
+
+    /// The same instance placed in `region`, for unit tests.
+    #[cfg(test)]
+    pub(crate) fn in_region(mut self, region: &str, lag_ms: Option<f64>) -> Instance {
+        self.region = Some(region.to_owned());
+        self.replica_lag_ms = lag_ms;
+        self
     }
 
     /// The id the catalog reports (`SERVER_ID` on Aurora, the DBI resource id on Multi-AZ DB
@@ -101,6 +112,12 @@ impl Instance {
     /// CPU use reported by the catalog, in percent (Aurora only).
     pub fn cpu(&self) -> Option<f64> {
         self.cpu
+    }
+
+    /// The AWS region the instance runs in, as the catalog reports it (Aurora Global
+    /// Database: `aurora_global_db_instance_status()`); `None` elsewhere.
+    pub fn region(&self) -> Option<&str> {
+        self.region.as_deref()
     }
 
     /// False while health probes find the instance unreachable; unavailable readers get no
@@ -211,6 +228,14 @@ impl Topology {
                 .all(|(a, b)| a.same_placement(b) && a.available == b.available)
     }
 
+    /// Same lag and CPU figures for every instance (of a topology of the same shape).
+    pub(crate) fn same_figures(&self, other: &Topology) -> bool {
+        self.instances
+            .iter()
+            .zip(&other.instances)
+            .all(|(a, b)| a.replica_lag_ms == b.replica_lag_ms && a.cpu == b.cpu)
+    }
+
     /// The same topology with the instances in `down` marked unavailable.
     pub(crate) fn with_unavailable(mut self, down: &BTreeSet<String>) -> Topology {
         for instance in &mut self.instances {
@@ -270,9 +295,51 @@ pub(crate) struct Addressing {
     pub(crate) pattern: Option<HostPattern>,
     /// Used when the pattern carries no port: the port of the URL.
     pub(crate) default_port: u16,
+    /// An Aurora Global Database's pattern per region
+    /// (`global_cluster_instance_host_patterns`).
+    pub(crate) regions: BTreeMap<String, HostPattern>,
+    /// The region of the URL's host, where `pattern` applies in a global database.
+    pub(crate) url_region: Option<String>,
 }
 
 impl Addressing {
+    /// The address of instance `name` in `region` (Aurora Global Database): the override
+    /// first, then the region's pattern (the URL's own pattern in the URL's region). A region
+    /// with neither is a configuration error naming it.
+    pub(crate) fn address_in(&self, name: &str, region: Option<&str>) -> Result<HostPort> {
+        let Some(region) = region else {
+            return self.address(name);
+        };
+        if self.overrides.contains_key(name) {
+            return self.address(name);
+        }
+        let pattern = match self.regions.get(region) {
+            Some(pattern) => pattern,
+            None if self.url_region.as_deref() == Some(region) && self.pattern.is_some() => {
+                return self.address(name);
+            }
+            None => {
+                return Err(Error::config(
+                    "global_cluster_instance_host_patterns",
+                    format!(
+                        "the global database has instance `{name}` in region `{region}`, which no \
+                         pattern names: add `[{region}]?.<domain>:<port>` (or the region's RDS \
+                         pattern `?.<cluster-id>.{region}.rds.amazonaws.com`) to \
+                         `global_cluster_instance_host_patterns`, or list the instance in \
+                         `instance_endpoints`"
+                    ),
+                ));
+            }
+        };
+        if !is_dns_label(name) {
+            return self.address(name);
+        }
+        Ok(HostPort {
+            host: pattern.host_for(name),
+            port: pattern.port().unwrap_or(self.default_port),
+        })
+    }
+
     pub(crate) fn address(&self, name: &str) -> Result<HostPort> {
         if let Some(address) = self.overrides.get(name) {
             return Ok(address.clone());

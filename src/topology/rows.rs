@@ -1,5 +1,6 @@
-//! The row rules for Aurora's `aurora_replica_status()`: de-duplicate, newest writer wins,
-//! no writer means no valid topology.
+//! The row rules for Aurora's `aurora_replica_status()` (and a global database's
+//! `aurora_global_db_instance_status()`, read in the same shape plus a region): de-duplicate,
+//! newest writer wins, no writer means no valid topology.
 
 use std::collections::HashMap;
 
@@ -15,6 +16,9 @@ pub(crate) struct AuroraRow {
     pub(crate) lag_ms: Option<f64>,
     /// Microseconds since the Unix epoch; `None` when the catalog reports NULL.
     pub(crate) last_update: Option<i64>,
+    /// The sixth column, where the query has one: the instance's AWS region (Aurora Global
+    /// Database).
+    pub(crate) region: Option<String>,
 }
 
 /// Parses rows of `id, is_writer, cpu, lag, last_update_timestamp` (all as text) and applies
@@ -88,6 +92,11 @@ fn parse_row(row: &TextRow) -> Result<AuroraRow> {
         cpu: number(2),
         lag_ms: number(3),
         last_update,
+        region: row
+            .get(5)
+            .and_then(|r| r.as_deref())
+            .filter(|r| !r.is_empty())
+            .map(str::to_owned),
     })
 }
 

@@ -1,0 +1,259 @@
+//! Aurora Global Database (#25): one cluster across two emulated regions. The dialect is
+//! detected, reads stay in the home region, writes follow a cross-region switchover, a
+//! lagging reader is skipped, and every URL of the global database shares one monitor.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use aurora_pool::testing::LocalCluster;
+use aurora_pool::{Dialect, Role};
+use support::flavour::{Flavour, INSTANCE_ID, connect, flavour_tests};
+use support::{eventually, unique_cluster_id};
+
+const EAST: &str = "us-east-1";
+const WEST: &str = "us-west-2";
+
+/// instance-1 (the writer) and instance-2 in us-east-1; instance-3 and instance-4 in
+/// us-west-2.
+async fn global_cluster() -> LocalCluster {
+    LocalCluster::builder()
+        .global_regions(&[(EAST, 2), (WEST, 2)])
+        .start()
+        .await
+        .expect("global cluster")
+}
+
+fn set(ids: &[&str]) -> BTreeSet<String> {
+    ids.iter().map(|id| id.to_string()).collect()
+}
+
+/// The instances reads reach: through the shared readers' pool (`reader()`) and through
+/// checkouts by instance (`acquire(Reader)`). (The sqlx readers' pool may hold all its
+/// connections on one reader: its connects start before the rotation moves it on.)
+async fn reads_of<F: Flavour>(pool: &F) -> BTreeSet<String> {
+    let mut seen = F::spread_of(&pool.handle(Role::Reader), 24).await;
+    for _ in 0..16 {
+        seen.insert(pool.instance_id(Role::Reader).await.expect("read"));
+    }
+    seen
+}
+
+async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>(test: &str) {
+    let cluster = global_cluster().await;
+    let pool: F = connect(&cluster, test, &format!("failover_home_region={WEST}")).await;
+    let topology = pool.topology();
+    assert_eq!(topology.dialect(), Dialect::GlobalAuroraPg, "{topology}");
+    assert_eq!(
+        topology.instance("instance-3").and_then(|i| i.region()),
+        Some(WEST)
+    );
+    assert_eq!(topology.writer().region(), Some(EAST));
+    // Reads: the home region's readers only, never the other region's reader.
+    assert_eq!(reads_of(&pool).await, set(&["instance-3", "instance-4"]));
+    let writer = pool.handle(Role::Writer);
+    assert_eq!(
+        F::handle_text(&writer, INSTANCE_ID).await.expect("write"),
+        "instance-1"
+    );
+
+    // Writes keep coming while the primary region moves to us-west-2.
+    let load = {
+        let writer = writer.clone();
+        tokio::spawn(async move {
+            let mut landed = Vec::new();
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while Instant::now() < deadline {
+                if let Ok(id) = F::handle_text(&writer, INSTANCE_ID).await {
+                    landed.push((Instant::now(), id));
+                    if landed.last().is_some_and(|(_, id)| id == "instance-3") && landed.len() > 3 {
+                        let tail = landed.iter().rev().take(3);
+                        if tail.filter(|(_, id)| id == "instance-3").count() == 3 {
+                            break;
+                        }
+                    }
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            landed
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cluster
+        .switchover_region("instance-3")
+        .await
+        .expect("cross-region switchover");
+    let landed = load.await.expect("load task");
+    // Every write landed on the writer of its time: never on a secondary-region reader.
+    assert!(
+        landed
+            .iter()
+            .all(|(_, id)| id == "instance-1" || id == "instance-3"),
+        "{landed:?}"
+    );
+    assert_eq!(
+        landed.last().map(|(_, id)| id.as_str()),
+        Some("instance-3"),
+        "writes never reached the new primary region: {}",
+        pool.topology()
+    );
+    let new_writer = pool.topology();
+    assert_eq!(new_writer.writer().id(), "instance-3", "{new_writer}");
+    assert_eq!(new_writer.writer().region(), Some(WEST));
+    // The home region keeps its remaining reader; the old primary region serves no reads.
+    let moved = eventually(Duration::from_secs(10), || async {
+        reads_of(&pool).await == set(&["instance-4"])
+    })
+    .await;
+    assert!(moved, "reads left the home region: {}", pool.topology());
+    pool.close().await;
+}
+
+async fn a_lagging_reader_serves_no_reads<F: Flavour>(test: &str) {
+    let cluster = global_cluster().await;
+    let pool: F = connect(
+        &cluster,
+        test,
+        &format!("failover_home_region={WEST}&max_replica_lag_ms=1000&cluster_topology_refresh_rate_ms=300"),
+    )
+    .await;
+    assert!(
+        reads_of(&pool)
+            .await
+            .is_subset(&set(&["instance-3", "instance-4"]))
+    );
+    cluster
+        .set_replica_lag("instance-4", 5000.0)
+        .await
+        .expect("lag");
+    let skipped = eventually(Duration::from_secs(10), || async {
+        reads_of(&pool).await == set(&["instance-3"])
+    })
+    .await;
+    assert!(
+        skipped,
+        "the lagging reader kept serving: {}",
+        pool.topology()
+    );
+    assert_eq!(
+        pool.topology()
+            .instance("instance-4")
+            .and_then(|i| i.replica_lag_ms()),
+        Some(5000.0)
+    );
+    // Back under the bound: it serves again (checkouts by instance: the shared readers'
+    // pool keeps the connections it has on instance-3).
+    cluster
+        .set_replica_lag("instance-4", 10.0)
+        .await
+        .expect("lag");
+    let back = eventually(Duration::from_secs(10), || async {
+        let mut seen = BTreeSet::new();
+        for _ in 0..12 {
+            seen.insert(pool.instance_id(Role::Reader).await.expect("read"));
+        }
+        seen.contains("instance-4")
+    })
+    .await;
+    assert!(back, "the reader never came back: {}", pool.topology());
+    pool.close().await;
+}
+
+async fn with_no_home_reader_reads_use_the_writer_or_wait<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::builder()
+        .global_regions(&[(EAST, 2), (WEST, 1)])
+        .start()
+        .await
+        .expect("global cluster");
+    // The home region's only instance is a reader; with it down, home-reader-or-writer
+    // reads go to the writer (in the other region), never to the other region's reader.
+    let pool: F = connect(
+        &cluster,
+        test,
+        &format!("failover_home_region={WEST}&failure_detection_interval_ms=300"),
+    )
+    .await;
+    assert_eq!(reads_of(&pool).await, set(&["instance-3"]));
+    cluster.crash("instance-3").await.expect("crash");
+    let down = eventually(Duration::from_secs(10), || async {
+        pool.topology()
+            .instance("instance-3")
+            .is_some_and(|i| !i.is_available())
+    })
+    .await;
+    assert!(
+        down,
+        "instance-3 was never declared down: {}",
+        pool.topology()
+    );
+    let to_writer = eventually(Duration::from_secs(10), || async {
+        reads_of(&pool).await == set(&["instance-1"])
+    })
+    .await;
+    assert!(
+        to_writer,
+        "reads did not fall back to the writer: {}",
+        pool.topology()
+    );
+    pool.close().await;
+}
+
+flavour_tests!(
+    reads_stay_home_and_writes_follow_a_cross_region_switchover,
+    a_lagging_reader_serves_no_reads,
+    with_no_home_reader_reads_use_the_writer_or_wait,
+);
+
+/// A global database reached through an address names no region: the home region must be
+/// given, and the error says which parameter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_global_database_without_a_home_region_is_a_config_error() {
+    let cluster = global_cluster().await;
+    let config = support::flavour::config(&cluster, "global-no-home", "");
+    let err = aurora_pool::AuroraPool::connect_with(config)
+        .await
+        .expect_err("no home region");
+    assert!(err.is_config(), "{err:?}");
+    assert_eq!(err.parameter(), Some("failover_home_region"), "{err}");
+    assert!(err.to_string().contains(WEST), "{err}");
+}
+
+/// One monitor for the whole global database, whichever URL a pool was opened with: the
+/// cluster endpoint (the primary region) and a secondary region's instance.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_url_of_the_global_database_shares_one_monitor() {
+    let cluster = global_cluster().await;
+    let id = unique_cluster_id("global-shared");
+    let primary = aurora_pool::AuroraPool::connect(&format!(
+        "{}&cluster_id={id}&failover_home_region={EAST}",
+        cluster.url()
+    ))
+    .await
+    .expect("through the cluster endpoint");
+    let secondary = aurora_pool::AuroraPool::connect(&format!(
+        "{}?instance_endpoints={}&cluster_id={id}&failover_home_region={WEST}",
+        cluster.instance_url("instance-4").expect("instance"),
+        cluster.instance_endpoints_param()
+    ))
+    .await
+    .expect("through a secondary region's instance");
+    let one = eventually(Duration::from_secs(5), || async {
+        support::monitor_connections(&cluster, &id).await == 1
+    })
+    .await;
+    assert!(
+        one,
+        "one monitor for both URLs: {} connections",
+        support::monitor_connections(&cluster, &id).await
+    );
+    assert_eq!(primary.topology().version(), secondary.topology().version());
+    // Each pool reads in its own home region.
+    assert_eq!(reads_of(&primary).await, set(&["instance-2"]));
+    assert_eq!(
+        reads_of(&secondary).await,
+        set(&["instance-3", "instance-4"])
+    );
+    primary.close().await;
+    secondary.close().await;
+}
