@@ -109,6 +109,9 @@ pub struct ConnectTarget {
     pub port: u16,
     /// The URL's user.
     pub user: String,
+    /// The AWS region the catalog places the instance in (an Aurora Global Database's
+    /// instances); `None` elsewhere. IAM tokens are signed for it.
+    pub region: Option<String>,
 }
 
 impl ConnectTarget {
@@ -118,7 +121,14 @@ impl ConnectTarget {
             host: host.into(),
             port,
             user: user.into(),
+            region: None,
         }
+    }
+
+    /// The same target in `region` (see [`region`](ConnectTarget::region)).
+    pub fn in_region(mut self, region: Option<&str>) -> ConnectTarget {
+        self.region = region.map(str::to_owned);
+        self
     }
 }
 

@@ -118,7 +118,9 @@ pub struct IamSettings {
     /// The host name signed into tokens (`iam_host`); by default the instance host actually
     /// connected to. Set it when connecting through a custom DNS name, a tunnel or a proxy.
     pub host: Option<String>,
-    /// The region (`iam_region`); by default parsed from the instance or URL host.
+    /// The region (`iam_region`); by default parsed from the instance or URL host. An
+    /// instance the catalog places in a region (an Aurora Global Database) is signed for
+    /// that region whatever this says.
     pub region: Option<String>,
     /// The port signed into tokens (`iam_default_port`); by default the instance's port.
     pub default_port: Option<u16>,
@@ -306,10 +308,12 @@ impl IamAuth {
             .host
             .clone()
             .unwrap_or_else(|| target.host.clone());
-        let region = self
-            .settings
+        // An instance's own region first: a global database's instances sit in several
+        // regions, and a token signed for another region is refused.
+        let region = target
             .region
             .clone()
+            .or_else(|| self.settings.region.clone())
             .or_else(|| Endpoint::classify(&host).region().map(str::to_owned))
             .or_else(|| {
                 Endpoint::classify(&self.url_host)

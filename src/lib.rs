@@ -43,7 +43,7 @@ pub mod testing;
 #[cfg(feature = "tower")]
 pub mod tower;
 
-pub use config::{Auth, Builder, Config, FailoverMode, PoolSizing};
+pub use config::{Auth, Builder, Config, FailoverMode, GlobalReadMode, GlobalSettings, PoolSizing};
 #[cfg(feature = "custom-endpoint")]
 pub use custom_endpoint::settings::CustomEndpointSettings;
 pub use error::{Error, ErrorClass, Result};

@@ -128,6 +128,34 @@ async fn one_token_per_host_unless_iam_host_overrides() {
     assert_eq!(overridden.tokens_generated(), 1);
 }
 
+/// A global database's instances are signed for their own region (#25 item 5), whatever
+/// the URL's host or `iam_region` say: a token for another region is refused.
+#[tokio::test]
+async fn an_instance_in_another_region_gets_a_token_for_its_region() {
+    let clock = ManualClock::new();
+    let iam = provider(&clock, |s| s.region = Some("us-east-1".into()));
+    let home = iam
+        .credentials(&instance(1).in_region(Some("us-east-1")))
+        .await
+        .expect("home");
+    let away = iam
+        .credentials(&instance(2).in_region(Some("eu-west-1")))
+        .await
+        .expect("away");
+    let (home, away) = (home.password().unwrap(), away.password().unwrap());
+    assert!(home.contains("%2Fus-east-1%2Frds-db%2F"), "{home}");
+    assert!(away.contains("%2Feu-west-1%2Frds-db%2F"), "{away}");
+    // Without a catalog region, `iam_region` decides as before.
+    let plain = iam.credentials(&instance(3)).await.expect("plain");
+    assert!(
+        plain
+            .password()
+            .unwrap()
+            .contains("%2Fus-east-1%2Frds-db%2F"),
+        "{plain:?}"
+    );
+}
+
 #[tokio::test]
 async fn tokens_die_with_the_credentials_that_signed_them() {
     let clock = ManualClock::new();

@@ -123,6 +123,31 @@ impl Builder {
         password: impl Into<String> + Send + 'static => |c, v| c.set_password(v);
         /// See [`Config::auth`].
         auth: Auth => |c, v| c.auth = v;
+        /// See [`Config::max_replica_lag`].
+        max_replica_lag: Duration => |c, v| c.max_replica_lag = Some(v);
+        /// See [`GlobalSettings::read_mode`](super::GlobalSettings::read_mode).
+        global_read_mode: super::GlobalReadMode => |c, v| c.global.read_mode = v;
+    }
+
+    /// See [`GlobalSettings::home_region`](super::GlobalSettings::home_region).
+    pub fn failover_home_region(self, region: &str) -> Self {
+        let region = region.to_owned();
+        self.with(move |c| {
+            c.global
+                .apply_parameter("failover_home_region", &region)
+                .map(|_| ())
+        })
+    }
+
+    /// See [`GlobalSettings::host_patterns`](super::GlobalSettings::host_patterns): the
+    /// same text as the URL parameter.
+    pub fn global_cluster_instance_host_patterns(self, patterns: &str) -> Self {
+        let patterns = patterns.to_owned();
+        self.with(move |c| {
+            c.global
+                .apply_parameter("global_cluster_instance_host_patterns", &patterns)
+                .map(|_| ())
+        })
     }
 
     /// The RDS API client that reads a custom endpoint's members, instead of one built from

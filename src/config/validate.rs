@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 impl Config {
     /// Every duration setting with its parameter name.
-    fn durations(&self) -> [(&'static str, Duration); 9] {
+    fn durations(&self) -> [(&'static str, Duration); 10] {
         [
             (
                 "cluster_topology_refresh_rate_ms",
@@ -27,6 +27,10 @@ impl Config {
             ("idle_timeout_ms", self.idle_timeout.unwrap_or_default()),
             ("max_lifetime_ms", self.max_lifetime.unwrap_or_default()),
             ("connect_timeout", self.connect_timeout),
+            (
+                "max_replica_lag_ms",
+                self.max_replica_lag.unwrap_or_default(),
+            ),
         ]
     }
 

@@ -178,7 +178,8 @@ impl Manager {
         let address = route.instance.address();
         let mut config = self.base.clone();
         self.tls.point(&mut config, address);
-        let target = ConnectTarget::new(address.host.clone(), address.port, self.user.clone());
+        let target = ConnectTarget::new(address.host.clone(), address.port, self.user.clone())
+            .in_region(route.instance.region());
         let context = format!("connecting to {address}");
         let at = Instant::now();
         let (client, task) = login::connect_with_login(

@@ -154,7 +154,7 @@ pub(crate) async fn provider_for(config: &Config) -> Result<Arc<dyn CredentialPr
 /// Where `instance` is connected to, as providers see it.
 pub(crate) fn target(instance: &Instance, user: &str) -> ConnectTarget {
     let address = instance.address();
-    ConnectTarget::new(address.host.clone(), address.port, user)
+    ConnectTarget::new(address.host.clone(), address.port, user).in_region(instance.region())
 }
 
 /// Asks `provider` for credentials, bounded by `timeout`.
