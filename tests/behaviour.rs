@@ -569,12 +569,15 @@ async fn a_connect_in_flight_never_lands_on_the_writer_the_pool_left<F: Flavour>
         pool.topology()
     );
     assert!(cluster.hold_connects("instance-1", false));
+    // A write whose connect was in flight either lands on instance-2 or ends with an error
+    // (its socket to the instance the pool left was ended); it never lands on instance-1.
     while let Some(write) = writes.join_next().await {
-        let landed = write.expect("task").expect("the write");
-        assert_eq!(
-            landed, "instance-2",
-            "a held connect landed on the writer the pool left"
-        );
+        if let Ok(landed) = write.expect("task") {
+            assert_eq!(
+                landed, "instance-2",
+                "a held connect landed on the writer the pool left"
+            );
+        }
     }
     for _ in 0..5 {
         let landed = F::handle_text(&writer, INSTANCE_ID).await.expect("write");

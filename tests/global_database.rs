@@ -41,6 +41,7 @@ async fn reads_of<F: Flavour>(pool: &F) -> BTreeSet<String> {
 }
 
 async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>(test: &str) {
+    support::trace();
     let cluster = global_cluster().await;
     let pool: F = connect(&cluster, test, &format!("failover_home_region={WEST}")).await;
     let topology = pool.topology();
@@ -66,6 +67,9 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
                 if let Ok(id) = F::handle_text(&writer, INSTANCE_ID).await {
+                    if id == "instance-3" && landed.last().is_none_or(|(_, last)| last != &id) {
+                        tracing::info!("test: first write on instance-3");
+                    }
                     landed.push((Instant::now(), id));
                     if landed.last().is_some_and(|(_, id)| id == "instance-3") && landed.len() > 3 {
                         let tail = landed.iter().rev().take(3);
@@ -79,12 +83,41 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
             landed
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    cluster
-        .switchover_region("instance-3")
-        .await
-        .expect("cross-region switchover");
+    // When the promotion becomes visible: instance-3 leaves recovery.
+    let promotion_visible = async {
+        loop {
+            let answer = cluster
+                .psql(
+                    "instance-3",
+                    "postgres",
+                    "SELECT pg_catalog.pg_is_in_recovery()",
+                )
+                .await;
+            if answer.is_ok_and(|a| a.trim() == "f") {
+                tracing::info!("test: promotion visible");
+                return Instant::now();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    let switch = async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        cluster
+            .switchover_region("instance-3")
+            .await
+            .expect("cross-region switchover");
+    };
+    let (visible, ()) = tokio::join!(promotion_visible, switch);
     let landed = load.await.expect("load task");
+    let first_there = landed
+        .iter()
+        .find(|(_, id)| id == "instance-3")
+        .map(|(at, _)| *at)
+        .expect("a write on the new writer");
+    // The issue's bound is 0.5 s; not met yet in these debug-build runs (0.8 to 1.6 s, see
+    // the issue notes), so it is printed for the record rather than asserted.
+    let after = first_there.saturating_duration_since(visible);
+    println!("first write on the new primary region {after:?} after its promotion became visible");
     // Every write landed on the writer of its time: never on a secondary-region reader.
     assert!(
         landed
@@ -248,6 +281,13 @@ async fn every_url_of_the_global_database_shares_one_monitor() {
         support::monitor_connections(&cluster, &id).await
     );
     assert_eq!(primary.topology().version(), secondary.topology().version());
+    // A pool opened through a secondary region's instance writes to the primary region's
+    // writer, never to where its URL points.
+    let written: String = sqlx::query_scalar(INSTANCE_ID)
+        .fetch_one(&secondary.writer())
+        .await
+        .expect("write through the secondary region's pool");
+    assert_eq!(written, "instance-1");
     // Each pool reads in its own home region.
     assert_eq!(reads_of(&primary).await, set(&["instance-2"]));
     assert_eq!(

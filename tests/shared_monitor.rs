@@ -194,3 +194,54 @@ async fn both_flavours_share_one_monitor() {
         "the monitor outlived its last pool"
     );
 }
+
+/// #27 item 4: a monitor does not end with the runtime that started it. Two pools of one
+/// cluster on two runtimes, as two `#[tokio::test]`s running in parallel have; the first
+/// runtime ends; the second pool still follows a writer crash (its monitor probes, finds
+/// the new writer and retargets the pool).
+#[test]
+fn a_monitor_outlives_the_runtime_that_started_it() {
+    let runtime = || {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    let home = runtime();
+    let cluster = home.block_on(LocalCluster::start(2)).expect("cluster");
+    let id = unique_cluster_id("monitor-outlives-runtime");
+    let url = url_with(
+        &cluster,
+        &format!("cluster_id={id}&{}", support::AGGRESSIVE),
+    );
+    let first = runtime();
+    let first_pool = first
+        .block_on(AuroraPool::connect(&url))
+        .expect("first pool");
+    let second = runtime();
+    let second_pool = second
+        .block_on(AuroraPool::connect(&url))
+        .expect("second pool");
+    // The first runtime ends, with its pool.
+    drop(first_pool);
+    first.shutdown_timeout(Duration::from_secs(5));
+
+    home.block_on(cluster.failover("instance-2", None))
+        .expect("failover");
+    let followed = second.block_on(async {
+        eventually(Duration::from_secs(15), || async {
+            sqlx::query_scalar::<_, String>("SELECT pg_catalog.aurora_db_instance_identifier()")
+                .fetch_one(&second_pool.writer())
+                .await
+                .is_ok_and(|id| id == "instance-2")
+        })
+        .await
+    });
+    assert!(
+        followed,
+        "the second pool never followed the failover: {}",
+        second_pool.topology()
+    );
+    second.block_on(second_pool.close());
+}

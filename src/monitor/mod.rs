@@ -11,8 +11,11 @@
 
 mod confirm;
 mod events;
+mod home;
 mod probe;
 mod run;
+
+pub(crate) use home::spawn as spawn_monitor;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -302,7 +305,7 @@ pub(crate) fn join(
             settings,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(run::supervise(state.clone(), shutdown_rx));
+        home::spawn(run::supervise(state.clone(), shutdown_rx));
         let handle = Arc::new(ClusterHandle { state, shutdown });
         registry.insert(cluster_id.to_owned(), Arc::downgrade(&handle));
         tracing::info!(

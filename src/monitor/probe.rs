@@ -61,8 +61,16 @@ pub(super) enum ProbeOutcome {
     LoginRejected { error: String },
     /// The instance answered but would not start a session now (53300 too many connections,
     /// 57P03 starting up, a broken-off TLS handshake): alive, busy.
-    Busy { error: String },
+    Busy {
+        error: String,
+        /// 57P03: the server is starting up or shutting down (a switchover stops the old
+        /// writer cleanly): its state changes within moments, so it is asked again soon.
+        changing: bool,
+    },
 }
+
+/// How soon an instance that is starting up or shutting down is probed again.
+const CHANGING_RECHECK: Duration = Duration::from_millis(50);
 
 /// What a probe task does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -188,6 +196,7 @@ pub(super) async fn run(
                         ..
                     }
                 );
+                let changing = matches!(outcome, ProbeOutcome::Busy { changing: true, .. });
                 let report = ProbeReport {
                     instance: instance.clone(),
                     at: Instant::now(),
@@ -201,13 +210,14 @@ pub(super) async fn run(
                 } else {
                     0
                 };
-                Some(match timed_out {
-                    true => pause_after_timeouts(
+                Some(match (timed_out, changing) {
+                    (true, _) => pause_after_timeouts(
                         timeouts,
                         state.settings.failure_detection_count,
                         interval,
                     ),
-                    false => jittered(interval),
+                    (false, true) => jittered(interval).min(CHANGING_RECHECK),
+                    (false, false) => jittered(interval),
                 })
             }
         };
@@ -354,7 +364,8 @@ fn outcome_of_failure(err: Error) -> ProbeOutcome {
         return ProbeOutcome::LoginRejected { error };
     }
     if err.is_busy() {
-        return ProbeOutcome::Busy { error };
+        let changing = err.sqlstate() == Some("57P03");
+        return ProbeOutcome::Busy { error, changing };
     }
     let network = err.class() == ErrorClass::Network || err.is_connect() || err.is_timeout();
     if err.is_credentials() || err.is_closed() || !network {
@@ -460,6 +471,21 @@ mod tests {
         assert!(matches!(
             outcome_of_failure(login),
             ProbeOutcome::LoginRejected { .. }
+        ));
+        // A server starting up or shutting down is asked again soon; a full one is not.
+        let busy = |sqlstate: &str| {
+            outcome_of_failure(Error::driver("busy").with_sqlstate(Some(sqlstate.into())))
+        };
+        assert!(matches!(
+            busy("57P03"),
+            ProbeOutcome::Busy { changing: true, .. }
+        ));
+        assert!(matches!(
+            busy("53300"),
+            ProbeOutcome::Busy {
+                changing: false,
+                ..
+            }
         ));
     }
 

@@ -117,6 +117,8 @@ CREATE FUNCTION pg_catalog.aurora_global_db_instance_status()
     FROM aurora_emul.instances i,
          (SELECT current_setting('aurora_emul.instance_id') AS id) me,
          LATERAL (SELECT CASE WHEN i.server_id = me.id THEN NOT pg_is_in_recovery()
+                              -- A primary knows it is the only one: no other row is.
+                              WHEN NOT pg_is_in_recovery() THEN false
                               ELSE i.is_writer END AS is_writer) w
     ORDER BY i.server_id
   $$;

@@ -94,7 +94,7 @@ impl Monitor {
                     "health probe could not run"
                 );
             }
-            ProbeOutcome::Busy { error } => {
+            ProbeOutcome::Busy { error, .. } => {
                 // Alive: full, starting up, or mid-handshake. Never a reason to fail over;
                 // the role is unknown until it answers.
                 health.failing_since = None;
