@@ -15,6 +15,7 @@ mod home;
 mod probe;
 mod run;
 
+#[cfg(feature = "custom-endpoint")]
 pub(crate) use home::spawn as spawn_monitor;
 
 use std::collections::BTreeMap;
