@@ -1,14 +1,15 @@
-//! Where cluster monitors run: a runtime of the crate's own, on one thread, for the life of
-//! the process.
+//! Where cluster monitors run: a runtime of the crate's own, with two worker threads, for
+//! the life of the process.
 //!
 //! A monitor serves every pool of its cluster, whatever runtime each pool was opened on.
 //! Spawned on the first pool's runtime, it would end with that runtime (a `#[tokio::test]`'s
 //! runtime ends with its test, a worker's with its job) and leave every other pool of the
 //! cluster without a monitor: no failover followed, no probe, no forced refresh. Its work is
-//! light (a few queries a second per instance) and all of it waits on I/O, so one
-//! current-thread runtime serves every monitor of the process. Its connections and timers
-//! belong to it; the pools see the monitor only through channels, which work across
-//! runtimes.
+//! light (a few queries a second per instance) and waits on I/O; two workers rather than
+//! one, because a probe that waits for a CPU-starved thread misses its answer window and
+//! counts as a silent instance (one thread for every monitor of a loaded test process gave
+//! false verdicts). Its connections and timers belong to it; the pools see the monitor only
+//! through channels, which work across runtimes.
 
 use std::future::Future;
 use std::sync::OnceLock;
@@ -33,13 +34,15 @@ fn home() -> Option<&'static Handle> {
 }
 
 fn start() -> Option<Handle> {
-    // The runtime is built and kept on its own thread: one dropped inside the caller's
+    // The runtime is built and kept on a thread of its own: one dropped inside the caller's
     // async context would panic.
     let (sender, answer) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("aurora-pool-monitor".into())
         .spawn(move || {
-            match tokio::runtime::Builder::new_current_thread()
+            match tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .thread_name("aurora-pool-monitor")
                 .enable_all()
                 .build()
             {
