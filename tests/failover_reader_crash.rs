@@ -117,49 +117,64 @@ async fn a_reader_leaving_closes_only_its_own_connections<F: Flavour>(test: &str
     .await;
     assert!(up, "the readers never all came up: {}", pool.topology());
     // Long reads started one after another: each finds every connection busy and opens one,
-    // after the previous connect moved the pool on to the next reader.
+    // after the previous connect moved the pool on to the next reader (on a loaded machine
+    // two connects may overlap and land together: rounds until two readers hold some).
     let reads = pool.handle(Role::Reader);
-    let mut held = tokio::task::JoinSet::new();
-    for _ in 0..9 {
-        let reads = reads.clone();
-        held.spawn(async move { F::handle_text(&reads, LONG_READ).await });
-        tokio::time::sleep(Duration::from_millis(150)).await;
+    let mut holding: Vec<(&str, BTreeSet<String>)> = Vec::new();
+    for round in 0..4u64 {
+        let mut held = tokio::task::JoinSet::new();
+        for _ in 0..9 {
+            let reads = reads.clone();
+            held.spawn(async move { F::handle_text(&reads, LONG_READ).await });
+            tokio::time::sleep(Duration::from_millis(150 * (round + 1))).await;
+        }
+        // Only the connections they leave behind matter here (a read cut by a loaded
+        // machine's false verdict is no concern of this test).
+        while let Some(read) = held.join_next().await {
+            let _ = read.expect("task");
+        }
+        holding.clear();
+        for id in readers {
+            let on = backends(&cluster, id, &app).await;
+            if !on.is_empty() {
+                holding.push((id, on));
+            }
+        }
+        if holding.len() >= 2 {
+            break;
+        }
     }
-    let mut spread = BTreeSet::new();
-    while let Some(read) = held.join_next().await {
-        spread.insert(read.expect("task").expect("long read"));
-    }
-    assert_eq!(
-        spread.len(),
-        3,
-        "reads did not reach every reader: {spread:?}"
+    assert!(
+        holding.len() >= 2,
+        "the readers' pool holds connections on fewer than two readers: {holding:?}"
     );
-    let mut kept = BTreeSet::new();
-    for id in ["instance-3", "instance-4"] {
-        let on = backends(&cluster, id, &app).await;
-        assert!(!on.is_empty(), "no pooled connection on {id}");
-        kept.extend(on.into_iter().map(|pid| format!("{id}:{pid}")));
-    }
+    // The first reader holding connections leaves; the others' connections must stay.
+    let (victim, _) = holding[0];
+    let kept: BTreeSet<String> = holding[1..]
+        .iter()
+        .flat_map(|(id, pids)| pids.iter().map(move |pid| format!("{id}:{pid}")))
+        .collect();
+    let staying: Vec<&str> = readers.iter().copied().filter(|id| *id != victim).collect();
 
-    cluster.crash("instance-2").await.expect("crash a reader");
+    cluster.crash(victim).await.expect("crash a reader");
     let dropped = eventually(Duration::from_secs(10), || async {
         !pool
             .topology()
-            .instance("instance-2")
+            .instance(victim)
             .expect("listed")
             .is_available()
     })
     .await;
     assert!(
         dropped,
-        "instance-2 was never declared down: {}",
+        "{victim} was never declared down: {}",
         pool.topology()
     );
     // Every pooled connection is checked out and returned again.
     let after = F::spread_of(&reads, 48).await;
-    assert!(!after.contains("instance-2"), "{after:?}");
+    assert!(!after.contains(victim), "{after:?}");
     let mut alive = BTreeSet::new();
-    for id in ["instance-3", "instance-4"] {
+    for id in &staying {
         let on = backends(&cluster, id, &app).await;
         alive.extend(on.into_iter().map(|pid| format!("{id}:{pid}")));
     }

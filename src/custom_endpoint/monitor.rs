@@ -287,7 +287,7 @@ pub(crate) async fn join(
         idle_expiration_ms = shared.idle_expiration.as_millis() as u64,
         "custom endpoint monitor started"
     );
-    crate::monitor::spawn_monitor(run(shared.clone(), client));
+    tokio::spawn(run(shared.clone(), client));
     Ok(Arc::new(CustomEndpointHandle { shared }))
 }
 

@@ -11,12 +11,8 @@
 
 mod confirm;
 mod events;
-mod home;
 mod probe;
 mod run;
-
-#[cfg(feature = "custom-endpoint")]
-pub(crate) use home::spawn as spawn_monitor;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -306,7 +302,7 @@ pub(crate) fn join(
             settings,
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
-        home::spawn(run::supervise(state.clone(), shutdown_rx));
+        tokio::spawn(run::supervise(state.clone(), shutdown_rx));
         let handle = Arc::new(ClusterHandle { state, shutdown });
         registry.insert(cluster_id.to_owned(), Arc::downgrade(&handle));
         tracing::info!(
