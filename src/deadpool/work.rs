@@ -16,6 +16,10 @@ use crate::error::Error;
 ///   [`source`](std::error::Error::source) (tokio-postgres's error has no public
 ///   constructor, so it cannot carry the crate's verdicts the way `sqlx::Error` does).
 ///
+/// Work whose error type nothing names (it ends in `Ok(..)` and only uses `?`) matches both
+/// and needs its type spelled out: `Ok::<_, aurora_pool::Error>(..)`, or
+/// `Ok::<_, tokio_postgres::Error>(..)`.
+///
 /// ```no_run
 /// # async fn f(pool: aurora_pool::deadpool::AuroraPool) -> aurora_pool::Result<()> {
 /// let inserted: u64 = pool
