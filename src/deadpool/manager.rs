@@ -17,6 +17,7 @@ use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
 use crate::error::{Error, Result};
 use crate::pool::login;
 use crate::pool::targets::{Route, Targets};
+use crate::topology::IS_READER;
 
 /// A connection used this recently is handed out again without asking the server.
 const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
@@ -219,14 +220,11 @@ impl fmt::Debug for Manager {
     }
 }
 
-/// Whether an instance is a replica (`t`) or the writer (`f`).
-const WRITER_CHECK: &str = "SELECT pg_catalog.pg_is_in_recovery()";
-
 /// Refuses a new connection of a writer pool whose instance is read-only.
 async fn confirm_writer(client: &ClientWrapper, route: &Route, timeout: Duration) -> Result<()> {
     let address = route.instance.address();
     let context = format!("confirming {address} is the writer");
-    let rows = tokio::time::timeout(timeout, client.simple_query(WRITER_CHECK))
+    let rows = tokio::time::timeout(timeout, client.simple_query(IS_READER))
         .await
         .map_err(|_| Error::connect(format!("{context} took longer than connect_timeout")))?
         .map_err(|err| from_pg(err, &context))?;

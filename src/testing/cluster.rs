@@ -354,12 +354,8 @@ impl LocalCluster {
     /// and a global database's `VISIBILITY_LAG_IN_MSEC`), on the writer (it replicates).
     pub async fn set_replica_lag(&self, id: &str, lag_ms: f64) -> Result<(), TestingError> {
         let writer = self.writer_id();
-        let mut dbs = vec!["template1".to_owned(), "postgres".to_owned()];
-        if !dbs.contains(&self.inner.database) {
-            dbs.push(self.inner.database.clone());
-        }
-        for db in dbs {
-            self.psql(&writer, &db, &sql::set_lag(id, lag_ms)).await?;
+        for db in self.inner.catalog_databases() {
+            self.psql(&writer, db, &sql::set_lag(id, lag_ms)).await?;
         }
         Ok(())
     }
@@ -1215,6 +1211,16 @@ impl Inner {
     // ---- failover ----------------------------------------------------
 
     /// Promotes `to` after stopping the writer with `pg_ctl stop -m stop_mode`.
+    /// The databases holding the emulated catalog: `template1`, `postgres` and the
+    /// application's (once).
+    fn catalog_databases(&self) -> Vec<&str> {
+        let mut dbs = vec!["template1", "postgres"];
+        if !dbs.contains(&self.database.as_str()) {
+            dbs.push(&self.database);
+        }
+        dbs
+    }
+
     fn failover(
         self: &Arc<Self>,
         to: &str,
@@ -1280,11 +1286,7 @@ impl Inner {
         )?;
 
         if self.flavour != Flavour::Plain {
-            let mut dbs = vec!["template1", "postgres"];
-            if !dbs.contains(&self.database.as_str()) {
-                dbs.push(&self.database);
-            }
-            for db in dbs {
+            for db in self.catalog_databases() {
                 self.psql(new, db, &sql::set_writer(&new.id))
                     .map_err(|e| e.context("updating the emulated member table"))?;
                 if stop_mode.is_none() {
@@ -1371,11 +1373,7 @@ impl Inner {
                 proxy_port: inst.proxy_addr.port(),
                 region: inst.region.as_deref(),
             };
-            let mut dbs = vec!["template1", "postgres"];
-            if !dbs.contains(&self.database.as_str()) {
-                dbs.push(&self.database);
-            }
-            for db in dbs {
+            for db in self.catalog_databases() {
                 self.psql(primary, db, &sql::add_member(&member))
                     .map_err(|e| e.context("adding to the emulated member table"))?;
             }
