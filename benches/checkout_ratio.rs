@@ -88,17 +88,30 @@ fn main() {
                 })
             }),
         ];
-        // `CHECKOUT_RATIO_ONLY=deadpool` measures the deadpool flavour alone.
-        let only_deadpool = std::env::var("CHECKOUT_RATIO_ONLY").is_ok_and(|v| v == "deadpool");
-        for (name, raw_pool, aurora_op) in cases.into_iter().filter(|_| !only_deadpool) {
+        // `CHECKOUT_RATIO_ONLY=deadpool` measures the deadpool flavour alone;
+        // `CHECKOUT_RATIO_ONLY=acquire` (any other text) the sqlx cases whose name holds it.
+        // `CHECKOUT_RATIO_ROUNDS=45` runs more rounds, to narrow the spread.
+        let only = std::env::var("CHECKOUT_RATIO_ONLY").unwrap_or_default();
+        let only_deadpool = only == "deadpool";
+        let rounds = std::env::var("CHECKOUT_RATIO_ROUNDS")
+            .ok()
+            .and_then(|r| r.parse().ok())
+            .unwrap_or(ROUNDS);
+        for (name, raw_pool, aurora_op) in cases
+            .into_iter()
+            .filter(|(name, ..)| !only_deadpool && name.contains(only.as_str()))
+        {
             support::compare(
                 name,
                 &via_pool(move || raw_pool.clone()),
                 &aurora_op,
-                ROUNDS,
+                rounds,
                 OPS_PER_ROUND,
             )
             .await;
+        }
+        if !only.is_empty() && !only_deadpool {
+            return;
         }
         // Transactions against `PgPool::begin` and `commit`: a writing one (the id read
         // before COMMIT, so that a lost COMMIT can be resolved), a read-only one (which skips

@@ -106,6 +106,27 @@ pub fn via_pool(pool: impl Fn() -> PgPool + Send + Sync + 'static) -> Op {
     })
 }
 
+/// CPU time this process has used so far (all threads: the caller's tasks, the pool's
+/// machinery and its background tasks alike).
+pub fn process_cpu() -> Duration {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `now` is a valid, writable timespec; the clock id is a constant Linux knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut now) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID)");
+    Duration::new(now.tv_sec as u64, now.tv_nsec as u32)
+}
+
+/// `ops` operations spread over `tasks` tasks: the time they took and the CPU time this
+/// process used meanwhile.
+pub async fn run_timed(op: &Op, tasks: usize, ops: u64) -> (Duration, Duration) {
+    let cpu = process_cpu();
+    let elapsed = run(op, tasks, ops).await;
+    (elapsed, process_cpu() - cpu)
+}
+
 /// `ops` operations spread over `tasks` tasks.
 pub async fn run(op: &Op, tasks: usize, ops: u64) -> Duration {
     let per_task = ops.div_ceil(tasks as u64);
@@ -138,9 +159,9 @@ fn quantile(sorted: &[f64], q: f64) -> f64 {
 /// The header of the table [`compare`] prints rows of.
 pub fn print_header() {
     println!(
-        "| AuroraPool path | tasks | raw PgPool µs/op | AuroraPool µs/op | ratio (median) | ratio p25-p75 |"
+        "| AuroraPool path | tasks | raw PgPool µs/op | AuroraPool µs/op | ratio (median) | ratio p25-p75 | client CPU µs/op raw / AuroraPool |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|");
 }
 
 /// Measures `aurora` against `raw` at 1 and 64 tasks, in `rounds` interleaved rounds of
@@ -151,28 +172,48 @@ pub async fn compare(name: &str, raw: &Op, aurora: &Op, rounds: usize, ops: u64)
         warm(raw).await;
         warm(aurora).await;
         let (mut ratios, mut raw_us, mut aurora_us) = (Vec::new(), Vec::new(), Vec::new());
+        let (mut raw_cpu, mut aurora_cpu) = (Vec::new(), Vec::new());
+        let per_op = |d: Duration| d.as_secs_f64() * 1e6 / ops as f64;
+        // `CHECKOUT_RATIO_SIDE=raw` (or `aurora`) runs one side alone, for a profiler or
+        // `perf stat` to count that side's instructions without the other's.
+        let side = std::env::var("CHECKOUT_RATIO_SIDE").unwrap_or_default();
+        let (raw, aurora) = match side.as_str() {
+            "raw" => (raw, raw),
+            "aurora" => (aurora, aurora),
+            _ => (raw, aurora),
+        };
         for round in 0..rounds {
-            let (r, a) = if round % 2 == 0 {
-                let r = run(raw, tasks, ops).await;
-                (r, run(aurora, tasks, ops).await)
+            let ((r, r_cpu), (a, a_cpu)) = if round % 2 == 0 {
+                let r = run_timed(raw, tasks, ops).await;
+                (r, run_timed(aurora, tasks, ops).await)
             } else {
-                let a = run(aurora, tasks, ops).await;
-                (run(raw, tasks, ops).await, a)
+                let a = run_timed(aurora, tasks, ops).await;
+                (run_timed(raw, tasks, ops).await, a)
             };
             ratios.push(a.as_secs_f64() / r.as_secs_f64());
-            raw_us.push(r.as_secs_f64() * 1e6 / ops as f64);
-            aurora_us.push(a.as_secs_f64() * 1e6 / ops as f64);
+            raw_us.push(per_op(r));
+            aurora_us.push(per_op(a));
+            raw_cpu.push(per_op(r_cpu));
+            aurora_cpu.push(per_op(a_cpu));
         }
-        for v in [&mut ratios, &mut raw_us, &mut aurora_us] {
+        for v in [
+            &mut ratios,
+            &mut raw_us,
+            &mut aurora_us,
+            &mut raw_cpu,
+            &mut aurora_cpu,
+        ] {
             v.sort_by(f64::total_cmp);
         }
         println!(
-            "| {name} | {tasks} | {:.1} | {:.1} | {:.3} | {:.3}-{:.3} |",
+            "| {name} | {tasks} | {:.1} | {:.1} | {:.3} | {:.3}-{:.3} | {:.1} / {:.1} |",
             quantile(&raw_us, 0.5),
             quantile(&aurora_us, 0.5),
             quantile(&ratios, 0.5),
             quantile(&ratios, 0.25),
             quantile(&ratios, 0.75),
+            quantile(&raw_cpu, 0.5),
+            quantile(&aurora_cpu, 0.5),
         );
     }
 }

@@ -284,13 +284,13 @@ impl Backend for DeadpoolBackend {
         })
     }
 
-    fn acquire(pool: &Pool) -> BoxFuture<'static, Result<Object>> {
+    fn acquire(pool: &Pool) -> impl Future<Output = Result<Object>> + Send + 'static {
         let pool = pool.clone();
-        Box::pin(async move {
+        async move {
             pool.get()
                 .await
                 .map_err(|err| from_pool(err, "checking out a connection"))
-        })
+        }
     }
 }
 

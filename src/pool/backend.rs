@@ -71,7 +71,12 @@ pub(crate) trait Backend: Send + Sync + 'static {
     type Connection: Send + 'static;
 
     /// Checks out a connection; a pool closed meanwhile yields [`Error::is_closed`].
-    fn acquire(pool: &Self::Pool) -> BoxFuture<'static, Result<Self::Connection>>;
+    ///
+    /// Not boxed: sqlx's checkout future is about 13 KB, and boxing it copies it on every
+    /// checkout (the caller's future holds it in place instead).
+    fn acquire(
+        pool: &Self::Pool,
+    ) -> impl Future<Output = Result<Self::Connection>> + Send + 'static;
 
     /// Closes a checked-out connection instead of returning it to its pool (its state is
     /// unknown).

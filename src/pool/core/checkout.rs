@@ -11,7 +11,6 @@ use tokio::sync::watch;
 
 use super::PoolCore;
 use crate::config::PoolSizing;
-use crate::connector::BoxFuture;
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Follows};
 use crate::pool::routing::{RoutingTable, Slot};
@@ -96,15 +95,18 @@ impl<B: Backend> PoolCore<B> {
             if self.is_closed() {
                 return Err(Error::closed());
             }
-            let cluster = self.cluster.load_full();
-            let waiting_for_writer =
-                role == Role::Writer && cluster.as_ref().is_some_and(|c| c.is_failing_over());
+            // The failover state, read without taking a reference on the cluster (a shared
+            // count every checkout would bump).
+            let (failing_over, writer_silent) = match (role, &*self.cluster.load()) {
+                (Role::Writer, Some(cluster)) => (
+                    cluster.is_failing_over().then(|| cluster.failing_over()),
+                    cluster.is_writer_silent(),
+                ),
+                _ => (None, false),
+            };
+            let waiting_for_writer = failing_over.is_some();
             let slot = match self.slot_for(role) {
-                Ok(slot)
-                    if role == Role::Writer
-                        && !waiting_for_writer
-                        && cluster.as_ref().is_some_and(|c| c.is_writer_silent()) =>
-                {
+                Ok(slot) if role == Role::Writer && !waiting_for_writer && writer_silent => {
                     // Accepted as the writer by the readers' topology while the probes
                     // find it silent: waiting on it would only wait out a connect.
                     return Err(Error::failover(format!(
@@ -126,9 +128,7 @@ impl<B: Backend> PoolCore<B> {
                 // Wait for the routing (or, for a writer checkout, the failover state) to
                 // change. A reader checkout with no reader waits on the routing alone: the
                 // failover state may be settled already, and waiting on it would spin.
-                let mut failing_over = cluster
-                    .filter(|_| waiting_for_writer)
-                    .map(|c| c.failing_over());
+                let mut failing_over = failing_over;
                 let failover_ended = async {
                     match failing_over.as_mut() {
                         Some(f) => {
@@ -146,7 +146,6 @@ impl<B: Backend> PoolCore<B> {
                 }
                 continue;
             };
-            drop(cluster);
             if !B::CREDENTIALS_PER_CONNECT && slot.login.is_due(Instant::now()) {
                 self.renew_behind(&slot);
             }
@@ -284,7 +283,7 @@ impl<B: Backend> PoolCore<B> {
     /// signal: the probes watch the instance, so waiting here asks the monitor nothing.
     async fn wait_for(
         &self,
-        mut acquire: std::pin::Pin<&mut BoxFuture<'static, Result<B::Connection>>>,
+        mut acquire: std::pin::Pin<&mut impl Future<Output = Result<B::Connection>>>,
         routing: &mut watch::Receiver<u64>,
         deadline: tokio::time::Instant,
     ) -> Waited<B::Connection> {

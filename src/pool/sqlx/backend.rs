@@ -372,12 +372,14 @@ impl Backend for SqlxBackend {
         })
     }
 
-    fn acquire(pool: &Arc<PgPool>) -> BoxFuture<'static, Result<PoolConnection<Postgres>>> {
-        let acquire = pool.acquire();
-        Box::pin(async move {
-            acquire
+    fn acquire(
+        pool: &Arc<PgPool>,
+    ) -> impl Future<Output = Result<PoolConnection<Postgres>>> + Send + 'static {
+        let pool = PgPool::clone(pool);
+        async move {
+            pool.acquire()
                 .await
                 .map_err(|err| from_sqlx(err, "checking out a connection"))
-        })
+        }
     }
 }
