@@ -66,7 +66,11 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
             let mut landed = Vec::new();
             let deadline = Instant::now() + Duration::from_secs(30);
             while Instant::now() < deadline {
-                if let Ok(id) = F::handle_text(&writer, INSTANCE_ID).await {
+                let result = F::handle_text(&writer, INSTANCE_ID).await;
+                if let Err(err) = &result {
+                    tracing::info!("test: write failed: {err}");
+                }
+                if let Ok(id) = result {
                     if id == "instance-3" && landed.last().is_none_or(|(_, last)| last != &id) {
                         tracing::info!("test: first write on instance-3");
                     }
@@ -83,21 +87,38 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
             landed
         })
     };
-    // When the promotion becomes visible: instance-3 leaves recovery.
+    // When the promotion becomes visible: the global status on instance-3 (what every
+    // topology read asks) names it the writer. Polled on a connection of its own, every 5 ms.
+    // The emulation ends recovery first and updates its catalog right after; that first
+    // moment is printed too.
     let promotion_visible = async {
+        let url = format!(
+            "postgres://{}:{}@{}/{}?sslmode=disable",
+            cluster.user(),
+            cluster.password(),
+            cluster.direct_addr("instance-3").expect("instance-3"),
+            cluster.database()
+        );
+        let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+            .await
+            .expect("a connection watching instance-3");
+        let mut out_of_recovery = None;
         loop {
-            let answer = cluster
-                .psql(
-                    "instance-3",
-                    "postgres",
-                    "SELECT pg_catalog.pg_is_in_recovery()",
-                )
-                .await;
-            if answer.is_ok_and(|a| a.trim() == "f") {
-                tracing::info!("test: promotion visible");
-                return Instant::now();
+            let (in_recovery, writer): (bool, Option<String>) = sqlx::query_as(
+                "SELECT pg_catalog.pg_is_in_recovery(), (SELECT server_id FROM \
+                 aurora_global_db_instance_status() WHERE session_id = 'MASTER_SESSION_ID')",
+            )
+            .fetch_one(&mut watcher)
+            .await
+            .expect("watching instance-3");
+            if !in_recovery && out_of_recovery.is_none() {
+                out_of_recovery = Some(Instant::now());
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            if writer.as_deref() == Some("instance-3") {
+                tracing::info!("test: promotion visible");
+                return (out_of_recovery.unwrap_or_else(Instant::now), Instant::now());
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
         }
     };
     let switch = async {
@@ -107,17 +128,19 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
             .await
             .expect("cross-region switchover");
     };
-    let (visible, ()) = tokio::join!(promotion_visible, switch);
+    let ((out_of_recovery, visible), ()) = tokio::join!(promotion_visible, switch);
     let landed = load.await.expect("load task");
     let first_there = landed
         .iter()
         .find(|(_, id)| id == "instance-3")
         .map(|(at, _)| *at)
         .expect("a write on the new writer");
-    // The issue's bound is 0.5 s; not met yet in these debug-build runs (0.8 to 1.6 s, see
-    // the issue notes), so it is printed for the record rather than asserted.
     let after = first_there.saturating_duration_since(visible);
-    println!("first write on the new primary region {after:?} after its promotion became visible");
+    println!(
+        "{test}: first write on the new primary region {after:?} after its promotion became visible \
+         ({:?} after instance-3 left recovery)",
+        first_there.saturating_duration_since(out_of_recovery)
+    );
     // Every write landed on the writer of its time: never on a secondary-region reader.
     assert!(
         landed

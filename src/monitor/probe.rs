@@ -69,8 +69,35 @@ pub(super) enum ProbeOutcome {
     },
 }
 
-/// How soon an instance that is starting up or shutting down is probed again.
+/// How soon an instance that is starting up or shutting down, or that just ended the probe's
+/// session, is probed again.
 const CHANGING_RECHECK: Duration = Duration::from_millis(50);
+
+/// Which outcomes are probed again soon ([`CHANGING_RECHECK`]) instead of after the interval.
+#[derive(Debug, Default)]
+struct Rechecks {
+    /// The last probe failed without timing out.
+    lost_before: bool,
+}
+
+impl Rechecks {
+    /// A server starting up or shutting down, every time; a session or connect the server
+    /// ended (57P01 in a switchover's clean shutdown, an end of stream), once, as a
+    /// connection closed while idle is: a second such failure in a row waits the interval.
+    fn soon_after(&mut self, outcome: &ProbeOutcome) -> bool {
+        let lost = matches!(
+            outcome,
+            ProbeOutcome::Unreachable {
+                timed_out: false,
+                ..
+            }
+        );
+        let soon = matches!(outcome, ProbeOutcome::Busy { changing: true, .. })
+            || (lost && !self.lost_before);
+        self.lost_before = lost;
+        soon
+    }
+}
 
 /// What a probe task does next.
 #[derive(Debug, PartialEq, Eq)]
@@ -172,6 +199,7 @@ pub(super) async fn run(
     let mut connection: Option<Box<dyn AdminConnection>> = None;
     // Unanswered probes in a row: each opens a new connection.
     let mut timeouts = 0u32;
+    let mut rechecks = Rechecks::default();
     // A random start spreads the probes of many processes over the interval.
     let first = plan.borrow().routine.map(|(interval, _)| interval);
     if let Some(interval) = first.filter(|_| plan.borrow().fast.is_none()) {
@@ -196,7 +224,7 @@ pub(super) async fn run(
                         ..
                     }
                 );
-                let changing = matches!(outcome, ProbeOutcome::Busy { changing: true, .. });
+                let recheck_soon = rechecks.soon_after(&outcome);
                 let report = ProbeReport {
                     instance: instance.clone(),
                     at: Instant::now(),
@@ -210,7 +238,7 @@ pub(super) async fn run(
                 } else {
                     0
                 };
-                Some(match (timed_out, changing) {
+                Some(match (timed_out, recheck_soon) {
                     (true, _) => pause_after_timeouts(
                         timeouts,
                         state.settings.failure_detection_count,
@@ -583,5 +611,43 @@ mod tests {
             let pause = jittered(Duration::from_millis(1000));
             assert!(pause >= Duration::from_millis(900) && pause <= Duration::from_millis(1100));
         }
+    }
+
+    #[test]
+    fn an_ended_session_is_probed_again_soon_once() {
+        let lost = || ProbeOutcome::Unreachable {
+            definitive: false,
+            timed_out: false,
+            error: "terminating connection due to administrator command".into(),
+        };
+        let mut rechecks = Rechecks::default();
+        assert!(rechecks.soon_after(&lost()), "first loss: soon");
+        assert!(
+            !rechecks.soon_after(&lost()),
+            "second loss in a row: the interval"
+        );
+        assert!(!rechecks.soon_after(&ProbeOutcome::Reachable { writer: false }));
+        assert!(
+            rechecks.soon_after(&lost()),
+            "a loss after an answer: soon again"
+        );
+        let silent = ProbeOutcome::Unreachable {
+            definitive: false,
+            timed_out: true,
+            error: "no answer".into(),
+        };
+        assert!(
+            !rechecks.soon_after(&silent),
+            "a timeout has its own schedule"
+        );
+        let changing = || ProbeOutcome::Busy {
+            error: "the database system is shutting down".into(),
+            changing: true,
+        };
+        assert!(rechecks.soon_after(&changing()));
+        assert!(
+            rechecks.soon_after(&changing()),
+            "starting up or shutting down: every time"
+        );
     }
 }

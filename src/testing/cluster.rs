@@ -353,11 +353,13 @@ impl LocalCluster {
     /// Sets the replica lag the catalog reports for instance `id` (`REPLICA_LAG_IN_MSEC`,
     /// and a global database's `VISIBILITY_LAG_IN_MSEC`), on the writer (it replicates).
     pub async fn set_replica_lag(&self, id: &str, lag_ms: f64) -> Result<(), TestingError> {
-        let writer = self.writer_id();
-        for db in self.inner.catalog_databases() {
-            self.psql(&writer, db, &sql::set_lag(id, lag_ms)).await?;
-        }
-        Ok(())
+        let (writer, sql) = (self.writer_id(), sql::set_lag(id, lag_ms));
+        self.blocking("set replica lag", move |inner| {
+            inner
+                .psql_catalogs(inner.instance(&writer)?, &sql)
+                .map(drop)
+        })
+        .await
     }
 
     /// A planned cross-region switchover of a global database to `to`, an instance of
@@ -1213,12 +1215,21 @@ impl Inner {
     /// Promotes `to` after stopping the writer with `pg_ctl stop -m stop_mode`.
     /// The databases holding the emulated catalog: `template1`, `postgres` and the
     /// application's (once).
-    fn catalog_databases(&self) -> Vec<&str> {
-        let mut dbs = vec!["template1", "postgres"];
-        if !dbs.contains(&self.database.as_str()) {
-            dbs.push(&self.database);
+    /// Runs `sql` on `inst` in every database holding the emulated catalog, the
+    /// application's first (the one pools read), in one psql session: a failover's new
+    /// writer appears in the catalog one psql start after the promotion, not three.
+    fn psql_catalogs(&self, inst: &Instance, sql: &str) -> Result<String, TestingError> {
+        let mut dbs = vec![self.database.as_str()];
+        for db in ["template1", "postgres"] {
+            if !dbs.contains(&db) {
+                dbs.push(db);
+            }
         }
-        dbs
+        let script: String = dbs
+            .iter()
+            .map(|db| format!("\\connect {db}\n{sql}\n"))
+            .collect();
+        self.psql(inst, dbs[0], &script)
     }
 
     fn failover(
@@ -1286,15 +1297,13 @@ impl Inner {
         )?;
 
         if self.flavour != Flavour::Plain {
-            for db in self.catalog_databases() {
-                self.psql(new, db, &sql::set_writer(&new.id))
-                    .map_err(|e| e.context("updating the emulated member table"))?;
-                if stop_mode.is_none() {
-                    // Split brain: the old writer, still up, no longer replicates to
-                    // the others; its own table learns of the newer writer too.
-                    self.psql(old, db, &sql::set_writer(&new.id))
-                        .map_err(|e| e.context("updating the old writer's member table"))?;
-                }
+            self.psql_catalogs(new, &sql::set_writer(&new.id))
+                .map_err(|e| e.context("updating the emulated member table"))?;
+            if stop_mode.is_none() {
+                // Split brain: the old writer, still up, no longer replicates to the
+                // others; its own table learns of the newer writer too.
+                self.psql_catalogs(old, &sql::set_writer(&new.id))
+                    .map_err(|e| e.context("updating the old writer's member table"))?;
             }
         }
         *lock(&self.writer) = new.id.clone();
@@ -1373,10 +1382,8 @@ impl Inner {
                 proxy_port: inst.proxy_addr.port(),
                 region: inst.region.as_deref(),
             };
-            for db in self.catalog_databases() {
-                self.psql(primary, db, &sql::add_member(&member))
-                    .map_err(|e| e.context("adding to the emulated member table"))?;
-            }
+            self.psql_catalogs(primary, &sql::add_member(&member))
+                .map_err(|e| e.context("adding to the emulated member table"))?;
         }
         inst.added.store(true, Ordering::SeqCst);
         tracing::info!(target: TARGET, instance = %id, primary = %primary.id, "instance added");

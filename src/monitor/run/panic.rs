@@ -121,13 +121,14 @@ impl Monitor {
             return;
         }
         // The readers' agreement ends panic mode for a writer that is silent to this
-        // process only; never for one that is down (refusing connections): that is a slow
-        // failover, and writer checkouts keep waiting for the promotion.
+        // process only; never for one that is down (refusing connections, starting up or
+        // shutting down): that is a slow failover or a restart, and writer checkouts keep
+        // waiting for the promotion.
         if let Some(topology) = agreed
             && !self
                 .health
                 .get(topology.writer().id())
-                .is_some_and(|h| h.dead && h.down)
+                .is_some_and(|h| h.down)
         {
             self.settle_without_writer(topology);
         }

@@ -14,8 +14,9 @@ pub(super) struct Health {
     /// Failed probes in a row.
     pub(super) failures: u32,
     pub(super) dead: bool,
-    /// The last failed probe was refused or reset (the instance is down: crashed,
-    /// restarting), not left unanswered (silent to this process only, perhaps).
+    /// The last probe was refused or reset, or answered that the server is starting up or
+    /// shutting down (the instance is down: crashed, restarting, stopping), not left
+    /// unanswered (silent to this process only, perhaps).
     pub(super) down: bool,
     /// The role the last successful probe saw.
     pub(super) writer: Option<bool>,
@@ -46,6 +47,7 @@ impl Monitor {
             ProbeOutcome::Reachable { writer } => {
                 health.failing_since = None;
                 health.failures = 0;
+                health.down = false;
                 health.login_rejected = false;
                 health.writer = Some(writer);
                 // An instance back as a second writer is no usable reader: it stays out of
@@ -94,11 +96,25 @@ impl Monitor {
                     "health probe could not run"
                 );
             }
-            ProbeOutcome::Busy { error, .. } => {
-                // Alive: full, starting up, or mid-handshake. Never a reason to fail over;
-                // the role is unknown until it answers.
+            ProbeOutcome::Busy { error, changing } => {
+                // Alive: full, starting up, or mid-handshake. Never declared dead for it.
                 health.failing_since = None;
                 health.failures = 0;
+                health.down = changing;
+                if changing {
+                    // Starting up or shutting down (57P03): its role is unknown until it
+                    // answers, and a writer in either state takes no writes. The monitor
+                    // looks for the writer at once (a switchover stops the old writer
+                    // cleanly, and its shutdown may take a while); a writer that comes back
+                    // is judged as any claimant.
+                    health.writer = None;
+                    if is_writer && self.panic_since.is_none() {
+                        panic_reason = Some(format!(
+                            "writer {} is starting up or shutting down: {error}",
+                            report.instance
+                        ));
+                    }
+                }
                 tracing::debug!(
                     target: "aurora_pool",
                     cluster_id = %self.state.cluster_id,

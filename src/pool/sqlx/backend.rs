@@ -203,14 +203,36 @@ impl Backend for SqlxBackend {
                     let generation = targets.generation();
                     if confirm_writer && targets.is_unrouted() {
                         // Parked on a reader while the writer is unavailable: hold this
-                        // attempt until the routes change (sqlx's own backoff, grown over a
-                        // long outage, would sleep past the promotion), then refuse it: the
-                        // next attempt goes where the routing points then. Never kept, even
-                        // if its instance was promoted meanwhile: the topology decides.
+                        // attempt until the routes change, then put a connection to the
+                        // writer they name in this one's place. Refusing it instead would
+                        // send sqlx into its backoff, which has grown over the outage (10 ms
+                        // doubling per refusal, up to a fifth of `acquire_timeout`) and
+                        // would sleep past the promotion. The parked connection is never
+                        // kept, even if its instance was promoted meanwhile: the topology
+                        // decides.
                         targets.changed_after(generation, hold_limit).await;
-                        return Err(sqlx::Error::Protocol(
-                            "opened while the writer was unavailable: connecting again where the pool points now".into(),
-                        ));
+                        let route = targets.current().filter(|_| !targets.is_unrouted());
+                        let Some(route) = route else {
+                            return Err(sqlx::Error::Protocol(
+                                "opened while the writer was unavailable, and no writer is routed yet: connecting again where the pool points now".into(),
+                            ));
+                        };
+                        let options = base.to_route(&route);
+                        let started = std::time::Instant::now();
+                        let replacement =
+                            tokio::time::timeout(hold_limit, PgConnection::connect_with(&options)).await;
+                        *conn = replacement
+                            .map_err(|_| sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
+                        tracing::debug!(
+                            target: "aurora_pool",
+                            instance = route.instance.id(),
+                            connect_ms = started.elapsed().as_millis() as u64,
+                            "a writer connect held while the writer was unavailable went to the writer now routed"
+                        );
+                        crate::sockets::keep_alive_behind(
+                            vec![route.instance.address().clone()],
+                            tcp,
+                        );
                     }
                     if confirm_writer {
                         instance = check_writer(conn, &targets).await?;
