@@ -54,18 +54,47 @@ pub(crate) trait AdminConnection: Send {
     fn close(self: Box<Self>) -> BoxFuture<'static, ()>;
 }
 
+/// Where the crate's own connection goes: an instance's address, and the AWS region the
+/// catalog places the instance in (an Aurora Global Database's instances), for which its IAM
+/// token is signed; `None` for an address the catalog has not placed (the URL's host).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct AdminTarget {
+    pub(crate) address: HostPort,
+    pub(crate) region: Option<String>,
+}
+
+impl AdminTarget {
+    pub(crate) fn new(address: HostPort, region: Option<&str>) -> AdminTarget {
+        AdminTarget {
+            address,
+            region: region.map(str::to_owned),
+        }
+    }
+
+    /// An instance of the topology.
+    pub(crate) fn instance(instance: &crate::topology::Instance) -> AdminTarget {
+        AdminTarget::new(instance.address().clone(), instance.region())
+    }
+}
+
+impl std::fmt::Display for AdminTarget {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.address.fmt(f)
+    }
+}
+
 /// Opens [`AdminConnection`]s with the pool's credentials and TLS settings.
 pub(crate) trait Connector: Send + Sync + 'static {
-    /// Connects to `address` (bounded by the configured connect timeout).
+    /// Connects to `target` (bounded by the configured connect timeout).
     fn connect<'a>(
         &'a self,
-        address: &'a HostPort,
+        target: &'a AdminTarget,
         purpose: Purpose,
     ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>>;
 
-    /// Asks the credential provider for the credentials of `address` without connecting
+    /// Asks the credential provider for the credentials of `target` without connecting
     /// (bounded by the connect timeout). A probe does this before its timed connect, so
     /// that the time it measures is the instance's, not the provider's: a provider that
     /// hangs or fails says nothing about the instance.
-    fn prepare<'a>(&'a self, address: &'a HostPort) -> BoxFuture<'a, Result<()>>;
+    fn prepare<'a>(&'a self, target: &'a AdminTarget) -> BoxFuture<'a, Result<()>>;
 }

@@ -5,10 +5,12 @@
 mod support;
 
 use std::collections::BTreeSet;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials};
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{Dialect, Role};
+use aurora_pool::{BoxFuture, Dialect, Role};
 use support::flavour::{Flavour, INSTANCE_ID, connect, flavour_tests};
 use support::{eventually, unique_cluster_id};
 
@@ -255,8 +257,118 @@ async fn with_no_home_reader_reads_use_the_writer_or_wait<F: Flavour>(test: &str
     pool.close().await;
 }
 
+/// Records every target the pool asks credentials for, and gives the cluster's password.
+#[derive(Debug, Clone)]
+struct RecordingProvider {
+    password: String,
+    asked: Arc<Mutex<Vec<ConnectTarget>>>,
+}
+
+impl CredentialProvider for RecordingProvider {
+    fn credentials<'a>(
+        &'a self,
+        target: &'a ConnectTarget,
+    ) -> BoxFuture<'a, aurora_pool::Result<Credentials>> {
+        self.asked.lock().expect("asked").push(target.clone());
+        let password = self.password.clone();
+        Box::pin(async move { Ok(Credentials::new(password)) })
+    }
+}
+
+/// Every connection to an instance, the pools' and the monitor's (its probes of every
+/// instance, its topology reads, the confirmation of a new writer) alike, asks the
+/// credential provider for that instance's own region: an IAM token signed for another
+/// region is refused. Followed across a cross-region switchover.
+async fn credentials_are_asked_for_each_instances_region<F: Flavour>(test: &str) {
+    let cluster = global_cluster().await;
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let provider = RecordingProvider {
+        password: cluster.password().to_owned(),
+        asked: asked.clone(),
+    };
+    let url = format!(
+        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}&failover_home_region={WEST}",
+        cluster.user(),
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        unique_cluster_id(test)
+    );
+    let config = aurora_pool::Builder::new()
+        .url(url)
+        .credential_provider(provider)
+        .build()
+        .expect("config");
+    let pool = F::connect_with(config).await.expect("connect");
+    let regions: Vec<(String, std::net::SocketAddr, &str)> = [
+        ("instance-1", EAST),
+        ("instance-2", EAST),
+        ("instance-3", WEST),
+        ("instance-4", WEST),
+    ]
+    .into_iter()
+    .map(|(id, region)| {
+        let addr = cluster.instance_addr(id).expect("instance");
+        (id.to_owned(), addr, region)
+    })
+    .collect();
+    let asked_of = |id: &str| {
+        let (_, addr, _) = regions.iter().find(|(i, ..)| i == id).expect("instance");
+        asked
+            .lock()
+            .expect("asked")
+            .iter()
+            .filter(|t| t.port == addr.port())
+            .count()
+    };
+    pool.instance_id(Role::Writer).await.expect("write");
+    reads_of(&pool).await;
+    // The probes reach every instance, the other region's readers included.
+    let probed = eventually(Duration::from_secs(10), || async {
+        ["instance-1", "instance-2", "instance-3", "instance-4"]
+            .iter()
+            .all(|id| asked_of(id) > 0)
+    })
+    .await;
+    assert!(
+        probed,
+        "not every instance was connected to: {:?}",
+        asked.lock()
+    );
+    cluster
+        .switchover_region("instance-3")
+        .await
+        .expect("cross-region switchover");
+    let moved = eventually(Duration::from_secs(10), || async {
+        pool.instance_id(Role::Writer).await.ok().as_deref() == Some("instance-3")
+    })
+    .await;
+    assert!(
+        moved,
+        "writes never reached instance-3: {}",
+        pool.topology()
+    );
+    let asked = asked.lock().expect("asked").clone();
+    // The URL's host (the cluster endpoint: discovery, panic-mode reads through it) is no
+    // instance: its credentials follow the URL's region (`iam_region` or the host name).
+    let url_host = cluster.cluster_endpoint();
+    for target in asked.iter().filter(|t| t.port != url_host.port()) {
+        let (id, _, region) = regions
+            .iter()
+            .find(|(_, addr, _)| addr.port() == target.port)
+            .unwrap_or_else(|| panic!("a connection to an address of no instance: {target:?}"));
+        assert_eq!(
+            target.region.as_deref(),
+            Some(*region),
+            "credentials for {id} asked in the wrong region: {target:?}"
+        );
+    }
+    pool.close().await;
+}
+
 flavour_tests!(
     reads_stay_home_and_writes_follow_a_cross_region_switchover,
+    credentials_are_asked_for_each_instances_region,
     a_lagging_reader_serves_no_reads,
     with_no_home_reader_reads_use_the_writer_or_wait,
 );

@@ -12,10 +12,9 @@ use super::error::{from_pg, from_pool};
 use super::manager::{Manager, connect_client};
 use super::tls::Tls;
 use super::{Object, Pool};
-use crate::auth::{ConnectTarget, CredentialProvider};
+use crate::auth::CredentialProvider;
 use crate::config::{Config, PoolSizing};
-use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
-use crate::endpoint::HostPort;
+use crate::connector::{AdminConnection, AdminTarget, BoxFuture, Connector, Purpose, TextRow};
 use crate::error::{Error, Result};
 use crate::pool::backend::{Backend, Follows};
 use crate::pool::login;
@@ -357,10 +356,10 @@ pub(crate) struct AdminConnector {
 }
 
 impl Connector for AdminConnector {
-    fn prepare<'a>(&'a self, address: &'a HostPort) -> BoxFuture<'a, Result<()>> {
+    fn prepare<'a>(&'a self, target: &'a AdminTarget) -> BoxFuture<'a, Result<()>> {
         Box::pin(login::prepare(
             self.provider.as_ref(),
-            address,
+            target,
             &self.user,
             self.connect_timeout,
         ))
@@ -368,17 +367,18 @@ impl Connector for AdminConnector {
 
     fn connect<'a>(
         &'a self,
-        address: &'a HostPort,
+        target: &'a AdminTarget,
         purpose: Purpose,
     ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>> {
         Box::pin(async move {
+            let address = &target.address;
             let mut base = self.base.clone();
             self.tls.point(&mut base, address);
             base.application_name(purpose.application_name(&self.cluster_id));
             let context = format!("connecting to {address}");
             let (client, _) = login::connect_with_login(
                 self.provider.as_ref(),
-                &ConnectTarget::new(address.host.clone(), address.port, self.user.clone()),
+                &login::admin_target(target, &self.user),
                 self.connect_timeout,
                 |credentials| {
                     Box::pin(connect_client(

@@ -5,16 +5,15 @@
 use std::time::Duration;
 
 use super::MonitorState;
-use crate::connector::{AdminConnection, Purpose};
-use crate::endpoint::HostPort;
+use crate::connector::{AdminConnection, AdminTarget, Purpose};
 use crate::error::Error;
 use crate::topology::{Topology, confirm_writer, query_topology};
 
-/// Connects to the candidate at `address`, confirms it is the writer and reads the
+/// Connects to the candidate at `target`, confirms it is the writer and reads the
 /// topology through it, within `limit`. `Err` says why it is not confirmed.
 pub(super) async fn candidate(
     state: &MonitorState,
-    address: &HostPort,
+    target: &AdminTarget,
     limit: Duration,
 ) -> Result<(Box<dyn AdminConnection>, Topology), String> {
     let Some(registration) = state.registration() else {
@@ -23,7 +22,7 @@ pub(super) async fn candidate(
     let attempt = async {
         let mut connection = registration
             .connector
-            .connect(address, Purpose::Monitor)
+            .connect(target, Purpose::Monitor)
             .await?;
         let dialect = registration.source.dialect;
         if !confirm_writer(connection.as_mut(), dialect).await? {

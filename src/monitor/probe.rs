@@ -10,8 +10,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::MonitorState;
-use crate::connector::{AdminConnection, Purpose, TextRow};
-use crate::endpoint::HostPort;
+use crate::connector::{AdminConnection, AdminTarget, Purpose, TextRow};
 use crate::error::{Error, ErrorClass, Result};
 use crate::topology::{IS_READER, Topology, query_topology};
 
@@ -181,7 +180,7 @@ fn pause_after_timeouts(timeouts: u32, count: u32, interval: Duration) -> Durati
     )
 }
 
-/// Probes `instance` at `address` until the plan channel closes (the monitor stopped).
+/// Probes `instance` at `target` until the plan channel closes (the monitor stopped).
 ///
 /// Between probes it watches its connection: when the server ends it (a crash sends RST or
 /// FIN), it probes at once instead of at the next interval. A probe that timed out is
@@ -190,7 +189,7 @@ fn pause_after_timeouts(timeouts: u32, count: u32, interval: Duration) -> Durati
 pub(super) async fn run(
     state: Arc<MonitorState>,
     instance: String,
-    address: HostPort,
+    target: AdminTarget,
     mut plan: watch::Receiver<ProbePlan>,
     reports: mpsc::Sender<ProbeReport>,
     mut reads: mpsc::Receiver<TopologyRead>,
@@ -216,7 +215,7 @@ pub(super) async fn run(
             Step::Wait(pause) => Some(pause),
             Step::Probe(interval) => {
                 let timeout = probe_timeout(interval, state.settings.connect_timeout);
-                let outcome = probe_once(&state, &address, &mut connection, timeout).await;
+                let outcome = probe_once(&state, &target, &mut connection, timeout).await;
                 let timed_out = matches!(
                     outcome,
                     ProbeOutcome::Unreachable {
@@ -278,7 +277,7 @@ pub(super) async fn run(
                         .routine
                         .map_or(state.settings.failure_detection_interval, |(i, _)| i);
                     let timeout = read_timeout(interval, state.settings.connect_timeout);
-                    let answer = read_topology(&state, &address, &mut connection, timeout).await;
+                    let answer = read_topology(&state, &target, &mut connection, timeout).await;
                     let timed_out = answer.as_ref().is_err_and(Error::is_timeout);
                     let _ = read.reply.send(answer);
                     if timed_out {
@@ -311,17 +310,17 @@ pub(super) async fn run(
 /// broken or silent connection is dropped.
 async fn read_topology(
     state: &MonitorState,
-    address: &HostPort,
+    target: &AdminTarget,
     connection: &mut Option<Box<dyn AdminConnection>>,
     timeout: Duration,
 ) -> Result<Topology> {
     let registration = state.registration().ok_or_else(Error::closed)?;
     if connection.is_none() {
         // As for a probe: the provider's time is not the instance's.
-        credentials_ready(state, address).await?;
+        credentials_ready(state, target).await?;
     }
     let read = async {
-        let conn = connected(state, address, connection).await?;
+        let conn = connected(state, target, connection).await?;
         query_topology(conn, &registration.source).await
     };
     match tokio::time::timeout(timeout, read).await {
@@ -335,7 +334,7 @@ async fn read_topology(
         Err(_) => {
             *connection = None;
             Err(Error::timeout(format!(
-                "the topology read on {address} took longer than {timeout:?}"
+                "the topology read on {target} took longer than {timeout:?}"
             )))
         }
     }
@@ -343,14 +342,14 @@ async fn read_topology(
 
 /// Asks the provider for the instance's credentials before a timed connect (providers cache
 /// them): a provider that hangs or fails must not look like a silent instance.
-async fn credentials_ready(state: &MonitorState, address: &HostPort) -> Result<()> {
+async fn credentials_ready(state: &MonitorState, target: &AdminTarget) -> Result<()> {
     let registration = state.registration().ok_or_else(Error::closed)?;
     let limit = state.settings.connect_timeout;
-    tokio::time::timeout(limit, registration.connector.prepare(address))
+    tokio::time::timeout(limit, registration.connector.prepare(target))
         .await
         .unwrap_or_else(|_| {
             Err(Error::credentials(format!(
-                "the credential provider gave nothing for {address} within {limit:?}"
+                "the credential provider gave nothing for {target} within {limit:?}"
             )))
         })
 }
@@ -358,10 +357,10 @@ async fn credentials_ready(state: &MonitorState, address: &HostPort) -> Result<(
 /// Runs the probe query, connecting first when there is no connection.
 async fn ask_is_reader(
     state: &MonitorState,
-    address: &HostPort,
+    target: &AdminTarget,
     connection: &mut Option<Box<dyn AdminConnection>>,
 ) -> Result<Vec<TextRow>> {
-    connected(state, address, connection)
+    connected(state, target, connection)
         .await?
         .query(IS_READER)
         .await
@@ -370,7 +369,7 @@ async fn ask_is_reader(
 /// The probe's connection, opened first when there is none.
 async fn connected<'c>(
     state: &MonitorState,
-    address: &HostPort,
+    target: &AdminTarget,
     connection: &'c mut Option<Box<dyn AdminConnection>>,
 ) -> Result<&'c mut (dyn AdminConnection + 'static)> {
     if connection.is_none() {
@@ -378,7 +377,7 @@ async fn connected<'c>(
         *connection = Some(
             registration
                 .connector
-                .connect(address, Purpose::Probe)
+                .connect(target, Purpose::Probe)
                 .await?,
         );
     }
@@ -410,12 +409,12 @@ fn outcome_of_failure(err: Error) -> ProbeOutcome {
 
 async fn probe_once(
     state: &MonitorState,
-    address: &HostPort,
+    target: &AdminTarget,
     connection: &mut Option<Box<dyn AdminConnection>>,
     timeout: Duration,
 ) -> ProbeOutcome {
     if connection.is_none()
-        && let Err(err) = credentials_ready(state, address).await
+        && let Err(err) = credentials_ready(state, target).await
     {
         // No credentials to log in with: nothing is known about the instance.
         return ProbeOutcome::Unknown {
@@ -424,12 +423,12 @@ async fn probe_once(
     }
     let attempt = async {
         let reused = connection.is_some();
-        match ask_is_reader(state, address, connection).await {
+        match ask_is_reader(state, target, connection).await {
             // A connection the server ended (an administrator, an idle-session limit) says
             // nothing about the instance: only a new connection can.
             Err(err) if reused && err.is_connect() => {
                 *connection = None;
-                ask_is_reader(state, address, connection).await
+                ask_is_reader(state, target, connection).await
             }
             other => other,
         }

@@ -13,8 +13,7 @@ use tokio::task::JoinHandle;
 
 use super::probe::{self, ProbePlan, ProbeReport};
 use super::{MonitorState, Registration};
-use crate::connector::{AdminConnection, Purpose};
-use crate::endpoint::HostPort;
+use crate::connector::{AdminConnection, AdminTarget, Purpose};
 use crate::error::{Error, ErrorClass, Result};
 use crate::supervise;
 use crate::topology::{Instance, Topology, query_topology};
@@ -75,7 +74,7 @@ pub(super) struct Monitoring {
 const DEPARTED_DEAD_KEPT: Duration = Duration::from_secs(300);
 
 struct Probe {
-    address: HostPort,
+    target: AdminTarget,
     task: JoinHandle<()>,
     /// The monitor's topology reads, when this instance is the writer.
     reads: mpsc::Sender<probe::TopologyRead>,
@@ -381,9 +380,9 @@ impl Monitor {
         let wanted: BTreeMap<&str, &Instance> =
             topology.instances().iter().map(|i| (i.id(), i)).collect();
         self.probes.retain(|id, probe| {
-            let keep = wanted
-                .get(id.as_str())
-                .is_some_and(|i| *i.address() == probe.address && !probe.task.is_finished());
+            let keep = wanted.get(id.as_str()).is_some_and(|i| {
+                AdminTarget::instance(i) == probe.target && !probe.task.is_finished()
+            });
             if !keep {
                 probe.task.abort();
             }
@@ -403,10 +402,11 @@ impl Monitor {
                 continue;
             }
             let (reads, read_requests) = mpsc::channel(1);
+            let target = AdminTarget::instance(instance);
             let task = tokio::spawn(probe::run(
                 self.state.clone(),
                 id.to_owned(),
-                instance.address().clone(),
+                target.clone(),
                 self.plan.subscribe(),
                 self.report_sender.clone(),
                 read_requests,
@@ -414,7 +414,7 @@ impl Monitor {
             self.probes.insert(
                 id.to_owned(),
                 Probe {
-                    address: instance.address().clone(),
+                    target,
                     task,
                     reads,
                 },
@@ -523,7 +523,7 @@ async fn connect_writer_first(
     for instance in first.into_iter().chain(others).chain(last) {
         match registration
             .connector
-            .connect(instance.address(), Purpose::Monitor)
+            .connect(&AdminTarget::instance(instance), Purpose::Monitor)
             .await
         {
             Ok(connection) => {

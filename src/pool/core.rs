@@ -25,7 +25,7 @@ use super::status::{InstanceStatus, PoolStatus};
 use super::tasks::{close_bounded, fetch_credentials, reconcile_on_updates, renew_credentials};
 use crate::auth::CredentialProvider;
 use crate::config::Config;
-use crate::connector::{Connector, Purpose};
+use crate::connector::{AdminTarget, Connector, Purpose};
 use crate::error::{Error, ErrorClass, Result};
 use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
 use crate::select::Selector;
@@ -102,7 +102,8 @@ impl<B: Backend> PoolCore<B> {
             false => config.dialect,
         };
         let discovery = async {
-            let mut conn = connector.connect(&seed, Purpose::Discovery).await?;
+            let target = AdminTarget::new(seed.clone(), None);
+            let mut conn = connector.connect(&target, Purpose::Discovery).await?;
             let result = topology::discover(conn.as_mut(), dialect, &seed, &addressing).await;
             conn.close().await;
             result

@@ -12,8 +12,7 @@ use crate::auth::{
     StaticPassword,
 };
 use crate::config::{Auth, Config};
-use crate::connector::BoxFuture;
-use crate::endpoint::HostPort;
+use crate::connector::{AdminTarget, BoxFuture};
 use crate::error::{Error, Result};
 use crate::topology::Instance;
 
@@ -153,8 +152,7 @@ pub(crate) async fn provider_for(config: &Config) -> Result<Arc<dyn CredentialPr
 
 /// Where `instance` is connected to, as providers see it.
 pub(crate) fn target(instance: &Instance, user: &str) -> ConnectTarget {
-    let address = instance.address();
-    ConnectTarget::new(address.host.clone(), address.port, user).in_region(instance.region())
+    admin_target(&AdminTarget::instance(instance), user)
 }
 
 /// Asks `provider` for credentials, bounded by `timeout`.
@@ -177,12 +175,19 @@ pub(crate) async fn fetch(
 /// what [`Connector::prepare`](crate::connector::Connector::prepare) does for every backend.
 pub(crate) async fn prepare(
     provider: &dyn CredentialProvider,
-    address: &HostPort,
+    target: &AdminTarget,
     user: &str,
     timeout: Duration,
 ) -> Result<()> {
-    let target = ConnectTarget::new(address.host.clone(), address.port, user);
-    fetch(provider, &target, timeout).await.map(drop)
+    fetch(provider, &admin_target(target, user), timeout)
+        .await
+        .map(drop)
+}
+
+/// The provider's view of a connection the crate opens for itself.
+pub(crate) fn admin_target(target: &AdminTarget, user: &str) -> ConnectTarget {
+    ConnectTarget::new(target.address.host.clone(), target.address.port, user)
+        .in_region(target.region.as_deref())
 }
 
 /// Opens a connection with credentials from `provider`, renewing them when the login is

@@ -5,8 +5,7 @@
 use std::time::{Duration, Instant};
 
 use super::{Monitor, Monitoring};
-use crate::connector::{AdminConnection, Purpose};
-use crate::endpoint::HostPort;
+use crate::connector::{AdminConnection, AdminTarget, Purpose};
 use crate::monitor::HIGH_RATE_WINDOW;
 use crate::monitor::confirm;
 use crate::monitor::probe::{self, ProbeReport};
@@ -208,21 +207,21 @@ impl Monitor {
             return;
         };
         let current = self.state.current();
-        let readers: Vec<HostPort> = current
+        let readers: Vec<AdminTarget> = current
             .readers()
             .filter(|r| {
                 self.health
                     .get(r.id())
                     .is_some_and(|h| !h.dead && h.writer == Some(false))
             })
-            .map(|r| r.address().clone())
+            .map(AdminTarget::instance)
             .collect();
         let turn = self.panic_reads;
         self.panic_reads += 1;
         // Every third read goes through the URL's host, and every read when no reader
         // answers: the cluster endpoint follows the new writer in DNS, eventually.
         let address = if readers.is_empty() || turn % 3 == 2 {
-            registration.source.seed.clone()
+            AdminTarget::new(registration.source.seed.clone(), None)
         } else {
             readers[turn % readers.len()].clone()
         };
@@ -305,12 +304,12 @@ impl Monitor {
         let mut confirming = tokio::task::JoinSet::new();
         let current_claims = self.panic_since.is_none() && claimants.contains(&current);
         for claimant in claimants {
-            let Some(address) = self.probes.get(&claimant).map(|p| p.address.clone()) else {
+            let Some(target) = self.probes.get(&claimant).map(|p| p.target.clone()) else {
                 continue;
             };
             let state = self.state.clone();
             confirming.spawn(async move {
-                let outcome = confirm::candidate(&state, &address, limit).await;
+                let outcome = confirm::candidate(&state, &target, limit).await;
                 (claimant, outcome)
             });
         }

@@ -10,9 +10,9 @@ use sqlx::{AssertSqlSafe, ConnectOptions, Connection, Row, ValueRef};
 
 use super::connect_options::BaseOptions;
 use super::error::{certificate_refused, from_sqlx, sqlstate_of};
-use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
+use crate::auth::{CredentialProvider, Credentials};
 use crate::config::{Config, TcpSettings};
-use crate::connector::{AdminConnection, BoxFuture, Connector, Purpose, TextRow};
+use crate::connector::{AdminConnection, AdminTarget, BoxFuture, Connector, Purpose, TextRow};
 use crate::endpoint::HostPort;
 use crate::error::{Error, Result};
 use crate::pool::login;
@@ -44,10 +44,10 @@ impl SqlxConnector {
 }
 
 impl Connector for SqlxConnector {
-    fn prepare<'a>(&'a self, address: &'a HostPort) -> BoxFuture<'a, Result<()>> {
+    fn prepare<'a>(&'a self, target: &'a AdminTarget) -> BoxFuture<'a, Result<()>> {
         Box::pin(login::prepare(
             self.provider.as_ref(),
-            address,
+            target,
             &self.user,
             self.connect_timeout,
         ))
@@ -55,11 +55,12 @@ impl Connector for SqlxConnector {
 
     fn connect<'a>(
         &'a self,
-        address: &'a HostPort,
+        admin_target: &'a AdminTarget,
         purpose: Purpose,
     ) -> BoxFuture<'a, Result<Box<dyn AdminConnection>>> {
         Box::pin(async move {
-            let target = ConnectTarget::new(address.host.clone(), address.port, &self.user);
+            let address = &admin_target.address;
+            let target = login::admin_target(admin_target, &self.user);
             let application_name = purpose.application_name(&self.cluster_id);
             let connect = |credentials: Arc<Credentials>| -> BoxFuture<'static, Result<_>> {
                 let (base, address, timeout, tcp) = (
