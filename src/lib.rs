@@ -50,7 +50,9 @@ pub use error::{Error, ErrorClass, Result};
 pub use monitor::ClusterEvent;
 #[cfg(feature = "sqlx")]
 pub use pool::{AuroraPool, AuroraPoolOptions};
-pub use pool::{InstanceStatus, IsolationLevel, PoolStatus, TransactionOptions};
+pub use pool::{
+    Health, InstanceStatus, IsolationLevel, PoolStatus, ReadsStatus, TransactionOptions,
+};
 pub use retry::RetryPolicy;
 pub use select::ReaderSelection;
 pub use topology::{Dialect, Instance, Role, Topology};

@@ -17,7 +17,7 @@ mod run;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -83,6 +83,8 @@ struct MonitorState {
     failing_over: watch::Sender<bool>,
     /// Mirrors `failing_over` for lock-free reads on the checkout path.
     failing_over_now: AtomicBool,
+    /// When the current search for the writer began (for the health view).
+    failing_over_since: Mutex<Option<SystemTime>>,
     /// Panic mode ended on the readers' agreement while the writer they name stays silent:
     /// writer checkouts fail at once instead of waiting on it.
     writer_silent: AtomicBool,
@@ -95,6 +97,18 @@ struct MonitorState {
 
 impl MonitorState {
     fn set_failing_over(&self, failing_over: bool) {
+        {
+            let mut since = self
+                .failing_over_since
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            match failing_over {
+                true => {
+                    since.get_or_insert_with(SystemTime::now);
+                }
+                false => *since = None,
+            }
+        }
         self.failing_over_now.store(failing_over, Ordering::Release);
         self.failing_over.send_replace(failing_over);
     }
@@ -205,6 +219,15 @@ impl ClusterHandle {
         self.state.failing_over_now.load(Ordering::Acquire)
     }
 
+    /// When the current search for the writer began; `None` when there is none.
+    pub(crate) fn failing_over_since(&self) -> Option<SystemTime> {
+        *self
+            .state
+            .failing_over_since
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Whether the writer is known silent with no other instance holding the role (panic
     /// mode ended on the readers' agreement without it): writer checkouts fail at once.
     pub(crate) fn is_writer_silent(&self) -> bool {
@@ -295,6 +318,7 @@ pub(crate) fn join(
             events: broadcast::channel(EVENT_CAPACITY).0,
             failing_over: watch::channel(false).0,
             failing_over_now: AtomicBool::new(false),
+            failing_over_since: Mutex::new(None),
             writer_silent: AtomicBool::new(false),
             registrations: Mutex::new(vec![Arc::downgrade(registration)]),
             refresh_now: Notify::new(),

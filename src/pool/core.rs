@@ -21,7 +21,7 @@ use super::backend::Backend;
 use super::login;
 use super::routing::RoutingTable;
 use super::scope::ScopeSource;
-use super::status::{InstanceStatus, PoolStatus};
+use super::status::{Health, InstanceStatus, PoolStatus, ReadsStatus};
 use super::tasks::{close_bounded, fetch_credentials, reconcile_on_updates, renew_credentials};
 use crate::auth::CredentialProvider;
 use crate::config::Config;
@@ -339,6 +339,7 @@ impl<B: Backend> PoolCore<B> {
 
     pub(crate) fn status(&self) -> PoolStatus {
         let table = self.routing.load();
+        let (reads_size, reads_idle) = B::size_and_idle(&table.reads.pool);
         PoolStatus {
             topology_version: table.topology.version(),
             through_proxy: self.config.is_rds_proxy(),
@@ -360,6 +361,40 @@ impl<B: Backend> PoolCore<B> {
                     }
                 })
                 .collect(),
+            reads: ReadsStatus {
+                instance_ids: table
+                    .reads
+                    .targets
+                    .routes()
+                    .iter()
+                    .map(|route| route.instance.id().to_owned())
+                    .collect(),
+                size: reads_size,
+                idle: reads_idle,
+                max_connections: self.config.reader.max_connections,
+            },
+        }
+    }
+
+    pub(crate) fn health(&self) -> Health {
+        let closed = self.is_closed();
+        let table = self.routing.load();
+        let cluster = self.cluster.load();
+        let (failing_over_since, writer_silent) = match &*cluster {
+            Some(cluster) => (cluster.failing_over_since(), cluster.is_writer_silent()),
+            None => (None, false),
+        };
+        Health {
+            writes: !closed
+                && table.writer.instance.is_available()
+                && failing_over_since.is_none()
+                && !writer_silent,
+            reads: !closed && !table.reads.targets.routes().is_empty(),
+            writer: table.writer.instance.id().to_owned(),
+            failing_over_since,
+            writer_silent,
+            closed,
+            status: self.status(),
         }
     }
 

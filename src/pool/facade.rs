@@ -86,9 +86,21 @@ macro_rules! shared_facade {
             self.core.topology()
         }
 
-        /// Connections per instance.
+        /// Connections per instance, and of the readers' pool behind `reader()`.
         pub fn status(&self) -> $crate::PoolStatus {
             self.core.status()
+        }
+
+        /// Whether writes and reads can be served now, the writer, whether a failover is
+        /// under way and since when, and each pool's connections: for readiness probes
+        /// and dashboards. No I/O: read from the routing table and the cluster monitor.
+        ///
+        /// A readiness probe that fails on every replica of a service at once takes the
+        /// whole service out of its load balancer during a failover; use
+        /// [`Health::is_ready`](crate::Health::is_ready) for readiness only where that is
+        /// wanted, never for liveness.
+        pub fn health(&self) -> $crate::Health {
+            self.core.health()
         }
 
         /// The configuration the pool was built with.

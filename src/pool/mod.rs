@@ -20,5 +20,5 @@ pub(crate) mod work;
 
 #[cfg(feature = "sqlx")]
 pub use self::sqlx::{AuroraPool, AuroraPoolOptions};
-pub use status::{InstanceStatus, PoolStatus};
+pub use status::{Health, InstanceStatus, PoolStatus, ReadsStatus};
 pub use transaction::{IsolationLevel, TransactionOptions};

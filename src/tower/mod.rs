@@ -43,6 +43,8 @@
 
 mod db;
 mod future;
+#[cfg(feature = "axum")]
+mod health;
 mod layer;
 mod policy;
 mod service;

@@ -161,6 +161,7 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
     fn topology(&self) -> Arc<Topology>;
     fn status(&self) -> PoolStatus;
     fn config(&self) -> &Config;
+    fn health(&self) -> aurora_pool::Health;
     fn close(&self) -> impl Future<Output = ()> + Send;
 
     /// The id of the instance a checkout of `handle` lands on.
@@ -419,6 +420,9 @@ impl Flavour for aurora_pool::AuroraPool {
     fn config(&self) -> &Config {
         self.config()
     }
+    fn health(&self) -> aurora_pool::Health {
+        self.health()
+    }
     async fn close(&self) {
         self.close().await
     }
@@ -629,6 +633,9 @@ impl Flavour for aurora_pool::deadpool::AuroraPool {
     }
     fn config(&self) -> &Config {
         self.config()
+    }
+    fn health(&self) -> aurora_pool::Health {
+        self.health()
     }
     async fn close(&self) {
         self.close().await
