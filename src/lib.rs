@@ -24,6 +24,7 @@ pub mod endpoint;
 mod error;
 #[cfg(feature = "iam")]
 pub mod iam;
+mod metrics;
 mod monitor;
 mod pool;
 mod retry;

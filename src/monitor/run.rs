@@ -282,6 +282,7 @@ impl Monitor {
                 let old_writer = self.state.current().writer().id().to_owned();
                 self.writer_changed(&old_writer, &writer);
                 let changed = self.publish(topology);
+                crate::metrics::topology_read(&self.state.cluster_id, started.elapsed());
                 tracing::debug!(
                     target: "aurora_pool",
                     cluster_id = %self.state.cluster_id,

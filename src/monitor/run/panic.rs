@@ -67,6 +67,7 @@ impl Monitor {
         }
         self.state.set_failing_over(true);
         self.update_plan();
+        crate::metrics::failover_started(&self.state.cluster_id);
         tracing::warn!(
             target: "aurora_pool",
             cluster_id = %self.state.cluster_id,
@@ -181,6 +182,7 @@ impl Monitor {
         self.publish(topology);
         self.state.set_failing_over(false);
         self.update_plan();
+        crate::metrics::failover_ended(&self.state.cluster_id, false, elapsed);
         tracing::warn!(
             target: "aurora_pool",
             cluster_id = %self.state.cluster_id,
@@ -444,6 +446,9 @@ impl Monitor {
         self.publish(topology.with_writer(candidate));
         self.state.set_failing_over(false);
         self.update_plan();
+        if was_failing_over {
+            crate::metrics::failover_ended(&self.state.cluster_id, true, elapsed);
+        }
         if was_failing_over || old_writer != candidate {
             tracing::info!(
                 target: "aurora_pool",

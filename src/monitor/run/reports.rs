@@ -60,6 +60,7 @@ impl Monitor {
                 if health.dead && !second_writer {
                     health.dead = false;
                     health_changed = true;
+                    crate::metrics::instance_up(&self.state.cluster_id, &report.instance);
                     tracing::info!(
                         target: "aurora_pool",
                         cluster_id = %self.state.cluster_id,
@@ -151,6 +152,11 @@ impl Monitor {
                 {
                     health.dead = true;
                     health_changed = true;
+                    crate::metrics::instance_down(
+                        &self.state.cluster_id,
+                        &report.instance,
+                        report.at.duration_since(since),
+                    );
                     tracing::warn!(
                         target: "aurora_pool",
                         cluster_id = %self.state.cluster_id,
