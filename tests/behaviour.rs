@@ -11,7 +11,7 @@ use std::time::Duration;
 use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials};
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{BoxFuture, Role};
-use support::flavour::{Flavour, INSTANCE_ID, connect, failover_to, flavour_tests};
+use support::flavour::{Flavour, INSTANCE_ID, connect, failover_to, flavour_tests, with_provider};
 use support::{AGGRESSIVE, eventually, unique_cluster_id};
 
 async fn reads_and_writes_go_to_their_roles<F: Flavour>(test: &str) {
@@ -258,29 +258,6 @@ async fn dropped_pools_leave_no_connections_and_no_tasks<F: Flavour>(test: &str)
         "tasks alive: {tasks_before} before, {} after",
         metrics.num_alive_tasks()
     );
-}
-
-/// A pool on `cluster` whose URL has no password: `provider` gives the credentials.
-async fn with_provider<F: Flavour>(
-    cluster: &LocalCluster,
-    test: &str,
-    params: &str,
-    provider: impl CredentialProvider,
-) -> F {
-    let url = format!(
-        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}{params}",
-        cluster.user(),
-        cluster.cluster_endpoint(),
-        cluster.database(),
-        cluster.instance_endpoints_param(),
-        unique_cluster_id(test)
-    );
-    let config = aurora_pool::Builder::new()
-        .url(url)
-        .credential_provider(provider)
-        .build()
-        .expect("config");
-    F::connect_with(config).await.expect("connect")
 }
 
 /// A vault of one password that the test rotates.

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials};
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{BoxFuture, Dialect, Role};
-use support::flavour::{Flavour, INSTANCE_ID, connect, flavour_tests};
+use support::flavour::{Flavour, INSTANCE_ID, connect, flavour_tests, with_provider};
 use support::{eventually, unique_cluster_id};
 
 const EAST: &str = "us-east-1";
@@ -286,20 +286,13 @@ async fn credentials_are_asked_for_each_instances_region<F: Flavour>(test: &str)
         password: cluster.password().to_owned(),
         asked: asked.clone(),
     };
-    let url = format!(
-        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}&failover_home_region={WEST}",
-        cluster.user(),
-        cluster.cluster_endpoint(),
-        cluster.database(),
-        cluster.instance_endpoints_param(),
-        unique_cluster_id(test)
-    );
-    let config = aurora_pool::Builder::new()
-        .url(url)
-        .credential_provider(provider)
-        .build()
-        .expect("config");
-    let pool = F::connect_with(config).await.expect("connect");
+    let pool: F = with_provider(
+        &cluster,
+        test,
+        &format!("&failover_home_region={WEST}"),
+        provider,
+    )
+    .await;
     let regions: Vec<(String, std::net::SocketAddr, &str)> = [
         ("instance-1", EAST),
         ("instance-2", EAST),

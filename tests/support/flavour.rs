@@ -652,6 +652,31 @@ pub fn config(cluster: &LocalCluster, test: &str, params: &str) -> Config {
     Config::from_url(&url).expect("config")
 }
 
+/// A pool of flavour `F` on `cluster` whose URL has no password: `provider` gives the
+/// credentials. `params` (each with its leading `&`) are added to the URL.
+#[allow(dead_code)]
+pub async fn with_provider<F: Flavour>(
+    cluster: &LocalCluster,
+    test: &str,
+    params: &str,
+    provider: impl aurora_pool::auth::CredentialProvider,
+) -> F {
+    let url = format!(
+        "postgres://{}@{}/{}?instance_endpoints={}&cluster_id={}{params}",
+        cluster.user(),
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        super::unique_cluster_id(test)
+    );
+    let config = aurora_pool::Builder::new()
+        .url(url)
+        .credential_provider(provider)
+        .build()
+        .expect("config");
+    F::connect_with(config).await.expect("connect")
+}
+
 /// A pool of flavour `F` on [`config`].
 pub async fn connect<F: Flavour>(cluster: &LocalCluster, test: &str, params: &str) -> F {
     F::connect_with(config(cluster, test, params))
