@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
-use aurora_pool::{AuroraPool, ReaderSelection};
+use aurora_pool::{AuroraPool, ReaderSelection, Role};
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -62,12 +62,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Give streaming replication a moment, then read through the readers.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    println!("\nReads through pool.reader() (round robin):");
+    // `reader_host_selector_strategy` picks the reader of each `acquire(Role::Reader)`; the
+    // `.reader()` pool spreads its connections over the readers in turn instead.
+    println!("\nReads through pool.acquire(Role::Reader) (round robin):");
     for _ in 0..4 {
+        let mut conn = pool.acquire(Role::Reader).await?;
         let (count, served_by): (i64, String) = sqlx::query_as(
             "SELECT count(*), pg_catalog.aurora_db_instance_identifier() FROM orders",
         )
-        .fetch_one(&pool.reader())
+        .fetch_one(&mut *conn)
         .await?;
         println!("  SELECT count(*) -> {count} orders, read on {served_by}");
     }

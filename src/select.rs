@@ -1,4 +1,5 @@
-//! How `.reader()` chooses among reader instances.
+//! How `acquire(Role::Reader)` and `run(Role::Reader, ..)` choose among reader instances
+//! (the `.reader()` pool spreads its connections over them in turn instead).
 
 use std::fmt;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -124,7 +124,9 @@ pub struct Config {
     pub cluster_topology_refresh_rate: Duration,
     /// Skip detection and use this dialect (`dialect`).
     pub dialect: Option<Dialect>,
-    /// How `.reader()` picks an instance (`reader_host_selector_strategy`, default `random`).
+    /// How `acquire(Role::Reader)` and `run(Role::Reader, ..)` pick a reader per checkout
+    /// (`reader_host_selector_strategy`, default `random`). The `.reader()` pool does not use
+    /// it: it spreads its connections over the readers in turn.
     pub reader_host_selector_strategy: ReaderSelection,
     /// What reader checkouts may fall back to (`failover_mode`); the default depends on the
     /// URL: `reader_or_writer` for a reader cluster endpoint (`cluster-ro-`), else
