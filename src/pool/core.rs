@@ -338,7 +338,11 @@ impl<B: Backend> PoolCore<B> {
     }
 
     pub(crate) fn status(&self) -> PoolStatus {
-        let table = self.routing.load();
+        self.status_of(&self.routing.load())
+    }
+
+    /// The status of the pools in `table`.
+    fn status_of(&self, table: &RoutingTable<B::Pool>) -> PoolStatus {
         let (reads_size, reads_idle) = B::size_and_idle(&table.reads.pool);
         PoolStatus {
             topology_version: table.topology.version(),
@@ -394,7 +398,7 @@ impl<B: Backend> PoolCore<B> {
             failing_over_since,
             writer_silent,
             closed,
-            status: self.status(),
+            status: self.status_of(&table),
         }
     }
 

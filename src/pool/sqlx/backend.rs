@@ -211,8 +211,7 @@ impl Backend for SqlxBackend {
                         // kept, even if its instance was promoted meanwhile: the topology
                         // decides.
                         targets.changed_after(generation, hold_limit).await;
-                        let route = targets.current().filter(|_| !targets.is_unrouted());
-                        let Some(route) = route else {
+                        let Some(route) = targets.current() else {
                             return Err(sqlx::Error::Protocol(
                                 "opened while the writer was unavailable, and no writer is routed yet: connecting again where the pool points now".into(),
                             ));
