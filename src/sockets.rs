@@ -312,17 +312,28 @@ mod scan {
         ok
     }
 
-    /// Whether the connection faces silence: still connecting, or established and heard
-    /// nothing from its peer (no data, no acknowledgement) for `quiet_for`. (The kernel's
-    /// send and receive times are too coarse, a few ms, to tell a connection waiting for an
-    /// answer from an idle one; an idle one ended is dropped by its pool's test before the
-    /// next checkout.)
+    /// Whether the connection faces silence: still connecting, established but never
+    /// answered (a login whose first reply has not come: a frozen server's kernel accepts
+    /// the connection and acknowledges the startup message, so the quiet test below would
+    /// spare a login begun just before the verdict, which then holds a pool's slot until
+    /// the checkout's deadline), or heard nothing from its peer (no data, no
+    /// acknowledgement) for `quiet_for`. (The kernel's send and receive times are too
+    /// coarse, a few ms, to tell a connection waiting for an answer from an idle one; an
+    /// idle one ended is dropped by its pool's test before the next checkout.)
     fn faces_silence(socket: &SockRef<'_>, quiet_for: Duration) -> bool {
         use std::os::fd::AsRawFd;
-        let Some(info) = tcp_info(socket.as_raw_fd()) else {
+        let Some((info, len)) = tcp_info(socket.as_raw_fd()) else {
             return true;
         };
         if u32::from(info.tcpi_state) != ESTABLISHED {
+            return true;
+        }
+        // Reported by kernels since 4.1; an older one writes less, and only the quiet test
+        // applies.
+        let reports_bytes_received = len
+            >= std::mem::offset_of!(libc::tcp_info, tcpi_bytes_received)
+                + std::mem::size_of::<u64>();
+        if reports_bytes_received && info.tcpi_bytes_received == 0 {
             return true;
         }
         let quiet_ms = u128::from(info.tcpi_last_ack_recv.min(info.tcpi_last_data_recv));
@@ -332,9 +343,9 @@ mod scan {
     /// `TCP_ESTABLISHED` in `tcp_info.tcpi_state`.
     const ESTABLISHED: u32 = 1;
 
-    /// The kernel's `tcp_info` of a TCP socket.
+    /// The kernel's `tcp_info` of a TCP socket, with how many of its bytes the kernel wrote.
     #[allow(unsafe_code)]
-    fn tcp_info(fd: RawFd) -> Option<libc::tcp_info> {
+    fn tcp_info(fd: RawFd) -> Option<(libc::tcp_info, usize)> {
         // SAFETY: `tcp_info` is plain old data (integers only), so all zeroes is a valid
         // value; the kernel writes at most `len` bytes into it and sets `len` to what it
         // wrote; `fd` is a descriptor this module owns (a duplicate) for the whole call.
@@ -349,7 +360,7 @@ mod scan {
                 &mut len,
             )
         };
-        (done == 0).then_some(info)
+        (done == 0).then_some((info, len as usize))
     }
 
     /// A descriptor of our own for the socket behind `fd`, which other code owns.
@@ -500,6 +511,43 @@ mod scan {
                 assert!(still_open, "a live connection was ended");
             }
             assert!(!SockRef::from(&kept).keepalive().unwrap());
+        }
+
+        /// A login whose first reply never came (a frozen server's kernel accepted the
+        /// connection and acknowledged the request) is ended however recently it began; a
+        /// connection to the same peer that has heard from it recently is not.
+        #[test]
+        fn a_login_never_answered_ends_however_recent() {
+            use std::io::Write;
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let target = listener.local_addr().unwrap();
+            let mut answered = std::net::TcpStream::connect(target).unwrap();
+            let (mut answering_side, _) = listener.accept().unwrap();
+            answered.write_all(b"startup").unwrap();
+            answering_side.write_all(b"ready").unwrap();
+            let mut probe = [0u8; 16];
+            assert_eq!(answered.read(&mut probe).unwrap(), 5);
+            let mut login = std::net::TcpStream::connect(target).unwrap();
+            let (_frozen_side, _) = listener.accept().unwrap();
+            login.write_all(b"startup").unwrap();
+            let reader = std::thread::spawn(move || {
+                let mut buf = [0u8; 8];
+                login.read(&mut buf)
+            });
+            std::thread::sleep(Duration::from_millis(20));
+            assert_eq!(
+                act_on(&[target], Act::End(Duration::from_secs(60))),
+                1,
+                "the unanswered login, and only it"
+            );
+            let read = reader.join().unwrap();
+            assert!(matches!(read, Ok(0)), "{read:?}");
+            answered.set_nonblocking(true).unwrap();
+            let open = answered.read(&mut probe);
+            assert!(
+                matches!(&open, Err(err) if err.kind() == std::io::ErrorKind::WouldBlock),
+                "the answered connection was ended: {open:?}"
+            );
         }
     }
 }

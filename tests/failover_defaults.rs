@@ -37,6 +37,7 @@ async fn first_write_on<F: Flavour>(
     from: Instant,
     limit: Duration,
 ) -> Option<Duration> {
+    support::trace_or("aurora_pool=debug,aurora_pool::testing=info");
     let deadline = from + limit;
     let (landed, mut first) = tokio::sync::mpsc::channel::<Duration>(1);
     let mut writes = tokio::task::JoinSet::new();

@@ -5,13 +5,12 @@
 
 mod support;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aurora_pool::Role;
 use aurora_pool::testing::LocalCluster;
 use support::flavour::{Flavour, connect, flavour_tests};
+use support::load::{Load, Path, WRITE_PATHS};
 
 /// A write that takes a moment (so that calls are in flight when the silence starts) and
 /// names the instance that took it.
@@ -22,185 +21,15 @@ const WRITE: &str = "INSERT INTO silent_t SELECT 1 FROM pg_catalog.pg_sleep(0.05
 const READ: &str =
     "SELECT pg_catalog.aurora_db_instance_identifier() FROM pg_catalog.pg_sleep(0.05)";
 
-/// Callers per path: with five paths, three times the default 10 connections of a pool.
-const CALLERS_PER_PATH: usize = 6;
-
-/// The ways a caller reaches the database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Path {
-    /// `writer()` / `reader()` taken when the pool opened and kept.
-    KeptHandle,
-    /// `writer()` / `reader()` taken for each call.
-    FreshHandle,
-    /// `acquire(role)`.
-    Acquire,
-    /// `run(role, ..)`.
-    Run,
-    /// `transaction(..)` (writer only).
-    Transaction,
-}
-
-/// One call: when it started and ended, and the instance that answered (or the error).
-struct Call {
-    path: Path,
-    started: Instant,
-    ended: Option<Instant>,
-    outcome: Option<Result<String, String>>,
-}
-
-/// Callers that run `sql` through `paths` in a loop, each call recorded.
-struct Load {
-    calls: Arc<Mutex<Vec<Call>>>,
-    stop: Arc<AtomicBool>,
-    callers: tokio::task::JoinSet<()>,
-}
-
-impl Load {
-    fn start<F: Flavour>(pool: &F, role: Role, sql: &'static str, paths: &[Path]) -> Load {
-        let calls = Arc::new(Mutex::new(Vec::<Call>::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut callers = tokio::task::JoinSet::new();
-        let kept = pool.handle(role);
-        for &path in paths {
-            for _ in 0..CALLERS_PER_PATH {
-                let (pool, kept, calls, stop) =
-                    (pool.clone(), kept.clone(), calls.clone(), stop.clone());
-                callers.spawn(async move {
-                    while !stop.load(Ordering::Acquire) {
-                        let index = {
-                            let mut calls = calls.lock().unwrap();
-                            calls.push(Call {
-                                path,
-                                started: Instant::now(),
-                                ended: None,
-                                outcome: None,
-                            });
-                            calls.len() - 1
-                        };
-                        // No timeout: a call that hangs stays unfinished in the record.
-                        let outcome = match path {
-                            Path::KeptHandle => F::handle_text(&kept, sql).await,
-                            Path::FreshHandle => F::handle_text(&pool.handle(role), sql).await,
-                            Path::Acquire => pool.query_text(role, sql).await.map_err(text),
-                            Path::Run => pool.run_text(role, sql).await.map_err(text),
-                            Path::Transaction => pool.transaction_text(sql).await.map_err(text),
-                        };
-                        {
-                            let mut calls = calls.lock().unwrap();
-                            calls[index].ended = Some(Instant::now());
-                            calls[index].outcome = Some(outcome);
-                        }
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                });
-            }
-        }
-        Load {
-            calls,
-            stop,
-            callers,
-        }
-    }
-
-    fn in_flight(&self) -> usize {
-        let calls = self.calls.lock().unwrap();
-        calls.iter().filter(|c| c.ended.is_none()).count()
-    }
-
-    /// Calls that started before `at` and had not ended by `by`, per path.
-    fn unfinished(&self, at: Instant, by: Instant) -> Vec<(Path, Duration)> {
-        let calls = self.calls.lock().unwrap();
-        calls
-            .iter()
-            .filter(|c| c.started < at && c.ended.is_none_or(|e| e > by))
-            .map(|c| (c.path, at.saturating_duration_since(c.started)))
-            .collect()
-    }
-
-    /// The first call through `path` answered by `instance`, as time after `from`.
-    fn first_on(&self, path: Path, instance: &str, from: Instant) -> Option<Duration> {
-        let calls = self.calls.lock().unwrap();
-        calls
-            .iter()
-            .filter(|c| c.path == path)
-            .filter(|c| matches!(&c.outcome, Some(Ok(id)) if id == instance))
-            .filter_map(|c| c.ended)
-            .filter(|e| *e >= from)
-            .min()
-            .map(|e| e - from)
-    }
-
-    /// The paths whose first call answered by `instance` after `from` came later than
-    /// `bound` (or never); prints each path's figure.
-    fn late_paths(
-        &self,
-        test: &str,
-        paths: &[Path],
-        instance: &str,
-        from: Instant,
-        bound: Duration,
-    ) -> Vec<Path> {
-        let mut late = Vec::new();
-        for &path in paths {
-            let first = self.first_on(path, instance, from);
-            eprintln!("{test}: {path:?}: first call on {instance} {first:?} after the move");
-            if first.is_none_or(|after| after > bound) {
-                late.push(path);
-            }
-        }
-        late
-    }
-
-    /// Calls started after `from` that failed or were answered by another instance than
-    /// `instance`.
-    fn strays_after(&self, from: Instant, instance: &str) -> Vec<(Path, String)> {
-        let calls = self.calls.lock().unwrap();
-        calls
-            .iter()
-            .filter(|c| c.started >= from)
-            .filter_map(|c| match &c.outcome {
-                Some(Ok(id)) if id == instance => None,
-                Some(Ok(id)) => Some((c.path, format!("answered by {id}"))),
-                Some(Err(err)) => Some((c.path, err.clone())),
-                None => Some((c.path, "never ended".to_owned())),
-            })
-            .collect()
-    }
-
-    /// Stops the callers; every call still in flight must end within `bound`.
-    async fn stop(mut self, bound: Duration) -> Load {
-        self.stop.store(true, Ordering::Release);
-        let ended = tokio::time::timeout(bound, async {
-            while self.callers.join_next().await.is_some() {}
-        })
-        .await;
-        assert!(
-            ended.is_ok(),
-            "{} calls still hung {bound:?} after the load stopped",
-            self.in_flight()
-        );
-        self
-    }
-}
-
-fn text(err: aurora_pool::Error) -> String {
-    err.to_string()
-}
-
-const WRITE_PATHS: [Path; 5] = [
-    Path::KeptHandle,
-    Path::FreshHandle,
-    Path::Acquire,
-    Path::Run,
-    Path::Transaction,
-];
-
-/// The writer black-holed under load and instance-2 promoted right behind it: every path
-/// writes on instance-2 within `bound` of the promotion, and every call in flight on the
-/// silent writer has ended by then.
-async fn writer_black_hole<F: Flavour>(test: &str, params: &str, bound: Duration) {
-    let _slot = support::cluster_slot().await;
-    let cluster = LocalCluster::start(2).await.expect("cluster");
+/// A cluster of `instances` (its slot held), a pool on it, and writes running through
+/// every path for 700 ms already: calls are in flight when the test's fault starts.
+async fn writes_under_load<F: Flavour>(
+    test: &str,
+    instances: usize,
+    params: &str,
+) -> (tokio::sync::SemaphorePermit<'static>, LocalCluster, F, Load) {
+    let slot = support::cluster_slot().await;
+    let cluster = LocalCluster::start(instances).await.expect("cluster");
     let pool = connect::<F>(&cluster, test, params).await;
     pool.execute("CREATE TABLE silent_t (n int)")
         .await
@@ -208,6 +37,26 @@ async fn writer_black_hole<F: Flavour>(test: &str, params: &str, bound: Duration
     support::replicated(&cluster, "silent_t").await;
     let load = Load::start(&pool, Role::Writer, WRITE, &WRITE_PATHS);
     tokio::time::sleep(Duration::from_millis(700)).await;
+    (slot, cluster, pool, load)
+}
+
+/// Waits (up to 10 s) until the pool declares `instance` dead; returns when it saw it.
+async fn declared_dead<F: Flavour>(pool: &F, instance: &str) -> Instant {
+    let declared = support::eventually(Duration::from_secs(10), || async {
+        pool.topology()
+            .instance(instance)
+            .is_some_and(|i| !i.is_available())
+    })
+    .await;
+    assert!(declared, "{instance} was not declared dead");
+    Instant::now()
+}
+
+/// The writer black-holed under load and instance-2 promoted right behind it: every path
+/// writes on instance-2 within `bound` of the promotion, and every call in flight on the
+/// silent writer has ended by then.
+async fn writer_black_hole<F: Flavour>(test: &str, params: &str, bound: Duration) {
+    let (_slot, cluster, pool, load) = writes_under_load::<F>(test, 2, params).await;
     assert!(cluster.blackhole("instance-1", true));
     let silenced = Instant::now();
     let in_flight = load.in_flight();
@@ -269,15 +118,7 @@ async fn a_black_holed_writer_under_load_tuned<F: Flavour>(test: &str) {
 /// `failover_timeout`), and land on the promoted instance within 2.5 s of the promotion.
 async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
     let bound = Duration::from_millis(2500);
-    let _slot = support::cluster_slot().await;
-    let cluster = LocalCluster::start(3).await.expect("cluster");
-    let pool = connect::<F>(&cluster, test, "").await;
-    pool.execute("CREATE TABLE silent_t (n int)")
-        .await
-        .expect("create");
-    support::replicated(&cluster, "silent_t").await;
-    let load = Load::start(&pool, Role::Writer, WRITE, &WRITE_PATHS);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let (_slot, cluster, pool, load) = writes_under_load::<F>(test, 3, "").await;
     cluster.crash("instance-1").await.expect("crash");
     let crashed = Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -309,6 +150,51 @@ async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// A slow failover during which the reader that writer checkouts wait on is silent: the
+/// first reader, instance-2 (where the writer's pool waits for the promotion), is
+/// black-holed and the writer crashes right after; Aurora promotes instance-3 a few seconds
+/// later. The logins to instance-2 in flight when it is declared dead end then, and the
+/// writer's pool waits on instance-3 instead: writes begun from then on wait, none hangs
+/// on the silent reader, and they land on instance-3 within 2.5 s of its promotion,
+/// through every path.
+async fn a_slow_failover_outlives_the_reader_it_waits_on<F: Flavour>(test: &str) {
+    let bound = Duration::from_millis(2500);
+    let (_slot, cluster, pool, load) = writes_under_load::<F>(test, 3, "").await;
+    assert!(cluster.blackhole("instance-2", true));
+    let silenced = Instant::now();
+    cluster.crash("instance-1").await.expect("crash");
+    let declared = declared_dead(&pool, "instance-2").await;
+    tokio::time::sleep_until((silenced + Duration::from_secs(6)).into()).await;
+    let waiting = load.in_flight();
+    cluster
+        .failover("instance-3", None)
+        .await
+        .expect("failover");
+    let promoted = Instant::now();
+    eprintln!(
+        "{test}: instance-2 declared dead {:?} after its silence; {waiting} writes waiting; promotion done {:?} after the silence",
+        declared - silenced,
+        promoted - silenced
+    );
+    tokio::time::sleep_until((promoted + bound).into()).await;
+    let late = load.late_paths(test, &WRITE_PATHS, "instance-3", promoted, bound);
+    let unfinished = load.unfinished(promoted, promoted + bound);
+    assert!(
+        late.is_empty(),
+        "no write through {late:?} reached the new writer within {bound:?} of the promotion; {} calls from before it unfinished: {unfinished:?}; {}",
+        unfinished.len(),
+        pool.topology()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = load.stop(Duration::from_secs(5)).await;
+    let failed = load.strays_after(declared, "instance-3");
+    assert!(
+        failed.is_empty(),
+        "writes begun after the silent reader was declared dead failed instead of waiting: {failed:?}"
+    );
+    pool.close().await;
+}
+
 /// A reader black-holed under load: every call in flight on it ends within 2.5 s of its
 /// being declared dead, and reads go on on the other reader through every path.
 async fn a_black_holed_reader_under_load_with_defaults<F: Flavour>(test: &str) {
@@ -329,14 +215,7 @@ async fn a_black_holed_reader_under_load_with_defaults<F: Flavour>(test: &str) {
     let in_flight = load.in_flight();
     // No promotion follows a reader's silence: the bound runs from the moment the pool
     // declares it dead (the detection itself is bounded in failover_defaults.rs).
-    let declared = support::eventually(Duration::from_secs(10), || async {
-        pool.topology()
-            .instance("instance-2")
-            .is_some_and(|i| !i.is_available())
-    })
-    .await;
-    assert!(declared, "the silent reader was not declared dead");
-    let declared = Instant::now();
+    let declared = declared_dead(&pool, "instance-2").await;
     eprintln!(
         "{test}: {in_flight} reads in flight at the silence; declared dead {:?} after it",
         declared - silenced
@@ -441,6 +320,7 @@ mod keepalives {
 
 flavour_tests!(
     a_slow_failover_is_waited_out_with_defaults,
+    a_slow_failover_outlives_the_reader_it_waits_on,
     a_black_holed_writer_under_load_with_defaults,
     a_black_holed_writer_under_load_tuned,
     a_black_holed_reader_under_load_with_defaults,

@@ -232,7 +232,10 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         // change, instead of dialing a dead host and backing off past the promotion.
         let writer_available = topology.writer().is_available();
         writer.targets.set_dialect(topology.dialect());
-        writer
+        // A parked pool whose parking place changed (that reader went silent too, or a
+        // new one answers) is pointed at the new one: its driver would otherwise keep
+        // dialing the old place while the routes stay empty.
+        let parked_moved = writer
             .targets
             .set_parked(readers.first().map_or_else(|| writer.route(), Slot::route));
         let writer_routes = match writer_available {
@@ -242,12 +245,16 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         let was_routed = !writer.targets.is_unrouted();
         let writer_parked = (was_routed && !writer_available && writer_left.is_none())
             .then(|| writer.instance.clone());
-        if writer_left.is_some() || !same_routes(&writer.targets.routes(), &writer_routes) {
+        let writer_routes_change =
+            writer_left.is_some() || !same_routes(&writer.targets.routes(), &writer_routes);
+        if writer_routes_change {
             if writer_routes.is_empty() {
                 writer.targets.park();
             } else {
                 writer.targets.set(writer_routes);
             }
+        }
+        if writer_routes_change || parked_moved {
             backend.retarget(&writer.pool, &writer.targets);
         }
         if writer_left.is_some() && writer_available {
@@ -263,9 +270,11 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
         };
         let unchanged = same_routes(&reads.targets.routes(), &read_routes);
         reads.targets.set_dialect(topology.dialect());
-        reads.targets.set_parked(writer.route());
+        let reads_parked_moved = reads.targets.set_parked(writer.route());
         if !unchanged {
             reads.targets.set(read_routes);
+        }
+        if !unchanged || reads_parked_moved {
             backend.retarget(&reads.pool, &reads.targets);
         }
         let retired = old

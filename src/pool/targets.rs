@@ -125,9 +125,14 @@ impl Targets {
         self.parked.load_full().map(|route| Route::clone(&route))
     }
 
-    /// Sets where a pool with no routes points its driver.
-    pub(crate) fn set_parked(&self, route: Route) {
-        self.parked.store(Some(Arc::new(route)));
+    /// Sets where a pool with no routes points its driver; returns whether that moved the
+    /// driver of a pool that has no routes now (it must be pointed there again).
+    pub(crate) fn set_parked(&self, route: Route) -> bool {
+        let moved = self
+            .parked
+            .swap(Some(Arc::new(route.clone())))
+            .is_none_or(|old| !old.same_instance(&route));
+        moved && self.is_unrouted()
     }
 
     /// Bumped by every change (the deadpool manager reopens a connection that raced one).

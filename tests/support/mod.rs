@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod flavour;
+pub mod load;
 #[cfg(feature = "secrets-manager")]
 pub mod secrets;
 
@@ -104,11 +105,21 @@ pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
 /// Prints the crate's tracing events when `RUST_LOG` is set (captured per test by libtest).
 pub fn trace() {
     if std::env::var_os("RUST_LOG").is_some() {
-        let _ = tracing_subscriber::fmt()
-            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-            .with_test_writer()
-            .try_init();
+        trace_or("");
     }
+}
+
+/// [`trace`] with `default` as the filter when `RUST_LOG` is not set: libtest prints a
+/// test's captured output only when it fails, so a timing-sensitive test that fails in CI
+/// shows what the pool did. Not for binaries that [`capture_logs`] (one subscriber per
+/// process).
+pub fn trace_or(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
 }
 
 /// Waits until `table` exists on every instance: streaming replication is asynchronous, and
