@@ -1,10 +1,13 @@
-//! Confirming a writer candidate: a connection of the monitor's own that checks the
-//! instance is the writer (its catalog and `pg_is_in_recovery()`) and reads the topology
-//! from its catalog.
+//! Confirming a writer candidate: checking the instance is the writer (its catalog and
+//! `pg_is_in_recovery()`) and reading the topology from its catalog, on the connection of
+//! the probe that found it out of recovery, or on a connection of the monitor's own.
 
 use std::time::Duration;
 
+use tokio::sync::{mpsc, oneshot};
+
 use super::MonitorState;
+use super::probe::{NOT_THE_WRITER, TopologyRead};
 use crate::connector::{AdminConnection, AdminTarget, Purpose};
 use crate::error::Error;
 use crate::topology::{Topology, confirm_writer, query_topology};
@@ -38,4 +41,34 @@ pub(super) async fn candidate(
         Ok(Err(err)) => Err(err.to_string()),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
+}
+
+/// Confirms the candidate through its probe's connection (no connect: the probe has just
+/// heard it answer) and reads the topology there, within `limit`. `Err` says why it is not
+/// confirmed.
+pub(super) async fn through_probe(
+    reads: mpsc::Sender<TopologyRead>,
+    limit: Duration,
+) -> Result<Topology, String> {
+    let (reply, answer) = oneshot::channel();
+    let attempt = async {
+        reads
+            .send(TopologyRead {
+                confirm_writer: true,
+                reply,
+            })
+            .await
+            .map_err(|_| "its probe stopped".to_owned())?;
+        match answer.await {
+            Ok(Ok(topology)) => Ok(topology),
+            Ok(Err(err)) if err.to_string().contains(NOT_THE_WRITER) => {
+                Err(NOT_THE_WRITER.to_owned())
+            }
+            Ok(Err(err)) => Err(err.to_string()),
+            Err(_) => Err("its probe dropped the check".to_owned()),
+        }
+    };
+    tokio::time::timeout(limit, attempt)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
 }

@@ -12,13 +12,21 @@ use tokio::sync::{mpsc, oneshot, watch};
 use super::MonitorState;
 use crate::connector::{AdminConnection, AdminTarget, Purpose, TextRow};
 use crate::error::{Error, ErrorClass, Result};
-use crate::topology::{IS_READER, Topology, query_topology};
+use crate::topology::{IS_READER, Topology, confirm_writer, query_topology};
 
 /// The monitor's topology read, run by the writer's probe on its own connection between two
-/// probes: one background connection to the writer, not two.
+/// probes: one background connection to the writer, not two. Also the judge's check of a
+/// claimant: on the connection whose probe just found it out of recovery, without a new
+/// connect (the time a writer's promotion takes to be followed).
 pub(super) struct TopologyRead {
+    /// Confirm the instance is the writer first (its catalog and `pg_is_in_recovery()`);
+    /// one that is not answers [`NOT_THE_WRITER`].
+    pub(super) confirm_writer: bool,
     pub(super) reply: oneshot::Sender<Result<Topology>>,
 }
+
+/// Why a [`TopologyRead`] that confirms the writer found none.
+pub(super) const NOT_THE_WRITER: &str = "it is not the writer";
 
 /// How the probes should run now; published by the monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +285,14 @@ pub(super) async fn run(
                         .routine
                         .map_or(state.settings.failure_detection_interval, |(i, _)| i);
                     let timeout = read_timeout(interval, state.settings.connect_timeout);
-                    let answer = read_topology(&state, &target, &mut connection, timeout).await;
+                    let answer = read_topology(
+                        &state,
+                        &target,
+                        &mut connection,
+                        timeout,
+                        read.confirm_writer,
+                    )
+                    .await;
                     let timed_out = answer.as_ref().is_err_and(Error::is_timeout);
                     let _ = read.reply.send(answer);
                     if timed_out {
@@ -306,13 +321,15 @@ pub(super) async fn run(
     }
 }
 
-/// Reads the topology on the probe's connection (opening one if needed) within `timeout`; a
-/// broken or silent connection is dropped.
+/// Reads the topology on the probe's connection (opening one if needed) within `timeout`,
+/// having confirmed the instance is the writer first when `confirm` says so; a broken or
+/// silent connection is dropped.
 async fn read_topology(
     state: &MonitorState,
     target: &AdminTarget,
     connection: &mut Option<Box<dyn AdminConnection>>,
     timeout: Duration,
+    confirm: bool,
 ) -> Result<Topology> {
     let registration = state.registration().ok_or_else(Error::closed)?;
     if connection.is_none() {
@@ -321,6 +338,9 @@ async fn read_topology(
     }
     let read = async {
         let conn = connected(state, target, connection).await?;
+        if confirm && !confirm_writer(conn, registration.source.dialect).await? {
+            return Err(Error::topology(NOT_THE_WRITER));
+        }
         query_topology(conn, &registration.source).await
     };
     match tokio::time::timeout(timeout, read).await {

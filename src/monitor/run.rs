@@ -493,7 +493,10 @@ async fn read_through_probe(
     let (reply, answer) = tokio::sync::oneshot::channel();
     let read = async {
         reads
-            .send(probe::TopologyRead { reply })
+            .send(probe::TopologyRead {
+                confirm_writer: false,
+                reply,
+            })
             .await
             .map_err(|_| Error::topology("the writer's probe stopped"))?;
         answer

@@ -25,6 +25,9 @@ use super::proxy::{CutAt, Proxies};
 use super::sql;
 
 pub(super) const TARGET: &str = "aurora_pool::testing";
+/// How long after a cross-region switchover's promotion the old writer's rebuild starts
+/// (see [`LocalCluster::switchover_region`]).
+const REGION_REJOIN_DELAY: Duration = Duration::from_secs(1);
 /// Bound for an instance to start and accept connections.
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// Bound for a replica to stream from its primary.
@@ -365,9 +368,15 @@ impl LocalCluster {
     /// A planned cross-region switchover of a global database to `to`, an instance of
     /// another region than the writer's: as [`switchover`](Self::switchover) (the old
     /// writer comes back as a replica of `to`).
+    ///
+    /// The old writer starts its rebuild a second after the promotion rather than at once:
+    /// in Aurora the old primary region's instances are rebuilt on their own hosts, while
+    /// here their rebuild would take this machine's CPU from the clients following the
+    /// switchover at the very moment they are measured.
     pub async fn switchover_region(&self, to: &str) -> Result<(), TestingError> {
         self.check_other_region(to)?;
-        self.switchover(to).await
+        self.switchover_rejoining_after(to, REGION_REJOIN_DELAY)
+            .await
     }
 
     /// An unplanned cross-region failover of a global database to `to`, an instance of
@@ -622,10 +631,18 @@ impl LocalCluster {
     /// streams from the new one, up again with the reader role: a client that
     /// kept writing to it would now get `25006`.
     pub async fn switchover(&self, to: &str) -> Result<(), TestingError> {
+        self.switchover_rejoining_after(to, Duration::ZERO).await
+    }
+
+    async fn switchover_rejoining_after(
+        &self,
+        to: &str,
+        delay: Duration,
+    ) -> Result<(), TestingError> {
         let old = self.writer_id();
         let to = to.to_owned();
         self.blocking("switchover", move |inner| {
-            inner.failover(&to, Some(Duration::ZERO), Some("fast"))
+            inner.failover(&to, Some(delay), Some("fast"))
         })
         .await?;
         self.wait_rejoined(&old).await

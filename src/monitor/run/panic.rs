@@ -305,13 +305,27 @@ impl Monitor {
         );
         let mut confirming = tokio::task::JoinSet::new();
         let current_claims = self.panic_since.is_none() && claimants.contains(&current);
+        // With routine probing the claimant's probe serves the topology reads once it is
+        // adopted, so its own connection confirms it too; otherwise the monitor's own
+        // connection, which then stays as the monitoring connection.
+        let through_probe = settings.failure_detection_enabled;
         for claimant in claimants {
-            let Some(target) = self.probes.get(&claimant).map(|p| p.target.clone()) else {
+            let Some(probe) = self.probes.get(&claimant) else {
                 continue;
             };
             let state = self.state.clone();
+            let (target, reads) = (probe.target.clone(), probe.reads.clone());
+            let probe_alive = !probe.task.is_finished();
             confirming.spawn(async move {
-                let outcome = confirm::candidate(&state, &target, limit).await;
+                let outcome = if through_probe && probe_alive {
+                    confirm::through_probe(reads, limit)
+                        .await
+                        .map(|topology| (None, topology))
+                } else {
+                    confirm::candidate(&state, &target, limit)
+                        .await
+                        .map(|(connection, topology)| (Some(connection), topology))
+                };
                 (claimant, outcome)
             });
         }
@@ -355,7 +369,7 @@ impl Monitor {
         // a new session (loaded, full) does not lose the verdict by not showing up.
         if current_claims && !newer_claimant && !confirmed.iter().any(|(id, _, _)| *id == current) {
             for (_, connection, _) in confirmed {
-                tokio::spawn(connection.close());
+                close_behind(connection);
             }
             return false;
         }
@@ -374,8 +388,7 @@ impl Monitor {
         };
         let (winner, connection, topology) = confirmed.swap_remove(best);
         for (loser, connection, _) in confirmed {
-            // Not awaited: a connection that goes silent must not hold the monitor.
-            tokio::spawn(connection.close());
+            close_behind(connection);
             tracing::warn!(
                 target: "aurora_pool",
                 cluster_id = %self.state.cluster_id,
@@ -410,24 +423,28 @@ impl Monitor {
         }
     }
 
-    /// Makes `candidate`, confirmed as the writer through `connection`, the writer of the
-    /// published topology and leaves panic mode.
+    /// Makes `candidate`, confirmed as the writer (through `connection`, or through its
+    /// probe's when `None`), the writer of the published topology and leaves panic mode.
     pub(super) fn adopt_writer(
         &mut self,
         candidate: &str,
-        connection: Box<dyn AdminConnection>,
+        connection: Option<Box<dyn AdminConnection>>,
         topology: Topology,
     ) {
         let elapsed = self.panic_since.map(|t| t.elapsed()).unwrap_or_default();
         let old_writer = self.state.current().writer().id().to_owned();
-        if self.state.settings.failure_detection_enabled && self.probes.contains_key(candidate) {
+        match connection {
+            Some(connection)
+                if !(self.state.settings.failure_detection_enabled
+                    && self.probes.contains_key(candidate)) =>
+            {
+                self.monitoring = Some(Monitoring {
+                    instance: candidate.to_owned(),
+                    connection,
+                });
+            }
             // Its probe serves the topology reads from now on.
-            tokio::spawn(connection.close());
-        } else {
-            self.monitoring = Some(Monitoring {
-                instance: candidate.to_owned(),
-                connection,
-            });
+            other => close_behind(other),
         }
         let was_failing_over = self.panic_since.take().is_some();
         self.agreement = None;
@@ -459,5 +476,13 @@ impl Monitor {
                 "failover finished: writer confirmed"
             );
         }
+    }
+}
+
+/// Closes a confirming connection in the background: one that goes silent must not hold the
+/// monitor.
+fn close_behind(connection: Option<Box<dyn AdminConnection>>) {
+    if let Some(connection) = connection {
+        tokio::spawn(connection.close());
     }
 }
