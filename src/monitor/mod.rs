@@ -88,6 +88,9 @@ struct MonitorState {
     /// Panic mode ended on the readers' agreement while the writer they name stays silent:
     /// writer checkouts fail at once instead of waiting on it.
     writer_silent: AtomicBool,
+    /// The span of the failover that published a topology version, until a pool's routing
+    /// follows that version under it (see [`ClusterHandle::take_failover_span`]).
+    failover_span: Mutex<Option<(u64, tracing::Span)>>,
     registrations: Mutex<Vec<Weak<Registration>>>,
     refresh_now: Notify,
     /// Forced refreshes let through, at most one per high refresh rate.
@@ -111,6 +114,15 @@ impl MonitorState {
         }
         self.failing_over_now.store(failing_over, Ordering::Release);
         self.failing_over.send_replace(failing_over);
+    }
+
+    /// Keeps the span of the failover that publishes a topology version, for the pools'
+    /// routing (`None`: lets it go).
+    fn set_failover_span(&self, kept: Option<(u64, tracing::Span)>) {
+        *self
+            .failover_span
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = kept;
     }
 
     fn set_writer_silent(&self, silent: bool) {
@@ -228,6 +240,21 @@ impl ClusterHandle {
             .unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The span of the failover that published `version` (or an older one), once: the
+    /// first pool whose routing follows it does so in a span under it, so that a failover
+    /// and the routing change it caused are one trace.
+    pub(crate) fn take_failover_span(&self, version: u64) -> Option<tracing::Span> {
+        let mut kept = self
+            .state
+            .failover_span
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match kept.as_ref() {
+            Some((published, _)) if *published <= version => kept.take().map(|(_, span)| span),
+            _ => None,
+        }
+    }
+
     /// Whether the writer is known silent with no other instance holding the role (panic
     /// mode ended on the readers' agreement without it): writer checkouts fail at once.
     pub(crate) fn is_writer_silent(&self) -> bool {
@@ -320,6 +347,7 @@ pub(crate) fn join(
             failing_over_now: AtomicBool::new(false),
             failing_over_since: Mutex::new(None),
             writer_silent: AtomicBool::new(false),
+            failover_span: Mutex::new(None),
             registrations: Mutex::new(vec![Arc::downgrade(registration)]),
             refresh_now: Notify::new(),
             forced_refresh: Throttle::new(),

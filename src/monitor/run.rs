@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::probe::{self, ProbePlan, ProbeReport};
 use super::{MonitorState, Registration};
@@ -114,6 +115,8 @@ struct Monitor {
     /// Panic mode ended on the readers' agreement while this writer stays silent: its
     /// silence does not start panic mode again until it answers or another writer is named.
     settled_without: Option<String>,
+    /// The current failover's trace, from panic mode's start to its verdict.
+    failover: Option<panic::FailoverSpans>,
 }
 
 impl Monitor {
@@ -150,6 +153,7 @@ impl Monitor {
             panic_reads: 0,
             agreement: None,
             settled_without: None,
+            failover: None,
         }
     }
 
@@ -172,7 +176,9 @@ impl Monitor {
         if !judged_lately && let Some(claimant) = self.verdict_due.take() {
             let current = self.state.current().writer().id().to_owned();
             self.last_verdict = Some(Instant::now());
-            self.judge(vec![current, claimant]).await;
+            let claimants = vec![current, claimant];
+            let span = self.confirm_span(&claimants);
+            self.judge(claimants).instrument(span).await;
             return;
         }
         if std::mem::take(&mut self.poll_now) {

@@ -5,6 +5,8 @@
 use std::sync::PoisonError;
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::backend::{Attempt, Backend, Ended, Held, Retried};
 use super::core::{PoolCore, RETRY_PAUSE};
 use super::outcome::{self, Status, Trace};
@@ -63,7 +65,19 @@ pub(crate) async fn retry<B: Backend, T: Send>(
     let mut attempt = 0u32;
     loop {
         attempt += 1;
-        let (connection, instance) = checkout_waiting(core, role, wait_deadline()).await?;
+        // At debug level: a span per call costs the checkout path nothing while the
+        // subscriber filters the crate at info (its callsite is then never enabled).
+        let span = tracing::debug_span!(
+            target: "aurora_pool",
+            "aurora_pool.attempt",
+            attempt,
+            role = ?role,
+            instance = tracing::field::Empty,
+        );
+        let (connection, instance) = checkout_waiting(core, role, wait_deadline())
+            .instrument(span.clone())
+            .await?;
+        span.record("instance", instance.id());
         if B::is_broken(&connection) {
             // Closed while idle (its server went away): nothing was sent, take another.
             B::discard(connection);
@@ -84,7 +98,8 @@ pub(crate) async fn retry<B: Backend, T: Send>(
         };
         let outcome = match held.get() {
             Some(connection) => tokio::select! {
-                ended = attempt_once(core, role, kind, connection, work, &phase, &value) => Some(ended),
+                ended = attempt_once(core, role, kind, connection, work, &phase, &value)
+                    .instrument(span) => Some(ended),
                 _ = core.instance_lost(&instance, role) => {
                     Some(Ended {
                         result: Err(Error::failover(format!(

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use arc_swap::{ArcSwap, ArcSwapOption};
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::backend::Backend;
 use super::login;
@@ -107,7 +108,13 @@ impl<B: Backend> PoolCore<B> {
             let result = topology::discover(conn.as_mut(), dialect, &seed, &addressing).await;
             conn.close().await;
             result
-        };
+        }
+        .instrument(tracing::info_span!(
+            target: "aurora_pool",
+            "aurora_pool.discovery",
+            cluster_id = %config.cluster_id,
+            url_host = %seed,
+        ));
         let (discovered, source) = tokio::time::timeout(config.connect_timeout * 2, discovery)
             .await
             .map_err(|_| {
@@ -417,6 +424,28 @@ impl<B: Backend> PoolCore<B> {
         if stale && !scope_changed {
             return;
         }
+        // The routing change a failover caused belongs to the failover's trace.
+        let span = match self
+            .cluster
+            .load()
+            .as_ref()
+            .and_then(|c| c.take_failover_span(topology.version()))
+        {
+            Some(failover) => tracing::info_span!(
+                target: "aurora_pool",
+                parent: &failover,
+                "aurora_pool.failover.retarget",
+                cluster_id = %self.config.cluster_id,
+                version = topology.version(),
+                writer = topology.writer().id(),
+            ),
+            None => tracing::Span::none(),
+        };
+        self.follow(topology, previous).instrument(span).await;
+    }
+
+    /// Builds and stores the routing table for `topology` (see [`reconcile`](Self::reconcile)).
+    async fn follow(&self, topology: &Arc<Topology>, previous: Arc<RoutingTable<B::Pool>>) {
         let scope = self.scope.current();
         let fresh = if B::CREDENTIALS_PER_CONNECT {
             HashMap::new()

@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
+use tracing::Instrument;
 
 use crate::auth::{
     ConnectTarget, CredentialProvider, Credentials, LoginFailure, MAX_LOGIN_ATTEMPTS,
@@ -161,7 +162,15 @@ pub(crate) async fn fetch(
     target: &ConnectTarget,
     timeout: Duration,
 ) -> Result<Credentials> {
+    let span = tracing::info_span!(
+        target: "aurora_pool",
+        "aurora_pool.credentials",
+        host = %target.host,
+        port = target.port,
+        region = target.region.as_deref(),
+    );
     tokio::time::timeout(timeout, unwind_safe(provider.credentials(target)))
+        .instrument(span)
         .await
         .unwrap_or_else(|_| {
             Err(Error::credentials(format!(

@@ -4,19 +4,28 @@
 
 use std::time::{Duration, Instant};
 
+use tracing::Instrument;
+
 use super::{Monitor, Monitoring};
 use crate::connector::{AdminConnection, AdminTarget, Purpose};
 use crate::monitor::HIGH_RATE_WINDOW;
 use crate::monitor::confirm;
 use crate::monitor::probe::{self, ProbeReport};
-use crate::topology::{Instance, Topology, query_topology};
+use crate::topology::{Dialect, Instance, Topology, query_topology};
 
 /// In panic mode, at most one topology read from a reader (or the URL's host) this often.
 const PANIC_READ_EVERY: Duration = Duration::from_millis(500);
 
 /// How long the topologies read in panic mode must agree before the monitor accepts them
-/// without a confirmed writer (the JDBC wrapper's rule for regional clusters).
-pub(super) const STABLE_TOPOLOGY_FOR: Duration = Duration::from_secs(15);
+/// without a confirmed writer: the JDBC wrapper's rule, 15 s for a regional cluster and
+/// 30 s for a global database (its `STABLE_TOPOLOGIES_DURATION_NANO`: a cross-region
+/// failover leaves the readers' catalogs naming the old writer for longer).
+fn stable_topology_for(dialect: Dialect) -> Duration {
+    match dialect {
+        Dialect::GlobalAuroraPg => Duration::from_secs(30),
+        _ => Duration::from_secs(15),
+    }
+}
 
 /// Consecutive panic-mode topology reads that said the same thing.
 pub(super) struct Agreement {
@@ -37,6 +46,13 @@ impl Agreement {
                 .collect(),
         )
     }
+}
+
+/// One failover's trace: its root span (`aurora_pool.failover`) and the search for the
+/// writer under it (`aurora_pool.failover.search`), open until the verdict.
+pub(super) struct FailoverSpans {
+    root: tracing::Span,
+    search: tracing::Span,
 }
 
 /// What woke a panic-mode step.
@@ -68,13 +84,82 @@ impl Monitor {
         self.state.set_failing_over(true);
         self.update_plan();
         crate::metrics::failover_started(&self.state.cluster_id);
-        tracing::warn!(
+        // A trace of its own: the monitor's task has no caller whose trace it belongs to.
+        let root = tracing::info_span!(
             target: "aurora_pool",
+            parent: None,
+            "aurora_pool.failover",
             cluster_id = %self.state.cluster_id,
+            old_writer = %old_writer,
             reason,
-            instances = self.probes.len(),
-            "failover detected: probing every instance for the writer"
+            new_writer = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+            elapsed_ms = tracing::field::Empty,
         );
+        let search = tracing::info_span!(
+            target: "aurora_pool",
+            parent: &root,
+            "aurora_pool.failover.search",
+            instances = self.probes.len(),
+        );
+        search.in_scope(|| {
+            tracing::warn!(
+                target: "aurora_pool",
+                cluster_id = %self.state.cluster_id,
+                reason,
+                instances = self.probes.len(),
+                "failover detected: probing every instance for the writer"
+            )
+        });
+        self.failover = Some(FailoverSpans { root, search });
+    }
+
+    /// Publishes `topology`, the verdict of the current failover (if one is under way), and
+    /// closes its trace: `outcome` (`succeeded`: a writer confirmed; `failed`: the readers'
+    /// topology accepted without one) and the writer are recorded, and its root span is
+    /// handed to the pools before the topology is published (a pool may follow it at once),
+    /// to stay open until the first pool has followed. A verdict that changes nothing lets
+    /// it go at once: no pool will follow.
+    fn publish_verdict(
+        &mut self,
+        topology: Topology,
+        new_writer: &str,
+        outcome: &str,
+        elapsed: Duration,
+    ) {
+        let Some(FailoverSpans { root, search }) = self.failover.take() else {
+            self.publish(topology);
+            return;
+        };
+        drop(search);
+        root.record("new_writer", new_writer);
+        root.record("outcome", outcome);
+        root.record("elapsed_ms", elapsed.as_millis() as u64);
+        let next = self.state.current().version() + 1;
+        self.state.set_failover_span(Some((next, root)));
+        if !self.publish(topology) {
+            self.state.set_failover_span(None);
+        }
+    }
+
+    /// The span a verdict on `claimants` runs in: under the failover's trace in panic mode,
+    /// a root of its own otherwise (two instances claiming the writer role).
+    pub(super) fn confirm_span(&self, claimants: &[String]) -> tracing::Span {
+        match &self.failover {
+            Some(failover) => tracing::info_span!(
+                target: "aurora_pool",
+                parent: &failover.root,
+                "aurora_pool.failover.confirm",
+                claimants = ?claimants,
+            ),
+            None => tracing::info_span!(
+                target: "aurora_pool",
+                parent: None,
+                "aurora_pool.failover.confirm",
+                cluster_id = %self.state.cluster_id,
+                claimants = ?claimants,
+            ),
+        }
     }
 
     /// One round of panic mode: take in probe reports, and try to confirm a writer
@@ -117,8 +202,11 @@ impl Monitor {
             .filter(|(id, h)| h.writer == Some(true) && !self.rejected.contains(*id))
             .map(|(id, _)| id.clone())
             .collect();
-        if !candidates.is_empty() && self.judge(candidates).await {
-            return;
+        if !candidates.is_empty() {
+            let span = self.confirm_span(&candidates);
+            if self.judge(candidates).instrument(span).await {
+                return;
+            }
         }
         // The readers' agreement ends panic mode for a writer that is silent to this
         // process only; never for one that is down (refusing connections, starting up or
@@ -142,7 +230,7 @@ impl Monitor {
     }
 
     /// Takes in one topology read in panic mode; returns it once the reads have said the
-    /// same for [`STABLE_TOPOLOGY_FOR`].
+    /// same for [`stable_topology_for`] its dialect.
     fn agrees_for_long(&mut self, topology: Topology) -> Option<Topology> {
         let view = Agreement::view_of(&topology);
         match &mut self.agreement {
@@ -156,12 +244,12 @@ impl Monitor {
             }
         }
         let agreement = self.agreement.as_ref()?;
-        (agreement.reads >= 3 && agreement.since.elapsed() >= STABLE_TOPOLOGY_FOR)
-            .then_some(topology)
+        let window = stable_topology_for(topology.dialect());
+        (agreement.reads >= 3 && agreement.since.elapsed() >= window).then_some(topology)
     }
 
     /// Leaves panic mode with no writer confirmed: the readers have agreed on the topology
-    /// for [`STABLE_TOPOLOGY_FOR`], so it is accepted as it is (a writer that only this
+    /// for [`stable_topology_for`] its dialect, so it is accepted as it is (a writer that only this
     /// process cannot reach, a writer too busy to confirm). A writer that the probes
     /// declared dead stays unavailable, and its silence does not start panic mode again
     /// until it answers or the catalog names another writer: without that rule the monitor
@@ -174,12 +262,13 @@ impl Monitor {
             read.abort();
         }
         let writer = topology.writer().id().to_owned();
+        let topology_dialect = topology.dialect();
         let old_writer = self.state.current().writer().id().to_owned();
         self.writer_changed(&old_writer, &writer);
         let silent = self.health.get(&writer).is_none_or(|h| h.dead);
         self.settle_on(silent.then(|| writer.clone()));
         self.failures = 0;
-        self.publish(topology);
+        self.publish_verdict(topology, &writer, "failed", elapsed);
         self.state.set_failing_over(false);
         self.update_plan();
         crate::metrics::failover_ended(&self.state.cluster_id, false, elapsed);
@@ -189,7 +278,8 @@ impl Monitor {
             writer,
             writer_answers = !silent,
             elapsed_ms = elapsed.as_millis() as u64,
-            "panic mode ended without a confirmed writer: the topology read from the readers has not changed for 15 s"
+            stable_for_s = stable_topology_for(topology_dialect).as_secs(),
+            "panic mode ended without a confirmed writer: the topology read from the readers has not changed for the stable window"
         );
     }
 
@@ -460,7 +550,12 @@ impl Monitor {
         self.rejected.remove(candidate);
         self.high_rate_until = Some(Instant::now() + HIGH_RATE_WINDOW);
         self.writer_changed(&old_writer, candidate);
-        self.publish(topology.with_writer(candidate));
+        self.publish_verdict(
+            topology.with_writer(candidate),
+            candidate,
+            "succeeded",
+            elapsed,
+        );
         self.state.set_failing_over(false);
         self.update_plan();
         if was_failing_over {
@@ -484,5 +579,26 @@ impl Monitor {
 fn close_behind(connection: Option<Box<dyn AdminConnection>>) {
     if let Some(connection) = connection {
         tokio::spawn(connection.close());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_global_database_waits_longer_for_agreeing_readers() {
+        assert_eq!(
+            stable_topology_for(Dialect::GlobalAuroraPg),
+            Duration::from_secs(30)
+        );
+        for regional in [
+            Dialect::AuroraPg,
+            Dialect::RdsMultiAzPg,
+            Dialect::RdsPg,
+            Dialect::Pg,
+        ] {
+            assert_eq!(stable_topology_for(regional), Duration::from_secs(15));
+        }
     }
 }
