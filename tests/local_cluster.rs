@@ -647,3 +647,34 @@ async fn a_cluster_left_by_a_killed_run_is_removed_at_the_next_start() {
     assert!(!data.exists(), "the orphan's directory was removed");
     drop(cluster);
 }
+
+/// The README's test pattern twice in one process, at once: `cluster.url()` carries a
+/// cluster id of its own, so the two pools (default settings otherwise) do not meet in the
+/// process-wide monitor registry, and each follows its own cluster.
+#[cfg(feature = "sqlx")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_clusters_in_one_process_need_no_cluster_id() {
+    let (a, b) = tokio::join!(LocalCluster::start(2), LocalCluster::start(2));
+    let (a, b) = (a.expect("cluster a"), b.expect("cluster b"));
+    assert_ne!(a.cluster_id(), b.cluster_id());
+    let first = aurora_pool::AuroraPool::connect(&a.url())
+        .await
+        .expect("a pool on the first cluster");
+    let second = aurora_pool::AuroraPool::connect(&b.url())
+        .await
+        .expect("a pool on the second cluster, while the first is open");
+    for (pool, cluster) in [(&first, &a), (&second, &b)] {
+        let port: String = sqlx::query_scalar("SELECT pg_catalog.current_setting('port')")
+            .fetch_one(&pool.writer())
+            .await
+            .expect("a write");
+        let writer = cluster.direct_addr("instance-1").expect("writer");
+        assert_eq!(
+            port,
+            writer.port().to_string(),
+            "a pool reached the other cluster"
+        );
+    }
+    first.close().await;
+    second.close().await;
+}

@@ -488,15 +488,35 @@ impl LocalCluster {
             .join(",")
     }
 
-    /// `postgres://user:password@<cluster endpoint>/db?instance_endpoints=<encoded>`.
+    /// `postgres://user:password@<cluster endpoint>/db?instance_endpoints=<encoded>&cluster_id=<id>`,
+    /// with this cluster's own [`cluster_id`](Self::cluster_id): the pools of one process
+    /// share a monitor per cluster id, so two tests running at once, each with its own
+    /// cluster and `AuroraPool::connect(&cluster.url())`, must not share the default id.
+    /// A `cluster_id` appended after it wins.
     pub fn url(&self) -> String {
         format!(
-            "postgres://{}:{}@{}/{}?instance_endpoints={}",
+            "postgres://{}:{}@{}/{}?instance_endpoints={}&cluster_id={}",
             url_encode(self.user()),
             url_encode(self.password()),
             self.cluster_endpoint(),
             url_encode(self.database()),
-            url_encode(&self.instance_endpoints_param())
+            url_encode(&self.instance_endpoints_param()),
+            url_encode(&self.cluster_id())
+        )
+    }
+
+    /// A cluster id unique to this cluster in this process and on this machine (`local-`
+    /// and the name of its private directory's suffix), as [`url`](Self::url) carries it.
+    pub fn cluster_id(&self) -> String {
+        let name = self
+            .inner
+            .root
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!(
+            "local-{}",
+            name.strip_prefix("aurora-pool-").unwrap_or(&name)
         )
     }
 
