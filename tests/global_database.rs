@@ -87,11 +87,9 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
     // more of them in flight than the writer's pool has connections, none with a timeout.
     let load = Load::start(&pool, Role::Writer, WRITE, &WRITE_PATHS);
     tokio::time::sleep(Duration::from_millis(700)).await;
-    let in_flight = load.in_flight();
-    let connections = pool.config().writer.max_connections as usize;
-    assert!(
-        in_flight > connections,
-        "only {in_flight} writes in flight when the switchover began (the pool has {connections} connections)"
+    load.assert_in_flight_beyond(
+        pool.config().writer.max_connections,
+        "when the switchover began",
     );
     // When the promotion becomes visible: the global status on instance-3 (what every
     // topology read asks) names it the writer. Polled on a connection of its own, every 5 ms.

@@ -59,11 +59,9 @@ async fn writer_black_hole<F: Flavour>(test: &str, params: &str, bound: Duration
     let (_slot, cluster, pool, load) = writes_under_load::<F>(test, 2, params).await;
     assert!(cluster.blackhole("instance-1", true));
     let silenced = Instant::now();
-    let in_flight = load.in_flight();
-    let connections = pool.config().writer.max_connections as usize;
-    assert!(
-        in_flight > connections,
-        "only {in_flight} calls in flight when the writer went silent (the pool has {connections} connections)"
+    let in_flight = load.assert_in_flight_beyond(
+        pool.config().writer.max_connections,
+        "when the writer went silent",
     );
     cluster
         .failover("instance-2", None)
@@ -119,6 +117,10 @@ async fn a_black_holed_writer_under_load_tuned<F: Flavour>(test: &str) {
 async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
     let bound = Duration::from_millis(2500);
     let (_slot, cluster, pool, load) = writes_under_load::<F>(test, 3, "").await;
+    load.assert_in_flight_beyond(
+        pool.config().writer.max_connections,
+        "when the writer crashed",
+    );
     cluster.crash("instance-1").await.expect("crash");
     let crashed = Instant::now();
     tokio::time::sleep(Duration::from_secs(20)).await;
@@ -160,6 +162,10 @@ async fn a_slow_failover_is_waited_out_with_defaults<F: Flavour>(test: &str) {
 async fn a_slow_failover_outlives_the_reader_it_waits_on<F: Flavour>(test: &str) {
     let bound = Duration::from_millis(2500);
     let (_slot, cluster, pool, load) = writes_under_load::<F>(test, 3, "").await;
+    load.assert_in_flight_beyond(
+        pool.config().writer.max_connections,
+        "when the reader went silent",
+    );
     assert!(cluster.blackhole("instance-2", true));
     let silenced = Instant::now();
     cluster.crash("instance-1").await.expect("crash");

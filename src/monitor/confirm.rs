@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 
 use super::MonitorState;
-use super::probe::{NOT_THE_WRITER, TopologyRead};
+use super::probe::{self, TopologyRead};
 use crate::connector::{AdminConnection, AdminTarget, Purpose};
 use crate::error::Error;
 use crate::topology::{Topology, confirm_writer, query_topology};
@@ -50,25 +50,7 @@ pub(super) async fn through_probe(
     reads: mpsc::Sender<TopologyRead>,
     limit: Duration,
 ) -> Result<Topology, String> {
-    let (reply, answer) = oneshot::channel();
-    let attempt = async {
-        reads
-            .send(TopologyRead {
-                confirm_writer: true,
-                reply,
-            })
-            .await
-            .map_err(|_| "its probe stopped".to_owned())?;
-        match answer.await {
-            Ok(Ok(topology)) => Ok(topology),
-            Ok(Err(err)) if err.to_string().contains(NOT_THE_WRITER) => {
-                Err(NOT_THE_WRITER.to_owned())
-            }
-            Ok(Err(err)) => Err(err.to_string()),
-            Err(_) => Err("its probe dropped the check".to_owned()),
-        }
-    };
-    tokio::time::timeout(limit, attempt)
+    probe::ask(&reads, true, limit)
         .await
-        .unwrap_or_else(|_| Err(format!("no answer within {limit:?}")))
+        .map_err(|err| err.to_string())
 }

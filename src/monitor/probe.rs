@@ -26,7 +26,35 @@ pub(super) struct TopologyRead {
 }
 
 /// Why a [`TopologyRead`] that confirms the writer found none.
-pub(super) const NOT_THE_WRITER: &str = "it is not the writer";
+const NOT_THE_WRITER: &str = "it is not the writer";
+
+/// Sends a [`TopologyRead`] to a probe and waits for its answer, within `limit` (the probe
+/// may be in the middle of a probe first): the one way the monitor asks a probe's
+/// connection for the topology, confirming the writer first when `confirm_writer` says so.
+pub(super) async fn ask(
+    reads: &mpsc::Sender<TopologyRead>,
+    confirm_writer: bool,
+    limit: Duration,
+) -> Result<Topology> {
+    let (reply, answer) = oneshot::channel();
+    let read = async {
+        reads
+            .send(TopologyRead {
+                confirm_writer,
+                reply,
+            })
+            .await
+            .map_err(|_| Error::topology("the instance's probe stopped"))?;
+        answer
+            .await
+            .map_err(|_| Error::topology("the instance's probe dropped the read"))?
+    };
+    tokio::time::timeout(limit, read).await.map_err(|_| {
+        Error::timeout(format!(
+            "the instance's probe did not read the topology within {limit:?}"
+        ))
+    })?
+}
 
 /// How the probes should run now; published by the monitor.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -495,25 +495,7 @@ async fn read_through_probe(
     reads: mpsc::Sender<probe::TopologyRead>,
     state: &MonitorState,
 ) -> Result<Topology> {
-    let limit = state.settings.connect_timeout * 2;
-    let (reply, answer) = tokio::sync::oneshot::channel();
-    let read = async {
-        reads
-            .send(probe::TopologyRead {
-                confirm_writer: false,
-                reply,
-            })
-            .await
-            .map_err(|_| Error::topology("the writer's probe stopped"))?;
-        answer
-            .await
-            .map_err(|_| Error::topology("the writer's probe dropped the read"))?
-    };
-    tokio::time::timeout(limit, read).await.map_err(|_| {
-        Error::timeout(format!(
-            "the writer's probe did not read the topology within {limit:?}"
-        ))
-    })?
+    probe::ask(&reads, false, state.settings.connect_timeout * 2).await
 }
 
 async fn connect_writer_first(

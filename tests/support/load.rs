@@ -95,6 +95,18 @@ impl Load {
         calls.iter().filter(|c| c.ended.is_none()).count()
     }
 
+    /// Asserts that more calls are in flight now than the pool has `connections`: the
+    /// fault that begins `at` (named in the message) meets calls waiting for connections,
+    /// not an idle pool. Returns how many.
+    pub fn assert_in_flight_beyond(&self, connections: u32, at: &str) -> usize {
+        let in_flight = self.in_flight();
+        assert!(
+            in_flight > connections as usize,
+            "only {in_flight} calls in flight {at} (the pool has {connections} connections)"
+        );
+        in_flight
+    }
+
     /// Calls that started before `at` and had not ended by `by`, per path.
     pub fn unfinished(&self, at: Instant, by: Instant) -> Vec<(Path, Duration)> {
         let calls = self.calls.lock().unwrap();
