@@ -62,11 +62,12 @@ pub fn app(pool: AuroraPool) -> Router {
 }
 
 /// Records an event through the pool kept in the state; answers with its id.
-async fn record_event(State(state): State<AppState>) -> Result<String, StatusCode> {
+/// Written the sqlx way: `?` on `sqlx::Error`; the crate's error answers 503 with
+/// `Retry-After` when the writer is failing over, 500 otherwise.
+async fn record_event(State(state): State<AppState>) -> Result<String, aurora_pool::Error> {
     let id: i64 = sqlx::query_scalar("INSERT INTO events DEFAULT VALUES RETURNING id")
         .fetch_one(&state.events)
-        .await
-        .map_err(|_| StatusCode::SERVICE_UNAVAILABLE)?;
+        .await?;
     Ok(id.to_string())
 }
 
@@ -93,8 +94,7 @@ async fn create(
     let id: i64 = sqlx::query_scalar("INSERT INTO items (name) VALUES ($1) RETURNING id")
         .bind(&item.name)
         .fetch_one(&db.writer())
-        .await
-        .map_err(|err| db.pool().classify(err))?;
+        .await?;
     Ok((
         StatusCode::CREATED,
         Json(Item {
@@ -107,8 +107,7 @@ async fn create(
 async fn list(db: Db) -> Result<Json<Vec<Item>>, aurora_pool::Error> {
     let rows: Vec<(i64, String)> = sqlx::query_as("SELECT id, name FROM items ORDER BY id")
         .fetch_all(&db.reader())
-        .await
-        .map_err(|err| db.pool().classify(err))?;
+        .await?;
     Ok(Json(
         rows.into_iter()
             .map(|(id, name)| Item { id, name })

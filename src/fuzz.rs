@@ -153,7 +153,7 @@ proptest! {
             }
             Err(err) => {
                 prop_assert!(err.is_topology(), "{err:?}");
-                prop_assert!(err.to_string().contains("aurora_replica_status()"), "{err}");
+                prop_assert!(format!("{err:#}").contains("aurora_replica_status()"), "{err}");
             }
         }
     }

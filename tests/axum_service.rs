@@ -228,3 +228,154 @@ async fn the_service_rides_through_a_failover_over_http() {
     let _ = stop.send(());
     server.await.expect("server task").expect("server");
 }
+
+/// One answer a client got, and when.
+struct Answered {
+    status: u16,
+    retry_after: bool,
+    at: Instant,
+}
+
+/// `clients` tasks sending `POST path` to `addr` in a loop until `stop` says so; no timeout
+/// of their own beyond `send`'s hang detector.
+fn post_in_a_loop(
+    addr: std::net::SocketAddr,
+    path: &'static str,
+    clients: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<tokio::task::JoinHandle<Vec<Answered>>> {
+    (0..clients)
+        .map(|_| {
+            let stop = stop.clone();
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !*stop.borrow() {
+                    let reply = send(addr, "POST", path, None, None).await;
+                    answers.push(Answered {
+                        status: reply.status,
+                        retry_after: reply.header("retry-after").is_some(),
+                        at: Instant::now(),
+                    });
+                    if reply.status != 200 {
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+                answers
+            })
+        })
+        .collect()
+}
+
+/// A route written the sqlx way for what is not a failover: a division by zero.
+async fn divide_by_zero(
+    axum::extract::State(db): axum::extract::State<sqlx::PgPool>,
+) -> Result<String, aurora_pool::Error> {
+    let n: i32 = sqlx::query_scalar("SELECT 1 / 0").fetch_one(&db).await?;
+    Ok(n.to_string())
+}
+
+async fn serve(app: axum::Router) -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("address");
+    tokio::spawn(axum::serve(listener, app).into_future());
+    addr
+}
+
+/// Handlers written for a plain `PgPool` (`?` on `sqlx::Error`, the pool kept in the
+/// state), default settings, 30 clients in flight on the writer's 10 connections when it
+/// crashes, no caller timeout: every answer is `200` or `503` with `Retry-After` (never a
+/// `500`), each `503` is logged with its kind, writes resume after the promotion; a pool
+/// timeout during the failover (a pool tuned to wait 1 s) is a `503` too, and an error that
+/// is no failover a `500` without `Retry-After`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handlers_written_the_sqlx_way_answer_503_during_a_failover() {
+    support::capture_logs();
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool = support::connect(&cluster, "axum-errors", "").await;
+    let impatient = support::connect(&cluster, "axum-errors", "&acquire_timeout_ms=1000").await;
+    axum_service::prepare(&pool).await.expect("tables");
+    let addr = serve(axum_service::app(pool.clone())).await;
+    let impatient_addr = serve(axum_service::app(impatient.clone())).await;
+    let other_addr = serve(
+        axum::Router::new()
+            .route("/fail", axum::routing::post(divide_by_zero))
+            .with_state(pool.writer())
+            .layer(aurora_pool::tower::AuroraLayer::new(pool.clone())),
+    )
+    .await;
+
+    let failed = send(other_addr, "POST", "/fail", None, None).await;
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert!(failed.header("retry-after").is_none());
+    assert!(
+        support::captured_logs().contains("kind=driver"),
+        "the 500 was not logged with its kind"
+    );
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let clients = post_in_a_loop(addr, "/events", 30, stopped.clone());
+    let impatient_clients = post_in_a_loop(impatient_addr, "/events", 12, stopped);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.crash("instance-1").await.expect("crash");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let promoted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.send(true).expect("stop");
+
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.push(client.await.expect("client"));
+    }
+    let mut impatient_answers = Vec::new();
+    for client in impatient_clients {
+        impatient_answers.extend(client.await.expect("client"));
+    }
+    let unavailable = answers.iter().flatten().filter(|a| a.status == 503).count();
+    eprintln!(
+        "{} answers, {unavailable} answered 503; impatient pool: {} answers, {} answered 503",
+        answers.iter().flatten().count(),
+        impatient_answers.len(),
+        impatient_answers.iter().filter(|a| a.status == 503).count()
+    );
+    for answer in answers.iter().flatten().chain(&impatient_answers) {
+        assert!(
+            answer.status == 200 || (answer.status == 503 && answer.retry_after),
+            "answered {} (Retry-After: {}) during the failover",
+            answer.status,
+            answer.retry_after
+        );
+    }
+    assert!(
+        unavailable > 0,
+        "no request in flight on the crashed writer failed: the test saw no failover"
+    );
+    assert!(
+        impatient_answers.iter().any(|a| a.status == 503),
+        "no pool timeout during the failover"
+    );
+    for (i, client) in answers.iter().enumerate() {
+        assert!(
+            client.iter().any(|a| a.status == 200 && a.at > promoted),
+            "client {i} never wrote after the promotion"
+        );
+    }
+    let logs = support::captured_logs();
+    assert!(
+        logs.contains("answered 503") && logs.contains("kind=failover"),
+        "the 503s were not logged as failovers"
+    );
+    assert!(
+        logs.contains("kind=timeout"),
+        "the pool timeouts were not logged"
+    );
+    assert!(
+        !logs.contains(cluster.password()),
+        "a secret reached the logs"
+    );
+}

@@ -367,7 +367,7 @@ async fn a_pool_without_credentials_says_so<F: Flavour>(test: &str) {
     let mut seen = Vec::new();
     for _ in 0..40 {
         if let Err(err) = pool.fresh_login(Role::Reader).await {
-            seen.push(format!("{err}"));
+            seen.push(format!("{err:#}"));
             if err.is_credentials() {
                 pool.close().await;
                 return;

@@ -207,7 +207,7 @@ async fn detects_rds_multi_az_and_plain_postgres<F: Flavour>(test: &str) {
         .await
         .expect_err("a standby is not a writer");
     assert!(err.is_topology(), "{err}");
-    assert!(err.to_string().contains("standby"), "{err}");
+    assert!(format!("{err:#}").contains("standby"), "{err}");
 }
 
 /// A catalog row whose instance id is not one DNS label (here `x.attacker.example`, which

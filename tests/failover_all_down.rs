@@ -33,7 +33,7 @@ async fn everything_down_fails_clearly_and_recovers<F: Flavour>(test: &str) {
         .await
         .expect_err("nothing to connect to");
     assert!(err.is_failover_failed(), "{err}");
-    assert!(err.to_string().contains("failover_timeout"), "{err}");
+    assert!(format!("{err:#}").contains("failover_timeout"), "{err}");
     assert!(
         started.elapsed() >= Duration::from_millis(1500),
         "{:?}",

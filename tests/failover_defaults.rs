@@ -297,7 +297,7 @@ async fn the_retry_time_limit_bounds_the_whole_call<F: Flavour>(test: &str) {
     let err = outcome.expect_err("cut off by the time limit");
     // Work on the writer outside a transaction may run on after it was abandoned.
     assert!(err.is_outcome_unknown(), "{err:?}");
-    assert!(err.to_string().contains("time limit (1s)"), "{err}");
+    assert!(format!("{err:#}").contains("time limit (1s)"), "{err}");
     eprintln!("{test}: cut off after {:?}", started.elapsed());
     pool.close().await;
 }

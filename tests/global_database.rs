@@ -401,7 +401,7 @@ async fn a_global_database_without_a_home_region_is_a_config_error() {
         .expect_err("no home region");
     assert!(err.is_config(), "{err:?}");
     assert_eq!(err.parameter(), Some("failover_home_region"), "{err}");
-    assert!(err.to_string().contains(WEST), "{err}");
+    assert!(format!("{err:#}").contains(WEST), "{err}");
 }
 
 /// One monitor for the whole global database, whichever URL a pool was opened with: the

@@ -216,7 +216,10 @@ fn iam_tokens_go_only_to_a_verified_server() {
     // TLS that does not verify the server: only with the opt-out, which the error names.
     let err = config("&sslmode=require").expect_err("require");
     assert_eq!(err.parameter(), Some("sslmode"), "{err}");
-    assert!(err.to_string().contains("allow_unverified_server"), "{err}");
+    assert!(
+        format!("{err:#}").contains("allow_unverified_server"),
+        "{err}"
+    );
     config("&sslmode=require&allow_unverified_server=true").expect("require, opted out");
     // verify-ca checks no name: not enough for a token either.
     let err = config("&sslmode=verify-ca").expect_err("verify-ca");

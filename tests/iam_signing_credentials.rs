@@ -200,7 +200,7 @@ async fn a_hanging_credential_chain_holds_up_no_token() {
         .expect("signing waited past the refresh's limit");
     let err = waited.expect_err("the hanging refresh was given up");
     assert!(
-        err.is_credentials() && err.to_string().contains("did not answer"),
+        err.is_credentials() && format!("{err:#}").contains("did not answer"),
         "{err:?}"
     );
     iam.credentials(&instance(201))

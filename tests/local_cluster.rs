@@ -528,7 +528,7 @@ async fn plain_flavour_single_instance() {
         .start()
         .await
         .unwrap_err();
-    assert!(err.to_string().contains("at least 1"), "{err}");
+    assert!(format!("{err:#}").contains("at least 1"), "{err}");
 }
 
 /// A spare instance's port stays held until it is added, so that nothing else (another

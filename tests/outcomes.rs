@@ -173,7 +173,7 @@ async fn failover_timeout_does_not_bound_running_work<F: Flavour>(test: &str) {
         )
         .await
         .expect_err("the caller's limit cuts the work");
-    assert!(err.to_string().contains("time limit"), "{err}");
+    assert!(format!("{err:#}").contains("time limit"), "{err}");
     pool.close().await;
 }
 
@@ -402,7 +402,7 @@ async fn a_commit_across_a_restart_is_unknown_without_a_marker<F: Flavour>(test:
         .await
         .expect_err("the restarted server cannot vouch for the id");
     assert!(err.is_transaction_state_unknown(), "{err:?}");
-    assert!(err.to_string().contains("handed out again"), "{err}");
+    assert!(format!("{err:#}").contains("handed out again"), "{err}");
 }
 
 async fn a_commit_across_a_restart_is_told_by_its_marker<F: Flavour>(test: &str) {
@@ -424,7 +424,7 @@ async fn a_missing_marker_table_is_named<F: Flavour>(test: &str) {
         .await
         .expect_err("no marker table");
     assert_eq!(err.sqlstate(), Some("42P01"), "{err:?}");
-    assert!(err.to_string().contains("outcome_marker"), "{err}");
+    assert!(format!("{err:#}").contains("outcome_marker"), "{err}");
     assert_eq!(
         runs.load(Ordering::SeqCst),
         0,

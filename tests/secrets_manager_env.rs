@@ -227,7 +227,7 @@ async fn pool_from_a_url(moto: &MotoServer, admin: &aws_sdk_secretsmanager::Clie
         .expect_err("an unverifiable server gets no password");
     assert!(err.is_certificate_refused(), "{err:?}");
     assert!(
-        err.to_string().contains("127.0.0.1"),
+        format!("{err:#}").contains("127.0.0.1"),
         "names the host: {err}"
     );
     // A mode that does not verify is refused before anything is fetched or sent...
@@ -235,7 +235,10 @@ async fn pool_from_a_url(moto: &MotoServer, admin: &aws_sdk_secretsmanager::Clie
         .await
         .expect_err("require does not verify the server");
     assert_eq!(err.parameter(), Some("sslmode"), "{err}");
-    assert!(err.to_string().contains("allow_unverified_server"), "{err}");
+    assert!(
+        format!("{err:#}").contains("allow_unverified_server"),
+        "{err}"
+    );
     // ... unless the opt-out says so.
     let pool = AuroraPool::connect(&format!(
         "{}&sslmode=require&allow_unverified_server=true",

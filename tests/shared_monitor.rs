@@ -135,7 +135,7 @@ async fn two_clusters_under_one_cluster_id_are_refused() {
         .expect_err("a second cluster under the same id");
     assert!(err.is_cluster_id_mismatch(), "{err}");
     assert_eq!(err.cluster_id(), Some(id.as_str()));
-    assert!(err.to_string().contains("cluster_id"), "{err}");
+    assert!(format!("{err:#}").contains("cluster_id"), "{err}");
 
     // With its own id the second cluster is fine and isolated.
     let own = AuroraPool::connect(&url_with(

@@ -224,7 +224,7 @@ async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
     ] {
         let err = modes.refused::<F>(&params).await;
         assert!(err.is_certificate_refused(), "{params}: {err:?}");
-        let shown = err.to_string().to_lowercase();
+        let shown = format!("{err:#}").to_lowercase();
         assert!(shown.contains("127.0.0.1"), "names the host: {shown}");
         assert!(
             shown.contains("issuer") || shown.contains("certificate verify failed"),
@@ -252,7 +252,7 @@ async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
         .refused::<F>(&format!("sslmode=verify-full&sslrootcert={own_ca}"))
         .await;
     assert!(err.is_certificate_refused(), "{err:?}");
-    let shown = err.to_string().to_lowercase();
+    let shown = format!("{err:#}").to_lowercase();
     assert!(shown.contains("127.0.0.1"), "names the host: {shown}");
     assert!(
         shown.contains("name") || shown.contains("mismatch"),
@@ -281,7 +281,7 @@ async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
         .await
         .expect_err("an expired certificate");
     assert!(err.is_certificate_refused(), "{err:?}");
-    let shown = err.to_string().to_lowercase();
+    let shown = format!("{err:#}").to_lowercase();
     assert!(shown.contains("instance-1"), "names the instance: {shown}");
     assert!(shown.contains("expired"), "says why: {shown}");
     assert!(
@@ -296,7 +296,7 @@ async fn every_sslmode_as_libpq_documents<F: Flavour>(test: &str) {
         .refused::<F>(&format!("sslmode=verify-ca&sslrootcert={own_ca}"))
         .await;
     assert!(err.is_certificate_refused(), "{err:?}");
-    let shown = err.to_string().to_lowercase();
+    let shown = format!("{err:#}").to_lowercase();
     assert!(shown.contains("expired"), "says why: {shown}");
     assert!(
         modes.encrypted::<F>("sslmode=require").await,

@@ -183,11 +183,14 @@ mod tests {
     #[test]
     fn bad_patterns_are_errors_naming_the_entry() {
         let err = parse_patterns("p", "?.db.example.com").expect_err("no region");
-        assert!(err.to_string().contains("names no region"), "{err}");
+        assert!(format!("{err:#}").contains("names no region"), "{err}");
         let err = parse_patterns("p", "[us-east-1?.db.example.com").expect_err("no ]");
-        assert!(err.to_string().contains("no `]`"), "{err}");
+        assert!(format!("{err:#}").contains("no `]`"), "{err}");
         let err = parse_patterns("p", "[us-east-1]?.a.com,[us-east-1]?.b.com").expect_err("twice");
-        assert!(err.to_string().contains("more than one pattern"), "{err}");
+        assert!(
+            format!("{err:#}").contains("more than one pattern"),
+            "{err}"
+        );
         let err = parse_patterns("p", "[us-east-1]db.example.com").expect_err("no ?");
         assert!(err.is_config(), "{err}");
     }

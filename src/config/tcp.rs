@@ -102,8 +102,8 @@ mod tests {
         assert!(!tcp.keepalives);
         assert!(!tcp.apply_parameter("sslmode", "require").unwrap());
         let err = tcp.apply_parameter("keepalives", "yes").unwrap_err();
-        assert!(err.to_string().contains("keepalives"), "{err}");
+        assert!(format!("{err:#}").contains("keepalives"), "{err}");
         let err = tcp.apply_parameter("keepalives_count", "1000").unwrap_err();
-        assert!(err.to_string().contains("keepalives_count"), "{err}");
+        assert!(format!("{err:#}").contains("keepalives_count"), "{err}");
     }
 }

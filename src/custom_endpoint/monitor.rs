@@ -427,7 +427,7 @@ async fn poll(shared: &Shared, client: &Client) {
                 tracing::warn!(
                     target: "aurora_pool",
                     host = %shared.host,
-                    error = %error,
+                    error = %format_args!("{error:#}"),
                     next_call_ms = pause.as_millis() as u64,
                     "DescribeDBClusterEndpoints was throttled; calling it less often"
                 );
@@ -468,7 +468,7 @@ impl Reported {
 
 /// Logs a failed call at warn level the first time, at debug level while it repeats.
 fn report(shared: &Shared, reported: &mut Reported, error: &Error, next: Duration) {
-    let text = error.to_string();
+    let text = format!("{error:#}");
     if reported.is_new(text.clone()) {
         tracing::warn!(
             target: "aurora_pool",

@@ -128,7 +128,7 @@ async fn describe_sorts_the_failures() {
     stub.fail_next(1, StubFailure::ExpiredToken);
     let err = describe(&client, "sorts").await.unwrap_err();
     assert!(matches!(err, DescribeError::Credentials(_)), "{err:?}");
-    let text = err.error().to_string();
+    let text = format!("{:#}", err.error());
     assert!(err.error().is_credentials());
     assert!(
         text.contains("`sorts`") && text.contains("ExpiredToken") && text.contains("expired"),
@@ -140,7 +140,7 @@ async fn describe_sorts_the_failures() {
     let err = describe(&client, "missing").await.unwrap_err();
     assert!(matches!(err, DescribeError::Other(_)), "{err:?}");
     assert!(err.error().is_topology());
-    let text = err.error().to_string();
+    let text = format!("{:#}", err.error());
     assert!(
         text.contains("`missing`") && text.contains("DBClusterEndpointNotFoundFault"),
         "{text}"
@@ -295,7 +295,7 @@ async fn expired_credentials_fail_and_are_not_hammered() {
         unreachable!()
     };
     assert!(error.is_credentials(), "{error}");
-    assert!(error.to_string().contains("ExpiredToken"), "{error}");
+    assert!(format!("{error:#}").contains("ExpiredToken"), "{error}");
     assert!(last_known.is_none());
     let calls = requests_during(&stub, Duration::from_secs(2)).await;
     assert!(calls <= 1, "{calls} calls in 2 s with expired credentials");
@@ -414,7 +414,7 @@ async fn a_host_without_region_needs_custom_endpoint_region() {
     assert!(err.is_config(), "{err}");
     assert_eq!(err.parameter(), Some("custom_endpoint_region"));
     assert!(
-        err.to_string().contains("reporting.db.example.internal"),
+        format!("{err:#}").contains("reporting.db.example.internal"),
         "{err}"
     );
 }

@@ -470,9 +470,9 @@ mod tests {
     #[test]
     fn what_cannot_be_honoured_is_refused_by_name() {
         let err = options_of("postgres://app@h/db?options[]=x").expect_err("empty name");
-        assert!(err.to_string().contains("options"), "{err}");
+        assert!(format!("{err:#}").contains("options"), "{err}");
         let err = options_of("postgres://app@h/db?user=other").expect_err("second user");
-        assert!(err.to_string().contains("user"), "{err}");
+        assert!(format!("{err:#}").contains("user"), "{err}");
         assert!(options_of("postgres://app@h/db?user=app").is_ok());
     }
 }

@@ -125,7 +125,7 @@ impl SigningCredentials {
             let answer = tokio::time::timeout(REFRESH_LIMIT, provider.provide_credentials()).await;
             refreshing.answer = Some(match answer {
                 Ok(Ok(fresh)) => Ok(fresh),
-                Ok(Err(err)) => Err(err.to_string()),
+                Ok(Err(err)) => Err(format!("{err:#}")),
                 Err(_) => Err(format!(
                     "the credential provider did not answer within {REFRESH_LIMIT:?}"
                 )),
@@ -174,7 +174,7 @@ impl Drop for Refreshing {
                     .map(|d| d.as_secs());
                 tracing::warn!(
                     target: "aurora_pool",
-                    error = %why,
+                    error = %format_args!("{why:#}"),
                     valid_for_s,
                     "refreshing the AWS credentials for IAM authentication failed: signing with the ones in hand while they are valid"
                 );
@@ -233,7 +233,7 @@ mod tests {
             .await
             .expect("the waiter hung on a refresh that had panicked")
             .expect_err("no credentials");
-        assert!(err.to_string().contains("without an answer"), "{err}");
+        assert!(format!("{err:#}").contains("without an answer"), "{err}");
         let later = now + RETRY_AFTER_FAILURE;
         let again = tokio::time::timeout(Duration::from_secs(5), signing.get(&provider, later))
             .await

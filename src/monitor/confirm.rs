@@ -38,7 +38,7 @@ pub(super) async fn candidate(
     match tokio::time::timeout(limit, attempt).await {
         Ok(Ok(Some(found))) => Ok(found),
         Ok(Ok(None)) => Err("it is not the writer".to_owned()),
-        Ok(Err(err)) => Err(err.to_string()),
+        Ok(Err(err)) => Err(format!("{err:#}")),
         Err(_) => Err(format!("no answer within {limit:?}")),
     }
 }
@@ -52,5 +52,5 @@ pub(super) async fn through_probe(
 ) -> Result<Topology, String> {
     probe::ask(&reads, true, limit)
         .await
-        .map_err(|err| err.to_string())
+        .map_err(|err| format!("{err:#}"))
 }

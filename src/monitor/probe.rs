@@ -434,7 +434,7 @@ async fn connected<'c>(
 
 /// What a probe that failed with `err` says of its instance.
 fn outcome_of_failure(err: Error) -> ProbeOutcome {
-    let error = err.to_string();
+    let error = format!("{err:#}");
     if err.class() == ErrorClass::Login {
         return ProbeOutcome::LoginRejected { error };
     }
@@ -466,7 +466,7 @@ async fn probe_once(
     {
         // No credentials to log in with: nothing is known about the instance.
         return ProbeOutcome::Unknown {
-            error: err.to_string(),
+            error: format!("{err:#}"),
         };
     }
     let attempt = async {

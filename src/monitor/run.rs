@@ -313,13 +313,13 @@ impl Monitor {
                 let lost =
                     err.class() == ErrorClass::Network || err.is_timeout() || err.is_topology();
                 if lost && err.class() != ErrorClass::Login && !err.is_busy() {
-                    self.enter_panic(&format!("topology refresh failed: {err}"));
+                    self.enter_panic(&format!("topology refresh failed: {err:#}"));
                 } else {
                     tracing::warn!(
                         target: "aurora_pool",
                         cluster_id = %self.state.cluster_id,
                         failures = self.failures,
-                        error = %err,
+                        error = %format_args!("{err:#}"),
                         "topology refresh failed"
                     );
                 }

@@ -186,7 +186,7 @@ pub(crate) async fn retry<B: Backend, T: Send>(
             cluster_id = %core.config().cluster_id,
             attempt,
             instance = instance.id(),
-            error = %err,
+            error = %format_args!("{err:#}"),
             "running the work again: it cannot have been applied"
         );
         let pause = RetryPolicy::pause(attempt);

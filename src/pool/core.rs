@@ -476,7 +476,7 @@ impl<B: Backend> PoolCore<B> {
                     tracing::error!(
                         target: "aurora_pool",
                         cluster_id = %self.config.cluster_id,
-                        error = %err,
+                        error = %format_args!("{err:#}"),
                         "routing not updated: an instance pool could not be created"
                     );
                     return;

@@ -85,7 +85,7 @@ pub(crate) async fn fetch_credentials(
                 target: "aurora_pool",
                 cluster_id = %config.cluster_id,
                 instance = id,
-                error = %err,
+                error = %format_args!("{err:#}"),
                 "no credentials for a new instance pool; retrying shortly"
             ),
         }
@@ -148,7 +148,7 @@ pub(crate) async fn prefill<B: Backend>(pool: B::Pool, min: u32, instance: Strin
                 Ok(Ok(connection)) => held.push(connection),
                 Ok(Err(err)) => {
                     closed |= err.is_closed();
-                    failed = Some(err.to_string());
+                    failed = Some(format!("{err:#}"));
                 }
                 Err(err) => failed = Some(err.to_string()),
             }

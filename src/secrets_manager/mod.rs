@@ -337,7 +337,7 @@ impl CredentialProvider for SecretsManagerAuth {
                             target: "aurora_pool",
                             secret_id = %self.settings.secret_id,
                             age_s = age.as_secs(),
-                            error = %err,
+                            error = %format_args!("{err:#}"),
                             "Secrets Manager unavailable: using the secret fetched before"
                         );
                         self.lock_cache().stale_until = Some(Instant::now() + STALE_SECRET_RECHECK);

@@ -408,7 +408,7 @@ fn routable(
         Ok(address) => Ok(Some(address)),
         Err(err) if is_writer || (region.is_some() && err.is_config()) => Err(err),
         Err(err) => {
-            tracing::warn!(target: "aurora_pool", error = %err, "topology row skipped");
+            tracing::warn!(target: "aurora_pool", error = %format_args!("{err:#}"), "topology row skipped");
             Ok(None)
         }
     }

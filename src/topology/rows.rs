@@ -247,7 +247,7 @@ mod tests {
         ];
         let err = aurora_rows(&rows).unwrap_err();
         assert!(err.is_topology());
-        assert!(err.to_string().contains("no writer"), "{err}");
+        assert!(format!("{err:#}").contains("no writer"), "{err}");
         assert!(aurora_rows(&[]).unwrap_err().is_topology());
     }
 

@@ -90,12 +90,10 @@ pub struct FailoverResponse;
 #[cfg(feature = "axum")]
 mod axum_impls {
     use axum::extract::FromRequestParts;
-    use axum::response::{IntoResponse, Response};
     use http::StatusCode;
-    use http::header::RETRY_AFTER;
     use http::request::Parts;
 
-    use super::{Db, FailoverResponse};
+    use super::Db;
 
     impl<S: Send + Sync> FromRequestParts<S> for Db {
         type Rejection = (StatusCode, &'static str);
@@ -105,39 +103,6 @@ mod axum_impls {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "aurora_pool::tower::AuroraLayer is not installed on this route",
             ))
-        }
-    }
-
-    /// Failover errors ([`is_failover`](crate::Error::is_failover),
-    /// [`is_failover_failed`](crate::Error::is_failover_failed)) become `503` with
-    /// `Retry-After: 1` and the [`FailoverResponse`] marker: `run` and `transaction` never
-    /// end with these after applying anything, so sending the request again is safe. An
-    /// unknown outcome ([`is_outcome_unknown`](crate::Error::is_outcome_unknown): a write
-    /// whose connection was lost after it was sent, a `COMMIT` whose fate could not be found)
-    /// is not: it becomes `500` with a body that says the outcome is unknown, no
-    /// `Retry-After`, and no marker, so the layer never turns it into a `503` that invites a
-    /// client to apply the request twice. Anything else is a bare `500` that reveals nothing
-    /// about the database.
-    impl IntoResponse for crate::Error {
-        fn into_response(self) -> Response {
-            if self.is_outcome_unknown() {
-                (
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "outcome unknown: the database connection was lost after the change was sent; it may or may not have been applied, check before sending it again",
-                )
-                    .into_response()
-            } else if self.is_failover() || self.is_failover_failed() {
-                let mut response = (
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    [(RETRY_AFTER, "1")],
-                    "the database is failing over; retry shortly",
-                )
-                    .into_response();
-                response.extensions_mut().insert(FailoverResponse);
-                response
-            } else {
-                (StatusCode::INTERNAL_SERVER_ERROR, "internal error").into_response()
-            }
         }
     }
 }

@@ -13,13 +13,15 @@ use pin_project_lite::pin_project;
 
 use super::db::FailoverResponse;
 use super::layer::{ReadYourWrites, now_ms};
+use crate::AuroraPool;
+use tokio::task::futures::TaskLocalFuture;
 
 pin_project! {
     /// The response future of [`AuroraService`](super::AuroraService).
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: F,
+        inner: TaskLocalFuture<AuroraPool, F>,
         wrote: Arc<AtomicBool>,
         read_your_writes: Option<ReadYourWrites>,
         retry_after: Option<Duration>,
@@ -28,7 +30,7 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
-        inner: F,
+        inner: TaskLocalFuture<AuroraPool, F>,
         wrote: Arc<AtomicBool>,
         read_your_writes: Option<ReadYourWrites>,
         retry_after: Option<Duration>,

@@ -16,8 +16,11 @@
 //! **Failover to HTTP.** With [`AuroraLayer::failover_to_503`], a response that carries a
 //! [`FailoverResponse`] extension becomes `503 Service Unavailable` with `Retry-After`;
 //! every other response passes through untouched. With the `axum` feature,
-//! [`Error`](crate::Error) implements `IntoResponse`: failover errors become 503 with
-//! `Retry-After` (and the marker), anything else a bare 500 that reveals nothing.
+//! [`Error`](crate::Error) implements `IntoResponse`: what a retry can cure (a failover, a
+//! lost connection, a pool timeout) becomes 503 with `Retry-After` (and the marker), an
+//! unknown outcome a 500 that says so, anything else a bare 500 that reveals nothing; each is
+//! logged with its kind. `?` on a `sqlx::Error` in a handler returning
+//! `Result<_, aurora_pool::Error>` works the same: the layer's pool classifies it.
 //!
 //! ```no_run
 //! # #[cfg(feature = "axum")]
@@ -29,8 +32,7 @@
 //! async fn count(db: Db) -> Result<String, aurora_pool::Error> {
 //!     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items")
 //!         .fetch_one(&db.reader())
-//!         .await
-//!         .map_err(|err| db.pool().classify(err))?;
+//!         .await?;
 //!     Ok(n.to_string())
 //! }
 //!
@@ -47,6 +49,9 @@ mod future;
 mod health;
 mod layer;
 mod policy;
+#[cfg(feature = "axum")]
+mod response;
+mod scope;
 mod service;
 
 pub use db::{Db, FailoverResponse};

@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::db::Db;
 use super::future::ResponseFuture;
 use super::layer::{AuroraLayer, now_ms};
+use super::scope;
 use crate::AuroraPool;
 use crate::topology::Role;
 
@@ -78,7 +79,7 @@ where
             .extensions_mut()
             .insert(Db::new(layer.pool.clone(), role, sticky, wrote.clone()));
         ResponseFuture::new(
-            self.inner.call(request),
+            scope::serve(layer.pool.clone(), self.inner.call(request)),
             wrote,
             layer.read_your_writes.clone(),
             layer.retry_after,

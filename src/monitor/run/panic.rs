@@ -343,7 +343,7 @@ impl Monitor {
                             target: "aurora_pool",
                             cluster_id = %cluster_id,
                             address = %address,
-                            error = %err,
+                            error = %format_args!("{err:#}"),
                             "panic mode: reading the topology failed"
                         );
                         None

@@ -93,7 +93,7 @@ impl Monitor {
                     target: "aurora_pool",
                     cluster_id = %self.state.cluster_id,
                     instance = %report.instance,
-                    error = %error,
+                    error = %format_args!("{error:#}"),
                     "health probe could not run"
                 );
             }
@@ -111,7 +111,7 @@ impl Monitor {
                     health.writer = None;
                     if is_writer && self.panic_since.is_none() {
                         panic_reason = Some(format!(
-                            "writer {} is starting up or shutting down: {error}",
+                            "writer {} is starting up or shutting down: {error:#}",
                             report.instance
                         ));
                     }
@@ -120,7 +120,7 @@ impl Monitor {
                     target: "aurora_pool",
                     cluster_id = %self.state.cluster_id,
                     instance = %report.instance,
-                    error = %error,
+                    error = %format_args!("{error:#}"),
                     "instance busy"
                 );
             }
@@ -135,7 +135,7 @@ impl Monitor {
                         target: "aurora_pool",
                         cluster_id = %self.state.cluster_id,
                         instance = %report.instance,
-                        error = %error,
+                        error = %format_args!("{error:#}"),
                         "health probe login rejected: check the pool's credentials"
                     );
                 }
@@ -162,7 +162,7 @@ impl Monitor {
                         cluster_id = %self.state.cluster_id,
                         instance = %report.instance,
                         failing_for_ms = report.at.duration_since(since).as_millis() as u64,
-                        error = %error,
+                        error = %format_args!("{error:#}"),
                         "instance declared unreachable"
                     );
                 }
@@ -170,7 +170,7 @@ impl Monitor {
                 let settled = self.settled_without.as_deref() == Some(report.instance.as_str());
                 if health.dead && is_writer && self.panic_since.is_none() && !settled {
                     panic_reason = Some(format!(
-                        "writer {} is unreachable: {error}",
+                        "writer {} is unreachable: {error:#}",
                         report.instance
                     ));
                 }

@@ -356,7 +356,7 @@ impl<B: Backend> PoolCore<B> {
                 tracing::warn!(
                     target: "aurora_pool",
                     cluster_id = %self.config.cluster_id,
-                    error = %err,
+                    error = %format_args!("{err:#}"),
                     "{what} was closed and could not be replaced"
                 );
                 return false;

@@ -57,7 +57,7 @@ impl<B: Backend> PoolCore<B> {
                     target: "aurora_pool",
                     cluster_id = %self.config.cluster_id,
                     instance = slot.instance.id(),
-                    error = %err,
+                    error = %format_args!("{err:#}"),
                     "renewing credentials failed; new connections keep the current ones"
                 );
             }
@@ -123,7 +123,7 @@ impl<B: Backend> PoolCore<B> {
                     target: "aurora_pool",
                     cluster_id = %self.config.cluster_id,
                     instance = slot.instance.id(),
-                    error = %err,
+                    error = %format_args!("{err:#}"),
                     "renewing refused credentials failed"
                 );
                 false

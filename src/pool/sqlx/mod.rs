@@ -386,6 +386,13 @@ impl AuroraPool {
         self.classify_as(None, err)
     }
 
+    /// [`classify`](AuroraPool::classify) for an error already wrapped as the crate's (`?` on
+    /// a `sqlx::Error` in an axum handler).
+    #[cfg(feature = "axum")]
+    pub(crate) fn classify_error(&self, err: Error) -> Error {
+        self.react_to(None, err)
+    }
+
     /// [`classify`](AuroraPool::classify) for a connection taken for `role`, when known.
     fn classify_as(&self, role: Option<Role>, err: sqlx::Error) -> Error {
         self.react_to(role, from_sqlx(err, "the statement"))

@@ -1,12 +1,20 @@
 //! The crate's error type.
 //!
 //! [`Error`] is opaque (a boxed private kind, like `tokio_postgres::Error`) so that it can grow
-//! new cases without breaking users. Ask it what happened with the predicates
-//! ([`Error::is_config`], [`Error::is_connect`], ...) and reach the driver's own error through
-//! [`std::error::Error::source`].
+//! new cases without breaking users. Ask it what happened with [`Error::kind`] or the
+//! predicates ([`Error::is_config`], [`Error::is_connect`], ...); reach the driver's own error
+//! with [`Error::as_sqlx`] / [`Error::as_tokio_postgres`] or through
+//! [`std::error::Error::source`]. `Display` prints this error's own message only; the
+//! alternate form (`{:#}`) adds its causes, as `anyhow` does.
 
 use std::error::Error as StdError;
 use std::fmt;
+
+mod class;
+mod kind;
+
+pub use class::ErrorClass;
+pub use kind::ErrorKind;
 
 /// A boxed error from a driver or from the operating system.
 pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
@@ -14,6 +22,16 @@ pub(crate) type BoxError = Box<dyn StdError + Send + Sync + 'static>;
 /// The error type of every fallible operation in this crate.
 ///
 /// Messages never contain passwords or tokens: they name parameters, instances and addresses.
+///
+/// `{}` prints this error's message alone; its cause is [`source()`](StdError::source), as
+/// error reporters that walk the chain expect. `{:#}` prints the message and every cause
+/// after it, for a log line:
+///
+/// ```
+/// # fn show(err: &aurora_pool::Error) {
+/// tracing::warn!(kind = %err.kind(), error = %format_args!("{err:#}"), "query failed");
+/// # }
+/// ```
 pub struct Error(Box<Inner>);
 
 struct Inner {
@@ -67,44 +85,6 @@ enum Kind {
     /// The caller's work (in `run` or `transaction`) failed with an error of its own type,
     /// which is handed back unchanged; this kind never reaches the caller.
     Work,
-}
-
-/// What kind of failure a driver error reports, from its SQLSTATE or I/O error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum ErrorClass {
-    /// The connection broke or the server is shutting down or unreachable (SQLSTATE classes
-    /// 08, 58, 99, F0, codes 57P01-57P03, and I/O errors).
-    Network,
-    /// The login was refused (28P01, 28000, 08004).
-    Login,
-    /// A write reached a read-only instance (25006): the writer was demoted.
-    ReadOnly,
-    /// Anything else: constraint violations, syntax errors, the caller's own timeouts.
-    Other,
-}
-
-impl ErrorClass {
-    /// Classifies a SQLSTATE the way the AWS drivers do.
-    pub fn from_sqlstate(sqlstate: &str) -> ErrorClass {
-        match sqlstate {
-            "28P01" | "28000" | "08004" => ErrorClass::Login,
-            "25006" => ErrorClass::ReadOnly,
-            "57P01" | "57P02" | "57P03" => ErrorClass::Network,
-            s if ["08", "58", "99", "F0"].iter().any(|p| s.starts_with(p)) => ErrorClass::Network,
-            _ => ErrorClass::Other,
-        }
-    }
-
-    /// Whether this failure means the instance should be considered gone or demoted, so
-    /// that the topology must be re-read.
-    ///
-    /// [`ReadOnly`](ErrorClass::ReadOnly) counts only on a connection to the writer: a write
-    /// sent to a reader, or inside a `READ ONLY` transaction, is the caller's mistake, and
-    /// the crate's own role-aware paths return it as the driver's error.
-    pub fn triggers_failover(self) -> bool {
-        matches!(self, ErrorClass::Network | ErrorClass::ReadOnly)
-    }
 }
 
 /// SQLSTATEs of an instance that is alive but refuses new sessions for now: too many
@@ -476,6 +456,71 @@ impl Error {
     pub fn sqlstate(&self) -> Option<&str> {
         self.0.sqlstate.as_deref()
     }
+
+    /// What went wrong, as one value to `match` on.
+    pub fn kind(&self) -> ErrorKind {
+        match self.0.kind {
+            Kind::Config { .. } => ErrorKind::Config,
+            Kind::Connect => ErrorKind::Connect,
+            Kind::Certificate => ErrorKind::CertificateRefused,
+            Kind::Topology => ErrorKind::Topology,
+            Kind::ClusterIdMismatch { .. } => ErrorKind::ClusterIdMismatch,
+            Kind::NoReader => ErrorKind::NoReader,
+            Kind::Closed => ErrorKind::Closed,
+            Kind::Timeout => ErrorKind::Timeout,
+            Kind::Failover => ErrorKind::Failover,
+            Kind::TransactionStateUnknown => ErrorKind::TransactionStateUnknown,
+            Kind::OutcomeUnknown => ErrorKind::OutcomeUnknown,
+            Kind::FailoverFailed => ErrorKind::FailoverFailed,
+            // The caller's own error travels as `Work` inside the retry loop only.
+            Kind::Driver | Kind::Work => ErrorKind::Driver,
+            Kind::Credentials => ErrorKind::Credentials,
+            Kind::CustomEndpoint => ErrorKind::CustomEndpointUnavailable,
+        }
+    }
+
+    /// The first error of type `T` in the chain of causes.
+    fn cause<T: StdError + 'static>(&self) -> Option<&T> {
+        let mut source = StdError::source(self);
+        while let Some(err) = source {
+            if let Some(found) = err.downcast_ref::<T>() {
+                return Some(found);
+            }
+            source = err.source();
+        }
+        None
+    }
+
+    /// The `sqlx::Error` behind this error, when sqlx reported it (a server's error, a broken
+    /// connection, a pool timeout): `as_database_error()`, `is_unique_violation()` and the
+    /// rest work on it as on an error from a plain `PgPool`.
+    ///
+    /// ```no_run
+    /// # async fn f(pool: aurora_pool::AuroraPool) -> aurora_pool::Result<()> {
+    /// let result = pool
+    ///     .run(aurora_pool::Role::Writer, |conn| {
+    ///         Box::pin(async move { sqlx::query("INSERT INTO users (email) VALUES ('a@b')").execute(conn).await })
+    ///     })
+    ///     .await;
+    /// match result {
+    ///     Err(err) if err.as_sqlx().and_then(|e| e.as_database_error()).is_some_and(|e| e.is_unique_violation()) => {
+    ///         // already there
+    ///     }
+    ///     other => { other?; }
+    /// }
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "sqlx")]
+    pub fn as_sqlx(&self) -> Option<&sqlx::Error> {
+        self.cause::<sqlx::Error>()
+    }
+
+    /// The `tokio_postgres::Error` behind this error, when the deadpool flavour's driver
+    /// reported it: `code()` and `as_db_error()` work on it as with plain deadpool-postgres.
+    #[cfg(feature = "deadpool")]
+    pub fn as_tokio_postgres(&self) -> Option<&tokio_postgres::Error> {
+        self.cause::<tokio_postgres::Error>()
+    }
 }
 
 impl fmt::Debug for Error {
@@ -508,11 +553,30 @@ impl fmt::Display for Error {
             )?,
             _ => f.write_str(&self.0.message)?,
         }
-        if let Some(source) = &self.0.source {
-            write!(f, ": {source}")?;
+        if f.alternate() {
+            write_causes(f, StdError::source(self))?;
         }
         Ok(())
     }
+}
+
+/// Writes `: cause` for each error of the chain from `source`, skipping a cause whose text
+/// the one before already printed (sqlx's and the OS's errors often repeat their source).
+fn write_causes(
+    f: &mut fmt::Formatter<'_>,
+    source: Option<&(dyn StdError + 'static)>,
+) -> fmt::Result {
+    let mut last = String::new();
+    let mut source = source;
+    while let Some(err) = source {
+        let text = err.to_string();
+        if !last.contains(&text) {
+            write!(f, ": {text}")?;
+        }
+        last = text;
+        source = err.source();
+    }
+    Ok(())
 }
 
 impl StdError for Error {
@@ -528,105 +592,4 @@ impl StdError for Error {
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn config_errors_name_the_parameter() {
-        let err = Error::config("cluster_id", "must not be empty");
-        assert!(err.is_config());
-        assert_eq!(err.parameter(), Some("cluster_id"));
-        assert_eq!(
-            err.to_string(),
-            "invalid configuration: `cluster_id`: must not be empty"
-        );
-        assert!(!err.is_connect());
-    }
-
-    #[test]
-    fn classifies_sqlstates_like_the_aws_drivers() {
-        for network in [
-            "08006", "08001", "57P01", "57P02", "57P03", "58030", "99999", "F0000",
-        ] {
-            assert_eq!(
-                ErrorClass::from_sqlstate(network),
-                ErrorClass::Network,
-                "{network}"
-            );
-        }
-        for login in ["28P01", "28000", "08004"] {
-            assert_eq!(
-                ErrorClass::from_sqlstate(login),
-                ErrorClass::Login,
-                "{login}"
-            );
-        }
-        assert_eq!(ErrorClass::from_sqlstate("25006"), ErrorClass::ReadOnly);
-        // A statement the caller cancelled or timed out is not a network failure.
-        for other in ["57014", "23505", "42601", "40001", "53300", "25P02"] {
-            assert_eq!(
-                ErrorClass::from_sqlstate(other),
-                ErrorClass::Other,
-                "{other}"
-            );
-        }
-        assert!(ErrorClass::ReadOnly.triggers_failover());
-        assert!(!ErrorClass::Login.triggers_failover());
-    }
-
-    #[test]
-    fn failover_kinds_are_distinguishable() {
-        let failover = Error::failover("lost").with_sqlstate(Some("57P01".into()));
-        assert!(failover.is_failover() && failover.is_retryable());
-        assert_eq!(failover.class(), ErrorClass::Network);
-        let unknown = failover.in_transaction();
-        assert!(unknown.is_transaction_state_unknown() && !unknown.is_failover());
-        assert_eq!(unknown.sqlstate(), Some("57P01"));
-        let failed = Error::failover_failed("no writer");
-        assert!(failed.is_failover_failed() && !failed.is_retryable());
-        assert!(
-            !Error::driver("x")
-                .in_transaction()
-                .is_transaction_state_unknown()
-        );
-    }
-
-    #[test]
-    fn only_a_refusal_or_a_close_is_proof_of_death() {
-        let io = |kind: std::io::ErrorKind, text: &str| {
-            Error::connect("connecting to db:5432 failed")
-                .with_source(std::io::Error::new(kind, text.to_owned()))
-        };
-        for kind in [
-            std::io::ErrorKind::ConnectionRefused,
-            std::io::ErrorKind::ConnectionReset,
-            std::io::ErrorKind::UnexpectedEof,
-        ] {
-            assert!(io(kind, "gone").is_refused_or_closed(), "{kind:?}");
-        }
-        // What a failed name lookup looks like from tokio and the drivers.
-        let dns = io(
-            std::io::ErrorKind::Other,
-            "failed to lookup address information: Name or service not known",
-        );
-        assert!(!dns.is_refused_or_closed());
-        assert!(!io(std::io::ErrorKind::TimedOut, "slow").is_refused_or_closed());
-        assert!(!Error::connect("no source").is_refused_or_closed());
-        // One session terminated by an administrator: not the instance's death.
-        let terminated = Error::driver("terminating connection due to administrator command")
-            .with_sqlstate(Some("57P01".into()));
-        assert!(!terminated.is_refused_or_closed());
-    }
-
-    #[test]
-    fn source_and_sqlstate_are_kept() {
-        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
-        let err = Error::connect("cannot reach instance-1 at 127.0.0.1:1")
-            .with_source(io)
-            .with_sqlstate(Some("08001".into()));
-        assert_eq!(err.sqlstate(), Some("08001"));
-        let source = err.source().expect("source kept");
-        assert_eq!(source.to_string(), "refused");
-        assert!(err.to_string().ends_with(": refused"));
-    }
-}
+mod tests;
