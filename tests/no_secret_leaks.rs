@@ -72,7 +72,10 @@ async fn no_password_in_debug_errors_or_logs<F: Flavour>(test: &str) {
         .expect_err("unknown user");
     assert_clean(
         "a login error",
-        &format!("{err} {err:#} {err:?} {:?}", std::error::Error::source(&err)),
+        &format!(
+            "{err} {err:#} {err:?} {:?}",
+            std::error::Error::source(&err)
+        ),
     );
     let err = Config::from_url(&format!("{url}&colour=blue")).expect_err("bad parameter");
     assert_clean("a configuration error", &format!("{err} {err:#} {err:?}"));
