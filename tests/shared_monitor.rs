@@ -194,3 +194,86 @@ async fn both_flavours_share_one_monitor() {
         "the monitor outlived its last pool"
     );
 }
+
+/// The way parallel `#[tokio::test]`s meet the shared monitor: pool A, on a runtime of its
+/// own, starts the monitor; pool B, on another runtime, joins it; A's test ends (its pool
+/// dropped, its runtime shut down, the monitor's task with it). With default settings, B
+/// still follows a writer crash: the monitor runs again on B's runtime.
+fn a_monitor_outlives_the_runtime_that_started_it<F: support::flavour::Flavour>(test: &str) {
+    let runtime = |threads: usize| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(threads)
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    // The cluster's own helpers live on a runtime of their own for the whole test.
+    let cluster_runtime = runtime(1);
+    let cluster = cluster_runtime
+        .block_on(LocalCluster::start(3))
+        .expect("cluster");
+    let config = aurora_pool::Config::from_url(&url_with(
+        &cluster,
+        &format!("cluster_id={}", unique_cluster_id(test)),
+    ))
+    .expect("config");
+
+    let first = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pool_a: F = first
+        .block_on(F::connect_with(config.clone()))
+        .expect("pool A");
+    let second = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let pool_b: F = second.block_on(F::connect_with(config)).expect("pool B");
+    // Test A ends.
+    drop(pool_a);
+    drop(first);
+
+    second.block_on(async {
+        let writer = pool_b.handle(aurora_pool::Role::Writer);
+        let before = F::handle_text(&writer, support::flavour::INSTANCE_ID).await;
+        assert_eq!(before.as_deref(), Ok("instance-1"));
+        cluster.crash("instance-1").await.expect("crash");
+        cluster
+            .failover("instance-2", None)
+            .await
+            .expect("failover");
+        let promoted = std::time::Instant::now();
+        let mut last = Err(String::new());
+        while promoted.elapsed() < Duration::from_secs(5) {
+            last = F::handle_text(&writer, support::flavour::INSTANCE_ID).await;
+            if last.as_deref() == Ok("instance-2") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(
+            last.as_deref(),
+            Ok("instance-2"),
+            "pool B never followed the failover, {:?} after the promotion",
+            promoted.elapsed()
+        );
+    });
+    drop(pool_b);
+    drop(second);
+    let _entered = cluster_runtime.enter();
+    drop(cluster);
+}
+
+#[test]
+fn sqlx_a_monitor_outlives_the_runtime_that_started_it() {
+    a_monitor_outlives_the_runtime_that_started_it::<AuroraPool>("sqlx-monitor-runtime");
+}
+
+#[cfg(feature = "deadpool")]
+#[test]
+fn deadpool_a_monitor_outlives_the_runtime_that_started_it() {
+    a_monitor_outlives_the_runtime_that_started_it::<aurora_pool::deadpool::AuroraPool>(
+        "deadpool-monitor-runtime",
+    );
+}

@@ -96,6 +96,21 @@ struct MonitorState {
     /// Forced refreshes let through, at most one per high refresh rate.
     forced_refresh: Throttle,
     settings: MonitorSettings,
+    /// True while a task runs the monitor. The task runs on the runtime of the pool that
+    /// started it; when that runtime shuts down (one `#[tokio::test]` of many ending) the
+    /// task is dropped, this turns false, and a pool on another runtime starts it again
+    /// there ([`ClusterHandle::keep_running`]).
+    running: watch::Sender<bool>,
+}
+
+/// Held by the task that runs the monitor: marks it stopped however the task ends (its
+/// runtime shut down, the monitor stopped).
+struct Running(Arc<MonitorState>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.send_replace(false);
+    }
 }
 
 impl MonitorState {
@@ -206,6 +221,43 @@ pub(crate) struct ClusterHandle {
 }
 
 impl ClusterHandle {
+    /// Starts the monitor's task on the current runtime unless one runs, or the monitor
+    /// was stopped, or there is no runtime here. Returns whether it started one.
+    pub(crate) fn keep_running(&self) -> bool {
+        if *self.shutdown.borrow() {
+            return false;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return false;
+        };
+        let claimed = self.state.running.send_if_modified(|running| {
+            let claimed = !*running;
+            *running = true;
+            claimed
+        });
+        if !claimed {
+            return false;
+        }
+        let running = Running(self.state.clone());
+        let (state, shutdown) = (self.state.clone(), self.shutdown.subscribe());
+        runtime.spawn(async move {
+            let _running = running;
+            run::supervise(state, shutdown).await;
+        });
+        true
+    }
+
+    /// The `cluster_id` the monitor serves.
+    pub(crate) fn cluster_id(&self) -> &str {
+        &self.state.cluster_id
+    }
+
+    /// A receiver that is true while a task runs the monitor (see
+    /// [`keep_running`](Self::keep_running)).
+    pub(crate) fn running(&self) -> watch::Receiver<bool> {
+        self.state.running.subscribe()
+    }
+
     /// The current topology snapshot.
     pub(crate) fn topology(&self) -> Arc<Topology> {
         self.state.current()
@@ -275,7 +327,7 @@ impl ClusterHandle {
 
 impl Drop for ClusterHandle {
     fn drop(&mut self) {
-        let _ = self.shutdown.send(true);
+        self.shutdown.send_replace(true);
         let mut registry = REGISTRY.lock().unwrap_or_else(PoisonError::into_inner);
         if registry
             .get(&self.state.cluster_id)
@@ -328,6 +380,13 @@ pub(crate) fn join(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(Arc::downgrade(registration));
+            if handle.keep_running() {
+                tracing::info!(
+                    target: "aurora_pool",
+                    cluster_id,
+                    "cluster monitor restarted on this pool's runtime: the runtime that ran it shut down"
+                );
+            }
             tracing::debug!(target: "aurora_pool", cluster_id, "pool joined the running cluster monitor");
             return Ok(handle);
         }
@@ -352,10 +411,11 @@ pub(crate) fn join(
             refresh_now: Notify::new(),
             forced_refresh: Throttle::new(),
             settings,
+            running: watch::channel(false).0,
         });
-        let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(run::supervise(state.clone(), shutdown_rx));
+        let (shutdown, _) = watch::channel(false);
         let handle = Arc::new(ClusterHandle { state, shutdown });
+        handle.keep_running();
         registry.insert(cluster_id.to_owned(), Arc::downgrade(&handle));
         tracing::info!(
             target: "aurora_pool",

@@ -324,6 +324,11 @@ impl<B: Backend> PoolCore<B> {
         }
     }
 
+    /// The cluster monitor this pool follows (none behind RDS Proxy, or once closed).
+    pub(crate) fn cluster_handle(&self) -> Option<Arc<ClusterHandle>> {
+        self.cluster.load_full()
+    }
+
     /// Asks the cluster monitor to re-read the topology now.
     pub(crate) fn request_refresh(&self) {
         if let Some(cluster) = &*self.cluster.load() {

@@ -41,6 +41,14 @@ pub(crate) async fn reconcile_on_updates<B: Backend>(
     mut updates: watch::Receiver<Arc<Topology>>,
     mut scope: ScopeSource,
 ) {
+    let mut running = core
+        .upgrade()
+        .and_then(|core| core.cluster_handle())
+        .map(|cluster| {
+            let mut running = cluster.running();
+            running.mark_changed();
+            running
+        });
     loop {
         let scope_changed = tokio::select! {
             changed = updates.changed() => {
@@ -50,10 +58,42 @@ pub(crate) async fn reconcile_on_updates<B: Backend>(
                 false
             }
             _ = scope.changed() => true,
+            () = monitor_stopped(&mut running) => {
+                // The runtime that ran the cluster's monitor shut down: run it on this one.
+                if let Some(cluster) = core.upgrade().and_then(|core| core.cluster_handle())
+                    && cluster.keep_running()
+                {
+                    tracing::info!(
+                        target: "aurora_pool",
+                        cluster_id = %cluster.cluster_id(),
+                        "cluster monitor restarted on this pool's runtime: the runtime that ran it shut down"
+                    );
+                }
+                continue;
+            }
         };
         let topology = updates.borrow_and_update().clone();
         let Some(core) = core.upgrade() else { break };
         core.reconcile(&topology, scope_changed).await;
+    }
+}
+
+/// Resolves when the cluster monitor's task is seen to stop (and at once when it was
+/// stopped before the first call); never when there is no monitor to watch (a pool through
+/// RDS Proxy) or its state is gone. A monitor that stays stopped (shut down with its last
+/// pool) resolves it once.
+async fn monitor_stopped(running: &mut Option<watch::Receiver<bool>>) {
+    let Some(receiver) = running else {
+        return std::future::pending().await;
+    };
+    loop {
+        if receiver.changed().await.is_err() {
+            *running = None;
+            return std::future::pending().await;
+        }
+        if !*receiver.borrow_and_update() {
+            return;
+        }
     }
 }
 
