@@ -495,7 +495,7 @@ async fn bad_secrets_are_errors_without_their_values() {
         let auth = SecretsManagerAuth::with_client(SecretsManagerSettings::new("aur/missing"), client);
         let err = auth.credentials(&target()).await.expect_err("no such secret");
         assert!(err.is_credentials(), "{err}");
-        let shown = err.to_string();
+        let shown = format!("{err:#}");
         assert!(shown.contains("aur/missing"), "{shown}");
         assert!(shown.contains("ResourceNotFoundException"), "{shown}");
         let service = err
@@ -531,7 +531,7 @@ async fn an_unreachable_endpoint_is_a_credentials_error() {
         );
         let err = auth.credentials(&target()).await.expect_err("unreachable");
         assert!(err.is_credentials(), "{err}");
-        let shown = err.to_string();
+        let shown = format!("{err:#}");
         assert!(
             shown.contains("aur/app") && shown.contains("eu-west-1"),
             "{shown}"
