@@ -47,7 +47,7 @@ pub mod tower;
 pub use config::{Auth, Builder, Config, FailoverMode, GlobalReadMode, GlobalSettings, PoolSizing};
 #[cfg(feature = "custom-endpoint")]
 pub use custom_endpoint::settings::CustomEndpointSettings;
-pub use error::{Error, ErrorClass, ErrorKind, Result};
+pub use error::{Error, ErrorClass, ErrorContext, ErrorKind, InstanceState, RecentEvent, Result};
 pub use monitor::ClusterEvent;
 #[cfg(feature = "sqlx")]
 pub use pool::{AuroraPool, AuroraPoolOptions};

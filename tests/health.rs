@@ -6,6 +6,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
+use aurora_pool::Role;
 use aurora_pool::testing::LocalCluster;
 use support::eventually;
 use support::flavour::{Flavour, connect, flavour_tests};
@@ -40,6 +41,7 @@ async fn health_follows_a_writer_failover<F: Flavour>(test: &str) {
 
     // The writer crashes; the promotion comes 3 s later: writes are unservable meanwhile,
     // reads go on.
+    let mut held = pool.hold(Role::Writer).await.expect("a writer connection");
     let crashed = SystemTime::now();
     cluster.crash("instance-1").await.expect("crash");
     let mut during = pool.health();
@@ -57,6 +59,29 @@ async fn health_follows_a_writer_failover<F: Flavour>(test: &str) {
         "the search began before the crash: {since:?} < {crashed:?}"
     );
     assert!(during.failing_over_for().is_some(), "{during:?}");
+    // A failover-class error explains itself: what the pool knew when it happened.
+    let lost = pool
+        .held_instance_id(&mut held)
+        .await
+        .expect_err("the writer crashed under its connection");
+    assert!(lost.is_failover(), "{lost:?}");
+    let context = lost
+        .context()
+        .expect("a failover error carries its context");
+    assert_eq!(context.writer, "instance-1", "{context}");
+    assert_eq!(context.instances.len(), 3, "{context}");
+    assert!(context.failing_over_for.is_some(), "{context}");
+    let shown = format!("{lost:#}");
+    assert!(
+        shown.contains("searching for a new writer") && shown.contains("instance-1 (writer"),
+        "{shown}"
+    );
+    assert!(!shown.contains(cluster.password()), "{shown}");
+    assert!(
+        !lost.to_string().contains("searching"),
+        "the plain form prints one level: {lost}"
+    );
+    drop(held);
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(
         !pool.health().writes,

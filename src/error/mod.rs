@@ -11,9 +11,11 @@ use std::error::Error as StdError;
 use std::fmt;
 
 mod class;
+mod context;
 mod kind;
 
 pub use class::ErrorClass;
+pub use context::{ErrorContext, InstanceState, RecentEvent};
 pub use kind::ErrorKind;
 
 /// A boxed error from a driver or from the operating system.
@@ -44,6 +46,8 @@ struct Inner {
     /// The cluster's kind means this SQLSTATE as a network failure (see
     /// `Dialect::read_error`).
     network: bool,
+    /// What the pool knew when a failover-class error happened.
+    context: Option<Box<ErrorContext>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -100,6 +104,7 @@ impl Error {
             source: None,
             busy: false,
             network: false,
+            context: None,
         }))
     }
 
@@ -270,6 +275,36 @@ impl Error {
                 .sqlstate
                 .as_deref()
                 .is_some_and(|s| BUSY_SQLSTATES.contains(&s))
+    }
+
+    /// Whether the error is of a failover class (a lost connection, a failover, a wait for
+    /// an instance that ran out, an unknown outcome) and has no [`ErrorContext`] yet.
+    pub(crate) fn wants_context(&self) -> bool {
+        self.0.context.is_none()
+            && matches!(
+                self.0.kind,
+                Kind::Connect
+                    | Kind::Failover
+                    | Kind::FailoverFailed
+                    | Kind::NoReader
+                    | Kind::Timeout
+                    | Kind::OutcomeUnknown
+                    | Kind::TransactionStateUnknown
+            )
+    }
+
+    /// Attaches what the pool knew when the error happened.
+    pub(crate) fn with_context(mut self, context: ErrorContext) -> Self {
+        self.0.context = Some(Box::new(context));
+        self
+    }
+
+    /// What the pool knew when this failover-class error happened (the writer, each
+    /// instance's role and state, the failover under way, the last cluster events), for
+    /// errors from a pool's checkouts, `run`, `transaction` and `classify`. The alternate
+    /// form (`{:#}`) prints it after the causes.
+    pub fn context(&self) -> Option<&ErrorContext> {
+        self.0.context.as_deref()
     }
 
     /// Attaches the SQLSTATE the server reported.
@@ -534,6 +569,9 @@ impl fmt::Debug for Error {
         if let Some(source) = &self.0.source {
             d.field("source", source);
         }
+        if let Some(context) = &self.0.context {
+            d.field("context", context);
+        }
         d.finish()
     }
 }
@@ -555,6 +593,9 @@ impl fmt::Display for Error {
         }
         if f.alternate() {
             write_causes(f, StdError::source(self))?;
+            if let Some(context) = &self.0.context {
+                write!(f, " [{context}]")?;
+            }
         }
         Ok(())
     }

@@ -169,3 +169,52 @@ fn every_kind_has_its_own_name() {
     assert!(Error::failover("f").is_failover());
     assert_eq!(Error::no_reader("n").kind().as_str(), "no_reader");
 }
+
+#[test]
+fn the_context_prints_after_the_causes_in_the_alternate_form_only() {
+    use crate::ClusterEvent;
+    use crate::topology::Role;
+    use std::time::Duration;
+    let context = ErrorContext {
+        cluster_id: "orders".into(),
+        topology_version: 4,
+        writer: "instance-1".into(),
+        instances: vec![
+            InstanceState {
+                id: "instance-1".into(),
+                role: Role::Writer,
+                available: false,
+            },
+            InstanceState {
+                id: "instance-2".into(),
+                role: Role::Reader,
+                available: true,
+            },
+        ],
+        failing_over_for: Some(Duration::from_millis(1250)),
+        writer_silent: false,
+        recent_events: vec![RecentEvent {
+            ago: Duration::from_millis(900),
+            event: ClusterEvent::InstanceDown {
+                instance: "instance-1".into(),
+            },
+        }],
+    };
+    let err = Error::failover("the connection to instance-1 was lost")
+        .with_source(std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "reset by peer",
+        ))
+        .with_context(context);
+    assert!(!err.wants_context());
+    assert_eq!(err.to_string(), "the connection to instance-1 was lost");
+    assert_eq!(
+        format!("{err:#}"),
+        "the connection to instance-1 was lost: reset by peer [cluster `orders` at topology v4: \
+         writer instance-1; instances instance-1 (writer, down), instance-2 (reader, up); \
+         searching for a new writer for 1250 ms; recent events: instance-1 is down (900 ms ago)]"
+    );
+    assert!(format!("{err:?}").contains("context"));
+    assert!(Error::driver("duplicate key").context().is_none());
+    assert!(!Error::driver("duplicate key").wants_context());
+}

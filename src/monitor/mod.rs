@@ -14,10 +14,10 @@ mod events;
 mod probe;
 mod run;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, PoisonError, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::{Notify, broadcast, watch};
 
@@ -101,6 +101,8 @@ struct MonitorState {
     /// task is dropped, this turns false, and a pool on another runtime starts it again
     /// there ([`ClusterHandle::keep_running`]).
     running: watch::Sender<bool>,
+    /// The last events published, with when, for errors' context.
+    recent: Mutex<VecDeque<(Instant, ClusterEvent)>>,
 }
 
 /// Held by the task that runs the monitor: marks it stopped however the task ends (its
@@ -188,7 +190,18 @@ impl MonitorState {
             topology = %new,
             "topology changed"
         );
-        for event in events::between(&old, &new) {
+        let events = events::between(&old, &new);
+        {
+            let mut recent = self.recent.lock().unwrap_or_else(PoisonError::into_inner);
+            let now = Instant::now();
+            for event in &events {
+                if recent.len() == crate::ErrorContext::EVENTS_KEPT {
+                    recent.pop_front();
+                }
+                recent.push_back((now, event.clone()));
+            }
+        }
+        for event in events {
             // No subscriber is fine.
             let _ = self.events.send(event);
         }
@@ -245,6 +258,21 @@ impl ClusterHandle {
             run::supervise(state, shutdown).await;
         });
         true
+    }
+
+    /// The last cluster events, oldest first, with how long ago each happened.
+    pub(crate) fn recent_events(&self) -> Vec<crate::RecentEvent> {
+        let now = Instant::now();
+        self.state
+            .recent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .iter()
+            .map(|(at, event)| crate::RecentEvent {
+                ago: now.saturating_duration_since(*at),
+                event: event.clone(),
+            })
+            .collect()
     }
 
     /// The `cluster_id` the monitor serves.
@@ -412,6 +440,7 @@ pub(crate) fn join(
             forced_refresh: Throttle::new(),
             settings,
             running: watch::channel(false).0,
+            recent: Mutex::new(VecDeque::new()),
         });
         let (shutdown, _) = watch::channel(false);
         let handle = Arc::new(ClusterHandle { state, shutdown });

@@ -43,6 +43,19 @@ pub(crate) async fn retry<B: Backend, T: Send>(
     kind: Attempt,
     work: &mut impl Retried<B::Connection, T>,
 ) -> Result<T> {
+    retry_unexplained(core, policy, role, kind, work)
+        .await
+        .map_err(|err| core.explained(err))
+}
+
+/// [`retry`] before its failover-class errors get the pool's [`crate::ErrorContext`].
+async fn retry_unexplained<B: Backend, T: Send>(
+    core: &PoolCore<B>,
+    policy: RetryPolicy,
+    role: Role,
+    kind: Attempt,
+    work: &mut impl Retried<B::Connection, T>,
+) -> Result<T> {
     let started = Instant::now();
     let limit = policy.time_limit();
     let call_deadline = limit.map(|limit| tokio::time::Instant::now() + limit);

@@ -263,13 +263,53 @@ impl<B: Backend> PoolCore<B> {
         table.reads.pool.clone()
     }
 
+    /// `err` with what the pool knows now ([`Error::context`]), when it is of a failover
+    /// class: on the error path only, never on a checkout that succeeds.
+    pub(crate) fn explained(&self, err: Error) -> Error {
+        if !err.wants_context() {
+            return err;
+        }
+        let topology = self.routing.load().topology.clone();
+        let cluster = self.cluster.load_full();
+        let writer = topology.writer();
+        let instances = std::iter::once(writer)
+            .chain(
+                topology
+                    .instances()
+                    .iter()
+                    .filter(|i| i.id() != writer.id()),
+            )
+            .map(|instance| crate::InstanceState {
+                id: instance.id().to_owned(),
+                role: instance.role(),
+                available: instance.is_available(),
+            })
+            .collect();
+        let context = crate::ErrorContext {
+            cluster_id: self.config.cluster_id.clone(),
+            topology_version: topology.version(),
+            writer: writer.id().to_owned(),
+            instances,
+            failing_over_for: cluster
+                .as_ref()
+                .and_then(|cluster| cluster.failing_over_since())
+                .and_then(|since| std::time::SystemTime::now().duration_since(since).ok()),
+            writer_silent: cluster.as_ref().is_some_and(|c| c.is_writer_silent()),
+            recent_events: cluster
+                .as_ref()
+                .map(|cluster| cluster.recent_events())
+                .unwrap_or_default(),
+        };
+        err.with_context(context)
+    }
+
     /// [`reads`](PoolCore::reads), or an error when no instance may serve reads now.
     pub(crate) fn try_reads(&self) -> Result<B::Pool> {
         if self.is_closed() {
             return Err(Error::closed());
         }
         if self.routing.load().reads.targets.routes().is_empty() {
-            return Err(self.no_reader());
+            return Err(self.explained(self.no_reader()));
         }
         Ok(self.reads())
     }
@@ -304,7 +344,7 @@ impl<B: Backend> PoolCore<B> {
         }
         if role.fails_over_on(err.class()) {
             self.request_refresh();
-            return err.into_failover();
+            return self.explained(err.into_failover());
         }
         err
     }

@@ -73,7 +73,9 @@ impl<B: Backend> PoolCore<B> {
     /// connection is on.
     pub(crate) async fn checkout(&self, role: Role) -> Result<(B::Connection, Arc<Instance>)> {
         let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
-        self.checkout_until(role, deadline).await
+        self.checkout_until(role, deadline)
+            .await
+            .map_err(|err| self.explained(err))
     }
 
     /// [`checkout`](PoolCore::checkout) that gives up at `deadline`.
