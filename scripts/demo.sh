@@ -3,5 +3,9 @@
 # writer crash and when writes resumed on the new writer, with the default settings.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/install-deps.sh
+# Only the PostgreSQL server binaries: the demo needs nothing else (no Python, no moto).
+scripts/install-deps.sh postgres
+echo "demo: building the example (the first build compiles the dependencies: a few minutes)" >&2
+cargo build --example demo --features testing
+echo "demo: running" >&2
 cargo run --quiet --example demo --features testing

@@ -60,6 +60,67 @@ async fn reads_of<F: Flavour>(pool: &F) -> BTreeSet<String> {
     seen
 }
 
+/// When the promotion of `instance` becomes visible: the global status on it (what every
+/// topology read asks) names it the writer. Polled on a connection of its own, every 5 ms.
+/// The emulation ends recovery first and updates its catalog right after: returns both
+/// moments.
+async fn promotion_visible(cluster: &LocalCluster, instance: &str) -> (Instant, Instant) {
+    let url = format!(
+        "postgres://{}:{}@{}/{}?sslmode=disable",
+        cluster.user(),
+        cluster.password(),
+        cluster.direct_addr(instance).expect("the instance"),
+        cluster.database()
+    );
+    let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("a connection watching the promoted instance");
+    let mut out_of_recovery = None;
+    loop {
+        let (in_recovery, writer): (bool, Option<String>) = sqlx::query_as(
+            "SELECT pg_catalog.pg_is_in_recovery(), (SELECT server_id FROM \
+             aurora_global_db_instance_status() WHERE session_id = 'MASTER_SESSION_ID')",
+        )
+        .fetch_one(&mut watcher)
+        .await
+        .expect("watching the promoted instance");
+        if !in_recovery && out_of_recovery.is_none() {
+            out_of_recovery = Some(Instant::now());
+        }
+        if writer.as_deref() == Some(instance) {
+            tracing::info!("test: promotion visible");
+            return (out_of_recovery.unwrap_or_else(Instant::now), Instant::now());
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Prints, for every write path, when its first write reached `instance` after `visible`
+/// against #25's bound; returns the paths none reached it through.
+fn report_paths(
+    test: &str,
+    load: &Load,
+    instance: &str,
+    visible: Instant,
+) -> Vec<support::load::Path> {
+    let mut never = Vec::new();
+    for path in WRITE_PATHS {
+        let first = load.first_on(path, instance, visible);
+        let verdict = match first {
+            Some(after) if after <= SWITCHOVER_BOUND => "within the bound",
+            Some(_) => "OVER THE BOUND",
+            None => "never",
+        };
+        println!(
+            "{test}: {path:?}: first write on {instance} {first:?} after its promotion became visible ({verdict} of {SWITCHOVER_BOUND:?})"
+        );
+        if first.is_none() {
+            never.push(path);
+        }
+    }
+    never
+}
+
 async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>(test: &str) {
     support::trace();
     let cluster = global_cluster().await;
@@ -91,40 +152,7 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
         pool.config().writer.max_connections,
         "when the switchover began",
     );
-    // When the promotion becomes visible: the global status on instance-3 (what every
-    // topology read asks) names it the writer. Polled on a connection of its own, every 5 ms.
-    // The emulation ends recovery first and updates its catalog right after; that first
-    // moment is printed too.
-    let promotion_visible = async {
-        let url = format!(
-            "postgres://{}:{}@{}/{}?sslmode=disable",
-            cluster.user(),
-            cluster.password(),
-            cluster.direct_addr("instance-3").expect("instance-3"),
-            cluster.database()
-        );
-        let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-            .await
-            .expect("a connection watching instance-3");
-        let mut out_of_recovery = None;
-        loop {
-            let (in_recovery, writer): (bool, Option<String>) = sqlx::query_as(
-                "SELECT pg_catalog.pg_is_in_recovery(), (SELECT server_id FROM \
-                 aurora_global_db_instance_status() WHERE session_id = 'MASTER_SESSION_ID')",
-            )
-            .fetch_one(&mut watcher)
-            .await
-            .expect("watching instance-3");
-            if !in_recovery && out_of_recovery.is_none() {
-                out_of_recovery = Some(Instant::now());
-            }
-            if writer.as_deref() == Some("instance-3") {
-                tracing::info!("test: promotion visible");
-                return (out_of_recovery.unwrap_or_else(Instant::now), Instant::now());
-            }
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    };
+    let promotion_visible = promotion_visible(&cluster, "instance-3");
     let switch = async {
         tokio::time::sleep(Duration::from_millis(200)).await;
         cluster
@@ -135,21 +163,7 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
     let ((out_of_recovery, visible), ()) = tokio::join!(promotion_visible, switch);
     // The issue's bound (#25) is printed, not asserted: see SWITCHOVER_BOUND.
     tokio::time::sleep_until((visible + MOVE_WINDOW).into()).await;
-    let mut never = Vec::new();
-    for path in WRITE_PATHS {
-        let first = load.first_on(path, "instance-3", visible);
-        let verdict = match first {
-            Some(after) if after <= SWITCHOVER_BOUND => "within the bound",
-            Some(_) => "OVER THE BOUND",
-            None => "never",
-        };
-        println!(
-            "{test}: {path:?}: first write on the new primary region {first:?} after its promotion became visible ({verdict} of {SWITCHOVER_BOUND:?})"
-        );
-        if first.is_none() {
-            never.push(path);
-        }
-    }
+    let never = report_paths(test, &load, "instance-3", visible);
     if let Some(first) = WRITE_PATHS
         .iter()
         .filter_map(|&path| load.first_on(path, "instance-3", out_of_recovery))
@@ -189,6 +203,92 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
     })
     .await;
     assert!(moved, "reads left the home region: {}", pool.topology());
+    pool.close().await;
+}
+
+/// #25 item 5: a crash of the primary region's writer, followed by a promotion in the same
+/// region, with default settings: 30 writers in flight through every path, no caller
+/// timeout; every path writes on the promoted instance within [`MOVE_WINDOW`] of its
+/// promotion becoming visible (and [`SWITCHOVER_BOUND`] is printed per path); no write lands
+/// anywhere else from then on; reads through the kept `reader()` handle and `acquire`
+/// stay on the home region's readers throughout (the promoted instance, a reader of the
+/// other region until then, serves no read before it is the writer).
+async fn an_in_region_crash_is_followed_and_reads_stay_home<F: Flavour>(test: &str) {
+    let cluster = global_cluster().await;
+    let pool: F = connect(&cluster, test, &format!("failover_home_region={WEST}")).await;
+    assert_eq!(reads_of(&pool).await, set(&["instance-3", "instance-4"]));
+    pool.execute("CREATE TABLE global_t (n int)")
+        .await
+        .expect("create");
+    support::replicated(&cluster, "global_t").await;
+
+    let reads = Load::start(
+        &pool,
+        Role::Reader,
+        support::flavour::HELD_INSTANCE_ID,
+        &[
+            support::load::Path::KeptHandle,
+            support::load::Path::Acquire,
+        ],
+    );
+    let load = Load::start(&pool, Role::Writer, WRITE, &WRITE_PATHS);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    load.assert_in_flight_beyond(
+        pool.config().writer.max_connections,
+        "when the writer crashed",
+    );
+    let crash_and_promote = async {
+        cluster.crash("instance-1").await.expect("crash");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        cluster
+            .failover("instance-2", None)
+            .await
+            .expect("in-region failover");
+    };
+    let ((_, visible), ()) =
+        tokio::join!(promotion_visible(&cluster, "instance-2"), crash_and_promote);
+    tokio::time::sleep_until((visible + MOVE_WINDOW).into()).await;
+    let never = report_paths(test, &load, "instance-2", visible);
+    assert!(
+        never.is_empty(),
+        "no write through {never:?} reached the promoted writer within {MOVE_WINDOW:?} of its promotion becoming visible: {}",
+        pool.topology()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = load.stop(Duration::from_secs(5)).await;
+    let reads = reads.stop(Duration::from_secs(5)).await;
+    let answered = load.answered_by();
+    assert!(
+        answered
+            .iter()
+            .all(|id| id == "instance-1" || id == "instance-2"),
+        "writes answered by {answered:?}"
+    );
+    let strays = load.strays_after(visible + MOVE_WINDOW, "instance-2");
+    assert!(
+        strays.is_empty(),
+        "writes after the move that did not land on the new writer: {strays:?}"
+    );
+    // Reads: the home region's readers; the writer only as the documented fallback while
+    // no home reader is up (a replica the failover had to rebuild), never the other
+    // region's reader.
+    let answers = reads.answers();
+    assert!(!answers.is_empty(), "no read was answered");
+    let away: Vec<_> = answers
+        .iter()
+        .filter(|(started, id)| match id.as_str() {
+            "instance-3" | "instance-4" => false,
+            "instance-2" => *started < visible,
+            _ => true,
+        })
+        .collect();
+    assert!(away.is_empty(), "reads left the home region: {away:?}");
+    let on_writer = answers.iter().filter(|(_, id)| id == "instance-2").count();
+    println!(
+        "{test}: {} reads, {on_writer} on the writer while no home reader was up",
+        answers.len()
+    );
+    assert_eq!(pool.topology().writer().id(), "instance-2");
     pool.close().await;
 }
 
@@ -385,6 +485,7 @@ async fn credentials_are_asked_for_each_instances_region<F: Flavour>(test: &str)
 
 flavour_tests!(
     reads_stay_home_and_writes_follow_a_cross_region_switchover,
+    an_in_region_crash_is_followed_and_reads_stay_home,
     credentials_are_asked_for_each_instances_region,
     a_lagging_reader_serves_no_reads,
     with_no_home_reader_reads_use_the_writer_or_wait,

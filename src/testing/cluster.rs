@@ -38,6 +38,11 @@ const PSQL_TIMEOUT: Duration = Duration::from_secs(30);
 pub(super) const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of server log quoted in errors.
 const LOG_LINES: usize = 30;
+
+/// Rounds of "read the old writer's flush position, wait for the replicas to replay it" before
+/// a failover kills it, while the position still moves.
+const CATCH_UP_ROUNDS: u32 = 3;
+
 /// Per-instance settings file included from postgresql.conf.
 const INSTANCE_CONF: &str = "aurora_pool_instance.conf";
 
@@ -1302,22 +1307,33 @@ impl Inner {
             // WAL before it (also asynchronously committed client writes).
             let flush =
                 "SELECT pg_catalog.txid_current(); SELECT pg_catalog.pg_current_wal_flush_lsn()";
-            match self
-                .psql(old, "postgres", flush)
-                .map(|out| out.lines().last().unwrap_or_default().to_owned())
-            {
-                Ok(lsn) => {
-                    for r in std::iter::once(new).chain(others.iter().copied()) {
-                        if self.is_running(r)
-                            && let Err(e) = self.wait_replayed(r, &lsn, Duration::from_secs(5))
-                        {
-                            tracing::warn!(target: TARGET, instance = %r.id, error = %e, "replica did not catch up before failover");
-                        }
+            // Writes go on meanwhile: catch up again while the flush position moves, a few
+            // rounds, so that what the old writer loses when it is killed is only what it
+            // committed in the last moment (replication is asynchronous here; Aurora's
+            // shared storage loses nothing).
+            let mut caught_up_to: Option<String> = None;
+            for _ in 0..CATCH_UP_ROUNDS {
+                let lsn = match self
+                    .psql(old, "postgres", flush)
+                    .map(|out| out.lines().last().unwrap_or_default().to_owned())
+                {
+                    Ok(lsn) => lsn,
+                    Err(e) => {
+                        tracing::warn!(target: TARGET, error = %e, "old writer unreachable before failover");
+                        break;
+                    }
+                };
+                if caught_up_to.as_ref() == Some(&lsn) {
+                    break;
+                }
+                for r in std::iter::once(new).chain(others.iter().copied()) {
+                    if self.is_running(r)
+                        && let Err(e) = self.wait_replayed(r, &lsn, Duration::from_secs(5))
+                    {
+                        tracing::warn!(target: TARGET, instance = %r.id, error = %e, "replica did not catch up before failover");
                     }
                 }
-                Err(e) => {
-                    tracing::warn!(target: TARGET, error = %e, "old writer unreachable before failover")
-                }
+                caught_up_to = Some(lsn);
             }
         }
         if let Some(mode) = stop_mode {

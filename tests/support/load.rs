@@ -167,6 +167,18 @@ impl Load {
             .collect()
     }
 
+    /// The instance that answered each call, with when the call started.
+    pub fn answers(&self) -> Vec<(Instant, String)> {
+        let calls = self.calls.lock().unwrap();
+        calls
+            .iter()
+            .filter_map(|c| match &c.outcome {
+                Some(Ok(id)) => Some((c.started, id.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The instances that answered calls, one entry per call.
     pub fn answered_by(&self) -> Vec<String> {
         let calls = self.calls.lock().unwrap();
@@ -196,7 +208,7 @@ impl Load {
 }
 
 fn text(err: aurora_pool::Error) -> String {
-    err.to_string()
+    format!("{err:#}")
 }
 
 /// Every path to the writer.
