@@ -15,6 +15,82 @@ use crate::topology::Dialect;
 
 /// The URL parameters the PostgreSQL drivers understand; they pass through to each
 /// connection.
+/// Every parameter the URL accepts: a misspelt one is refused with the closest of these.
+pub(super) const KNOWN_PARAMETERS: &[&str] = &[
+    "acquire_timeout_ms",
+    "allow_unqualified_host_pattern",
+    "allow_unverified_server",
+    "auth",
+    "cluster_id",
+    "cluster_instance_host_pattern",
+    "cluster_topology_high_refresh_rate_ms",
+    "cluster_topology_refresh_rate_ms",
+    "connect_timeout",
+    "dialect",
+    "failover_home_region",
+    "failover_mode",
+    "failover_timeout_ms",
+    "failure_detection_count",
+    "failure_detection_enabled",
+    "failure_detection_interval_ms",
+    "failure_detection_time_ms",
+    "global_cluster_instance_host_patterns",
+    "global_read_mode",
+    "iam_default_port",
+    "iam_expiration_s",
+    "iam_host",
+    "iam_region",
+    "idle_timeout_ms",
+    "instance_endpoints",
+    "keepalives",
+    "keepalives_count",
+    "keepalives_idle",
+    "keepalives_interval",
+    "max_lifetime_ms",
+    "max_replica_lag_ms",
+    "reader_host_selector_strategy",
+    "reader_max_connections",
+    "reader_min_connections",
+    "secrets_manager_connect_retry_interval_ms",
+    "secrets_manager_connect_retry_timeout_ms",
+    "secrets_manager_endpoint",
+    "secrets_manager_expiration_s",
+    "secrets_manager_region",
+    "secrets_manager_secret_id",
+    "secrets_manager_secret_password_key",
+    "secrets_manager_secret_username_key",
+    "tcp_user_timeout",
+    "writer_max_connections",
+    "writer_min_connections",
+];
+
+/// The known parameter closest to `key` (a few edits away at most), to name in the error.
+fn closest_known(key: &str) -> Option<&'static str> {
+    KNOWN_PARAMETERS
+        .iter()
+        .chain(DRIVER_PARAMETERS)
+        .map(|known| (edit_distance(key, known), *known))
+        .filter(|(distance, known)| *distance <= (known.len() / 4).max(2))
+        .min_by_key(|(distance, _)| *distance)
+        .map(|(_, known)| known)
+}
+
+/// Levenshtein distance, by characters.
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut row: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut diagonal = row[0];
+        row[0] = i + 1;
+        for (j, cb) in b.iter().enumerate() {
+            let substituted = diagonal + usize::from(ca != *cb);
+            diagonal = row[j + 1];
+            row[j + 1] = substituted.min(row[j] + 1).min(row[j + 1] + 1);
+        }
+    }
+    row[b.len()]
+}
+
 const DRIVER_PARAMETERS: &[&str] = &[
     "sslmode",
     "ssl-mode",
@@ -147,7 +223,13 @@ impl Config {
                 ),
                 _ => Error::config(
                     &key,
-                    "unknown parameter (see the README for the supported ones)",
+                    match closest_known(&key) {
+                        Some(known) => format!(
+                            "unknown parameter; did you mean `{known}`? (the README's Configuration lists the supported ones)"
+                        ),
+                        None => "unknown parameter (the README's Configuration lists the supported ones)"
+                            .to_owned(),
+                    },
                 ),
             });
         }

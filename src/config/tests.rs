@@ -380,3 +380,41 @@ fn the_ssl_mode_applied_follows_libpq_and_the_credentials() {
         "the opt-out leaves libpq's default"
     );
 }
+
+#[test]
+fn a_misspelt_parameter_names_the_closest_known_one() {
+    let base = "postgres://app@db.cluster-abc.us-east-1.rds.amazonaws.com/app";
+    for (typo, meant) in [
+        ("failover_timout_ms", "failover_timeout_ms"),
+        (
+            "failure_detection_intervall_ms",
+            "failure_detection_interval_ms",
+        ),
+        ("writer_max_conections", "writer_max_connections"),
+        ("ssl_mode", "sslmode"),
+        ("clusterid", "cluster_id"),
+    ] {
+        let err = Config::from_url(&format!("{base}?{typo}=1")).expect_err(typo);
+        assert_eq!(err.parameter(), Some(typo), "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("did you mean `{meant}`?")),
+            "{typo}: {err}"
+        );
+    }
+    let err = Config::from_url(&format!("{base}?colour=blue")).expect_err("unknown");
+    assert!(!err.to_string().contains("did you mean"), "{err}");
+}
+
+#[test]
+fn every_parameter_suggested_is_one_the_url_accepts() {
+    let base = "postgres://app@db.cluster-abc.us-east-1.rds.amazonaws.com/app";
+    for known in super::parse::KNOWN_PARAMETERS {
+        if let Err(err) = Config::from_url(&format!("{base}?{known}=x")) {
+            assert!(
+                !err.to_string().contains("unknown parameter"),
+                "`{known}` is suggested but refused as unknown: {err}"
+            );
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! `&AuroraPool` wherever sqlx takes an executor or an [`Acquire`]: the writer's pool, so
-//! that code written for `&PgPool` (queries, `sqlx::migrate!().run(&pool)`, `pool.begin()`)
-//! works unchanged after the switch. Reads go to a reader only through
+//! that queries on `&pool`, `sqlx::migrate!().run(&pool)` and `pool.begin()` work unchanged
+//! after the switch (what changes is listed in the README: `pool.acquire()` takes a role, a
+//! `PgListener` connects with `&pool.writer()`). Reads go to a reader only through
 //! [`AuroraPool::reader`].
 
 use futures_core::future::BoxFuture;
