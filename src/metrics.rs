@@ -81,3 +81,235 @@ pub(crate) fn topology_read(cluster_id: &str, took: Duration) {
     #[cfg(not(feature = "metrics"))]
     let _ = (cluster_id, took);
 }
+
+/// The pools' connection gauges, after the OpenTelemetry semantic conventions for database
+/// client connection pools: `db.client.connection.count` (`db.client.connection.state` =
+/// `idle` / `used`) and `db.client.connection.max`, per pool: each instance's pool (the
+/// writer's is what `writer()` hands out) and the readers' pool behind `reader()`. Sampled
+/// from the pool's status; a pool that went away is reported at zero once.
+#[cfg(feature = "metrics")]
+#[derive(Debug, Default)]
+pub(crate) struct PoolGauges {
+    /// The pools reported last time: their names, with the labels they were reported with.
+    reported: Vec<(String, Vec<(&'static str, String)>)>,
+}
+
+#[cfg(feature = "metrics")]
+impl PoolGauges {
+    /// Reports `status` of the pools of `cluster_id`.
+    pub(crate) fn report(&mut self, cluster_id: &str, status: &crate::PoolStatus) {
+        let mut now = Vec::new();
+        for pool in &status.instances {
+            now.push((
+                format!("{cluster_id}/{}", pool.instance_id),
+                vec![
+                    ("cluster_id", cluster_id.to_owned()),
+                    ("instance", pool.instance_id.clone()),
+                    ("role", pool.role.to_string()),
+                ],
+                (pool.size, pool.idle, pool.max_connections),
+            ));
+        }
+        now.push((
+            format!("{cluster_id}/reads"),
+            vec![
+                ("cluster_id", cluster_id.to_owned()),
+                ("instance", status.reads.instance_ids.join(",")),
+                ("role", "reads".to_owned()),
+            ],
+            (
+                status.reads.size,
+                status.reads.idle,
+                status.reads.max_connections,
+            ),
+        ));
+        for (name, labels) in &self.reported {
+            if !now.iter().any(|(n, ..)| n == name) {
+                set_pool_gauges(name, labels, (0, 0, 0));
+            }
+        }
+        self.reported = now
+            .into_iter()
+            .map(|(name, labels, figures)| {
+                set_pool_gauges(&name, &labels, figures);
+                (name, labels)
+            })
+            .collect();
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl PoolGauges {
+    /// Reports every pool reported before at zero: the pool closed.
+    pub(crate) fn clear(&mut self) {
+        for (name, labels) in self.reported.drain(..) {
+            set_pool_gauges(&name, &labels, (0, 0, 0));
+        }
+    }
+}
+
+#[cfg(feature = "metrics")]
+fn set_pool_gauges(
+    name: &str,
+    labels: &[(&'static str, String)],
+    (size, idle, max): (u32, u32, u32),
+) {
+    #[cfg(feature = "metrics")]
+    {
+        let mut labels: Vec<metrics::Label> = labels
+            .iter()
+            .map(|(k, v)| metrics::Label::new(*k, v.clone()))
+            .collect();
+        labels.push(metrics::Label::new(
+            "db.client.connection.pool.name",
+            name.to_owned(),
+        ));
+        metrics::gauge!("db.client.connection.max", labels.clone()).set(f64::from(max));
+        for (state, count) in [("idle", idle), ("used", size.saturating_sub(idle))] {
+            let mut labels = labels.clone();
+            labels.push(metrics::Label::new("db.client.connection.state", state));
+            metrics::gauge!("db.client.connection.count", labels).set(f64::from(count));
+        }
+    }
+}
+
+/// A checkout through `acquire`, `run` or `transaction` for `role` got a connection of
+/// `instance` after `waited`, or (`instance` `None`) gave up after it: the wait goes to
+/// `db.client.connection.wait_time`, a give-up to `db.client.connection.timeouts` too.
+#[cfg(feature = "metrics")]
+pub(crate) fn checkout(
+    cluster_id: &str,
+    role: crate::Role,
+    instance: Option<&str>,
+    waited: Duration,
+) {
+    #[cfg(feature = "metrics")]
+    {
+        let pool = match instance {
+            Some(instance) => format!("{cluster_id}/{instance}"),
+            None => format!("{cluster_id}/{role}"),
+        };
+        let labels = [
+            ("cluster_id", cluster_id.to_owned()),
+            ("role", role.to_string()),
+            ("db.client.connection.pool.name", pool),
+        ];
+        metrics::histogram!("db.client.connection.wait_time", &labels).record(waited.as_secs_f64());
+        if instance.is_none() {
+            metrics::counter!("db.client.connection.timeouts", &labels).increment(1);
+        }
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod tests {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    use super::PoolGauges;
+    use crate::topology::Role;
+    use crate::{InstanceStatus, PoolStatus, ReadsStatus};
+
+    fn status(instances: &[(&str, Role, u32, u32)]) -> PoolStatus {
+        PoolStatus {
+            topology_version: 1,
+            through_proxy: false,
+            instances: instances
+                .iter()
+                .map(|&(id, role, size, idle)| InstanceStatus {
+                    instance_id: id.to_owned(),
+                    role,
+                    address: "127.0.0.1:5432".to_owned(),
+                    size,
+                    idle,
+                    max_connections: 10,
+                })
+                .collect(),
+            reads: ReadsStatus {
+                instance_ids: vec!["instance-2".to_owned()],
+                size: 1,
+                idle: 1,
+                max_connections: 10,
+            },
+        }
+    }
+
+    type Gauges = Vec<(String, String, Option<String>, f64)>;
+
+    /// Every gauge as it stands (pool, name, state, value); reading drains them all.
+    fn read(snapshotter: &metrics_util::debugging::Snapshotter) -> Gauges {
+        snapshotter
+            .snapshot()
+            .into_vec()
+            .into_iter()
+            .filter_map(|(key, _, _, value)| {
+                let key = key.key();
+                let label = |name: &str| {
+                    key.labels()
+                        .find(|l| l.key() == name)
+                        .map(|l| l.value().to_owned())
+                };
+                let DebugValue::Gauge(value) = value else {
+                    return None;
+                };
+                Some((
+                    label("db.client.connection.pool.name")?,
+                    key.name().to_owned(),
+                    label("db.client.connection.state"),
+                    value.into_inner(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The gauges of `pool` in `all`: (name, state, value), sorted.
+    fn of(all: &Gauges, pool: &str) -> Vec<(String, Option<String>, f64)> {
+        let mut found: Vec<_> = all
+            .iter()
+            .filter(|(p, ..)| p == pool)
+            .map(|(_, name, state, value)| (name.clone(), state.clone(), *value))
+            .collect();
+        found.sort_by(|a, b| a.partial_cmp(b).expect("numbers"));
+        found
+    }
+
+    #[test]
+    fn gauges_follow_the_pools_and_go_to_zero_with_them() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        metrics::with_local_recorder(&recorder, || {
+            let mut gauges = PoolGauges::default();
+            gauges.report("c", &status(&[("instance-1", Role::Writer, 3, 1)]));
+            let expected = |used: f64, idle: f64, max: f64| {
+                vec![
+                    (
+                        "db.client.connection.count".to_owned(),
+                        Some("idle".to_owned()),
+                        idle,
+                    ),
+                    (
+                        "db.client.connection.count".to_owned(),
+                        Some("used".to_owned()),
+                        used,
+                    ),
+                    ("db.client.connection.max".to_owned(), None, max),
+                ]
+            };
+            let all = read(&snapshotter);
+            assert_eq!(of(&all, "c/instance-1"), expected(2.0, 1.0, 10.0));
+            assert_eq!(of(&all, "c/reads"), expected(0.0, 1.0, 10.0));
+            // instance-1 leaves the routes (set again first: reading drained it).
+            gauges.report("c", &status(&[("instance-1", Role::Writer, 3, 1)]));
+            gauges.report("c", &status(&[("instance-2", Role::Writer, 1, 0)]));
+            let all = read(&snapshotter);
+            assert_eq!(of(&all, "c/instance-1"), expected(0.0, 0.0, 0.0));
+            assert_eq!(of(&all, "c/instance-2"), expected(1.0, 0.0, 10.0));
+            // The pool closes.
+            gauges.report("c", &status(&[("instance-2", Role::Writer, 1, 0)]));
+            gauges.clear();
+            assert_eq!(
+                of(&read(&snapshotter), "c/instance-2"),
+                expected(0.0, 0.0, 0.0)
+            );
+        });
+    }
+}

@@ -27,8 +27,7 @@ fn snapshotter() -> &'static Snapshotter {
 #[derive(Debug, Clone)]
 enum Value {
     Counter(u64),
-    /// Not read by these tests.
-    Gauge,
+    Gauge(f64),
     Histogram(Vec<f64>),
 }
 
@@ -36,7 +35,7 @@ impl From<DebugValue> for Value {
     fn from(value: DebugValue) -> Value {
         match value {
             DebugValue::Counter(n) => Value::Counter(n),
-            DebugValue::Gauge(_) => Value::Gauge,
+            DebugValue::Gauge(value) => Value::Gauge(value.into_inner()),
             DebugValue::Histogram(samples) => {
                 Value::Histogram(samples.into_iter().map(|s| s.into_inner()).collect())
             }
@@ -65,6 +64,10 @@ fn recorded() -> Vec<Metric> {
             Some((_, _, kept)) => match (kept, value) {
                 (Value::Counter(kept), Value::Counter(n)) => *kept += n,
                 (Value::Histogram(kept), Value::Histogram(more)) => kept.extend(more),
+                // A snapshot drains gauges to zero too: a zero is what the last snapshot
+                // left, not a value set (the zeroing of a closed pool's gauges is a unit
+                // test of `PoolGauges`).
+                (Value::Gauge(_), Value::Gauge(0.0)) => {}
                 (kept, value) => *kept = value,
             },
             None => seen.push((name, labels, value)),
@@ -195,4 +198,116 @@ async fn failovers_and_verdicts_are_counted<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
-flavour_tests!(failovers_and_verdicts_are_counted);
+/// The value of gauge `name` of the pool named `pool` (and `state`, when given).
+fn gauge(metrics: &[Metric], name: &str, pool: &str, state: Option<&str>) -> Option<f64> {
+    metrics
+        .iter()
+        .filter(|(n, labels, _)| {
+            let has = |key: &str, value: &str| labels.iter().any(|(k, v)| k == key && v == value);
+            n == name
+                && has("db.client.connection.pool.name", pool)
+                && state.is_none_or(|state| has("db.client.connection.state", state))
+        })
+        .find_map(|(_, _, value)| match value {
+            Value::Gauge(value) => Some(*value),
+            _ => None,
+        })
+}
+
+/// The pools' connection metrics, under OpenTelemetry's names, with default settings: each
+/// pool's most connections and its idle and used ones (sampled every second), each
+/// checkout's wait, labelled with the pool that served it; and, on a pool tuned to wait
+/// 1 s for a writer, a checkout that found none counted as a timeout.
+async fn pool_connections_are_measured<F: Flavour>(test: &str) {
+    snapshotter();
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let pool: F = connect(&cluster, test, "").await;
+    let cluster_id = pool.config().cluster_id.clone();
+    let writer_pool = format!("{cluster_id}/instance-1");
+    let checkouts = 5;
+    let mut held = Vec::new();
+    for _ in 0..checkouts {
+        assert_eq!(
+            pool.instance_id(Role::Writer).await.expect("write"),
+            "instance-1"
+        );
+    }
+    held.push(pool.hold(Role::Writer).await.expect("held"));
+    let max = f64::from(pool.config().writer.max_connections);
+    let sampled = eventually(Duration::from_secs(5), || async {
+        let metrics = metrics_of(&cluster_id);
+        gauge(&metrics, "db.client.connection.max", &writer_pool, None) == Some(max)
+            && gauge(
+                &metrics,
+                "db.client.connection.count",
+                &writer_pool,
+                Some("used"),
+            )
+            .is_some_and(|used| used >= 1.0)
+            && gauge(
+                &metrics,
+                "db.client.connection.count",
+                &writer_pool,
+                Some("idle"),
+            )
+            .is_some()
+            && gauge(
+                &metrics,
+                "db.client.connection.max",
+                &format!("{cluster_id}/reads"),
+                None,
+            )
+            .is_some()
+    })
+    .await;
+    assert!(sampled, "no pool gauges: {:?}", metrics_of(&cluster_id));
+    let metrics = metrics_of(&cluster_id);
+    let waits: Vec<f64> = metrics
+        .iter()
+        .filter(|(n, labels, _)| {
+            n == "db.client.connection.wait_time"
+                && labels
+                    .iter()
+                    .any(|(k, v)| k == "db.client.connection.pool.name" && *v == writer_pool)
+        })
+        .flat_map(|(_, _, value)| match value {
+            Value::Histogram(samples) => samples.clone(),
+            _ => Vec::new(),
+        })
+        .collect();
+    assert!(
+        waits.len() > checkouts,
+        "{} waits for {} checkouts: {metrics:?}",
+        waits.len(),
+        checkouts + 1
+    );
+    drop(held);
+
+    // Tuned, in addition: a pool that waits 1 s for a writer, the writer crashed, no
+    // promotion.
+    let impatient: F = connect(
+        &cluster,
+        &format!("{test}-impatient"),
+        "&failover_timeout_ms=1000",
+    )
+    .await;
+    let impatient_id = impatient.config().cluster_id.clone();
+    cluster.crash("instance-1").await.expect("crash");
+    let err = impatient
+        .instance_id(Role::Writer)
+        .await
+        .expect_err("no writer");
+    assert!(err.is_failover_failed() || err.is_timeout(), "{err:?}");
+    let metrics = metrics_of(&impatient_id);
+    assert!(
+        counter(&metrics, "db.client.connection.timeouts", None) >= 1,
+        "the give-up was not counted: {metrics:?}"
+    );
+    impatient.close().await;
+    pool.close().await;
+}
+
+flavour_tests!(
+    failovers_and_verdicts_are_counted,
+    pool_connections_are_measured
+);

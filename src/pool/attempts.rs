@@ -243,6 +243,19 @@ async fn checkout_waiting<B: Backend>(
     role: Role,
     deadline: tokio::time::Instant,
 ) -> Result<(B::Connection, std::sync::Arc<Instance>)> {
+    #[cfg(feature = "metrics")]
+    let started = std::time::Instant::now();
+    let result = checkout_waiting_unrecorded(core, role, deadline).await;
+    #[cfg(feature = "metrics")]
+    core.record_checkout(role, started, &result);
+    result
+}
+
+async fn checkout_waiting_unrecorded<B: Backend>(
+    core: &PoolCore<B>,
+    role: Role,
+    deadline: tokio::time::Instant,
+) -> Result<(B::Connection, std::sync::Arc<Instance>)> {
     let mut routing = core.routing_changes();
     loop {
         match core.checkout_until(role, deadline).await {

@@ -216,6 +216,21 @@ impl<B: Backend> PoolCore<B> {
             kept_for_handles: ArcSwapOption::empty(),
             config,
         });
+        #[cfg(feature = "metrics")]
+        {
+            let (weak, cluster_id) = (Arc::downgrade(&core), core.config.cluster_id.clone());
+            tokio::spawn(supervise(
+                "pool gauges",
+                cluster_id.clone(),
+                move || {
+                    Some(super::tasks::sample_gauges(
+                        weak.clone(),
+                        cluster_id.clone(),
+                    ))
+                },
+                std::future::pending(),
+            ));
+        }
         tracing::info!(
             target: "aurora_pool",
             cluster_id = %core.config.cluster_id,

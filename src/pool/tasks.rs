@@ -97,6 +97,27 @@ async fn monitor_stopped(running: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
+/// How often the pools' connection gauges are sampled.
+#[cfg(feature = "metrics")]
+const GAUGE_SAMPLE: Duration = Duration::from_secs(1);
+
+/// Samples the pools' connection gauges (feature `metrics`) every [`GAUGE_SAMPLE`] until the
+/// pool closes or is dropped, then reports them at zero.
+#[cfg(feature = "metrics")]
+pub(crate) async fn sample_gauges<B: Backend>(core: Weak<PoolCore<B>>, cluster_id: String) {
+    let mut gauges = crate::metrics::PoolGauges::default();
+    let mut tick = tokio::time::interval(GAUGE_SAMPLE);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade().filter(|core| !core.is_closed()) else {
+            break;
+        };
+        gauges.report(&cluster_id, &core.status());
+    }
+    gauges.clear();
+}
+
 /// Fetches credentials for each of `instances` at once, each bounded by the connect timeout.
 /// An instance whose fetch fails is left out: its pool opens with none and renews them soon.
 pub(crate) async fn fetch_credentials(

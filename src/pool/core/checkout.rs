@@ -73,9 +73,33 @@ impl<B: Backend> PoolCore<B> {
     /// connection is on.
     pub(crate) async fn checkout(&self, role: Role) -> Result<(B::Connection, Arc<Instance>)> {
         let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
-        self.checkout_until(role, deadline)
-            .await
-            .map_err(|err| self.explained(err))
+        #[cfg(feature = "metrics")]
+        let started = std::time::Instant::now();
+        let result = self.checkout_until(role, deadline).await;
+        #[cfg(feature = "metrics")]
+        self.record_checkout(role, started, &result);
+        result.map_err(|err| self.explained(err))
+    }
+
+    /// Records a checkout begun at `started` in the connection metrics: its wait, and a
+    /// give-up (no instance in time) as a timeout.
+    #[cfg(feature = "metrics")]
+    pub(crate) fn record_checkout(
+        &self,
+        role: Role,
+        started: std::time::Instant,
+        result: &Result<(B::Connection, Arc<Instance>)>,
+    ) {
+        let cluster_id = &self.config.cluster_id;
+        match result {
+            Ok((_, instance)) => {
+                crate::metrics::checkout(cluster_id, role, Some(instance.id()), started.elapsed())
+            }
+            Err(err) if err.is_failover_failed() || err.is_timeout() => {
+                crate::metrics::checkout(cluster_id, role, None, started.elapsed())
+            }
+            Err(_) => {}
+        }
     }
 
     /// [`checkout`](PoolCore::checkout) that gives up at `deadline`.
