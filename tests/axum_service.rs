@@ -81,16 +81,7 @@ async fn send(
 
 /// Whether the item `name` is stored on `instance`, asked on a connection of its own.
 async fn on_instance(cluster: &LocalCluster, instance: &str, name: &str) -> bool {
-    let url = format!(
-        "postgres://{}:{}@{}/{}?sslmode=disable",
-        cluster.user(),
-        cluster.password(),
-        cluster.direct_addr(instance).expect("the instance"),
-        cluster.database()
-    );
-    let mut conn = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("a direct connection");
+    let mut conn = support::direct_connection(cluster, instance).await;
     let n: i64 = sqlx::query_scalar("SELECT count(*) FROM items WHERE name = $1")
         .bind(name)
         .fetch_one(&mut conn)

@@ -65,16 +65,7 @@ async fn reads_of<F: Flavour>(pool: &F) -> BTreeSet<String> {
 /// The emulation ends recovery first and updates its catalog right after: returns both
 /// moments.
 async fn promotion_visible(cluster: &LocalCluster, instance: &str) -> (Instant, Instant) {
-    let url = format!(
-        "postgres://{}:{}@{}/{}?sslmode=disable",
-        cluster.user(),
-        cluster.password(),
-        cluster.direct_addr(instance).expect("the instance"),
-        cluster.database()
-    );
-    let mut watcher = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
-        .await
-        .expect("a connection watching the promoted instance");
+    let mut watcher = support::direct_connection(cluster, instance).await;
     let mut out_of_recovery = None;
     loop {
         let (in_recovery, writer): (bool, Option<String>) = sqlx::query_as(

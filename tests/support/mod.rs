@@ -211,3 +211,18 @@ pub fn capture_logs() {
 pub fn captured_logs() -> String {
     String::from_utf8_lossy(&log_buffer().lock().expect("logs")).into_owned()
 }
+
+/// A connection of its own to `instance`, past the pool and the proxies (for watching an
+/// instance, or asking it what it stores).
+pub async fn direct_connection(cluster: &LocalCluster, instance: &str) -> sqlx::PgConnection {
+    let url = format!(
+        "postgres://{}:{}@{}/{}?sslmode=disable",
+        cluster.user(),
+        cluster.password(),
+        cluster.direct_addr(instance).expect("the instance"),
+        cluster.database()
+    );
+    <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .expect("a direct connection")
+}
