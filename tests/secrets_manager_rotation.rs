@@ -64,7 +64,7 @@ async fn rotation_under_load_loses_no_checkout_after_the_secret_changes<F: Flavo
                 }
                 let started = Instant::now();
                 let result = pool.fresh_login(role).await.map(|_| ());
-                outcomes.push((started, result.map_err(|err| err.to_string())));
+                outcomes.push((started, result.map_err(|err| format!("{err:#}"))));
                 done.fetch_add(1, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
