@@ -136,10 +136,7 @@ impl PoolGauges {
             })
             .collect();
     }
-}
 
-#[cfg(feature = "metrics")]
-impl PoolGauges {
     /// Reports every pool reported before at zero: the pool closed.
     pub(crate) fn clear(&mut self) {
         for (name, labels) in self.reported.drain(..) {

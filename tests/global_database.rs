@@ -112,6 +112,37 @@ fn report_paths(
     never
 }
 
+/// What both writer moves assert once [`MOVE_WINDOW`] has passed after the promotion became
+/// `visible`: every path reached `new` (`never`, from [`report_paths`], is empty); then, with
+/// the load stopped, every write landed on `old` or `new`, and every write begun after the
+/// window on `new`.
+async fn writes_moved<F: Flavour>(
+    pool: &F,
+    load: Load,
+    never: Vec<support::load::Path>,
+    old: &str,
+    new: &str,
+    visible: Instant,
+) {
+    assert!(
+        never.is_empty(),
+        "no write through {never:?} reached {new} within {MOVE_WINDOW:?} of its promotion becoming visible: {}",
+        pool.topology()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let load = load.stop(Duration::from_secs(5)).await;
+    let answered = load.answered_by();
+    assert!(
+        answered.iter().all(|id| id == old || id == new),
+        "writes answered by {answered:?}"
+    );
+    let strays = load.strays_after(visible + MOVE_WINDOW, new);
+    assert!(
+        strays.is_empty(),
+        "writes after the move that did not land on the new writer: {strays:?}"
+    );
+}
+
 async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>(test: &str) {
     support::trace();
     let cluster = global_cluster().await;
@@ -164,27 +195,7 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
             "{test}: first write on the new primary region {first:?} after instance-3 left recovery"
         );
     }
-    assert!(
-        never.is_empty(),
-        "no write through {never:?} reached the new primary region within {MOVE_WINDOW:?} of its promotion becoming visible: {}",
-        pool.topology()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let load = load.stop(Duration::from_secs(5)).await;
-    // Every write landed on the writer of its time, never on a secondary-region instance;
-    // once moved, every write lands on the new writer.
-    let answered = load.answered_by();
-    assert!(
-        answered
-            .iter()
-            .all(|id| id == "instance-1" || id == "instance-3"),
-        "writes answered by {answered:?}"
-    );
-    let strays = load.strays_after(visible + MOVE_WINDOW, "instance-3");
-    assert!(
-        strays.is_empty(),
-        "writes after the move that did not land on the new writer: {strays:?}"
-    );
+    writes_moved(&pool, load, never, "instance-1", "instance-3", visible).await;
     let new_writer = pool.topology();
     assert_eq!(new_writer.writer().id(), "instance-3", "{new_writer}");
     assert_eq!(new_writer.writer().region(), Some(WEST));
@@ -240,26 +251,8 @@ async fn an_in_region_crash_is_followed_and_reads_stay_home<F: Flavour>(test: &s
         tokio::join!(promotion_visible(&cluster, "instance-2"), crash_and_promote);
     tokio::time::sleep_until((visible + MOVE_WINDOW).into()).await;
     let never = report_paths(test, &load, "instance-2", visible);
-    assert!(
-        never.is_empty(),
-        "no write through {never:?} reached the promoted writer within {MOVE_WINDOW:?} of its promotion becoming visible: {}",
-        pool.topology()
-    );
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let load = load.stop(Duration::from_secs(5)).await;
+    writes_moved(&pool, load, never, "instance-1", "instance-2", visible).await;
     let reads = reads.stop(Duration::from_secs(5)).await;
-    let answered = load.answered_by();
-    assert!(
-        answered
-            .iter()
-            .all(|id| id == "instance-1" || id == "instance-2"),
-        "writes answered by {answered:?}"
-    );
-    let strays = load.strays_after(visible + MOVE_WINDOW, "instance-2");
-    assert!(
-        strays.is_empty(),
-        "writes after the move that did not land on the new writer: {strays:?}"
-    );
     // Reads: the home region's readers; the writer only as the documented fallback while
     // no home reader is up (a replica the failover had to rebuild), never the other
     // region's reader.

@@ -275,9 +275,15 @@ impl ClusterHandle {
             .collect()
     }
 
-    /// The `cluster_id` the monitor serves.
-    pub(crate) fn cluster_id(&self) -> &str {
-        &self.state.cluster_id
+    /// Runs the monitor again on the current runtime when the runtime that ran it shut down.
+    pub(crate) fn restart_if_stopped(&self) {
+        if self.keep_running() {
+            tracing::info!(
+                target: "aurora_pool",
+                cluster_id = %self.state.cluster_id,
+                "cluster monitor restarted on this pool's runtime: the runtime that ran it shut down"
+            );
+        }
     }
 
     /// A receiver that is true while a task runs the monitor (see
@@ -408,13 +414,7 @@ pub(crate) fn join(
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .push(Arc::downgrade(registration));
-            if handle.keep_running() {
-                tracing::info!(
-                    target: "aurora_pool",
-                    cluster_id,
-                    "cluster monitor restarted on this pool's runtime: the runtime that ran it shut down"
-                );
-            }
+            handle.restart_if_stopped();
             tracing::debug!(target: "aurora_pool", cluster_id, "pool joined the running cluster monitor");
             return Ok(handle);
         }

@@ -60,14 +60,8 @@ pub(crate) async fn reconcile_on_updates<B: Backend>(
             _ = scope.changed() => true,
             () = monitor_stopped(&mut running) => {
                 // The runtime that ran the cluster's monitor shut down: run it on this one.
-                if let Some(cluster) = core.upgrade().and_then(|core| core.cluster_handle())
-                    && cluster.keep_running()
-                {
-                    tracing::info!(
-                        target: "aurora_pool",
-                        cluster_id = %cluster.cluster_id(),
-                        "cluster monitor restarted on this pool's runtime: the runtime that ran it shut down"
-                    );
+                if let Some(cluster) = core.upgrade().and_then(|core| core.cluster_handle()) {
+                    cluster.restart_if_stopped();
                 }
                 continue;
             }
