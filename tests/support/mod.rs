@@ -102,6 +102,24 @@ pub async fn cluster_slot() -> tokio::sync::SemaphorePermit<'static> {
     SLOTS.acquire().await.expect("never closed")
 }
 
+/// Tests of one binary that assert a time bound take this lock for writing, the others
+/// for reading ([`untimed`]): a bound is measured with the machine to the test (and the
+/// emulation it drives), not shared with another test's cluster. libtest runs a binary's
+/// tests two at a time here, on two cores.
+static TIMED: tokio::sync::RwLock<()> = tokio::sync::RwLock::const_new(());
+
+/// For a test that asserts a time bound: runs it alone in its binary. Hold the guard for
+/// the test's life.
+pub async fn timed() -> tokio::sync::RwLockWriteGuard<'static, ()> {
+    TIMED.write().await
+}
+
+/// For the other tests of a binary with [`timed`] tests: they run beside each other,
+/// never beside a timed one. Hold the guard for the test's life.
+pub async fn untimed() -> tokio::sync::RwLockReadGuard<'static, ()> {
+    TIMED.read().await
+}
+
 /// Prints the crate's tracing events when `RUST_LOG` is set (captured per test by libtest).
 pub fn trace() {
     if std::env::var_os("RUST_LOG").is_some() {

@@ -21,6 +21,13 @@ use crate::pool::backend::{Backend, Follows};
 use crate::pool::targets::Targets;
 use crate::topology::Role;
 
+/// How many of a pool's held connect attempts (started while its writer was unavailable)
+/// log in to the new writer at once. Released together, every one of them pays a SCRAM
+/// login at the same moment: the first connection, the one the first caller waits for, is
+/// ready only when nearly all of them are, and the new writer meets a login storm while it
+/// recovers. Two at a time, the first is ready after one login, and the rest follow.
+const HELD_RECONNECTS_AT_ONCE: usize = 2;
+
 pub(crate) struct SqlxBackend {
     base: Arc<BaseOptions>,
     acquire_timeout: Duration,
@@ -173,12 +180,13 @@ impl Backend for SqlxBackend {
         // checkout at `acquire_timeout` and drops the attempt with it).
         let hold_limit = self.acquire_timeout;
         let openings = Arc::new(Openings::new(sizing.max_connections));
+        let reconnects = Arc::new(tokio::sync::Semaphore::new(HELD_RECONNECTS_AT_ONCE));
         {
             let (targets, itself, base) = (targets.clone(), itself.clone(), self.base.clone());
             let openings = openings.clone();
             options = options.after_connect(move |conn, meta| {
                 let (targets, itself, base) = (targets.clone(), itself.clone(), base.clone());
-                let openings = openings.clone();
+                let (openings, reconnects) = (openings.clone(), reconnects.clone());
                 let user = user_after_connect.clone();
                 // sqlx sets no keepalive and gives no access to its socket: the crate sets
                 // them on the new socket from outside (see `sockets`), in the background.
@@ -218,8 +226,12 @@ impl Backend for SqlxBackend {
                         };
                         let options = base.to_route(&route);
                         let started = std::time::Instant::now();
-                        let replacement =
-                            tokio::time::timeout(hold_limit, PgConnection::connect_with(&options)).await;
+                        let replacement = tokio::time::timeout(hold_limit, async {
+                            // A few at a time: see `HELD_RECONNECTS_AT_ONCE`.
+                            let _turn = reconnects.acquire().await;
+                            PgConnection::connect_with(&options).await
+                        })
+                        .await;
                         *conn = replacement
                             .map_err(|_| sqlx::Error::Io(std::io::ErrorKind::TimedOut.into()))??;
                         tracing::debug!(
