@@ -202,13 +202,26 @@ async fn reads_stay_home_and_writes_follow_a_cross_region_switchover<F: Flavour>
 }
 
 /// #25 item 5: a crash of the primary region's writer, followed by a promotion in the same
-/// region, with default settings: 30 writers in flight through every path, no caller
-/// timeout; every path writes on the promoted instance within [`MOVE_BOUND`] of its
-/// promotion becoming visible (each path's figure is printed); no write lands
-/// anywhere else from then on; reads through the kept `reader()` handle and `acquire`
-/// stay on the home region's readers throughout (the promoted instance, a reader of the
-/// other region until then, serves no read before it is the writer).
+/// region. See [`a_writer_crash_is_followed`].
 async fn an_in_region_crash_is_followed_and_reads_stay_home<F: Flavour>(test: &str) {
+    a_writer_crash_is_followed::<F>(test, &["instance-1"], "instance-2").await;
+}
+
+/// #25 item 5: the primary region lost (its writer and its reader crash), and an unplanned
+/// cross-region failover to the home region's instance-3. See [`a_writer_crash_is_followed`].
+async fn a_cross_region_failover_is_followed_and_reads_stay_home<F: Flavour>(test: &str) {
+    a_writer_crash_is_followed::<F>(test, &["instance-1", "instance-2"], "instance-3").await;
+}
+
+/// With default settings (and the home region us-west-2): 30 writers in flight through
+/// every path, no caller timeout, when the instances `lost` crash (instance-1, the writer,
+/// first); `to` is promoted half a second later. Every path writes on `to` within
+/// [`MOVE_BOUND`] of its promotion becoming visible (each path's figure is printed); no
+/// write lands anywhere else from then on; reads through the kept `reader()` handle and
+/// `acquire` stay on the home region's readers throughout (the promoted instance serves
+/// reads as the writer only as the documented fallback, once promoted, while no other home
+/// reader is up).
+async fn a_writer_crash_is_followed<F: Flavour>(test: &str, lost: &[&str], to: &str) {
     let _alone = support::timed().await;
     let cluster = global_cluster().await;
     let pool: F = connect(&cluster, test, &format!("failover_home_region={WEST}")).await;
@@ -233,40 +246,44 @@ async fn an_in_region_crash_is_followed_and_reads_stay_home<F: Flavour>(test: &s
         pool.config().writer.max_connections,
         "when the writer crashed",
     );
+    let cross_region = cluster.region_of(to) != cluster.region_of("instance-1");
     let crash_and_promote = async {
-        cluster.crash("instance-1").await.expect("crash");
+        for id in lost {
+            cluster.crash(id).await.expect("crash");
+        }
         tokio::time::sleep(Duration::from_millis(500)).await;
-        cluster
-            .failover("instance-2", None)
-            .await
-            .expect("in-region failover");
+        let promoted = if cross_region {
+            cluster.fail_over_region(to).await
+        } else {
+            cluster.failover(to, None).await
+        };
+        promoted.expect("failover");
     };
-    let ((_, visible), ()) =
-        tokio::join!(promotion_visible(&cluster, "instance-2"), crash_and_promote);
+    let ((_, visible), ()) = tokio::join!(promotion_visible(&cluster, to), crash_and_promote);
     tokio::time::sleep_until((visible + MOVE_BOUND).into()).await;
-    let late = report_paths(test, &load, "instance-2", visible);
-    writes_moved(&pool, load, late, "instance-1", "instance-2", visible).await;
+    let late = report_paths(test, &load, to, visible);
+    writes_moved(&pool, load, late, "instance-1", to, visible).await;
     let reads = reads.stop(Duration::from_secs(5)).await;
     // Reads: the home region's readers; the writer only as the documented fallback while
     // no home reader is up (a replica the failover had to rebuild), never the other
-    // region's reader.
+    // region's instances.
     let answers = reads.answers();
     assert!(!answers.is_empty(), "no read was answered");
+    let home = |id: &str| cluster.region_of(id).as_deref() == Some(WEST);
     let away: Vec<_> = answers
         .iter()
-        .filter(|(started, id)| match id.as_str() {
-            "instance-3" | "instance-4" => false,
-            "instance-2" => *started < visible,
-            _ => true,
-        })
+        .filter(|(started, id)| !(home(id) || (id == to && *started >= visible)))
         .collect();
     assert!(away.is_empty(), "reads left the home region: {away:?}");
-    let on_writer = answers.iter().filter(|(_, id)| id == "instance-2").count();
+    let on_writer = answers
+        .iter()
+        .filter(|(started, id)| id == to && *started >= visible)
+        .count();
     println!(
-        "{test}: {} reads, {on_writer} on the writer while no home reader was up",
+        "{test}: {} reads, {on_writer} on the new writer after its promotion",
         answers.len()
     );
-    assert_eq!(pool.topology().writer().id(), "instance-2");
+    assert_eq!(pool.topology().writer().id(), to);
     pool.close().await;
 }
 
@@ -467,6 +484,7 @@ async fn credentials_are_asked_for_each_instances_region<F: Flavour>(test: &str)
 flavour_tests!(
     reads_stay_home_and_writes_follow_a_cross_region_switchover,
     an_in_region_crash_is_followed_and_reads_stay_home,
+    a_cross_region_failover_is_followed_and_reads_stay_home,
     credentials_are_asked_for_each_instances_region,
     a_lagging_reader_serves_no_reads,
     with_no_home_reader_reads_use_the_writer_or_wait,
