@@ -66,12 +66,17 @@ pub(crate) fn instance_up(cluster_id: &str, instance: &str) {
     let _ = (cluster_id, instance);
 }
 
-/// The monitor read the topology in `took`.
-pub(crate) fn topology_read(cluster_id: &str, took: Duration) {
+/// The monitor read the topology in `took`; `forced` when a pool asked for the read (a
+/// query failed in a way that may mean the topology changed).
+pub(crate) fn topology_read(cluster_id: &str, took: Duration, forced: bool) {
     #[cfg(feature = "metrics")]
     {
-        metrics::counter!("aurora_pool.topology.reads", "cluster_id" => cluster_id.to_owned())
-            .increment(1);
+        metrics::counter!(
+            "aurora_pool.topology.reads",
+            "cluster_id" => cluster_id.to_owned(),
+            "forced" => if forced { "true" } else { "false" }
+        )
+        .increment(1);
         metrics::histogram!(
             "aurora_pool.topology.read_time",
             "cluster_id" => cluster_id.to_owned()
@@ -79,7 +84,104 @@ pub(crate) fn topology_read(cluster_id: &str, took: Duration) {
         .record(took.as_secs_f64());
     }
     #[cfg(not(feature = "metrics"))]
+    let _ = (cluster_id, took, forced);
+}
+
+/// Each reader's replica lag as the topology just read reports it, in seconds
+/// (`aurora_pool.replica.lag`); a reader that reports none is left out.
+pub(crate) fn replica_lags(cluster_id: &str, topology: &crate::Topology) {
+    #[cfg(feature = "metrics")]
+    for instance in topology.instances() {
+        if instance.role() != crate::Role::Reader {
+            continue;
+        }
+        if let Some(lag_ms) = instance.replica_lag_ms() {
+            metrics::gauge!(
+                "aurora_pool.replica.lag",
+                "cluster_id" => cluster_id.to_owned(),
+                "instance" => instance.id().to_owned()
+            )
+            .set(lag_ms / 1000.0);
+        }
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (cluster_id, topology);
+}
+
+/// A pool's first connection on its new writer, `took` after the pool was pointed there
+/// (the monitor's verdict reaches every pool within milliseconds): the failover's recovery.
+pub(crate) fn recovered(cluster_id: &str, took: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(
+        "aurora_pool.failover.recovery_time",
+        "cluster_id" => cluster_id.to_owned()
+    )
+    .record(took.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
     let _ = (cluster_id, took);
+}
+
+/// A connection was lost after work was sent on it, and the work was not run again: its
+/// outcome is unknown to the caller.
+pub(crate) fn outcome_unknown(cluster_id: &str) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!("aurora_pool.outcomes.unknown", "cluster_id" => cluster_id.to_owned())
+        .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = cluster_id;
+}
+
+/// What happened to the credentials of `instance`'s pool: `renewed` (new credentials were
+/// fetched, on schedule or after a refusal) or `refused` (a login with them was refused).
+pub(crate) fn credentials(cluster_id: &str, instance: &str, event: CredentialEvent) {
+    #[cfg(feature = "metrics")]
+    {
+        let name = match event {
+            CredentialEvent::Renewed => "aurora_pool.credentials.renewals",
+            CredentialEvent::Refused => "aurora_pool.credentials.refused",
+        };
+        metrics::counter!(
+            name,
+            "cluster_id" => cluster_id.to_owned(),
+            "instance" => instance.to_owned()
+        )
+        .increment(1);
+    }
+    #[cfg(not(feature = "metrics"))]
+    let _ = (cluster_id, instance, event);
+}
+
+/// See [`credentials`].
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum CredentialEvent {
+    Renewed,
+    Refused,
+}
+
+/// The Secrets Manager provider served its last secret, past its expiry, while Secrets
+/// Manager could not be reached.
+#[cfg(feature = "secrets-manager")]
+pub(crate) fn stale_secret_served() {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "aurora_pool.credentials.stale_served",
+        "provider" => "secrets_manager"
+    )
+    .increment(1);
+}
+
+/// A custom endpoint's members were read (`changed`: they differ from the last read).
+#[cfg(feature = "custom-endpoint")]
+pub(crate) fn custom_endpoint_refreshed(endpoint: &str, changed: bool) {
+    #[cfg(feature = "metrics")]
+    metrics::counter!(
+        "aurora_pool.custom_endpoint.refreshes",
+        "endpoint" => endpoint.to_owned(),
+        "changed" => if changed { "true" } else { "false" }
+    )
+    .increment(1);
+    #[cfg(not(feature = "metrics"))]
+    let _ = (endpoint, changed);
 }
 
 /// The pools' connection gauges, after the OpenTelemetry semantic conventions for database
@@ -195,6 +297,33 @@ pub(crate) fn checkout(
         if instance.is_none() {
             metrics::counter!("db.client.connection.timeouts", &labels).increment(1);
         }
+    }
+}
+
+/// A checkout through `acquire`, `run` or `transaction` waiting for a connection, counted
+/// in `db.client.connection.pending_requests` while it lives: dropped when the checkout
+/// ends, however it ends (a caller that gives up drops it too).
+#[cfg(feature = "metrics")]
+pub(crate) struct Pending(metrics::Gauge);
+
+#[cfg(feature = "metrics")]
+impl Pending {
+    pub(crate) fn start(cluster_id: &str, role: crate::Role) -> Pending {
+        let gauge = metrics::gauge!(
+            "db.client.connection.pending_requests",
+            "cluster_id" => cluster_id.to_owned(),
+            "role" => role.to_string(),
+            "db.client.connection.pool.name" => format!("{cluster_id}/{role}")
+        );
+        gauge.increment(1.0);
+        Pending(gauge)
+    }
+}
+
+#[cfg(feature = "metrics")]
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.decrement(1.0);
     }
 }
 

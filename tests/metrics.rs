@@ -1,16 +1,19 @@
-//! The monitor's metrics (feature `metrics`), read through `metrics-util`'s debugging
-//! recorder across a writer crash and a reader crash, both flavours, default settings.
+//! The crate's metrics (feature `metrics`), read through `metrics-util`'s debugging
+//! recorder across a writer crash and a reader crash, a lost reply and a refused login,
+//! both flavours, default settings.
 
 mod support;
 
-use std::sync::{Mutex, OnceLock};
+use std::sync::atomic::AtomicU32;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
-use aurora_pool::Role;
-use aurora_pool::testing::LocalCluster;
+use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials, LoginFailure};
+use aurora_pool::testing::{CutAt, LocalCluster};
+use aurora_pool::{BoxFuture, RetryPolicy, Role};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::eventually;
-use support::flavour::{Flavour, connect, flavour_tests};
+use support::flavour::{Flavour, connect, flavour_tests, with_provider};
 
 /// One recorder for the process: the tests tell their metrics apart by `cluster_id`.
 fn snapshotter() -> &'static Snapshotter {
@@ -118,8 +121,9 @@ fn samples(metrics: &[Metric], name: &str) -> Vec<f64> {
 }
 
 /// A writer crash, the promotion right behind it: one failover started and succeeded, with
-/// its duration; the old writer declared down once, with its detection time; topology reads
-/// counted. A reader crash: that reader down, no failover.
+/// its duration and the pool's recovery; the old writer declared down once, with its
+/// detection time; topology reads counted; a reader's replica lag as the monitor reads it.
+/// A reader crash: that reader down, no failover.
 async fn failovers_and_verdicts_are_counted<F: Flavour>(test: &str) {
     snapshotter();
     let cluster = LocalCluster::start(3).await.expect("cluster");
@@ -145,6 +149,32 @@ async fn failovers_and_verdicts_are_counted<F: Flavour>(test: &str) {
         assert!(Instant::now() < deadline, "writes never reached instance-2");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The recovery: from the pool's move to instance-2 to its first connection there.
+    let metrics = metrics_of(&cluster_id);
+    let recoveries = samples(&metrics, "aurora_pool.failover.recovery_time");
+    assert_eq!(
+        recoveries.len(),
+        1,
+        "one failover, one recovery: {metrics:?}"
+    );
+    assert!(
+        recoveries[0] > 0.0 && recoveries[0] < 15.0,
+        "{recoveries:?}"
+    );
+    // The replica lag of each reader, as the monitor reads it.
+    cluster
+        .set_replica_lag("instance-3", 1500.0)
+        .await
+        .expect("lag");
+    let lag = eventually(Duration::from_secs(10), || async {
+        instance_gauge(
+            &metrics_of(&cluster_id),
+            "aurora_pool.replica.lag",
+            "instance-3",
+        ) == Some(1.5)
+    })
+    .await;
+    assert!(lag, "instance-3's lag: {:?}", metrics_of(&cluster_id));
     // A reader crash: no failover, that reader down.
     cluster.crash("instance-3").await.expect("crash");
     let down = eventually(Duration::from_secs(10), || async {
@@ -198,6 +228,19 @@ async fn failovers_and_verdicts_are_counted<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// The value of gauge `name` of `instance`.
+fn instance_gauge(metrics: &[Metric], name: &str, instance: &str) -> Option<f64> {
+    metrics
+        .iter()
+        .filter(|(n, labels, _)| {
+            n == name && labels.iter().any(|(k, v)| k == "instance" && v == instance)
+        })
+        .find_map(|(_, _, value)| match value {
+            Value::Gauge(value) => Some(*value),
+            _ => None,
+        })
+}
+
 /// The value of gauge `name` of the pool named `pool` (and `state`, when given).
 fn gauge(metrics: &[Metric], name: &str, pool: &str, state: Option<&str>) -> Option<f64> {
     metrics
@@ -225,7 +268,7 @@ async fn pool_connections_are_measured<F: Flavour>(test: &str) {
     let cluster_id = pool.config().cluster_id.clone();
     let writer_pool = format!("{cluster_id}/instance-1");
     let checkouts = 5;
-    let mut held = Vec::new();
+    let mut held: Vec<_> = Vec::new();
     for _ in 0..checkouts {
         assert_eq!(
             pool.instance_id(Role::Writer).await.expect("write"),
@@ -281,7 +324,27 @@ async fn pool_connections_are_measured<F: Flavour>(test: &str) {
         waits.len(),
         checkouts + 1
     );
+    // A checkout that waits: every writer connection is held.
+    while held.len() < pool.config().writer.max_connections as usize {
+        held.push(pool.hold(Role::Writer).await.expect("held"));
+    }
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.instance_id(Role::Writer).await })
+    };
+    let writer_role_pool = format!("{cluster_id}/writer");
+    let pending = eventually(Duration::from_secs(5), || async {
+        gauge(
+            &metrics_of(&cluster_id),
+            "db.client.connection.pending_requests",
+            &writer_role_pool,
+            None,
+        ) == Some(1.0)
+    })
+    .await;
+    assert!(pending, "no pending request: {:?}", metrics_of(&cluster_id));
     drop(held);
+    waiting.await.expect("join").expect("the waiting checkout");
 
     // Tuned, in addition: a pool that waits 1 s for a writer, the writer crashed, no
     // promotion.
@@ -307,7 +370,124 @@ async fn pool_connections_are_measured<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
+/// A caching provider: gives the password it read last, valid for an hour, and reads
+/// `password` (the server's) again only when a login with it is refused.
+#[derive(Debug, Clone)]
+struct CachedPassword {
+    password: Arc<Mutex<String>>,
+    cached: Arc<Mutex<String>>,
+}
+
+impl CachedPassword {
+    fn credentials_of(password: &Mutex<String>) -> Credentials {
+        Credentials::new(password.lock().expect("password").clone())
+            .valid_for(Duration::from_secs(3600))
+    }
+}
+
+impl CredentialProvider for CachedPassword {
+    fn credentials<'a>(
+        &'a self,
+        _target: &'a ConnectTarget,
+    ) -> BoxFuture<'a, aurora_pool::Result<Credentials>> {
+        let credentials = Self::credentials_of(&self.cached);
+        Box::pin(async move { Ok(credentials) })
+    }
+
+    fn login_rejected<'a>(
+        &'a self,
+        _failure: LoginFailure<'a>,
+    ) -> BoxFuture<'a, aurora_pool::Result<Option<Credentials>>> {
+        let current = self.password.lock().expect("password").clone();
+        *self.cached.lock().expect("cached") = current;
+        let credentials = Self::credentials_of(&self.cached);
+        Box::pin(async move { Ok(Some(credentials)) })
+    }
+}
+
+/// With default settings: a write whose reply is lost is counted as an unknown outcome; a
+/// login refused after the password changed is counted, and so is the renewal that follows.
+async fn lost_outcomes_and_refused_logins_are_counted<F: Flavour>(test: &str) {
+    snapshotter();
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    cluster
+        .psql(
+            "instance-1",
+            cluster.database(),
+            "CREATE TABLE metrics_lost (note text); GRANT ALL ON metrics_lost TO PUBLIC;",
+        )
+        .await
+        .expect("create table");
+    let password = Arc::new(Mutex::new(cluster.password().to_owned()));
+    let provider = CachedPassword {
+        password: password.clone(),
+        cached: Arc::new(Mutex::new(cluster.password().to_owned())),
+    };
+    let pool: F = with_provider(&cluster, test, "", provider).await;
+    let cluster_id = pool.config().cluster_id.clone();
+
+    let insert = "INSERT INTO metrics_lost VALUES ('once')";
+    assert!(cluster.cut_at("instance-1", insert, CutAt::Reply));
+    let err = pool
+        .run_counted(
+            RetryPolicy::new(),
+            Role::Writer,
+            insert,
+            Arc::new(AtomicU32::new(0)),
+        )
+        .await
+        .expect_err("the reply was lost");
+    assert!(err.is_outcome_unknown(), "{err:?}");
+    let metrics = metrics_of(&cluster_id);
+    assert_eq!(
+        counter(&metrics, "aurora_pool.outcomes.unknown", None),
+        1,
+        "{metrics:?}"
+    );
+
+    // The password changes on the server (the provider learns it when a login with the one
+    // it cached is refused); the pool's connections end.
+    let new_password = "metrics-rotated-password";
+    cluster
+        .psql(
+            "instance-1",
+            "postgres",
+            &format!(
+                "ALTER ROLE {} PASSWORD '{new_password}'; SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = '{}';",
+                cluster.user(),
+                cluster.user()
+            ),
+        )
+        .await
+        .expect("new password");
+    *password.lock().expect("password") = new_password.to_owned();
+    let wrote = eventually(Duration::from_secs(10), || async {
+        pool.instance_id(Role::Writer).await.is_ok()
+    })
+    .await;
+    assert!(wrote, "no write after the password changed");
+    let metrics = metrics_of(&cluster_id);
+    assert!(
+        counter(
+            &metrics,
+            "aurora_pool.credentials.refused",
+            Some("instance-1")
+        ) >= 1,
+        "the refused login was not counted: {metrics:?}"
+    );
+    assert!(
+        counter(
+            &metrics,
+            "aurora_pool.credentials.renewals",
+            Some("instance-1")
+        ) >= 1,
+        "the renewal was not counted: {metrics:?}"
+    );
+    pool.close().await;
+}
+
 flavour_tests!(
     failovers_and_verdicts_are_counted,
-    pool_connections_are_measured
+    pool_connections_are_measured,
+    lost_outcomes_and_refused_logins_are_counted
 );

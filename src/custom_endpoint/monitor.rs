@@ -100,6 +100,7 @@ impl Shared {
             *state = InfoState::Known(Arc::new(info));
             true
         });
+        crate::metrics::custom_endpoint_refreshed(&self.host, changed.is_some());
         if let Some(info) = changed {
             tracing::info!(
                 target: "aurora_pool",

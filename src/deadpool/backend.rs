@@ -33,6 +33,8 @@ pub(crate) struct DeadpoolBackend {
     connect_timeout: Duration,
     idle_timeout: Option<Duration>,
     max_lifetime: Option<Duration>,
+    /// What the pools' metrics are recorded under.
+    cluster_id: Arc<str>,
 }
 
 impl DeadpoolBackend {
@@ -95,6 +97,7 @@ impl DeadpoolBackend {
             connect_timeout: config.connect_timeout,
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
+            cluster_id: config.cluster_id.as_str().into(),
         })
     }
 
@@ -127,6 +130,7 @@ impl DeadpoolBackend {
             self.connect_timeout,
             self.max_lifetime,
         )
+        .recorded_as(self.cluster_id.clone())
     }
 }
 
@@ -379,6 +383,7 @@ impl Connector for AdminConnector {
             let (client, _) = login::connect_with_login(
                 self.provider.as_ref(),
                 &login::admin_target(target, &self.user),
+                None,
                 self.connect_timeout,
                 |credentials| {
                     Box::pin(connect_client(

@@ -43,6 +43,9 @@ pub struct Manager {
     /// and wait this long for a route while the writer is unavailable (the pool's create
     /// timeout cuts them at the same bound).
     writer_route_wait: Option<Duration>,
+    /// What the pool's metrics are recorded under: its recovery after a failover (the time
+    /// from the routes' change to its first connection on the new writer), refused logins.
+    cluster_id: Arc<str>,
 }
 
 /// Opens one tokio-postgres connection to where `tls` pointed `config` (which carries the
@@ -122,7 +125,14 @@ impl Manager {
             opened: Mutex::new(Vec::new()),
             closed: tokio::sync::watch::channel(false).0,
             writer_route_wait: None,
+            cluster_id: Arc::from(""),
         }
+    }
+
+    /// Records the pool's metrics under `cluster_id`.
+    pub(super) fn recorded_as(mut self, cluster_id: Arc<str>) -> Manager {
+        self.cluster_id = cluster_id;
+        self
     }
 
     /// Makes every new connection check that its instance is the writer (one round trip
@@ -186,6 +196,7 @@ impl Manager {
         let (client, task) = login::connect_with_login(
             self.provider.as_ref(),
             &target,
+            Some((&self.cluster_id, route.instance.id())),
             self.connect_timeout,
             |credentials| {
                 Box::pin(connect_client(
@@ -274,6 +285,9 @@ impl managed::Manager for Manager {
             }
             if self.writer_route_wait.is_some() {
                 confirm_writer(&client, &route, self.connect_timeout).await?;
+                if let Some(took) = self.targets.recovered_on(route.instance.id()) {
+                    crate::metrics::recovered(&self.cluster_id, took);
+                }
             }
             return Ok(client);
         }

@@ -182,7 +182,7 @@ impl Monitor {
             return;
         }
         if std::mem::take(&mut self.poll_now) {
-            self.poll().await;
+            self.poll(false).await;
             return;
         }
         let settings = &self.state.settings;
@@ -202,9 +202,9 @@ impl Monitor {
                 None => std::future::pending().await,
             }
         };
-        tokio::select! {
-            _ = tokio::time::sleep_until((self.last_poll + delay).into()) => {}
-            _ = self.state.refresh_now.notified() => {}
+        let forced = tokio::select! {
+            _ = tokio::time::sleep_until((self.last_poll + delay).into()) => false,
+            _ = self.state.refresh_now.notified() => true,
             Some(report) = self.reports.recv() => {
                 self.on_report(report);
                 return;
@@ -221,12 +221,14 @@ impl Monitor {
                         "monitoring connection closed by the server"
                     );
                 }
+                false
             }
-        }
-        self.poll().await;
+        };
+        self.poll(forced).await;
     }
 
-    async fn poll(&mut self) {
+    /// Reads the topology; `forced` when a pool asked for the read (a failing query).
+    async fn poll(&mut self, forced: bool) {
         let Some(registration) = self.state.registration() else {
             return; // every pool is gone; the handle's drop stops us
         };
@@ -287,8 +289,9 @@ impl Monitor {
                 // found.
                 let old_writer = self.state.current().writer().id().to_owned();
                 self.writer_changed(&old_writer, &writer);
+                crate::metrics::replica_lags(&self.state.cluster_id, &topology);
                 let changed = self.publish(topology);
-                crate::metrics::topology_read(&self.state.cluster_id, started.elapsed());
+                crate::metrics::topology_read(&self.state.cluster_id, started.elapsed(), forced);
                 tracing::debug!(
                     target: "aurora_pool",
                     cluster_id = %self.state.cluster_id,

@@ -45,7 +45,12 @@ pub(crate) async fn retry<B: Backend, T: Send>(
 ) -> Result<T> {
     retry_unexplained(core, policy, role, kind, work)
         .await
-        .map_err(|err| core.explained(err))
+        .map_err(|err| {
+            if err.is_outcome_unknown() {
+                crate::metrics::outcome_unknown(&core.config().cluster_id);
+            }
+            core.explained(err)
+        })
 }
 
 /// [`retry`] before its failover-class errors get the pool's [`crate::ErrorContext`].
@@ -244,7 +249,10 @@ async fn checkout_waiting<B: Backend>(
     deadline: tokio::time::Instant,
 ) -> Result<(B::Connection, std::sync::Arc<Instance>)> {
     #[cfg(feature = "metrics")]
-    let started = std::time::Instant::now();
+    let (started, _pending) = (
+        std::time::Instant::now(),
+        crate::metrics::Pending::start(&core.config().cluster_id, role),
+    );
     let result = checkout_waiting_unrecorded(core, role, deadline).await;
     #[cfg(feature = "metrics")]
     core.record_checkout(role, started, &result);

@@ -15,6 +15,7 @@ use crate::auth::{
 use crate::config::{Auth, Config};
 use crate::connector::{AdminTarget, BoxFuture};
 use crate::error::{Error, Result};
+use crate::metrics::CredentialEvent;
 use crate::topology::Instance;
 
 /// Credentials that cannot be fetched are asked for again after this long.
@@ -201,10 +202,12 @@ pub(crate) fn admin_target(target: &AdminTarget, user: &str) -> ConnectTarget {
 
 /// Opens a connection with credentials from `provider`, renewing them when the login is
 /// refused for as long as the provider offers new ones (at most
-/// [`MAX_LOGIN_ATTEMPTS`] logins).
+/// [`MAX_LOGIN_ATTEMPTS`] logins). A pool's connection is `counted_as` its cluster and
+/// instance ids in the credential metrics; the crate's own connections are not counted.
 pub(crate) async fn connect_with_login<'c, C>(
     provider: &dyn CredentialProvider,
     target: &ConnectTarget,
+    counted_as: Option<(&str, &str)>,
     timeout: Duration,
     mut connect: impl FnMut(Arc<Credentials>) -> BoxFuture<'c, Result<C>>,
 ) -> Result<C> {
@@ -218,6 +221,9 @@ pub(crate) async fn connect_with_login<'c, C>(
             Err(err) if err.is_login_rejected() && attempt < MAX_LOGIN_ATTEMPTS => err,
             Err(err) => return Err(err),
         };
+        if let Some((cluster_id, instance)) = counted_as {
+            crate::metrics::credentials(cluster_id, instance, CredentialEvent::Refused);
+        }
         let failure = LoginFailure {
             target,
             rejected: &credentials,
@@ -226,6 +232,9 @@ pub(crate) async fn connect_with_login<'c, C>(
         };
         match provider.login_rejected(failure).await? {
             Some(renewed) => {
+                if let Some((cluster_id, instance)) = counted_as {
+                    crate::metrics::credentials(cluster_id, instance, CredentialEvent::Renewed);
+                }
                 tracing::info!(
                     target: "aurora_pool",
                     host = %target.host,

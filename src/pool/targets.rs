@@ -56,6 +56,9 @@ pub(crate) struct Targets {
     /// The cluster's dialect, which tells what a new connection asks its server
     /// ([`Dialect::instance_check`]).
     dialect: std::sync::OnceLock<Dialect>,
+    /// Since when the routes point at an instance that replaced one that left, and which:
+    /// until the pool's first connection there (see [`recovered_on`](Targets::recovered_on)).
+    recovering: std::sync::Mutex<Option<(Instant, String)>>,
 }
 
 impl Targets {
@@ -71,6 +74,7 @@ impl Targets {
             parked: ArcSwapOption::empty(),
             changes: tokio::sync::watch::channel(0).0,
             dialect: std::sync::OnceLock::new(),
+            recovering: std::sync::Mutex::new(None),
         })
     }
 
@@ -202,6 +206,9 @@ impl Targets {
         if gone.is_empty() {
             return false;
         }
+        *self.recovering.lock().unwrap_or_else(|e| e.into_inner()) = new
+            .first()
+            .map(|route| (Instant::now(), route.instance.id().to_owned()));
         // Marked after the routes changed: a connection that completes later may still have
         // been opened to the old instance (its connect began before the change); the
         // backends' instance check and their generation check catch those.
@@ -218,6 +225,22 @@ impl Targets {
         }
         self.stale_before.fetch_max(now, Ordering::AcqRel);
         true
+    }
+
+    /// A connection to `instance` (its id) was opened and checked: when it is the first
+    /// since the routes replaced an instance that left with this one, how long after that
+    /// change (the recovery of a failover, for the writer's pool). Once per change.
+    #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
+    pub(crate) fn recovered_on(&self, instance: &str) -> Option<std::time::Duration> {
+        let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+        match recovering.as_ref() {
+            Some((since, id)) if id == instance => {
+                let took = since.elapsed();
+                *recovering = None;
+                Some(took)
+            }
+            _ => None,
+        }
     }
 
     fn nanos(&self, at: Instant) -> u64 {
@@ -339,6 +362,28 @@ mod tests {
         retired.park();
         assert!(retired.set(Vec::new()));
         assert!(retired.is_stale(before));
+    }
+
+    #[test]
+    fn recovery_is_measured_once_on_the_instance_that_took_over() {
+        let targets = Targets::new(vec![route("a", 1)]);
+        assert_eq!(targets.recovered_on("a"), None, "no instance left yet");
+        targets.park();
+        assert!(!targets.set(vec![route("a", 1)]));
+        assert_eq!(
+            targets.recovered_on("a"),
+            None,
+            "the same instance came back"
+        );
+        targets.park();
+        assert!(targets.set(vec![route("b", 2)]));
+        assert_eq!(
+            targets.recovered_on("a"),
+            None,
+            "a connection to the old one"
+        );
+        assert!(targets.recovered_on("b").is_some());
+        assert_eq!(targets.recovered_on("b"), None, "measured once");
     }
 
     #[test]

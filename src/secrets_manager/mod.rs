@@ -169,7 +169,8 @@ impl SecretsManagerAuth {
         )
     }
 
-    /// The cached secret past its expiration, for when Secrets Manager cannot be reached:
+    /// The cached secret past its expiration, for when Secrets Manager cannot be reached
+    /// (counted as served):
     /// the database is not down because the control plane is. Valid for a short while, so
     /// that the service is asked again soon.
     fn stale(&self) -> Option<(Credentials, Duration)> {
@@ -178,6 +179,8 @@ impl SecretsManagerAuth {
             .secret
             .as_ref()
             .filter(|secret| secret.fetched_at.elapsed() < STALE_SECRET_CEILING)?;
+        // Every caller serves what this returns.
+        crate::metrics::stale_secret_served();
         Some((
             Credentials::new(secret.password.clone())
                 .with_user(secret.user.clone())

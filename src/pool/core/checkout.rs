@@ -74,7 +74,10 @@ impl<B: Backend> PoolCore<B> {
     pub(crate) async fn checkout(&self, role: Role) -> Result<(B::Connection, Arc<Instance>)> {
         let deadline = tokio::time::Instant::now() + self.config.failover_timeout;
         #[cfg(feature = "metrics")]
-        let started = std::time::Instant::now();
+        let (started, _pending) = (
+            std::time::Instant::now(),
+            crate::metrics::Pending::start(&self.config.cluster_id, role),
+        );
         let result = self.checkout_until(role, deadline).await;
         #[cfg(feature = "metrics")]
         self.record_checkout(role, started, &result);

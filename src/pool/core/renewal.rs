@@ -7,6 +7,7 @@ use std::time::Duration;
 use super::PoolCore;
 use crate::auth::LoginFailure;
 use crate::endpoint::HostPort;
+use crate::metrics::CredentialEvent;
 use crate::pool::backend::Backend;
 use crate::pool::login;
 use crate::pool::routing::Slot;
@@ -48,6 +49,11 @@ impl<B: Backend> PoolCore<B> {
         let seen = slot.login.current();
         match login::fetch(self.provider.as_ref(), &target, self.config.connect_timeout).await {
             Ok(credentials) => {
+                crate::metrics::credentials(
+                    &self.config.cluster_id,
+                    slot.instance.id(),
+                    CredentialEvent::Renewed,
+                );
                 slot.login
                     .replace(&seen, credentials, || self.credentials_renewed(slot));
             }
@@ -94,6 +100,11 @@ impl<B: Backend> PoolCore<B> {
     ) -> bool {
         let target = login::target(&slot.instance, self.config.user());
         let rejected = slot.login.current();
+        crate::metrics::credentials(
+            &self.config.cluster_id,
+            slot.instance.id(),
+            CredentialEvent::Refused,
+        );
         let failure = LoginFailure::new(&target, &rejected, attempt, elapsed);
         let renewed = tokio::time::timeout(
             limit,
@@ -102,6 +113,11 @@ impl<B: Backend> PoolCore<B> {
         .await;
         match renewed {
             Ok(Ok(Some(credentials))) => {
+                crate::metrics::credentials(
+                    &self.config.cluster_id,
+                    slot.instance.id(),
+                    CredentialEvent::Renewed,
+                );
                 // Replaced meanwhile by a concurrent renewal: retry with those.
                 slot.login
                     .replace(&rejected, credentials, || self.credentials_renewed(slot));

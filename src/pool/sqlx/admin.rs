@@ -118,6 +118,7 @@ impl Connector for SqlxConnector {
             login::connect_with_login(
                 self.provider.as_ref(),
                 &target,
+                None,
                 self.connect_timeout,
                 connect,
             )

@@ -39,6 +39,8 @@ pub(crate) struct SqlxBackend {
     tcp: TcpSettings,
     /// The user's hooks, run after the crate's.
     user: AuroraPoolOptions,
+    /// What the writer pool's recovery after a failover is recorded under.
+    cluster_id: Arc<str>,
 }
 
 impl SqlxBackend {
@@ -51,6 +53,7 @@ impl SqlxBackend {
             ping_limit: config.connect_timeout,
             tcp: config.tcp,
             user,
+            cluster_id: config.cluster_id.as_str().into(),
         }
     }
 
@@ -175,6 +178,7 @@ impl Backend for SqlxBackend {
         let rotates = role == Role::Reader && follows == Follows::Role;
         let itself: Arc<OnceLock<Weak<PgPool>>> = Arc::new(OnceLock::new());
         let user_after_connect = self.user.after_connect.clone();
+        let cluster_id = self.cluster_id.clone();
         let tcp = self.tcp;
         // A held connect attempt never outlives the checkout that started it (sqlx cuts the
         // checkout at `acquire_timeout` and drops the attempt with it).
@@ -187,6 +191,7 @@ impl Backend for SqlxBackend {
             options = options.after_connect(move |conn, meta| {
                 let (targets, itself, base) = (targets.clone(), itself.clone(), base.clone());
                 let (openings, reconnects) = (openings.clone(), reconnects.clone());
+                let cluster_id = cluster_id.clone();
                 let user = user_after_connect.clone();
                 // sqlx sets no keepalive and gives no access to its socket: the crate sets
                 // them on the new socket from outside (see `sockets`), in the background.
@@ -247,6 +252,11 @@ impl Backend for SqlxBackend {
                     }
                     if confirm_writer {
                         instance = check_writer(conn, &targets).await?;
+                        if let Some(took) =
+                            instance.as_deref().and_then(|id| targets.recovered_on(id))
+                        {
+                            crate::metrics::recovered(&cluster_id, took);
+                        }
                     }
                     if let Some(hook) = &user {
                         hook(conn, meta).await?;
