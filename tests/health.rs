@@ -1,4 +1,4 @@
-//! `health()` across a writer failover, both flavours, and its HTTP form (`axum`): writes
+//! `health()` across a writer failover, and its HTTP form (`axum`), both flavours: writes
 //! are reported unservable from the crash until the promotion, with the time the search for
 //! the writer began, and the readers' pool is part of the status throughout.
 
@@ -109,20 +109,16 @@ async fn health_follows_a_writer_failover<F: Flavour>(test: &str) {
     );
 }
 
-flavour_tests!(health_follows_a_writer_failover);
-
-/// The ready-made readiness handler: `200` with the health as JSON while writes and reads can
-/// be served, `503` while the writer is down.
-#[cfg(feature = "axum")]
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_health_handler_answers_503_while_the_writer_is_down() {
+/// The ready-made readiness handler, on either flavour's `health()`: `200` with the health as
+/// JSON while writes and reads can be served, `503` while the writer is down.
+async fn the_health_handler_answers_503_while_the_writer_is_down<F: Flavour>(test: &str) {
     use axum::body::to_bytes;
     use axum::http::{Request, StatusCode};
     use axum::{Router, routing::get};
     use tower::ServiceExt;
 
     let cluster = LocalCluster::start(2).await.expect("cluster");
-    let pool: aurora_pool::AuroraPool = connect(&cluster, "health-handler", "").await;
+    let pool: F = connect(&cluster, test, "").await;
     settled_on(&pool, "instance-1", 2).await;
     let app = {
         let pool = pool.clone();
@@ -182,3 +178,8 @@ async fn the_health_handler_answers_503_while_the_writer_is_down() {
     assert!(up, "never 200 after the promotion: {:?}", pool.health());
     pool.close().await;
 }
+
+flavour_tests!(
+    health_follows_a_writer_failover,
+    the_health_handler_answers_503_while_the_writer_is_down
+);
