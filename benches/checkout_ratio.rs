@@ -7,7 +7,9 @@
 //! `PgPool::begin` / `commit`.
 //!
 //! `cargo bench --bench checkout_ratio --features testing` (add `deadpool` for the deadpool
-//! flavour against a raw `deadpool_postgres::Pool`).
+//! flavour against a raw `deadpool_postgres::Pool`). With `metrics` too, the crate records
+//! its metrics, into the facade's no-op recorder; with `AURORA_POOL_BENCH_RECORDER=1` as
+//! well, into a Prometheus recorder installed first (what a service that exports them pays).
 
 mod support;
 
@@ -24,6 +26,13 @@ const ASSIGNS_XID: &str = "SELECT pg_catalog.txid_current()";
 
 fn main() {
     // `cargo bench` passes `--bench`; nothing to parse.
+    #[cfg(feature = "metrics")]
+    if std::env::var_os("AURORA_POOL_BENCH_RECORDER").is_some() {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .install_recorder()
+            .expect("the only recorder");
+        println!("metrics recorded into a Prometheus recorder");
+    }
     let rt = support::runtime();
     rt.block_on(async {
         let bench = support::setup("bench-ratio").await;

@@ -3,7 +3,8 @@
 #   postgres  PostgreSQL server binaries (initdb, pg_ctl, postgres, pg_basebackup, psql): the
 #             local clusters of the demo and the tests run them. apt's `postgresql` package is
 #             installed without the cluster it would otherwise create and start on port 5432.
-#   moto      moto's server (`moto[server]`, with pip): the Secrets Manager tests talk to it.
+#   moto      moto's server (`moto[server]`, with pip, in a virtualenv at $AURORA_POOL_MOTO_VENV,
+#             by default ~/.cache/aurora-pool/moto-venv): the Secrets Manager tests talk to it.
 #   rust      rustfmt and clippy (with rustup): the test suite runs both.
 # With no argument: all three (the test suite). The demo asks for `postgres` only.
 set -euo pipefail
@@ -47,30 +48,28 @@ if wants postgres && ! have_postgres; then
     have_postgres || { echo "install-deps: postgresql installed but initdb still not found" >&2; exit 1; }
 fi
 
-have_moto() {
-    python3 -c 'import moto.server, flask' >/dev/null 2>&1
-}
+# moto goes into a virtualenv of its own, never into the system's Python (PEP 668); the
+# tests find it there (src/testing/moto.rs reads the same variable and default).
+moto_venv="${AURORA_POOL_MOTO_VENV:-$HOME/.cache/aurora-pool/moto-venv}"
 
-pip_install() {
-    local out
-    if out=$(python3 -m pip install -q "$@" 2>&1); then return 0; fi
-    # PEP 668: a distribution's Python refuses pip outside a virtualenv.
-    if printf '%s' "$out" | grep -q externally-managed-environment; then
-        python3 -m pip install -q --break-system-packages "$@"
-    else
-        printf '%s\n' "$out" >&2
-        return 1
-    fi
+have_moto() {
+    local python
+    for python in "$moto_venv/bin/python3" python3; do
+        "$python" -c 'import moto.server, flask' >/dev/null 2>&1 && return 0
+    done
+    return 1
 }
 
 if wants moto && ! have_moto; then
-    echo "install-deps: moto's server not importable by python3 (the Secrets Manager tests run it); installing moto[server] with pip" >&2
-    if ! command -v python3 >/dev/null 2>&1 || ! python3 -m pip --version >/dev/null 2>&1; then
+    echo "install-deps: moto's server not found (the Secrets Manager tests run it); installing moto[server] with pip into the virtualenv $moto_venv" >&2
+    if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+        echo "install-deps: python3 or its venv module missing; installing python3 and python3-venv with apt-get" >&2
         as_root apt-get update -q
-        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-pip
+        as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv
     fi
-    pip_install "moto[server]"
-    have_moto || { echo "install-deps: moto[server] installed but python3 cannot import moto.server and flask" >&2; exit 1; }
+    python3 -m venv "$moto_venv"
+    "$moto_venv/bin/python3" -m pip install -q "moto[server]"
+    have_moto || { echo "install-deps: moto[server] installed in $moto_venv but it cannot import moto.server and flask" >&2; exit 1; }
 fi
 
 if wants rust; then

@@ -25,7 +25,22 @@ const PORT_ATTEMPTS: usize = 5;
 /// Lines of moto's stderr kept for error messages.
 const STDERR_LINES: usize = 40;
 
-const INSTALL_HINT: &str = "install python3 and moto's server (`pip install \"moto[server]\"`, or scripts/install-deps.sh)";
+const INSTALL_HINT: &str = "run scripts/install-deps.sh moto (moto's server in a virtualenv at $AURORA_POOL_MOTO_VENV, by default ~/.cache/aurora-pool/moto-venv), or install `moto[server]` for python3";
+
+/// The Python that runs moto: the virtualenv's at `$AURORA_POOL_MOTO_VENV` (by default
+/// `~/.cache/aurora-pool/moto-venv`, where `scripts/install-deps.sh` installs moto) when it
+/// exists, else `python3` from `PATH`.
+fn python() -> std::path::PathBuf {
+    let venv = std::env::var_os("AURORA_POOL_MOTO_VENV")
+        .map(std::path::PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|home| std::path::Path::new(&home).join(".cache/aurora-pool/moto-venv"))
+        });
+    venv.map(|venv| venv.join("bin").join("python3"))
+        .filter(|python| python.exists())
+        .unwrap_or_else(|| "python3".into())
+}
 
 /// Runs `python -m moto.server` with `sys.argv` as given, and exits when its stdin closes:
 /// the server dies with the process that started it, even one killed by a signal.
@@ -113,7 +128,8 @@ impl MotoServer {
     }
 
     fn spawn(port: u16) -> Result<MotoServer, TestingError> {
-        let mut command = Command::new("python3");
+        let python = python();
+        let mut command = Command::new(&python);
         command
             .args(["-c", BOOTSTRAP, "-H", "127.0.0.1", "-p", &port.to_string()])
             .env("PYTHONUNBUFFERED", "1")
@@ -124,7 +140,8 @@ impl MotoServer {
             .stderr(Stdio::piped());
         let mut child = command.spawn().map_err(|e| {
             TestingError::new(format!(
-                "could not run `python3 -m moto.server`: {e} ({INSTALL_HINT})"
+                "could not run `{} -m moto.server`: {e} ({INSTALL_HINT})",
+                python.display()
             ))
         })?;
         let stderr = Arc::new(Mutex::new(VecDeque::with_capacity(STDERR_LINES)));
