@@ -551,13 +551,17 @@ async fn scenario(
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
     });
-    let fault = origin.elapsed();
-    let fault_unix = unix_now();
-    if blackhole {
+    // The fault's moment: the black hole's start, or the crash's end (`crash` first lets
+    // the replicas replay what the writer flushed, as Aurora's shared storage keeps it, and
+    // only then kills it).
+    let (fault, fault_unix) = if blackhole {
+        let at = (origin.elapsed(), unix_now());
         cluster.blackhole("instance-1", true);
+        at
     } else {
         cluster.crash("instance-1").await?;
-    }
+        (origin.elapsed(), unix_now())
+    };
     // Aurora promotes a replica; the DNS-style endpoint keeps pointing at the old writer for
     // a while.
     cluster.failover("instance-2", None).await?;

@@ -678,3 +678,92 @@ async fn two_clusters_in_one_process_need_no_cluster_id() {
     first.close().await;
     second.close().await;
 }
+
+/// A replica that received WAL the promoted one did not (written while the promoted one's
+/// stream was down, as what a crashed writer logged last can reach some replicas only) is
+/// not rebuilt: the promoted one streams it from that replica first, keeps it, and the other
+/// replica follows the new writer without a restart (its connections intact).
+#[tokio::test]
+async fn a_promotion_first_takes_what_another_replica_received() {
+    init_tracing();
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let db = cluster.database().to_owned();
+    cluster
+        .psql("instance-1", &db, "CREATE TABLE ahead (n int)")
+        .await
+        .expect("table");
+    for id in ["instance-2", "instance-3"] {
+        eventually(
+            &cluster,
+            id,
+            &db,
+            "SELECT to_regclass('ahead') IS NOT NULL",
+            "t",
+        )
+        .await;
+    }
+    cluster
+        .psql(
+            "instance-2",
+            "postgres",
+            "ALTER SYSTEM SET primary_conninfo = ''; SELECT pg_catalog.pg_reload_conf();",
+        )
+        .await
+        .expect("stop instance-2's stream");
+    eventually(
+        &cluster,
+        "instance-2",
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_stat_wal_receiver",
+        "0",
+    )
+    .await;
+    cluster
+        .psql("instance-1", &db, "INSERT INTO ahead VALUES (1)")
+        .await
+        .expect("insert");
+    eventually(
+        &cluster,
+        "instance-3",
+        &db,
+        "SELECT count(*) FROM ahead",
+        "1",
+    )
+    .await;
+    let started = "SELECT pg_catalog.pg_postmaster_start_time()";
+    let instance_3_started = cluster
+        .psql("instance-3", "postgres", started)
+        .await
+        .expect("start time");
+
+    cluster.crash("instance-1").await.expect("crash");
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    assert_eq!(
+        cluster
+            .psql("instance-2", &db, "SELECT count(*) FROM ahead")
+            .await
+            .expect("count")
+            .trim(),
+        "1",
+        "the promoted instance lacks what instance-3 had received"
+    );
+    assert_eq!(
+        cluster
+            .psql("instance-3", "postgres", started)
+            .await
+            .expect("start time"),
+        instance_3_started,
+        "instance-3 was rebuilt"
+    );
+    eventually(
+        &cluster,
+        "instance-3",
+        "postgres",
+        "SELECT count(*) FROM pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming'",
+        "1",
+    )
+    .await;
+}

@@ -39,7 +39,7 @@ pub(super) const TOOL_TIMEOUT: Duration = Duration::from_secs(60);
 /// Lines of server log quoted in errors.
 const LOG_LINES: usize = 30;
 
-/// Rounds of "read the old writer's flush position, wait for the replicas to replay it" before
+/// Rounds of "read the old writer's WAL position, wait for the replicas to replay it" before
 /// a failover kills it, while the position still moves.
 const CATCH_UP_ROUNDS: u32 = 3;
 
@@ -565,12 +565,23 @@ impl LocalCluster {
     }
 
     /// Crashes an instance (`pg_ctl stop -m immediate`). No-op if it is not
-    /// running.
+    /// running. Before the writer is killed, the replicas
+    /// replay what it had flushed (a few rounds while it moves, 5 s each at most): as on
+    /// Aurora's shared storage, the commits it acknowledged survive a failover, but for
+    /// those acknowledged in the last moment.
     pub async fn crash(&self, id: &str) -> Result<(), TestingError> {
         let id = id.to_owned();
         self.blocking("crash", move |inner| {
+            let inst = inner.instance(&id)?;
+            if *lock(&inner.writer) == id {
+                let replicas = inner
+                    .instances
+                    .iter()
+                    .filter(|i| i.id != id && i.added.load(Ordering::SeqCst));
+                inner.catch_up_replicas(inst, replicas);
+            }
             tracing::info!(target: TARGET, instance = %id, "crashing instance");
-            inner.stop(inner.instance(&id)?, "immediate")
+            inner.stop(inst, "immediate")
         })
         .await
     }
@@ -1302,42 +1313,10 @@ impl Inner {
             .collect();
 
         // Let the replicas catch up so they can all follow the new timeline.
-        if self.is_running(old) {
-            // psql runs with synchronous_commit=on, so this commit flushes all
-            // WAL before it (also asynchronously committed client writes).
-            let flush =
-                "SELECT pg_catalog.txid_current(); SELECT pg_catalog.pg_current_wal_flush_lsn()";
-            // Writes go on meanwhile: catch up again while the flush position moves, a few
-            // rounds, so that what the old writer loses when it is killed is only what it
-            // committed in the last moment (replication is asynchronous here; Aurora's
-            // shared storage loses nothing).
-            let mut caught_up_to: Option<String> = None;
-            for _ in 0..CATCH_UP_ROUNDS {
-                let lsn = match self
-                    .psql(old, "postgres", flush)
-                    .map(|out| out.lines().last().unwrap_or_default().to_owned())
-                {
-                    Ok(lsn) => lsn,
-                    Err(e) => {
-                        tracing::warn!(target: TARGET, error = %e, "old writer unreachable before failover");
-                        break;
-                    }
-                };
-                if caught_up_to.as_ref() == Some(&lsn) {
-                    break;
-                }
-                for r in std::iter::once(new).chain(others.iter().copied()) {
-                    if self.is_running(r)
-                        && let Err(e) = self.wait_replayed(r, &lsn, Duration::from_secs(5))
-                    {
-                        tracing::warn!(target: TARGET, instance = %r.id, error = %e, "replica did not catch up before failover");
-                    }
-                }
-                caught_up_to = Some(lsn);
-            }
-        }
+        self.catch_up_replicas(old, std::iter::once(new).chain(others.iter().copied()));
         if let Some(mode) = stop_mode {
             self.stop(old, mode)?;
+            self.take_what_others_received(new, &others);
         }
 
         self.pg_ctl(new, &["-w", "-t", "30", "promote"])
@@ -1414,6 +1393,86 @@ impl Inner {
             lock(&self.threads).push(thread);
         }
         Ok(())
+    }
+
+    /// Waits (a few rounds, 5 s each at most) for the running `replicas` to replay what the
+    /// writer `old` has written, while its position still moves: what it loses when
+    /// it is killed next is only what it committed in the last moment (replication is
+    /// asynchronous here; Aurora's shared storage loses nothing).
+    fn catch_up_replicas<'a>(&self, old: &Instance, replicas: impl Iterator<Item = &'a Instance>) {
+        if !self.is_running(old) {
+            return;
+        }
+        let replicas: Vec<&Instance> = replicas.filter(|r| self.is_running(r)).collect();
+        // The insert position, not the flush position: the cluster commits asynchronously
+        // (`synchronous_commit = off`), so what clients were told is committed may not be
+        // flushed yet (the WAL writer flushes it within `wal_writer_delay`, and it streams
+        // then); a psql commit that wrote nothing flushes nothing either.
+        let written = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+        let mut caught_up_to: Option<String> = None;
+        for _ in 0..CATCH_UP_ROUNDS {
+            let lsn = match self
+                .psql(old, "postgres", written)
+                .map(|out| out.lines().last().unwrap_or_default().to_owned())
+            {
+                Ok(lsn) => lsn,
+                Err(e) => {
+                    tracing::warn!(target: TARGET, error = %e, "writer unreachable before it is killed");
+                    break;
+                }
+            };
+            tracing::debug!(target: TARGET, instance = %old.id, %lsn, "replicas catching up before the writer is killed");
+            if caught_up_to.as_ref() == Some(&lsn) {
+                break;
+            }
+            for r in &replicas {
+                if let Err(e) = self.wait_replayed(r, &lsn, Duration::from_secs(5)) {
+                    tracing::warn!(target: TARGET, instance = %r.id, error = %e, "replica did not catch up before the writer was killed");
+                }
+            }
+            caught_up_to = Some(lsn);
+        }
+    }
+
+    /// With the old writer stopped: when another replica received WAL that `new` did not
+    /// (the old writer logs in the background, a standby snapshot every 15 s, and what it
+    /// wrote after the last catch-up reached some replicas only), `new` streams it from
+    /// that replica before it is promoted. Otherwise that replica could not follow the new
+    /// timeline and would be rebuilt: a reader crash the test did not ask for, cutting
+    /// reads in flight on it. On any failure the promotion goes ahead as before.
+    fn take_what_others_received(&self, new: &Instance, others: &[&Instance]) {
+        const RECEIVED: &str = "SELECT COALESCE(pg_catalog.pg_last_wal_receive_lsn(), \
+                                pg_catalog.pg_last_wal_replay_lsn())";
+        let received = |inst: &Instance| {
+            self.psql(inst, "postgres", RECEIVED)
+                .ok()
+                .map(|out| out.trim().to_owned())
+                .filter(|lsn| !lsn.is_empty())
+        };
+        for source in others.iter().filter(|r| self.is_running(r)) {
+            let (Some(own), Some(lsn)) = (received(new), received(source)) else {
+                continue;
+            };
+            let ahead = format!(
+                "SELECT {}::pg_lsn > {}::pg_lsn",
+                sql::literal(&lsn),
+                sql::literal(&own)
+            );
+            if !self
+                .psql(new, "postgres", &ahead)
+                .is_ok_and(|out| out.trim() == "t")
+            {
+                continue;
+            }
+            tracing::info!(target: TARGET, instance = %new.id, from = %source.id, %lsn, "catching up from a replica that received more before the promotion");
+            let caught_up = self
+                .write_standby_conf(new, source.port)
+                .and_then(|()| self.pg_ctl(new, &["reload"]))
+                .and_then(|()| self.wait_replayed(new, &lsn, Duration::from_secs(10)));
+            if let Err(e) = caught_up {
+                tracing::warn!(target: TARGET, instance = %new.id, error = %e, "could not catch up from another replica before the promotion");
+            }
+        }
     }
 
     fn add_instance(&self, id: &str) -> Result<(), TestingError> {
