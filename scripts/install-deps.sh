@@ -5,7 +5,8 @@
 #             installed without the cluster it would otherwise create and start on port 5432.
 #   moto      moto's server (`moto[server]`, with pip, in a virtualenv at $AURORA_POOL_MOTO_VENV,
 #             by default ~/.cache/aurora-pool/moto-venv): the Secrets Manager tests talk to it.
-#   rust      rustfmt and clippy (with rustup): the test suite runs both.
+#   rust      rustfmt and clippy (with rustup): the test suite runs both; and the toolchain of
+#             Cargo.toml's rust-version (the minimum Rust version), which it builds the library with.
 # With no argument: all three (the test suite). The demo asks for `postgres` only.
 set -euo pipefail
 
@@ -73,6 +74,17 @@ if wants moto && ! have_moto; then
 fi
 
 if wants rust; then
+    # The minimum Rust version the README states: the test suite builds the library with it.
+    msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
+    if [ -n "$msrv" ] && ! cargo +"$msrv" --version >/dev/null 2>&1; then
+        if command -v rustup >/dev/null 2>&1; then
+            echo "install-deps: Rust $msrv (Cargo.toml's rust-version) missing; the test suite checks that the library builds with it: rustup toolchain install $msrv --profile minimal" >&2
+            rustup toolchain install "$msrv" --profile minimal
+        else
+            echo "install-deps: Rust $msrv (Cargo.toml's rust-version) missing and no rustup to add it" >&2
+            exit 1
+        fi
+    fi
     for component in rustfmt clippy; do
         tool=$([ "$component" = rustfmt ] && echo "cargo fmt" || echo "cargo clippy")
         if ! $tool --version >/dev/null 2>&1; then
