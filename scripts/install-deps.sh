@@ -51,7 +51,7 @@ fi
 
 # moto goes into a virtualenv of its own, never into the system's Python (PEP 668); the
 # tests find it there (src/testing/moto.rs reads the same variable and default).
-moto_venv="${AURORA_POOL_MOTO_VENV:-$HOME/.cache/aurora-pool/moto-venv}"
+moto_venv="${AURORA_POOL_MOTO_VENV:-${HOME:-/tmp}/.cache/aurora-pool/moto-venv}"
 
 have_moto() {
     local python
@@ -69,22 +69,19 @@ if wants moto && ! have_moto; then
         as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -q python3 python3-venv
     fi
     python3 -m venv "$moto_venv"
-    "$moto_venv/bin/python3" -m pip install -q "moto[server]"
+    # A virtualenv without moto would be taken for one with it: none is left behind.
+    "$moto_venv/bin/python3" -m pip install -q "moto[server]" || { rm -rf "$moto_venv"; exit 1; }
     have_moto || { echo "install-deps: moto[server] installed in $moto_venv but it cannot import moto.server and flask" >&2; exit 1; }
 fi
 
 if wants rust; then
     # The minimum Rust version the README states: the test suite builds the library with it.
     msrv=$(sed -n 's/^rust-version = "\(.*\)"/\1/p' "$(dirname "$0")/../Cargo.toml")
-    if [ -n "$msrv" ] && ! cargo +"$msrv" --version >/dev/null 2>&1; then
-        if command -v rustup >/dev/null 2>&1; then
-            echo "install-deps: Rust $msrv (Cargo.toml's rust-version) missing; the test suite checks that the library builds with it: rustup toolchain install $msrv --profile minimal" >&2
-            rustup toolchain install "$msrv" --profile minimal
-        else
-            echo "install-deps: Rust $msrv (Cargo.toml's rust-version) missing and no rustup to add it" >&2
-            exit 1
-        fi
+    if [ -n "$msrv" ] && command -v rustup >/dev/null 2>&1 && ! cargo +"$msrv" --version >/dev/null 2>&1; then
+        echo "install-deps: Rust $msrv (Cargo.toml's rust-version) missing; the test suite checks that the library builds with it: rustup toolchain install $msrv --profile minimal" >&2
+        rustup toolchain install "$msrv" --profile minimal
     fi
+    # Without rustup the test suite skips that check and says so.
     for component in rustfmt clippy; do
         tool=$([ "$component" = rustfmt ] && echo "cargo fmt" || echo "cargo clippy")
         if ! $tool --version >/dev/null 2>&1; then

@@ -1,9 +1,12 @@
-//! Metrics of the cluster monitor through the `metrics` facade (feature `metrics`): failovers,
-//! instance verdicts and topology reads, each labelled with the `cluster_id`. Users install
-//! the recorder they already run (Prometheus, OpenTelemetry). Without the feature every
-//! function here is empty; with it and no recorder installed each is a call into the
-//! facade's no-op recorder. None sits on the checkout path: they run in the monitor, once
-//! per event.
+//! The crate's metrics through the `metrics` facade (feature `metrics`), each labelled with
+//! the `cluster_id`: the monitor's (failovers, instance verdicts, topology reads, replica
+//! lag), the pools' (connection gauges sampled every second, checkout waits and pending
+//! checkouts, recovery after a failover, credentials, unknown outcomes). Users install the
+//! recorder they already run (Prometheus, OpenTelemetry). Without the feature every function
+//! here is empty; with it and no recorder installed each is a call into the facade's no-op
+//! recorder, its labels built first. On the checkout path only `acquire`, `run` and
+//! `transaction` record (their wait and the pending checkout): the `PgPool` handles record
+//! nothing per checkout.
 
 use std::time::Duration;
 
@@ -87,25 +90,45 @@ pub(crate) fn topology_read(cluster_id: &str, took: Duration, forced: bool) {
     let _ = (cluster_id, took, forced);
 }
 
-/// Each reader's replica lag as the topology just read reports it, in seconds
-/// (`aurora_pool.replica.lag`); a reader that reports none is left out.
-pub(crate) fn replica_lags(cluster_id: &str, topology: &crate::Topology) {
+/// The replica lag gauges of one cluster (`aurora_pool.replica.lag`, seconds): each reader's
+/// lag as the topology just read reports it (a reader that reports none is left out); an
+/// instance reported before that is now the writer, or gone, is reported at zero once.
+#[derive(Debug, Default)]
+pub(crate) struct LagGauges {
     #[cfg(feature = "metrics")]
-    for instance in topology.instances() {
-        if instance.role() != crate::Role::Reader {
-            continue;
+    reported: std::collections::BTreeSet<String>,
+}
+
+impl LagGauges {
+    pub(crate) fn report(&mut self, cluster_id: &str, topology: &crate::Topology) {
+        #[cfg(feature = "metrics")]
+        {
+            let set = |instance: &str, seconds: f64| {
+                metrics::gauge!(
+                    "aurora_pool.replica.lag",
+                    "cluster_id" => cluster_id.to_owned(),
+                    "instance" => instance.to_owned()
+                )
+                .set(seconds);
+            };
+            let mut now = std::collections::BTreeSet::new();
+            for instance in topology.instances() {
+                if instance.role() != crate::Role::Reader {
+                    continue;
+                }
+                if let Some(lag_ms) = instance.replica_lag_ms() {
+                    set(instance.id(), lag_ms / 1000.0);
+                    now.insert(instance.id().to_owned());
+                }
+            }
+            for gone in self.reported.difference(&now) {
+                set(gone, 0.0);
+            }
+            self.reported = now;
         }
-        if let Some(lag_ms) = instance.replica_lag_ms() {
-            metrics::gauge!(
-                "aurora_pool.replica.lag",
-                "cluster_id" => cluster_id.to_owned(),
-                "instance" => instance.id().to_owned()
-            )
-            .set(lag_ms / 1000.0);
-        }
+        #[cfg(not(feature = "metrics"))]
+        let _ = (cluster_id, topology);
     }
-    #[cfg(not(feature = "metrics"))]
-    let _ = (cluster_id, topology);
 }
 
 /// A pool's first connection on its new writer, `took` after the pool was pointed there

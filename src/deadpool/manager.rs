@@ -285,7 +285,10 @@ impl managed::Manager for Manager {
             }
             if self.writer_route_wait.is_some() {
                 confirm_writer(&client, &route, self.connect_timeout).await?;
-                if let Some(took) = self.targets.recovered_on(route.instance.id()) {
+                if let Some(took) = self.targets.recovered_on(
+                    route.instance.id(),
+                    self.writer_route_wait.unwrap_or_default(),
+                ) {
                     crate::metrics::recovered(&self.cluster_id, took);
                 }
             }

@@ -117,6 +117,8 @@ struct Monitor {
     settled_without: Option<String>,
     /// The current failover's trace, from panic mode's start to its verdict.
     failover: Option<panic::FailoverSpans>,
+    /// The replica lag last reported to the metrics.
+    lags: crate::metrics::LagGauges,
 }
 
 impl Monitor {
@@ -154,6 +156,7 @@ impl Monitor {
             agreement: None,
             settled_without: None,
             failover: None,
+            lags: crate::metrics::LagGauges::default(),
         }
     }
 
@@ -289,7 +292,7 @@ impl Monitor {
                 // found.
                 let old_writer = self.state.current().writer().id().to_owned();
                 self.writer_changed(&old_writer, &writer);
-                crate::metrics::replica_lags(&self.state.cluster_id, &topology);
+                self.lags.report(&self.state.cluster_id, &topology);
                 let changed = self.publish(topology);
                 crate::metrics::topology_read(&self.state.cluster_id, started.elapsed(), forced);
                 tracing::debug!(

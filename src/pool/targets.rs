@@ -229,15 +229,22 @@ impl Targets {
 
     /// A connection to `instance` (its id) was opened and checked: when it is the first
     /// since the routes replaced an instance that left with this one, how long after that
-    /// change (the recovery of a failover, for the writer's pool). Once per change.
+    /// change (the recovery of a failover, for the writer's pool). Once per change, and
+    /// only within `limit` (the pool's checkout timeout): a first connection later than
+    /// that served no checkout that waited through the failover (a pool with nothing to
+    /// write meanwhile), and is no recovery.
     #[cfg_attr(not(feature = "metrics"), allow(dead_code))]
-    pub(crate) fn recovered_on(&self, instance: &str) -> Option<std::time::Duration> {
+    pub(crate) fn recovered_on(
+        &self,
+        instance: &str,
+        limit: std::time::Duration,
+    ) -> Option<std::time::Duration> {
         let mut recovering = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
         match recovering.as_ref() {
             Some((since, id)) if id == instance => {
                 let took = since.elapsed();
                 *recovering = None;
-                Some(took)
+                (took <= limit).then_some(took)
             }
             _ => None,
         }
@@ -366,24 +373,36 @@ mod tests {
 
     #[test]
     fn recovery_is_measured_once_on_the_instance_that_took_over() {
+        let limit = std::time::Duration::from_secs(30);
         let targets = Targets::new(vec![route("a", 1)]);
-        assert_eq!(targets.recovered_on("a"), None, "no instance left yet");
+        assert_eq!(
+            targets.recovered_on("a", limit),
+            None,
+            "no instance left yet"
+        );
         targets.park();
         assert!(!targets.set(vec![route("a", 1)]));
         assert_eq!(
-            targets.recovered_on("a"),
+            targets.recovered_on("a", limit),
             None,
             "the same instance came back"
         );
         targets.park();
         assert!(targets.set(vec![route("b", 2)]));
         assert_eq!(
-            targets.recovered_on("a"),
+            targets.recovered_on("a", limit),
             None,
             "a connection to the old one"
         );
-        assert!(targets.recovered_on("b").is_some());
-        assert_eq!(targets.recovered_on("b"), None, "measured once");
+        assert!(targets.recovered_on("b", limit).is_some());
+        assert_eq!(targets.recovered_on("b", limit), None, "measured once");
+        // A first connection later than the limit is no recovery, and not measured later.
+        targets.park();
+        assert!(targets.set(vec![route("c", 3)]));
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let short = std::time::Duration::from_millis(1);
+        assert_eq!(targets.recovered_on("c", short), None);
+        assert_eq!(targets.recovered_on("c", limit), None);
     }
 
     #[test]

@@ -41,7 +41,7 @@ const LOG_LINES: usize = 30;
 
 /// Rounds of "read the old writer's WAL position, wait for the replicas to replay it" before
 /// a failover kills it, while the position still moves.
-const CATCH_UP_ROUNDS: u32 = 3;
+const CATCH_UP_ROUNDS: u32 = 2;
 
 /// Per-instance settings file included from postgresql.conf.
 const INSTANCE_CONF: &str = "aurora_pool_instance.conf";
@@ -1403,12 +1403,24 @@ impl Inner {
         if !self.is_running(old) {
             return;
         }
-        let replicas: Vec<&Instance> = replicas.filter(|r| self.is_running(r)).collect();
-        // The insert position, not the flush position: the cluster commits asynchronously
-        // (`synchronous_commit = off`), so what clients were told is committed may not be
-        // flushed yet (the WAL writer flushes it within `wal_writer_delay`, and it streams
-        // then); a psql commit that wrote nothing flushes nothing either.
-        let written = "SELECT pg_catalog.pg_current_wal_insert_lsn()";
+        // Only replicas that stream: a promoted instance (a split brain's other writer)
+        // replays nothing, and one whose stream is down cannot catch up.
+        let streaming = "SELECT pg_catalog.pg_is_in_recovery() AND EXISTS (SELECT 1 FROM \
+                         pg_catalog.pg_stat_wal_receiver WHERE status = 'streaming')";
+        let replicas: Vec<&Instance> = replicas
+            .filter(|r| self.is_running(r))
+            .filter(|r| {
+                self.psql(r, "postgres", streaming)
+                    .is_ok_and(|out| out.trim() == "t")
+            })
+            .collect();
+        // The cluster commits asynchronously (`synchronous_commit = off`): what clients were
+        // told is committed may not be flushed yet. A record written here, in a psql
+        // commit that flushes (`synchronous_commit=on`), flushes all WAL before it; the
+        // record's end is a position replay reaches (the insert position may sit past a
+        // page header replay never passes, and a commit that wrote nothing flushes
+        // nothing).
+        let written = "SELECT pg_catalog.pg_logical_emit_message(true, 'aurora-pool', 'catch-up')";
         let mut caught_up_to: Option<String> = None;
         for _ in 0..CATCH_UP_ROUNDS {
             let lsn = match self
@@ -1465,10 +1477,24 @@ impl Inner {
                 continue;
             }
             tracing::info!(target: TARGET, instance = %new.id, from = %source.id, %lsn, "catching up from a replica that received more before the promotion");
+            // Received, not replayed: the source's received position may end inside a
+            // record the killed writer never finished, which replay never passes; the
+            // promotion replays whatever was received.
+            let received = format!(
+                "SELECT COALESCE(pg_catalog.pg_last_wal_receive_lsn() >= {}::pg_lsn, false)",
+                sql::literal(&lsn)
+            );
             let caught_up = self
                 .write_standby_conf(new, source.port)
                 .and_then(|()| self.pg_ctl(new, &["reload"]))
-                .and_then(|()| self.wait_replayed(new, &lsn, Duration::from_secs(10)));
+                .and_then(|()| {
+                    self.wait_true(
+                        new,
+                        &received,
+                        Duration::from_secs(10),
+                        "WAL received from another replica",
+                    )
+                });
             if let Err(e) = caught_up {
                 tracing::warn!(target: TARGET, instance = %new.id, error = %e, "could not catch up from another replica before the promotion");
             }

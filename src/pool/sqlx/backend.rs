@@ -252,14 +252,21 @@ impl Backend for SqlxBackend {
                     }
                     if confirm_writer {
                         instance = check_writer(conn, &targets).await?;
-                        if let Some(took) =
-                            instance.as_deref().and_then(|id| targets.recovered_on(id))
-                        {
-                            crate::metrics::recovered(&cluster_id, took);
-                        }
                     }
                     if let Some(hook) = &user {
                         hook(conn, meta).await?;
+                    }
+                    if confirm_writer {
+                        // A dialect that names no instance (plain PostgreSQL, RDS): the
+                        // instance the pool points at, which the check just confirmed.
+                        let on = instance.clone().or_else(|| {
+                            targets.current().map(|route| route.instance.id().to_owned())
+                        });
+                        if let Some(took) =
+                            on.and_then(|id| targets.recovered_on(&id, hold_limit))
+                        {
+                            crate::metrics::recovered(&cluster_id, took);
+                        }
                     }
                     // The very last step: sqlx stamps the connection's creation right after.
                     if follows == Follows::Role {
