@@ -493,7 +493,9 @@ mod scan {
             // A request answered a moment ago: its peer is alive.
             answered.write_all(b"request").unwrap();
             answering_side.write_all(b"answer").unwrap();
-            std::thread::sleep(Duration::from_millis(20));
+            // Well under `quiet_for`, and room for a loaded machine (124 unit tests at once)
+            // to deliver the answer first.
+            std::thread::sleep(Duration::from_millis(100));
             assert_eq!(
                 act_on(&[target], Act::End(quiet_for)),
                 1,
