@@ -570,10 +570,22 @@ impl LocalCluster {
     /// Aurora's shared storage, the commits it acknowledged survive a failover, but for
     /// those acknowledged in the last moment.
     pub async fn crash(&self, id: &str) -> Result<(), TestingError> {
+        self.crash_catching_up(id, true).await
+    }
+
+    /// Crashes an instance as a single PostgreSQL server crashes (`pg_ctl stop -m
+    /// immediate` at once): what it committed without flushing (the cluster commits
+    /// asynchronously) is lost, and transaction ids it handed out may be handed out again
+    /// after a restart. No-op if it is not running.
+    pub async fn crash_losing_unflushed(&self, id: &str) -> Result<(), TestingError> {
+        self.crash_catching_up(id, false).await
+    }
+
+    async fn crash_catching_up(&self, id: &str, catch_up: bool) -> Result<(), TestingError> {
         let id = id.to_owned();
         self.blocking("crash", move |inner| {
             let inst = inner.instance(&id)?;
-            if *lock(&inner.writer) == id {
+            if catch_up && *lock(&inner.writer) == id {
                 let replicas = inner
                     .instances
                     .iter()
