@@ -246,6 +246,7 @@ async fn a_cross_region_failover_is_followed_and_reads_stay_home<F: Flavour>(tes
 /// reads as the writer only as the documented fallback, once promoted, while no other home
 /// reader is up).
 async fn a_writer_crash_is_followed<F: Flavour>(test: &str, lost: &[&str], to: &str) {
+    support::trace();
     let _alone = support::timed().await;
     let cluster = global_cluster().await;
     let pool: F = connect(&cluster, test, &format!("failover_home_region={WEST}")).await;
