@@ -5,8 +5,9 @@
 //! recorder they already run (Prometheus, OpenTelemetry). Without the feature every function
 //! here is empty; with it and no recorder installed each is a call into the facade's no-op
 //! recorder, its labels built first. On the checkout path only `acquire`, `run` and
-//! `transaction` record (their wait and the pending checkout): the `PgPool` handles record
-//! nothing per checkout.
+//! `transaction` record (their wait and the pending checkout; `run` and `transaction` their
+//! use time too): the `PgPool` handles record nothing per checkout. The deadpool manager
+//! records each new connection's create time.
 
 use std::time::Duration;
 
@@ -321,6 +322,56 @@ pub(crate) fn checkout(
             metrics::counter!("db.client.connection.timeouts", &labels).increment(1);
         }
     }
+}
+
+/// A new connection of a `role` pool to `instance` was ready `took` after its connect began
+/// (logged in, and confirmed the writer where its pool checks that).
+pub(crate) fn connection_created(
+    cluster_id: &str,
+    instance: &str,
+    role: crate::Role,
+    took: Duration,
+) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(
+        "db.client.connection.create_time",
+        &instance_labels(cluster_id, instance, role)
+    )
+    .record(took.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (cluster_id, instance, role, took);
+}
+
+/// `run` or `transaction` held a connection to `instance` for `took`, from its checkout to
+/// its release (one sample per attempt).
+pub(crate) fn connection_used(cluster_id: &str, instance: &str, role: crate::Role, took: Duration) {
+    #[cfg(feature = "metrics")]
+    metrics::histogram!(
+        "db.client.connection.use_time",
+        &instance_labels(cluster_id, instance, role)
+    )
+    .record(took.as_secs_f64());
+    #[cfg(not(feature = "metrics"))]
+    let _ = (cluster_id, instance, role, took);
+}
+
+/// The labels of a connection to `instance`, of a pool of `role`: its pool is named after
+/// the instance.
+#[cfg(feature = "metrics")]
+fn instance_labels(
+    cluster_id: &str,
+    instance: &str,
+    role: crate::Role,
+) -> [(&'static str, String); 4] {
+    [
+        ("cluster_id", cluster_id.to_owned()),
+        ("instance", instance.to_owned()),
+        ("role", role.to_string()),
+        (
+            "db.client.connection.pool.name",
+            format!("{cluster_id}/{instance}"),
+        ),
+    ]
 }
 
 /// A checkout through `acquire`, `run` or `transaction` waiting for a connection, counted

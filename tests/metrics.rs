@@ -109,6 +109,20 @@ fn counter(metrics: &[Metric], name: &str, instance: Option<&str>) -> u64 {
         .sum()
 }
 
+/// The samples of histogram `name` recorded for the pool named `pool`.
+fn pool_samples(metrics: &[Metric], name: &str, pool: &str) -> Vec<f64> {
+    let of_pool: Vec<Metric> = metrics
+        .iter()
+        .filter(|(_, labels, _)| {
+            labels
+                .iter()
+                .any(|(k, v)| k == "db.client.connection.pool.name" && v == pool)
+        })
+        .cloned()
+        .collect();
+    samples(&of_pool, name)
+}
+
 fn samples(metrics: &[Metric], name: &str) -> Vec<f64> {
     metrics
         .iter()
@@ -305,25 +319,44 @@ async fn pool_connections_are_measured<F: Flavour>(test: &str) {
     .await;
     assert!(sampled, "no pool gauges: {:?}", metrics_of(&cluster_id));
     let metrics = metrics_of(&cluster_id);
-    let waits: Vec<f64> = metrics
-        .iter()
-        .filter(|(n, labels, _)| {
-            n == "db.client.connection.wait_time"
-                && labels
-                    .iter()
-                    .any(|(k, v)| k == "db.client.connection.pool.name" && *v == writer_pool)
-        })
-        .flat_map(|(_, _, value)| match value {
-            Value::Histogram(samples) => samples.clone(),
-            _ => Vec::new(),
-        })
-        .collect();
+    let waits = pool_samples(&metrics, "db.client.connection.wait_time", &writer_pool);
     assert!(
         waits.len() > checkouts,
         "{} waits for {} checkouts: {metrics:?}",
         waits.len(),
         checkouts + 1
     );
+    // How long `run` and `transaction` held their connections: one sample per call, each
+    // at least the 50 ms the work sleeps.
+    let sleeping = "SELECT pg_catalog.pg_sleep(0.05)::text";
+    for _ in 0..2 {
+        pool.run_text(Role::Writer, sleeping).await.expect("run");
+        pool.transaction_text(sleeping).await.expect("transaction");
+    }
+    let used = eventually(Duration::from_secs(5), || async {
+        let used = pool_samples(
+            &metrics_of(&cluster_id),
+            "db.client.connection.use_time",
+            &writer_pool,
+        );
+        used.iter().filter(|took| **took >= 0.05).count() >= 4
+    })
+    .await;
+    assert!(
+        used,
+        "no use times of run and transaction: {:?}",
+        metrics_of(&cluster_id)
+    );
+    // The deadpool flavour times every new connection (the sqlx flavour has no hook before
+    // sqlx's connects: see the README): the pool opened at least one to the writer.
+    if test.starts_with("deadpool-") {
+        let created = pool_samples(&metrics, "db.client.connection.create_time", &writer_pool);
+        assert!(
+            !created.is_empty() && created.iter().all(|took| *took > 0.0 && *took < 10.0),
+            "create times of the writer's connections: {created:?}"
+        );
+    }
+
     // A checkout that waits: every writer connection is held.
     while held.len() < pool.config().writer.max_connections as usize {
         held.push(pool.hold(Role::Writer).await.expect("held"));

@@ -17,7 +17,7 @@ use crate::auth::{ConnectTarget, CredentialProvider, Credentials};
 use crate::error::{Error, Result};
 use crate::pool::login;
 use crate::pool::targets::{Route, Targets};
-use crate::topology::IS_READER;
+use crate::topology::{IS_READER, Role};
 
 /// A connection used this recently is handed out again without asking the server.
 const ALIVE_BYPASS_WINDOW: Duration = Duration::from_millis(500);
@@ -274,6 +274,7 @@ impl managed::Manager for Manager {
                     ));
                 }
             };
+            let started = Instant::now();
             let client = self.open_to(&route).await?;
             // Pointed elsewhere while connecting: this connection went to an instance the
             // pool left.
@@ -292,6 +293,16 @@ impl managed::Manager for Manager {
                     crate::metrics::recovered(&self.cluster_id, took);
                 }
             }
+            let role = match self.writer_route_wait {
+                Some(_) => Role::Writer,
+                None => Role::Reader,
+            };
+            crate::metrics::connection_created(
+                &self.cluster_id,
+                route.instance.id(),
+                role,
+                started.elapsed(),
+            );
             return Ok(client);
         }
     }

@@ -104,6 +104,7 @@ async fn retry_unexplained<B: Backend, T: Send>(
             continue;
         }
         let mut held = Held::<B>::new(connection);
+        let used_since = Instant::now();
         let phase = std::sync::Mutex::new(Phase::Work);
         // The work's value once COMMIT is on its way: a lost COMMIT that turns out
         // committed returns it.
@@ -137,6 +138,12 @@ async fn retry_unexplained<B: Backend, T: Send>(
             idempotent: policy.is_idempotent(),
             phase: *phase.lock().unwrap_or_else(PoisonError::into_inner),
         };
+        crate::metrics::connection_used(
+            &core.config().cluster_id,
+            instance.id(),
+            role,
+            used_since.elapsed(),
+        );
         let committed_value = value.lock().unwrap_or_else(PoisonError::into_inner).take();
         let Some(ended) = outcome else {
             // Cut off by the caller's time limit: its connection is closed (the server rolls
