@@ -88,6 +88,8 @@ async fn reads_follow_the_static_members_as_they_change<F: Flavour>(test: &str) 
         &["instance-3", "instance-4"],
         &[],
     );
+    #[cfg(feature = "metrics")]
+    support::recorder::snapshotter();
     let pool: F = pool_on(&cluster, &stub, &name, test, "")
         .await
         .expect("connect");
@@ -134,6 +136,19 @@ async fn reads_follow_the_static_members_as_they_change<F: Flavour>(test: &str) 
     }
     // A READER endpoint never sends reads to the writer.
     assert!(!readers_used(&pool).await.contains("instance-1"));
+    // The monitor's reads of the members are counted, the one that saw the change apart.
+    #[cfg(feature = "metrics")]
+    {
+        let endpoint = host(&name);
+        let refreshes = |changed| {
+            support::recorder::counter_with(
+                "aurora_pool.custom_endpoint.refreshes",
+                &[("endpoint", &endpoint), ("changed", changed)],
+            )
+        };
+        assert!(refreshes("true") >= 1, "the change was not counted");
+        assert!(refreshes("false") >= 1, "no unchanged refresh was counted");
+    }
     pool.close().await;
 }
 

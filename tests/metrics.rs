@@ -5,79 +5,15 @@
 mod support;
 
 use std::sync::atomic::AtomicU32;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aurora_pool::auth::{ConnectTarget, CredentialProvider, Credentials, LoginFailure};
 use aurora_pool::testing::{CutAt, LocalCluster};
 use aurora_pool::{BoxFuture, RetryPolicy, Role};
-use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use support::eventually;
 use support::flavour::{Flavour, connect, flavour_tests, with_provider};
-
-/// One recorder for the process: the tests tell their metrics apart by `cluster_id`.
-fn snapshotter() -> &'static Snapshotter {
-    static SNAPSHOTTER: OnceLock<Snapshotter> = OnceLock::new();
-    SNAPSHOTTER.get_or_init(|| {
-        let recorder = DebuggingRecorder::new();
-        let snapshotter = recorder.snapshotter();
-        recorder.install().expect("the only recorder");
-        snapshotter
-    })
-}
-
-/// A metric's value, kept across snapshots.
-#[derive(Debug, Clone)]
-enum Value {
-    Counter(u64),
-    Gauge(f64),
-    Histogram(Vec<f64>),
-}
-
-impl From<DebugValue> for Value {
-    fn from(value: DebugValue) -> Value {
-        match value {
-            DebugValue::Counter(n) => Value::Counter(n),
-            DebugValue::Gauge(value) => Value::Gauge(value.into_inner()),
-            DebugValue::Histogram(samples) => {
-                Value::Histogram(samples.into_iter().map(|s| s.into_inner()).collect())
-            }
-        }
-    }
-}
-
-type Metric = (String, Vec<(String, String)>, Value);
-
-/// Everything recorded so far: the debugging recorder's snapshots drain counters and
-/// histograms, and the tests of this binary take them concurrently, so each snapshot is added
-/// to what earlier ones found.
-fn recorded() -> Vec<Metric> {
-    static SEEN: Mutex<Vec<Metric>> = Mutex::new(Vec::new());
-    let mut seen = SEEN.lock().expect("seen");
-    for (key, _, _, value) in snapshotter().snapshot().into_vec() {
-        let key = key.key();
-        let name = key.name().to_owned();
-        let mut labels: Vec<(String, String)> = key
-            .labels()
-            .map(|l| (l.key().to_owned(), l.value().to_owned()))
-            .collect();
-        labels.sort();
-        let value = Value::from(value);
-        match seen.iter_mut().find(|(n, l, _)| *n == name && *l == labels) {
-            Some((_, _, kept)) => match (kept, value) {
-                (Value::Counter(kept), Value::Counter(n)) => *kept += n,
-                (Value::Histogram(kept), Value::Histogram(more)) => kept.extend(more),
-                // A snapshot drains gauges to zero too: a zero is what the last snapshot
-                // left, not a value set (the zeroing of a closed pool's gauges is a unit
-                // test of `PoolGauges`).
-                (Value::Gauge(_), Value::Gauge(0.0)) => {}
-                (kept, value) => *kept = value,
-            },
-            None => seen.push((name, labels, value)),
-        }
-    }
-    seen.clone()
-}
+use support::recorder::{Metric, Value, recorded, snapshotter};
 
 /// The metrics of `cluster_id`: name, the other labels, the value.
 fn metrics_of(cluster_id: &str) -> Vec<Metric> {

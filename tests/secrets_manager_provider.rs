@@ -1,6 +1,10 @@
 //! `SecretsManagerAuth` against a real moto server through the real AWS SDK client: caching,
 //! single-flight fetches, rotation, refused logins and errors that keep secrets out.
 
+#[cfg(feature = "metrics")]
+#[path = "support/recorder.rs"]
+mod recorder;
+
 use std::error::Error as _;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -115,6 +119,8 @@ async fn an_expired_secret_is_served_while_the_service_is_down() {
             },
         )
         .await;
+        #[cfg(feature = "metrics")]
+        recorder::snapshotter();
         auth.credentials(&target()).await.expect("first fetch");
         drop(moto);
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -125,6 +131,14 @@ async fn an_expired_secret_is_served_while_the_service_is_down() {
         assert_eq!(password(&kept), "kept-pw");
         assert!(kept.is_from_cache());
         assert_eq!(auth.fetch_count(), 2, "the service was asked again first");
+        #[cfg(feature = "metrics")]
+        assert!(
+            recorder::counter_with(
+                "aurora_pool.credentials.stale_served",
+                &[("provider", "secrets_manager")]
+            ) >= 1,
+            "the stale secret served was not counted"
+        );
     })
     .await;
 }

@@ -3,6 +3,8 @@
 
 pub mod flavour;
 pub mod load;
+#[cfg(feature = "metrics")]
+pub mod recorder;
 #[cfg(feature = "secrets-manager")]
 pub mod secrets;
 
