@@ -268,6 +268,15 @@ impl managed::Manager for Manager {
                     attempt -= 1;
                     continue;
                 }
+                // A pool from `connect_lazy` before its first discovery: wait for it (the
+                // pool's create timeout cuts this as it cuts a connect).
+                (None, None) if self.targets.awaits_discovery() => {
+                    self.targets
+                        .changed_after(generation, self.connect_timeout)
+                        .await;
+                    attempt -= 1;
+                    continue;
+                }
                 (None, None) => {
                     return Err(Error::no_reader(
                         "no reachable reader may serve reads now, and reads may not use the writer (failover_mode is strict_reader, or the custom endpoint excludes the writer)",

@@ -51,7 +51,7 @@ use crate::error::{Error, Result};
 use crate::pool::TransactionOptions;
 use crate::pool::attempts;
 use crate::pool::backend::{Attempt, Retried};
-use crate::pool::core::PoolCore;
+use crate::pool::core::{PoolCore, Start};
 use crate::pool::facade::{facade_debug, shared_facade};
 use crate::pool::login;
 use crate::pool::scope::ScopeSource;
@@ -84,12 +84,33 @@ impl AuroraPool {
 
     /// Connects with a prepared [`Config`] (see [`crate::Builder::build`]).
     pub async fn connect_with(config: Config) -> Result<AuroraPool> {
+        AuroraPool::start(config, Start::Now).await
+    }
+
+    /// Opens the pool without touching the database: discovery runs in the background
+    /// until it succeeds, and checkouts wait for it within their timeout (see
+    /// [`crate::AuroraPool::connect_lazy`], the sqlx flavour's, for the details).
+    pub async fn connect_lazy(url: &str) -> Result<AuroraPool> {
+        AuroraPool::connect_lazy_with(Config::from_url(url)?).await
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with a prepared [`Config`].
+    pub async fn connect_lazy_with(config: Config) -> Result<AuroraPool> {
+        AuroraPool::start(config, Start::Lazy).await
+    }
+
+    async fn start(config: Config, when: Start) -> Result<AuroraPool> {
         config.validate()?;
         let provider = login::provider_for(&config).await?;
         let backend = DeadpoolBackend::new(&config, provider.clone())?;
         let connector = Arc::new(backend.connector(&config));
         let scope = ScopeSource::new(&config).await?;
-        let core = PoolCore::start(config, backend, connector, provider, scope).await?;
+        let core = match when {
+            Start::Now => PoolCore::start(config, backend, connector, provider, scope).await?,
+            Start::Lazy => {
+                PoolCore::start_lazy(config, backend, connector, provider, scope).await?
+            }
+        };
         Ok(AuroraPool { core })
     }
 

@@ -3,6 +3,7 @@
 //! instance pool in [`renewal`].
 
 mod checkout;
+mod lazy;
 mod renewal;
 
 pub(crate) use checkout::RETRY_PAUSE;
@@ -10,7 +11,7 @@ pub(crate) use checkout::RETRY_PAUSE;
 use std::collections::HashMap;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use arc_swap::{ArcSwap, ArcSwapOption};
@@ -26,6 +27,7 @@ use super::status::{Health, InstanceStatus, PoolStatus, ReadsStatus};
 use super::tasks::{close_bounded, fetch_credentials, reconcile_on_updates, renew_credentials};
 use crate::auth::CredentialProvider;
 use crate::config::Config;
+use crate::connector::BoxFuture;
 use crate::connector::{AdminTarget, Connector, Purpose};
 use crate::error::{Error, ErrorClass, Result};
 use crate::monitor::{self, ClusterEvent, ClusterHandle, MonitorSettings, Registration};
@@ -51,6 +53,14 @@ fn end_connections_behind(instance: &Instance, quiet_for: Duration) {
     });
 }
 
+/// When a pool discovers its cluster: before it is handed out (`connect`), or in the
+/// background after (`connect_lazy`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Start {
+    Now,
+    Lazy,
+}
+
 /// The state behind every clone of a pool.
 pub(crate) struct PoolCore<B: Backend> {
     config: Config,
@@ -60,11 +70,19 @@ pub(crate) struct PoolCore<B: Backend> {
     /// Taken (emptied) by `close`; read without locks. None from the start through an RDS
     /// Proxy.
     cluster: ArcSwapOption<ClusterHandle>,
-    /// Keeps this pool's credentials available to the shared monitor.
-    _registration: Arc<Registration>,
+    /// Keeps this pool's credentials available to the shared monitor; set once the cluster
+    /// was discovered (at once, unless the pool was opened with `connect_lazy`).
+    registration: OnceLock<Arc<Registration>>,
+    /// What discovery connects with (again, for `connect_lazy`).
+    connector: Arc<dyn Connector>,
+    /// Why the last discovery of a pool opened with `connect_lazy` failed, until one
+    /// succeeds: what a checkout that gave up waiting tells.
+    discovery_failure: ArcSwapOption<String>,
     scope: ScopeSource,
     provider: Arc<dyn CredentialProvider>,
-    reconciler: JoinHandle<()>,
+    /// Applies the monitor's topologies to the routing (first discovers the cluster, for
+    /// `connect_lazy`); set right after the core is built.
+    reconciler: OnceLock<JoinHandle<()>>,
     renewer: JoinHandle<()>,
     /// Refused logins that make every pool renew its credentials, at most one a second.
     forced_renewal: Throttle,
@@ -92,74 +110,27 @@ impl<B: Backend> PoolCore<B> {
         scope: ScopeSource,
     ) -> Result<Arc<Self>> {
         config.validate()?;
-        let started = Instant::now();
-        let seed = config.seed();
-        let addressing = config.addressing();
-        // Through an RDS Proxy the catalog describes instances the pool must not reach
-        // directly: the proxy is the only instance, and it fails over by itself.
-        let through_proxy = config.is_rds_proxy();
-        let dialect = match through_proxy {
-            true => Some(topology::Dialect::Pg),
-            false => config.dialect,
-        };
-        let discovery = async {
-            let target = AdminTarget::new(seed.clone(), None);
-            let mut conn = connector.connect(&target, Purpose::Discovery).await?;
-            let result = topology::discover(conn.as_mut(), dialect, &seed, &addressing).await;
-            conn.close().await;
-            result
-        }
-        .instrument(tracing::info_span!(
-            target: "aurora_pool",
-            "aurora_pool.discovery",
-            cluster_id = %config.cluster_id,
-            url_host = %seed,
-        ));
-        let (discovered, source) = tokio::time::timeout(config.connect_timeout * 2, discovery)
-            .await
-            .map_err(|_| {
-                Error::timeout(format!(
-                    "topology discovery through {seed} took longer than {:?}",
-                    config.connect_timeout * 2
-                ))
-            })?
-            .map_err(|err| config.explain_certificate_refusal(err))?;
-        tracing::info!(
-            target: "aurora_pool",
-            cluster_id = %config.cluster_id,
-            url_host = %seed,
-            dialect = %source.dialect,
-            connected_to = %discovered.connected_to,
-            topology = %discovered.topology,
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "topology discovered"
-        );
-        let registration = Arc::new(Registration { connector, source });
-        super::scope::require_home_region(&config, &discovered.topology)?;
-        // No monitor and no probes through a proxy: its topology never changes.
-        let (cluster, topology, updates) = match through_proxy {
-            true => {
-                tracing::info!(
-                    target: "aurora_pool",
-                    cluster_id = %config.cluster_id,
-                    url_host = %config.host,
-                    "RDS Proxy endpoint: connecting through the proxy only, no topology monitor or probes"
-                );
-                (None, Arc::new(discovered.topology), None)
-            }
-            false => {
-                let cluster = monitor::join(
-                    &config.cluster_id,
-                    discovered.topology,
-                    &discovered.connected_to,
-                    &registration,
-                    MonitorSettings::from_config(&config),
-                )?;
-                let mut updates = cluster.subscribe();
-                let topology = updates.borrow_and_update().clone();
-                (Some(cluster), topology, Some(updates))
-            }
-        };
+        let discovered = discover(&config, &connector).await?;
+        let followed = follow_cluster(&config, &connector, discovered)?;
+        Self::assemble(config, backend, connector, provider, scope, followed).await
+    }
+
+    /// Builds the pool around `followed` (the cluster's topology, its monitor and the
+    /// monitor's updates; an undiscovered topology and neither for `connect_lazy`).
+    async fn assemble(
+        config: Config,
+        backend: B,
+        connector: Arc<dyn Connector>,
+        provider: Arc<dyn CredentialProvider>,
+        scope: ScopeSource,
+        followed: Followed,
+    ) -> Result<Arc<Self>> {
+        let Followed {
+            registration,
+            cluster,
+            topology,
+            updates,
+        } = followed;
         let read_scope = scope.current();
         let fresh = if B::CREDENTIALS_PER_CONNECT {
             HashMap::new()
@@ -178,26 +149,10 @@ impl<B: Backend> PoolCore<B> {
             routing: ArcSwap::from_pointee(table),
             backend,
             cluster: ArcSwapOption::from(cluster),
-            _registration: registration,
-            reconciler: {
-                let (weak, scope) = (weak.clone(), scope.clone());
-                let mut first = updates;
-                tokio::spawn(supervise(
-                    "reconciler",
-                    config.cluster_id.clone(),
-                    move || {
-                        // A restart subscribes anew and applies whatever it missed.
-                        let updates = first.take().or_else(|| {
-                            let core = weak.upgrade()?;
-                            let mut updates = core.cluster.load().as_ref()?.subscribe();
-                            updates.mark_changed();
-                            Some(updates)
-                        })?;
-                        Some(reconcile_on_updates(weak.clone(), updates, scope.clone()))
-                    },
-                    std::future::pending(),
-                ))
-            },
+            registration: registration.map(OnceLock::from).unwrap_or_default(),
+            connector,
+            discovery_failure: ArcSwapOption::empty(),
+            reconciler: OnceLock::new(),
             scope,
             renewer: {
                 let weak = weak.clone();
@@ -216,6 +171,38 @@ impl<B: Backend> PoolCore<B> {
             kept_for_handles: ArcSwapOption::empty(),
             config,
         });
+        let reconciler = {
+            let (weak, scope) = (Arc::downgrade(&core), core.scope.clone());
+            let mut first = updates;
+            tokio::spawn(supervise(
+                "reconciler",
+                core.config.cluster_id.clone(),
+                move || {
+                    // A restart subscribes anew and applies whatever it missed.
+                    let core = weak.upgrade()?;
+                    let updates = first.take().or_else(|| {
+                        let mut updates = core.cluster.load().as_ref()?.subscribe();
+                        updates.mark_changed();
+                        Some(updates)
+                    });
+                    match updates {
+                        Some(updates) => Some(Box::pin(reconcile_on_updates(
+                            weak.clone(),
+                            updates,
+                            scope.clone(),
+                        )) as BoxFuture<'static, ()>),
+                        // `connect_lazy`: discovery first, then the same.
+                        None if core.is_undiscovered() => Some(Box::pin(
+                            lazy::discover_then_follow(weak.clone(), scope.clone()),
+                        )),
+                        // Through an RDS Proxy: no monitor to follow.
+                        None => None,
+                    }
+                },
+                std::future::pending(),
+            ))
+        };
+        let _ = core.reconciler.set(reconciler);
         #[cfg(feature = "metrics")]
         {
             let (weak, cluster_id) = (Arc::downgrade(&core), core.config.cluster_id.clone());
@@ -619,7 +606,9 @@ impl<B: Backend> PoolCore<B> {
     /// Closes every pool and leaves the cluster monitor.
     pub(crate) fn close(&self) -> impl Future<Output = ()> + Send + 'static {
         self.closed.store(true, Ordering::Release);
-        self.reconciler.abort();
+        if let Some(reconciler) = self.reconciler.get() {
+            reconciler.abort();
+        }
         self.renewer.abort();
         // The handles no longer keep the core: it ends with the last `AuroraPool`.
         self.kept_for_handles.store(None);
@@ -638,7 +627,112 @@ impl<B: Backend> PoolCore<B> {
 
 impl<B: Backend> Drop for PoolCore<B> {
     fn drop(&mut self) {
-        self.reconciler.abort();
+        if let Some(reconciler) = self.reconciler.get() {
+            reconciler.abort();
+        }
         self.renewer.abort();
     }
+}
+
+/// What a pool follows: the cluster's topology, and (but through an RDS Proxy, or before a
+/// lazy pool's discovery) the cluster monitor with its updates.
+struct Followed {
+    /// What the pool keeps for the monitor; none before a lazy pool's discovery.
+    registration: Option<Arc<Registration>>,
+    cluster: Option<Arc<ClusterHandle>>,
+    topology: Arc<Topology>,
+    updates: Option<watch::Receiver<Arc<Topology>>>,
+}
+
+/// Reads the topology through the URL's host (within twice `connect_timeout`).
+async fn discover(
+    config: &Config,
+    connector: &Arc<dyn Connector>,
+) -> Result<(topology::Discovered, topology::TopologySource)> {
+    let started = Instant::now();
+    let seed = config.seed();
+    let addressing = config.addressing();
+    // Through an RDS Proxy the catalog describes instances the pool must not reach
+    // directly: the proxy is the only instance, and it fails over by itself.
+    let dialect = match config.is_rds_proxy() {
+        true => Some(topology::Dialect::Pg),
+        false => config.dialect,
+    };
+    let discovery = async {
+        let target = AdminTarget::new(seed.clone(), None);
+        let mut conn = connector.connect(&target, Purpose::Discovery).await?;
+        let result = topology::discover(conn.as_mut(), dialect, &seed, &addressing).await;
+        conn.close().await;
+        result
+    }
+    .instrument(tracing::info_span!(
+        target: "aurora_pool",
+        "aurora_pool.discovery",
+        cluster_id = %config.cluster_id,
+        url_host = %seed,
+    ));
+    let (discovered, source) = tokio::time::timeout(config.connect_timeout * 2, discovery)
+        .await
+        .map_err(|_| {
+            Error::timeout(format!(
+                "topology discovery through {seed} took longer than {:?}",
+                config.connect_timeout * 2
+            ))
+        })?
+        .map_err(|err| config.explain_certificate_refusal(err))?;
+    tracing::info!(
+        target: "aurora_pool",
+        cluster_id = %config.cluster_id,
+        url_host = %seed,
+        dialect = %source.dialect,
+        connected_to = %discovered.connected_to,
+        topology = %discovered.topology,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        "topology discovered"
+    );
+    Ok((discovered, source))
+}
+
+/// Joins the cluster monitor with a discovered topology (none through an RDS Proxy, whose
+/// topology never changes); returns the registration the pool keeps for the monitor.
+fn follow_cluster(
+    config: &Config,
+    connector: &Arc<dyn Connector>,
+    (discovered, source): (topology::Discovered, topology::TopologySource),
+) -> Result<Followed> {
+    let registration = Arc::new(Registration {
+        connector: connector.clone(),
+        source,
+    });
+    super::scope::require_home_region(config, &discovered.topology)?;
+    if config.is_rds_proxy() {
+        tracing::info!(
+            target: "aurora_pool",
+            cluster_id = %config.cluster_id,
+            url_host = %config.host,
+            "RDS Proxy endpoint: connecting through the proxy only, no topology monitor or probes"
+        );
+        return Ok(Followed {
+            registration: Some(registration),
+            cluster: None,
+            // Newer than a lazy pool's undiscovered topology.
+            topology: Arc::new(discovered.topology.with_version(1)),
+            updates: None,
+        });
+    }
+    let cluster = monitor::join(
+        &config.cluster_id,
+        discovered.topology,
+        &discovered.connected_to,
+        &registration,
+        MonitorSettings::from_config(config),
+    )?;
+    let mut updates = cluster.subscribe();
+    let topology = updates.borrow_and_update().clone();
+    Ok(Followed {
+        registration: Some(registration),
+        cluster: Some(cluster),
+        topology,
+        updates: Some(updates),
+    })
 }

@@ -196,7 +196,9 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                 })
             }
         };
-        let reads_may_use_writer = scope.reads_may_use_writer(topology);
+        // Before a lazy pool's discovery the writer is only the URL's host: no reads there.
+        let reads_may_use_writer =
+            scope.reads_may_use_writer(topology) && !topology.is_undiscovered();
         let built = writer.and_then(|writer| {
             let reads = match previous {
                 Some(previous) => previous.reads.clone(),

@@ -59,6 +59,9 @@ pub(crate) struct Targets {
     /// Since when the routes point at an instance that replaced one that left, and which:
     /// until the pool's first connection there (see [`recovered_on`](Targets::recovered_on)).
     recovering: std::sync::Mutex<Option<(Instant, String)>>,
+    /// Set for the role pools of a pool from `connect_lazy` until its first discovered
+    /// routes: a connect with nowhere to go waits for them instead of failing.
+    awaiting_discovery: std::sync::atomic::AtomicBool,
 }
 
 impl Targets {
@@ -75,7 +78,20 @@ impl Targets {
             changes: tokio::sync::watch::channel(0).0,
             dialect: std::sync::OnceLock::new(),
             recovering: std::sync::Mutex::new(None),
+            awaiting_discovery: std::sync::atomic::AtomicBool::new(false),
         })
+    }
+
+    /// Marks the pool as waiting for its cluster's first discovery (see the field).
+    pub(crate) fn await_discovery(&self) {
+        self.awaiting_discovery.store(true, Ordering::Release);
+    }
+
+    /// Whether the pool waits for its cluster's first discovery: its routes were never set
+    /// from a discovered topology.
+    #[cfg_attr(not(feature = "deadpool"), allow(dead_code))]
+    pub(crate) fn awaits_discovery(&self) -> bool {
+        self.awaiting_discovery.load(Ordering::Acquire)
     }
 
     /// The pool of one instance.
@@ -178,6 +194,7 @@ impl Targets {
     /// Puts `routes` in place, bumps the generation and tells its waiters; returns the
     /// routes replaced.
     fn swap(&self, routes: Arc<Vec<Route>>) -> Arc<Vec<Route>> {
+        self.awaiting_discovery.store(false, Ordering::Release);
         let old = self.routes.swap(routes);
         let generation = self.generation.fetch_add(1, Ordering::AcqRel) + 1;
         self.changes.send_replace(generation);

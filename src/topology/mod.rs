@@ -8,7 +8,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 
 pub use dialect::Dialect;
-pub(crate) use dialect::{IS_READER, TopologySource, confirm_writer, discover, query_topology};
+pub(crate) use dialect::{
+    Discovered, IS_READER, TopologySource, confirm_writer, discover, query_topology,
+};
 
 use crate::endpoint::{HostPattern, HostPort, is_dns_label};
 use crate::error::{Error, ErrorClass, Result};
@@ -147,6 +149,8 @@ pub struct Topology {
     /// (microseconds since the epoch; Aurora only): of two instances claiming the writer
     /// role, the one whose catalog has the newer writer row wins.
     writer_since: Option<i64>,
+    /// The stand-in of a pool from `connect_lazy` before its first discovery.
+    undiscovered: bool,
 }
 
 impl Topology {
@@ -164,7 +168,37 @@ impl Topology {
             dialect,
             instances,
             writer_since: None,
+            undiscovered: false,
         })
+    }
+
+    /// What a pool opened with `connect_lazy` routes by until its first discovery: the
+    /// URL's host as a writer that is unavailable, version 0 (a discovered topology is
+    /// newer). No work runs on it: the pools wait for the first discovered topology (a
+    /// driver that must point somewhere is parked on it, as while a writer is unavailable).
+    pub(crate) fn undiscovered(seed: &HostPort) -> Topology {
+        let writer = Instance {
+            id: seed.host.clone(),
+            name: seed.host.clone(),
+            address: seed.clone(),
+            role: Role::Writer,
+            replica_lag_ms: None,
+            cpu: None,
+            region: None,
+            available: false,
+        };
+        Topology {
+            version: 0,
+            dialect: Dialect::Pg,
+            instances: vec![writer],
+            writer_since: None,
+            undiscovered: true,
+        }
+    }
+
+    /// Whether this is the stand-in of [`undiscovered`](Topology::undiscovered).
+    pub(crate) fn is_undiscovered(&self) -> bool {
+        self.undiscovered
     }
 
     pub(crate) fn with_writer_since(mut self, writer_since: Option<i64>) -> Topology {

@@ -44,6 +44,8 @@ pub const HELD_INSTANCE_ID: &str =
 /// What the scenarios need of a pool flavour.
 pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
     fn connect_with(config: Config) -> impl Future<Output = aurora_pool::Result<Self>> + Send;
+    /// `connect_lazy_with`.
+    fn connect_lazy_with(config: Config) -> impl Future<Output = aurora_pool::Result<Self>> + Send;
     /// Runs `sql` (one text column, one row) on a fresh checkout for `role` (`acquire`).
     fn query_text(
         &self,
@@ -216,6 +218,9 @@ pub trait Flavour: Clone + std::fmt::Debug + Send + Sync + Sized + 'static {
 impl Flavour for aurora_pool::AuroraPool {
     async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
         aurora_pool::AuroraPool::connect_with(config).await
+    }
+    async fn connect_lazy_with(config: Config) -> aurora_pool::Result<Self> {
+        aurora_pool::AuroraPool::connect_lazy_with(config).await
     }
     async fn query_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
         let mut conn = self.acquire(role).await?;
@@ -432,6 +437,9 @@ impl Flavour for aurora_pool::AuroraPool {
 impl Flavour for aurora_pool::deadpool::AuroraPool {
     async fn connect_with(config: Config) -> aurora_pool::Result<Self> {
         aurora_pool::deadpool::AuroraPool::connect_with(config).await
+    }
+    async fn connect_lazy_with(config: Config) -> aurora_pool::Result<Self> {
+        aurora_pool::deadpool::AuroraPool::connect_lazy_with(config).await
     }
     async fn query_text(&self, role: Role, sql: &'static str) -> aurora_pool::Result<String> {
         let client = self.acquire(role).await?;

@@ -412,7 +412,7 @@ impl<B: Backend> PoolCore<B> {
             "no {role} of cluster `{}` could be reached within failover_timeout ({:?})",
             self.config.cluster_id, self.config.failover_timeout
         ));
-        match cause {
+        match self.discovery_failure().or(cause) {
             Some(cause) => err.with_source(cause),
             None => err,
         }

@@ -22,7 +22,7 @@ use sqlx::{PgPool, Postgres};
 
 use super::attempts;
 use super::backend::{Attempt, Retried};
-use super::core::PoolCore;
+use super::core::{PoolCore, Start};
 use super::facade::{facade_debug, shared_facade};
 use super::login;
 use super::scope::ScopeSource;
@@ -73,7 +73,41 @@ impl AuroraPool {
 
     /// Connects with a prepared [`Config`].
     pub async fn connect_with(config: Config) -> Result<AuroraPool> {
-        AuroraPool::start(config, AuroraPoolOptions::new()).await
+        AuroraPool::start(config, AuroraPoolOptions::new(), Start::Now).await
+    }
+
+    /// Opens the pool without touching the database, as sqlx's `PgPool::connect_lazy`:
+    /// discovery runs in the background, again after each failure (every 5 s at most),
+    /// until it succeeds; meanwhile [`writer`](Self::writer) and [`reader`](Self::reader)
+    /// hand out their pools and every checkout waits for the discovery within its own
+    /// timeout (a handle's query `acquire_timeout_ms`, [`acquire`](Self::acquire), `run`
+    /// and `transaction` `failover_timeout_ms`), as it waits for a new writer during a
+    /// failover; one that gives up says why the last discovery failed. Fails only on a bad
+    /// URL or settings (the credential provider is built, and a custom endpoint's members
+    /// are read, before it returns).
+    ///
+    /// ```no_run
+    /// # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+    /// use aurora_pool::AuroraPool;
+    ///
+    /// // The service builds its state before the database is up.
+    /// let pool = AuroraPool::connect_lazy(
+    ///     "postgres://app:secret@orders.cluster-abc123.us-east-1.rds.amazonaws.com/app",
+    /// )
+    /// .await?;
+    /// let writer = pool.writer();
+    /// // The first query waits for the discovery, up to acquire_timeout_ms.
+    /// sqlx::query("SELECT 1").execute(&writer).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn connect_lazy(url: &str) -> Result<AuroraPool> {
+        AuroraPool::connect_lazy_with(Config::from_url(url)?).await
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with a prepared [`Config`].
+    pub async fn connect_lazy_with(config: Config) -> Result<AuroraPool> {
+        AuroraPool::start(config, AuroraPoolOptions::new(), Start::Lazy).await
     }
 
     /// sqlx's own settings for every pool (hooks, connect options); finish with
@@ -82,14 +116,19 @@ impl AuroraPool {
         AuroraPoolOptions::new()
     }
 
-    async fn start(config: Config, options: AuroraPoolOptions) -> Result<AuroraPool> {
+    async fn start(config: Config, options: AuroraPoolOptions, when: Start) -> Result<AuroraPool> {
         config.validate()?;
         let base = connect_options::BaseOptions::new(&config, options.connect_options.as_ref())?;
         let provider = login::provider_for(&config).await?;
         let connector = Arc::new(SqlxConnector::new(&config, base.clone(), provider.clone()));
         let backend = SqlxBackend::new(&config, base.clone(), options);
         let scope = ScopeSource::new(&config).await?;
-        let core = PoolCore::start(config, backend, connector, provider, scope).await?;
+        let core = match when {
+            Start::Now => PoolCore::start(config, backend, connector, provider, scope).await?,
+            Start::Lazy => {
+                PoolCore::start_lazy(config, backend, connector, provider, scope).await?
+            }
+        };
         let weak = Arc::downgrade(&core);
         base.when_tls_learned(move |address| {
             if let Some(core) = weak.upgrade() {
@@ -417,6 +456,12 @@ impl Builder {
     /// Builds the [`Config`] and connects an [`AuroraPool`] with it.
     pub async fn connect(self) -> Result<AuroraPool> {
         AuroraPool::connect_with(self.build()?).await
+    }
+
+    /// Builds the [`Config`] and opens an [`AuroraPool`] with it that discovers its cluster
+    /// in the background ([`AuroraPool::connect_lazy`]).
+    pub async fn connect_lazy(self) -> Result<AuroraPool> {
+        AuroraPool::connect_lazy_with(self.build()?).await
     }
 }
 

@@ -11,6 +11,7 @@ use super::AuroraPool;
 use crate::config::Config;
 use crate::connector::BoxFuture;
 use crate::error::Result;
+use crate::pool::core::Start;
 
 /// A hook run on a new connection (sqlx's `PoolOptions::after_connect`).
 pub(crate) type AfterConnect = Arc<
@@ -162,7 +163,18 @@ impl AuroraPoolOptions {
 
     /// Connects with a prepared [`Config`] and these options.
     pub async fn connect_with(self, config: Config) -> Result<AuroraPool> {
-        AuroraPool::start(config, self).await
+        AuroraPool::start(config, self, Start::Now).await
+    }
+
+    /// Opens a pool with a URL and these options that discovers its cluster in the
+    /// background ([`AuroraPool::connect_lazy`]).
+    pub async fn connect_lazy(self, url: &str) -> Result<AuroraPool> {
+        self.connect_lazy_with(Config::from_url(url)?).await
+    }
+
+    /// [`connect_lazy`](Self::connect_lazy) with a prepared [`Config`].
+    pub async fn connect_lazy_with(self, config: Config) -> Result<AuroraPool> {
+        AuroraPool::start(config, self, Start::Lazy).await
     }
 }
 
