@@ -156,7 +156,7 @@ async fn a_notify_whose_commit_reply_was_lost_is_sent_once<F: Flavour>(test: &st
 
 async fn failover_timeout_does_not_bound_running_work<F: Flavour>(test: &str) {
     let cluster = LocalCluster::start(1).await.expect("cluster");
-    // A 1 s failover_timeout stands in for the default 300 s against a 2 s statement.
+    // A 1 s failover_timeout stands in for the default 30 s against a 2 s statement.
     let pool = connect::<F>(&cluster, test, "failover_timeout_ms=1000").await;
     pool.run("SELECT pg_catalog.pg_sleep(2)")
         .await
@@ -190,7 +190,7 @@ async fn a_writer_read_only_by_configuration_refuses_at_once<F: Flavour>(test: &
         .await
         .expect("freeze");
     // A bounded wait for a writer, so that the old behaviour (re-running the write as if
-    // the writer had been demoted) ends instead of taking the default 300 s.
+    // the writer had been demoted) ends instead of taking the default 30 s.
     let pool = connect::<F>(&cluster, test, "failover_timeout_ms=20000").await;
     let insert = "INSERT INTO out_read_only VALUES ('frozen')";
     for transaction in [false, true] {

@@ -140,7 +140,8 @@ pub struct Config {
     /// `failover_home_region`, `global_read_mode`). See [`GlobalSettings`].
     pub global: GlobalSettings,
     /// How long a checkout waits for an instance of its role during a failover
-    /// (`failover_timeout_ms`, default 300000).
+    /// (`failover_timeout_ms`, default 30000: as long as `acquire_timeout_ms`, fit for a
+    /// request handler; batch jobs that would rather wait out a long failover set more).
     pub failover_timeout: Duration,
     /// How often the monitor reads the topology during and for 30 s after a failover
     /// (`cluster_topology_high_refresh_rate_ms`, default 100).

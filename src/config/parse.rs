@@ -168,7 +168,7 @@ impl Config {
             failover_mode,
             max_replica_lag: None,
             global: Default::default(),
-            failover_timeout: Duration::from_millis(300_000),
+            failover_timeout: Duration::from_millis(30_000),
             cluster_topology_high_refresh_rate: Duration::from_millis(100),
             failure_detection_enabled: true,
             failure_detection_time: Duration::ZERO,

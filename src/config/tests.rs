@@ -15,7 +15,7 @@ fn parses_url_and_defaults() {
     assert_eq!(c.cluster_topology_refresh_rate, Duration::from_secs(30));
     assert_eq!(c.reader_host_selector_strategy, ReaderSelection::Random);
     assert_eq!(c.failover_mode, FailoverMode::StrictWriter);
-    assert_eq!(c.failover_timeout, Duration::from_secs(300));
+    assert_eq!(c.failover_timeout, Duration::from_secs(30));
     assert_eq!(
         c.cluster_topology_high_refresh_rate,
         Duration::from_millis(100)

@@ -163,7 +163,7 @@ async fn retry_unexplained<B: Backend, T: Send>(
         // A write refused as read-only (25006) on the writer is a demoted writer only when
         // the writer says so; a writer read-only by configuration (a maintenance
         // `default_transaction_read_only`, `SET TRANSACTION READ ONLY` in the work) gets
-        // the driver's error at once, not 300 s of re-runs.
+        // the driver's error at once, not `failover_timeout` of re-runs.
         let err = if err.is_failover()
             && err.class() == ErrorClass::ReadOnly
             && still_the_writer(core, &instance).await
