@@ -124,7 +124,7 @@ pub struct IamSettings {
     pub region: Option<String>,
     /// The port signed into tokens (`iam_default_port`); by default the instance's port.
     pub default_port: Option<u16>,
-    /// How long a token is reused for new connections (`iam_expiration_s`, default 870: 30 s
+    /// How long a token is reused for new connections (`iam_expiration_ms`, default 870000: 30 s
     /// less than the 15 minutes AWS accepts it, so a connect never races its expiry).
     pub expiration: Duration,
     /// The AWS credentials that sign tokens; by default the standard provider chain of
@@ -147,7 +147,7 @@ impl Default for IamSettings {
     }
 }
 
-/// `iam_expiration_s`'s default.
+/// `iam_expiration_ms`'s default.
 const DEFAULT_EXPIRATION: Duration = Duration::from_secs(870);
 
 impl IamSettings {
@@ -174,16 +174,20 @@ impl IamSettings {
                         Error::config(key, format!("`{value}` is not a port number"))
                     })?);
                 }
-                "iam_expiration_s" => {
-                    let seconds: u64 = value.trim().parse().map_err(|_| {
-                        Error::config(key, format!("`{value}` is not a number of seconds"))
+                "iam_expiration_ms" => {
+                    let ms: u64 = value.trim().parse().map_err(|_| {
+                        Error::config(key, format!("`{value}` is not a number of milliseconds"))
                     })?;
-                    settings.expiration = Duration::from_secs(seconds);
+                    settings.expiration = Duration::from_millis(ms);
+                }
+                "iam_expiration_s" => {
+                    let ms = crate::config::renamed_seconds(key, "iam_expiration_ms", value)?;
+                    settings.expiration = Duration::from_millis(ms);
                 }
                 _ => {
                     return Err(Error::config(
                         key,
-                        "unknown IAM parameter (iam_host, iam_region, iam_default_port, iam_expiration_s)",
+                        "unknown IAM parameter (iam_host, iam_region, iam_default_port, iam_expiration_ms)",
                     ));
                 }
             }
@@ -195,10 +199,10 @@ impl IamSettings {
     pub(crate) fn validate(&self, url_host: &str) -> Result<()> {
         if self.expiration.is_zero() || self.expiration > TOKEN_LIFETIME {
             return Err(Error::config(
-                "iam_expiration_s",
+                "iam_expiration_ms",
                 format!(
                     "must be between 1 and {} (a token is accepted for 15 minutes)",
-                    TOKEN_LIFETIME.as_secs()
+                    TOKEN_LIFETIME.as_millis()
                 ),
             ));
         }
@@ -242,7 +246,7 @@ impl fmt::Debug for IamSettings {
 }
 
 /// The [`CredentialProvider`] behind `auth=iam`: one token per (region, host, port, user),
-/// reused for `iam_expiration_s`.
+/// reused for `iam_expiration_ms`.
 ///
 /// A login refused with a cached token regenerates the token and retries once; a refused
 /// fresh token is reported (the IAM policy or the database grant is wrong, and retrying
@@ -291,7 +295,7 @@ impl IamAuth {
     }
 
     /// How many tokens the cache holds: those of the instances connected to within the last
-    /// `iam_expiration_s` (expired ones are dropped when a token is signed).
+    /// `iam_expiration_ms` (expired ones are dropped when a token is signed).
     pub fn tokens_cached(&self) -> usize {
         self.tokens.lock().unwrap_or_else(|e| e.into_inner()).len()
     }
@@ -387,7 +391,7 @@ impl IamAuth {
         );
         let mut tokens = self.tokens.lock().unwrap_or_else(|e| e.into_inner());
         // Expired tokens go: the cache holds the instances connected to within the last
-        // `iam_expiration_s`, not every host a topology ever named.
+        // `iam_expiration_ms`, not every host a topology ever named.
         tokens.retain(|_, cached| cached.reuse_until > now);
         tokens.insert(
             key.clone(),

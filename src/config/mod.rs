@@ -345,5 +345,6 @@ mod validate;
 pub use auth::Auth;
 pub use builder::Builder;
 pub use global::{GlobalReadMode, GlobalSettings};
+pub(crate) use parse::renamed_seconds;
 pub use tcp::TcpSettings;
 pub(crate) use tls::SslMode;

@@ -26,6 +26,7 @@ pub(super) const KNOWN_PARAMETERS: &[&str] = &[
     "cluster_topology_high_refresh_rate_ms",
     "cluster_topology_refresh_rate_ms",
     "connect_timeout",
+    "connect_timeout_ms",
     "dialect",
     "failover_home_region",
     "failover_mode",
@@ -37,7 +38,7 @@ pub(super) const KNOWN_PARAMETERS: &[&str] = &[
     "global_cluster_instance_host_patterns",
     "global_read_mode",
     "iam_default_port",
-    "iam_expiration_s",
+    "iam_expiration_ms",
     "iam_host",
     "iam_region",
     "idle_timeout_ms",
@@ -54,7 +55,7 @@ pub(super) const KNOWN_PARAMETERS: &[&str] = &[
     "secrets_manager_connect_retry_interval_ms",
     "secrets_manager_connect_retry_timeout_ms",
     "secrets_manager_endpoint",
-    "secrets_manager_expiration_s",
+    "secrets_manager_expiration_ms",
     "secrets_manager_region",
     "secrets_manager_secret_id",
     "secrets_manager_secret_password_key",
@@ -194,6 +195,13 @@ impl Config {
 
         let mut driver_pairs = Vec::new();
         let mut auth_pairs = Vec::new();
+        let given = |key: &str| parsed.query_pairs().any(|(k, _)| k == key);
+        if given("connect_timeout") && given("connect_timeout_ms") {
+            return Err(Error::config(
+                "connect_timeout_ms",
+                "give either connect_timeout_ms or libpq's connect_timeout (in seconds), not both",
+            ));
+        }
         for (key, value) in parsed.query_pairs() {
             let (key, value) = (key.into_owned(), value.into_owned());
             if config.apply_parameter(&key, &value)? {
@@ -313,8 +321,12 @@ impl Config {
             }
             "idle_timeout_ms" => self.idle_timeout = optional_ms(parse_number(key, value)?),
             "max_lifetime_ms" => self.max_lifetime = optional_ms(parse_number(key, value)?),
+            // libpq's own, in seconds; the crate's durations are all in milliseconds.
             "connect_timeout" => {
                 self.connect_timeout = Duration::from_secs(parse_number(key, value)?)
+            }
+            "connect_timeout_ms" => {
+                self.connect_timeout = Duration::from_millis(parse_number(key, value)?)
             }
             _ if self.tcp.apply_parameter(key, value)? => {}
             #[cfg(feature = "custom-endpoint")]
@@ -392,4 +404,23 @@ fn check_driver_parameter(key: &str, value: &str) -> Result<()> {
         "statement-cache-capacity" => parse_number::<usize>(key, value).map(|_| ()),
         _ => Ok(()),
     }
+}
+
+/// A duration parameter under its former name, in seconds (`old`): accepted, with a warning
+/// naming the one to use (`new`, in milliseconds, as every duration of the crate's own), and
+/// its value in milliseconds.
+pub(crate) fn renamed_seconds(old: &str, new: &str, value: &str) -> Result<u64> {
+    let seconds: u64 = value
+        .trim()
+        .parse()
+        .map_err(|_| Error::config(old, format!("`{value}` is not a number of seconds")))?;
+    tracing::warn!(
+        target: "aurora_pool",
+        parameter = old,
+        use_instead = new,
+        "a URL parameter under its former name (in seconds): use {new} (in milliseconds)"
+    );
+    seconds
+        .checked_mul(1000)
+        .ok_or_else(|| Error::config(old, format!("`{value}` is too long")))
 }

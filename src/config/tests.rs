@@ -230,7 +230,7 @@ fn auth_modes_and_their_parameters() {
 fn iam_parameters() {
     let host = "postgres://app@db.cluster-abc.eu-west-1.rds.amazonaws.com/app";
     let c = Config::from_url(&format!(
-        "{host}?auth=iam&iam_host=db.example.com&iam_default_port=6432&iam_expiration_s=600"
+        "{host}?auth=iam&iam_host=db.example.com&iam_default_port=6432&iam_expiration_ms=600000"
     ))
     .unwrap();
     let Auth::Iam(settings) = &c.auth else {
@@ -248,7 +248,8 @@ fn iam_parameters() {
     );
 
     for (query, parameter) in [
-        ("auth=iam&iam_expiration_s=901", "iam_expiration_s"),
+        ("auth=iam&iam_expiration_ms=900001", "iam_expiration_ms"),
+        ("auth=iam&iam_expiration_s=soon", "iam_expiration_s"),
         ("auth=iam&iam_default_port=x", "iam_default_port"),
         ("auth=iam&iam_token_name=x", "iam_token_name"),
         ("auth=iam&sslmode=disable", "sslmode"),
@@ -416,5 +417,28 @@ fn every_parameter_suggested_is_one_the_url_accepts() {
                 "`{known}` is suggested but refused as unknown: {err}"
             );
         }
+    }
+}
+
+/// The former names of two durations, in seconds, are still accepted (with a warning) and
+/// mean the same; libpq's `connect_timeout` stays in seconds beside `connect_timeout_ms`,
+/// and the two together are refused.
+#[test]
+fn former_duration_names_and_units_are_accepted() {
+    let host = "postgres://app@db.cluster-abc.eu-west-1.rds.amazonaws.com/app";
+    let c = Config::from_url(&format!("{host}?connect_timeout=3")).unwrap();
+    assert_eq!(c.connect_timeout, Duration::from_secs(3));
+    let c = Config::from_url(&format!("{host}?connect_timeout_ms=2500")).unwrap();
+    assert_eq!(c.connect_timeout, Duration::from_millis(2500));
+    let err = Config::from_url(&format!("{host}?connect_timeout=3&connect_timeout_ms=2500"))
+        .expect_err("both");
+    assert_eq!(err.parameter(), Some("connect_timeout_ms"), "{err:#}");
+    #[cfg(feature = "iam")]
+    {
+        let c = Config::from_url(&format!("{host}?auth=iam&iam_expiration_s=600")).unwrap();
+        let Auth::Iam(settings) = &c.auth else {
+            panic!("{:?}", c.auth)
+        };
+        assert_eq!(settings.expiration, Duration::from_secs(600));
     }
 }

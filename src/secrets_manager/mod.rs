@@ -3,7 +3,7 @@
 //! The secret's `SecretString` is a JSON object holding the user name and the password
 //! (keys `username` and `password` by default, other keys are ignored): the format of the
 //! secrets RDS creates and rotates. [`SecretsManagerAuth`] fetches it with `GetSecretValue`,
-//! caches it for `secrets_manager_expiration_s` (870 s by default) and fetches it again
+//! caches it for `secrets_manager_expiration_ms` (870 s by default) and fetches it again
 //! when a login with cached credentials is refused, which is how a rotation reaches new
 //! connections. Concurrent connects share one fetch.
 //!

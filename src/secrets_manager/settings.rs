@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use crate::error::{Error, Result};
 
-/// `secrets_manager_expiration_s`'s default, as in the AWS JDBC wrapper.
+/// `secrets_manager_expiration_ms`'s default, as in the AWS JDBC wrapper.
 const DEFAULT_EXPIRATION: Duration = Duration::from_secs(870);
 /// `secrets_manager_connect_retry_interval_ms`'s default.
 const DEFAULT_RETRY_INTERVAL: Duration = Duration::from_millis(1000);
@@ -29,7 +29,7 @@ pub struct SecretsManagerSettings {
     /// apply, else the region's public endpoint.
     pub endpoint: Option<String>,
     /// How long a fetched secret is used for new logins before it is fetched again
-    /// (`secrets_manager_expiration_s`, default 870).
+    /// (`secrets_manager_expiration_ms`, default 870000).
     pub expiration: Duration,
     /// The JSON key of the user name (`secrets_manager_secret_username_key`, default
     /// `username`).
@@ -75,8 +75,16 @@ impl SecretsManagerSettings {
                 "secrets_manager_secret_id" => secret_id = Some(value.trim().to_owned()),
                 "secrets_manager_region" => settings.region = Some(value.trim().to_owned()),
                 "secrets_manager_endpoint" => settings.endpoint = Some(value.trim().to_owned()),
+                "secrets_manager_expiration_ms" => {
+                    settings.expiration =
+                        Duration::from_millis(number(key, value, "milliseconds")?);
+                }
                 "secrets_manager_expiration_s" => {
-                    settings.expiration = Duration::from_secs(number(key, value, "seconds")?);
+                    settings.expiration = Duration::from_millis(crate::config::renamed_seconds(
+                        key,
+                        "secrets_manager_expiration_ms",
+                        value,
+                    )?);
                 }
                 "secrets_manager_secret_username_key" => settings.username_key = value.clone(),
                 "secrets_manager_secret_password_key" => settings.password_key = value.clone(),
@@ -93,7 +101,7 @@ impl SecretsManagerSettings {
                         key,
                         "unknown Secrets Manager parameter (secrets_manager_secret_id, \
                          secrets_manager_region, secrets_manager_endpoint, \
-                         secrets_manager_expiration_s, secrets_manager_secret_username_key, \
+                         secrets_manager_expiration_ms, secrets_manager_secret_username_key, \
                          secrets_manager_secret_password_key, \
                          secrets_manager_connect_retry_timeout_ms, \
                          secrets_manager_connect_retry_interval_ms)",
@@ -134,7 +142,7 @@ impl SecretsManagerSettings {
         }
         if self.expiration.is_zero() {
             return Err(Error::config(
-                "secrets_manager_expiration_s",
+                "secrets_manager_expiration_ms",
                 "must be greater than 0",
             ));
         }

@@ -33,7 +33,7 @@ fn parameters_are_read() {
         ("secrets_manager_secret_id", "aur/app"),
         ("secrets_manager_region", "eu-west-1"),
         ("secrets_manager_endpoint", "http://127.0.0.1:5000"),
-        ("secrets_manager_expiration_s", "60"),
+        ("secrets_manager_expiration_ms", "60000"),
         ("secrets_manager_secret_username_key", "user"),
         ("secrets_manager_secret_password_key", "pass"),
         ("secrets_manager_connect_retry_timeout_ms", "60000"),
@@ -84,9 +84,9 @@ fn bad_parameters_are_named() {
         (
             &[
                 ("secrets_manager_secret_id", "s"),
-                ("secrets_manager_expiration_s", "0"),
+                ("secrets_manager_expiration_ms", "0"),
             ],
-            "secrets_manager_expiration_s",
+            "secrets_manager_expiration_ms",
         ),
         (
             &[
