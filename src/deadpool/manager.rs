@@ -172,8 +172,15 @@ impl Manager {
     }
 
     /// Whether `client`, created at `created`, must not be handed out again: its instance
-    /// left after it was opened (any instance, when the manager does not know its own).
+    /// left after it was opened (any instance, when the manager does not know its own), or
+    /// its turn to make room for an instance that joined the routes has come.
     pub(super) fn is_stale(&self, client: &ClientWrapper, created: Instant) -> bool {
+        if !self.targets.may_replace() {
+            return false;
+        }
+        if self.targets.is_rebalanced(created) {
+            return true;
+        }
         if !self.targets.any_left() {
             return false;
         }

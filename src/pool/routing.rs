@@ -204,6 +204,7 @@ impl<P: Clone + Send + Sync + 'static> RoutingTable<P> {
                 Some(previous) => previous.reads.clone(),
                 None => {
                     let targets = Targets::new(Vec::new());
+                    targets.pace_rebalancing(config.reader.max_connections);
                     let pool = backend.open(
                         Role::Reader,
                         Follows::Role,

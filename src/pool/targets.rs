@@ -62,7 +62,22 @@ pub(crate) struct Targets {
     /// Set for the role pools of a pool from `connect_lazy` until its first discovered
     /// routes: a connect with nowhere to go waits for them instead of failing.
     awaiting_discovery: std::sync::atomic::AtomicBool,
+    /// When an instance last joined routes that kept others (nanoseconds after `origin`; 0:
+    /// never): the connections opened before are replaced one at a time, so that a pool
+    /// spreading over its routes spreads over the new one too instead of waiting for its
+    /// connections to expire. One at a time, so that each replacement is opened where the
+    /// pool's turn points after the one before.
+    joined_at: AtomicU64,
+    /// The earliest moment of the next replacement (nanoseconds after `origin`).
+    next_replacement: AtomicU64,
+    /// The pause between two replacements: [`REBALANCE_WINDOW`] over the pool's size.
+    replacement_step: AtomicU64,
 }
+
+/// How long after an instance joins a pool's routes every connection opened before has been
+/// replaced, at the latest (each at its next checkout or return after its turn): a pool of
+/// 10 connections replaces one a second.
+pub(crate) const REBALANCE_WINDOW: std::time::Duration = std::time::Duration::from_secs(10);
 
 impl Targets {
     pub(crate) fn new(routes: Vec<Route>) -> Arc<Targets> {
@@ -79,7 +94,20 @@ impl Targets {
             dialect: std::sync::OnceLock::new(),
             recovering: std::sync::Mutex::new(None),
             awaiting_discovery: std::sync::atomic::AtomicBool::new(false),
+            joined_at: AtomicU64::new(0),
+            next_replacement: AtomicU64::new(0),
+            replacement_step: AtomicU64::new(
+                u64::try_from(REBALANCE_WINDOW.as_nanos()).unwrap_or(u64::MAX),
+            ),
         })
+    }
+
+    /// Paces the replacements after a join so that a pool of `size` connections has
+    /// replaced them all within [`REBALANCE_WINDOW`].
+    pub(crate) fn pace_rebalancing(&self, size: u32) {
+        let window = u64::try_from(REBALANCE_WINDOW.as_nanos()).unwrap_or(u64::MAX);
+        self.replacement_step
+            .store(window / u64::from(size.max(1)), Ordering::Release);
     }
 
     /// Marks the pool as waiting for its cluster's first discovery (see the field).
@@ -216,6 +244,13 @@ impl Targets {
             self.routed.store(routes.clone());
         }
         let new = routes;
+        let kept = new.iter().any(|n| old.iter().any(|o| o.same_instance(n)));
+        let joined = new.iter().any(|n| !old.iter().any(|o| o.same_instance(n)));
+        if kept && joined {
+            let now = self.nanos(Instant::now()).max(1);
+            self.next_replacement.store(now, Ordering::Release);
+            self.joined_at.store(now, Ordering::Release);
+        }
         let gone: Vec<&Route> = old
             .iter()
             .filter(|o| !new.iter().any(|n| n.same_instance(o)))
@@ -274,6 +309,41 @@ impl Targets {
     /// Whether any instance has left (until then no connection is stale: one atomic load).
     pub(crate) fn any_left(&self) -> bool {
         self.stale_before.load(Ordering::Acquire) != 0
+    }
+
+    /// Whether a connection opened at `opened` is to be replaced now, to spread the pool
+    /// over an instance that joined its routes since (see `joined_at`): it was opened
+    /// before the join, and the next replacement is due (this one takes it). One atomic load
+    /// while no instance has joined.
+    pub(crate) fn is_rebalanced(&self, opened: Instant) -> bool {
+        self.joined_at.load(Ordering::Acquire) != 0 && self.rebalanced_by(opened, Instant::now())
+    }
+
+    /// [`is_rebalanced`](Targets::is_rebalanced) at `now`.
+    fn rebalanced_by(&self, opened: Instant, now: Instant) -> bool {
+        let joined = self.joined_at.load(Ordering::Acquire);
+        if joined == 0 || self.nanos(opened) >= joined {
+            return false;
+        }
+        let now = self.nanos(now);
+        let due = self.next_replacement.load(Ordering::Acquire);
+        let step = self.replacement_step.load(Ordering::Acquire);
+        now >= due
+            && self
+                .next_replacement
+                .compare_exchange(
+                    due,
+                    now.saturating_add(step),
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                )
+                .is_ok()
+    }
+
+    /// Whether any connection may have to be replaced (an instance left or joined): until
+    /// then, one atomic load each.
+    pub(crate) fn may_replace(&self) -> bool {
+        self.any_left() || self.joined_at.load(Ordering::Acquire) != 0
     }
 
     /// Whether a connection of unknown instance opened at `opened` must not be handed out
@@ -427,5 +497,35 @@ mod tests {
         let targets = Targets::new(Vec::new());
         assert!(targets.next().is_none());
         assert!(targets.current().is_none());
+    }
+
+    #[test]
+    fn a_joined_instance_replaces_the_connections_opened_before_one_at_a_time() {
+        let targets = Targets::new(vec![route("a", 1)]);
+        targets.pace_rebalancing(10);
+        let before = Instant::now();
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        assert!(!targets.may_replace());
+        assert!(!targets.is_rebalanced(before), "nothing joined");
+        targets.set(vec![route("a", 1), route("b", 2)]);
+        let joined = Instant::now();
+        assert!(targets.may_replace());
+        let step = REBALANCE_WINDOW / 10;
+        // The first at once, the next a step later, whichever connection asks.
+        assert!(targets.rebalanced_by(before, joined));
+        assert!(!targets.rebalanced_by(before, joined));
+        assert!(!targets.rebalanced_by(before, joined + step / 2));
+        assert!(targets.rebalanced_by(before, joined + step * 2));
+        // A connection opened after the join never is.
+        let after = Instant::now();
+        assert!(!targets.rebalanced_by(after, joined + REBALANCE_WINDOW * 3));
+        // A move (nothing kept) or a departure is no join.
+        let moved = Targets::new(vec![route("a", 1)]);
+        moved.set(vec![route("b", 2)]);
+        let shrunk = Targets::new(vec![route("a", 1), route("b", 2)]);
+        shrunk.set(vec![route("a", 1)]);
+        let late = Instant::now() + REBALANCE_WINDOW * 2;
+        assert!(!moved.rebalanced_by(before, late));
+        assert!(!shrunk.rebalanced_by(before, late));
     }
 }

@@ -50,14 +50,21 @@ impl Openings {
         records.push_back((Instant::now(), instance));
     }
 
-    /// Whether a connection `age` old must not be handed out again.
+    /// Whether a connection `age` old must not be handed out again: its instance left, or
+    /// its turn to make room for an instance that joined has come.
     pub(super) fn is_stale(&self, targets: &Targets, age: Duration) -> bool {
-        if !targets.any_left() {
+        if !targets.may_replace() {
             return false;
         }
         let Some(opened) = Instant::now().checked_sub(age) else {
             return true;
         };
+        if targets.is_rebalanced(opened) {
+            return true;
+        }
+        if !targets.any_left() {
+            return false;
+        }
         match self.instance_opened_near(opened) {
             Some((at, instance)) => targets.is_stale_on(&instance, at),
             None => targets.is_stale(opened),
