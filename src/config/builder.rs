@@ -103,6 +103,8 @@ impl Builder {
         failure_detection_interval: Duration => |c, v| c.failure_detection_interval = v;
         /// See [`Config::failure_detection_count`].
         failure_detection_count: u32 => |c, v| c.failure_detection_count = v;
+        /// See [`Config::monitor_idle_pause`] (`None`: never).
+        monitor_idle_pause: Option<Duration> => |c, v| c.monitor_idle_pause = v;
         /// See [`PoolSizing::max_connections`](super::PoolSizing::max_connections) of [`Config::writer`].
         writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
         /// See [`PoolSizing::min_connections`](super::PoolSizing::min_connections) of [`Config::writer`].

@@ -158,6 +158,11 @@ pub struct Config {
     /// Probes in a row without an answer that declare an instance dead
     /// (`failure_detection_count`, default 2). A refused connection declares it dead at once.
     pub failure_detection_count: u32,
+    /// How long every pool of the cluster in this process must have had no connection open
+    /// before the monitor pauses: its probes and its own connection close, so that an
+    /// Aurora Serverless v2 instance can pause too; the next connection wakes it
+    /// (`monitor_idle_pause_ms`, default 60000; `0` = never).
+    pub monitor_idle_pause: Option<Duration>,
     /// Writer pool size (`writer_max_connections`, `writer_min_connections`).
     pub writer: PoolSizing,
     /// Per-reader-instance pool size (`reader_max_connections`, `reader_min_connections`).
@@ -316,6 +321,7 @@ impl fmt::Debug for Config {
                 &self.failure_detection_interval,
             )
             .field("failure_detection_count", &self.failure_detection_count)
+            .field("monitor_idle_pause", &self.monitor_idle_pause)
             .field("writer", &self.writer)
             .field("reader", &self.reader)
             .field("acquire_timeout", &self.acquire_timeout)

@@ -49,6 +49,7 @@ pub(super) const KNOWN_PARAMETERS: &[&str] = &[
     "keepalives_interval",
     "max_lifetime_ms",
     "max_replica_lag_ms",
+    "monitor_idle_pause_ms",
     "reader_host_selector_strategy",
     "reader_max_connections",
     "reader_min_connections",
@@ -175,6 +176,7 @@ impl Config {
             failure_detection_time: Duration::ZERO,
             failure_detection_interval: Duration::from_millis(500),
             failure_detection_count: 2,
+            monitor_idle_pause: Some(Duration::from_secs(60)),
             writer: PoolSizing::default(),
             reader: PoolSizing::default(),
             acquire_timeout: Duration::from_secs(30),
@@ -312,6 +314,9 @@ impl Config {
                 self.failure_detection_interval = Duration::from_millis(parse_number(key, value)?);
             }
             "failure_detection_count" => self.failure_detection_count = parse_number(key, value)?,
+            "monitor_idle_pause_ms" => {
+                self.monitor_idle_pause = optional_ms(parse_number(key, value)?)
+            }
             "writer_max_connections" => self.writer.max_connections = parse_number(key, value)?,
             "writer_min_connections" => self.writer.min_connections = parse_number(key, value)?,
             "reader_max_connections" => self.reader.max_connections = parse_number(key, value)?,

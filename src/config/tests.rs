@@ -29,6 +29,7 @@ fn parses_url_and_defaults() {
         ),
         (Duration::ZERO, Duration::from_millis(500), 2)
     );
+    assert_eq!(c.monitor_idle_pause, Some(Duration::from_secs(60)));
     let ro =
         Config::from_url("postgres://app@db.cluster-ro-abc123.us-east-1.rds.amazonaws.com/app")
             .unwrap();

@@ -7,7 +7,7 @@ use crate::error::{Error, Result};
 
 impl Config {
     /// Every duration setting with its parameter name.
-    fn durations(&self) -> [(&'static str, Duration); 10] {
+    fn durations(&self) -> [(&'static str, Duration); 11] {
         [
             (
                 "cluster_topology_refresh_rate_ms",
@@ -26,7 +26,11 @@ impl Config {
             ("acquire_timeout_ms", self.acquire_timeout),
             ("idle_timeout_ms", self.idle_timeout.unwrap_or_default()),
             ("max_lifetime_ms", self.max_lifetime.unwrap_or_default()),
-            ("connect_timeout", self.connect_timeout),
+            ("connect_timeout_ms", self.connect_timeout),
+            (
+                "monitor_idle_pause_ms",
+                self.monitor_idle_pause.unwrap_or_default(),
+            ),
             (
                 "max_replica_lag_ms",
                 self.max_replica_lag.unwrap_or_default(),

@@ -47,6 +47,7 @@ pub(crate) struct MonitorSettings {
     pub(crate) failure_detection_time: Duration,
     pub(crate) failure_detection_interval: Duration,
     pub(crate) failure_detection_count: u32,
+    pub(crate) idle_pause: Option<Duration>,
 }
 
 impl MonitorSettings {
@@ -65,6 +66,7 @@ impl MonitorSettings {
             failure_detection_time: config.failure_detection_time,
             failure_detection_interval: config.failure_detection_interval,
             failure_detection_count: config.failure_detection_count,
+            idle_pause: config.monitor_idle_pause,
         }
     }
 }
@@ -103,6 +105,13 @@ struct MonitorState {
     running: watch::Sender<bool>,
     /// The last events published, with when, for errors' context.
     recent: Mutex<VecDeque<(Instant, ClusterEvent)>>,
+    /// When a pool of the cluster last had a connection open (see
+    /// [`ClusterHandle::note_connected`]): what pauses the monitor after `idle_pause`.
+    last_connected: Mutex<Instant>,
+    /// True while the monitor is paused (no probes, no connection of its own).
+    paused: AtomicBool,
+    /// Wakes a paused monitor.
+    wake: Notify,
 }
 
 /// Held by the task that runs the monitor: marks it stopped however the task ends (its
@@ -353,9 +362,42 @@ impl ClusterHandle {
     /// storm of catalog reads.
     pub(crate) fn request_refresh(&self) {
         let state = &self.state;
+        self.wake_if_paused();
         if state.forced_refresh.pass(state.settings.high_refresh_rate) {
             state.refresh_now.notify_one();
         }
+    }
+
+    /// A pool of the cluster has a connection open now (each pool tells every second while
+    /// it does): the monitor does not pause, and a paused one wakes.
+    pub(crate) fn note_connected(&self) {
+        *self
+            .state
+            .last_connected
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Instant::now();
+        self.wake_if_paused();
+    }
+
+    /// Wakes the monitor if it is paused (a checkout through the crate wakes it at once;
+    /// one on a handed-out pool within a second, by [`note_connected`](Self::note_connected)).
+    pub(crate) fn wake_if_paused(&self) {
+        if self.state.paused.load(Ordering::Acquire) {
+            self.state.wake.notify_one();
+        }
+    }
+}
+
+impl MonitorState {
+    /// Whether no pool of the cluster has had a connection open for `idle_pause`.
+    fn idle_long_enough(&self) -> bool {
+        self.settings.idle_pause.is_some_and(|pause| {
+            self.last_connected
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .elapsed()
+                >= pause
+        })
     }
 }
 
@@ -441,6 +483,9 @@ pub(crate) fn join(
             settings,
             running: watch::channel(false).0,
             recent: Mutex::new(VecDeque::new()),
+            last_connected: Mutex::new(Instant::now()),
+            paused: AtomicBool::new(false),
+            wake: Notify::new(),
         });
         let (shutdown, _) = watch::channel(false);
         let handle = Arc::new(ClusterHandle { state, shutdown });

@@ -6,6 +6,7 @@ mod reports;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, watch};
@@ -55,14 +56,50 @@ pub(super) async fn supervise(state: Arc<MonitorState>, shutdown: watch::Receive
 }
 
 async fn run(state: Arc<MonitorState>, mut shutdown: watch::Receiver<bool>) {
-    let mut monitor = Monitor::new(state);
     loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            _ = monitor.step() => {}
+        let mut monitor = Monitor::new(state.clone());
+        let pause = loop {
+            tokio::select! {
+                _ = shutdown.changed() => break false,
+                _ = monitor.step() => {}
+            }
+            if monitor.panic_since.is_none() && state.idle_long_enough() {
+                break true;
+            }
+        };
+        monitor.stop().await;
+        if !pause {
+            return;
         }
+        // No pool of the cluster has a connection open: nothing to keep current, and an
+        // Aurora Serverless v2 instance pauses only with no connection at all. The next
+        // connection (or checkout, or refresh request) wakes the monitor, which then starts
+        // afresh from the topology it had.
+        state.paused.store(true, Ordering::Release);
+        tracing::info!(
+            target: "aurora_pool",
+            cluster_id = %state.cluster_id,
+            idle_for_ms = state.settings.idle_pause.unwrap_or_default().as_millis() as u64,
+            "cluster monitor paused: no pool of the cluster has a connection open"
+        );
+        let woken = tokio::select! {
+            _ = shutdown.changed() => false,
+            _ = state.wake.notified() => true,
+        };
+        state.paused.store(false, Ordering::Release);
+        if !woken {
+            return;
+        }
+        *state
+            .last_connected
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Instant::now();
+        tracing::info!(
+            target: "aurora_pool",
+            cluster_id = %state.cluster_id,
+            "cluster monitor resumed"
+        );
     }
-    monitor.stop().await;
 }
 
 /// The monitoring connection and the instance it is on.

@@ -203,6 +203,15 @@ impl<B: Backend> PoolCore<B> {
             ))
         };
         let _ = core.reconciler.set(reconciler);
+        {
+            let weak = Arc::downgrade(&core);
+            tokio::spawn(supervise(
+                "connection reporter",
+                core.config.cluster_id.clone(),
+                move || Some(super::tasks::report_connections(weak.clone())),
+                std::future::pending(),
+            ));
+        }
         #[cfg(feature = "metrics")]
         {
             let (weak, cluster_id) = (Arc::downgrade(&core), core.config.cluster_id.clone());
@@ -384,6 +393,16 @@ impl<B: Backend> PoolCore<B> {
             Some(cluster) => cluster.events(),
             None => broadcast::channel(1).1,
         }
+    }
+
+    /// Whether any of the pool's pools has a connection open.
+    pub(crate) fn has_connections(&self) -> bool {
+        let table = self.routing.load();
+        table
+            .slots()
+            .map(|slot| &slot.pool)
+            .chain([&table.reads.pool])
+            .any(|pool| B::size_and_idle(pool).0 > 0)
     }
 
     /// The topology the routing table follows.

@@ -91,6 +91,29 @@ async fn monitor_stopped(running: &mut Option<watch::Receiver<bool>>) {
     }
 }
 
+/// How often a pool tells the cluster monitor that it has a connection open.
+const CONNECTION_REPORT: Duration = Duration::from_secs(1);
+
+/// Tells the cluster monitor every [`CONNECTION_REPORT`] while any pool of `core` has a
+/// connection open (what keeps the monitor from pausing, and wakes a paused one), until the
+/// pool closes or is dropped.
+pub(crate) async fn report_connections<B: Backend>(core: Weak<PoolCore<B>>) {
+    let mut tick = tokio::time::interval(CONNECTION_REPORT);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(core) = core.upgrade() else { return };
+        if core.is_closed() {
+            return;
+        }
+        if core.has_connections()
+            && let Some(cluster) = core.cluster_handle()
+        {
+            cluster.note_connected();
+        }
+    }
+}
+
 /// How often the pools' connection gauges are sampled.
 #[cfg(feature = "metrics")]
 const GAUGE_SAMPLE: Duration = Duration::from_secs(1);

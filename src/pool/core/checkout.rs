@@ -111,6 +111,10 @@ impl<B: Backend> PoolCore<B> {
         role: Role,
         deadline: tokio::time::Instant,
     ) -> Result<(B::Connection, Arc<Instance>)> {
+        if let Some(cluster) = &*self.cluster.load() {
+            // A monitor paused while the pools had no connection wakes with this checkout.
+            cluster.wake_if_paused();
+        }
         let mut routing = self.routing_version.subscribe();
         let mut last_error: Option<Error> = None;
         // Refused logins per instance so far: each instance pool holds its own credentials,
