@@ -106,7 +106,11 @@ async fn an_idle_pool_leaves_no_connection_and_wakes_on_use<F: Flavour>(test: &s
     })
     .await;
     busy.abort();
-    assert!(followed, "writes did not follow the failover: {}", pool.topology());
+    assert!(
+        followed,
+        "writes did not follow the failover: {}",
+        pool.topology()
+    );
     pool.close().await;
 }
 

@@ -102,6 +102,12 @@ impl Targets {
         })
     }
 
+    /// Forgets the change [`recovered_on`](Targets::recovered_on) would measure: a lazy
+    /// pool's move from its stand-in to the writer it discovered is no failover.
+    pub(crate) fn forget_recovery(&self) {
+        *self.recovering.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     /// Paces the replacements after a join so that a pool of `size` connections has
     /// replaced them all within [`REBALANCE_WINDOW`].
     pub(crate) fn pace_rebalancing(&self, size: u32) {

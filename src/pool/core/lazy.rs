@@ -97,6 +97,7 @@ pub(super) async fn discover_then_follow<B: Backend>(core: Weak<PoolCore<B>>, sc
                 }
                 strong.discovery_failure.store(None);
                 strong.reconcile(&followed.topology, false).await;
+                strong.routing.load().writer.targets.forget_recovery();
                 match followed.updates {
                     Some(updates) => break updates,
                     // Through an RDS Proxy: nothing more to follow.
