@@ -351,6 +351,7 @@ mod validate;
 pub use auth::Auth;
 pub use builder::Builder;
 pub use global::{GlobalReadMode, GlobalSettings};
+#[cfg(any(feature = "iam", feature = "secrets-manager"))]
 pub(crate) use parse::renamed_seconds;
 pub use tcp::TcpSettings;
 pub(crate) use tls::SslMode;

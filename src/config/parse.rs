@@ -414,6 +414,7 @@ fn check_driver_parameter(key: &str, value: &str) -> Result<()> {
 /// A duration parameter under its former name, in seconds (`old`): accepted, with a warning
 /// naming the one to use (`new`, in milliseconds, as every duration of the crate's own), and
 /// its value in milliseconds.
+#[cfg(any(feature = "iam", feature = "secrets-manager"))]
 pub(crate) fn renamed_seconds(old: &str, new: &str, value: &str) -> Result<u64> {
     let seconds: u64 = value
         .trim()
