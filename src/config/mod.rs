@@ -203,6 +203,9 @@ pub struct Config {
     password: Option<Password>,
     /// Whether `failover_mode` was chosen (else a custom endpoint's type decides it).
     failover_mode_chosen: bool,
+    /// The URL parameter `connect_timeout` was given by: libpq's `connect_timeout` (in
+    /// seconds) or `connect_timeout_ms`, for errors that name it.
+    connect_timeout_parameter: &'static str,
 }
 
 impl Config {

@@ -193,6 +193,7 @@ impl Config {
             user: decode_user(parsed.username())?,
             password,
             failover_mode_chosen: false,
+            connect_timeout_parameter: "connect_timeout_ms",
         };
 
         let mut driver_pairs = Vec::new();
@@ -328,7 +329,8 @@ impl Config {
             "max_lifetime_ms" => self.max_lifetime = optional_ms(parse_number(key, value)?),
             // libpq's own, in seconds; the crate's durations are all in milliseconds.
             "connect_timeout" => {
-                self.connect_timeout = Duration::from_secs(parse_number(key, value)?)
+                self.connect_timeout = Duration::from_secs(parse_number(key, value)?);
+                self.connect_timeout_parameter = "connect_timeout";
             }
             "connect_timeout_ms" => {
                 self.connect_timeout = Duration::from_millis(parse_number(key, value)?)

@@ -26,7 +26,7 @@ impl Config {
             ("acquire_timeout_ms", self.acquire_timeout),
             ("idle_timeout_ms", self.idle_timeout.unwrap_or_default()),
             ("max_lifetime_ms", self.max_lifetime.unwrap_or_default()),
-            ("connect_timeout_ms", self.connect_timeout),
+            (self.connect_timeout_parameter, self.connect_timeout),
             (
                 "monitor_idle_pause_ms",
                 self.monitor_idle_pause.unwrap_or_default(),
@@ -119,7 +119,10 @@ impl Config {
             ));
         }
         if self.connect_timeout.is_zero() {
-            return Err(Error::config("connect_timeout", "must be greater than 0"));
+            return Err(Error::config(
+                self.connect_timeout_parameter,
+                "must be greater than 0",
+            ));
         }
         self.check_tls()?;
         #[cfg(feature = "iam")]
