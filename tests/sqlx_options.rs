@@ -5,6 +5,7 @@ mod support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
 use aurora_pool::testing::LocalCluster;
 use aurora_pool::{AuroraPoolOptions, Role};
@@ -104,4 +105,51 @@ async fn migrations_run_through_the_pool() {
     tx.commit().await.expect("commit");
     let _ = std::fs::remove_dir_all(&dir);
     pool.close().await;
+}
+
+/// Sizes and timeouts given in code on `AuroraPoolOptions` (as `Duration`s) win over the
+/// URL's parameters and reach the pools, through `connect` and `connect_with` alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sizes_and_timeouts_in_code_win_over_the_url() {
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let url = support::url_with(
+        &cluster,
+        "writer_max_connections=7&reader_max_connections=7&acquire_timeout_ms=9000",
+    );
+    let pool = AuroraPoolOptions::new()
+        .cluster_id(support::unique_cluster_id("sqlx-options-sizes"))
+        .writer_max_connections(3)
+        .reader_max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .failover_timeout(Duration::from_secs(4))
+        .connect(&url)
+        .await
+        .expect("connect");
+    let config = pool.config();
+    assert_eq!(
+        (config.writer.max_connections, config.reader.max_connections),
+        (3, 4)
+    );
+    assert_eq!(config.acquire_timeout, Duration::from_secs(2));
+    assert_eq!(config.failover_timeout, Duration::from_secs(4));
+    let (writer, reader) = (pool.writer(), pool.reader());
+    assert_eq!(writer.options().get_max_connections(), 3);
+    assert_eq!(reader.options().get_max_connections(), 4);
+    assert_eq!(
+        writer.options().get_acquire_timeout(),
+        Duration::from_secs(2)
+    );
+    pool.close().await;
+
+    let pool = AuroraPoolOptions::new()
+        .writer_max_connections(5)
+        .connect_with(config_of(&cluster, "sqlx-options-sizes-config"))
+        .await
+        .expect("connect_with");
+    assert_eq!(pool.writer().options().get_max_connections(), 5);
+    pool.close().await;
+}
+
+fn config_of(cluster: &LocalCluster, test: &str) -> aurora_pool::Config {
+    config(cluster, test, "writer_max_connections=7")
 }

@@ -2,14 +2,11 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::Duration;
 
-use super::{Auth, Config, FailoverMode};
+use super::{Auth, Config};
 use crate::auth::CredentialProvider;
 use crate::endpoint::{HostPattern, HostPort};
 use crate::error::{Error, Result};
-use crate::select::ReaderSelection;
-use crate::topology::Dialect;
 
 /// Builds a [`Config`] (or, with the `sqlx` feature, an [`AuroraPool`](crate::AuroraPool))
 /// from a URL plus settings made in code.
@@ -31,13 +28,15 @@ use crate::topology::Dialect;
 /// # Ok::<(), aurora_pool::Error>(())
 /// ```
 #[must_use]
-#[derive(Default)]
+#[derive(Default, Clone)]
 pub struct Builder {
     url: Option<String>,
     settings: Vec<Setting>,
 }
 
-type Setting = Box<dyn FnOnce(&mut Config) -> Result<()> + Send>;
+/// One setting, applied to the `Config` the URL gave (cloned with the builder, applied
+/// once per build).
+type Setting = Arc<dyn Fn(&mut Config) -> Result<()> + Send + Sync>;
 
 impl fmt::Debug for Builder {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -53,11 +52,75 @@ macro_rules! setters {
         $(
             $(#[$doc])*
             pub fn $name(self, $value: $ty) -> Self {
-                self.with(move |$config| { $body; Ok(()) })
+                self.with(move |$config| {
+                    let $value = $value.clone();
+                    $body;
+                    Ok(())
+                })
             }
         )*
     };
 }
+
+/// Calls `$then!` with every setting of [`Builder`] that takes one value it can keep (each
+/// with its docs, name, type and how it changes a [`Config`]): the builder's own setters,
+/// and the sqlx flavour's `AuroraPoolOptions`, which delegates them.
+macro_rules! each_setting {
+    ($then:ident) => {
+        $then! {
+            /// See [`crate::Config::cluster_topology_refresh_rate`].
+            cluster_topology_refresh_rate: std::time::Duration => |c, v| c.cluster_topology_refresh_rate = v;
+            /// See [`crate::Config::dialect`].
+            dialect: crate::topology::Dialect => |c, v| c.dialect = Some(v);
+            /// See [`crate::Config::reader_host_selector_strategy`].
+            reader_host_selector_strategy: crate::select::ReaderSelection => |c, v| c.reader_host_selector_strategy = v;
+            /// See [`crate::Config::failover_mode`].
+            failover_mode: crate::config::FailoverMode => |c, v| { c.failover_mode = v; c.failover_mode_chosen = true };
+            /// See [`crate::Config::failover_timeout`].
+            failover_timeout: std::time::Duration => |c, v| c.failover_timeout = v;
+            /// See [`crate::Config::cluster_topology_high_refresh_rate`].
+            cluster_topology_high_refresh_rate: std::time::Duration => |c, v| c.cluster_topology_high_refresh_rate = v;
+            /// See [`crate::Config::failure_detection_enabled`].
+            failure_detection_enabled: bool => |c, v| c.failure_detection_enabled = v;
+            /// See [`crate::Config::allow_unverified_server`].
+            allow_unverified_server: bool => |c, v| c.allow_unverified_server = v;
+            /// See [`crate::Config::allow_unqualified_host_pattern`].
+            allow_unqualified_host_pattern: bool => |c, v| c.allow_unqualified_host_pattern = v;
+            /// See [`crate::Config::failure_detection_time`].
+            failure_detection_time: std::time::Duration => |c, v| c.failure_detection_time = v;
+            /// See [`crate::Config::failure_detection_interval`].
+            failure_detection_interval: std::time::Duration => |c, v| c.failure_detection_interval = v;
+            /// See [`crate::Config::failure_detection_count`].
+            failure_detection_count: u32 => |c, v| c.failure_detection_count = v;
+            /// See [`crate::Config::monitor_idle_pause`] (`None`: never).
+            monitor_idle_pause: Option<std::time::Duration> => |c, v| c.monitor_idle_pause = v;
+            /// See [`PoolSizing::max_connections`](crate::config::PoolSizing::max_connections) of [`crate::Config::writer`].
+            writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
+            /// See [`PoolSizing::min_connections`](crate::config::PoolSizing::min_connections) of [`crate::Config::writer`].
+            writer_min_connections: u32 => |c, v| c.writer.min_connections = v;
+            /// See [`PoolSizing::max_connections`](crate::config::PoolSizing::max_connections) of [`crate::Config::reader`].
+            reader_max_connections: u32 => |c, v| c.reader.max_connections = v;
+            /// See [`PoolSizing::min_connections`](crate::config::PoolSizing::min_connections) of [`crate::Config::reader`].
+            reader_min_connections: u32 => |c, v| c.reader.min_connections = v;
+            /// See [`crate::Config::acquire_timeout`].
+            acquire_timeout: std::time::Duration => |c, v| c.acquire_timeout = v;
+            /// See [`crate::Config::idle_timeout`]; `None` keeps idle connections forever.
+            idle_timeout: Option<std::time::Duration> => |c, v| c.idle_timeout = v;
+            /// See [`crate::Config::max_lifetime`]; `None` lets connections live forever.
+            max_lifetime: Option<std::time::Duration> => |c, v| c.max_lifetime = v;
+            /// See [`crate::Config::connect_timeout`].
+            connect_timeout: std::time::Duration => |c, v| c.connect_timeout = v;
+            /// See [`crate::Config::auth`].
+            auth: crate::config::Auth => |c, v| c.auth = v;
+            /// See [`crate::Config::max_replica_lag`].
+            max_replica_lag: std::time::Duration => |c, v| c.max_replica_lag = Some(v);
+            /// See [`GlobalSettings::read_mode`](crate::config::GlobalSettings::read_mode).
+            global_read_mode: crate::config::GlobalReadMode => |c, v| c.global.read_mode = v;
+        }
+    };
+}
+#[cfg(feature = "sqlx")]
+pub(crate) use each_setting;
 
 impl Builder {
     /// A builder with no URL yet.
@@ -65,8 +128,8 @@ impl Builder {
         Builder::default()
     }
 
-    fn with(mut self, setting: impl FnOnce(&mut Config) -> Result<()> + Send + 'static) -> Self {
-        self.settings.push(Box::new(setting));
+    fn with(mut self, setting: impl Fn(&mut Config) -> Result<()> + Send + Sync + 'static) -> Self {
+        self.settings.push(Arc::new(setting));
         self
     }
 
@@ -76,59 +139,24 @@ impl Builder {
         self
     }
 
-    setters! {
-        /// See [`Config::cluster_id`].
-        cluster_id: impl Into<String> + Send + 'static => |c, v| c.cluster_id = v.into();
-        /// See [`Config::cluster_topology_refresh_rate`].
-        cluster_topology_refresh_rate: Duration => |c, v| c.cluster_topology_refresh_rate = v;
-        /// See [`Config::dialect`].
-        dialect: Dialect => |c, v| c.dialect = Some(v);
-        /// See [`Config::reader_host_selector_strategy`].
-        reader_host_selector_strategy: ReaderSelection => |c, v| c.reader_host_selector_strategy = v;
-        /// See [`Config::failover_mode`].
-        failover_mode: FailoverMode => |c, v| { c.failover_mode = v; c.failover_mode_chosen = true };
-        /// See [`Config::failover_timeout`].
-        failover_timeout: Duration => |c, v| c.failover_timeout = v;
-        /// See [`Config::cluster_topology_high_refresh_rate`].
-        cluster_topology_high_refresh_rate: Duration => |c, v| c.cluster_topology_high_refresh_rate = v;
-        /// See [`Config::failure_detection_enabled`].
-        failure_detection_enabled: bool => |c, v| c.failure_detection_enabled = v;
-        /// See [`Config::allow_unverified_server`].
-        allow_unverified_server: bool => |c, v| c.allow_unverified_server = v;
-        /// See [`Config::allow_unqualified_host_pattern`].
-        allow_unqualified_host_pattern: bool => |c, v| c.allow_unqualified_host_pattern = v;
-        /// See [`Config::failure_detection_time`].
-        failure_detection_time: Duration => |c, v| c.failure_detection_time = v;
-        /// See [`Config::failure_detection_interval`].
-        failure_detection_interval: Duration => |c, v| c.failure_detection_interval = v;
-        /// See [`Config::failure_detection_count`].
-        failure_detection_count: u32 => |c, v| c.failure_detection_count = v;
-        /// See [`Config::monitor_idle_pause`] (`None`: never).
-        monitor_idle_pause: Option<Duration> => |c, v| c.monitor_idle_pause = v;
-        /// See [`PoolSizing::max_connections`](super::PoolSizing::max_connections) of [`Config::writer`].
-        writer_max_connections: u32 => |c, v| c.writer.max_connections = v;
-        /// See [`PoolSizing::min_connections`](super::PoolSizing::min_connections) of [`Config::writer`].
-        writer_min_connections: u32 => |c, v| c.writer.min_connections = v;
-        /// See [`PoolSizing::max_connections`](super::PoolSizing::max_connections) of [`Config::reader`].
-        reader_max_connections: u32 => |c, v| c.reader.max_connections = v;
-        /// See [`PoolSizing::min_connections`](super::PoolSizing::min_connections) of [`Config::reader`].
-        reader_min_connections: u32 => |c, v| c.reader.min_connections = v;
-        /// See [`Config::acquire_timeout`].
-        acquire_timeout: Duration => |c, v| c.acquire_timeout = v;
-        /// See [`Config::idle_timeout`]; `None` keeps idle connections forever.
-        idle_timeout: Option<Duration> => |c, v| c.idle_timeout = v;
-        /// See [`Config::max_lifetime`]; `None` lets connections live forever.
-        max_lifetime: Option<Duration> => |c, v| c.max_lifetime = v;
-        /// See [`Config::connect_timeout`].
-        connect_timeout: Duration => |c, v| c.connect_timeout = v;
-        /// The password, instead of the one in the URL.
-        password: impl Into<String> + Send + 'static => |c, v| c.set_password(v);
-        /// See [`Config::auth`].
-        auth: Auth => |c, v| c.auth = v;
-        /// See [`Config::max_replica_lag`].
-        max_replica_lag: Duration => |c, v| c.max_replica_lag = Some(v);
-        /// See [`GlobalSettings::read_mode`](super::GlobalSettings::read_mode).
-        global_read_mode: super::GlobalReadMode => |c, v| c.global.read_mode = v;
+    each_setting!(setters);
+
+    /// See [`Config::cluster_id`].
+    pub fn cluster_id(self, cluster_id: impl Into<String>) -> Self {
+        let cluster_id = cluster_id.into();
+        self.with(move |c| {
+            c.cluster_id = cluster_id.clone();
+            Ok(())
+        })
+    }
+
+    /// The password, instead of the one in the URL.
+    pub fn password(self, password: impl Into<String>) -> Self {
+        let password: String = password.into();
+        self.with(move |c| {
+            c.set_password(password.clone());
+            Ok(())
+        })
     }
 
     /// See [`GlobalSettings::home_region`](super::GlobalSettings::home_region).
@@ -157,7 +185,7 @@ impl Builder {
     #[cfg(feature = "custom-endpoint")]
     pub fn custom_endpoint_client(self, client: aws_sdk_rds::Client) -> Self {
         self.with(move |c| {
-            c.custom_endpoint.client = Some(client);
+            c.custom_endpoint.client = Some(client.clone());
             Ok(())
         })
     }
@@ -174,7 +202,7 @@ impl Builder {
     pub fn credential_provider(self, provider: impl CredentialProvider) -> Self {
         let provider: Arc<dyn CredentialProvider> = Arc::new(provider);
         self.with(move |c| {
-            c.auth = Auth::Provider(provider);
+            c.auth = Auth::Provider(provider.clone());
             Ok(())
         })
     }
@@ -197,7 +225,7 @@ impl Builder {
         let (instance, address) = (instance.into(), address.into());
         self.with(move |c| {
             let address = HostPort::parse("instance_endpoints", &address)?;
-            c.instance_endpoints.insert(instance, address);
+            c.instance_endpoints.insert(instance.clone(), address);
             Ok(())
         })
     }
@@ -206,9 +234,14 @@ impl Builder {
     pub fn build(self) -> Result<Config> {
         let url = self
             .url
+            .as_deref()
             .ok_or_else(|| Error::config("url", "no URL given; call `.url(\"postgres://...\")`"))?;
-        let mut config = Config::from_url(&url)?;
-        for setting in self.settings {
+        self.apply_to(Config::from_url(url)?)
+    }
+
+    /// Applies the settings (not the URL) to `config`, in order, and validates the result.
+    pub(crate) fn apply_to(&self, mut config: Config) -> Result<Config> {
+        for setting in &self.settings {
             setting(&mut config)?;
         }
         config.validate()?;

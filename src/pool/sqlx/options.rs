@@ -8,10 +8,23 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use super::AuroraPool;
-use crate::config::Config;
+use crate::auth::CredentialProvider;
+use crate::config::{Builder, Config};
 use crate::connector::BoxFuture;
 use crate::error::Result;
 use crate::pool::core::Start;
+
+/// The [`Builder`] setters of `each_setting!` on `AuroraPoolOptions`, delegated.
+macro_rules! delegated_settings {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$config:ident, $value:ident| $body:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(self, $value: $ty) -> Self {
+                self.set(|b| b.$name($value))
+            }
+        )*
+    };
+}
 
 /// A hook run on a new connection (sqlx's `PoolOptions::after_connect`).
 pub(crate) type AfterConnect = Arc<
@@ -34,20 +47,26 @@ pub(crate) type KeepHook = Arc<
 /// Changes the connect options every connection starts from.
 pub(crate) type MapConnectOptions = Arc<dyn Fn(PgConnectOptions) -> PgConnectOptions + Send + Sync>;
 
-/// sqlx's settings for every pool of an [`AuroraPool`], as `PgPoolOptions` and
-/// `PgConnectOptions` give them for one `PgPool`.
+/// Everything an [`AuroraPool`] can be given in code, shaped like sqlx's `PgPoolOptions`:
+/// the sizes, timeouts and other settings of the URL's parameters (each as the
+/// [`Builder`](crate::Builder) method of the same name, with `Duration`s), and sqlx's hooks
+/// and connect options for every pool it opens (the writer's, the readers', one per
+/// reader). Settings made here win over the URL's parameters.
 ///
-/// Sizes and timeouts stay URL parameters (`writer_max_connections`, `acquire_timeout_ms`,
-/// ...). The hooks run after the crate's own (the writer check of a new writer connection,
-/// the test that closes a connection to an instance its pool left), so a hook never sees a
+/// The hooks run after the crate's own (the writer check of a new writer connection, the
+/// test that closes a connection to an instance its pool left), so a hook never sees a
 /// connection the crate refuses.
 ///
 /// ```no_run
 /// # async fn f() -> aurora_pool::Result<()> {
+/// use std::time::Duration;
 /// use aurora_pool::AuroraPoolOptions;
 /// use sqlx::{ConnectOptions, Executor};
 ///
 /// let pool = AuroraPoolOptions::new()
+///     .writer_max_connections(20)
+///     .acquire_timeout(Duration::from_secs(5))
+///     .failover_timeout(Duration::from_secs(10))
 ///     .after_connect(|conn, _meta| {
 ///         Box::pin(async move {
 ///             conn.execute("SET search_path = tenant_a").await?;
@@ -63,6 +82,8 @@ pub(crate) type MapConnectOptions = Arc<dyn Fn(PgConnectOptions) -> PgConnectOpt
 /// ```
 #[derive(Clone)]
 pub struct AuroraPoolOptions {
+    /// The settings of the URL's parameters made in code.
+    settings: Builder,
     pub(crate) after_connect: Option<AfterConnect>,
     pub(crate) before_acquire: Option<KeepHook>,
     pub(crate) after_release: Option<KeepHook>,
@@ -80,6 +101,7 @@ impl AuroraPoolOptions {
     /// sqlx's defaults: no hooks, idle connections tested before a checkout.
     pub fn new() -> AuroraPoolOptions {
         AuroraPoolOptions {
+            settings: Builder::new(),
             after_connect: None,
             before_acquire: None,
             after_release: None,
@@ -161,8 +183,10 @@ impl AuroraPoolOptions {
         self.connect_with(Config::from_url(url)?).await
     }
 
-    /// Connects with a prepared [`Config`] and these options.
+    /// Connects with a prepared [`Config`] and these options (their settings win over the
+    /// config's).
     pub async fn connect_with(self, config: Config) -> Result<AuroraPool> {
+        let config = self.settings.apply_to(config)?;
         AuroraPool::start(config, self, Start::Now).await
     }
 
@@ -174,7 +198,65 @@ impl AuroraPoolOptions {
 
     /// [`connect_lazy`](Self::connect_lazy) with a prepared [`Config`].
     pub async fn connect_lazy_with(self, config: Config) -> Result<AuroraPool> {
+        let config = self.settings.apply_to(config)?;
         AuroraPool::start(config, self, Start::Lazy).await
+    }
+
+    crate::config::each_setting!(delegated_settings);
+
+    /// See [`Builder::cluster_id`].
+    pub fn cluster_id(self, cluster_id: impl Into<String>) -> Self {
+        self.set(|b| b.cluster_id(cluster_id))
+    }
+
+    /// See [`Builder::password`].
+    pub fn password(self, password: impl Into<String>) -> Self {
+        self.set(|b| b.password(password))
+    }
+
+    /// See [`Builder::failover_home_region`].
+    pub fn failover_home_region(self, region: &str) -> Self {
+        self.set(|b| b.failover_home_region(region))
+    }
+
+    /// See [`Builder::global_cluster_instance_host_patterns`].
+    pub fn global_cluster_instance_host_patterns(self, patterns: &str) -> Self {
+        self.set(|b| b.global_cluster_instance_host_patterns(patterns))
+    }
+
+    /// See [`Builder::custom_endpoint_client`].
+    #[cfg(feature = "custom-endpoint")]
+    pub fn custom_endpoint_client(self, client: aws_sdk_rds::Client) -> Self {
+        self.set(|b| b.custom_endpoint_client(client))
+    }
+
+    /// See [`Builder::hostaddr`].
+    pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
+        self.set(|b| b.hostaddr(address))
+    }
+
+    /// See [`Builder::credential_provider`].
+    pub fn credential_provider(self, provider: impl CredentialProvider) -> Self {
+        self.set(|b| b.credential_provider(provider))
+    }
+
+    /// See [`Builder::cluster_instance_host_pattern`].
+    pub fn cluster_instance_host_pattern(self, pattern: impl Into<String>) -> Self {
+        self.set(|b| b.cluster_instance_host_pattern(pattern))
+    }
+
+    /// See [`Builder::instance_endpoint`].
+    pub fn instance_endpoint(
+        self,
+        instance: impl Into<String>,
+        address: impl Into<String>,
+    ) -> Self {
+        self.set(|b| b.instance_endpoint(instance, address))
+    }
+
+    fn set(mut self, setting: impl FnOnce(Builder) -> Builder) -> Self {
+        self.settings = setting(std::mem::take(&mut self.settings));
+        self
     }
 }
 
