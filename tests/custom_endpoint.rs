@@ -34,7 +34,38 @@ async fn pool_on<F: Flavour>(
     test: &str,
     extra: &str,
 ) -> aurora_pool::Result<F> {
-    let url = format!(
+    let config = Builder::new()
+        .url(url_on(cluster, name, test, extra))
+        .custom_endpoint_client(stub.client().await)
+        .build()?;
+    F::connect_with(config).await
+}
+
+/// As [`pool_on`], with the RDS client built from the application's `SdkConfig` pointed
+/// at the stub (`Builder::sdk_config`) instead of given.
+async fn pool_on_sdk_config<F: Flavour>(
+    cluster: &LocalCluster,
+    stub: &RdsStub,
+    name: &str,
+    test: &str,
+) -> aurora_pool::Result<F> {
+    let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(stub.endpoint())
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "test", "test", None, None, "test",
+        ))
+        .load()
+        .await;
+    let config = Builder::new()
+        .url(url_on(cluster, name, test, ""))
+        .sdk_config(sdk_config)
+        .build()?;
+    F::connect_with(config).await
+}
+
+/// The URL of a pool on the custom endpoint `name` (see [`pool_on`]).
+fn url_on(cluster: &LocalCluster, name: &str, test: &str, extra: &str) -> String {
+    format!(
         "postgres://{}:{}@{}:{}/{}?hostaddr=127.0.0.1&instance_endpoints={}&cluster_id={}\
          &application_name=ce-app&custom_endpoint_info_refresh_rate_ms=200\
          &failure_detection_time_ms=0&failure_detection_interval_ms=300&failure_detection_count=2\
@@ -46,12 +77,7 @@ async fn pool_on<F: Flavour>(
         cluster.database(),
         cluster.instance_endpoints_param(),
         unique_cluster_id(test),
-    );
-    let config = Builder::new()
-        .url(url)
-        .custom_endpoint_client(stub.client().await)
-        .build()?;
-    F::connect_with(config).await
+    )
 }
 
 /// The instances 40 reads landed on.
@@ -165,7 +191,7 @@ async fn an_exclusion_list_blocks_its_members<F: Flavour>(test: &str) {
         &[],
         &["instance-2", "instance-3"],
     );
-    let pool: F = pool_on(&cluster, &stub, &name, test, "")
+    let pool: F = pool_on_sdk_config(&cluster, &stub, &name, test)
         .await
         .expect("connect");
     assert_eq!(readers_used(&pool).await, set(&["instance-4"]));

@@ -7,10 +7,10 @@
 
 use std::time::Duration;
 
-use aurora_pool::AuroraPool;
 use aurora_pool::auth::{ConnectTarget, CredentialProvider};
 use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
 use aurora_pool::testing::{LocalCluster, MotoServer};
+use aurora_pool::{AuroraPool, AuroraPoolOptions};
 use aws_config::{BehaviorVersion, Region};
 
 fn set_env(key: &str, value: &str) {
@@ -153,6 +153,74 @@ async fn steps() {
 
     pool_from_a_url(&moto, &admin).await;
     iam_signs_with_the_default_chain().await;
+    pools_use_the_applications_sdk_config(&moto, &admin).await;
+}
+
+/// With no region, credentials or endpoint in the environment, a pool given the
+/// application's `SdkConfig` (`AuroraPoolOptions::sdk_config`) fetches its secret with it.
+async fn pools_use_the_applications_sdk_config(
+    moto: &MotoServer,
+    admin: &aws_sdk_secretsmanager::Client,
+) {
+    for key in [
+        "AWS_REGION",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_ENDPOINT_URL_SECRETS_MANAGER",
+    ] {
+        remove_env(key);
+    }
+    let sdk_config = aws_config::defaults(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .endpoint_url(moto.endpoint())
+        .credentials_provider(aws_credential_types::Credentials::new(
+            "app-key-id",
+            "app-secret",
+            None,
+            None,
+            "the application's",
+        ))
+        .load()
+        .await;
+    let cluster = LocalCluster::builder()
+        .instances(1)
+        .tls(true)
+        .start()
+        .await
+        .expect("cluster");
+    let ca = cluster.ca_cert_path().expect("CA").display().to_string();
+    admin
+        .create_secret()
+        .name("orders/sdk")
+        .secret_string(
+            serde_json::json!({ "username": cluster.user(), "password": cluster.password() })
+                .to_string(),
+        )
+        .send()
+        .await
+        .expect("CreateSecret");
+    let url = format!(
+        "postgres://{}/{}?instance_endpoints={}&cluster_id=sm-sdk-{}\
+         &secrets_manager_secret_id=orders/sdk&sslrootcert={ca}",
+        cluster.cluster_endpoint(),
+        cluster.database(),
+        cluster.instance_endpoints_param(),
+        std::process::id(),
+    );
+    // The environment alone has no region for the secret.
+    let err = AuroraPool::connect(&url).await.expect_err("no region");
+    assert_eq!(err.parameter(), Some("secrets_manager_region"), "{err:#}");
+    let pool = AuroraPoolOptions::new()
+        .sdk_config(sdk_config.clone())
+        .connect(&url)
+        .await
+        .expect("connect with the application's SdkConfig");
+    let user: String = sqlx::query_scalar("SELECT current_user::text")
+        .fetch_one(&pool.writer())
+        .await
+        .expect("writer");
+    assert_eq!(user, cluster.user());
+    pool.close().await;
 }
 
 /// `auth=iam` without explicit credentials signs with the AWS configuration chain (here the

@@ -190,6 +190,29 @@ impl Builder {
         })
     }
 
+    /// The application's AWS configuration (`aws_config::load_defaults(..)`, or one built
+    /// by hand): IAM tokens are signed with its credentials, and the Secrets Manager and RDS
+    /// API clients are built from it (with the secret's or the endpoint's region, and
+    /// `secrets_manager_endpoint`, where given), instead of from the AWS configuration
+    /// chain loaded anew by each. A client or credentials given for one of them
+    /// ([`custom_endpoint_client`](Self::custom_endpoint_client),
+    /// `IamSettings::credentials`, `SecretsManagerAuth::with_client`) win over it.
+    #[cfg(any(
+        feature = "iam",
+        feature = "secrets-manager",
+        feature = "custom-endpoint"
+    ))]
+    pub fn sdk_config(self, sdk_config: aws_config::SdkConfig) -> Self {
+        self.with(move |c| {
+            #[cfg(feature = "custom-endpoint")]
+            {
+                c.custom_endpoint.sdk_config = Some(sdk_config.clone());
+            }
+            c.sdk_config = Some(sdk_config.clone());
+            Ok(())
+        })
+    }
+
     /// See [`Config::hostaddr`].
     pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
         self.with(move |c| {

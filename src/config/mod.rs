@@ -203,6 +203,14 @@ pub struct Config {
     password: Option<Password>,
     /// Whether `failover_mode` was chosen (else a custom endpoint's type decides it).
     failover_mode_chosen: bool,
+    /// The application's AWS configuration ([`Builder::sdk_config`]): credentials, region
+    /// and HTTP settings for IAM signing, Secrets Manager and the RDS API.
+    #[cfg(any(
+        feature = "iam",
+        feature = "secrets-manager",
+        feature = "custom-endpoint"
+    ))]
+    pub(crate) sdk_config: Option<aws_config::SdkConfig>,
     /// The URL parameter `connect_timeout` was given by: libpq's `connect_timeout` (in
     /// seconds) or `connect_timeout_ms`, for errors that name it.
     connect_timeout_parameter: &'static str,

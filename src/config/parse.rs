@@ -193,6 +193,12 @@ impl Config {
             user: decode_user(parsed.username())?,
             password,
             failover_mode_chosen: false,
+            #[cfg(any(
+                feature = "iam",
+                feature = "secrets-manager",
+                feature = "custom-endpoint"
+            ))]
+            sdk_config: None,
             connect_timeout_parameter: "connect_timeout_ms",
         };
 

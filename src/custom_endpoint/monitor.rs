@@ -313,6 +313,12 @@ async fn client_for(host: &str, settings: &CustomEndpointSettings) -> Result<Cli
                 ),
             )
         })?;
+    if let Some(sdk_config) = &settings.sdk_config {
+        let config = aws_sdk_rds::config::Builder::from(sdk_config)
+            .region(Region::new(region))
+            .build();
+        return Ok(Client::from_conf(config));
+    }
     let config = aws_config::defaults(BehaviorVersion::latest())
         .region(Region::new(region))
         .load()

@@ -27,6 +27,9 @@ pub struct CustomEndpointSettings {
     /// The RDS API client to use instead of one built from the AWS configuration chain
     /// (which honours `AWS_ENDPOINT_URL_RDS`).
     pub client: Option<aws_sdk_rds::Client>,
+    /// The application's AWS configuration the RDS API client is built from, when no
+    /// [`client`](Self::client) is given (see `Builder::sdk_config`).
+    pub(crate) sdk_config: Option<aws_config::SdkConfig>,
 }
 
 impl Default for CustomEndpointSettings {
@@ -38,6 +41,7 @@ impl Default for CustomEndpointSettings {
             wait_for_info_timeout: Duration::from_millis(5_000),
             region: None,
             client: None,
+            sdk_config: None,
         }
     }
 }

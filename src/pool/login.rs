@@ -140,14 +140,23 @@ pub(crate) async fn provider_for(config: &Config) -> Result<Arc<dyn CredentialPr
     Ok(match &config.auth {
         Auth::Password => Arc::new(StaticPassword::from_config(config.password())),
         #[cfg(feature = "iam")]
-        Auth::Iam(settings) => Arc::new(crate::iam::IamAuth::new(
-            settings.clone(),
-            config.host.clone(),
-        )?),
-        #[cfg(feature = "secrets-manager")]
-        Auth::SecretsManager(settings) => {
-            Arc::new(crate::secrets_manager::SecretsManagerAuth::new(settings.clone()).await?)
+        Auth::Iam(settings) => {
+            let mut settings = settings.clone();
+            if settings.credentials.is_none() {
+                settings.credentials = config
+                    .sdk_config
+                    .as_ref()
+                    .and_then(|sdk| sdk.credentials_provider());
+            }
+            Arc::new(crate::iam::IamAuth::new(settings, config.host.clone())?)
         }
+        #[cfg(feature = "secrets-manager")]
+        Auth::SecretsManager(settings) => Arc::new(match &config.sdk_config {
+            Some(sdk) => {
+                crate::secrets_manager::SecretsManagerAuth::from_sdk_config(settings.clone(), sdk)?
+            }
+            None => crate::secrets_manager::SecretsManagerAuth::new(settings.clone()).await?,
+        }),
         Auth::Provider(provider) => provider.clone(),
     })
 }
@@ -264,4 +273,47 @@ pub(crate) async fn unwind_safe<T>(
         }
     })
     .await
+}
+
+#[cfg(all(test, feature = "iam"))]
+mod tests {
+    use super::*;
+
+    /// With the application's `SdkConfig` and no credentials of its own, IAM signs with the
+    /// SdkConfig's credentials (not the environment's chain).
+    #[tokio::test]
+    async fn iam_signs_with_the_applications_sdk_config() {
+        let sdk_config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("eu-west-1"))
+            .credentials_provider(aws_credential_types::Credentials::new(
+                "app-key-id",
+                "app-secret",
+                None,
+                None,
+                "the application's",
+            ))
+            .load()
+            .await;
+        let config = crate::Builder::new()
+            .url(
+                "postgres://app_iam@orders.cluster-abc123.eu-west-1.rds.amazonaws.com/app?auth=iam",
+            )
+            .sdk_config(sdk_config)
+            .build()
+            .expect("config");
+        let provider = provider_for(&config).await.expect("provider");
+        let token = provider
+            .credentials(&ConnectTarget::new(
+                "instance-1.abc123.eu-west-1.rds.amazonaws.com",
+                5432,
+                "app_iam",
+            ))
+            .await
+            .expect("a token");
+        let token = token.password().expect("the token");
+        assert!(
+            token.contains("X-Amz-Credential=app-key-id%2F"),
+            "signed with the SdkConfig's credentials: {token}"
+        );
+    }
 }

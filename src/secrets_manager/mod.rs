@@ -100,8 +100,25 @@ impl SecretsManagerAuth {
         if let Some(region) = region {
             loader = loader.region(Region::new(region));
         }
-        let sdk_config = loader.load().await;
-        if sdk_config.region().is_none() {
+        SecretsManagerAuth::from_sdk_config(settings, &loader.load().await)
+    }
+
+    /// A provider with a Secrets Manager client built from the application's AWS
+    /// configuration, with [`SecretsManagerSettings::region`] (or the ARN's region) and
+    /// [`SecretsManagerSettings::endpoint`] applied over it when set. Fails as
+    /// [`new`](Self::new) when no region can be found. Nothing is fetched yet.
+    pub fn from_sdk_config(
+        settings: SecretsManagerSettings,
+        sdk_config: &aws_config::SdkConfig,
+    ) -> Result<SecretsManagerAuth> {
+        settings.validate()?;
+        let region = settings
+            .region
+            .clone()
+            .or_else(|| settings.arn_region().map(str::to_owned))
+            .map(Region::new)
+            .or_else(|| sdk_config.region().cloned());
+        if region.is_none() {
             return Err(Error::config(
                 "secrets_manager_region",
                 format!(
@@ -112,7 +129,7 @@ impl SecretsManagerAuth {
         }
         // The endpoint is set for Secrets Manager only: the credential providers (STS, SSO)
         // keep theirs.
-        let mut config = aws_sdk_secretsmanager::config::Builder::from(&sdk_config);
+        let mut config = aws_sdk_secretsmanager::config::Builder::from(sdk_config).region(region);
         if let Some(endpoint) = &settings.endpoint {
             config = config.endpoint_url(endpoint);
         }

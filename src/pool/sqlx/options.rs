@@ -230,6 +230,16 @@ impl AuroraPoolOptions {
         self.set(|b| b.custom_endpoint_client(client))
     }
 
+    /// See [`Builder::sdk_config`].
+    #[cfg(any(
+        feature = "iam",
+        feature = "secrets-manager",
+        feature = "custom-endpoint"
+    ))]
+    pub fn sdk_config(self, sdk_config: aws_config::SdkConfig) -> Self {
+        self.set(|b| b.sdk_config(sdk_config))
+    }
+
     /// See [`Builder::hostaddr`].
     pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
         self.set(|b| b.hostaddr(address))
