@@ -7,8 +7,8 @@ cargo fmt --check
 cargo clippy --all-targets --all-features -- -D warnings
 # The core must build without the sqlx backend.
 cargo clippy --no-default-features --features testing -- -D warnings
-# The deadpool flavour alone, without sqlx.
-cargo clippy --no-default-features --features deadpool,tls-rustls-aws-lc-rs -- -D warnings
+# The deadpool flavour alone, without sqlx, with its axum integration.
+cargo clippy --no-default-features --features deadpool,axum,tls-rustls-aws-lc-rs -- -D warnings
 # Both flavours with ring: no aws-lc anywhere in the graph.
 cargo clippy --no-default-features --features sqlx,deadpool,tls-rustls-ring -- -D warnings
 if cargo tree --no-default-features --features sqlx,deadpool,tls-rustls-ring -e normal -i aws-lc-rs >/dev/null 2>&1; then

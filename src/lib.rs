@@ -41,8 +41,12 @@ mod fuzz;
 
 #[cfg(feature = "testing")]
 pub mod testing;
-#[cfg(feature = "tower")]
+#[cfg(all(feature = "tower", any(feature = "sqlx", feature = "deadpool")))]
 pub mod tower;
+#[cfg(all(feature = "tower", not(any(feature = "sqlx", feature = "deadpool"))))]
+compile_error!(
+    "the `tower` and `axum` features serve a flavour's pool: enable `sqlx` or `deadpool` with them"
+);
 
 pub use config::{Auth, Builder, Config, FailoverMode, GlobalReadMode, GlobalSettings, PoolSizing};
 #[cfg(feature = "custom-endpoint")]

@@ -12,72 +12,7 @@ use std::time::{Duration, Instant};
 
 use aurora_pool::testing::LocalCluster;
 use support::AGGRESSIVE;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-}
-
-/// A minimal HTTP/1.1 client: one request per connection.
-async fn send(
-    addr: std::net::SocketAddr,
-    method: &str,
-    path: &str,
-    body: Option<&str>,
-    cookie: Option<&str>,
-) -> Reply {
-    let mut stream = TcpStream::connect(addr)
-        .await
-        .expect("connect to the service");
-    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
-    if let Some(cookie) = cookie {
-        request.push_str(&format!("Cookie: {cookie}\r\n"));
-    }
-    let body = body.unwrap_or("");
-    if !body.is_empty() {
-        request.push_str(&format!(
-            "Content-Type: application/json\r\nContent-Length: {}\r\n",
-            body.len()
-        ));
-    }
-    request.push_str("\r\n");
-    request.push_str(body);
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut raw = Vec::new();
-    tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut raw))
-        .await
-        .expect("the service answers")
-        .expect("read");
-    let text = String::from_utf8_lossy(&raw).into_owned();
-    let (head, body) = text.split_once("\r\n\r\n").expect("a full response");
-    let mut lines = head.lines();
-    let status = lines
-        .next()
-        .and_then(|l| l.split(' ').nth(1))
-        .and_then(|s| s.parse().ok())
-        .expect("status");
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(n, v)| (n.trim().to_owned(), v.trim().to_owned()))
-        .collect();
-    Reply {
-        status,
-        headers,
-        body: body.to_owned(),
-    }
-}
+use support::http::{post_in_a_loop, send, serve};
 
 /// Whether the item `name` is stored on `instance`, asked on a connection of its own.
 async fn on_instance(cluster: &LocalCluster, instance: &str, name: &str) -> bool {
@@ -258,58 +193,12 @@ async fn the_service_rides_through_a_failover_over_http() {
     server.await.expect("server task").expect("server");
 }
 
-/// One answer a client got, and when.
-struct Answered {
-    status: u16,
-    retry_after: bool,
-    at: Instant,
-}
-
-/// `clients` tasks sending `POST path` to `addr` in a loop until `stop` says so; no timeout
-/// of their own beyond `send`'s hang detector.
-fn post_in_a_loop(
-    addr: std::net::SocketAddr,
-    path: &'static str,
-    clients: usize,
-    stop: tokio::sync::watch::Receiver<bool>,
-) -> Vec<tokio::task::JoinHandle<Vec<Answered>>> {
-    (0..clients)
-        .map(|_| {
-            let stop = stop.clone();
-            tokio::spawn(async move {
-                let mut answers = Vec::new();
-                while !*stop.borrow() {
-                    let reply = send(addr, "POST", path, None, None).await;
-                    answers.push(Answered {
-                        status: reply.status,
-                        retry_after: reply.header("retry-after").is_some(),
-                        at: Instant::now(),
-                    });
-                    if reply.status != 200 {
-                        tokio::time::sleep(Duration::from_millis(20)).await;
-                    }
-                }
-                answers
-            })
-        })
-        .collect()
-}
-
 /// A route written the sqlx way for what is not a failover: a division by zero.
 async fn divide_by_zero(
     axum::extract::State(db): axum::extract::State<sqlx::PgPool>,
 ) -> Result<String, aurora_pool::Error> {
     let n: i32 = sqlx::query_scalar("SELECT 1 / 0").fetch_one(&db).await?;
     Ok(n.to_string())
-}
-
-async fn serve(app: axum::Router) -> std::net::SocketAddr {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-        .await
-        .expect("bind");
-    let addr = listener.local_addr().expect("address");
-    tokio::spawn(axum::serve(listener, app).into_future());
-    addr
 }
 
 /// Handlers written for a plain `PgPool` (`?` on `sqlx::Error`, the pool kept in the

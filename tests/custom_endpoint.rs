@@ -427,3 +427,96 @@ flavour_tests!(
     an_exclusion_list_blocks_its_members,
     a_failover_keeps_reads_inside_the_members,
 );
+
+/// The way parallel `#[tokio::test]`s meet the custom endpoint's shared monitor: pool A, on
+/// a runtime of its own, starts it; pool B, on another runtime, joins it; A's test ends (its
+/// pool dropped, its runtime shut down, the monitor's task with it). B still follows the
+/// endpoint's members as they change: the monitor runs again on B's runtime.
+fn the_members_are_followed_after_the_runtime_that_started_the_monitor_ends<F: Flavour>(
+    test: &str,
+) {
+    let new_runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+    };
+    // The cluster and the stub live on a runtime of their own for the whole test.
+    let base = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let (cluster, stub) = base.block_on(async {
+        let (cluster, stub) = tokio::join!(LocalCluster::start(3), RdsStub::start());
+        (cluster.expect("cluster"), stub.expect("stub"))
+    });
+    let name = endpoint(test, "runtime");
+    stub.set_endpoint(
+        &name,
+        "orders",
+        &host(&name),
+        CustomEndpointKind::Reader,
+        &["instance-2"],
+        &[],
+    );
+    // One RDS client for both pools, as one application passes: what makes them share the
+    // monitor.
+    let client = base.block_on(stub.client());
+    let config = Builder::new()
+        .url(url_on(&cluster, &name, test, ""))
+        .custom_endpoint_client(client)
+        .build()
+        .expect("config");
+    let first = new_runtime();
+    let pool_a: F = first
+        .block_on(F::connect_with(config.clone()))
+        .expect("pool A");
+    let second = new_runtime();
+    let pool_b: F = second.block_on(F::connect_with(config)).expect("pool B");
+    second.block_on(async {
+        assert_eq!(readers_used(&pool_b).await, set(&["instance-2"]));
+    });
+    // Test A ends.
+    drop(pool_a);
+    drop(first);
+
+    stub.set_endpoint(
+        &name,
+        "orders",
+        &host(&name),
+        CustomEndpointKind::Reader,
+        &["instance-3"],
+        &[],
+    );
+    second.block_on(async {
+        let moved = eventually(Duration::from_secs(20), || async {
+            pool_b.try_reader().is_ok() && readers_used(&pool_b).await == set(&["instance-3"])
+        })
+        .await;
+        assert!(
+            moved,
+            "pool B's reads did not follow the members once pool A's runtime ended: {:?}",
+            pool_b.status()
+        );
+    });
+    drop(pool_b);
+    drop(second);
+    let _entered = base.enter();
+    drop((cluster, stub));
+}
+
+#[test]
+fn sqlx_the_members_are_followed_after_the_runtime_that_started_the_monitor_ends() {
+    the_members_are_followed_after_the_runtime_that_started_the_monitor_ends::<AuroraPool>(
+        "sqlx-ce-runtime",
+    );
+}
+
+#[cfg(feature = "deadpool")]
+#[test]
+fn deadpool_the_members_are_followed_after_the_runtime_that_started_the_monitor_ends() {
+    the_members_are_followed_after_the_runtime_that_started_the_monitor_ends::<
+        aurora_pool::deadpool::AuroraPool,
+    >("deadpool-ce-runtime");
+}

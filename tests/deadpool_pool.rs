@@ -134,3 +134,119 @@ async fn connections_are_replaced_at_max_lifetime() {
     assert_ne!(backend_pid(&client).await, first);
     pool.close().await;
 }
+
+async fn application_name(client: &aurora_pool::deadpool::Object) -> String {
+    client
+        .query_one("SHOW application_name", &[])
+        .await
+        .expect("application_name")
+        .get(0)
+}
+
+/// deadpool's hooks given in code beside the settings: `post_create` runs on every new
+/// connection of every pool (the writer's handle, the readers' handle, `acquire`, `run`);
+/// `pre_recycle` refusing a connection closes it and another is opened; an error of
+/// `post_create` fails the checkout with it; the settings in code win over the URL's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deadpool_hooks_run_on_every_pool() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+    use aurora_pool::deadpool::{AuroraPoolOptions, HookError};
+
+    let cluster = LocalCluster::start(2).await.expect("cluster");
+    let (created, refuse_recycle, refuse_create) = (
+        Arc::new(AtomicUsize::new(0)),
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicBool::new(false)),
+    );
+    let pool = AuroraPoolOptions::new()
+        .writer_max_connections(3)
+        .post_create({
+            let (created, refuse) = (created.clone(), refuse_create.clone());
+            move |client, _| {
+                created.fetch_add(1, Ordering::SeqCst);
+                let refuse = refuse.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    if refuse {
+                        return Err(HookError::message("the test refuses new connections"));
+                    }
+                    client
+                        .batch_execute("SET application_name = 'hooked'")
+                        .await
+                        .map_err(|e| HookError::Backend(e.into()))
+                })
+            }
+        })
+        .pre_recycle({
+            let refuse = refuse_recycle.clone();
+            move |_, _| {
+                let refuse = refuse.load(Ordering::SeqCst);
+                Box::pin(async move {
+                    match refuse {
+                        true => Err(HookError::message("the test refuses recycling")),
+                        false => Ok(()),
+                    }
+                })
+            }
+        })
+        .connect(&support::url_with(
+            &cluster,
+            &format!(
+                "cluster_id={}&writer_max_connections=10",
+                unique_cluster_id("deadpool-hooks")
+            ),
+        ))
+        .await
+        .expect("connect");
+
+    assert_eq!(pool.writer().status().max_size, 3, "the URL's size won");
+    let writer = pool.writer().get().await.expect("writer");
+    assert_eq!(application_name(&writer).await, "hooked", "writer handle");
+    let pid = backend_pid(&writer).await;
+    drop(writer);
+    let reader = pool.reader().get().await.expect("reader");
+    assert_eq!(application_name(&reader).await, "hooked", "reader handle");
+    drop(reader);
+    let taken = pool.acquire(Role::Reader).await.expect("acquire");
+    assert_eq!(application_name(&taken).await, "hooked", "acquire");
+    drop(taken);
+    let ran = pool
+        .run(Role::Writer, |client| {
+            Box::pin(async move {
+                let row = client.query_one("SHOW application_name", &[]).await?;
+                Ok(row.get::<_, String>(0))
+            })
+        })
+        .await
+        .expect("run");
+    assert_eq!(ran, "hooked", "run");
+
+    // Recycled as long as the hook lets it; replaced once it refuses.
+    let again = pool.writer().get().await.expect("writer");
+    assert_eq!(backend_pid(&again).await, pid, "not recycled");
+    drop(again);
+    refuse_recycle.store(true, Ordering::SeqCst);
+    let before = created.load(Ordering::SeqCst);
+    let replaced = pool.writer().get().await.expect("writer");
+    assert_ne!(
+        backend_pid(&replaced).await,
+        pid,
+        "the refused connection was kept"
+    );
+    assert_eq!(application_name(&replaced).await, "hooked");
+    assert!(created.load(Ordering::SeqCst) > before);
+    drop(replaced);
+
+    // A refusing `post_create` fails the checkout, through `?` into the crate's error.
+    refuse_create.store(true, Ordering::SeqCst);
+    let checkout = async { Ok::<_, aurora_pool::Error>(pool.writer().get().await?) };
+    let err = checkout
+        .await
+        .expect_err("the hook refused every new connection");
+    assert!(
+        err.to_string().contains("the test refuses new connections"),
+        "{err}"
+    );
+    pool.close().await;
+}

@@ -119,8 +119,100 @@ macro_rules! each_setting {
         }
     };
 }
-#[cfg(feature = "sqlx")]
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
 pub(crate) use each_setting;
+
+/// The setters of [`Builder`] on a flavour's options type, delegated through its
+/// `fn set(self, impl FnOnce(Builder) -> Builder) -> Self`: every flavour takes the same
+/// settings in code.
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+macro_rules! delegate_settings {
+    () => {
+        crate::config::each_setting!(delegated_setting);
+
+        /// See [`Builder::cluster_id`](crate::Builder::cluster_id).
+        pub fn cluster_id(self, cluster_id: impl Into<String>) -> Self {
+            self.set(|b| b.cluster_id(cluster_id))
+        }
+
+        /// See [`Builder::password`](crate::Builder::password).
+        pub fn password(self, password: impl Into<String>) -> Self {
+            self.set(|b| b.password(password))
+        }
+
+        /// See [`Builder::failover_home_region`](crate::Builder::failover_home_region).
+        pub fn failover_home_region(self, region: &str) -> Self {
+            self.set(|b| b.failover_home_region(region))
+        }
+
+        /// See [`Builder::global_cluster_instance_host_patterns`](crate::Builder::global_cluster_instance_host_patterns).
+        pub fn global_cluster_instance_host_patterns(self, patterns: &str) -> Self {
+            self.set(|b| b.global_cluster_instance_host_patterns(patterns))
+        }
+
+        /// See [`Builder::custom_endpoint_client`](crate::Builder::custom_endpoint_client).
+        #[cfg(feature = "custom-endpoint")]
+        pub fn custom_endpoint_client(self, client: aws_sdk_rds::Client) -> Self {
+            self.set(|b| b.custom_endpoint_client(client))
+        }
+
+        /// See [`Builder::sdk_config`](crate::Builder::sdk_config).
+        #[cfg(any(
+            feature = "iam",
+            feature = "secrets-manager",
+            feature = "custom-endpoint"
+        ))]
+        pub fn sdk_config(self, sdk_config: aws_config::SdkConfig) -> Self {
+            self.set(|b| b.sdk_config(sdk_config))
+        }
+
+        /// See [`Builder::hostaddr`](crate::Builder::hostaddr).
+        pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
+            self.set(|b| b.hostaddr(address))
+        }
+
+        /// See [`Builder::credential_provider`](crate::Builder::credential_provider).
+        pub fn credential_provider(self, provider: impl crate::auth::CredentialProvider) -> Self {
+            self.set(|b| b.credential_provider(provider))
+        }
+
+        /// See [`Builder::cluster_instance_host_pattern`](crate::Builder::cluster_instance_host_pattern).
+        pub fn cluster_instance_host_pattern(self, pattern: impl Into<String>) -> Self {
+            self.set(|b| b.cluster_instance_host_pattern(pattern))
+        }
+
+        /// See [`Builder::instance_endpoint`](crate::Builder::instance_endpoint).
+        pub fn instance_endpoint(
+            self,
+            instance: impl Into<String>,
+            address: impl Into<String>,
+        ) -> Self {
+            self.set(|b| b.instance_endpoint(instance, address))
+        }
+
+        fn set(mut self, setting: impl FnOnce(crate::Builder) -> crate::Builder) -> Self {
+            self.settings = setting(std::mem::take(&mut self.settings));
+            self
+        }
+    };
+}
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+pub(crate) use delegate_settings;
+
+/// One [`Builder`] setter of `each_setting!`, delegated (see `delegate_settings!`).
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+macro_rules! delegated_setting {
+    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$config:ident, $value:ident| $body:expr;)*) => {
+        $(
+            $(#[$doc])*
+            pub fn $name(self, $value: $ty) -> Self {
+                self.set(|b| b.$name($value))
+            }
+        )*
+    };
+}
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+pub(crate) use delegated_setting;
 
 impl Builder {
     /// A builder with no URL yet.

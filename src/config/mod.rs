@@ -361,8 +361,8 @@ mod validate;
 
 pub use auth::Auth;
 pub use builder::Builder;
-#[cfg(feature = "sqlx")]
-pub(crate) use builder::each_setting;
+#[cfg(any(feature = "sqlx", feature = "deadpool"))]
+pub(crate) use builder::{delegate_settings, delegated_setting, each_setting};
 pub use global::{GlobalReadMode, GlobalSettings};
 #[cfg(any(feature = "iam", feature = "secrets-manager"))]
 pub(crate) use parse::renamed_seconds;

@@ -4,6 +4,9 @@
 //! `DescribeDBClusterEndpoints` every `refresh_rate` and publishes the endpoint's type and
 //! members as an [`InfoState`]. When no handle has existed for `idle_monitor_expiration`
 //! it stops; a pool joining before that reuses it, one joining after starts a new one.
+//! The task runs on the runtime of the pool that started it; when that runtime shuts down
+//! while other pools use the monitor (one `#[tokio::test]` of many ending), the next of them
+//! to look starts it again on its own runtime ([`CustomEndpointHandle::keep_running`]).
 //!
 //! * Throttled calls back off: the pause doubles from `refresh_rate` up to 5 minutes (or
 //!   `refresh_rate` when it is longer) and halves again with every successful call. The last
@@ -78,8 +81,13 @@ struct Shared {
     state: watch::Sender<InfoState>,
     /// How many handles exist. Only changed under the registry lock when it grows.
     users: watch::Sender<usize>,
-    /// False once the task has ended; the registry then no longer hands it out.
-    running: AtomicBool,
+    /// True while a task runs the monitor.
+    running: watch::Sender<bool>,
+    /// Set when the monitor stopped for want of users: the registry no longer hands it out,
+    /// and nothing starts it again.
+    retired: AtomicBool,
+    /// What the monitor calls `DescribeDBClusterEndpoints` with.
+    client: Client,
 }
 
 impl Shared {
@@ -174,6 +182,25 @@ impl CustomEndpointHandle {
     pub(crate) fn identifier(&self) -> &str {
         &self.shared.identifier
     }
+
+    /// A receiver that is true while a task runs the monitor.
+    pub(crate) fn running(&self) -> watch::Receiver<bool> {
+        self.shared.running.subscribe()
+    }
+
+    /// Starts the monitor's task on the current runtime when none runs (the runtime that
+    /// ran it shut down) and it was not retired. Returns whether it started one.
+    pub(crate) fn keep_running(&self) -> bool {
+        let started = start(&self.shared);
+        if started {
+            tracing::info!(
+                target: "aurora_pool",
+                host = %self.shared.host,
+                "custom endpoint monitor restarted on this pool's runtime: the runtime that ran it shut down"
+            );
+        }
+        started
+    }
 }
 
 impl fmt::Debug for CustomEndpointHandle {
@@ -228,7 +255,7 @@ fn attach(
     let shared = registry
         .get(key)
         .and_then(Weak::upgrade)
-        .filter(|shared| shared.running.load(Ordering::Acquire))?;
+        .filter(|shared| !shared.retired.load(Ordering::Acquire))?;
     shared.users.send_modify(|n| *n += 1);
     Some(Arc::new(CustomEndpointHandle { shared }))
 }
@@ -248,8 +275,11 @@ pub(crate) async fn join(
 ) -> Result<Arc<CustomEndpointHandle>> {
     let host = host.trim_end_matches('.').to_ascii_lowercase();
     let key = monitor_key(&host, settings);
-    if let Some(handle) = attach(&registry(), &key) {
+    let joined = attach(&registry(), &key);
+    if let Some(handle) = joined {
         tracing::debug!(target: "aurora_pool", host = %host, "pool joined the running custom endpoint monitor");
+        // Stranded by the runtime that ran it: this pool runs it from now on.
+        handle.keep_running();
         return Ok(handle);
     }
     settings.validate()?;
@@ -266,7 +296,10 @@ pub(crate) async fn join(
     let client = client_for(&host, settings).await?;
     let mut registry = registry();
     if let Some(handle) = attach(&registry, &key) {
-        return Ok(handle); // another pool started it meanwhile
+        // Another pool started it meanwhile.
+        drop(registry);
+        handle.keep_running();
+        return Ok(handle);
     }
     let shared = Arc::new(Shared {
         key: key.clone(),
@@ -276,7 +309,9 @@ pub(crate) async fn join(
         idle_expiration: settings.idle_monitor_expiration,
         state: watch::channel(InfoState::Waiting).0,
         users: watch::channel(1).0,
-        running: AtomicBool::new(true),
+        running: watch::channel(false).0,
+        retired: AtomicBool::new(false),
+        client,
     });
     registry.insert(key, Arc::downgrade(&shared));
     drop(registry);
@@ -288,7 +323,7 @@ pub(crate) async fn join(
         idle_expiration_ms = shared.idle_expiration.as_millis() as u64,
         "custom endpoint monitor started"
     );
-    tokio::spawn(run(shared.clone(), client));
+    start(&shared);
     Ok(Arc::new(CustomEndpointHandle { shared }))
 }
 
@@ -326,33 +361,69 @@ async fn client_for(host: &str, settings: &CustomEndpointSettings) -> Result<Cli
     Ok(Client::new(&config))
 }
 
-/// Marks the monitor stopped when its task ends, however it ends (retired, panicked, or
-/// dropped with its runtime), and tells the handles left, if any.
+/// Starts the monitor's task on the current runtime, supervised (a panic restarts it after a
+/// pause), unless one runs, it was retired, or there is no runtime here. Returns whether it
+/// started one.
+fn start(shared: &Arc<Shared>) -> bool {
+    if shared.retired.load(Ordering::Acquire) {
+        return false;
+    }
+    let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let claimed = shared.running.send_if_modified(|running| {
+        let claimed = !*running;
+        *running = true;
+        claimed
+    });
+    if !claimed {
+        return false;
+    }
+    let running = Running(shared.clone());
+    runtime.spawn(async move {
+        let shared = running.0.clone();
+        crate::supervise::supervise(
+            "custom endpoint monitor",
+            shared.host.clone(),
+            || Some(run(shared.clone())),
+            std::future::pending(),
+        )
+        .await;
+        drop(running);
+    });
+    true
+}
+
+/// Marks the monitor stopped when its task ends, however it ends: retired, or dropped with
+/// its runtime. A retired monitor, or one no pool uses, leaves the registry; one stranded by
+/// its runtime while pools use it stays, for one of them to start again.
 struct Running(Arc<Shared>);
 
 impl Drop for Running {
     fn drop(&mut self) {
         let shared = &self.0;
-        {
+        let stranded = {
             let mut registry = registry();
-            shared.running.store(false, Ordering::Release);
-            if registry
-                .get(&shared.key)
-                .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(shared)))
+            shared.running.send_replace(false);
+            let stranded = !shared.retired.load(Ordering::Acquire) && *shared.users.borrow() > 0;
+            if !stranded
+                && registry
+                    .get(&shared.key)
+                    .is_some_and(|entry| std::ptr::eq(entry.as_ptr(), Arc::as_ptr(shared)))
             {
                 registry.remove(&shared.key);
             }
-        }
-        if *shared.users.borrow() > 0 {
-            shared.publish_failure(
-                Error::topology(format!(
-                    "the monitor of custom endpoint `{}` stopped unexpectedly",
-                    shared.host
-                )),
-                false,
+            stranded
+        };
+        if stranded {
+            tracing::info!(
+                target: "aurora_pool",
+                host = %shared.host,
+                "custom endpoint monitor stopped with its runtime; a pool using it starts it again on its own"
             );
+        } else {
+            tracing::info!(target: "aurora_pool", host = %shared.host, "custom endpoint monitor stopped");
         }
-        tracing::info!(target: "aurora_pool", host = %shared.host, "custom endpoint monitor stopped");
     }
 }
 
@@ -363,15 +434,15 @@ fn retire(shared: &Shared) -> bool {
     if *shared.users.borrow() > 0 {
         return false;
     }
-    shared.running.store(false, Ordering::Release);
+    shared.retired.store(true, Ordering::Release);
     drop(registry);
     true
 }
 
 /// The monitor task: polls until no handle has existed for the idle expiration.
-async fn run(shared: Arc<Shared>, client: Client) {
-    let _running = Running(shared.clone());
+async fn run(shared: Arc<Shared>) {
     let mut users = shared.users.subscribe();
+    let client = shared.client.clone();
     let poll = poll(&shared, &client);
     tokio::pin!(poll);
     loop {

@@ -10,6 +10,7 @@ use tokio_postgres::SimpleQueryMessage;
 
 use super::error::{from_pg, from_pool};
 use super::manager::{Manager, connect_client};
+use super::options::Hooks;
 use super::tls::Tls;
 use super::{Object, Pool};
 use crate::auth::CredentialProvider;
@@ -35,12 +36,15 @@ pub(crate) struct DeadpoolBackend {
     max_lifetime: Option<Duration>,
     /// What the pools' metrics are recorded under.
     cluster_id: Arc<str>,
+    /// The user's hooks, installed in every pool.
+    hooks: Hooks,
 }
 
 impl DeadpoolBackend {
     pub(crate) fn new(
         config: &Config,
         provider: Arc<dyn CredentialProvider>,
+        hooks: Hooks,
     ) -> Result<DeadpoolBackend> {
         let url = config.driver_url();
         let mut base = tokio_postgres::Config::new();
@@ -98,6 +102,7 @@ impl DeadpoolBackend {
             idle_timeout: config.idle_timeout,
             max_lifetime: config.max_lifetime,
             cluster_id: config.cluster_id.as_str().into(),
+            hooks,
         })
     }
 
@@ -197,7 +202,9 @@ impl Backend for DeadpoolBackend {
             Role::Writer => manager.confirming_writer(self.create_limit()),
             Role::Reader => manager,
         };
-        let pool = Pool::builder(manager)
+        let pool = self
+            .hooks
+            .install(Pool::builder(manager))
             .config(config)
             .runtime(Runtime::Tokio1)
             .build()

@@ -63,11 +63,22 @@ pub(crate) fn from_connect(err: tokio_postgres::Error, context: &str) -> Error {
     }
 }
 
+/// For `?` on a checkout of a handed-out [`Pool`](super::Pool) (`pool.writer().get().await?`)
+/// in a function returning the crate's error: an axum handler, or `transaction`'s work.
+impl From<::deadpool::managed::PoolError<Error>> for Error {
+    fn from(err: ::deadpool::managed::PoolError<Error>) -> Error {
+        from_pool(err, "checking out a connection")
+    }
+}
+
 /// Wraps a pool error.
 pub(crate) fn from_pool(err: ::deadpool::managed::PoolError<Error>, context: &str) -> Error {
-    use ::deadpool::managed::{PoolError, TimeoutType};
+    use ::deadpool::managed::{HookError, PoolError, TimeoutType};
     match err {
-        PoolError::Backend(err) => err,
+        PoolError::Backend(err) | PoolError::PostCreateHook(HookError::Backend(err)) => err,
+        PoolError::PostCreateHook(HookError::Message(message)) => Error::driver(format!(
+            "{context} failed: a post_create hook refused the new connection ({message})"
+        )),
         PoolError::Closed => Error::closed(),
         // No connection could be opened in time: the instance is unreachable.
         PoolError::Timeout(TimeoutType::Create) => {

@@ -37,6 +37,7 @@
 mod backend;
 mod error;
 mod manager;
+mod options;
 mod tls;
 mod work;
 
@@ -45,6 +46,7 @@ pub use work::WorkError;
 use std::sync::Arc;
 
 use self::backend::DeadpoolBackend;
+use self::options::Hooks;
 use crate::BoxFuture;
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -61,6 +63,17 @@ use crate::topology::Role;
 use deadpool_postgres::ClientWrapper;
 
 pub use self::manager::Manager;
+pub use self::options::AuroraPoolOptions;
+
+/// What a hook of [`AuroraPoolOptions`] returns on failure: deadpool's `HookError` with the
+/// crate's [`Error`] as its backend error.
+pub type HookError = ::deadpool::managed::HookError<Error>;
+
+/// The future a hook of [`AuroraPoolOptions`] returns.
+pub type HookFuture<'a> = ::deadpool::managed::HookFuture<'a, Error>;
+
+/// A connection's age and use, as deadpool keeps them (given to every hook).
+pub use ::deadpool::managed::Metrics;
 
 /// The pool of one instance.
 pub type Pool = ::deadpool::managed::Pool<Manager>;
@@ -84,7 +97,7 @@ impl AuroraPool {
 
     /// Connects with a prepared [`Config`] (see [`crate::Builder::build`]).
     pub async fn connect_with(config: Config) -> Result<AuroraPool> {
-        AuroraPool::start(config, Start::Now).await
+        AuroraPool::start(config, Hooks::default(), Start::Now).await
     }
 
     /// Opens the pool without touching the database: discovery runs in the background
@@ -96,13 +109,13 @@ impl AuroraPool {
 
     /// [`connect_lazy`](Self::connect_lazy) with a prepared [`Config`].
     pub async fn connect_lazy_with(config: Config) -> Result<AuroraPool> {
-        AuroraPool::start(config, Start::Lazy).await
+        AuroraPool::start(config, Hooks::default(), Start::Lazy).await
     }
 
-    async fn start(config: Config, when: Start) -> Result<AuroraPool> {
+    async fn start(config: Config, hooks: Hooks, when: Start) -> Result<AuroraPool> {
         config.validate()?;
         let provider = login::provider_for(&config).await?;
-        let backend = DeadpoolBackend::new(&config, provider.clone())?;
+        let backend = DeadpoolBackend::new(&config, provider.clone(), hooks)?;
         let connector = Arc::new(backend.connector(&config));
         let scope = ScopeSource::new(&config).await?;
         let core = match when {
@@ -263,7 +276,13 @@ impl AuroraPool {
     /// refusal (`25006`) makes it re-check the writer but stays the driver's error, as in
     /// the sqlx flavour.
     pub fn classify(&self, err: tokio_postgres::Error) -> Error {
-        self.core.classify(error::from_pg(err, "the statement"))
+        self.classify_error(error::from_pg(err, "the statement"))
+    }
+
+    /// [`classify`](AuroraPool::classify) for an error already wrapped as the crate's (`?`
+    /// on a `tokio_postgres::Error` in an axum handler).
+    pub(crate) fn classify_error(&self, err: Error) -> Error {
+        self.core.classify(err)
     }
 }
 

@@ -216,8 +216,10 @@ mod endpoint {
     /// A custom endpoint followed by a pool.
     #[derive(Clone)]
     pub(super) struct Followed {
-        _handle: Arc<CustomEndpointHandle>,
+        handle: Arc<CustomEndpointHandle>,
         info: watch::Receiver<InfoState>,
+        /// Whether a task runs the monitor.
+        running: watch::Receiver<bool>,
         config: Arc<Config>,
     }
 
@@ -272,7 +274,8 @@ mod endpoint {
                 }
             }
             Ok(Some(Followed {
-                _handle: handle,
+                running: handle.running(),
+                handle,
                 info,
                 config: Arc::new(config.clone()),
             }))
@@ -292,9 +295,27 @@ mod endpoint {
             scope_of(&info, &self.config)
         }
 
+        /// Resolves when the members may have changed. Meanwhile, starts the monitor again
+        /// on this runtime when the runtime that ran it shut down.
         pub(super) async fn changed(&mut self) {
-            if self.info.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            loop {
+                tokio::select! {
+                    changed = self.info.changed() => {
+                        if changed.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        return;
+                    }
+                    watched = async { self.running.wait_for(|running| !running).await.is_ok() } => {
+                        if !watched {
+                            std::future::pending::<()>().await;
+                        }
+                    }
+                }
+                if !self.handle.keep_running() {
+                    // Retired, or started again by another pool meanwhile: watch it run.
+                    let _ = self.running.wait_for(|running| *running).await;
+                }
             }
         }
     }

@@ -4,9 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use sqlx::PgPool;
-
-use crate::AuroraPool;
+use super::pool::{DefaultPool, LayerPool};
 use crate::topology::Role;
 
 /// The pool and the role the layer chose for a request; a request extension (and, with the
@@ -15,15 +13,15 @@ use crate::topology::Role;
 /// Use [`writer`](Db::writer) for writes, so that the layer can mark the session for
 /// read-your-writes, and [`reader`](Db::reader) for reads.
 #[derive(Clone)]
-pub struct Db {
-    pool: AuroraPool,
+pub struct Db<P = DefaultPool> {
+    pool: P,
     role: Role,
     sticky: bool,
     wrote: Arc<AtomicBool>,
 }
 
-impl Db {
-    pub(crate) fn new(pool: AuroraPool, role: Role, sticky: bool, wrote: Arc<AtomicBool>) -> Db {
+impl<P: LayerPool> Db<P> {
+    pub(crate) fn new(pool: P, role: Role, sticky: bool, wrote: Arc<AtomicBool>) -> Db<P> {
         Db {
             pool,
             role,
@@ -33,7 +31,7 @@ impl Db {
     }
 
     /// The pool.
-    pub fn pool(&self) -> &AuroraPool {
+    pub fn pool(&self) -> &P {
         &self.pool
     }
 
@@ -49,28 +47,28 @@ impl Db {
     }
 
     /// The writer's pool; marks the session as having written.
-    pub fn writer(&self) -> PgPool {
+    pub fn writer(&self) -> P::Handle {
         self.mark_written();
-        self.pool.writer()
+        self.pool.writer_handle()
     }
 
     /// The pool for reads in this request: a reader, or the writer when the request's role
     /// is the writer (a write request, or a session within its read-your-writes window).
-    pub fn reader(&self) -> PgPool {
+    pub fn reader(&self) -> P::Handle {
         match self.role {
-            Role::Writer => self.pool.writer(),
-            Role::Reader => self.pool.reader(),
+            Role::Writer => self.pool.writer_handle(),
+            Role::Reader => self.pool.reader_handle(),
         }
     }
 
     /// Marks the session as having written, for writes made without [`Db::writer`] (for
-    /// example through [`AuroraPool::run`]).
+    /// example through [`AuroraPool::run`](crate::AuroraPool::run)).
     pub fn mark_written(&self) {
         self.wrote.store(true, Ordering::Release);
     }
 }
 
-impl fmt::Debug for Db {
+impl<P> fmt::Debug for Db<P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Db")
             .field("role", &self.role)
@@ -94,12 +92,13 @@ mod axum_impls {
     use http::request::Parts;
 
     use super::Db;
+    use crate::tower::LayerPool;
 
-    impl<S: Send + Sync> FromRequestParts<S> for Db {
+    impl<S: Send + Sync, P: LayerPool> FromRequestParts<S> for Db<P> {
         type Rejection = (StatusCode, &'static str);
 
-        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Db, Self::Rejection> {
-            parts.extensions.get::<Db>().cloned().ok_or((
+        async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Db<P>, Self::Rejection> {
+            parts.extensions.get::<Db<P>>().cloned().ok_or((
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "aurora_pool::tower::AuroraLayer is not installed on this route",
             ))

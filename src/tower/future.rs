@@ -13,7 +13,7 @@ use pin_project_lite::pin_project;
 
 use super::db::FailoverResponse;
 use super::layer::{ReadYourWrites, now_ms};
-use crate::AuroraPool;
+use super::pool::Classifier;
 use tokio::task::futures::TaskLocalFuture;
 
 pin_project! {
@@ -21,7 +21,7 @@ pin_project! {
     #[derive(Debug)]
     pub struct ResponseFuture<F> {
         #[pin]
-        inner: TaskLocalFuture<AuroraPool, F>,
+        inner: TaskLocalFuture<Classifier, F>,
         wrote: Arc<AtomicBool>,
         read_your_writes: Option<ReadYourWrites>,
         retry_after: Option<Duration>,
@@ -30,7 +30,7 @@ pin_project! {
 
 impl<F> ResponseFuture<F> {
     pub(crate) fn new(
-        inner: TaskLocalFuture<AuroraPool, F>,
+        inner: TaskLocalFuture<Classifier, F>,
         wrote: Arc<AtomicBool>,
         read_your_writes: Option<ReadYourWrites>,
         retry_after: Option<Duration>,

@@ -1,5 +1,6 @@
 //! The layer and its settings.
 
+use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -8,8 +9,8 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 use tower_layer::Layer;
 
 use super::policy::{RolePolicy, SafeMethodsRead, SharedPolicy};
+use super::pool::{Classifier, DefaultPool, LayerPool};
 use super::service::AuroraService;
-use crate::AuroraPool;
 
 /// Where the layer keeps the read-your-writes mark of a client session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -103,20 +104,22 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Gives every request a [`Db`](super::Db) with the pool and a role; see the
-/// [module docs](super).
-#[derive(Debug, Clone)]
-pub struct AuroraLayer {
-    pub(crate) pool: AuroraPool,
+/// [module docs](super). `P` is the pool: either flavour's `AuroraPool` ([`LayerPool`]).
+#[derive(Clone)]
+pub struct AuroraLayer<P = DefaultPool> {
+    pub(crate) pool: P,
+    pub(crate) classifier: Classifier,
     pub(crate) policy: SharedPolicy,
     pub(crate) read_your_writes: Option<ReadYourWrites>,
     pub(crate) retry_after: Option<Duration>,
 }
 
-impl AuroraLayer {
+impl<P: LayerPool> AuroraLayer<P> {
     /// A layer with the default policy ([`SafeMethodsRead`]), read-your-writes on (a 1 s
     /// cookie) and no failover mapping.
-    pub fn new(pool: AuroraPool) -> AuroraLayer {
+    pub fn new(pool: P) -> AuroraLayer<P> {
         AuroraLayer {
+            classifier: pool.classifier(),
             pool,
             policy: SharedPolicy(Arc::new(SafeMethodsRead)),
             read_your_writes: Some(ReadYourWrites::default()),
@@ -126,29 +129,40 @@ impl AuroraLayer {
 
     /// Chooses roles with `policy`: a [`Role`](crate::Role) for a fixed role (one route),
     /// or a closure over method, URI and headers.
-    pub fn role_policy(mut self, policy: impl RolePolicy) -> AuroraLayer {
+    pub fn role_policy(mut self, policy: impl RolePolicy) -> AuroraLayer<P> {
         self.policy = SharedPolicy(Arc::new(policy));
         self
     }
 
     /// Read-your-writes settings; `None` turns it off.
-    pub fn read_your_writes(mut self, setting: Option<ReadYourWrites>) -> AuroraLayer {
+    pub fn read_your_writes(mut self, setting: Option<ReadYourWrites>) -> AuroraLayer<P> {
         self.read_your_writes = setting;
         self
     }
 
     /// Turns responses that carry a [`FailoverResponse`](super::FailoverResponse) extension
     /// into `503 Service Unavailable` with `Retry-After` (whole seconds, at least 1).
-    pub fn failover_to_503(mut self, retry_after: Duration) -> AuroraLayer {
+    pub fn failover_to_503(mut self, retry_after: Duration) -> AuroraLayer<P> {
         self.retry_after = Some(retry_after);
         self
     }
 }
 
-impl<S> Layer<S> for AuroraLayer {
-    type Service = AuroraService<S>;
+impl<P: fmt::Debug> fmt::Debug for AuroraLayer<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuroraLayer")
+            .field("pool", &self.pool)
+            .field("policy", &self.policy)
+            .field("read_your_writes", &self.read_your_writes)
+            .field("retry_after", &self.retry_after)
+            .finish()
+    }
+}
 
-    fn layer(&self, inner: S) -> AuroraService<S> {
+impl<S, P: LayerPool> Layer<S> for AuroraLayer<P> {
+    type Service = AuroraService<S, P>;
+
+    fn layer(&self, inner: S) -> AuroraService<S, P> {
         AuroraService::new(inner, self.clone())
     }
 }

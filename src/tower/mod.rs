@@ -19,7 +19,7 @@
 //! [`Error`](crate::Error) implements `IntoResponse`: what a retry can cure (a failover, a
 //! lost connection, a pool timeout) becomes 503 with `Retry-After` (and the marker), an
 //! unknown outcome a 500 that says so, anything else a bare 500 that reveals nothing; each is
-//! logged with its kind. `?` on a `sqlx::Error` in a handler returning
+//! logged with its kind. `?` on a `sqlx::Error` (or a `tokio_postgres::Error`) in a handler returning
 //! `Result<_, aurora_pool::Error>` works the same: the layer's pool classifies it.
 //!
 //! ```no_run
@@ -42,6 +42,33 @@
 //! # drop(app);
 //! # }
 //! ```
+//!
+//! **Either flavour.** The layer serves the pool it is given: with the deadpool flavour,
+//! handlers take `Db<aurora_pool::deadpool::AuroraPool>`, whose [`Db::writer`] and
+//! [`Db::reader`] hand out deadpool [`Pool`](crate::deadpool::Pool)s, and `?` on a
+//! `tokio_postgres::Error` or on a checkout's error works as `?` on a `sqlx::Error` does
+//! (the features: `deadpool` and `axum`, without `sqlx` if you like).
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "axum", feature = "deadpool"))]
+//! # async fn example(pool: aurora_pool::deadpool::AuroraPool) {
+//! use std::time::Duration;
+//! use aurora_pool::deadpool::AuroraPool;
+//! use aurora_pool::tower::{AuroraLayer, Db};
+//! use axum::{Router, routing::get};
+//!
+//! async fn count(db: Db<AuroraPool>) -> Result<String, aurora_pool::Error> {
+//!     let client = db.reader().get().await?;
+//!     let n: i64 = client.query_one("SELECT count(*) FROM items", &[]).await?.get(0);
+//!     Ok(n.to_string())
+//! }
+//!
+//! let app: Router = Router::new()
+//!     .route("/count", get(count))
+//!     .layer(AuroraLayer::new(pool).failover_to_503(Duration::from_secs(1)));
+//! # drop(app);
+//! # }
+//! ```
 
 mod db;
 mod future;
@@ -49,6 +76,7 @@ mod future;
 mod health;
 mod layer;
 mod policy;
+mod pool;
 #[cfg(feature = "axum")]
 mod response;
 mod scope;
@@ -58,4 +86,5 @@ pub use db::{Db, FailoverResponse};
 pub use future::ResponseFuture;
 pub use layer::{AuroraLayer, ReadYourWrites, SessionMarker};
 pub use policy::{RolePolicy, SafeMethodsRead};
+pub use pool::{DefaultPool, LayerPool};
 pub use service::AuroraService;

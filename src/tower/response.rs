@@ -52,14 +52,14 @@ fn classified(err: Error) -> Error {
     if !matches!(err.kind(), ErrorKind::Connect | ErrorKind::Driver) {
         return err;
     }
-    scope::with_request_pool(err, |pool, err| pool.classify_error(err))
+    scope::classify_by_request_pool(err)
 }
 
 /// The answer for an error, by its kind:
 ///
 /// | kind | status | body |
 /// |---|---|---|
-/// | `failover`, `failover_failed`, `timeout` (a pool timeout during a failover or under saturation), `no_reader`, `closed`, `topology`, `credentials`, `custom_endpoint_unavailable`, and a driver's error that is a lost connection or a demoted writer (`?` on a `sqlx::Error`) | `503`, `Retry-After: 1`, the [`FailoverResponse`] marker | `the database is unavailable; retry shortly` |
+/// | `failover`, `failover_failed`, `timeout` (a pool timeout during a failover or under saturation), `no_reader`, `closed`, `topology`, `credentials`, `custom_endpoint_unavailable`, and a driver's error that is a lost connection or a demoted writer (`?` on a `sqlx::Error` or a `tokio_postgres::Error`) | `503`, `Retry-After: 1`, the [`FailoverResponse`] marker | `the database is unavailable; retry shortly` |
 /// | `outcome_unknown`, `transaction_state_unknown` | `500`, no `Retry-After`, no marker | says the change may have been applied |
 /// | anything else (a constraint violation, a syntax error, a configuration error) | `500` | `internal error` |
 ///
@@ -71,7 +71,7 @@ fn classified(err: Error) -> Error {
 ///
 /// Each answer is logged (target `aurora_pool`): a `503` at `warn`, a `500` at `error`,
 /// with the error's `kind`, its `sqlstate` and the whole chain of causes. A driver's error
-/// that reached the handler unclassified (`?` on a `sqlx::Error`) is classified by the
+/// that reached the handler unclassified (`?` on a driver's error) is classified by the
 /// layer's pool when [`AuroraLayer`](super::AuroraLayer) is installed, which also makes the
 /// monitor look at the topology at once.
 ///
@@ -139,7 +139,7 @@ impl IntoResponse for Error {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "sqlx"))]
 mod tests {
     use super::*;
 

@@ -1,27 +1,31 @@
-//! The pool serving the request, while the layer's service polls the handler: errors turned
-//! into responses are classified by it.
+//! The classifier of the pool serving the request, while the layer's service polls the
+//! handler: errors turned into responses are classified by it.
 
 use std::future::Future;
 
 use tokio::task::futures::TaskLocalFuture;
 
-use crate::AuroraPool;
+use super::pool::Classifier;
+use crate::error::Error;
 
 tokio::task_local! {
-    static REQUEST_POOL: AuroraPool;
+    static REQUEST_POOL: Classifier;
 }
 
-/// `future` with `pool` as the request's pool while it is polled.
-pub(crate) fn serve<F: Future>(pool: AuroraPool, future: F) -> TaskLocalFuture<AuroraPool, F> {
-    REQUEST_POOL.scope(pool, future)
+/// `future` with `classifier` as the request's pool's while it is polled.
+pub(crate) fn serve<F: Future>(
+    classifier: Classifier,
+    future: F,
+) -> TaskLocalFuture<Classifier, F> {
+    REQUEST_POOL.scope(classifier, future)
 }
 
-/// `with(pool, value)` with the request's pool, when the layer serves the request; `value`
-/// unchanged otherwise.
+/// `err` classified by the request's pool, when the layer serves the request; unchanged
+/// otherwise.
 #[cfg_attr(not(feature = "axum"), allow(dead_code))]
-pub(crate) fn with_request_pool<T>(value: T, with: impl FnOnce(&AuroraPool, T) -> T) -> T {
-    match REQUEST_POOL.try_with(AuroraPool::clone) {
-        Ok(pool) => with(&pool, value),
-        Err(_) => value,
+pub(crate) fn classify_by_request_pool(err: Error) -> Error {
+    match REQUEST_POOL.try_with(Classifier::clone) {
+        Ok(classifier) => classifier.classify(err),
+        Err(_) => err,
     }
 }

@@ -10,25 +10,25 @@ use tower_service::Service;
 use super::db::Db;
 use super::future::ResponseFuture;
 use super::layer::{AuroraLayer, now_ms};
+use super::pool::{DefaultPool, LayerPool};
 use super::scope;
-use crate::AuroraPool;
 use crate::topology::Role;
 
 /// The middleware built by [`AuroraLayer`].
 #[derive(Debug, Clone)]
-pub struct AuroraService<S> {
+pub struct AuroraService<S, P = DefaultPool> {
     inner: S,
-    layer: AuroraLayer,
+    layer: AuroraLayer<P>,
 }
 
-impl<S> AuroraService<S> {
+impl<S, P: LayerPool> AuroraService<S, P> {
     /// Wraps `inner` with the settings of `layer`.
-    pub fn new(inner: S, layer: AuroraLayer) -> AuroraService<S> {
+    pub fn new(inner: S, layer: AuroraLayer<P>) -> AuroraService<S, P> {
         AuroraService { inner, layer }
     }
 
     /// A layer with default settings, as [`AuroraLayer::new`].
-    pub fn layer(pool: AuroraPool) -> AuroraLayer {
+    pub fn layer(pool: P) -> AuroraLayer<P> {
         AuroraLayer::new(pool)
     }
 
@@ -48,9 +48,10 @@ impl<S> AuroraService<S> {
     }
 }
 
-impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for AuroraService<S>
+impl<S, P, ReqBody, ResBody> Service<Request<ReqBody>> for AuroraService<S, P>
 where
     S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    P: LayerPool,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -79,7 +80,7 @@ where
             .extensions_mut()
             .insert(Db::new(layer.pool.clone(), role, sticky, wrote.clone()));
         ResponseFuture::new(
-            scope::serve(layer.pool.clone(), self.inner.call(request)),
+            scope::serve(layer.classifier.clone(), self.inner.call(request)),
             wrote,
             layer.read_your_writes.clone(),
             layer.retry_after,

@@ -2,6 +2,8 @@
 #![allow(dead_code)]
 
 pub mod flavour;
+#[cfg(feature = "axum")]
+pub mod http;
 pub mod load;
 #[cfg(feature = "metrics")]
 pub mod recorder;

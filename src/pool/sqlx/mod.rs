@@ -427,7 +427,7 @@ impl AuroraPool {
 
     /// [`classify`](AuroraPool::classify) for an error already wrapped as the crate's (`?` on
     /// a `sqlx::Error` in an axum handler).
-    #[cfg(feature = "axum")]
+    #[cfg(feature = "tower")]
     pub(crate) fn classify_error(&self, err: Error) -> Error {
         self.react_to(None, err)
     }

@@ -8,23 +8,10 @@ use sqlx::pool::PoolConnectionMetadata;
 use sqlx::postgres::{PgConnectOptions, PgConnection};
 
 use super::AuroraPool;
-use crate::auth::CredentialProvider;
-use crate::config::{Builder, Config};
+use crate::config::{Builder, Config, delegated_setting};
 use crate::connector::BoxFuture;
 use crate::error::Result;
 use crate::pool::core::Start;
-
-/// The [`Builder`] setters of `each_setting!` on `AuroraPoolOptions`, delegated.
-macro_rules! delegated_settings {
-    ($($(#[$doc:meta])* $name:ident: $ty:ty => |$config:ident, $value:ident| $body:expr;)*) => {
-        $(
-            $(#[$doc])*
-            pub fn $name(self, $value: $ty) -> Self {
-                self.set(|b| b.$name($value))
-            }
-        )*
-    };
-}
 
 /// A hook run on a new connection (sqlx's `PoolOptions::after_connect`).
 pub(crate) type AfterConnect = Arc<
@@ -202,72 +189,7 @@ impl AuroraPoolOptions {
         AuroraPool::start(config, self, Start::Lazy).await
     }
 
-    crate::config::each_setting!(delegated_settings);
-
-    /// See [`Builder::cluster_id`].
-    pub fn cluster_id(self, cluster_id: impl Into<String>) -> Self {
-        self.set(|b| b.cluster_id(cluster_id))
-    }
-
-    /// See [`Builder::password`].
-    pub fn password(self, password: impl Into<String>) -> Self {
-        self.set(|b| b.password(password))
-    }
-
-    /// See [`Builder::failover_home_region`].
-    pub fn failover_home_region(self, region: &str) -> Self {
-        self.set(|b| b.failover_home_region(region))
-    }
-
-    /// See [`Builder::global_cluster_instance_host_patterns`].
-    pub fn global_cluster_instance_host_patterns(self, patterns: &str) -> Self {
-        self.set(|b| b.global_cluster_instance_host_patterns(patterns))
-    }
-
-    /// See [`Builder::custom_endpoint_client`].
-    #[cfg(feature = "custom-endpoint")]
-    pub fn custom_endpoint_client(self, client: aws_sdk_rds::Client) -> Self {
-        self.set(|b| b.custom_endpoint_client(client))
-    }
-
-    /// See [`Builder::sdk_config`].
-    #[cfg(any(
-        feature = "iam",
-        feature = "secrets-manager",
-        feature = "custom-endpoint"
-    ))]
-    pub fn sdk_config(self, sdk_config: aws_config::SdkConfig) -> Self {
-        self.set(|b| b.sdk_config(sdk_config))
-    }
-
-    /// See [`Builder::hostaddr`].
-    pub fn hostaddr(self, address: std::net::IpAddr) -> Self {
-        self.set(|b| b.hostaddr(address))
-    }
-
-    /// See [`Builder::credential_provider`].
-    pub fn credential_provider(self, provider: impl CredentialProvider) -> Self {
-        self.set(|b| b.credential_provider(provider))
-    }
-
-    /// See [`Builder::cluster_instance_host_pattern`].
-    pub fn cluster_instance_host_pattern(self, pattern: impl Into<String>) -> Self {
-        self.set(|b| b.cluster_instance_host_pattern(pattern))
-    }
-
-    /// See [`Builder::instance_endpoint`].
-    pub fn instance_endpoint(
-        self,
-        instance: impl Into<String>,
-        address: impl Into<String>,
-    ) -> Self {
-        self.set(|b| b.instance_endpoint(instance, address))
-    }
-
-    fn set(mut self, setting: impl FnOnce(Builder) -> Builder) -> Self {
-        self.settings = setting(std::mem::take(&mut self.settings));
-        self
-    }
+    crate::config::delegate_settings!();
 }
 
 impl fmt::Debug for AuroraPoolOptions {
