@@ -138,6 +138,9 @@ impl<B: Backend> PoolCore<B> {
                 _ => (None, false),
             };
             let waiting_for_writer = failing_over.is_some();
+            // Whether this checkout queues in a writer pool parked while the monitor looks
+            // for the writer (see below).
+            let mut queued_while_parked = false;
             let slot = match self.slot_for(role) {
                 Ok(slot) if role == Role::Writer && !waiting_for_writer && writer_silent => {
                     // Accepted as the writer by the readers' topology while the probes
@@ -149,6 +152,14 @@ impl<B: Backend> PoolCore<B> {
                     )));
                 }
                 Ok(slot) if !waiting_for_writer => Some(slot),
+                // The writer's pool is parked: its new connections wait for the next
+                // writer. Queue in it now, in turn with the callers of the handed-out
+                // `writer()` pool (queued there since the writer went), instead of behind
+                // all of them once the routes change; what it hands out is checked below.
+                Ok(slot) if role == Role::Writer && slot.targets.is_unrouted() => {
+                    queued_while_parked = true;
+                    Some(slot)
+                }
                 Ok(_) => None,
                 Err(err) if err.is_no_reader() => {
                     last_error = Some(err);
@@ -157,7 +168,7 @@ impl<B: Backend> PoolCore<B> {
                 Err(err) => return Err(err),
             };
             routing.borrow_and_update();
-            let Some(slot) = slot else {
+            let Some(mut slot) = slot else {
                 // Wait for the routing (or, for a writer checkout, the failover state) to
                 // change. A reader checkout with no reader waits on the routing alone: the
                 // failover state may be settled already, and waiting on it would spin.
@@ -202,6 +213,17 @@ impl<B: Backend> PoolCore<B> {
                         // this route) leaves a connect to an unchanged instance running:
                         // dropping it would throw a half-done login away.
                         Waited::RoutingChanged if self.still_routes(role, &slot) => {}
+                        // The writer's pool itself, pointed at another instance: keep this
+                        // place in its queue (it hands out no connection to an instance it
+                        // left), and check what it hands out.
+                        Waited::RoutingChanged if role == Role::Writer => {
+                            let table = self.routing.load();
+                            if !Arc::ptr_eq(&table.writer.targets, &slot.targets) {
+                                break None;
+                            }
+                            slot = table.writer.clone();
+                            queued_while_parked = true;
+                        }
                         Waited::RoutingChanged => break None,
                         Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
                     }
@@ -209,7 +231,22 @@ impl<B: Backend> PoolCore<B> {
             };
             match outcome {
                 None => continue, // a new routing table: take the pool anew
-                Some(Ok(connection)) => return Ok((connection, slot.instance)),
+                Some(Ok(connection)) if !queued_while_parked => {
+                    return Ok((connection, slot.instance));
+                }
+                Some(Ok(mut connection)) => match self.on_routed_writer(&mut connection).await {
+                    Ok(Some(instance)) => return Ok((connection, instance)),
+                    Ok(None) => B::discard(connection),
+                    Err(err) => {
+                        B::discard(connection);
+                        last_error = Some(err);
+                    }
+                },
+                // A wait in a parked pool that ran out of the pool's own checkout timeout:
+                // the failover may still end within `failover_timeout`.
+                Some(Err(err)) if queued_while_parked && err.is_timeout() => {
+                    last_error = Some(err);
+                }
                 // Retired by a routing change that may not have reached us yet, or closed by
                 // its user: a routing that still holds it gets a new pool for the instance.
                 Some(Err(err)) if err.is_closed() => {
@@ -295,6 +332,32 @@ impl<B: Backend> PoolCore<B> {
                 return Err(self.failover_failed(role, last_error));
             }
         }
+    }
+
+    /// The writer instance a connection of the writer's pool is on, when it is the one the
+    /// routing names now: what a checkout that queued while the pool was parked, or across
+    /// a routing change, was handed (an idle connection to the instance the pool was parked
+    /// on is refused: the monitor has not confirmed it). One round trip.
+    async fn on_routed_writer(
+        &self,
+        connection: &mut B::Connection,
+    ) -> Result<Option<Arc<Instance>>> {
+        let table = self.routing.load_full();
+        let writer = &table.writer;
+        if writer.targets.is_unrouted() || !writer.instance.is_available() {
+            return Ok(None);
+        }
+        let check = format!(
+            "SELECT CASE WHEN c.read_only THEN NULL ELSE coalesce(c.id, '') END FROM ({}) AS c(read_only, id)",
+            writer.targets.instance_check()
+        );
+        let answer = B::query_value(connection, check).await?;
+        Ok(match answer {
+            Some(id) if id.is_empty() || id == writer.instance.id() => {
+                Some(writer.instance.clone())
+            }
+            _ => None,
+        })
     }
 
     /// Whether the routing still sends `role` to `slot`'s pool: the same instance (id and
