@@ -142,4 +142,68 @@ async fn writes_resume_on_the_promoted_instance<F: Flavour>(test: &str) {
     pool.close().await;
 }
 
-flavour_tests!(writes_resume_on_the_promoted_instance);
+/// Holds the connection 300 ms: with one writer connection, callers are served one at a time
+/// in a visible order.
+const SLOW_ID: &str =
+    "SELECT pg_catalog.aurora_db_instance_identifier() FROM pg_catalog.pg_sleep(0.3)";
+
+/// A `run` on the writer that began waiting while the writer was down is served in its turn
+/// among the callers of the handed-out `writer()` pool that came after it, not behind all of
+/// them once the new writer is routed (one writer connection, so that the order shows).
+async fn a_run_waiting_through_a_failover_keeps_its_turn<F: Flavour>(test: &str) {
+    let cluster = LocalCluster::start(3).await.expect("cluster");
+    let pool: F = connect(&cluster, test, "writer_max_connections=1").await;
+    assert_eq!(
+        pool.run_text(Role::Writer, support::flavour::INSTANCE_ID)
+            .await
+            .expect("before the crash"),
+        "instance-1"
+    );
+    cluster.crash("instance-1").await.expect("crash");
+    let down = eventually(Duration::from_secs(10), || async { !pool.health().writes }).await;
+    assert!(down, "the writer was never seen down: {:?}", pool.health());
+
+    let run = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let answer = pool.run_text(Role::Writer, SLOW_ID).await;
+            (answer, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let writer = pool.handle(Role::Writer);
+        handles.push(tokio::spawn(async move {
+            let answer = F::handle_text(&writer, SLOW_ID).await;
+            (answer, Instant::now())
+        }));
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+
+    let (answer, run_done) = run.await.expect("run");
+    assert_eq!(answer.expect("run").as_str(), "instance-2");
+    let mut first_handle_done = None::<Instant>;
+    for handle in handles {
+        let (answer, done) = handle.await.expect("handle caller");
+        assert_eq!(answer.expect("handle caller").as_str(), "instance-2");
+        first_handle_done = Some(first_handle_done.map_or(done, |d| d.min(done)));
+    }
+    let first_handle_done = first_handle_done.expect("handle callers");
+    assert!(
+        run_done < first_handle_done,
+        "the run that waited first was served after the pool's callers that came later ({:?} after the first of them)",
+        run_done - first_handle_done
+    );
+    pool.close().await;
+}
+
+flavour_tests!(
+    writes_resume_on_the_promoted_instance,
+    a_run_waiting_through_a_failover_keeps_its_turn
+);
