@@ -232,68 +232,11 @@ async fn handlers_written_the_sqlx_way_answer_503_during_a_failover() {
         "the 500 was not logged with its kind"
     );
 
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let clients = post_in_a_loop(addr, "/events", 30, stopped.clone());
-    let impatient_clients = post_in_a_loop(impatient_addr, "/events", 12, stopped);
-    tokio::time::sleep(Duration::from_secs(1)).await;
-    cluster.crash("instance-1").await.expect("crash");
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    cluster
-        .failover("instance-2", None)
-        .await
-        .expect("failover");
-    let promoted = Instant::now();
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    stop.send(true).expect("stop");
-
-    let mut answers = Vec::new();
-    for client in clients {
-        answers.push(client.await.expect("client"));
-    }
-    let mut impatient_answers = Vec::new();
-    for client in impatient_clients {
-        impatient_answers.extend(client.await.expect("client"));
-    }
-    let unavailable = answers.iter().flatten().filter(|a| a.status == 503).count();
-    eprintln!(
-        "{} answers, {unavailable} answered 503; impatient pool: {} answers, {} answered 503",
-        answers.iter().flatten().count(),
-        impatient_answers.len(),
-        impatient_answers.iter().filter(|a| a.status == 503).count()
-    );
-    for answer in answers.iter().flatten().chain(&impatient_answers) {
-        assert!(
-            answer.status == 200 || (answer.status == 503 && answer.retry_after),
-            "answered {} (Retry-After: {}) during the failover",
-            answer.status,
-            answer.retry_after
-        );
-    }
-    assert!(
-        unavailable > 0,
-        "no request in flight on the crashed writer failed: the test saw no failover"
-    );
-    assert!(
-        impatient_answers.iter().any(|a| a.status == 503),
-        "no pool timeout during the failover"
-    );
-    for (i, client) in answers.iter().enumerate() {
-        assert!(
-            client.iter().any(|a| a.status == 200 && a.at > promoted),
-            "client {i} never wrote after the promotion"
-        );
-    }
-    let logs = support::captured_logs();
-    assert!(
-        logs.contains("answered 503") && logs.contains("kind=failover"),
-        "the 503s were not logged as failovers"
-    );
-    assert!(
-        logs.contains("kind=timeout"),
-        "the pool timeouts were not logged"
-    );
-    assert!(
-        !logs.contains(cluster.password()),
-        "a secret reached the logs"
-    );
+    support::http::writes_through_a_crash(&cluster, |stop| {
+        (
+            post_in_a_loop(addr, "/events", 30, stop.clone()),
+            post_in_a_loop(impatient_addr, "/events", 12, stop),
+        )
+    })
+    .await;
 }

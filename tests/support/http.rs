@@ -116,3 +116,82 @@ pub async fn serve(app: axum::Router) -> std::net::SocketAddr {
     tokio::spawn(axum::serve(listener, app).into_future());
     addr
 }
+
+/// Callers started by a scenario: each returns the answers it got.
+pub type Callers = Vec<tokio::task::JoinHandle<Vec<Answered>>>;
+
+/// What both flavours' axum services must show across a writer crash: `start` starts the
+/// callers of a pool with default settings and of one tuned to wait 1 s (`impatient`), in a
+/// loop until the receiver says stop; instance-1 crashes a second later and instance-2 is
+/// promoted 3 s after that. Every answer is `200` or `503` with `Retry-After`, requests in
+/// flight on the crashed writer failed, the impatient pool timed out (a `503` too), every
+/// client wrote after the promotion, and the `503`s were logged with their kinds and no
+/// secret (with [`super::capture_logs`] on).
+pub async fn writes_through_a_crash(
+    cluster: &aurora_pool::testing::LocalCluster,
+    start: impl FnOnce(tokio::sync::watch::Receiver<bool>) -> (Callers, Callers),
+) {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let (clients, impatient_clients) = start(stopped);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    cluster.crash("instance-1").await.expect("crash");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    cluster
+        .failover("instance-2", None)
+        .await
+        .expect("failover");
+    let promoted = Instant::now();
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.send(true).expect("stop");
+
+    let mut answers = Vec::new();
+    for client in clients {
+        answers.push(client.await.expect("client"));
+    }
+    let mut impatient_answers = Vec::new();
+    for client in impatient_clients {
+        impatient_answers.extend(client.await.expect("client"));
+    }
+    let unavailable = answers.iter().flatten().filter(|a| a.status == 503).count();
+    eprintln!(
+        "{} answers, {unavailable} answered 503; impatient pool: {} answers, {} answered 503",
+        answers.iter().flatten().count(),
+        impatient_answers.len(),
+        impatient_answers.iter().filter(|a| a.status == 503).count()
+    );
+    for answer in answers.iter().flatten().chain(&impatient_answers) {
+        assert!(
+            answer.status == 200 || (answer.status == 503 && answer.retry_after),
+            "answered {} (Retry-After: {}) during the failover",
+            answer.status,
+            answer.retry_after
+        );
+    }
+    assert!(
+        unavailable > 0,
+        "no request in flight on the crashed writer failed: the test saw no failover"
+    );
+    assert!(
+        impatient_answers.iter().any(|a| a.status == 503),
+        "no pool timeout during the failover"
+    );
+    for (i, client) in answers.iter().enumerate() {
+        assert!(
+            client.iter().any(|a| a.status == 200 && a.at > promoted),
+            "client {i} never wrote after the promotion"
+        );
+    }
+    let logs = super::captured_logs();
+    assert!(
+        logs.contains("answered 503") && logs.contains("kind=failover"),
+        "the 503s were not logged as failovers"
+    );
+    assert!(
+        logs.contains("kind=timeout"),
+        "the pool timeouts were not logged"
+    );
+    assert!(
+        !logs.contains(cluster.password()),
+        "a secret reached the logs"
+    );
+}

@@ -351,7 +351,16 @@ impl<B: Backend> PoolCore<B> {
             "SELECT CASE WHEN c.read_only THEN NULL ELSE coalesce(c.id, '') END FROM ({}) AS c(read_only, id)",
             writer.targets.instance_check()
         );
-        let answer = B::query_value(connection, check).await?;
+        // Bounded as a connect is: a new writer gone silent meanwhile must not hold the
+        // checkout until the sockets give up.
+        let limit = self.config.connect_timeout;
+        let answer = tokio::time::timeout(limit, B::query_value(connection, check))
+            .await
+            .map_err(|_| {
+                Error::connect(format!(
+                    "the new writer did not answer the check of a connection within connect_timeout ({limit:?})"
+                ))
+            })??;
         Ok(match answer {
             Some(id) if id.is_empty() || id == writer.instance.id() => {
                 Some(writer.instance.clone())
