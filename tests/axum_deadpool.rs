@@ -11,7 +11,7 @@ use aurora_pool::testing::LocalCluster;
 use aurora_pool::tower::{AuroraLayer, Db};
 use axum::extract::State;
 use axum::routing::post;
-use support::http::{post_in_a_loop, send, serve};
+use support::http::{post_in_a_loop, serve};
 
 /// Written the tokio-postgres way, with the writer's pool as the state.
 async fn record_event(State(pool): State<Pool>) -> Result<String, aurora_pool::Error> {
@@ -80,13 +80,7 @@ async fn handlers_written_the_tokio_postgres_way_answer_503_during_a_failover() 
     let addr = serve(app(pool.clone())).await;
     let impatient_addr = serve(app(impatient.clone())).await;
 
-    let failed = send(addr, "POST", "/fail", None, None).await;
-    assert_eq!(failed.status, 500, "{}", failed.body);
-    assert!(failed.header("retry-after").is_none());
-    assert!(
-        support::captured_logs().contains("kind=driver"),
-        "the 500 was not logged with its kind"
-    );
+    support::http::no_failover_is_a_500(addr).await;
 
     support::http::writes_through_a_crash(&cluster, |stop| {
         let mut clients = post_in_a_loop(addr, "/events", 15, stop.clone());

@@ -224,13 +224,7 @@ async fn handlers_written_the_sqlx_way_answer_503_during_a_failover() {
     )
     .await;
 
-    let failed = send(other_addr, "POST", "/fail", None, None).await;
-    assert_eq!(failed.status, 500, "{}", failed.body);
-    assert!(failed.header("retry-after").is_none());
-    assert!(
-        support::captured_logs().contains("kind=driver"),
-        "the 500 was not logged with its kind"
-    );
+    support::http::no_failover_is_a_500(other_addr).await;
 
     support::http::writes_through_a_crash(&cluster, |stop| {
         (

@@ -195,3 +195,15 @@ pub async fn writes_through_a_crash(
         "a secret reached the logs"
     );
 }
+
+/// `POST /fail` on `addr`, a route failing with an error that is no failover, answers `500`
+/// without `Retry-After`, logged with its kind (with [`super::capture_logs`] on).
+pub async fn no_failover_is_a_500(addr: std::net::SocketAddr) {
+    let failed = send(addr, "POST", "/fail", None, None).await;
+    assert_eq!(failed.status, 500, "{}", failed.body);
+    assert!(failed.header("retry-after").is_none());
+    assert!(
+        super::captured_logs().contains("kind=driver"),
+        "the 500 was not logged with its kind"
+    );
+}
