@@ -56,10 +56,11 @@ impl Hooks {
 ///
 /// The hooks are deadpool's (`PoolBuilder::post_create` and its neighbours), with the
 /// crate's [`Error`](crate::Error) as the backend error ([`HookError`](super::HookError));
-/// a `tokio_postgres::Error` converts with `.map_err(|e| HookError::Backend(e.into()))`. They
-/// run after the crate's own checks (a new writer connection confirmed to take writes, a
-/// connection to an instance its pool left closed at checkout), so a hook never sees a
-/// connection the crate refuses. As in deadpool, an error from `post_create` fails the
+/// a `tokio_postgres::Error` converts with `.map_err(|e| HookError::Backend(e.into()))`.
+/// `post_create` runs after the crate has confirmed a new writer connection takes writes, and
+/// `post_recycle` after its recycling checks (a connection to an instance its pool left is
+/// closed there); deadpool runs `pre_recycle` before them, so it may see a connection the
+/// crate then closes: keep I/O out of it (use `post_recycle`). As in deadpool, an error from `post_create` fails the
 /// checkout with it (the error itself for `HookError::Backend`),
 /// and an error from `pre_recycle` or `post_recycle` closes the connection and checks out
 /// another.
@@ -118,9 +119,10 @@ impl AuroraPoolOptions {
         self
     }
 
-    /// Runs `hook` before an idle connection is handed out again, after the crate's own
-    /// checks (deadpool's `pre_recycle`); an error closes the connection and checks out
-    /// another.
+    /// Runs `hook` before an idle connection is handed out again (deadpool's `pre_recycle`),
+    /// before the crate's recycling checks: it may see a connection to an instance the pool
+    /// left, or a dead one, which the crate then closes; do no I/O here (`post_recycle`
+    /// runs after the checks). An error closes the connection and checks out another.
     pub fn pre_recycle<F>(mut self, hook: F) -> Self
     where
         F: for<'a> Fn(&'a mut ClientWrapper, &'a Metrics) -> HookFuture<'a> + Send + Sync + 'static,

@@ -312,7 +312,11 @@ mod endpoint {
                         }
                     }
                 }
-                if !self.handle.keep_running() {
+                if self.handle.keep_running() {
+                    // A runtime shutting down drops the new task at once: let it drop this
+                    // one too, rather than starting the monitor again and again.
+                    tokio::task::yield_now().await;
+                } else {
                     // Retired, or started again by another pool meanwhile: watch it run.
                     let _ = self.running.wait_for(|running| *running).await;
                 }

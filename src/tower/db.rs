@@ -95,13 +95,18 @@ mod axum_impls {
     use crate::tower::LayerPool;
 
     impl<S: Send + Sync, P: LayerPool> FromRequestParts<S> for Db<P> {
-        type Rejection = (StatusCode, &'static str);
+        type Rejection = (StatusCode, String);
 
         async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Db<P>, Self::Rejection> {
-            parts.extensions.get::<Db<P>>().cloned().ok_or((
-                StatusCode::INTERNAL_SERVER_ERROR,
-                "aurora_pool::tower::AuroraLayer is not installed on this route",
-            ))
+            parts.extensions.get::<Db<P>>().cloned().ok_or_else(|| {
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!(
+                        "no aurora_pool::tower::AuroraLayer for {} is installed on this route",
+                        std::any::type_name::<P>()
+                    ),
+                )
+            })
         }
     }
 }

@@ -48,14 +48,17 @@ pub trait LayerPool: sealed::Sealed + Clone + Send + Sync + 'static {
 }
 
 /// The pool of [`AuroraLayer`](super::AuroraLayer) and [`Db`](super::Db) when none is named:
-/// the sqlx flavour's, or the deadpool flavour's when the crate is built without sqlx.
+/// the sqlx flavour's. The deadpool flavour's is always named:
+/// `Db<aurora_pool::deadpool::AuroraPool>`.
 #[cfg(feature = "sqlx")]
 pub type DefaultPool = crate::AuroraPool;
 
-/// The pool of [`AuroraLayer`](super::AuroraLayer) and [`Db`](super::Db) when none is named:
-/// the sqlx flavour's, or the deadpool flavour's when the crate is built without sqlx.
+/// Without the `sqlx` feature there is no default pool: name it,
+/// `Db<aurora_pool::deadpool::AuroraPool>`. (A default that changed with the features would
+/// change the meaning of a bare `Db` when another crate of the build turns `sqlx` on.)
 #[cfg(not(feature = "sqlx"))]
-pub type DefaultPool = crate::deadpool::AuroraPool;
+#[derive(Debug, Clone, Copy)]
+pub enum DefaultPool {}
 
 #[cfg(feature = "sqlx")]
 impl sealed::Sealed for crate::AuroraPool {

@@ -23,12 +23,60 @@ enum Waited<C> {
     Done(Result<C>),
     /// A new routing table: take the pool anew.
     RoutingChanged,
+    /// The failover ended (with or without a writer).
+    Settled,
     /// `failover_timeout` passed.
     TimedOut,
 }
 
 /// Pause between checkout attempts that failed for a failover-class reason.
 pub(crate) const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
+/// How long a checkout queued in the parked writer's pool waits for the routing after the
+/// failover ended, before it looks again (the failover may have ended without a writer).
+const SETTLE_GRACE: Duration = Duration::from_millis(500);
+
+/// Whether a connection handed out to a checkout that queued in the parked writer's pool
+/// is on the writer the routing names.
+enum OnWriter {
+    Yes(Arc<Instance>),
+    /// The pool is still parked: the connection is to the instance it is parked on.
+    NotRoutedYet,
+    /// A read-only instance, or another one than the routed writer.
+    No,
+}
+
+/// Resolves when the failover `failing_over` watches ends; never without one.
+async fn settled(failing_over: Option<&mut watch::Receiver<bool>>) {
+    match failing_over {
+        Some(f) => {
+            let _ = f.wait_for(|busy| !busy).await;
+        }
+        None => std::future::pending::<()>().await,
+    }
+}
+
+/// Waits until the routing changes, the failover `failing_over` watches ends, or `pause`
+/// (when given) passes; `false` when `deadline` came first.
+async fn changed_or_settled(
+    routing: &mut watch::Receiver<u64>,
+    failing_over: Option<&mut watch::Receiver<bool>>,
+    pause: Option<Duration>,
+    deadline: tokio::time::Instant,
+) -> bool {
+    let paused = async {
+        match pause {
+            Some(pause) => tokio::time::sleep(pause).await,
+            None => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = routing.changed() => true,
+        _ = settled(failing_over) => true,
+        _ = paused => true,
+        _ = tokio::time::sleep_until(deadline) => false,
+    }
+}
 
 impl<B: Backend> PoolCore<B> {
     pub(super) fn no_reader(&self) -> Error {
@@ -152,11 +200,20 @@ impl<B: Backend> PoolCore<B> {
                     )));
                 }
                 Ok(slot) if !waiting_for_writer => Some(slot),
-                // The writer's pool is parked: its new connections wait for the next
-                // writer. Queue in it now, in turn with the callers of the handed-out
-                // `writer()` pool (queued there since the writer went), instead of behind
-                // all of them once the routes change; what it hands out is checked below.
-                Ok(slot) if role == Role::Writer && slot.targets.is_unrouted() => {
+                // The writer's pool is parked on a reader: its new connections wait there
+                // for the next writer. Queue in it now, in turn with the callers of the
+                // handed-out `writer()` pool (queued there since the writer went), instead
+                // of behind all of them once the routes change; what it hands out is
+                // checked below. (Parked on the lost writer itself, a connect would only
+                // back off between refusals: wait for the routing instead.)
+                Ok(slot)
+                    if role == Role::Writer
+                        && slot.targets.is_unrouted()
+                        && slot
+                            .targets
+                            .parked()
+                            .is_some_and(|route| route.instance.role() == Role::Reader) =>
+                {
                     queued_while_parked = true;
                     Some(slot)
                 }
@@ -168,25 +225,13 @@ impl<B: Backend> PoolCore<B> {
                 Err(err) => return Err(err),
             };
             routing.borrow_and_update();
+            let mut failing_over = failing_over;
             let Some(mut slot) = slot else {
                 // Wait for the routing (or, for a writer checkout, the failover state) to
                 // change. A reader checkout with no reader waits on the routing alone: the
                 // failover state may be settled already, and waiting on it would spin.
-                let mut failing_over = failing_over;
-                let failover_ended = async {
-                    match failing_over.as_mut() {
-                        Some(f) => {
-                            let _ = f.wait_for(|busy| !busy).await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    _ = routing.changed() => {}
-                    _ = failover_ended => {}
-                    _ = tokio::time::sleep_until(deadline) => {
-                        return Err(self.failover_failed(role, last_error));
-                    }
+                if !changed_or_settled(&mut routing, failing_over.as_mut(), None, deadline).await {
+                    return Err(self.failover_failed(role, last_error));
                 }
                 continue;
             };
@@ -201,51 +246,105 @@ impl<B: Backend> PoolCore<B> {
             let ready = ready.map(|result| result.map_err(|err| self.in_cluster_dialect(err)));
             let outcome = match ready {
                 Poll::Ready(result) => Some(result),
-                Poll::Pending => loop {
-                    match self
-                        .wait_for(acquire.as_mut(), &mut routing, deadline)
-                        .await
-                    {
-                        Waited::Done(result) => {
-                            break Some(result.map_err(|err| self.in_cluster_dialect(err)));
-                        }
-                        // A change elsewhere (a reader came or went, a refresh that kept
-                        // this route) leaves a connect to an unchanged instance running:
-                        // dropping it would throw a half-done login away.
-                        Waited::RoutingChanged if self.still_routes(role, &slot) => {}
-                        // The writer's pool itself, pointed at another instance: keep this
-                        // place in its queue (it hands out no connection to an instance it
-                        // left), and check what it hands out.
-                        Waited::RoutingChanged if role == Role::Writer => {
-                            let table = self.routing.load();
-                            if !Arc::ptr_eq(&table.writer.targets, &slot.targets) {
+                Poll::Pending => {
+                    // Until when this wait goes on: the deadline, or a moment after the
+                    // failover ended with the pool still parked (the routing follows the
+                    // end of a failover that found a writer at once).
+                    let mut wait_until = deadline;
+                    loop {
+                        // Queued in a parked pool: the failover may also end without a
+                        // writer (watched until it ends once).
+                        let settled = failing_over.as_mut().filter(|_| queued_while_parked);
+                        let waited = self
+                            .wait_for(acquire.as_mut(), &mut routing, settled, wait_until)
+                            .await;
+                        match waited {
+                            Waited::Done(result) => {
+                                break Some(result.map_err(|err| self.in_cluster_dialect(err)));
+                            }
+                            // A change elsewhere (a reader came or went, a refresh that kept
+                            // this route) leaves a connect to an unchanged instance running:
+                            // dropping it would throw a half-done login away.
+                            Waited::RoutingChanged if self.still_routes(role, &slot) => {}
+                            // Queued in the parked writer's pool, still parked or now
+                            // pointed at the next writer: keep this place in its queue (it
+                            // hands out no connection to an instance it left), and check
+                            // what it hands out.
+                            Waited::RoutingChanged | Waited::Settled if queued_while_parked => {
+                                let table = self.routing.load();
+                                if !Arc::ptr_eq(&table.writer.targets, &slot.targets) {
+                                    break None;
+                                }
+                                slot = table.writer.clone();
+                                if matches!(waited, Waited::Settled) {
+                                    failing_over = None;
+                                }
+                                wait_until = match table.writer.targets.is_unrouted() {
+                                    true if failing_over.is_none() => {
+                                        deadline.min(tokio::time::Instant::now() + SETTLE_GRACE)
+                                    }
+                                    _ => deadline,
+                                };
+                            }
+                            Waited::RoutingChanged | Waited::Settled => break None,
+                            // The failover ended and no writer was routed: look again.
+                            Waited::TimedOut if tokio::time::Instant::now() < deadline => {
                                 break None;
                             }
-                            slot = table.writer.clone();
-                            queued_while_parked = true;
+                            Waited::TimedOut => {
+                                return Err(self.failover_failed(role, last_error));
+                            }
                         }
-                        Waited::RoutingChanged => break None,
-                        Waited::TimedOut => return Err(self.failover_failed(role, last_error)),
                     }
-                },
+                }
             };
             match outcome {
                 None => continue, // a new routing table: take the pool anew
                 Some(Ok(connection)) if !queued_while_parked => {
                     return Ok((connection, slot.instance));
                 }
-                Some(Ok(mut connection)) => match self.on_routed_writer(&mut connection).await {
-                    Ok(Some(instance)) => return Ok((connection, instance)),
-                    Ok(None) => B::discard(connection),
-                    Err(err) => {
-                        B::discard(connection);
-                        last_error = Some(err);
+                Some(Ok(mut connection)) => {
+                    match self.on_routed_writer(&mut connection, deadline).await {
+                        Ok(OnWriter::Yes(instance)) => return Ok((connection, instance)),
+                        // An idle connection to the instance the pool is parked on (the
+                        // monitor's verdict may be false): back to the pool, which keeps
+                        // it for that instance's return; ask again once something changed.
+                        Ok(OnWriter::NotRoutedYet) => {
+                            drop(connection);
+                            if !changed_or_settled(
+                                &mut routing,
+                                failing_over.as_mut(),
+                                None,
+                                deadline,
+                            )
+                            .await
+                            {
+                                return Err(self.failover_failed(role, last_error));
+                            }
+                        }
+                        Ok(OnWriter::No) => B::discard(connection),
+                        Err(err) => {
+                            B::discard(connection);
+                            last_error = Some(err);
+                        }
                     }
-                },
-                // A wait in a parked pool that ran out of the pool's own checkout timeout:
-                // the failover may still end within `failover_timeout`.
-                Some(Err(err)) if queued_while_parked && err.is_timeout() => {
+                }
+                // Queued in a parked pool: what failed is the wait, or a connect to the
+                // reader it is parked on, not the writer's instance (its login, its
+                // certificate). The failover may still end within `failover_timeout`:
+                // wait for a change, a moment at most, and take the writer's pool anew.
+                Some(Err(err)) if queued_while_parked => {
                     last_error = Some(err);
+                    if !changed_or_settled(
+                        &mut routing,
+                        failing_over.as_mut(),
+                        Some(RETRY_PAUSE),
+                        deadline,
+                    )
+                    .await
+                    {
+                        return Err(self.failover_failed(role, last_error));
+                    }
                 }
                 // Retired by a routing change that may not have reached us yet, or closed by
                 // its user: a routing that still holds it gets a new pool for the instance.
@@ -341,11 +440,12 @@ impl<B: Backend> PoolCore<B> {
     async fn on_routed_writer(
         &self,
         connection: &mut B::Connection,
-    ) -> Result<Option<Arc<Instance>>> {
+        deadline: tokio::time::Instant,
+    ) -> Result<OnWriter> {
         let table = self.routing.load_full();
         let writer = &table.writer;
         if writer.targets.is_unrouted() || !writer.instance.is_available() {
-            return Ok(None);
+            return Ok(OnWriter::NotRoutedYet);
         }
         let check = format!(
             "SELECT CASE WHEN c.read_only THEN NULL ELSE coalesce(c.id, '') END FROM ({}) AS c(read_only, id)",
@@ -354,7 +454,8 @@ impl<B: Backend> PoolCore<B> {
         // Bounded as a connect is: a new writer gone silent meanwhile must not hold the
         // checkout until the sockets give up.
         let limit = self.config.connect_timeout;
-        let answer = tokio::time::timeout(limit, B::query_value(connection, check))
+        let until = deadline.min(tokio::time::Instant::now() + limit);
+        let answer = tokio::time::timeout_at(until, B::query_value(connection, check))
             .await
             .map_err(|_| {
                 Error::connect(format!(
@@ -363,9 +464,9 @@ impl<B: Backend> PoolCore<B> {
             })??;
         Ok(match answer {
             Some(id) if id.is_empty() || id == writer.instance.id() => {
-                Some(writer.instance.clone())
+                OnWriter::Yes(writer.instance.clone())
             }
-            _ => None,
+            _ => OnWriter::No,
         })
     }
 
@@ -386,15 +487,18 @@ impl<B: Backend> PoolCore<B> {
 
     /// Waits for a checkout that could not be served at once. A busy pool is no topology
     /// signal: the probes watch the instance, so waiting here asks the monitor nothing.
+    /// `failing_over`, when given, also ends the wait when the failover ends.
     async fn wait_for(
         &self,
         mut acquire: std::pin::Pin<&mut impl Future<Output = Result<B::Connection>>>,
         routing: &mut watch::Receiver<u64>,
+        failing_over: Option<&mut watch::Receiver<bool>>,
         deadline: tokio::time::Instant,
     ) -> Waited<B::Connection> {
         tokio::select! {
             result = &mut acquire => Waited::Done(result),
             _ = routing.changed() => Waited::RoutingChanged,
+            _ = settled(failing_over) => Waited::Settled,
             _ = tokio::time::sleep_until(deadline) => Waited::TimedOut,
         }
     }
