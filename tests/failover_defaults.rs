@@ -540,6 +540,22 @@ async fn panic_mode_ends_when_the_readers_agree<F: Flavour>(test: &str) {
     pool.execute("SELECT 1").await.expect("writer");
     assert!(cluster.blackhole("instance-1", true));
     let silenced = Instant::now();
+    // A writer checkout begun during the failover, no timeout of its own: it ends with the
+    // failover, not at `failover_timeout`.
+    let failing_over =
+        eventually(Duration::from_secs(10), || async { !pool.health().writes }).await;
+    assert!(
+        failing_over,
+        "the silent writer was never seen down: {:?}",
+        pool.health()
+    );
+    let during = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            let held = pool.hold(Role::Writer).await;
+            (held.is_err(), Instant::now())
+        })
+    };
     // Whether a writer checkout gives its answer at once (an error: the silent writer),
     // rather than waiting for a failover to end.
     let answers_at_once = || async {
@@ -553,9 +569,23 @@ async fn panic_mode_ends_when_the_readers_agree<F: Flavour>(test: &str) {
         "panic mode did not end within 35 s although the readers kept naming the same writer: {}",
         pool.topology()
     );
+    let ended = Instant::now();
     eprintln!(
         "{test}: panic mode ended {:?} after the writer went silent",
         silenced.elapsed()
+    );
+    let (failed, answered) = tokio::time::timeout(Duration::from_secs(40), during)
+        .await
+        .expect("the checkout begun during the failover never answered")
+        .expect("checkout task");
+    assert!(
+        failed,
+        "the checkout begun during the failover got the silent writer"
+    );
+    assert!(
+        answered < ended + Duration::from_secs(3),
+        "the checkout begun during the failover answered {:?} after panic mode ended",
+        answered.saturating_duration_since(ended)
     );
     // No flap back into panic mode while it stays silent, and reads go on.
     for _ in 0..5 {
