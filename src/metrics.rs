@@ -333,11 +333,13 @@ pub(crate) fn connection_created(
     took: Duration,
 ) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(
+    connection_histogram(
         "db.client.connection.create_time",
-        &instance_labels(cluster_id, instance, role)
-    )
-    .record(took.as_secs_f64());
+        cluster_id,
+        instance,
+        role,
+        took,
+    );
     #[cfg(not(feature = "metrics"))]
     let _ = (cluster_id, instance, role, took);
 }
@@ -346,13 +348,28 @@ pub(crate) fn connection_created(
 /// its release (one sample per attempt).
 pub(crate) fn connection_used(cluster_id: &str, instance: &str, role: crate::Role, took: Duration) {
     #[cfg(feature = "metrics")]
-    metrics::histogram!(
+    connection_histogram(
         "db.client.connection.use_time",
-        &instance_labels(cluster_id, instance, role)
-    )
-    .record(took.as_secs_f64());
+        cluster_id,
+        instance,
+        role,
+        took,
+    );
     #[cfg(not(feature = "metrics"))]
     let _ = (cluster_id, instance, role, took);
+}
+
+/// Records `took` in the histogram `name` of a connection to `instance`.
+#[cfg(feature = "metrics")]
+fn connection_histogram(
+    name: &'static str,
+    cluster_id: &str,
+    instance: &str,
+    role: crate::Role,
+    took: Duration,
+) {
+    metrics::histogram!(name, &instance_labels(cluster_id, instance, role))
+        .record(took.as_secs_f64());
 }
 
 /// The labels of a connection to `instance`, of a pool of `role`: its pool is named after

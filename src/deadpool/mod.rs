@@ -118,12 +118,7 @@ impl AuroraPool {
         let backend = DeadpoolBackend::new(&config, provider.clone(), hooks)?;
         let connector = Arc::new(backend.connector(&config));
         let scope = ScopeSource::new(&config).await?;
-        let core = match when {
-            Start::Now => PoolCore::start(config, backend, connector, provider, scope).await?,
-            Start::Lazy => {
-                PoolCore::start_lazy(config, backend, connector, provider, scope).await?
-            }
-        };
+        let core = PoolCore::start(config, backend, connector, provider, scope, when).await?;
         Ok(AuroraPool { core })
     }
 

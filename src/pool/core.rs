@@ -99,19 +99,30 @@ pub(crate) struct PoolCore<B: Backend> {
 }
 
 impl<B: Backend> PoolCore<B> {
-    /// Discovers the topology through the URL's host, joins the cluster monitor and builds
-    /// the routing table.
+    /// Builds the pool: with [`Start::Now`], discovers the topology through the URL's host
+    /// and joins the cluster monitor first; with [`Start::Lazy`], routes by an undiscovered
+    /// topology and discovers in the background (see `lazy`).
     pub(crate) async fn start(
         config: Config,
         backend: B,
         connector: Arc<dyn Connector>,
         provider: Arc<dyn CredentialProvider>,
         scope: ScopeSource,
+        when: Start,
     ) -> Result<Arc<Self>> {
         config.validate()?;
-        let discovered = discover(&config, &connector).await?;
-        let followed = follow_cluster(&config, &connector, discovered)?;
-        Self::assemble(config, backend, connector, provider, scope, followed).await
+        let followed = match when {
+            Start::Now => {
+                let discovered = discover(&config, &connector).await?;
+                follow_cluster(&config, &connector, discovered)?
+            }
+            Start::Lazy => Followed::undiscovered(&config),
+        };
+        let core = Self::assemble(config, backend, connector, provider, scope, followed).await?;
+        if when == Start::Lazy {
+            core.await_discovery();
+        }
+        Ok(core)
     }
 
     /// Builds the pool around `followed` (the cluster's topology, its monitor and the

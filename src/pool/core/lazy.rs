@@ -12,10 +12,8 @@ use std::sync::{Arc, Weak};
 use std::time::Duration;
 
 use super::{Followed, PoolCore, discover, follow_cluster};
-use crate::auth::CredentialProvider;
 use crate::config::Config;
-use crate::connector::Connector;
-use crate::error::{Error, Result};
+use crate::error::Error;
 use crate::pool::backend::Backend;
 use crate::pool::scope::ScopeSource;
 use crate::pool::tasks::reconcile_on_updates;
@@ -27,30 +25,26 @@ const FIRST_PAUSE: Duration = Duration::from_millis(100);
 /// The longest pause between two discoveries.
 const MAX_PAUSE: Duration = Duration::from_secs(5);
 
-impl<B: Backend> PoolCore<B> {
-    /// A pool that discovers its cluster in the background (see the module docs). Fails only
-    /// on what needs no database: the configuration, and the driver's refusal of its
-    /// options.
-    pub(crate) async fn start_lazy(
-        config: Config,
-        backend: B,
-        connector: Arc<dyn Connector>,
-        provider: Arc<dyn CredentialProvider>,
-        scope: ScopeSource,
-    ) -> Result<Arc<Self>> {
-        config.validate()?;
-        let followed = Followed {
+impl Followed {
+    /// What a pool from `connect_lazy` follows until its first discovery: the URL's host as
+    /// an unavailable writer, and no monitor.
+    pub(super) fn undiscovered(config: &Config) -> Followed {
+        Followed {
             registration: None,
             cluster: None,
             topology: Arc::new(Topology::undiscovered(&config.seed())),
             updates: None,
-        };
-        let core = Self::assemble(config, backend, connector, provider, scope, followed).await?;
-        let table = core.routing.load();
+        }
+    }
+}
+
+impl<B: Backend> PoolCore<B> {
+    /// Makes the role pools' checkouts wait for the first discovery (see the module docs).
+    pub(super) fn await_discovery(&self) {
+        let table = self.routing.load();
         for targets in [&table.writer.targets, &table.reads.targets] {
             targets.await_discovery();
         }
-        Ok(core)
     }
 
     /// Whether the pool was opened with `connect_lazy` and has not discovered its cluster

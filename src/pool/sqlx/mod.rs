@@ -123,12 +123,7 @@ impl AuroraPool {
         let connector = Arc::new(SqlxConnector::new(&config, base.clone(), provider.clone()));
         let backend = SqlxBackend::new(&config, base.clone(), options);
         let scope = ScopeSource::new(&config).await?;
-        let core = match when {
-            Start::Now => PoolCore::start(config, backend, connector, provider, scope).await?,
-            Start::Lazy => {
-                PoolCore::start_lazy(config, backend, connector, provider, scope).await?
-            }
-        };
+        let core = PoolCore::start(config, backend, connector, provider, scope, when).await?;
         let weak = Arc::downgrade(&core);
         base.when_tls_learned(move |address| {
             if let Some(core) = weak.upgrade() {
