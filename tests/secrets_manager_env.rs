@@ -5,11 +5,13 @@
 //! The process environment is changed here, so this binary holds a single test and sets
 //! the environment before anything else could read it.
 
+mod support;
+
 use std::time::Duration;
 
 use aurora_pool::auth::{ConnectTarget, CredentialProvider};
 use aurora_pool::secrets_manager::{SecretsManagerAuth, SecretsManagerSettings};
-use aurora_pool::testing::{LocalCluster, MotoServer};
+use aurora_pool::testing::MotoServer;
 use aurora_pool::{AuroraPool, AuroraPoolOptions};
 use aws_config::{BehaviorVersion, Region};
 
@@ -182,23 +184,9 @@ async fn pools_use_the_applications_sdk_config(
         ))
         .load()
         .await;
-    let cluster = LocalCluster::builder()
-        .instances(1)
-        .tls(true)
-        .start()
-        .await
-        .expect("cluster");
+    let cluster = support::tls_cluster(1).await;
     let ca = cluster.ca_cert_path().expect("CA").display().to_string();
-    admin
-        .create_secret()
-        .name("orders/sdk")
-        .secret_string(
-            serde_json::json!({ "username": cluster.user(), "password": cluster.password() })
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("CreateSecret");
+    support::secrets::create_secret(admin, "orders/sdk", &cluster).await;
     let url = format!(
         "postgres://{}/{}?instance_endpoints={}&cluster_id=sm-sdk-{}\
          &secrets_manager_secret_id=orders/sdk&sslrootcert={ca}",
@@ -259,23 +247,9 @@ async fn iam_signs_with_the_default_chain() {
 /// the secret, the AWS credentials from the environment, and they go only to a server the
 /// handshake verified (`verify-full` unless told otherwise).
 async fn pool_from_a_url(moto: &MotoServer, admin: &aws_sdk_secretsmanager::Client) {
-    let cluster = LocalCluster::builder()
-        .instances(2)
-        .tls(true)
-        .start()
-        .await
-        .expect("cluster");
+    let cluster = support::tls_cluster(2).await;
     let ca = cluster.ca_cert_path().expect("CA").display().to_string();
-    admin
-        .create_secret()
-        .name("orders/db")
-        .secret_string(
-            serde_json::json!({ "username": cluster.user(), "password": cluster.password() })
-                .to_string(),
-        )
-        .send()
-        .await
-        .expect("CreateSecret");
+    support::secrets::create_secret(admin, "orders/db", &cluster).await;
     let url = |secret: &str| {
         format!(
             "postgres://{}/{}?instance_endpoints={}&cluster_id=sm-url-{secret}-{}\
