@@ -92,6 +92,16 @@ async fn readers_used<F: Flavour>(pool: &F) -> BTreeSet<String> {
     F::spread_of(&handle.expect("a reader"), 40).await
 }
 
+/// Whether, within 20 s, the pool has a reader and its reads reach exactly `ids` (a
+/// liveness bound: on a loaded machine a false verdict can hold a member out for a few
+/// probes).
+async fn reads_settle_on<F: Flavour>(pool: &F, ids: &[&str]) -> bool {
+    eventually(Duration::from_secs(20), || async {
+        pool.try_reader().is_ok() && readers_used(pool).await == set(ids)
+    })
+    .await
+}
+
 fn set(ids: &[&str]) -> BTreeSet<String> {
     ids.iter().map(|id| id.to_string()).collect()
 }
@@ -142,12 +152,7 @@ async fn reads_follow_the_static_members_as_they_change<F: Flavour>(test: &str) 
         &["instance-2"],
         &[],
     );
-    // Liveness bounds: on a loaded machine a false verdict can hold a member out for a
-    // few probes.
-    let moved = eventually(Duration::from_secs(20), || async {
-        pool.try_reader().is_ok() && readers_used(&pool).await == set(&["instance-2"])
-    })
-    .await;
+    let moved = reads_settle_on(&pool, &["instance-2"]).await;
     assert!(
         moved,
         "reads did not move to instance-2: {:?}",
@@ -490,10 +495,7 @@ fn the_members_are_followed_after_the_runtime_that_started_the_monitor_ends<F: F
         &[],
     );
     second.block_on(async {
-        let moved = eventually(Duration::from_secs(20), || async {
-            pool_b.try_reader().is_ok() && readers_used(&pool_b).await == set(&["instance-3"])
-        })
-        .await;
+        let moved = reads_settle_on(&pool_b, &["instance-3"]).await;
         assert!(
             moved,
             "pool B's reads did not follow the members once pool A's runtime ended: {:?}",
